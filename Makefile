@@ -1,0 +1,88 @@
+# Zeitwork developer targets. `make test` bootstraps a fresh machine (system packages when
+# root, .venv with the package and its dev tools), runs the checks and the whole suite.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap build build-local check lint format typecheck imports test test-unit \
+        test-kvm migrate migration run-operator run-node-agent run-load-balancer \
+        run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+build-local: bootstrap
+
+build: bootstrap
+	$(PY) -m build --outdir dist .
+
+lint: bootstrap
+	$(BIN)/ruff check src tests benchmarks
+
+format:
+	$(BIN)/ruff format src tests benchmarks
+
+typecheck: bootstrap
+	$(BIN)/mypy
+
+imports: bootstrap
+	$(BIN)/lint-imports
+
+check: bootstrap
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: check
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-kvm: bootstrap
+	$(BIN)/pytest -m requires_kvm -rs $(PYTEST_ARGS)
+
+migrate: bootstrap
+	$(BIN)/zeitwork migrate
+
+migration: bootstrap
+	@test -n "$(m)" || (echo 'usage: make migration m="what it changes"'; exit 2)
+	$(BIN)/zeitwork migrate revision "$(m)"
+
+run-operator: bootstrap
+	$(BIN)/zeitwork operator
+
+run-node-agent: bootstrap
+	$(BIN)/zeitwork node-agent
+
+run-load-balancer: bootstrap
+	$(BIN)/zeitwork load-balancer
+
+run-edge-proxy: bootstrap
+	$(BIN)/zeitwork edge-proxy
+
+install:
+	sudo_or_root() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
+	sudo_or_root scripts/install.sh
+
+uninstall:
+	sudo_or_root() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
+	sudo_or_root scripts/uninstall.sh
+
+bench-operator: bootstrap
+	$(PY) benchmarks/operator_api.py
+
+bench-agent: bootstrap
+	$(PY) benchmarks/agent_start.py
+
+bench-lb: bootstrap
+	bash benchmarks/lb.sh
+
+bench-edge: bootstrap
+	bash benchmarks/edge.sh
+
+clean:
+	rm -rf dist build .mypy_cache .ruff_cache .pytest_cache

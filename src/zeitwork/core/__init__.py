@@ -1,0 +1,55 @@
+"""Pure domain code: ids, states and their transition tables, errors, resources, clock.
+
+Nothing in this package does I/O; an import-linter contract keeps it that way.
+"""
+
+from __future__ import annotations
+
+from zeitwork.core.clock import Clock, FakeClock, SystemClock
+from zeitwork.core.errors import (
+    AuthenticationRequired,
+    Conflict,
+    InsufficientCapacity,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceUnavailable,
+    ZeitworkError,
+)
+from zeitwork.core.ids import new_id, parse_id
+from zeitwork.core.resources import Resources
+from zeitwork.core.states import (
+    DeploymentState,
+    ImageState,
+    InstanceState,
+    NodeState,
+    check_transition,
+    is_allowed,
+)
+
+__all__ = [
+    "AuthenticationRequired",
+    "Clock",
+    "Conflict",
+    "DeploymentState",
+    "FakeClock",
+    "ImageState",
+    "InstanceState",
+    "InsufficientCapacity",
+    "InvalidInput",
+    "InvalidTransition",
+    "NodeState",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Resources",
+    "ServiceUnavailable",
+    "SystemClock",
+    "ZeitworkError",
+    "check_transition",
+    "is_allowed",
+    "new_id",
+    "parse_id",
+]
