@@ -1,0 +1,116 @@
+"""The runtime driver seam: one small protocol, a registry, and the data it moves.
+
+A driver turns an ``InstanceSpec`` (an unpacked image plus limits, env and a network
+attachment) into a running workload and back. Drivers persist nothing themselves: ``start``
+returns a ``Handle`` (JSON-serialisable driver state) that the agent stores atomically, and
+``recover`` is given the stored handles after an agent restart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+DriverName = Literal["oci", "firecracker"]
+DriverChoice = Literal["auto", "oci", "firecracker"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """How the workload's main process runs (from the image config, env merged)."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str = "/"
+    user: str = "0:0"  # "uid:gid" resolved against the image's /etc/passwd by the agent
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """Where the instance lives on the node bridge (IPAM decides, the driver plumbs)."""
+
+    bridge: str
+    address: str  # e.g. "10.88.0.5"
+    prefix_len: int  # e.g. 24
+    gateway: str  # the bridge's address
+    mac: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    instance_id: uuid.UUID
+    image_digest: str
+    rootfs: Path  # the unpacked, read-only image tree (shared by instances of one digest)
+    process: ProcessSpec
+    vcpu: float
+    memory_mib: int
+    port: int
+    network: NetworkAttachment
+    pids_limit: int = 1024
+    hostname: str | None = None
+
+
+class Phase(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    MISSING = "missing"  # nothing of it is left on the host
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Driver state for one instance; ``data`` must be JSON-serialisable."""
+
+    instance_id: uuid.UUID
+    driver: DriverName
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    phase: Phase
+    pid: int | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Outcome of ``recover``: handles still running, and what was cleaned up."""
+
+    running: Sequence[Handle]
+    cleaned: Sequence[str]
+
+
+class Driver(Protocol):
+    """What every runtime driver offers. All methods are safe to call twice."""
+
+    name: DriverName
+
+    async def start(self, spec: InstanceSpec) -> Handle:
+        """Create and start the workload; on failure undo every step and raise
+        ``zeitwork.core.errors.RuntimeFailure`` with the runtime's message."""
+        ...
+
+    async def inspect(self, handle: Handle) -> Status: ...
+
+    async def stop(self, handle: Handle, *, grace_seconds: float = 10.0) -> Status:
+        """Ask politely (SIGTERM / Ctrl-Alt-Del), then kill after ``grace_seconds``."""
+        ...
+
+    async def destroy(self, handle: Handle) -> None:
+        """Remove everything the instance left on the host (idempotent)."""
+        ...
+
+    def logs(self, handle: Handle, *, tail: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        """Lines the workload wrote to stdout and stderr."""
+        ...
+
+    async def recover(self, handles: Sequence[Handle]) -> Recovered:
+        """After an agent restart: keep what still runs, clean what is dead or stray."""
+        ...

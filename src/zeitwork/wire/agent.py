@@ -1,0 +1,108 @@
+"""The contract between the operator and its node agents.
+
+Flow: an agent registers with a *join* token (``POST /api/v1/nodes`` with
+``NodeRegistration``) and receives a node-scoped credential once (``NodeRegistered``); it
+then long-polls its assignments (``GET /api/v1/nodes/{id}/assignments?version=V&wait=S``,
+answered with ``Assignments`` as soon as the version differs from V, or after S seconds),
+heartbeats (``POST /api/v1/nodes/{id}/heartbeat`` with ``Heartbeat``), reports each instance
+transition (``PUT /api/v1/instances/{id}/state`` with ``InstanceStatusReport``) and
+downloads images (``GET /api/v1/images/{id}/archive``, an OCI archive; its digest is the
+image's ``digest``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from zeitwork.core.states import InstanceState
+from zeitwork.wire.common import CapacityModel, ResourcesModel
+
+RuntimeName = Literal["oci", "firecracker"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+
+class NodeRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID | None = None
+    hostname: str = Field(min_length=1, max_length=253)
+    ip_address: str
+    region_id: uuid.UUID | None = None
+    runtime: RuntimeName | None = None
+    resources: ResourcesModel
+    disk: int | None = Field(default=None, ge=0, description="disk for instances, MiB")
+
+
+class NodeRegistered(BaseModel):
+    """Answer to a registration made with a join token: the node and its own credential."""
+
+    node_id: uuid.UUID
+    node_token: str | None = Field(
+        default=None, description="present only when the call used a join token"
+    )
+
+
+class ImageRef(BaseModel):
+    id: uuid.UUID
+    name: str
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int
+
+
+class AssignedInstance(BaseModel):
+    """One instance the operator wants on this node, and in which state."""
+
+    id: uuid.UUID
+    desired_state: Literal["running", "stopped", "terminated"]
+    image: ImageRef
+    resources: ResourcesModel
+    default_port: int = Field(ge=1, le=65535)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    restart_policy: RestartPolicy = "always"
+    deployment_id: uuid.UUID | None = None
+
+
+class Assignments(BaseModel):
+    node_id: uuid.UUID
+    version: int = Field(ge=0, description="changes whenever this node's assignment changes")
+    instances: list[AssignedInstance]
+
+
+class InstanceStatus(BaseModel):
+    """What the agent sees of one instance (in heartbeats and per-transition reports)."""
+
+    id: uuid.UUID
+    state: InstanceState
+    ip_address: str | None = None
+    port: int | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    reason: str | None = Field(default=None, max_length=4000)
+    log_tail: list[str] = Field(default_factory=list, max_length=50)
+
+
+class InstanceStatusReport(BaseModel):
+    """Body of ``PUT /api/v1/instances/{id}/state`` (admins send only ``state``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: InstanceState
+    ip_address: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    exit_code: int | None = None
+    oom_killed: bool = False
+    reason: str | None = Field(default=None, max_length=4000)
+    log_tail: list[str] = Field(default_factory=list, max_length=50)
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: CapacityModel
+    used: CapacityModel
+    available: CapacityModel
+    instances: list[InstanceStatus] = Field(default_factory=list)
+    runtime: RuntimeName | None = None
