@@ -65,3 +65,23 @@ def make_database(pg_server: str) -> Callable[..., str]:
 @pytest.fixture
 def fresh_database(make_database: Callable[..., str]) -> str:
     return make_database()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: str) -> str:
+    """Name of a database migrated to head once per session (a template for the next one)."""
+    import psycopg
+
+    from zeitwork.operator.db import migrate
+
+    name = "tpl_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # names are generated here
+    migrate.upgrade(_with_database(pg_server, name))
+    return name
+
+
+@pytest.fixture
+def migrated_database(make_database: Callable[..., str], migrated_template: str) -> str:
+    """A fresh database already at the head revision (copied from the session template)."""
+    return make_database(template=migrated_template)

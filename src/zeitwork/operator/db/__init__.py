@@ -1,0 +1,1 @@
+"""The operator's PostgreSQL access: the only package that imports psycopg."""
