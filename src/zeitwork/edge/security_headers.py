@@ -1,0 +1,103 @@
+"""Security headers added to proxied responses.
+
+``Strict-Transport-Security`` goes out on HTTPS only (over plain HTTP it is meaningless and
+RFC 6797 says to ignore it). A header the application already set is kept, unless the
+policy names it in ``override``. The header list is built once per policy; per response the
+work is one pass over the response's header names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+Header = tuple[bytes, bytes]
+
+_FRAME_OPTIONS = ("DENY", "SAMEORIGIN")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityHeadersConfig:
+    hsts_max_age: int = 31_536_000
+    hsts_include_subdomains: bool = False
+    hsts_preload: bool = False
+    content_type_options: bool = True
+    frame_options: str | None = "SAMEORIGIN"
+    referrer_policy: str | None = "strict-origin-when-cross-origin"
+    permissions_policy: str | None = "camera=(), microphone=(), geolocation=()"
+    content_security_policy: str | None = None
+    override: frozenset[str] = field(default_factory=frozenset)
+
+    def merged(self, **changes: object) -> SecurityHeadersConfig:
+        """A per-domain variant of the global configuration."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _check_value(name: str, value: str) -> bytes:
+    if any(ch in value for ch in "\r\n\x00") or not value.isprintable():
+        raise ValueError(f"security headers: {name} value has control characters")
+    return value.encode("latin-1")
+
+
+class SecurityHeaders:
+    """Applies one security-header policy to response header lists in place."""
+
+    __slots__ = ("_http", "_https", "_override", "config")
+
+    def __init__(self, config: SecurityHeadersConfig) -> None:
+        self.config = config
+        common: list[Header] = []
+        if config.content_type_options:
+            common.append((b"x-content-type-options", b"nosniff"))
+        if config.frame_options is not None:
+            value = config.frame_options.upper()
+            if value not in _FRAME_OPTIONS:
+                raise ValueError(f"X-Frame-Options must be DENY or SAMEORIGIN, not {value!r}")
+            common.append((b"x-frame-options", value.encode()))
+        if config.referrer_policy:
+            common.append(
+                (b"referrer-policy", _check_value("Referrer-Policy", config.referrer_policy))
+            )
+        if config.permissions_policy:
+            common.append(
+                (
+                    b"permissions-policy",
+                    _check_value("Permissions-Policy", config.permissions_policy),
+                )
+            )
+        if config.content_security_policy:
+            common.append(
+                (
+                    b"content-security-policy",
+                    _check_value("Content-Security-Policy", config.content_security_policy),
+                )
+            )
+        https = list(common)
+        if config.hsts_max_age < 0:
+            raise ValueError("HSTS max-age must not be negative")
+        if config.hsts_max_age > 0:
+            hsts = f"max-age={config.hsts_max_age}"
+            if config.hsts_include_subdomains:
+                hsts += "; includeSubDomains"
+            if config.hsts_preload:
+                hsts += "; preload"
+            https.insert(0, (b"strict-transport-security", hsts.encode()))
+        self._http = tuple(common)
+        self._https = tuple(https)
+        self._override = frozenset(name.lower().encode() for name in config.override)
+
+    def headers_for(self, *, https: bool) -> tuple[Header, ...]:
+        return self._https if https else self._http
+
+    def apply(self, headers: list[Header], *, https: bool) -> None:
+        """Add the policy's headers to ``headers`` (lower- or mixed-case names) in place."""
+        policy = self._https if https else self._http
+        if not policy:
+            return
+        present = {name.lower() for name, _ in headers}
+        override = self._override
+        if override and present & override:
+            headers[:] = [(n, v) for n, v in headers if n.lower() not in override]
+            present -= override
+        for name, value in policy:
+            if name not in present:
+                headers.append((name, value))
