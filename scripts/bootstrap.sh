@@ -12,6 +12,7 @@ APT_PACKAGES=(
   haproxy nginx-light wrk caddy         # benchmark peers and load generator
   systemd                               # systemd-analyze verify for the unit files
   curl ca-certificates procps
+  busybox-static                        # the tiny runnable test image (tests/images.py)
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import BuiltImage, build_image
+
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 IS_ROOT = os.geteuid() == 0
@@ -85,3 +87,11 @@ def migrated_template(pg_server: str) -> str:
 def migrated_database(make_database: Callable[..., str], migrated_template: str) -> str:
     """A fresh database already at the head revision (copied from the session template)."""
     return make_database(template=migrated_template)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """A real OCI archive (built once per session, deterministic digest) of a tiny HTTP app:
+    static busybox ``httpd`` serving /www on port 8080 as user ``app`` (uid 1000); ``GET
+    /health`` answers ``ok``. See ``tests/images.py``."""
+    return build_image(tmp_path_factory.mktemp("images") / "busybox-httpd.tar")
