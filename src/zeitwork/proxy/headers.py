@@ -1,0 +1,205 @@
+"""Header rules: hop-by-hop removal, forwarding headers, trusted proxies, local answers.
+
+Pure functions over byte headers; the engine calls them once per request/response.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from http import HTTPStatus
+from itertools import count
+
+from zeitwork.proxy.types import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the proxy itself; from an untrusted peer they are dropped before forwarding.
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
+
+MAX_HEADER_BYTES = 64 * 1024
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str | Iterable[str]) -> tuple[Network, ...]:
+    """``"10.0.0.0/8, 127.0.0.1"`` -> networks; raises ValueError naming the bad entry."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    networks: list[Network] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or CIDR: {item!r}") from exc
+    return tuple(networks)
+
+
+class TrustedProxies:
+    """Answers "is this peer a trusted proxy?" with a small cache."""
+
+    def __init__(self, networks: Sequence[Network]) -> None:
+        self.networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        known = self._cache.get(ip)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            result = False
+        else:
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            result = any(address in net for net in self.networks)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[ip] = result
+        return result
+
+    def client_ip(self, peer_ip: str, forwarded_for: bytes | None) -> str:
+        """The effective client: walk ``X-Forwarded-For`` from the right while the hops are
+        trusted; the first untrusted (or the left-most) address is the client."""
+        if forwarded_for is None or not self.trusts(peer_ip):
+            return peer_ip
+        hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",")]
+        candidate = peer_ip
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break
+            candidate = hop
+            if not self.trusts(hop):
+                break
+        return candidate
+
+
+def split_host(value: bytes) -> str:
+    """Host header -> lower-case host without port (IPv6 literals keep their brackets)."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[: end + 1] if end > 0 else text
+    colon = text.rfind(":")
+    if colon >= 0:
+        return text[:colon]
+    return text
+
+
+def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for value in values:
+        for raw in value.split(b","):
+            token = raw.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+_REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID_OK.match(value) is not None
+
+
+class RequestIds:
+    """Cheap unique request ids: a random per-process prefix plus a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+
+@lru_cache(maxsize=64)
+def status_line(status: int, version: bytes = b"HTTP/1.1") -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return b"%s %d %s\r\n" % (version, status, phrase.encode())
+
+
+PROBLEM_TITLES = {
+    400: ("bad-request", "Bad request"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    408: ("request-timeout", "Request timeout"),
+    413: ("payload-too-large", "Payload too large"),
+    414: ("uri-too-long", "URI too long"),
+    429: ("rate-limited", "Too many requests"),
+    431: ("headers-too-large", "Request header fields too large"),
+    501: ("not-implemented", "Not implemented"),
+    502: ("bad-gateway", "Bad gateway"),
+    503: ("service-unavailable", "Service unavailable"),
+    504: ("gateway-timeout", "Gateway timeout"),
+}
+
+
+def problem_body(status: int, detail: str) -> bytes:
+    code, title = PROBLEM_TITLES.get(status, ("error", "Error"))
+    return json.dumps(
+        {
+            "type": f"https://zeitwork.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def serialize_response(
+    status: int, headers: Headers, body: bytes, *, close: bool, head_only: bool = False
+) -> bytes:
+    """A complete HTTP/1.1 response with Content-Length and rebuilt Connection header."""
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if body and not head_only:
+        parts.append(body)
+    return b"".join(parts)

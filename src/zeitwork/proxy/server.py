@@ -1,0 +1,1083 @@
+"""The client side of the proxy: one ``ClientProtocol`` per accepted connection, and the
+``Proxy`` engine that owns configuration, hooks, timers and draining.
+
+Hot path per request: httptools parses the head; the router picks a pool, the pool a
+backend; an idle upstream connection is reused (or one is opened); the rewritten head and the
+body are written through; the upstream response head is rebuilt (hop-by-hop headers dropped,
+Connection rebuilt, policy hook) and the body is streamed back with back-pressure both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+
+from zeitwork.proxy.backends import Backend, Pool
+from zeitwork.proxy.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    MAX_HEADER_BYTES,
+    RequestIds,
+    TrustedProxies,
+    connection_tokens,
+    problem_body,
+    serialize_response,
+    split_host,
+    status_line,
+    valid_request_id,
+)
+from zeitwork.proxy.types import (
+    ClientInfo,
+    ConnectionLimiter,
+    Headers,
+    LocalResponse,
+    NullObserver,
+    NullPolicy,
+    Observer,
+    RequestHead,
+    RequestPolicy,
+    Router,
+)
+from zeitwork.proxy.upstream import UpstreamProtocol
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+BUFFER_LIMIT = 256 * 1024  # request body bytes held while the upstream is not attached yet
+
+# reasons for pausing the client's reading (bit flags)
+_PAUSE_BUFFER = 1
+_PAUSE_UPSTREAM = 2
+_PAUSE_QUEUE = 4
+_PAUSE_WAIT = 8
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Limits and timeouts of the engine (seconds; bytes)."""
+
+    connect_timeout: float = 3.0
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    request_timeout: float = 300.0
+    tunnel_idle_timeout: float = 3600.0
+    max_body: int = 1024 * 1024 * 1024  # 0: unlimited
+    retry_after: int = 5
+    scheme_tls: bytes = b"https"
+    scheme_plain: bytes = b"http"
+    response_request_id: bool = True
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class Exchange:
+    """One request/response through the proxy."""
+
+    __slots__ = (
+        "backend",
+        "body_buf",
+        "body_done",
+        "buffered",
+        "chunked",
+        "client",
+        "close_after",
+        "connect_task",
+        "content_length",
+        "expect",
+        "failed",
+        "finished",
+        "head",
+        "head_bytes",
+        "head_only",
+        "pool",
+        "received",
+        "resp_chunked",
+        "resp_until_close",
+        "response_started",
+        "retries",
+        "sent_head",
+        "started",
+        "status",
+        "streamed",
+        "tunnel_buf",
+        "upgrade",
+        "upstream",
+        "upstream_started",
+    )
+
+    def __init__(self, head: RequestHead, client: ClientInfo) -> None:
+        self.head = head
+        self.client = client
+        self.pool: Pool | None = None
+        self.backend: Backend | None = None
+        self.failed: Backend | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.chunked = False
+        self.content_length = 0
+        self.received = 0
+        self.body_done = False
+        self.body_buf: list[bytes] = []
+        self.buffered = 0
+        self.streamed = False
+        self.expect = False
+        self.upgrade = False
+        self.tunnel_buf = b""
+        self.head_bytes = b""
+        self.sent_head = False
+        self.response_started = False
+        self.resp_chunked = False
+        self.resp_until_close = False
+        self.head_only = head.method == b"HEAD"
+        self.status = 0
+        self.close_after = False
+        self.finished = False
+        self.retries = 0
+        self.started = 0.0
+        self.upstream_started = 0.0
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, proxy: Proxy, *, tls: bool) -> None:
+        self.proxy = proxy
+        self.tls = tls
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = ""
+        self.trusted_peer = False
+        self.sni: str | None = None
+        self.ex: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.tunnel: UpstreamProtocol | None = None
+        self.closing = False
+        self.paused = 0
+        self.deadline = 0.0
+        self.deadline_kind = 0  # 0 idle, 1 header, 2 request, 3 tunnel
+        self.pending_error: tuple[int, str] | None = None
+        self.admitted = False
+        self._url = b""
+        self._headers: Headers = []
+        self._hbytes = 0
+        self._in_message = False
+
+    # -- connection lifecycle ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if self.peer_ip.startswith("::ffff:"):
+            self.peer_ip = self.peer_ip[7:]
+        proxy = self.proxy
+        if proxy.limiter is not None and not proxy.limiter.acquire(self.peer_ip):
+            self.transport.abort()
+            return
+        self.admitted = True
+        self.trusted_peer = proxy.trusted.trusts(self.peer_ip)
+        if self.tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            sni = getattr(sslobj, "sni", None) if sslobj is not None else None
+            self.sni = sni if isinstance(sni, str) else None
+        proxy.connections.add(self)
+        proxy.observer.connections_changed(1)
+        self.deadline = proxy.now() + proxy.config.idle_timeout
+        if proxy.draining:
+            self.deadline = proxy.now() + proxy.config.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        proxy = self.proxy
+        if not self.admitted:
+            return
+        self.admitted = False
+        self.closing = True
+        proxy.connections.discard(self)
+        proxy.observer.connections_changed(-1)
+        if proxy.limiter is not None:
+            proxy.limiter.release(self.peer_ip)
+        if self.tunnel is not None:
+            up, self.tunnel = self.tunnel, None
+            up.tunnel = None
+            up.abort()
+        for ex in [self.ex, *self.queue]:
+            if ex is not None and not ex.finished:
+                self._abandon(ex)
+        self.queue.clear()
+        self.ex = None
+        proxy.connection_closed()
+
+    def _abandon(self, ex: Exchange) -> None:
+        """The client went away: drop the upstream side of ``ex`` without reusing it."""
+        ex.finished = True
+        if ex.connect_task is not None:
+            ex.connect_task.cancel()
+        up = ex.upstream
+        if up is not None:
+            ex.upstream = None
+            up.abort()
+        self._release_backend(ex, status=499)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # the client reads slower than the backend sends: stop reading the backend
+        up = self.tunnel or (self.ex.upstream if self.ex is not None else None)
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.tunnel or (self.ex.upstream if self.ex is not None else None)
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        # half-close from the client: finish the current exchange, then close
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None and self.tunnel.transport.can_write_eof():
+                self.tunnel.transport.write_eof()
+            return True
+        if self.ex is None:
+            return None
+        self.ex.close_after = True
+        return True
+
+    # -- timers ------------------------------------------------------------------------------
+    def on_deadline(self) -> None:
+        kind = self.deadline_kind
+        ex = self.ex
+        if kind == 1 and ex is None:
+            self._send_error(408, "request head not received in time", close=True)
+            return
+        if kind == 2 and ex is not None and not ex.response_started:
+            ex.close_after = True
+            self._fail_upstream(ex, 504, "the backend did not answer in time", retry=False)
+            return
+        self.abort() if kind in (2, 3) else self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
+            return
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._on_upgrade_request(data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.status, cause.detail)
+            else:
+                self._reject(400, "malformed request")
+        except httptools.HttpParserError:
+            self._reject(400, "malformed request")
+
+    def _reject(self, status: int, detail: str) -> None:
+        self.parsing = None
+        if self.ex is None or self.ex.finished:
+            self._send_error(status, detail, close=True)
+        else:
+            # an exchange is still answering: send the error after it, then close
+            self.pending_error = (status, detail)
+            self.pause_reading_for(_PAUSE_QUEUE)
+            ex = self.ex
+            if not ex.body_done:
+                ex.close_after = True
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._hbytes = 0
+        self._in_message = True
+        if self.ex is None:
+            self.deadline = self.proxy.now() + self.proxy.config.header_timeout
+            self.deadline_kind = 1
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hbytes += len(url)
+        if self._hbytes > MAX_HEADER_BYTES:
+            raise _Reject(
+                431 if len(self._url) < MAX_HEADER_BYTES else 414, "request head too large"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hbytes += len(name) + len(value) + 4
+        if self._hbytes > MAX_HEADER_BYTES:
+            raise _Reject(431, "request headers exceed 64 KiB")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        proxy = self.proxy
+        method = parser.get_method()
+        version = parser.get_http_version()
+        host = b""
+        host_count = 0
+        content_length = -1
+        te: bytes | None = None
+        expect = False
+        xff: bytes | None = None
+        request_id: bytes | None = None
+        for name, value in self._headers:
+            if name == b"host":
+                host = value
+                host_count += 1
+            elif name == b"content-length":
+                if not value.isdigit():
+                    raise _Reject(400, "invalid Content-Length")
+                length = int(value)
+                if content_length >= 0 and length != content_length:
+                    raise _Reject(400, "conflicting Content-Length headers")
+                content_length = length
+            elif name == b"transfer-encoding":
+                te = value if te is None else te + b"," + value
+            elif name == b"expect":
+                if value.lower() == b"100-continue":
+                    expect = True
+                else:
+                    raise _Reject(417, "unsupported Expect")
+            elif name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b"," + value
+            elif name == b"x-request-id":
+                request_id = value
+        if host_count > 1:
+            raise _Reject(400, "more than one Host header")
+        if version == "1.1" and host_count == 0:
+            raise _Reject(400, "missing Host header")
+        chunked = False
+        if te is not None:
+            if content_length >= 0:
+                raise _Reject(400, "both Content-Length and Transfer-Encoding")
+            if te.strip().lower() != b"chunked":
+                raise _Reject(
+                    400 if b"chunked" in te.lower() else 501, "unsupported Transfer-Encoding"
+                )
+            chunked = True
+        max_body = proxy.config.max_body
+        if max_body and content_length > max_body:
+            raise _Reject(413, f"request body over the {max_body} byte limit")
+        url = self._url
+        q = url.find(b"?")
+        path_bytes = url if q < 0 else url[:q]
+        if path_bytes[:1] != b"/" and method != b"OPTIONS":
+            if url.startswith((b"http://", b"https://")):
+                # absolute-form: use its authority as Host, forward origin-form
+                rest = url.split(b"://", 1)[1]
+                slash = rest.find(b"/")
+                authority = rest if slash < 0 else rest[:slash]
+                url = b"/" if slash < 0 else rest[slash:]
+                host = authority
+                q = url.find(b"?")
+                path_bytes = url if q < 0 else url[:q]
+            else:
+                raise _Reject(400, "invalid request target")
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported")
+        if request_id is None or not valid_request_id(request_id):
+            rid = proxy.request_ids.next()
+        else:
+            rid = request_id.decode()
+        head = RequestHead(
+            method=method,
+            target=url,
+            path=path_bytes.decode("latin-1"),
+            host=split_host(host),
+            http_version=version,
+            headers=self._headers,
+            keep_alive=parser.should_keep_alive(),
+            request_id=rid,
+        )
+        client_ip = (
+            proxy.trusted.client_ip(self.peer_ip, xff) if self.trusted_peer else self.peer_ip
+        )
+        info = ClientInfo(peer_ip=self.peer_ip, client_ip=client_ip, tls=self.tls, sni=self.sni)
+        ex = Exchange(head, info)
+        ex.chunked = chunked
+        ex.content_length = content_length if content_length > 0 else 0
+        ex.body_done = not chunked and content_length <= 0
+        ex.expect = expect and not ex.body_done
+        ex.upgrade = parser.should_upgrade()
+        ex.started = proxy.now()
+        if ex.upgrade:
+            ex.body_done = True
+        self._in_message = False
+        self.parsing = ex
+        if self.ex is None:
+            self.ex = ex
+            self.deadline = ex.started + proxy.config.request_timeout
+            self.deadline_kind = 2
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            self.pause_reading_for(_PAUSE_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        ex.received += len(body)
+        max_body = self.proxy.config.max_body
+        if max_body and ex.received > max_body:
+            raise _Reject(413, f"request body over the {max_body} byte limit")
+        if ex.finished:
+            return
+        up = ex.upstream
+        if up is not None and ex.sent_head:
+            if ex.chunked:
+                up.writelines([b"%x\r\n" % len(body), body, b"\r\n"])
+            else:
+                up.write(body)
+        else:
+            ex.body_buf.append(body)
+            ex.buffered += len(body)
+            if ex.buffered > BUFFER_LIMIT:
+                self.pause_reading_for(_PAUSE_BUFFER)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is None:
+            return
+        ex.body_done = True
+        if ex.finished:
+            return
+        up = ex.upstream
+        if up is not None and ex.sent_head and ex.chunked:
+            up.write(b"0\r\n\r\n")
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _start(self, ex: Exchange) -> None:
+        proxy = self.proxy
+        head = ex.head
+        local = proxy.policy.on_request(head, ex.client)
+        if local is not None:
+            self._send_local(ex, local)
+            return
+        pool = proxy.router.resolve(head.host, head.path)
+        if pool is None:
+            self._send_problem(ex, 503, "no backend serves this host", retry_after=True)
+            return
+        ex.pool = pool
+        backend = pool.pick(ex.client.client_ip)
+        if backend is None:
+            self._send_problem(ex, 503, "no healthy backend", retry_after=True)
+            return
+        self._build_request_head(ex)
+        self._assign(ex, backend)
+
+    def _build_request_head(self, ex: Exchange) -> None:
+        head = ex.head
+        proxy = self.proxy
+        trusted = self.trusted_peer
+        drop: set[bytes] | None = None
+        parts: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (head.method, head.target)]
+        xff_in: bytes | None = None
+        xfp_in: bytes | None = None
+        xfh_in: bytes | None = None
+        upgrade_value: bytes | None = None
+        for name, value in head.headers:
+            if name in HOP_BY_HOP:
+                if name == b"connection":
+                    tokens = connection_tokens([value])
+                    drop = tokens if drop is None else drop | tokens
+                elif name == b"upgrade":
+                    upgrade_value = value
+                continue
+            if name in FORWARDING:
+                if trusted:
+                    if name == b"x-forwarded-for":
+                        xff_in = value if xff_in is None else xff_in + b", " + value
+                    elif name == b"x-forwarded-proto":
+                        xfp_in = value
+                    elif name == b"x-forwarded-host":
+                        xfh_in = value
+                    elif name in {b"forwarded", b"x-forwarded-port"}:
+                        parts.append(b"%s: %s\r\n" % (name, value))
+                continue
+            if name in {b"x-request-id", b"expect", b"content-length"}:
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if drop:
+            parts = [parts[0]] + [p for p in parts[1:] if p.split(b":", 1)[0] not in drop]
+        peer = self.peer_ip.encode()
+        client_ip = ex.client.client_ip.encode()
+        if head.host and b"host" not in [h[0] for h in head.headers]:
+            parts.append(b"host: %s\r\n" % head.host.encode())
+        parts.append(
+            b"x-forwarded-for: %s\r\n" % (xff_in + b", " + peer if xff_in is not None else peer)
+        )
+        scheme = proxy.config.scheme_tls if self.tls else proxy.config.scheme_plain
+        parts.append(b"x-forwarded-proto: %s\r\n" % (xfp_in if xfp_in is not None else scheme))
+        if xfh_in is not None:
+            parts.append(b"x-forwarded-host: %s\r\n" % xfh_in)
+        elif head.host:
+            parts.append(b"x-forwarded-host: %s\r\n" % head.host.encode())
+        parts.append(
+            b"x-real-ip: %s\r\nx-request-id: %s\r\n" % (client_ip, head.request_id.encode())
+        )
+        if ex.upgrade and upgrade_value is not None:
+            parts.append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value)
+        elif ex.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif ex.content_length:
+            parts.append(b"content-length: %d\r\n" % ex.content_length)
+        elif head.method in (b"POST", b"PUT", b"PATCH"):
+            parts.append(b"content-length: 0\r\n")
+        parts.append(b"\r\n")
+        ex.head_bytes = b"".join(parts)
+
+    def _assign(self, ex: Exchange, backend: Backend) -> None:
+        ex.backend = backend
+        backend.in_flight += 1
+        backend.requests += 1
+        conn = backend.take_idle()
+        if conn is not None:
+            self._attach(ex, conn)
+            return
+        ex.connect_task = asyncio.get_running_loop().create_task(self._connect(ex, backend))
+
+    async def _connect(self, ex: Exchange, backend: Backend) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.proxy.config.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamProtocol(backend), backend.host, backend.port
+                )
+        except (OSError, TimeoutError) as exc:
+            ex.connect_task = None
+            if ex.finished:
+                return
+            backend.record_failure()
+            timeout = isinstance(exc, TimeoutError)
+            self._fail_upstream(
+                ex,
+                504 if timeout else 502,
+                "connecting to the backend timed out"
+                if timeout
+                else "the backend refused the connection",
+                retry=True,
+            )
+            return
+        ex.connect_task = None
+        if ex.finished or self.closing:
+            conn.close()
+            return
+        self._attach(ex, conn)
+
+    def _attach(self, ex: Exchange, conn: UpstreamProtocol) -> None:
+        ex.upstream = conn
+        conn.ex = ex
+        conn.client = self
+        conn.reusable = False
+        conn.got_bytes = False
+        ex.upstream_started = self.proxy.now()
+        body = ex.body_buf
+        if body:
+            if ex.chunked:
+                framed = [ex.head_bytes]
+                for chunk in body:
+                    framed += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+                if ex.body_done:
+                    framed.append(b"0\r\n\r\n")
+                conn.writelines(framed)
+            else:
+                conn.writelines([ex.head_bytes, *body])
+            if ex.body_done:
+                ex.streamed = False  # kept for a retry on a stale connection
+            else:
+                ex.body_buf = []
+                ex.buffered = 0
+                ex.streamed = True
+        elif ex.chunked and ex.body_done:
+            conn.writelines([ex.head_bytes, b"0\r\n\r\n"])
+        else:
+            conn.write(ex.head_bytes)
+        ex.sent_head = True
+        if self.paused & _PAUSE_BUFFER:
+            self.resume_reading_for(_PAUSE_BUFFER)
+        if ex.expect and ex.received == 0 and not ex.body_done and self.transport is not None:
+            self.transport.write(_CONTINUE)
+        if ex.upgrade and ex.tunnel_buf:
+            conn.write(ex.tunnel_buf)
+            ex.tunnel_buf = b""
+
+    def _on_upgrade_request(self, rest: bytes) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is None:
+            self.close()
+            return
+        ex.tunnel_buf = rest
+        # no more HTTP from this client until the backend accepts or refuses the upgrade
+        self.pause_reading_for(_PAUSE_WAIT)
+        if ex.upstream is not None and ex.sent_head and rest:
+            ex.upstream.write(rest)
+            ex.tunnel_buf = b""
+
+    # -- upstream events -----------------------------------------------------------------------
+    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool:
+        """Write the rebuilt response head; return True when no body follows (HEAD)."""
+        if ex is not self.ex or ex.finished:
+            return False
+        proxy = self.proxy
+        head = ex.head
+        headers: Headers = []
+        drop: set[bytes] | None = None
+        length = -1
+        upstream_chunked = False
+        has_rid = False
+        upgrade_value: bytes | None = None
+        for name, value in up.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = connection_tokens([value])
+                    drop = tokens if drop is None else drop | tokens
+                elif lname == b"transfer-encoding":
+                    upstream_chunked = True
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if lname == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif lname == b"x-request-id":
+                has_rid = True
+            headers.append((lname, value))
+        if drop:
+            headers = [h for h in headers if h[0] not in drop]
+        if status == 101 and (not ex.upgrade or upgrade_value is None):
+            raise httptools.HttpParserError("unexpected 101 from the backend")
+        ex.response_started = True
+        ex.status = status
+        close = (
+            ex.close_after
+            or not head.keep_alive
+            or proxy.draining
+            or self.pending_error is not None
+            or (ex.upgrade and status != 101)
+        )
+        no_body = ex.head_only or status in (204, 304)
+        if status == 101 and upgrade_value is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", upgrade_value))
+        elif no_body or (length >= 0 and not upstream_chunked):
+            pass
+        elif head.http_version == "1.1":
+            ex.resp_chunked = True
+            headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            ex.resp_until_close = True
+            close = True
+        if proxy.config.response_request_id and not has_rid:
+            headers.append((b"x-request-id", head.request_id.encode()))
+        proxy.policy.on_response(head, ex.client, status, headers)
+        if status != 101:
+            if close:
+                ex.close_after = True
+                headers.append((b"connection", b"close"))
+            elif head.http_version == "1.0":
+                headers.append((b"connection", b"keep-alive"))
+        reason = up.reason
+        first = b"HTTP/1.1 %d %s\r\n" % (status, reason) if reason else status_line(status)
+        out = [first]
+        for name, value in headers:
+            out.append(b"%s: %s\r\n" % (name, value))
+        out.append(b"\r\n")
+        if self.transport is not None:
+            self.transport.write(b"".join(out))
+        return ex.head_only
+
+    def upstream_body(self, ex: Exchange, body: bytes) -> None:
+        transport = self.transport
+        if ex is not self.ex or transport is None or ex.head_only:
+            return
+        if ex.resp_chunked:
+            if len(body) < 4096:
+                transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+            else:
+                transport.writelines([b"%x\r\n" % len(body), body, b"\r\n"])
+        else:
+            transport.write(body)
+
+    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
+        if ex is not self.ex or ex.finished:
+            up.abort()
+            return
+        if ex.resp_chunked and self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
+        ex.upstream = None
+        if keep_alive and ex.body_done and not ex.upgrade:
+            up.release()
+        else:
+            up.ex = None
+            up.client = None
+            up.close()
+        if not ex.body_done:
+            ex.close_after = True  # the rest of the request body cannot be skipped safely
+        backend = ex.backend
+        if backend is not None:
+            if ex.status >= 500:
+                backend.record_failure()
+            else:
+                backend.record_success()
+        self._finish(ex)
+
+    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None:
+        ex = self.ex
+        if ex is None or ex.status != 101 or self.transport is None:
+            up.abort()
+            self.abort()
+            return
+        # both sides now carry raw bytes
+        ex.finished = True
+        self._release_backend(ex, status=101)
+        up.ex = None
+        up.client = None
+        up.tunnel = self
+        self.tunnel = up
+        self.ex = None
+        self.queue.clear()
+        self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
+        self.deadline_kind = 3
+        if rest:
+            self.transport.write(rest)
+        if ex.tunnel_buf:
+            up.write(ex.tunnel_buf)
+            ex.tunnel_buf = b""
+        self.paused = 0
+        self.transport.resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        self.close()
+
+    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        ex.upstream = None
+        if ex.backend is not None:
+            ex.backend.record_failure()
+        if ex.response_started:
+            ex.finished = True
+            self._release_backend(ex, status=502)
+            self.abort()
+            return
+        ex.close_after = True
+        self._fail_upstream(ex, 502, "the backend sent an invalid response", retry=False)
+
+    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        ex.upstream = None
+        if ex.finished or ex is not self.ex:
+            return
+        if ex.response_started:
+            if ex.resp_until_close:
+                self._finish(ex)  # close-delimited body ended
+                return
+            ex.finished = True
+            self._release_backend(ex, status=502)
+            self.abort()  # truncated response: the client must see the failure
+            return
+        stale = up.served > 0 and not up.got_bytes
+        if not stale and ex.backend is not None:
+            ex.backend.record_failure()
+        self._fail_upstream(
+            ex, 502, "the backend closed the connection", retry=stale, same_backend=stale
+        )
+
+    # -- failure and completion ------------------------------------------------------------------
+    def _fail_upstream(
+        self, ex: Exchange, status: int, detail: str, *, retry: bool, same_backend: bool = False
+    ) -> None:
+        failed = ex.backend
+        up = ex.upstream
+        if up is not None:
+            ex.upstream = None
+            up.abort()
+        if ex.connect_task is not None:
+            ex.connect_task.cancel()
+            ex.connect_task = None
+        if failed is not None:
+            failed.in_flight -= 1
+            ex.backend = None
+        can_retry = (
+            retry
+            and ex.retries == 0
+            and ex.head.method in IDEMPOTENT
+            and ex.body_done
+            and not ex.streamed
+            and not ex.response_started
+            and ex.pool is not None
+            and not self.closing
+        )
+        if can_retry and ex.pool is not None:
+            ex.retries += 1
+            other = failed if same_backend else ex.pool.pick(ex.client.client_ip, exclude=failed)
+            if other is not None and (same_backend or other is not failed):
+                ex.sent_head = False
+                self._assign(ex, other)
+                return
+        ex.failed = failed
+        if not ex.body_done:
+            ex.close_after = True
+        self._send_problem(ex, status, detail, backend=failed)
+
+    def _release_backend(self, ex: Exchange, *, status: int) -> None:
+        backend = ex.backend
+        ex.backend = None
+        pool = ex.pool
+        if backend is not None:
+            backend.in_flight -= 1
+            self.proxy.observer.request_done(
+                pool.name if pool is not None else "-",
+                backend.address,
+                status,
+                self.proxy.now() - ex.upstream_started,
+            )
+        else:
+            self.proxy.observer.request_done(
+                pool.name if pool is not None else "-",
+                ex.failed.address if ex.failed is not None else "-",
+                status,
+                0.0,
+            )
+
+    def _finish(self, ex: Exchange) -> None:
+        ex.finished = True
+        self._release_backend(ex, status=ex.status)
+        self.ex = None
+        ex.body_buf = []
+        if ex.close_after or self.closing:
+            self.close()
+            return
+        if self.pending_error is not None:
+            status, detail = self.pending_error
+            self.pending_error = None
+            self._send_error(status, detail, close=True)
+            return
+        proxy = self.proxy
+        if proxy.draining:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.ex = nxt
+            self.deadline = proxy.now() + proxy.config.request_timeout
+            self.deadline_kind = 2
+            if not self.queue:
+                self.resume_reading_for(_PAUSE_QUEUE)
+            self._start(nxt)
+            return
+        if self.parsing is None:
+            self.deadline = proxy.now() + proxy.config.idle_timeout
+            self.deadline_kind = 0
+        else:
+            self.deadline = proxy.now() + proxy.config.header_timeout
+            self.deadline_kind = 1
+        if self.paused & _PAUSE_WAIT:
+            self.resume_reading_for(_PAUSE_WAIT)
+
+    # -- local answers ---------------------------------------------------------------------------
+    def _send_local(self, ex: Exchange, local: LocalResponse) -> None:
+        headers = list(local.headers)
+        if self.proxy.config.response_request_id:
+            headers.append((b"x-request-id", ex.head.request_id.encode()))
+        self.proxy.policy.on_response(ex.head, ex.client, local.status, headers)
+        close = local.close or not ex.head.keep_alive or not ex.body_done or self.proxy.draining
+        ex.status = local.status
+        ex.close_after = close
+        if self.transport is not None:
+            self.transport.write(
+                serialize_response(
+                    local.status, headers, local.body, close=close, head_only=ex.head_only
+                )
+            )
+        self._finish(ex)
+
+    def _send_problem(
+        self,
+        ex: Exchange,
+        status: int,
+        detail: str,
+        *,
+        retry_after: bool = False,
+        backend: Backend | None = None,
+    ) -> None:
+        headers: Headers = [(b"content-type", b"application/problem+json")]
+        if retry_after or status == 503:
+            headers.append((b"retry-after", str(self.proxy.config.retry_after).encode()))
+        ex.failed = backend or ex.failed
+        self._send_local(
+            ex, LocalResponse(status=status, headers=headers, body=problem_body(status, detail))
+        )
+
+    def _send_error(self, status: int, detail: str, *, close: bool) -> None:
+        """An answer outside any exchange (malformed input, head timeout)."""
+        self.closing = True
+        if self.transport is None:
+            return
+        headers: Headers = [(b"content-type", b"application/problem+json")]
+        self.transport.write(
+            serialize_response(status, headers, problem_body(status, detail), close=close)
+        )
+        self.proxy.observer.request_done("-", "-", status, 0.0)
+        if close:
+            self.transport.close()
+
+
+class Proxy:
+    """The engine: configuration, hooks, open connections, the deadline sweep, draining."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        config: ProxyConfig | None = None,
+        policy: RequestPolicy | None = None,
+        observer: Observer | None = None,
+        limiter: ConnectionLimiter | None = None,
+        trusted: TrustedProxies | None = None,
+    ) -> None:
+        self.router = router
+        self.config = config or ProxyConfig()
+        self.policy: RequestPolicy = policy or NullPolicy()
+        self.observer: Observer = observer or NullObserver()
+        self.limiter = limiter
+        self.trusted = trusted or TrustedProxies(())
+        self.request_ids = RequestIds()
+        self.connections: set[ClientProtocol] = set()
+        self.servers: list[asyncio.Server] = []
+        self.draining = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_event: asyncio.Event | None = None
+
+    def now(self) -> float:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
+
+    def protocol_factory(self, *, tls: bool = False) -> Any:
+        def factory() -> ClientProtocol:
+            return ClientProtocol(self, tls=tls)
+
+        return factory
+
+    async def serve(
+        self,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+        backlog: int = 1024,
+    ) -> asyncio.Server:
+        """Serve HTTP (or HTTPS when ``ssl_context`` is given) on an already bound socket."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        server = await loop.create_server(
+            self.protocol_factory(tls=ssl_context is not None),
+            sock=sock,
+            ssl=ssl_context,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl_context is not None else None,
+            backlog=backlog,
+        )
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(0.25, self._sweep)
+        return server
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        for conn in list(self.connections):
+            if conn.deadline and now >= conn.deadline and not conn.closing:
+                conn.on_deadline()
+            elif self.draining and conn.ex is None and conn.parsing is None and conn.tunnel is None:
+                conn.close()
+        self._sweeper = loop.call_later(0.25, self._sweep)
+
+    def connection_closed(self) -> None:
+        if self._idle_event is not None and not self.connections:
+            self._idle_event.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for c in self.connections if c.ex is not None or c.tunnel is not None)
+
+    async def drain(self, grace: float) -> int:
+        """Stop accepting, let in-flight exchanges finish (up to ``grace`` s), close the rest.
+
+        Returns the number of connections that had to be cut."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.ex is None and conn.parsing is None and conn.tunnel is None:
+                conn.close()
+        if self.connections:
+            self._idle_event = asyncio.Event()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle_event.wait()
+            except TimeoutError:
+                pass
+        cut = len(self.connections)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        return cut
+
+
+def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT, so several worker processes share a port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,124 @@
+"""The extension seam of the proxy core: what the load balancer and the edge plug in.
+
+Everything here is small and stable; the engine in ``server.py`` calls these hooks on the hot
+path, so implementations should answer in microseconds and never block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from zeitwork.proxy.backends import Pool
+
+Headers = list[tuple[bytes, bytes]]
+"""Header list as (name, value) byte pairs; names are lower-case on the request side."""
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """Who is asking, per request.
+
+    ``peer_ip`` is the socket peer; ``client_ip`` is the effective client (the left-most
+    untrusted address of ``X-Forwarded-For`` when the peer is a trusted proxy, else the peer).
+    ``tls`` tells whether the client connection is TLS; ``sni`` is the TLS server name if any.
+    """
+
+    peer_ip: str
+    client_ip: str
+    tls: bool = False
+    sni: str | None = None
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head. ``host`` is lower-case without port; ``path`` excludes the query.
+
+    ``headers`` holds the client's headers (lower-case names) in order; the engine strips
+    hop-by-hop headers and adds the forwarding headers after ``on_request`` ran, so a policy
+    sees what the client sent. A policy may edit ``headers`` in place (e.g. drop a header).
+    """
+
+    method: bytes
+    target: bytes
+    path: str
+    host: str
+    http_version: str
+    headers: Headers
+    keep_alive: bool = True
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class LocalResponse:
+    """An answer produced by a policy instead of forwarding (429, 308, CORS preflight, ...).
+
+    ``headers`` must not contain Content-Length or Connection: the engine adds them.
+    ``close`` asks the engine to close the client connection after the answer.
+    """
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+    close: bool = False
+
+
+class RequestPolicy(Protocol):
+    """Per-request hooks. ``on_request`` returning a response answers locally (nothing is
+    forwarded); ``None`` forwards. ``on_response`` may edit ``headers`` of the upstream
+    response (and of local error answers) in place before they are sent to the client."""
+
+    def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None: ...
+
+    def on_response(
+        self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
+    ) -> None: ...
+
+
+class Router(Protocol):
+    """Maps a request to the pool of backends that serves it (``None``: no route -> 503)."""
+
+    def resolve(self, host: str, path: str) -> Pool | None: ...
+
+
+class ConnectionLimiter(Protocol):
+    """Admission of client connections (per-address caps, global caps).
+
+    ``acquire`` is called when a connection is accepted; ``False`` closes it at once.
+    ``release`` is called exactly once for every accepted connection when it closes.
+    """
+
+    def acquire(self, peer_ip: str) -> bool: ...
+
+    def release(self, peer_ip: str) -> None: ...
+
+
+class Observer(Protocol):
+    """Receives one call per finished exchange (metrics); must be cheap."""
+
+    def request_done(
+        self, pool: str, backend: str, status: int, upstream_seconds: float
+    ) -> None: ...
+
+    def connections_changed(self, delta: int) -> None: ...
+
+
+class NullPolicy:
+    """Forward everything unchanged."""
+
+    def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None:
+        return None
+
+    def on_response(
+        self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
+    ) -> None:
+        return None
+
+
+class NullObserver:
+    def request_done(self, pool: str, backend: str, status: int, upstream_seconds: float) -> None:
+        return None
+
+    def connections_changed(self, delta: int) -> None:
+        return None

@@ -1,0 +1,210 @@
+"""One keep-alive connection to a backend: writes requests, parses responses (httptools).
+
+The protocol only moves bytes and reports parse events to the client connection that owns
+the current exchange (``server.ClientProtocol``); it returns itself to its backend's idle
+list when a response ends cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from zeitwork.proxy.headers import MAX_HEADER_BYTES
+
+if TYPE_CHECKING:
+    from zeitwork.proxy.backends import Backend
+    from zeitwork.proxy.server import ClientProtocol, Exchange
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_header_bytes",
+        "_interim",
+        "_skip",
+        "backend",
+        "client",
+        "closed",
+        "ex",
+        "got_bytes",
+        "headers",
+        "parser",
+        "reason",
+        "reusable",
+        "served",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.client: ClientProtocol | None = None
+        self.reusable = False
+        self.closed = False
+        self.served = 0
+        self.got_bytes = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self._header_bytes = 0
+        self._interim = False
+        self._skip = False
+        self.tunnel: ClientProtocol | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.backend.upstream_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reusable = False
+        self.backend.upstream_connections -= 1
+        if self.tunnel is not None:
+            peer, self.tunnel = self.tunnel, None
+            peer.tunnel_closed()
+            return
+        ex = self.ex
+        if ex is None:
+            self.backend.forget_idle(self)
+            return
+        client = self.client
+        self.ex = None
+        if client is not None:
+            client.upstream_lost(ex, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_data(data)
+            return
+        if self.ex is None:
+            # bytes on an idle connection: the backend is confused; never reuse it
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            client = self.client
+            if client is not None and self.ex is not None:
+                client.upstream_upgraded(self, data[offset:])
+        except httptools.HttpParserError:
+            ex = self.ex
+            client = self.client
+            if ex is not None and client is not None:
+                self.ex = None
+                client.upstream_garbage(ex, self)
+            self.close()
+        finally:
+            self._skip = False
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading_for(2)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading_for(2)
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._skip:
+            return
+        self.headers = []
+        self.reason = b""
+        self._header_bytes = 0
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._skip:
+            return
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("response headers too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._skip:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # 100/103 interim answers are not relayed
+            return
+        client = self.client
+        ex = self.ex
+        if client is None or ex is None:
+            return
+        if status == 101:
+            self._interim = True  # the tunnel starts when the parser reports the upgrade
+        if client.upstream_head(ex, self, status):
+            # no body follows (HEAD): the response is done now; a fresh parser for the next
+            self._skip = True
+            self.parser = httptools.HttpResponseParser(self)
+            client.upstream_complete(ex, self, self._keep_alive_after_head())
+
+    def _keep_alive_after_head(self) -> bool:
+        for name, value in self.headers:
+            if name.lower() == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip:
+            return
+        client = self.client
+        ex = self.ex
+        if client is not None and ex is not None:
+            client.upstream_body(ex, body)
+
+    def on_message_complete(self) -> None:
+        if self._skip:
+            return
+        if self._interim:
+            self._interim = False
+            return
+        client = self.client
+        ex = self.ex
+        if client is not None and ex is not None:
+            client.upstream_complete(ex, self, self.parser.should_keep_alive())
+
+    # -- engine API --------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def release(self) -> None:
+        """The exchange ended cleanly: back to the backend's idle list."""
+        self.ex = None
+        self.client = None
+        self.served += 1
+        if self.closed:
+            return
+        if self.transport is not None and self.transport.is_reading() is False:
+            self.transport.resume_reading()
+        self.reusable = True
+        self.backend.put_idle(self)
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.reusable = False
+        self.ex = None
+        self.client = None
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
