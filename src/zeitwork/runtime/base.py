@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 DriverName = Literal["oci", "firecracker"]
 DriverChoice = Literal["auto", "oci", "firecracker"]
@@ -38,6 +38,7 @@ class NetworkAttachment:
     prefix_len: int  # e.g. 24
     gateway: str  # the bridge's address
     mac: str | None = None
+    netns: str | None = None  # path of the network namespace prepared for the instance (oci)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +115,10 @@ class Driver(Protocol):
     async def recover(self, handles: Sequence[Handle]) -> Recovered:
         """After an agent restart: keep what still runs, clean what is dead or stray."""
         ...
+
+
+@runtime_checkable
+class SupportsHousekeeping(Protocol):
+    """Optional: periodic upkeep a driver wants (log rotation, reaping); the agent calls it."""
+
+    async def housekeeping(self, handles: Sequence[Handle]) -> None: ...

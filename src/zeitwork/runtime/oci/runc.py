@@ -1,0 +1,116 @@
+"""The one wrapper around the OCI runtime CLI (``runc``; ``crun`` takes the same arguments).
+
+Every call is an argv list through ``asyncio.create_subprocess_exec``; failures become
+``RuntimeFailure`` carrying the runtime's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from zeitwork.core.errors import RuntimeFailure
+
+_MISSING = ("does not exist", "not found", "no such file")
+
+
+class ContainerMissing(RuntimeFailure):
+    """The runtime knows no container of that id."""
+
+
+def _message(stderr: bytes, log_file: Path | None = None) -> str:
+    lines: list[str] = []
+    if log_file is not None and log_file.exists():
+        for raw in log_file.read_text(errors="replace").splitlines()[-20:]:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+                lines.append(str(entry.get("msg", "")))
+    text = stderr.decode(errors="replace").strip()
+    if text:
+        lines.append(text)
+    return "; ".join(dict.fromkeys(line for line in lines if line)) or "no message"
+
+
+class RuncCli:
+    def __init__(self, *, binary: str = "runc", root: Path) -> None:
+        self.binary = binary
+        self.root = root
+
+    async def _exec(
+        self, *args: str, stdout: int | None = None, log_file: Path | None = None
+    ) -> bytes:
+        argv = [self.binary, "--root", str(self.root)]
+        if log_file is not None:
+            argv += ["--log", str(log_file), "--log-format", "json"]
+        argv += list(args)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                stderr=stdout if stdout is not None else asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError as exc:
+            raise RuntimeFailure(f"{self.binary} is not installed") from exc
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            message = _message(err or b"", log_file)
+            what = f"{self.binary} {args[0]}: {message}"
+            if any(marker in message.lower() for marker in _MISSING):
+                raise ContainerMissing(what)
+            raise RuntimeFailure(what)
+        return out or b""
+
+    async def version(self) -> str:
+        out = await self._exec("--version")
+        return out.decode().splitlines()[0] if out else self.binary
+
+    async def run_detached(
+        self, container_id: str, *, bundle: Path, pid_file: Path, output_fd: int, log_file: Path
+    ) -> None:
+        """``run --detach``: the container's stdout and stderr are ``output_fd``."""
+        await self._exec(
+            "run",
+            "--detach",
+            "--bundle",
+            str(bundle),
+            "--pid-file",
+            str(pid_file),
+            container_id,
+            stdout=output_fd,
+            log_file=log_file,
+        )
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            out = await self._exec("state", container_id)
+        except ContainerMissing:
+            return None
+        value = json.loads(out)
+        if not isinstance(value, dict):
+            raise RuntimeFailure(f"{self.binary} state: unexpected output")
+        return value
+
+    async def kill(self, container_id: str, signal: str, *, all_processes: bool = False) -> None:
+        args = ["kill"] + (["--all"] if all_processes else []) + [container_id, signal]
+        await self._exec(*args)
+
+    async def delete(self, container_id: str, *, force: bool = True) -> bool:
+        """Delete; False when there was nothing to delete."""
+        try:
+            await self._exec("delete", *(["--force"] if force else []), container_id)
+        except ContainerMissing:
+            return False
+        return True
+
+    async def list(self) -> list[dict[str, Any]]:
+        if not self.root.exists():
+            return []
+        out = await self._exec("list", "--format", "json")
+        value = json.loads(out or b"null")
+        return [entry for entry in (value or []) if isinstance(entry, dict)]
