@@ -1,0 +1,51 @@
+"""The internal CA: created once, kept in the data directory, issues a leaf per domain.
+
+It is the default in development: every domain the platform serves gets a certificate at
+once, trusted by whoever trusts ``ca.crt`` (``curl --cacert``). The CA key is written 0600 in
+a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zeitwork.clients.certificates import CertificateRecord
+from zeitwork.edge.certificates.x509 import inspect, issue_leaf, self_signed_ca
+
+
+class InternalCA:
+    def __init__(self, *, cert_pem: str, key_pem: str, leaf_days: int = 90) -> None:
+        self.cert_pem = cert_pem
+        self._key_pem = key_pem
+        self._leaf_days = leaf_days
+
+    @classmethod
+    def load_or_create(cls, directory: Path, *, leaf_days: int = 90) -> InternalCA:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cert_path, key_path = directory / "ca.crt", directory / "ca.key"
+        if cert_path.exists() and key_path.exists():
+            return cls(
+                cert_pem=cert_path.read_text(), key_pem=key_path.read_text(), leaf_days=leaf_days
+            )
+        cert, key = self_signed_ca("Zeitwork internal CA")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        cert_path.write_text(cert)
+        return cls(cert_pem=cert, key_pem=key, leaf_days=leaf_days)
+
+    def issue(self, domain: str) -> CertificateRecord:
+        chain, key = issue_leaf(
+            [domain], ca_cert_pem=self.cert_pem, ca_key_pem=self._key_pem, days=self._leaf_days
+        )
+        info = inspect(chain)
+        return CertificateRecord(
+            domain=domain,
+            cert_pem=chain,
+            key_pem=key,
+            status="issued",
+            source="internal",
+            not_before=info.not_before,
+            not_after=info.not_after,
+        )

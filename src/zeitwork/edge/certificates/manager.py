@@ -1,0 +1,148 @@
+"""Keeps the TLS terminator's certificates present and fresh.
+
+Each pass: load every issued certificate from the store into the terminator (so a
+certificate ordered by another edge is served here too), then order what is due (missing,
+failed after its back-off, or at two thirds of its lifetime). ACME orders take the store's
+lease first, so one edge orders a given certificate at a time; a failure is written back
+with its error, attempt count and next attempt time, and counted in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+from zeitwork.clients.certificates import AcmeAccount, CertificateRecord
+from zeitwork.edge.certificates.acme import AcmeError, AcmeIssuer
+from zeitwork.edge.certificates.internal_ca import InternalCA
+from zeitwork.edge.certificates.renewal import failed, is_due
+from zeitwork.edge.certificates.store import CertificateStore
+from zeitwork.edge.certificates.x509 import CertificateError
+from zeitwork.edge.tls import TlsTerminator
+from zeitwork.observability import get_logger
+
+log = get_logger("zeitwork.edge.certificates")
+
+Mode = Literal["static", "internal", "acme"]
+OrderResult = Callable[[str, str], None]  # (source, result)
+
+
+class CertificateManager:
+    def __init__(
+        self,
+        *,
+        store: CertificateStore,
+        tls: TlsTerminator,
+        mode: Mode,
+        domains: Callable[[], Iterable[str]],
+        holder: str,
+        internal_ca: InternalCA | None = None,
+        issuer: AcmeIssuer | None = None,
+        on_order: OrderResult | None = None,
+        retry_base: float = 60.0,
+        lease_ttl: int = 300,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._tls = tls
+        self._mode = mode
+        self._domains = domains
+        self._holder = holder
+        self._ca = internal_ca
+        self._issuer = issuer
+        self._on_order = on_order or (lambda source, result: None)
+        self._retry_base = retry_base
+        self._lease_ttl = lease_ttl
+        self._clock = clock
+        self._installed: dict[str, str] = {}
+        self.wake = asyncio.Event()
+
+    async def sync_once(self) -> None:
+        records = {r.domain: r for r in await self._store.list()}
+        for record in records.values():
+            self._install(record)
+        if self._mode == "static":
+            return
+        now = self._clock()
+        for domain in sorted(set(self._domains())):
+            if is_due(records.get(domain), now):
+                await self._order(domain, records.get(domain))
+
+    def _install(self, record: CertificateRecord) -> None:
+        if record.status != "issued" or not record.cert_pem:
+            return
+        if self._installed.get(record.domain) == record.cert_pem:
+            return
+        try:
+            self._tls.install(record.domain, record.cert_pem, record.key_pem)
+        except CertificateError as exc:
+            log.warning("certificate.unusable", domain=record.domain, error=str(exc))
+            return
+        self._installed[record.domain] = record.cert_pem
+        log.info("certificate.installed", domain=record.domain, source=record.source)
+
+    async def _order(self, domain: str, current: CertificateRecord | None) -> None:
+        if self._mode == "internal":
+            assert self._ca is not None
+            record = self._ca.issue(domain)
+            await self._store.put(record)
+            self._install(record)
+            self._on_order("internal", "issued")
+            return
+        assert self._issuer is not None
+        if not await self._store.acquire_lease(domain, self._holder, self._lease_ttl):
+            log.info("certificate.lease_busy", domain=domain)
+            return
+        try:
+            if current is None:
+                await self._store.put(CertificateRecord(domain=domain, status="pending"))
+            log.info("certificate.ordering", domain=domain)
+            try:
+                record = await asyncio.to_thread(self._issuer.issue, domain)
+            except (AcmeError, CertificateError) as exc:
+                record = failed(current, domain, str(exc), self._clock(), base=self._retry_base)
+                await self._store.put(record)
+                self._on_order("acme", "failed")
+                log.warning(
+                    "certificate.order_failed",
+                    domain=domain,
+                    error=str(exc),
+                    attempts=record.attempts,
+                    next_attempt_at=str(record.next_attempt_at),
+                )
+                return
+            await self._store.put(record)
+            self._install(record)
+            self._on_order("acme", "issued")
+            log.info("certificate.issued", domain=domain, not_after=str(record.not_after))
+        finally:
+            await self._store.release_lease(domain, self._holder)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except Exception as exc:  # the loop reports and retries on the next pass
+                log.warning("certificate.sync_failed", error=f"{type(exc).__name__}: {exc}")
+            self.wake.clear()
+            try:
+                async with asyncio.timeout(interval):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
+
+
+def account_bridge(
+    store: CertificateStore, loop: asyncio.AbstractEventLoop
+) -> tuple[Callable[[str], AcmeAccount | None], Callable[[AcmeAccount], None]]:
+    """Sync callbacks (for the ACME worker thread) onto the async store."""
+
+    def load(directory: str) -> AcmeAccount | None:
+        return asyncio.run_coroutine_threadsafe(store.get_account(directory), loop).result(30)
+
+    def save(account: AcmeAccount) -> None:
+        asyncio.run_coroutine_threadsafe(store.put_account(account), loop).result(30)
+
+    return load, save

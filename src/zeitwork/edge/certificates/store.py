@@ -1,0 +1,103 @@
+"""Where certificates, ACME accounts and ordering leases live.
+
+Production edges use the operator (``zeitwork.clients.certificates.CertificateClient``), so
+every edge node serves the same certificates. ``LocalStore`` keeps them in memory and,
+given a directory, in one JSON file per domain (private keys inside: the directory is 0700
+and files 0600); it serves tests and a single edge running without an operator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from zeitwork.clients.certificates import (
+    AcmeAccount,
+    CertificateRecord,
+    record_from_json,
+    record_to_json,
+)
+
+
+class CertificateStore(Protocol):
+    async def list(self) -> list[CertificateRecord]: ...
+
+    async def get(self, domain: str) -> CertificateRecord | None: ...
+
+    async def put(self, record: CertificateRecord) -> None: ...
+
+    async def acquire_lease(self, domain: str, holder: str, ttl_seconds: int) -> bool: ...
+
+    async def release_lease(self, domain: str, holder: str) -> None: ...
+
+    async def get_account(self, directory: str) -> AcmeAccount | None: ...
+
+    async def put_account(self, account: AcmeAccount) -> None: ...
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+class LocalStore:
+    """In-memory store, persisted to ``directory`` when one is given."""
+
+    def __init__(self, *, directory: Path | None = None) -> None:
+        self._records: dict[str, CertificateRecord] = {}
+        self._accounts: dict[str, AcmeAccount] = {}
+        self._leases: dict[str, tuple[str, datetime]] = {}
+        self._dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for path in sorted(directory.glob("cert-*.json")):
+                record = record_from_json(json.loads(path.read_text()))
+                self._records[record.domain] = record
+            accounts = directory / "acme-accounts.json"
+            if accounts.exists():
+                for item in json.loads(accounts.read_text()):
+                    self._accounts[item["directory"]] = AcmeAccount(**item)
+
+    async def list(self) -> list[CertificateRecord]:
+        return list(self._records.values())
+
+    async def get(self, domain: str) -> CertificateRecord | None:
+        return self._records.get(domain)
+
+    async def put(self, record: CertificateRecord) -> None:
+        self._records[record.domain] = record
+        if self._dir is not None:
+            _write_private(
+                self._dir / f"cert-{record.domain}.json", json.dumps(record_to_json(record))
+            )
+
+    async def acquire_lease(self, domain: str, holder: str, ttl_seconds: int) -> bool:
+        now = datetime.now(UTC)
+        current = self._leases.get(domain)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[domain] = (holder, now + timedelta(seconds=ttl_seconds))
+        return True
+
+    async def release_lease(self, domain: str, holder: str) -> None:
+        current = self._leases.get(domain)
+        if current is not None and current[0] == holder:
+            del self._leases[domain]
+
+    async def get_account(self, directory: str) -> AcmeAccount | None:
+        return self._accounts.get(directory)
+
+    async def put_account(self, account: AcmeAccount) -> None:
+        self._accounts[account.directory] = account
+        if self._dir is not None:
+            _write_private(
+                self._dir / "acme-accounts.json",
+                json.dumps([asdict(a) for a in self._accounts.values()]),
+            )

@@ -1,0 +1,412 @@
+"""Composition root of the edge proxy: builds every part from ``EdgeSettings`` and runs it.
+
+Listeners: plain HTTP on ``PORT`` (ACME HTTP-01 answers, redirects, apps without a
+certificate), HTTPS on ``EDGE_HTTPS_PORT``, and the admin listener (``/health``,
+``/metrics``) on ``EDGE_ADMIN_HOST:EDGE_ADMIN_PORT``. Traffic goes to ``LOAD_BALANCER_URL``
+through the shared proxy core over pooled keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+
+from zeitwork.clients.certificates import CertificateClient
+from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
+from zeitwork.edge.certificates.challenges import Challenges
+from zeitwork.edge.certificates.internal_ca import InternalCA
+from zeitwork.edge.certificates.manager import CertificateManager, account_bridge
+from zeitwork.edge.certificates.static import StaticFiles
+from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
+from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter
+from zeitwork.edge.policy import DomainPolicy, EdgePolicy
+from zeitwork.edge.rate_limit import Quota, RateLimiter
+from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
+from zeitwork.edge.settings import EdgeSettings
+from zeitwork.edge.tls import TlsTerminator
+from zeitwork.observability import get_logger, new_registry, render_metrics
+from zeitwork.observability.metrics import CONTENT_TYPE
+from zeitwork.proxy.backends import Backend, Pool
+from zeitwork.proxy.headers import TrustedProxies
+from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
+
+log = get_logger("zeitwork.edge")
+
+
+class SinglePool:
+    """Router: every request goes to the load balancer pool."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def resolve(self, host: str, path: str) -> Pool | None:
+        return self.pool
+
+
+class ConnectionCaps:
+    """``ConnectionLimiter``: at most ``per_ip`` connections per address, ``total`` in all."""
+
+    def __init__(self, *, per_ip: int, total: int) -> None:
+        self._per_ip = per_ip
+        self._total = total
+        self._counts: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+
+    def acquire(self, peer_ip: str) -> bool:
+        count = self._counts.get(peer_ip, 0)
+        if count >= self._per_ip or self.open >= self._total:
+            self.refused += 1
+            return False
+        self._counts[peer_ip] = count + 1
+        self.open += 1
+        return True
+
+    def release(self, peer_ip: str) -> None:
+        count = self._counts.get(peer_ip, 0) - 1
+        if count <= 0:
+            self._counts.pop(peer_ip, None)
+        else:
+            self._counts[peer_ip] = count
+        self.open -= 1
+
+
+class TlsAwareCaps(ConnectionCaps):
+    """Also counts completed TLS handshakes (a TLS connection is admitted after it)."""
+
+    def __init__(self, *, per_ip: int, total: int, handshakes: HandshakeCounter) -> None:
+        super().__init__(per_ip=per_ip, total=total)
+        self._handshakes = handshakes
+
+    def acquire(self, peer_ip: str) -> bool:
+        self._handshakes.completed += 1
+        return super().acquire(peer_ip)
+
+
+def _lb_address(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _domain_rate_limits(spec: str, burst_default: int) -> dict[str, Quota]:
+    out: dict[str, Quota] = {}
+    for item in parse_list(spec):
+        host, sep, limits = item.partition("=")
+        rps_text, _, burst_text = limits.partition(":")
+        if not sep or not rps_text:
+            raise ValueError(f"EDGE_DOMAIN_RATE_LIMITS: {item!r} is not host=rps[:burst]")
+        rps = float(rps_text)
+        out[host.strip().lower()] = Quota(
+            rps=rps, burst=int(burst_text) if burst_text else max(1, round(rps * 2)), name=host
+        )
+    return out
+
+
+def build_policy(
+    settings: EdgeSettings,
+    *,
+    limiter: RateLimiter,
+    has_certificate: Callable[[str], bool],
+    challenge_answer: Callable[[str], str | None],
+    https_port: int,
+) -> EdgePolicy:
+    quota = Quota(rps=settings.rate_limit_rps, burst=settings.burst)
+    origins = parse_list(settings.cors_origins)
+    cors = (
+        CorsPolicy(
+            CorsConfig(
+                origins=origins,
+                methods=parse_list(settings.cors_methods),
+                headers=parse_list(settings.cors_headers),
+                expose_headers=parse_list(settings.cors_expose_headers),
+                credentials=settings.cors_credentials,
+                max_age=settings.cors_max_age,
+            )
+        )
+        if origins
+        else None
+    )
+    security = SecurityHeaders(
+        SecurityHeadersConfig(
+            hsts_max_age=settings.hsts_max_age,
+            hsts_include_subdomains=settings.hsts_include_subdomains,
+            frame_options=settings.frame_options or None,
+            referrer_policy=settings.referrer_policy or None,
+            permissions_policy=settings.permissions_policy or None,
+            content_security_policy=settings.content_security_policy or None,
+            override=frozenset(parse_list(settings.header_override)),
+        )
+    )
+    default = DomainPolicy(quota=quota, cors=cors, security=security)
+    domains = {
+        host: DomainPolicy(quota=q, cors=cors, security=security, limit_key="|" + host)
+        for host, q in _domain_rate_limits(settings.domain_rate_limits, settings.burst).items()
+    }
+    policy = EdgePolicy(
+        default=default,
+        domains=domains,
+        limiter=limiter,
+        has_certificate=has_certificate,
+        challenge_answer=challenge_answer,
+        https_port=https_port,
+    )
+    policy.known_hosts.update(parse_list(settings.domains))
+    policy.known_hosts.update(domains)
+    return policy
+
+
+@dataclass
+class Edge:
+    """A running edge (one worker): its listeners, certificate loop and admin endpoint."""
+
+    settings: EdgeSettings
+    registry: CollectorRegistry = field(default_factory=new_registry)
+    store: CertificateStore | None = None
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.handshakes = HandshakeCounter()
+        self.tls = TlsTerminator(on_handshake=self.handshakes.start)
+        self.challenges = Challenges(tls=self.tls)
+        self.limiter = RateLimiter(capacity=s.rate_limit_capacity)
+        self.metrics = EdgeMetrics(registry=self.registry)
+        self.ports: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._admin: asyncio.Server | None = None
+        self._operator: CertificateClient | None = None
+        self._static: StaticFiles | None = None
+        self.manager: CertificateManager | None = None
+        self.proxy: Proxy | None = None
+        self.policy: EdgePolicy | None = None
+
+    def domains(self) -> list[str]:
+        return list(parse_list(self.settings.domains))
+
+    def _store(self) -> CertificateStore:
+        if self.store is not None:
+            return self.store
+        s = self.settings
+        if s.operator_url:
+            self._operator = CertificateClient(base_url=s.operator_url, token=s.operator_token)
+            return self._operator
+        return LocalStore(directory=s.data_dir / "edge" / "certificates")
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        plain_sock = reuse_port_socket(s.host, s.port, reuse_port=s.worker_count > 1)
+        tls_sock = reuse_port_socket(s.host, s.https_port, reuse_port=s.worker_count > 1)
+        https_port = s.public_https_port or tls_sock.getsockname()[1]
+        self.policy = build_policy(
+            s,
+            limiter=self.limiter,
+            has_certificate=self.tls.has_certificate,
+            challenge_answer=self.challenges.answer,
+            https_port=https_port,
+        )
+        backend = Backend(_lb_address(s.load_balancer_url))
+        pool = Pool("load-balancer", backends=[backend])
+        caps = TlsAwareCaps(
+            per_ip=s.max_connections_per_ip, total=s.max_connections, handshakes=self.handshakes
+        )
+        self.caps = caps
+        trusted = TrustedProxies(
+            [ipaddress.ip_network(c, strict=False) for c in parse_list(s.trusted_proxies)]
+        )
+        config = ProxyConfig(
+            connect_timeout=s.connect_timeout,
+            header_timeout=s.header_timeout,
+            idle_timeout=s.idle_timeout,
+            max_body=s.max_body,
+        )
+        self.proxy = Proxy(
+            router=SinglePool(pool),
+            config=config,
+            policy=self.policy,
+            limiter=caps,
+            trusted=trusted,
+        )
+        self.metrics.watch(
+            policy=self.policy,
+            limiter=self.limiter,
+            handshakes=self.handshakes,
+            expiries=self.tls.expiries,
+        )
+
+        store = self._store()
+        mode = s.effective_tls_mode
+        issuer: AcmeIssuer | None = None
+        ca: InternalCA | None = None
+        if mode == "static":
+            assert s.ssl_cert_path is not None and s.ssl_key_path is not None
+            self._static = StaticFiles(cert_path=s.ssl_cert_path, key_path=s.ssl_key_path)
+            self._reload_static()
+        elif mode == "internal":
+            ca = InternalCA.load_or_create(s.data_dir / "edge" / "ca")
+        else:
+            load, save = account_bridge(store, loop)
+            issuer = AcmeIssuer(
+                options=AcmeOptions(
+                    directory=s.acme_directory,
+                    ca_bundle=str(s.acme_ca_bundle) if s.acme_ca_bundle else None,
+                    email=s.acme_email,
+                    challenge=s.acme_challenge,
+                ),
+                board=self.challenges,
+                load_account=load,
+                save_account=save,
+            )
+        self.manager = CertificateManager(
+            store=store,
+            tls=self.tls,
+            mode=mode,
+            domains=self.domains,
+            holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            internal_ca=ca,
+            issuer=issuer,
+            on_order=lambda source, result: self.metrics.certificate_orders.labels(
+                source, result
+            ).inc(),
+            retry_base=s.acme_retry_base,
+        )
+        if mode == "internal":
+            await self.manager.sync_once()  # serve the platform's domains from the first request
+
+        await self.proxy.serve(plain_sock)
+        await self.proxy.serve(
+            tls_sock,
+            ssl_context=self.tls.server_context,
+            ssl_handshake_timeout=s.handshake_timeout,
+        )
+        self._admin = await asyncio.start_server(self._admin_client, s.admin_host, s.admin_port)
+        self.ports = {
+            "http": plain_sock.getsockname()[1],
+            "https": tls_sock.getsockname()[1],
+            "admin": self._admin.sockets[0].getsockname()[1],
+        }
+        self._tasks.append(
+            asyncio.create_task(self.manager.run(s.cert_check_interval), name="edge.certificates")
+        )
+        if self._static is not None:
+            self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
+        log.info("edge.started", tls_mode=mode, **self.ports)
+
+    def _reload_static(self) -> None:
+        assert self._static is not None
+        polled = self._static.poll()
+        if polled is None:
+            return
+        stamp, chain, key = polled
+        info = self.tls.install("*static*", chain, key, default=True)
+        for name in info.names:
+            self.tls.install(name, chain, key)
+        self._static.accept(stamp)
+        log.info("certificate.static_loaded", names=list(info.names))
+
+    async def _watch_static(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._reload_static()
+            except (OSError, ValueError) as exc:
+                log.warning("certificate.static_unusable", error=str(exc))
+
+    async def lb_reachable(self) -> bool:
+        host, _, port = _lb_address(self.settings.load_balancer_url).rpartition(":")
+        try:
+            async with asyncio.timeout(1.0):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _admin_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                line = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+            parts = line.split()
+            path = parts[1].decode("latin-1") if len(parts) >= 2 else ""
+            if path == "/health":
+                ok = await self.lb_reachable()
+                body = (
+                    b'{"status":"ok"}'
+                    if ok
+                    else b'{"status":"degraded","detail":"load balancer unreachable"}'
+                )
+                status = b"200 OK" if ok else b"503 Service Unavailable"
+                ctype = b"application/json"
+            elif path == "/metrics":
+                body, status, ctype = (
+                    render_metrics(self.registry),
+                    b"200 OK",
+                    CONTENT_TYPE.encode(),
+                )
+            else:
+                body, status, ctype = b'{"status":404}', b"404 Not Found", b"application/json"
+            head = b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
+                status,
+                ctype,
+                len(body),
+            )
+            writer.write(head + b"connection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._admin is not None:
+            self._admin.close()
+        if self.proxy is not None:
+            await self.proxy.drain(self.settings.drain_timeout)
+        if self._operator is not None:
+            await self._operator.aclose()
+
+    def certificate_expiries(self) -> dict[str, datetime]:
+        return self.tls.expiries()
+
+
+async def run(settings: EdgeSettings) -> None:
+    """Run one edge worker until SIGTERM/SIGINT, then drain."""
+    edge = Edge(settings)
+    await edge.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper: asyncio.Task[bool] = asyncio.create_task(stop.wait(), name="edge.signal")
+    waiters: list[asyncio.Task[None] | asyncio.Task[bool]] = [*edge._tasks, stopper]
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stopper and not task.cancelled() and task.exception() is not None:
+            log.error("edge.loop_crashed", task=task.get_name(), error=str(task.exception()))
+    log.info("edge.stopping")
+    stopper.cancel()
+    await edge.stop()

@@ -1,0 +1,134 @@
+"""Edge proxy configuration (environment variables, validated once at start-up)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from zeitwork.settings import ServiceSettings
+
+TlsMode = Literal["static", "internal", "acme"]
+ChallengeType = Literal["http-01", "tls-alpn-01"]
+
+
+class EdgeSettings(ServiceSettings):
+    port: int = Field(default=8083, ge=0, le=65535, validation_alias="PORT")
+    https_port: int = Field(default=8443, ge=0, le=65535, validation_alias="EDGE_HTTPS_PORT")
+    public_https_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        validation_alias="EDGE_PUBLIC_HTTPS_PORT",
+        description="port written into HTTPS redirects (default: EDGE_HTTPS_PORT)",
+    )
+    load_balancer_url: str = Field(
+        default="http://127.0.0.1:8082", validation_alias="LOAD_BALANCER_URL"
+    )
+    operator_url: str | None = Field(default=None, validation_alias="OPERATOR_URL")
+    operator_token: str | None = Field(default=None, validation_alias="OPERATOR_TOKEN")
+
+    tls_mode: TlsMode | None = Field(default=None, validation_alias="EDGE_TLS_MODE")
+    ssl_cert_path: Path | None = Field(default=None, validation_alias="SSL_CERT_PATH")
+    ssl_key_path: Path | None = Field(default=None, validation_alias="SSL_KEY_PATH")
+    domains: str = Field(
+        default="", validation_alias="EDGE_DOMAINS", description="comma-separated host names"
+    )
+    acme_directory: str = Field(
+        default="https://acme-v02.api.letsencrypt.org/directory",
+        validation_alias="EDGE_ACME_DIRECTORY",
+    )
+    acme_ca_bundle: Path | None = Field(default=None, validation_alias="EDGE_ACME_CA_BUNDLE")
+    acme_email: str | None = Field(default=None, validation_alias="EDGE_ACME_EMAIL")
+    acme_challenge: ChallengeType = Field(default="http-01", validation_alias="EDGE_ACME_CHALLENGE")
+    acme_retry_base: float = Field(default=60.0, gt=0, validation_alias="EDGE_ACME_RETRY_BASE")
+    cert_check_interval: float = Field(
+        default=30.0, gt=0, validation_alias="EDGE_CERT_CHECK_INTERVAL"
+    )
+
+    rate_limit_rps: float = Field(default=100.0, gt=0, validation_alias="RATE_LIMIT_RPS")
+    rate_limit_burst: int | None = Field(default=None, ge=1, validation_alias="RATE_LIMIT_BURST")
+    rate_limit_capacity: int = Field(
+        default=200_000, ge=1, validation_alias="EDGE_RATE_LIMIT_CAPACITY"
+    )
+    domain_rate_limits: str = Field(
+        default="",
+        validation_alias="EDGE_DOMAIN_RATE_LIMITS",
+        description="per-domain overrides: host=rps:burst,host2=rps:burst",
+    )
+
+    cors_origins: str = Field(default="", validation_alias="EDGE_CORS_ORIGINS")
+    cors_methods: str = Field(
+        default="GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS", validation_alias="EDGE_CORS_METHODS"
+    )
+    cors_headers: str = Field(default="", validation_alias="EDGE_CORS_HEADERS")
+    cors_expose_headers: str = Field(default="", validation_alias="EDGE_CORS_EXPOSE_HEADERS")
+    cors_credentials: bool = Field(default=False, validation_alias="EDGE_CORS_CREDENTIALS")
+    cors_max_age: int = Field(default=600, ge=0, validation_alias="EDGE_CORS_MAX_AGE")
+
+    hsts_max_age: int = Field(default=31_536_000, ge=0, validation_alias="EDGE_HSTS_MAX_AGE")
+    hsts_include_subdomains: bool = Field(
+        default=False, validation_alias="EDGE_HSTS_INCLUDE_SUBDOMAINS"
+    )
+    frame_options: str = Field(default="SAMEORIGIN", validation_alias="EDGE_FRAME_OPTIONS")
+    referrer_policy: str = Field(
+        default="strict-origin-when-cross-origin", validation_alias="EDGE_REFERRER_POLICY"
+    )
+    permissions_policy: str = Field(
+        default="camera=(), microphone=(), geolocation=()",
+        validation_alias="EDGE_PERMISSIONS_POLICY",
+    )
+    content_security_policy: str = Field(default="", validation_alias="EDGE_CSP")
+    header_override: str = Field(default="", validation_alias="EDGE_HEADER_OVERRIDE")
+
+    trusted_proxies: str = Field(default="", validation_alias="EDGE_TRUSTED_PROXIES")
+    header_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HEADER_TIMEOUT")
+    handshake_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HANDSHAKE_TIMEOUT")
+    idle_timeout: float = Field(default=75.0, gt=0, validation_alias="EDGE_IDLE_TIMEOUT")
+    connect_timeout: float = Field(default=3.0, gt=0, validation_alias="EDGE_CONNECT_TIMEOUT")
+    max_body: int = Field(default=1024**3, ge=0, validation_alias="EDGE_MAX_BODY")
+    max_connections_per_ip: int = Field(
+        default=256, ge=1, validation_alias="EDGE_MAX_CONNECTIONS_PER_IP"
+    )
+    max_connections: int = Field(default=20_000, ge=1, validation_alias="EDGE_MAX_CONNECTIONS")
+    admin_host: str = Field(default="127.0.0.1", validation_alias="EDGE_ADMIN_HOST")
+    admin_port: int = Field(default=9083, ge=0, le=65535, validation_alias="EDGE_ADMIN_PORT")
+    workers: int = Field(default=1, ge=0, validation_alias="EDGE_WORKERS")
+    drain_timeout: float = Field(default=20.0, ge=0, validation_alias="EDGE_DRAIN_TIMEOUT")
+
+    @field_validator("load_balancer_url")
+    @classmethod
+    def _lb_url(cls, value: str) -> str:
+        if not value.startswith("http://"):
+            raise ValueError("must be an http:// URL like http://127.0.0.1:8082")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EdgeSettings:
+        if (self.ssl_cert_path is None) != (self.ssl_key_path is None):
+            raise ValueError("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
+        if self.effective_tls_mode == "static" and self.ssl_cert_path is None:
+            raise ValueError("EDGE_TLS_MODE=static needs SSL_CERT_PATH and SSL_KEY_PATH")
+        return self
+
+    @property
+    def effective_tls_mode(self) -> TlsMode:
+        if self.tls_mode is not None:
+            return self.tls_mode
+        if self.ssl_cert_path is not None:
+            return "static"
+        return "internal"
+
+    @property
+    def burst(self) -> int:
+        return self.rate_limit_burst or max(1, round(self.rate_limit_rps * 2))
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def redirect_port(self) -> int:
+        return self.public_https_port or self.https_port
