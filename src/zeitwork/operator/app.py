@@ -1,0 +1,39 @@
+"""The operator's FastAPI application, built from a ``Deps`` container."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from zeitwork import __version__
+from zeitwork.operator.api import API_PREFIX, build_router
+from zeitwork.operator.deps import Deps
+from zeitwork.operator.gauges import DomainGauges
+from zeitwork.webapi import install_common
+
+IMAGE_IMPORT_PATH = f"{API_PREFIX}/images/import"
+
+
+def create_app(*, deps: Deps, registry: CollectorRegistry) -> FastAPI:
+    app = FastAPI(
+        title="Zeitwork operator",
+        version=__version__,
+        description="Control plane API of Zeitwork. Every /api/v1 route needs a bearer token.",
+    )
+    gauges = DomainGauges(registry=registry, stats=deps.stats)
+    json_limit = deps.settings.json_max_bytes
+    image_limit = deps.settings.image_max_bytes
+
+    def body_limit(path: str) -> int:
+        return image_limit if path == IMAGE_IMPORT_PATH else json_limit
+
+    install_common(
+        app,
+        service="operator",
+        registry=registry,
+        readiness=[("database", deps.db.ping)],
+        body_limit=body_limit,
+        before_metrics=gauges.refresh,
+    )
+    app.include_router(build_router(deps))
+    return app

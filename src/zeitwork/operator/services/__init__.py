@@ -1,0 +1,1 @@
+"""Use cases that combine several stores (and the token cache) in one transaction."""

@@ -1,0 +1,76 @@
+"""Node use cases: registration with a node credential, deletion, state changes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import structlog
+
+from zeitwork.core.states import NodeState
+from zeitwork.operator.auth import Authenticator
+from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.nodes import Node, NodeSpec, NodeStore
+from zeitwork.operator.db.tokens import TokenStore
+from zeitwork.operator.principal import Scope
+from zeitwork.operator.services.tokens import TokenService
+
+log = structlog.get_logger("zeitwork.operator.nodes")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    node: Node
+    created: bool
+    node_token: str | None
+
+
+class NodeService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        nodes: NodeStore,
+        tokens: TokenStore,
+        token_service: TokenService,
+        auth: Authenticator,
+    ) -> None:
+        self._db = db
+        self._nodes = nodes
+        self._tokens = tokens
+        self._token_service = token_service
+        self._auth = auth
+
+    async def register(self, spec: NodeSpec, *, issue_token: bool) -> Registration:
+        """Create or update the node; with ``issue_token`` revoke its old node tokens and
+        issue a fresh one, all in one transaction."""
+        revoked: list[str] = []
+        secret: str | None = None
+        async with self._db.transaction() as conn:
+            node, created = await self._nodes.upsert(spec, conn=conn)
+            if issue_token:
+                revoked = await self._tokens.revoke_for_node(node.id, conn=conn)
+                _token, secret = await self._token_service.issue(
+                    Scope.NODE, name=f"node {node.hostname}", node_id=node.id, conn=conn
+                )
+        self._auth.forget(revoked)
+        log.info(
+            "node.registered",
+            node_id=str(node.id),
+            hostname=node.hostname,
+            created=created,
+            token_issued=issue_token,
+        )
+        return Registration(node=node, created=created, node_token=secret)
+
+    async def delete(self, node_id: uuid.UUID) -> None:
+        revoked = await self._nodes.delete(node_id)
+        self._auth.forget(revoked)
+        log.info("node.deleted", node_id=str(node_id))
+
+    async def set_state(
+        self, node_id: uuid.UUID, target: NodeState, *, expected: NodeState | None = None
+    ) -> Node:
+        node = await self._nodes.set_state(node_id, target, expected=expected)
+        log.info("node.state_changed", node_id=str(node_id), state=target.value)
+        return node
