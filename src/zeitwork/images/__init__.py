@@ -8,19 +8,31 @@ downloads the archive to a path.
 
 from __future__ import annotations
 
+from zeitwork.images.cache import CacheEntry, Fetch, ImageCache, UnpackedImage
 from zeitwork.images.config import ImageConfig, parse_image_config
 from zeitwork.images.digests import is_digest, parse_digest
 from zeitwork.images.layout import ArchiveInfo, inspect_archive
+from zeitwork.images.process import DEFAULT_PATH, ProcessConfig, build_process
 from zeitwork.images.store import ImageStore, ImportedImage, import_archive
+from zeitwork.images.users import ResolvedUser, resolve_user
 
 __all__ = [
+    "DEFAULT_PATH",
     "ArchiveInfo",
+    "CacheEntry",
+    "Fetch",
+    "ImageCache",
     "ImageConfig",
     "ImageStore",
     "ImportedImage",
+    "ProcessConfig",
+    "ResolvedUser",
+    "UnpackedImage",
+    "build_process",
     "import_archive",
     "inspect_archive",
     "is_digest",
     "parse_digest",
     "parse_image_config",
+    "resolve_user",
 ]
