@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -40,7 +41,7 @@ from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import TrustedProxies
-from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
+from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig, reuse_port_socket
 
 log = get_logger("zeitwork.edge")
 
@@ -83,16 +84,33 @@ class ConnectionCaps:
         self.open -= 1
 
 
-class TlsAwareCaps(ConnectionCaps):
-    """Also counts completed TLS handshakes (a TLS connection is admitted after it)."""
+class _TlsCountingProtocol(ClientProtocol):
+    """Counts completed handshakes: asyncio calls ``connection_made`` after the handshake."""
 
-    def __init__(self, *, per_ip: int, total: int, handshakes: HandshakeCounter) -> None:
-        super().__init__(per_ip=per_ip, total=total)
-        self._handshakes = handshakes
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handshakes: HandshakeCounter = self.proxy.handshakes  # type: ignore[attr-defined]
+        handshakes.completed += 1
+        super().connection_made(transport)
 
-    def acquire(self, peer_ip: str) -> bool:
-        self._handshakes.completed += 1
-        return super().acquire(peer_ip)
+
+class EdgeProxy(Proxy):
+    """The shared engine plus TLS handshake accounting (accepted vs completed)."""
+
+    def __init__(self, *, handshakes: HandshakeCounter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.handshakes = handshakes
+
+    def protocol_factory(self, *, tls: bool = False) -> Any:
+        if not tls:
+            return super().protocol_factory(tls=False)
+        handshakes = self.handshakes
+
+        def factory() -> ClientProtocol:
+            # called when asyncio accepts the TCP connection, before the handshake
+            handshakes.started += 1
+            return _TlsCountingProtocol(self, tls=True)
+
+        return factory
 
 
 def _lb_address(url: str) -> str:
@@ -180,7 +198,7 @@ class Edge:
     def __post_init__(self) -> None:
         s = self.settings
         self.handshakes = HandshakeCounter()
-        self.tls = TlsTerminator(on_handshake=self.handshakes.start)
+        self.tls = TlsTerminator()
         self.challenges = Challenges(tls=self.tls)
         self.limiter = RateLimiter(capacity=s.rate_limit_capacity)
         self.metrics = EdgeMetrics(registry=self.registry)
@@ -220,9 +238,7 @@ class Edge:
         )
         backend = Backend(_lb_address(s.load_balancer_url))
         pool = Pool("load-balancer", backends=[backend])
-        caps = TlsAwareCaps(
-            per_ip=s.max_connections_per_ip, total=s.max_connections, handshakes=self.handshakes
-        )
+        caps = ConnectionCaps(per_ip=s.max_connections_per_ip, total=s.max_connections)
         self.caps = caps
         trusted = TrustedProxies(
             [ipaddress.ip_network(c, strict=False) for c in parse_list(s.trusted_proxies)]
@@ -233,7 +249,8 @@ class Edge:
             idle_timeout=s.idle_timeout,
             max_body=s.max_body,
         )
-        self.proxy = Proxy(
+        self.proxy = EdgeProxy(
+            handshakes=self.handshakes,
             router=SinglePool(pool),
             config=config,
             policy=self.policy,

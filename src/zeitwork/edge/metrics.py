@@ -14,16 +14,13 @@ from zeitwork.edge.rate_limit import RateLimiter
 
 
 class HandshakeCounter:
-    """Handshakes started (SNI callback) and completed (connection made on TLS)."""
+    """TLS connections accepted (handshake started) and handshakes completed."""
 
     __slots__ = ("completed", "started")
 
     def __init__(self) -> None:
         self.started = 0
         self.completed = 0
-
-    def start(self) -> None:
-        self.started += 1
 
 
 class _EdgeCollector(Collector):
@@ -70,7 +67,8 @@ class _EdgeCollector(Collector):
         )
         yield CounterMetricFamily(
             "zeitwork_edge_tls_handshake_failures",
-            "TLS handshakes that did not complete (refused version, bad SNI, timeout)",
+            "TLS handshakes that did not complete (refused version, bad SNI, timeout; "
+            "includes the few in progress at scrape time)",
             value=max(0, started - completed - self._open()),
         )
         expiry = GaugeMetricFamily(

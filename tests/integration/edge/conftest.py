@@ -1,0 +1,198 @@
+"""Real-socket harness for the edge: an upstream app, an in-process edge, a raw HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zeitwork.edge.main import Edge
+from zeitwork.edge.settings import EdgeSettings
+from zeitwork.settings import parse_settings
+
+
+@dataclass
+class Upstream:
+    """A tiny HTTP/1.1 keep-alive app: echoes the request line and a few headers."""
+
+    port: int = 0
+    seen: list[dict[bytes, bytes]] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                headers: dict[bytes, bytes] = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = h.partition(b":")
+                    headers[k.strip().lower()] = v.strip()
+                length = int(headers.get(b"content-length", b"0"))
+                if length:
+                    await reader.readexactly(length)
+                self.seen.append(headers)
+                target = line.split()[1]
+                extra = b""
+                if target.startswith(b"/app-headers"):
+                    extra = b"x-frame-options: DENY\r\n"
+                body = b"ok " + target
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n%scontent-length: %d\r\n\r\n%s"
+                    % (extra, len(body), body)
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass  # server closed at teardown: end the handler quietly
+        finally:
+            writer.close()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+class Conn:
+    """One client connection (plain or TLS) sending raw HTTP/1.1 requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(
+        cls,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        sni: str | None = None,
+    ) -> Conn:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, server_hostname=sni if tls else None
+        )
+        return cls(reader, writer)
+
+    @property
+    def ssl_object(self) -> Any:
+        return self.writer.get_extra_info("ssl_object")
+
+    async def request(
+        self,
+        target: str = "/",
+        *,
+        host: str = "app.test",
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self.writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await self.reader.readline()
+            if not status_line:
+                raise ConnectionError("closed")
+            status = int(status_line.split()[1])
+            out: dict[bytes, list[bytes]] = {}
+            while True:
+                h = await self.reader.readline()
+                if h in (b"\r\n", b""):
+                    break
+                k, _, v = h.partition(b":")
+                out.setdefault(k.strip().lower(), []).append(v.strip())
+            length = int(out.get(b"content-length", [b"0"])[0])
+            body = await self.reader.readexactly(length) if length and method != "HEAD" else b""
+        return Response(status, out, body)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+
+def client_context(ca: Path | str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def wait_for(probe: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await probe():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+    await up.start()
+    yield up
+    await up.stop()
+
+
+EdgeFactory = Callable[..., Awaitable[Edge]]
+
+
+@pytest.fixture
+async def make_edge(upstream: Upstream, tmp_path: Path) -> AsyncIterator[EdgeFactory]:
+    started: list[Edge] = []
+
+    async def factory(**env: Any) -> Edge:
+        values: dict[str, Any] = {
+            "PORT": 0,
+            "EDGE_HTTPS_PORT": 0,
+            "EDGE_ADMIN_PORT": 0,
+            "HOST": "127.0.0.1",
+            "LOAD_BALANCER_URL": f"http://127.0.0.1:{upstream.port}",
+            "ZEITWORK_DATA_DIR": str(tmp_path / "data"),
+            "EDGE_DRAIN_TIMEOUT": 1,
+        }
+        values.update(env)
+        settings = parse_settings(EdgeSettings, **{k: v for k, v in values.items()})
+        edge = Edge(settings)
+        await edge.start()
+        started.append(edge)
+        return edge
+
+    yield factory
+    for edge in started:
+        await edge.stop()
+
+
+async def admin_get(edge: Edge, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["admin"])
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body

@@ -1,0 +1,277 @@
+"""The edge on real sockets: TLS, SNI, reload, redirect, headers, rate limits, CORS, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.integration.edge.conftest import (
+    Conn,
+    EdgeFactory,
+    Upstream,
+    admin_get,
+    client_context,
+    wait_for,
+)
+from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+
+
+def _ca(edge_data: Path) -> Path:
+    return edge_data / "edge" / "ca" / "ca.crt"
+
+
+def _peer_names(conn: Conn) -> list[str]:
+    der = conn.ssl_object.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return list(san.value.get_values_for_type(x509.DNSName))
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+async def test_tls_versions_alpn_and_sni(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="a.test,b.test")
+    ca = _ca(tmp_path / "data")
+    port = edge.ports["https"]
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(ca)
+        ctx.minimum_version = ctx.maximum_version = version
+        conn = await Conn.open(port, tls=ctx, sni="a.test")
+        assert conn.ssl_object.version() == (
+            "TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
+        )
+        assert conn.ssl_object.selected_alpn_protocol() == "http/1.1"
+        response = await conn.request("/v", host="a.test")
+        assert response.status == 200 and response.body == b"ok /v"
+        await conn.close()
+    # TLS 1.1 is refused
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await Conn.open(port, tls=old, sni="a.test")
+    # SNI picks the certificate per host
+    for name in ("a.test", "b.test"):
+        conn = await Conn.open(port, tls=client_context(ca), sni=name)
+        assert _peer_names(conn) == [name]
+        await conn.close()
+    status, metrics = await admin_get(edge, "/metrics")
+    assert status == 200
+    assert b'zeitwork_edge_certificate_expiry_seconds{domain="a.test"}' in metrics
+    assert b"zeitwork_edge_tls_handshakes_total" in metrics
+    failures = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(b"zeitwork_edge_tls_handshake_failures_total")
+    ]
+    assert failures and float(failures[0].split()[1]) >= 1
+
+
+async def test_static_certificate_reload_keeps_open_connections(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    ca_cert, ca_key = self_signed_ca("test CA")
+    (tmp_path / "ca.pem").write_text(ca_cert)
+    chain, key = issue_leaf(["app.test"], ca_cert_pem=ca_cert, ca_key_pem=ca_key)
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_path.write_text(chain)
+    key_path.write_text(key)
+    edge = await make_edge(SSL_CERT_PATH=str(cert_path), SSL_KEY_PATH=str(key_path))
+    port = edge.ports["https"]
+    ctx = client_context(tmp_path / "ca.pem")
+    kept = await Conn.open(port, tls=ctx, sni="app.test")
+    first_serial = x509.load_der_x509_certificate(kept.ssl_object.getpeercert(True)).serial_number
+    assert (await kept.request("/1")).status == 200
+
+    # replace the pair (new key, new serial); atomically, as a deploy tool would
+    chain2, key2 = issue_leaf(["app.test"], ca_cert_pem=ca_cert, ca_key_pem=ca_key)
+    (tmp_path / "new.key").write_text(key2)
+    (tmp_path / "new.crt").write_text(chain2)
+    (tmp_path / "new.key").replace(key_path)
+    (tmp_path / "new.crt").replace(cert_path)
+
+    async def new_cert_served() -> bool:
+        conn = await Conn.open(port, tls=ctx, sni="app.test")
+        serial = x509.load_der_x509_certificate(conn.ssl_object.getpeercert(True)).serial_number
+        await conn.close()
+        return serial != first_serial
+
+    await wait_for(new_cert_served, timeout=10)
+    # the connection opened before the reload is still served
+    response = await kept.request("/2")
+    assert response.status == 200 and response.body == b"ok /2"
+    await kept.close()
+
+
+async def test_redirect_and_headers(
+    make_edge: EdgeFactory, tmp_path: Path, upstream: Upstream
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_CSP="default-src 'self'")
+    plain = await Conn.open(edge.ports["http"])
+    redirected = await plain.request("/path?q=1", host="app.test:80")
+    assert redirected.status == 308
+    assert (
+        redirected.header(b"location")
+        == f"https://app.test:{edge.ports['https']}/path?q=1".encode()
+    )
+    # the ACME challenge path is never redirected
+    challenge = await plain.request("/.well-known/acme-challenge/unknown", host="app.test")
+    assert challenge.status == 404
+    # a host without a certificate is served over HTTP, without HSTS
+    served = await plain.request("/x", host="nocert.test")
+    assert served.status == 200
+    assert served.header(b"strict-transport-security") is None
+    assert served.header(b"x-content-type-options") == b"nosniff"
+    await plain.close()
+
+    tls = await Conn.open(
+        edge.ports["https"], tls=client_context(_ca(tmp_path / "data")), sni="app.test"
+    )
+    secure = await tls.request("/y", host="app.test")
+    assert secure.header(b"strict-transport-security") == b"max-age=31536000"
+    assert secure.header(b"content-security-policy") == b"default-src 'self'"
+    assert secure.header(b"referrer-policy") == b"strict-origin-when-cross-origin"
+    assert secure.header(b"permissions-policy") is not None
+    # a header the app set is kept, not duplicated
+    app = await tls.request("/app-headers", host="app.test")
+    assert app.headers[b"x-frame-options"] == [b"DENY"]
+    await tls.close()
+    # forwarding headers reached the app
+    assert upstream.seen[-1][b"x-forwarded-proto"] == b"https"
+    assert upstream.seen[-1][b"x-forwarded-for"] == b"127.0.0.1"
+
+
+async def test_rate_limit_and_spoofed_forwarded_for(make_edge: EdgeFactory) -> None:
+    edge = await make_edge(RATE_LIMIT_RPS=0.5, RATE_LIMIT_BURST=3)
+    conn = await Conn.open(edge.ports["http"])
+    statuses = [(await conn.request("/", host="x.test")).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    limited = await conn.request("/", host="x.test", headers={"Accept": "application/json"})
+    assert limited.status == 429
+    assert limited.header(b"content-type") == b"application/problem+json"
+    assert int(limited.header(b"retry-after") or b"0") >= 1
+    assert limited.header(b"ratelimit-policy") == b'"default";q=3;w=6'
+    assert limited.header(b"ratelimit") is not None
+    # a spoofed X-Forwarded-For from an untrusted peer changes nothing
+    spoofed = await conn.request("/", host="x.test", headers={"X-Forwarded-For": "203.0.113.50"})
+    assert spoofed.status == 429
+    html = await conn.request("/", host="x.test", headers={"Accept": "text/html"})
+    assert html.status == 429 and html.body.startswith(b"<!doctype html>")
+    await conn.close()
+    _, metrics = await admin_get(edge, "/metrics")
+    assert b"zeitwork_edge_rate_limited_total 3.0" in metrics
+
+
+async def test_flood_of_addresses_keeps_memory_bounded_and_others_limited(
+    make_edge: EdgeFactory,
+) -> None:
+    edge = await make_edge(
+        RATE_LIMIT_RPS=0.01,
+        RATE_LIMIT_BURST=2,
+        EDGE_RATE_LIMIT_CAPACITY=200,
+        EDGE_TRUSTED_PROXIES="127.0.0.1/32",
+    )
+    conn = await Conn.open(edge.ports["http"])
+    regular = {"X-Forwarded-For": "198.51.100.7"}
+    assert [(await conn.request("/", host="x.test", headers=regular)).status for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    # a trusted proxy forwards a flood of distinct client addresses
+    for i in range(1000):
+        xff = {"X-Forwarded-For": f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}"}
+        await conn.request("/", host="x.test", headers=xff)
+        if i % 100 == 0:
+            # the regular client stays limited throughout: its entry was never reset
+            assert (await conn.request("/", host="x.test", headers=regular)).status == 429
+    assert len(edge.limiter) <= 200
+    assert edge.limiter.evicted_live > 0  # the table was full: only the stalest went
+    assert (await conn.request("/", host="x.test", headers=regular)).status == 429
+    await conn.close()
+
+
+async def test_cors_preflight_and_responses(make_edge: EdgeFactory) -> None:
+    edge = await make_edge(
+        EDGE_CORS_ORIGINS="https://app.example.com,https://*.example.org",
+        EDGE_CORS_HEADERS="Content-Type,X-Token",
+        EDGE_CORS_CREDENTIALS="true",
+    )
+    conn = await Conn.open(edge.ports["http"])
+    pre = await conn.request(
+        "/api",
+        method="OPTIONS",
+        host="x.test",
+        headers={"Origin": "https://a.example.org", "Access-Control-Request-Method": "PUT"},
+    )
+    assert pre.status == 204
+    assert pre.header(b"access-control-allow-origin") == b"https://a.example.org"
+    assert pre.header(b"access-control-allow-credentials") == b"true"
+    assert pre.header(b"access-control-allow-headers") == b"Content-Type, X-Token"
+    assert b"PUT" in (pre.header(b"access-control-allow-methods") or b"")
+    assert pre.headers[b"vary"] == [b"Origin"]
+    denied = await conn.request(
+        "/api",
+        method="OPTIONS",
+        host="x.test",
+        headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "PUT"},
+    )
+    assert denied.status == 403 and denied.header(b"access-control-allow-origin") is None
+    ok = await conn.request("/api", host="x.test", headers={"Origin": "https://app.example.com"})
+    assert (
+        ok.status == 200 and ok.header(b"access-control-allow-origin") == b"https://app.example.com"
+    )
+    evil = await conn.request("/api", host="x.test", headers={"Origin": "https://evil.com"})
+    assert evil.status == 200 and evil.header(b"access-control-allow-origin") is None
+    assert evil.header(b"vary") == b"Origin"
+    await conn.close()
+
+
+async def test_slow_clients_and_connection_caps(make_edge: EdgeFactory) -> None:
+    edge = await make_edge(
+        EDGE_HEADER_TIMEOUT=0.5, EDGE_HANDSHAKE_TIMEOUT=0.5, EDGE_MAX_CONNECTIONS_PER_IP=3
+    )
+    loop = asyncio.get_running_loop()
+    # slowloris: half a request head, then nothing
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["http"])
+    writer.write(b"GET / HTTP/1.1\r\nHost: x.test\r\nX-Slow: ")
+    started = loop.time()
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    assert loop.time() - started < 3
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
+    writer.close()
+    # a TLS handshake that never starts is cut at the handshake timeout
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["https"])
+    started = loop.time()
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    assert loop.time() - started < 3
+    writer.close()
+    # at most 3 connections per client address
+    conns = [await Conn.open(edge.ports["http"]) for _ in range(3)]
+    for c in conns:
+        assert (await c.request("/")).status == 200
+    extra = await Conn.open(edge.ports["http"])
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await extra.request("/")
+    await extra.close()
+    for c in conns:
+        await c.close()
+
+
+async def test_health_follows_load_balancer(make_edge: EdgeFactory, upstream: Upstream) -> None:
+    edge = await make_edge()
+    status, body = await admin_get(edge, "/health")
+    assert status == 200 and b"ok" in body
+    await upstream.stop()
+    status, body = await admin_get(edge, "/health")
+    assert status == 503 and b"degraded" in body
+    status, _ = await admin_get(edge, "/nope")
+    assert status == 404
