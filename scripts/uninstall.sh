@@ -55,9 +55,9 @@ done
 [[ "$SVC_USER" =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "invalid user name: $SVC_USER"
 if [ "$PURGE" = 1 ]; then
   for dir in "$ETC" "$VAR" "$LOG"; do
-    case "$dir" in
+    case "$(basename "$dir")" in
       *zeitwork*) ;;
-      *) die "refusing to purge $dir: its path does not name zeitwork" ;;
+      *) die "refusing to purge $dir: its name does not contain zeitwork" ;;
     esac
   done
 fi

@@ -1,0 +1,388 @@
+"""scripts/install.sh and scripts/uninstall.sh, for real, into a temporary root.
+
+The ZEITWORK_* variables move every path into a temporary directory and name a throwaway
+system user (zwt + random hex), which the test deletes again. The install builds the wheel
+from this checkout and installs it with its dependencies into a real virtualenv (about 15 s
+with pip's cache), so the installed `zeitwork` command runs. systemd is not running here, so
+daemon-reload is skipped (the script says so); the installed units are checked with
+`systemd-analyze verify` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.unit.deploy.unitfile import REPO, SERVICES, parse_unit, systemd_analyze, verify
+
+IS_ROOT = os.geteuid() == 0
+INSTALL = REPO / "scripts" / "install.sh"
+UNINSTALL = REPO / "scripts" / "uninstall.sh"
+
+
+@dataclass
+class Root:
+    base: Path
+    user: str
+
+    @property
+    def prefix(self) -> Path:
+        return self.base / "opt" / "zeitwork"
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc" / "zeitwork"
+
+    @property
+    def var(self) -> Path:
+        return self.base / "var" / "lib" / "zeitwork"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "var" / "log" / "zeitwork"
+
+    @property
+    def units(self) -> Path:
+        return self.base / "etc" / "systemd" / "system"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            ZEITWORK_PREFIX=str(self.prefix),
+            ZEITWORK_ETC=str(self.etc),
+            ZEITWORK_VAR=str(self.var),
+            ZEITWORK_LOG=str(self.log),
+            ZEITWORK_SYSTEMD_DIR=str(self.units),
+            ZEITWORK_USER=self.user,
+        )
+        return env
+
+
+def run(
+    script: Path, root: Root, *args: str, check: bool = True, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["bash", str(script), *args],
+        env=root.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def remove_user(name: str) -> None:
+    if IS_ROOT and user_exists(name):
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+    if IS_ROOT:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def snapshot(*dirs: Path) -> dict[str, bytes]:
+    files = {}
+    for directory in dirs:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                files[str(path)] = path.read_bytes()
+    return files
+
+
+def new_root() -> Root:
+    base = Path(tempfile.mkdtemp(prefix="zeitwork-install-"))
+    return Root(base=base, user="zwt" + uuid.uuid4().hex[:8])
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Root]:
+    root = new_root()
+    try:
+        proc = run(INSTALL, root)
+        root.base.joinpath("install.log").write_text(proc.stdout + proc.stderr)
+        yield root
+    finally:
+        subprocess.run(
+            ["bash", str(UNINSTALL), "--purge"], env=root.env(), capture_output=True, check=False
+        )
+        remove_user(root.user)
+        shutil.rmtree(root.base, ignore_errors=True)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- a fresh install --------------------------------------------------------------------------
+
+
+def test_install_creates_the_virtualenv_with_the_command(installed: Root) -> None:
+    zeitwork = installed.prefix / "bin" / "zeitwork"
+    assert os.access(zeitwork, os.X_OK)
+    version = subprocess.run(
+        [str(zeitwork), "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert version.stdout.strip().startswith("zeitwork ")
+    # The package came from a wheel, not an editable link back into the checkout.
+    where = subprocess.run(
+        [
+            str(installed.prefix / "bin" / "python"),
+            "-c",
+            "import zeitwork; print(zeitwork.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert where.stdout.strip().startswith(str(installed.prefix))
+    assert (installed.prefix / "share" / "zeitwork" / "config" / "operator.env").is_file()
+
+
+def test_install_writes_env_files_with_the_chosen_paths(installed: Root) -> None:
+    for service in SERVICES:
+        env_file = installed.etc / f"{service}.env"
+        assert env_file.is_file()
+        assert mode(env_file) == 0o600  # tokens and passwords: root only
+        text = env_file.read_text()
+        assert f"ZEITWORK_DATA_DIR={installed.var}/{service}\n" in text
+        assert "/var/lib/zeitwork" not in text.replace(str(installed.var), "")
+        assert not (installed.etc / f"{service}.env.new").exists()
+
+
+def test_install_creates_data_and_log_directories(installed: Root) -> None:
+    assert mode(installed.var) == 0o750
+    assert mode(installed.log) == 0o750
+    for service in ("operator", "load-balancer", "edge-proxy"):
+        assert mode(installed.var / service) == 0o750
+    assert mode(installed.var / "node-agent") == 0o700
+    if IS_ROOT:
+        account = pwd.getpwnam(installed.user)
+        for path in (installed.var, installed.log, installed.var / "operator"):
+            assert path.stat().st_uid == account.pw_uid, path
+            assert path.stat().st_gid == account.pw_gid, path
+        assert (installed.var / "node-agent").stat().st_uid == 0
+        assert installed.etc.joinpath("operator.env").stat().st_uid == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="creating a system user needs root")
+def test_install_creates_a_system_user_without_login(installed: Root) -> None:
+    account = pwd.getpwnam(installed.user)
+    assert account.pw_dir == str(installed.var)
+    assert account.pw_shell.endswith("nologin")
+    assert account.pw_uid < 1000  # a system account
+
+
+def test_install_puts_units_with_the_chosen_paths(installed: Root) -> None:
+    for service, command in SERVICES.items():
+        unit = parse_unit(installed.units / f"zeitwork-{service}.service")
+        assert mode(unit.path) == 0o644
+        assert unit.get("Service", "ExecStart") == f"{installed.prefix}/bin/zeitwork {command}"
+        assert unit.get("Service", "EnvironmentFile") == f"{installed.etc}/{service}.env"
+        expected_user = "root" if service == "node-agent" else installed.user
+        assert unit.get("Service", "User") == expected_user
+        if service != "node-agent":
+            assert unit.words("Service", "ReadWritePaths") == {
+                str(installed.var),
+                str(installed.log),
+            }
+
+
+@pytest.mark.skipif(systemd_analyze() is None, reason="systemd-analyze missing")
+def test_installed_units_pass_systemd_analyze_verify(installed: Root) -> None:
+    # Unchanged installed files: their ExecStart is the installed command, which exists.
+    ok, output = verify(*sorted(installed.units.glob("zeitwork-*.service")))
+    assert ok, output
+
+
+def test_install_reports_that_systemd_is_not_reloaded_for_a_staging_root(installed: Root) -> None:
+    log = (installed.base / "install.log").read_text()
+    assert "no daemon-reload" in log
+
+
+# --- again, upgrade, uninstall, purge (in this order, on the same root) ----------------------
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The parts of the checkout install.sh needs, to change templates without touching REPO."""
+    for name in ("src", "scripts", "deployments", "docs"):
+        if (REPO / name).is_dir():
+            shutil.copytree(
+                REPO / name,
+                destination / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+def test_reinstall_upgrade_uninstall_and_purge(installed: Root, tmp_path: Path) -> None:
+    operator_env = installed.etc / "operator.env"
+    lb_env = installed.etc / "load-balancer.env"
+
+    # 1. The admin edits one env file; installing again keeps it and changes nothing else.
+    edited = operator_env.read_text() + "DATABASE_URL=postgresql://zw@db.test/zeitwork\n"
+    operator_env.write_text(edited)
+    before = snapshot(installed.etc, installed.units)
+    run(INSTALL, installed)
+    assert operator_env.read_text() == edited
+    assert snapshot(installed.etc, installed.units) == before  # no .env.new: nothing new
+
+    # 2. An upgrade whose templates changed: the edited file is kept and the new template goes
+    #    beside it; the file nobody edited follows the new template.
+    checkout = copy_checkout(tmp_path / "checkout")
+    for service in ("operator", "load-balancer"):
+        template = checkout / "deployments" / "config" / f"{service}.env"
+        template.write_text(template.read_text() + "# A line added by the upgrade.\n")
+    proc = run(checkout / "scripts" / "install.sh", installed)
+    assert operator_env.read_text() == edited
+    offered = installed.etc / "operator.env.new"
+    assert offered.read_text().endswith("# A line added by the upgrade.\n")
+    assert mode(offered) == 0o600
+    assert "kept your edited" in proc.stdout
+    assert lb_env.read_text().endswith("# A line added by the upgrade.\n")
+    assert not (installed.etc / "load-balancer.env.new").exists()
+
+    # 3. Uninstall removes the units, the virtualenv and the offered templates; it keeps the
+    #    env files, the data, the logs and the user.
+    data_file = installed.var / "operator" / "admin-token"
+    data_file.write_text("secret\n")
+    log_file = installed.log / "operator.log"
+    log_file.write_text("a log line\n")
+    run(UNINSTALL, installed)
+    assert list(installed.units.glob("zeitwork-*")) == []
+    assert not installed.prefix.exists()
+    assert not offered.exists()
+    assert operator_env.read_text() == edited
+    assert sorted(p.name for p in installed.etc.iterdir()) == sorted(f"{s}.env" for s in SERVICES)
+    assert data_file.read_text() == "secret\n"
+    assert log_file.read_text() == "a log line\n"
+    if IS_ROOT:
+        assert user_exists(installed.user)
+
+    # 4. Uninstalling twice is fine.
+    run(UNINSTALL, installed)
+
+    # 5. --purge removes the rest, the user included.
+    run(UNINSTALL, installed, "--purge")
+    for path in (installed.etc, installed.var, installed.log, installed.prefix):
+        assert not path.exists(), path
+    if IS_ROOT:
+        assert not user_exists(installed.user)
+
+
+# --- refusals: checked before anything is touched ---------------------------------------------
+
+
+@pytest.fixture
+def empty_root() -> Iterator[Root]:
+    root = new_root()
+    try:
+        yield root
+    finally:
+        remove_user(root.user)
+        shutil.rmtree(root.base, ignore_errors=True)
+
+
+def test_install_refuses_an_invalid_user_name(empty_root: Root) -> None:
+    env_root = Root(base=empty_root.base, user="Bad User")
+    proc = run(INSTALL, env_root, check=False)
+    assert proc.returncode == 1
+    assert "invalid user name" in proc.stderr
+    assert list(empty_root.base.iterdir()) == []
+
+
+def test_install_refuses_relative_paths(empty_root: Root) -> None:
+    env = empty_root.env()
+    env["ZEITWORK_ETC"] = "etc/zeitwork"
+    proc = subprocess.run(
+        ["bash", str(INSTALL)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1
+    assert "must be absolute" in proc.stderr
+    assert list(empty_root.base.iterdir()) == []
+
+
+def test_install_refuses_a_prefix_it_did_not_make(empty_root: Root) -> None:
+    empty_root.prefix.mkdir(parents=True)
+    precious = empty_root.prefix / "precious.txt"
+    precious.write_text("not ours\n")
+    proc = run(INSTALL, empty_root, check=False)
+    assert proc.returncode == 1
+    assert "was not made by this installer" in proc.stderr
+    assert not empty_root.etc.exists()
+    assert not user_exists(empty_root.user)
+    # ... and uninstall, even with --purge, leaves it alone too.
+    run(UNINSTALL, empty_root, "--purge")
+    assert precious.read_text() == "not ours\n"
+
+
+def test_uninstall_refuses_to_purge_a_path_that_is_not_zeitwork(empty_root: Root) -> None:
+    env = empty_root.env()
+    keep = empty_root.base / "var" / "lib" / "important"
+    keep.mkdir(parents=True)
+    env["ZEITWORK_VAR"] = str(keep)
+    proc = subprocess.run(
+        ["bash", str(UNINSTALL), "--purge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "refusing to purge" in proc.stderr
+    assert keep.is_dir()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to run the script as another user")
+def test_install_as_non_root_into_the_system_paths_is_refused(tmp_path: Path) -> None:
+    # A world-readable copy of the scripts, run as nobody with the default paths.
+    base = Path(tempfile.mkdtemp(prefix="zeitwork-nonroot-"))
+    try:
+        base.chmod(0o755)
+        for name in ("scripts", "deployments"):
+            shutil.copytree(REPO / name, base / name)
+        for path in base.rglob("*"):
+            path.chmod(0o755 if path.is_dir() or path.suffix == ".sh" else 0o644)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZEITWORK_")}
+        proc = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "bash",
+                str(base / "scripts" / "install.sh"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd="/",
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "run as root" in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
