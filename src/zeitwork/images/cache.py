@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from zeitwork.core.errors import Conflict, InvalidInput, NotFound
+from zeitwork.core.errors import Conflict, InvalidInput, NotFound, RuntimeFailure
 from zeitwork.images import umoci
 from zeitwork.images.config import ImageConfig
 from zeitwork.images.digests import is_hex, parse_digest
@@ -345,9 +346,25 @@ class ImageCache:
             await asyncio.to_thread(meta.write_text, json.dumps(_meta_json(image)))
             work.chmod(0o711)
             await asyncio.to_thread(work.rename, final)
-        except BaseException:
+        except OSError as exc:
             await asyncio.shield(asyncio.to_thread(_remove_tree, work))
-            log.warning("image_cache.unpack_failed", digest=digest)
+            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RuntimeFailure(
+                    f"no space left on the node's disk for image {digest} ({self.root})"
+                ) from exc
+            raise RuntimeFailure(f"cannot unpack image {digest}: {exc}") from exc
+        except RuntimeFailure as exc:
+            await asyncio.shield(asyncio.to_thread(_remove_tree, work))
+            log.warning("image_cache.unpack_failed", digest=digest, error=exc.detail)
+            if "no space left on device" in exc.detail:
+                raise RuntimeFailure(
+                    f"no space left on the node's disk for image {digest} ({self.root})"
+                ) from exc
+            raise
+        except BaseException as exc:
+            await asyncio.shield(asyncio.to_thread(_remove_tree, work))
+            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
             raise
         self._slots[digest] = _Slot(image=image, last_used_ns=time.time_ns(), meta=final / _META)
         log.info(

@@ -330,36 +330,36 @@ class _HashingReader(io.RawIOBase):
         super().__init__()
         self._chunks = chunks
         self._hasher = hasher
-        self._buf = b""
+        self._buf = memoryview(b"")
         self._done = False
 
     def readable(self) -> bool:
         return True
 
+    def _fill(self) -> bool:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._done = True
+            return False
+        self._hasher.update(chunk)
+        self._buf = memoryview(chunk)
+        return True
+
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer)
         while not self._buf and not self._done:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                self._done = True
-                break
-            self._hasher.update(self._buf)
-        size = min(len(view), len(self._buf))
-        view[:size] = self._buf[:size]
+            self._fill()
+        size = min(len(buffer), len(self._buf))
+        buffer[:size] = self._buf[:size]
         self._buf = self._buf[size:]
         return size
 
     def drain(self) -> None:
         """Consume the rest (tar padding after the end marker) so every byte is hashed."""
-        while not self._done or self._buf:
-            self._buf = b""
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                self._done = True
-                break
-            self._hasher.update(self._buf)
+        self._buf = memoryview(b"")
+        while not self._done:
+            self._fill()
+        self._buf = memoryview(b"")
 
 
 def _check_manifest_type(desc: _Descriptor, where: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import time
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from zeitwork.images.config import ImageConfig
 from zeitwork.images.digests import is_hex, parse_digest
 from zeitwork.images.layout import inspect_archive
@@ -194,6 +195,13 @@ async def import_archive(
         image = await asyncio.to_thread(store.commit, temp)
         committed = True
         return image
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ServiceUnavailable(
+                "no space left in the image store; free space or raise the quota",
+                retry_after=60,
+            ) from exc
+        raise
     finally:
         if not committed:
             with contextlib.suppress(FileNotFoundError):
