@@ -258,3 +258,21 @@ async def test_unpacked_busybox_image_serves_http(cache: ImageCache, busybox_ima
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+async def test_layers_cannot_write_through_symlinks(cache: ImageCache, tmp_path: Path):
+    """Layer 1 plants a symlink to a host directory; layer 2 writes through it. umoci must
+    resolve it inside the tree, so nothing lands on the host."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layers = [
+        [Entry("escape", symlink=str(outside), mode=0o777), Entry("up", symlink="../../../..")],
+        [Entry("escape/pwned", b"x"), Entry("up/pwned2", b"y")],
+    ]
+    built = build_image(tmp_path / "evil.tar", layers=layers, cmd=["/x"], user="", ports=())
+    image = await cache.ensure(built.digest, copy_from(built.path))
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "pwned2").exists()
+    assert not (cache.root / "pwned2").exists()
+    inside = image.rootfs / str(outside).lstrip("/") / "pwned"
+    assert inside.read_bytes() == b"x"
