@@ -13,6 +13,7 @@ APT_PACKAGES=(
   systemd                               # systemd-analyze verify for the unit files
   curl ca-certificates procps
   busybox-static                        # the tiny runnable test image (tests/images.py)
+  xfsprogs                              # reflink-capable XFS for microVM rootfs views (tests: loop mount)
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
