@@ -1,0 +1,191 @@
+"""The node agent's HTTP API (JSON, snake_case).
+
+Authentication: ``Authorization: Bearer <token>`` where the token is this node's credential
+(the one the operator issued at registration, kept in ``$ZEITWORK_DATA_DIR/agent/node.json``)
+or the optional ``ZEITWORK_AGENT_TOKEN`` (an admin token for the agent alone, useful without
+an operator). ``/health``, ``/health/ready`` and ``/metrics`` need no token.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field
+
+from zeitwork.agent.supervisor import Record, Supervisor
+from zeitwork.core.errors import AuthenticationRequired, NotFound
+from zeitwork.core.ids import parse_id
+from zeitwork.core.resources import Resources
+from zeitwork.core.states import InstanceState
+from zeitwork.webapi import install_common
+from zeitwork.wire.agent import AssignedInstance
+from zeitwork.wire.common import CapacityModel
+
+
+class InstanceView(BaseModel):
+    id: uuid.UUID
+    state: InstanceState
+    desired_state: str
+    source: Literal["operator", "local"]
+    image_digest: str
+    ip_address: str | None
+    port: int
+    exit_code: int | None
+    oom_killed: bool
+    reason: str | None
+    restarts: int
+    restart_policy: str
+    vcpu: float
+    memory: int
+    log_tail: list[str]
+
+
+class StateChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["running", "stopped"]
+
+
+class ResourcesView(BaseModel):
+    capacity: CapacityModel
+    used: CapacityModel
+    available: CapacityModel
+
+
+class NewInstance(AssignedInstance):
+    """Body of ``POST /instances``: an assignment; ``id`` is generated when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    desired_state: Literal["running", "stopped", "terminated"] = "running"
+
+
+def _capacity(resources: Resources) -> CapacityModel:
+    return CapacityModel(
+        vcpu=max(0.0, resources.vcpu),
+        memory=max(0, resources.memory_mib),
+        disk=max(0, resources.disk_mib),
+    )
+
+
+def _view(supervisor: Supervisor, record: Record) -> InstanceView:
+    wants = record.override or record.assignment.desired_state
+    address = record.address if record.state == InstanceState.RUNNING else None
+    return InstanceView(
+        id=record.instance_id,
+        state=record.state,
+        desired_state=wants,
+        source="local" if record.source == "local" else "operator",
+        image_digest=record.assignment.image.digest,
+        ip_address=address,
+        port=record.assignment.default_port,
+        exit_code=record.exit_code,
+        oom_killed=record.oom_killed,
+        reason=record.reason,
+        restarts=record.restarts,
+        restart_policy=record.assignment.restart_policy,
+        vcpu=record.assignment.resources.vcpu,
+        memory=record.assignment.resources.memory,
+        log_tail=record.log_tail,
+    )
+
+
+def create_app(
+    *,
+    supervisor: Supervisor,
+    tokens: Callable[[], list[str]],
+    node_info: Callable[[], Awaitable[dict[str, Any]]],
+    registry: CollectorRegistry,
+    readiness: list[tuple[str, Callable[[], Awaitable[str | None]]]] | None = None,
+) -> FastAPI:
+    app = FastAPI(title="Zeitwork node agent", docs_url=None, redoc_url=None, openapi_url=None)
+    install_common(app, service="node-agent", registry=registry, readiness=readiness or [])
+
+    async def authenticated(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise AuthenticationRequired("a bearer token is required (the node credential)")
+        allowed = [token for token in tokens() if token]
+        if not allowed:
+            raise AuthenticationRequired(
+                "the agent has no credential yet (not registered, no ZEITWORK_AGENT_TOKEN)"
+            )
+        if not any(secrets.compare_digest(presented.strip(), token) for token in allowed):
+            raise AuthenticationRequired("the token is not valid for this node")
+
+    api = APIRouter(dependencies=[Depends(authenticated)])
+
+    def record_of(instance_id: str) -> Record:
+        parsed = parse_id(instance_id, what="instance id")
+        record = supervisor.records.get(parsed)
+        if record is None:
+            raise NotFound(f"instance {parsed} is not on this node")
+        return record
+
+    @api.get("/node/info")
+    async def info() -> dict[str, Any]:
+        return await node_info()
+
+    @api.get("/node/resources")
+    async def resources() -> ResourcesView:
+        used = supervisor.used()
+        return ResourcesView(
+            capacity=_capacity(supervisor.capacity),
+            used=_capacity(used),
+            available=_capacity(supervisor.capacity - used),
+        )
+
+    @api.get("/instances")
+    async def list_instances() -> list[InstanceView]:
+        return [_view(supervisor, r) for _, r in sorted(supervisor.records.items())]
+
+    @api.post("/instances", status_code=201)
+    async def create_instance(body: NewInstance) -> InstanceView:
+        assignment = AssignedInstance.model_validate(body.model_dump())
+        record = supervisor.put_local(assignment)
+        return _view(supervisor, record)
+
+    @api.get("/instances/{instance_id}")
+    async def get_instance(instance_id: str) -> InstanceView:
+        return _view(supervisor, record_of(instance_id))
+
+    @api.put("/instances/{instance_id}/state")
+    async def change_state(instance_id: str, body: StateChange) -> InstanceView:
+        record = record_of(instance_id)
+        supervisor.set_wanted_state(record.instance_id, body.state)
+        return _view(supervisor, record)
+
+    @api.delete("/instances/{instance_id}", status_code=202)
+    async def delete_instance(instance_id: str) -> Response:
+        record = record_of(instance_id)
+        supervisor.remove(record.instance_id)
+        return Response(status_code=202)
+
+    @api.get("/instances/{instance_id}/logs")
+    async def logs(
+        instance_id: str,
+        tail: Annotated[int, Query(ge=0, le=10_000)] = 100,
+        follow: bool = False,
+    ) -> Response:
+        record = record_of(instance_id)
+        if not follow:
+            lines = [
+                line async for line in supervisor.logs(record.instance_id, tail=tail, follow=False)
+            ]
+            return Response("".join(f"{line}\n" for line in lines), media_type="text/plain")
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for line in supervisor.logs(record.instance_id, tail=tail, follow=True):
+                yield f"{line}\n".encode()
+
+        return StreamingResponse(stream(), media_type="text/plain")
+
+    app.include_router(api)
+    return app

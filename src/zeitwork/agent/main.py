@@ -1,0 +1,358 @@
+"""Composition root of the node agent.
+
+settings -> host facts and capacity -> runtime choice (registry) -> node network (bridge,
+NAT, routes) -> image cache -> operator link -> supervisor (recover: re-adopt, clean strays)
+-> API -> uvicorn, with the loops (supervisor, registration + heartbeats, assignments,
+reports) as named tasks. SIGTERM/SIGINT stop the loops and the API and leave the instances
+running (an agent upgrade must not take apps down); with ``drain`` they are stopped first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from zeitwork import __version__
+from zeitwork.agent import hostinfo
+from zeitwork.agent.api import create_app
+from zeitwork.agent.images import NodeImages
+from zeitwork.agent.network import NodeNetwork, PeerRoute
+from zeitwork.agent.plan import Tuning
+from zeitwork.agent.reporter import CredentialFile, OperatorLink
+from zeitwork.agent.settings import AgentSettings
+from zeitwork.agent.state_store import StateStore, atomic_write_json
+from zeitwork.agent.supervisor import Supervisor
+from zeitwork.clients.operator import OperatorClient
+from zeitwork.core.errors import InvalidInput, ZeitworkError
+from zeitwork.core.resources import Resources
+from zeitwork.images import ImageCache
+from zeitwork.observability import configure_logging, get_logger, new_registry
+from zeitwork.runtime import registry as runtimes
+from zeitwork.runtime.base import Driver
+from zeitwork.wire.agent import Assignments
+
+log = get_logger(__name__)
+
+
+class StartupError(ZeitworkError):
+    title = "Start-up failed"
+    code = "startup-failed"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (the agent stops itself)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def build_driver(settings: AgentSettings, data: Path) -> tuple[Driver, runtimes.Choice]:
+    offer = runtimes.probe(
+        firecracker_bin=settings.firecracker_bin,
+        jailer_bin=settings.jailer_bin,
+        kernel=settings.firecracker_kernel,
+        oci_runtime=settings.oci_runtime,
+    )
+    try:
+        choice = runtimes.choose(settings.runtime, offer)
+    except InvalidInput as exc:
+        raise StartupError(exc.detail) from exc
+    if choice.name == "firecracker":
+        assert settings.firecracker_bin and settings.jailer_bin and settings.firecracker_kernel
+        driver = runtimes.build_firecracker(
+            firecracker_bin=settings.firecracker_bin,
+            jailer_bin=settings.jailer_bin,
+            kernel=settings.firecracker_kernel,
+        )
+    else:
+        driver = runtimes.build_oci(
+            runtime_binary=offer.oci_runtime or settings.oci_runtime,
+            runc_root=settings.run_dir / "runc",
+            state_dir=data / "oci",
+            cgroup_parent=settings.cgroup_parent,
+            log_max_bytes=settings.instance_log_max_bytes,
+        )
+    log.info("runtime.chosen", runtime=choice.name, reason=choice.reason)
+    return driver, choice
+
+
+async def serve(
+    settings: AgentSettings, *, drain: bool = False, started: asyncio.Event | None = None
+) -> None:
+    """Run the agent until SIGTERM/SIGINT."""
+    data = settings.data_dir / "agent"
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    facts = hostinfo.facts(settings.data_dir)
+    capacity = hostinfo.capacity(
+        facts,
+        reserve=Resources.of(
+            vcpu=settings.reserved_vcpu,
+            memory_mib=settings.reserved_memory_mib,
+            disk_mib=settings.reserved_disk_mib,
+        ),
+    )
+    driver, choice = build_driver(settings, data)
+    runtime_version = "unknown"
+    version_of = getattr(driver, "version", None)
+    if version_of is not None:
+        with contextlib.suppress(ZeitworkError, OSError):
+            runtime_version = str(await version_of())
+    peer_routes = [
+        PeerRoute.parse(item)
+        for item in (part.strip() for part in settings.peer_routes.split(","))
+        if item
+    ]
+    stopping = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        network = NodeNetwork(
+            bridge=settings.bridge,
+            subnet=settings.node_subnet,
+            state_dir=data / "network",
+            nft_table=settings.nft_table,
+            peer_routes=peer_routes,
+            nat=settings.egress_nat,
+        )
+        try:
+            await network.setup()
+        except ZeitworkError as exc:
+            raise StartupError(f"network set-up failed: {exc.detail}") from exc
+        cache = await ImageCache.open(
+            root=data / "images", max_bytes=settings.image_cache_mib * 1024 * 1024
+        )
+        stack.push_async_callback(cache.close)
+        client: OperatorClient | None = None
+        if settings.operator_url:
+            client = OperatorClient(base_url=settings.operator_url)
+            stack.push_async_callback(client.aclose)
+        images = NodeImages(cache=cache, operator=client)
+        store = StateStore(root=data / "instances")
+        link: OperatorLink | None = None
+
+        def report(instance_id: Any, body: Any) -> None:
+            if link is not None:
+                link.report(instance_id, body)
+
+        supervisor = Supervisor(
+            driver=driver,
+            network=network,
+            images=images,
+            store=store,
+            capacity=capacity,
+            report=report,
+            tuning=Tuning(
+                max_restarts=settings.max_restarts,
+                backoff_base=settings.restart_backoff_seconds,
+                backoff_cap=settings.restart_backoff_max_seconds,
+            ),
+            stop_grace=settings.stop_grace_seconds,
+        )
+        ip_address = settings.node_ip or hostinfo.detect_ip(settings.operator_url)
+        hostname = settings.node_hostname or hostinfo.hostname()
+        if client is not None:
+
+            def on_assignments(answer: Assignments) -> None:
+                supervisor.set_assignments(answer.instances)
+
+            link = OperatorLink(
+                client=client,
+                credentials=CredentialFile(data / "node.json"),
+                join_token=settings.join_token.get_secret_value() if settings.join_token else None,
+                node_id=settings.node_id,
+                hostname=hostname,
+                ip_address=ip_address,
+                region_id=settings.region_id,
+                runtime=choice.name,
+                capacity=capacity,
+                used=supervisor.used,
+                statuses=supervisor.statuses,
+                on_assignments=on_assignments,
+                heartbeat_interval=settings.heartbeat_interval,
+                resync_interval=settings.resync_interval,
+                assignment_wait=settings.assignment_wait,
+            )
+        else:
+            supervisor.assignments_known = True  # standalone: only the local API decides
+        cleaned = await supervisor.recover()
+        log.info(
+            "agent.recovered",
+            adopted=sum(1 for r in supervisor.records.values() if r.alive),
+            cleaned=len(cleaned),
+        )
+        stack.push_async_callback(supervisor.close)
+
+        def tokens() -> list[str]:
+            found = []
+            if link is not None and link.node_token:
+                found.append(link.node_token)
+            if settings.agent_token is not None:
+                found.append(settings.agent_token.get_secret_value())
+            return found
+
+        async def node_info() -> dict[str, Any]:
+            return {
+                "node_id": str(link.node_id) if link and link.node_id else None,
+                "hostname": hostname,
+                "ip_address": ip_address,
+                "runtime": {"name": choice.name, "reason": choice.reason},
+                "versions": {"zeitwork": __version__, "runtime": runtime_version},
+                "capacity": {
+                    "vcpu": capacity.vcpu,
+                    "memory": capacity.memory_mib,
+                    "disk": capacity.disk_mib,
+                },
+                "host": {
+                    "cpus": facts.cpus,
+                    "memory": facts.memory_mib,
+                    "disk": facts.disk_mib,
+                },
+                "network": {
+                    "bridge": network.bridge,
+                    "subnet": network.subnet,
+                    "gateway": network.gateway,
+                },
+                "operator": None
+                if link is None
+                else {
+                    "url": settings.operator_url,
+                    "registered": link.node_token is not None,
+                    "last_heartbeat_ok": link.last_heartbeat_ok,
+                    "assignments_version": link.version,
+                    "last_error": link.last_error,
+                },
+            }
+
+        async def operator_ready() -> str | None:
+            if link is None or link.node_token is not None:
+                return None
+            return link.last_error or "not registered yet"
+
+        app = create_app(
+            supervisor=supervisor,
+            tokens=tokens,
+            node_info=node_info,
+            registry=new_registry(),
+            readiness=[("operator", operator_ready)],
+        )
+        sock = _listen(settings.host, settings.port)
+        stack.callback(sock.close)
+        host, port = sock.getsockname()[:2]
+        atomic_write_json(data / "listen.json", {"host": host, "port": port})
+        server = _Server(
+            uvicorn.Config(
+                app,
+                loop="none",
+                http="h11",
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+        )
+
+        def request_stop(signame: str) -> None:
+            log.info("agent.stopping", signal=signame, drain=drain)
+            stopping.set()
+            server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop, sig.name)
+        stack.callback(loop.remove_signal_handler, signal.SIGINT)
+        stack.callback(loop.remove_signal_handler, signal.SIGTERM)
+
+        async def http() -> None:
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                stopping.set()
+
+        async def operator_loops() -> None:
+            assert link is not None
+            await link.register()
+            async with asyncio.TaskGroup() as inner:
+                inner.create_task(link.heartbeat_loop(), name="heartbeat")
+                inner.create_task(link.assignments_loop(), name="assignments")
+                inner.create_task(link.reports_loop(), name="reports")
+
+        log.info(
+            "agent.started",
+            host=host,
+            port=port,
+            runtime=choice.name,
+            operator=settings.operator_url,
+            instances=len(supervisor.records),
+        )
+        if started is not None:
+            started.set()
+        async with asyncio.TaskGroup() as tasks:
+            loops = [tasks.create_task(supervisor.run(), name="supervisor")]
+            if link is not None:
+                loops.append(tasks.create_task(operator_loops(), name="operator"))
+            tasks.create_task(http(), name="http")
+            await stopping.wait()
+            for task in loops:
+                task.cancel()
+        if drain:
+            await supervisor.drain()
+            if link is not None:
+                await _flush_reports(link)
+    log.info("agent.stopped", drained=drain)
+
+
+async def _flush_reports(link: OperatorLink, seconds: float = 5.0) -> None:
+    """After a drain, give the final reports a moment to reach the operator."""
+    task = asyncio.create_task(link.reports_loop(), name="final-reports")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while link.pending_reports() and loop.time() < deadline:  # noqa: ASYNC110 (polling a count)
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def run_agent(settings: AgentSettings, *, drain: bool = False) -> int:
+    """Entry point of ``zeitwork node-agent``; returns the exit status."""
+    configure_logging(
+        service="node-agent", environment=settings.environment.value, level=settings.log_level.value
+    )
+    status = 0
+    try:
+        asyncio.run(serve(settings, drain=drain))
+    except* ZeitworkError as group:
+        for exc in group.exceptions:
+            log.error("agent.failed", error=getattr(exc, "detail", str(exc)))
+            print(f"zeitwork node-agent: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        status = 1
+    except* OSError as os_group:
+        for os_exc in os_group.exceptions:
+            log.error("agent.failed", error=str(os_exc))
+            print(f"zeitwork node-agent: {os_exc}", file=sys.stderr)
+        status = 1
+    return status

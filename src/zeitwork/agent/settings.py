@@ -1,0 +1,117 @@
+"""The node agent's configuration, read once at start-up (``load_settings(AgentSettings)``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from zeitwork.runtime.base import DriverChoice
+from zeitwork.settings import ServiceSettings
+
+
+class AgentSettings(ServiceSettings):
+    port: int = Field(default=8081, ge=0, le=65535, validation_alias="PORT")
+    operator_url: str | None = Field(default=None, validation_alias="OPERATOR_URL")
+    join_token: SecretStr | None = Field(default=None, validation_alias="ZEITWORK_JOIN_TOKEN")
+    agent_token: SecretStr | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_AGENT_TOKEN",
+        description="an extra admin token for the agent API (besides the node credential)",
+    )
+    node_id: uuid.UUID | None = Field(default=None, validation_alias="NODE_ID")
+    node_ip: str | None = Field(default=None, validation_alias="NODE_IP")
+    node_hostname: str | None = Field(default=None, validation_alias="NODE_HOSTNAME")
+    region_id: uuid.UUID | None = Field(default=None, validation_alias="ZEITWORK_REGION_ID")
+
+    runtime: DriverChoice = Field(default="auto", validation_alias="ZEITWORK_RUNTIME")
+    firecracker_bin: Path | None = Field(default=None, validation_alias="FIRECRACKER_BIN")
+    jailer_bin: Path | None = Field(default=None, validation_alias="JAILER_BIN")
+    firecracker_kernel: Path | None = Field(default=None, validation_alias="FIRECRACKER_KERNEL")
+    vm_work_dir: Path = Field(default=Path("/srv/jailer"), validation_alias="VM_WORK_DIR")
+    oci_runtime: Literal["runc", "crun"] = Field(
+        default="runc", validation_alias="ZEITWORK_OCI_RUNTIME"
+    )
+    run_dir: Path = Field(default=Path("/run/zeitwork"), validation_alias="ZEITWORK_RUN_DIR")
+    cgroup_parent: str = Field(
+        default="zeitwork", pattern=r"^[A-Za-z0-9_.-]+$", validation_alias="ZEITWORK_CGROUP_PARENT"
+    )
+
+    bridge: str = Field(
+        default="zwbr0", pattern=r"^[A-Za-z0-9_-]{1,15}$", validation_alias="ZEITWORK_BRIDGE"
+    )
+    node_subnet: str = Field(default="10.88.0.0/24", validation_alias="ZEITWORK_NODE_SUBNET")
+    peer_routes: str = Field(
+        default="",
+        validation_alias="ZEITWORK_PEER_ROUTES",
+        description="other nodes' subnets: SUBNET=NODE_IP, comma separated",
+    )
+    nft_table: str = Field(
+        default="zeitwork", pattern=r"^[A-Za-z0-9_]{1,32}$", validation_alias="ZEITWORK_NFT_TABLE"
+    )
+    egress_nat: bool = Field(default=True, validation_alias="ZEITWORK_EGRESS_NAT")
+
+    reserved_vcpu: float = Field(default=0.5, ge=0, validation_alias="ZEITWORK_RESERVED_VCPU")
+    reserved_memory_mib: int = Field(
+        default=512, ge=0, validation_alias="ZEITWORK_RESERVED_MEMORY_MIB"
+    )
+    reserved_disk_mib: int = Field(
+        default=2048, ge=0, validation_alias="ZEITWORK_RESERVED_DISK_MIB"
+    )
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, le=300, validation_alias="ZEITWORK_HEARTBEAT_INTERVAL"
+    )
+    resync_interval: float = Field(
+        default=60.0, gt=0, le=3600, validation_alias="ZEITWORK_RESYNC_INTERVAL"
+    )
+    assignment_wait: int = Field(
+        default=30, ge=0, le=60, validation_alias="ZEITWORK_ASSIGNMENT_WAIT"
+    )
+    image_cache_mib: int = Field(default=10240, gt=0, validation_alias="ZEITWORK_IMAGE_CACHE_MIB")
+    instance_log_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=4096, validation_alias="ZEITWORK_INSTANCE_LOG_MAX_BYTES"
+    )
+    stop_grace_seconds: float = Field(default=10.0, ge=0, validation_alias="ZEITWORK_STOP_GRACE")
+    max_restarts: int = Field(default=5, ge=0, validation_alias="ZEITWORK_MAX_RESTARTS")
+    restart_backoff_seconds: float = Field(
+        default=1.0, gt=0, validation_alias="ZEITWORK_RESTART_BACKOFF"
+    )
+    restart_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="ZEITWORK_RESTART_BACKOFF_MAX"
+    )
+
+    @field_validator("node_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        network = ipaddress.IPv4Network(value, strict=True)
+        if network.num_addresses < 8:
+            raise ValueError("the node subnet must be at least a /29")
+        return str(network)
+
+    @field_validator("node_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @field_validator("peer_routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        from zeitwork.agent.network import PeerRoute
+
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            PeerRoute.parse(item)
+        return value
+
+    @field_validator("operator_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == "":
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("OPERATOR_URL must start with http:// or https://")
+        return value.rstrip("/") if value else value

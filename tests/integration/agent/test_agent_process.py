@@ -1,0 +1,143 @@
+"""The agent as a real process: local API, real runc containers on a real bridge, and the
+restart-safety promise (kill -9 the agent: instances keep serving; restart: re-adopted
+exactly once, strays cleaned)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.contract.runtime.harness import wait_http
+from tests.images import BuiltImage
+from tests.integration.agent.harness import AgentHost, instance_body, preload
+from zeitwork.agent.network import links, netns
+
+pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
+
+
+async def _wait_state(client: object, instance_id: str, state: str, timeout: float = 20.0) -> dict:  # type: ignore[type-arg]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: dict = {}  # type: ignore[type-arg]
+    while loop.time() < deadline:
+        response = await client.get(f"/instances/{instance_id}")  # type: ignore[attr-defined]
+        assert response.status_code == 200, response.text
+        last = response.json()
+        if last["state"] == state:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"instance {instance_id} not {state}: {last}")
+
+
+async def test_api_requires_a_token(
+    agent_host: Callable[..., AgentHost], busybox_image: BuiltImage
+) -> None:
+    host = agent_host()
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        client.headers.pop("Authorization")
+        denied = await client.get("/instances")
+        assert denied.status_code == 401
+        assert denied.headers["content-type"].startswith("application/problem+json")
+        wrong = await client.get("/instances", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        health = await client.get("/health")
+        assert health.status_code == 200
+
+
+async def test_run_kill_restart_readopts_exactly_once_and_cleans_strays(
+    agent_host: Callable[..., AgentHost], busybox_image: BuiltImage
+) -> None:
+    host = agent_host()
+    await preload(host.data_dir, busybox_image)
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        info = (await client.get("/node/info")).json()
+        assert info["runtime"]["name"] == "oci"
+        assert "ZEITWORK_RUNTIME=oci" in info["runtime"]["reason"]
+        created = []
+        for _ in range(2):
+            response = await client.post("/instances", json=instance_body(busybox_image))
+            assert response.status_code == 201, response.text
+            created.append(response.json()["id"])
+        views = [await _wait_state(client, i, "running") for i in created]
+        for view in views:
+            assert view["ip_address"] and view["port"] == 8080
+            status, body = await wait_http(f"http://{view['ip_address']}:8080/")
+            assert status == 200 and "zeitwork test app" in body
+        logs = await client.get(f"/instances/{created[0]}/logs", params={"tail": 10})
+        assert logs.status_code == 200
+        resources = (await client.get("/node/resources")).json()
+        assert resources["used"]["memory"] == 128
+    pids = {i: host.record(i)["handle"]["data"]["pid"] for i in created}
+
+    host.kill()  # no clean-up, no drain: like a crash or an OOM of the agent itself
+    for view in views:
+        status, _ = await wait_http(f"http://{view['ip_address']}:8080/", timeout=2)
+        assert status == 200
+
+    # strays of our own kind, as a crashed agent could leave them
+    stray_ns = host.data_dir / "agent" / "network" / "netns" / ("f" * 32)
+    await asyncio.to_thread(netns.create, stray_ns)
+    stray_dir = host.data_dir / "agent" / "oci" / ("zw-" + "e" * 32)
+    (stray_dir / "rootfs").mkdir(parents=True)
+
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        for instance_id, view in zip(created, views, strict=True):
+            again = await _wait_state(client, instance_id, "running")
+            assert again["ip_address"] == view["ip_address"]
+            assert host.record(instance_id)["handle"]["data"]["pid"] == pids[instance_id]
+            assert os.path.exists(f"/proc/{pids[instance_id]}")
+            status, _ = await wait_http(f"http://{view['ip_address']}:8080/", timeout=2)
+            assert status == 200
+        assert not stray_ns.exists()
+        assert not stray_dir.exists()
+        log_text = host.log_path.read_text()
+        assert "instance.adopted" in log_text
+        assert "oci.started" not in log_text  # nothing started twice
+
+        # removing one: stopped, destroyed, its address and veth released
+        gone = created[0]
+        response = await client.delete(f"/instances/{gone}")
+        assert response.status_code == 202
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while (await client.get(f"/instances/{gone}")).status_code != 404:
+            assert loop.time() < deadline, "instance not removed"
+            await asyncio.sleep(0.05)
+        assert not (host.data_dir / "agent" / "instances" / f"{gone}.json").exists()
+        from uuid import UUID
+
+        from zeitwork.agent.network import veth_name
+
+        assert veth_name(UUID(gone)) not in await asyncio.to_thread(links.links_with_prefix, "zwv")
+
+    assert host.terminate() == 0
+    # SIGTERM without --drain leaves the instance running
+    status, _ = await wait_http(f"http://{views[1]['ip_address']}:8080/", timeout=2)
+    assert status == 200
+
+
+async def test_drain_stops_instances(
+    agent_host: Callable[..., AgentHost], busybox_image: BuiltImage, tmp_path: Path
+) -> None:
+    host = agent_host()
+    await preload(host.data_dir, busybox_image)
+    host.start("--drain")
+    await host.wait_ready()
+    async with host.client() as client:
+        response = await client.post("/instances", json=instance_body(busybox_image))
+        instance_id = response.json()["id"]
+        view = await _wait_state(client, instance_id, "running")
+    assert host.terminate() == 0
+    with pytest.raises(AssertionError):
+        await wait_http(f"http://{view['ip_address']}:8080/", timeout=0.5)
+    assert host.record(instance_id)["state"] == "stopped"
