@@ -326,6 +326,7 @@ class ImageCache:
                 inspect_archive, archive, expected_digest=digest, extract_to=layout
             )
             await asyncio.to_thread(archive.unlink)
+            await self.evict(reserve=info.unpacked_size)  # make room before unpacking
             rootfs = work / "rootfs"
             await umoci.raw_unpack(
                 layout, _TAG, rootfs, rootless=os.geteuid() != 0, binary=self._umoci
@@ -377,13 +378,14 @@ class ImageCache:
 
     # ---- eviction ------------------------------------------------------------------------
 
-    async def evict(self, *, keep: str | None = None) -> list[str]:
-        """Evict unused images, least recently used first, until the cache fits
-        ``max_bytes`` (or nothing unused is left); return the evicted digests."""
+    async def evict(self, *, keep: str | None = None, reserve: int = 0) -> list[str]:
+        """Evict unused images, least recently used first, until the cache plus ``reserve``
+        bytes fits ``max_bytes`` (or nothing unused is left); return the evicted digests.
+        ``keep`` is spared this round."""
         used = self.used_bytes
         victims: list[tuple[str, Path]] = []
         for digest, slot in sorted(self._slots.items(), key=lambda kv: kv[1].last_used_ns):
-            if used <= self.max_bytes:
+            if used + reserve <= self.max_bytes:
                 break
             if slot.refs > 0 or digest == keep:
                 continue

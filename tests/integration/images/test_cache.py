@@ -276,3 +276,23 @@ async def test_layers_cannot_write_through_symlinks(cache: ImageCache, tmp_path:
     assert not (cache.root / "pwned2").exists()
     inside = image.rootfs / str(outside).lstrip("/") / "pwned"
     assert inside.read_bytes() == b"x"
+
+
+async def test_room_is_made_before_unpacking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from zeitwork.images import umoci
+
+    images = {n: tiny_image(tmp_path / f"{n}.tar", n, 400_000) for n in "abc"}
+    cache = await ImageCache.open(root=tmp_path / "cache", max_bytes=1_000_000)
+    for name in "ab":
+        await cache.ensure(images[name].digest, copy_from(images[name].path), acquire=False)
+    seen_at_unpack: list[list[str]] = []
+    original = umoci.raw_unpack
+
+    async def spy(*args: object, **kwargs: object) -> None:
+        seen_at_unpack.append([e.digest for e in cache.entries()])
+        await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(umoci, "raw_unpack", spy)
+    await cache.ensure(images["c"].digest, copy_from(images["c"].path), acquire=False)
+    assert seen_at_unpack == [[images["b"].digest]]  # a (LRU) went before c was unpacked
+    await cache.close()

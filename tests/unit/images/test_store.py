@@ -485,3 +485,19 @@ async def test_unreferenced_corrupt_blob_is_refused(store: ImageStore, tmp_path:
     with pytest.raises(InvalidInput, match="does not match"):
         await import_archive(file_chunks(archive), store=store, max_bytes=1 << 30)
     assert leftovers(store) == []
+
+
+async def test_client_disconnect_midway_leaves_nothing(
+    store: ImageStore, busybox_image: BuiltImage
+):
+    class ClientDisconnect(Exception):
+        pass
+
+    async def broken() -> AsyncIterator[bytes]:
+        async for chunk in file_chunks(busybox_image.path, 300_000):
+            yield chunk
+            raise ClientDisconnect
+
+    with pytest.raises(ClientDisconnect):
+        await import_archive(broken(), store=store, max_bytes=1 << 30)
+    assert leftovers(store) == []
