@@ -120,13 +120,20 @@ class AcmeIssuer:
             net = self._network(account_jwk)
             directory = client.ClientV2.get_directory(directory_url, net)
             acme = client.ClientV2(directory, net)
-            regr = acme.new_account(
-                messages.NewRegistration(
-                    key=account_jwk.public_key(),
-                    only_return_existing=True,
-                    terms_of_service_agreed=True,
-                )
-            )
+            uri = stored.account_url
+            if not uri:
+                try:
+                    found = acme.new_account(
+                        messages.NewRegistration(
+                            key=account_jwk.public_key(),
+                            only_return_existing=True,
+                            terms_of_service_agreed=True,
+                        )
+                    )
+                    uri = found.uri
+                except errors.ConflictError as exc:  # the library's "account exists" answer
+                    uri = exc.location
+            regr = messages.RegistrationResource(uri=uri, body=messages.Registration())
         else:
             account_key = new_key("ec")
             account_jwk = jwk.JWKEC(key=account_key)
