@@ -30,6 +30,7 @@ from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.manager import CertificateManager, account_bridge
 from zeitwork.edge.certificates.static import StaticFiles
 from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
@@ -42,6 +43,7 @@ from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig, reuse_port_socket
+from zeitwork.proxy.types import ClientInfo
 
 log = get_logger("zeitwork.edge")
 
@@ -93,16 +95,79 @@ class _TlsCountingProtocol(ClientProtocol):
         super().connection_made(transport)
 
 
-class EdgeProxy(Proxy):
-    """The shared engine plus TLS handshake accounting (accepted vs completed)."""
+_PROXY_HEADER_MAX = 536  # the PROXY v2 limit for TCP with TLVs we accept
 
-    def __init__(self, *, handshakes: HandshakeCounter, **kwargs: Any) -> None:
+
+class _ProxyProtocolClient(ClientProtocol):
+    """Plain-HTTP connections from trusted proxies start with a PROXY v1/v2 header naming
+    the real client; it replaces the socket peer for everything after (rate limits,
+    forwarding headers). From any other peer no header is expected."""
+
+    _pp_buffer: bytes | None = None
+    _socket_peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._socket_peer = self.peer_ip
+        if self.admitted and self.trusted_peer:
+            self._pp_buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        buffered = self._pp_buffer
+        if buffered is None:
+            super().data_received(data)
+            return
+        data = buffered + data
+        try:
+            header = parse_proxy_header(data)
+        except ProxyProtocolError:
+            self._pp_buffer = None
+            self.abort()
+            return
+        if header is None:
+            if len(data) > _PROXY_HEADER_MAX:
+                self._pp_buffer = None
+                self.abort()
+                return
+            self._pp_buffer = data
+            return
+        self._pp_buffer = None
+        source = header.source
+        if source is not None:
+            self.peer_ip = source
+            self.peer_b = self.client_b = source.encode()
+            self.trusted_peer = self.proxy.trusted.trusts(source)
+            self.info = ClientInfo(peer_ip=source, client_ip=source, tls=self.tls, sni=self.sni)
+        rest = data[header.length :]
+        if rest:
+            super().data_received(rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._socket_peer:
+            self.peer_ip = self._socket_peer  # the limiter counted the socket peer
+        super().connection_lost(exc)
+
+
+class EdgeProxy(Proxy):
+    """The shared engine plus TLS handshake accounting (accepted vs completed) and the
+    PROXY protocol on the plain-HTTP listener."""
+
+    def __init__(
+        self, *, handshakes: HandshakeCounter, proxy_protocol: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.handshakes = handshakes
+        self.proxy_protocol = proxy_protocol
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
         if not tls:
-            return super().protocol_factory(tls=False)
+            if not self.proxy_protocol:
+                return super().protocol_factory(tls=False)
+
+            def plain() -> ClientProtocol:
+                return _ProxyProtocolClient(self, tls=False)
+
+            return plain
         handshakes = self.handshakes
 
         def factory() -> ClientProtocol:
@@ -251,6 +316,7 @@ class Edge:
         )
         self.proxy = EdgeProxy(
             handshakes=self.handshakes,
+            proxy_protocol=s.proxy_protocol,
             router=SinglePool(pool),
             config=config,
             policy=self.policy,

@@ -84,6 +84,11 @@ class EdgeSettings(ServiceSettings):
     header_override: str = Field(default="", validation_alias="EDGE_HEADER_OVERRIDE")
 
     trusted_proxies: str = Field(default="", validation_alias="EDGE_TRUSTED_PROXIES")
+    proxy_protocol: bool = Field(
+        default=False,
+        validation_alias="EDGE_PROXY_PROTOCOL",
+        description="expect a PROXY v1/v2 header on plain-HTTP connections from trusted proxies",
+    )
     header_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HEADER_TIMEOUT")
     handshake_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HANDSHAKE_TIMEOUT")
     idle_timeout: float = Field(default=75.0, gt=0, validation_alias="EDGE_IDLE_TIMEOUT")

@@ -18,6 +18,7 @@ from tests.integration.edge.conftest import (
     wait_for,
 )
 from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+from zeitwork.edge.client_ip import PROXY_V2_SIGNATURE
 
 
 def _ca(edge_data: Path) -> Path:
@@ -275,3 +276,37 @@ async def test_health_follows_load_balancer(make_edge: EdgeFactory, upstream: Up
     assert status == 503 and b"degraded" in body
     status, _ = await admin_get(edge, "/nope")
     assert status == 404
+
+
+async def test_proxy_protocol_from_trusted_proxy(
+    make_edge: EdgeFactory, upstream: Upstream
+) -> None:
+    edge = await make_edge(
+        EDGE_PROXY_PROTOCOL="true",
+        EDGE_TRUSTED_PROXIES="127.0.0.1/32",
+        RATE_LIMIT_RPS=0.01,
+        RATE_LIMIT_BURST=1,
+    )
+    port = edge.ports["http"]
+    for header, client in (
+        (b"PROXY TCP4 192.0.2.9 198.51.100.1 40000 80\r\n", b"192.0.2.9"),
+        (
+            PROXY_V2_SIGNATURE
+            + bytes([0x21, 0x11, 0, 12, 192, 0, 2, 10, 198, 51, 100, 1, 0x9C, 0x40, 0, 80]),
+            b"192.0.2.10",
+        ),
+    ):
+        conn = await Conn.open(port)
+        conn.writer.write(header)
+        first = await conn.request("/pp")
+        assert first.status == 200
+        assert upstream.seen[-1][b"x-forwarded-for"] == client
+        # the limit applies to the client named in the header (burst 1)
+        assert (await conn.request("/pp")).status == 429
+        await conn.close()
+    # a malformed header from the trusted proxy closes the connection
+    conn = await Conn.open(port)
+    conn.writer.write(b"PROXY TCP4 not-an-ip 198.51.100.1 1 2\r\n")
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await conn.request("/")
+    await conn.close()
