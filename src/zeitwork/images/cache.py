@@ -318,6 +318,7 @@ class ImageCache:
         try:
             archive = work / "archive.tar"
             await fetch(archive)
+            fetched = time.monotonic()
             if not archive.is_file():
                 raise InvalidInput(f"the download of image {digest} produced no archive")
             layout = work / "layout"
@@ -326,11 +327,13 @@ class ImageCache:
                 inspect_archive, archive, expected_digest=digest, extract_to=layout
             )
             await asyncio.to_thread(archive.unlink)
+            verified = time.monotonic()
             await self.evict(reserve=info.unpacked_size)  # make room before unpacking
             rootfs = work / "rootfs"
             await umoci.raw_unpack(
                 layout, _TAG, rootfs, rootless=os.geteuid() != 0, binary=self._umoci
             )
+            unpacked = time.monotonic()
             await asyncio.to_thread(_remove_tree, layout)
             size = await asyncio.to_thread(tree_size, rootfs)
             user, user_error = await asyncio.to_thread(_user_of, info.config, rootfs)
@@ -346,6 +349,9 @@ class ImageCache:
             meta = work / _META
             await asyncio.to_thread(meta.write_text, json.dumps(_meta_json(image)))
             work.chmod(0o711)
+            # the tree must be on disk before it is published: after a power loss a
+            # published image must not have empty files
+            await asyncio.to_thread(os.sync)
             await asyncio.to_thread(work.rename, final)
         except OSError as exc:
             await asyncio.shield(asyncio.to_thread(_remove_tree, work))
@@ -373,6 +379,9 @@ class ImageCache:
             digest=digest,
             size=size,
             seconds=round(time.monotonic() - started, 3),
+            fetch_seconds=round(fetched - started, 3),
+            verify_seconds=round(verified - fetched, 3),
+            unpack_seconds=round(unpacked - verified, 3),
         )
         return image
 
