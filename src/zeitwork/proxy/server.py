@@ -56,6 +56,37 @@ _PAUSE_QUEUE = 4
 _PAUSE_WAIT = 8
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_CONNECTION_KEYWORDS = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+# request header name -> what the single pass over the head does with it
+_K_HOST, _K_LENGTH, _K_TE, _K_CONNECTION, _K_UPGRADE, _K_EXPECT, _K_REQUEST_ID = range(1, 8)
+_K_XFF, _K_XFP, _K_XFH, _K_FORWARDED, _K_DROP = range(8, 13)
+_REQUEST_KINDS: dict[bytes, int] = {
+    **{name: _K_DROP for name in HOP_BY_HOP},
+    **{name: _K_FORWARDED for name in FORWARDING},
+    b"host": _K_HOST,
+    b"content-length": _K_LENGTH,
+    b"transfer-encoding": _K_TE,
+    b"connection": _K_CONNECTION,
+    b"upgrade": _K_UPGRADE,
+    b"expect": _K_EXPECT,
+    b"x-request-id": _K_REQUEST_ID,
+    b"x-forwarded-for": _K_XFF,
+    b"x-forwarded-proto": _K_XFP,
+    b"x-forwarded-host": _K_XFH,
+    b"x-real-ip": _K_DROP,
+}
+# response header name (as sent, or lower-cased) -> kind; unknown names pass through
+_R_PASS, _R_LENGTH, _R_TE, _R_CONNECTION, _R_UPGRADE, _R_DROP, _R_REQUEST_ID = range(7)
+_RESPONSE_KINDS: dict[bytes, int] = {
+    **{name: _R_DROP for name in HOP_BY_HOP},
+    b"content-length": _R_LENGTH,
+    b"transfer-encoding": _R_TE,
+    b"connection": _R_CONNECTION,
+    b"upgrade": _R_UPGRADE,
+    b"x-request-id": _R_REQUEST_ID,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +198,11 @@ class ClientProtocol(asyncio.Protocol):
         self.deadline_kind = 0  # 0 idle, 1 header, 2 request, 3 tunnel
         self.pending_error: tuple[int, str] | None = None
         self.admitted = False
+        self.batch: list[bytes] | None = None
+        self.info = ClientInfo(peer_ip="", client_ip="")
+        self.peer_b = b""
+        self.client_b = b""
+        self.scheme = b"http"
         self._url = b""
         self._headers: Headers = []
         self._hbytes = 0
@@ -185,10 +221,15 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.admitted = True
         self.trusted_peer = proxy.trusted.trusts(self.peer_ip)
+        self.peer_b = self.client_b = self.peer_ip.encode()
+        self.scheme = proxy.config.scheme_tls if self.tls else proxy.config.scheme_plain
         if self.tls:
             sslobj = transport.get_extra_info("ssl_object")
             sni = getattr(sslobj, "sni", None) if sslobj is not None else None
             self.sni = sni if isinstance(sni, str) else None
+        self.info = ClientInfo(
+            peer_ip=self.peer_ip, client_ip=self.peer_ip, tls=self.tls, sni=self.sni
+        )
         proxy.connections.add(self)
         proxy.observer.connections_changed(1)
         self.deadline = proxy.now() + proxy.config.idle_timeout
@@ -229,13 +270,41 @@ class ClientProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
+        if self.batch is not None:
+            self.end_batch()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
+        self.batch = None
         if self.transport is not None:
             self.transport.abort()
+
+    # -- output: writes made while an upstream read is processed go out as one send ----------
+    def _write(self, data: bytes) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def begin_batch(self) -> None:
+        if self.batch is None:
+            self.batch = []
+
+    def end_batch(self) -> None:
+        batch = self.batch
+        self.batch = None
+        transport = self.transport
+        if not batch or transport is None or transport.is_closing():
+            return
+        if len(batch) == 1:
+            transport.write(batch[0])
+        elif len(batch) < 16 and sum(map(len, batch)) < 65536:
+            transport.write(b"".join(batch))
+        else:
+            transport.writelines(batch)
 
     def pause_reading_for(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -294,6 +363,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self._in_message and self._hbytes > MAX_HEADER_BYTES:
+                self._reject(431, "request headers exceed 64 KiB")
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._on_upgrade_request(data[offset:])
@@ -337,44 +408,67 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hbytes += len(name) + len(value) + 4
-        if self._hbytes > MAX_HEADER_BYTES:
-            raise _Reject(431, "request headers exceed 64 KiB")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         proxy = self.proxy
+        if self._hbytes > MAX_HEADER_BYTES:
+            raise _Reject(431, "request headers exceed 64 KiB")
         method = parser.get_method()
         version = parser.get_http_version()
+        trusted = self.trusted_peer
+        parts: list[bytes] = [b""]  # the request line goes first, once the target is known
         host = b""
         host_count = 0
         content_length = -1
         te: bytes | None = None
         expect = False
         xff: bytes | None = None
+        xfp: bytes | None = None
+        xfh: bytes | None = None
         request_id: bytes | None = None
+        tokens: set[bytes] | None = None
+        upgrade_value: bytes | None = None
+        kinds = _REQUEST_KINDS
         for name, value in self._headers:
-            if name == b"host":
+            kind = kinds.get(name)
+            if kind is None:
+                parts.append(b"%s: %s\r\n" % (name, value))
+            elif kind == _K_HOST:
                 host = value
                 host_count += 1
-            elif name == b"content-length":
+                parts.append(b"host: %s\r\n" % value)
+            elif kind == _K_LENGTH:
                 if not value.isdigit():
                     raise _Reject(400, "invalid Content-Length")
                 length = int(value)
                 if content_length >= 0 and length != content_length:
                     raise _Reject(400, "conflicting Content-Length headers")
                 content_length = length
-            elif name == b"transfer-encoding":
+            elif kind == _K_TE:
                 te = value if te is None else te + b"," + value
-            elif name == b"expect":
-                if value.lower() == b"100-continue":
-                    expect = True
-                else:
+            elif kind == _K_CONNECTION:
+                found = connection_tokens((value,))
+                tokens = found if tokens is None else tokens | found
+            elif kind == _K_UPGRADE:
+                upgrade_value = value
+            elif kind == _K_EXPECT:
+                if value.lower() != b"100-continue":
                     raise _Reject(417, "unsupported Expect")
-            elif name == b"x-forwarded-for":
-                xff = value if xff is None else xff + b"," + value
-            elif name == b"x-request-id":
+                expect = True
+            elif kind == _K_REQUEST_ID:
                 request_id = value
+            elif trusted:
+                if kind == _K_XFF:
+                    xff = value if xff is None else xff + b", " + value
+                elif kind == _K_XFP:
+                    xfp = value
+                elif kind == _K_XFH:
+                    xfh = value
+                elif kind == _K_FORWARDED:
+                    parts.append(b"%s: %s\r\n" % (name, value))
+            # hop-by-hop headers and untrusted forwarding headers are dropped
         if host_count > 1:
             raise _Reject(400, "more than one Host header")
         if version == "1.1" and host_count == 0:
@@ -391,55 +485,86 @@ class ClientProtocol(asyncio.Protocol):
         max_body = proxy.config.max_body
         if max_body and content_length > max_body:
             raise _Reject(413, f"request body over the {max_body} byte limit")
-        url = self._url
-        q = url.find(b"?")
-        path_bytes = url if q < 0 else url[:q]
-        if path_bytes[:1] != b"/" and method != b"OPTIONS":
-            if url.startswith((b"http://", b"https://")):
-                # absolute-form: use its authority as Host, forward origin-form
-                rest = url.split(b"://", 1)[1]
-                slash = rest.find(b"/")
-                authority = rest if slash < 0 else rest[:slash]
-                url = b"/" if slash < 0 else rest[slash:]
-                host = authority
-                q = url.find(b"?")
-                path_bytes = url if q < 0 else url[:q]
-            else:
-                raise _Reject(400, "invalid request target")
         if method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
+        url = self._url
+        if url[:1] != b"/":
+            if url.startswith((b"http://", b"https://")):
+                # absolute-form: its authority is the host; forward origin-form
+                rest = url.split(b"://", 1)[1]
+                slash = rest.find(b"/")
+                host = rest if slash < 0 else rest[:slash]
+                url = b"/" if slash < 0 else rest[slash:]
+                if host_count == 0:
+                    parts.append(b"host: %s\r\n" % host)
+            elif not (url == b"*" and method == b"OPTIONS"):
+                raise _Reject(400, "invalid request target")
+        q = url.find(b"?")
+        path = (url if q < 0 else url[:q]).decode("latin-1")
+        if tokens is not None:
+            tokens -= _CONNECTION_KEYWORDS
+            if tokens:
+                parts = [p for p in parts if p.split(b":", 1)[0] not in tokens]
         if request_id is None or not valid_request_id(request_id):
-            rid = proxy.request_ids.next()
+            request_id = proxy.request_ids.next().encode()
+        peer = self.peer_b
+        info = self.info
+        if xff is not None:
+            client_ip = proxy.trusted.client_ip(self.peer_ip, xff)
+            if client_ip != info.client_ip:
+                info = ClientInfo(
+                    peer_ip=self.peer_ip, client_ip=client_ip, tls=self.tls, sni=self.sni
+                )
+            parts.append(b"x-forwarded-for: %s, %s\r\n" % (xff, peer))
         else:
-            rid = request_id.decode()
+            parts.append(b"x-forwarded-for: %s\r\n" % peer)
+        host_name = split_host(host) if host else ""
+        parts.append(
+            b"x-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nx-real-ip: %s\r\n"
+            b"x-request-id: %s\r\n"
+            % (
+                xfp if xfp is not None else self.scheme,
+                xfh if xfh is not None else host_name.encode("latin-1"),
+                info.client_ip.encode() if info is not self.info else self.client_b,
+                request_id,
+            )
+        )
+        upgrade = parser.should_upgrade() and upgrade_value is not None
+        if upgrade:
+            parts.append(b"connection: upgrade\r\nupgrade: %s\r\n\r\n" % upgrade_value)
+        elif chunked:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif content_length > 0:
+            parts.append(b"content-length: %d\r\n\r\n" % content_length)
+        elif method in _BODY_METHODS:
+            parts.append(b"content-length: 0\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        parts[0] = b"%s %s HTTP/1.1\r\n" % (method, url)
         head = RequestHead(
-            method=method,
-            target=url,
-            path=path_bytes.decode("latin-1"),
-            host=split_host(host),
-            http_version=version,
-            headers=self._headers,
-            keep_alive=parser.should_keep_alive(),
-            request_id=rid,
+            method,
+            url,
+            path,
+            host_name,
+            version,
+            self._headers,
+            parser.should_keep_alive(),
+            request_id.decode("latin-1"),
         )
-        client_ip = (
-            proxy.trusted.client_ip(self.peer_ip, xff) if self.trusted_peer else self.peer_ip
-        )
-        info = ClientInfo(peer_ip=self.peer_ip, client_ip=client_ip, tls=self.tls, sni=self.sni)
         ex = Exchange(head, info)
+        ex.head_bytes = b"".join(parts)
         ex.chunked = chunked
-        ex.content_length = content_length if content_length > 0 else 0
-        ex.body_done = not chunked and content_length <= 0
+        if content_length > 0:
+            ex.content_length = content_length
+        ex.body_done = upgrade or (not chunked and content_length <= 0)
         ex.expect = expect and not ex.body_done
-        ex.upgrade = parser.should_upgrade()
-        ex.started = proxy.now()
-        if ex.upgrade:
-            ex.body_done = True
+        ex.upgrade = upgrade
+        ex.started = now = proxy.now()
         self._in_message = False
         self.parsing = ex
         if self.ex is None:
             self.ex = ex
-            self.deadline = ex.started + proxy.config.request_timeout
+            self.deadline = now + proxy.config.request_timeout
             self.deadline_kind = 2
             self._start(ex)
         else:
@@ -484,10 +609,11 @@ class ClientProtocol(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         proxy = self.proxy
         head = ex.head
-        local = proxy.policy.on_request(head, ex.client)
-        if local is not None:
-            self._send_local(ex, local)
-            return
+        if proxy.has_policy:
+            local = proxy.policy.on_request(head, ex.client)
+            if local is not None:
+                self._send_local(ex, local)
+                return
         pool = proxy.router.resolve(head.host, head.path)
         if pool is None:
             self._send_problem(ex, 503, "no backend serves this host", retry_after=True)
@@ -497,69 +623,7 @@ class ClientProtocol(asyncio.Protocol):
         if backend is None:
             self._send_problem(ex, 503, "no healthy backend", retry_after=True)
             return
-        self._build_request_head(ex)
         self._assign(ex, backend)
-
-    def _build_request_head(self, ex: Exchange) -> None:
-        head = ex.head
-        proxy = self.proxy
-        trusted = self.trusted_peer
-        drop: set[bytes] | None = None
-        parts: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (head.method, head.target)]
-        xff_in: bytes | None = None
-        xfp_in: bytes | None = None
-        xfh_in: bytes | None = None
-        upgrade_value: bytes | None = None
-        for name, value in head.headers:
-            if name in HOP_BY_HOP:
-                if name == b"connection":
-                    tokens = connection_tokens([value])
-                    drop = tokens if drop is None else drop | tokens
-                elif name == b"upgrade":
-                    upgrade_value = value
-                continue
-            if name in FORWARDING:
-                if trusted:
-                    if name == b"x-forwarded-for":
-                        xff_in = value if xff_in is None else xff_in + b", " + value
-                    elif name == b"x-forwarded-proto":
-                        xfp_in = value
-                    elif name == b"x-forwarded-host":
-                        xfh_in = value
-                    elif name in {b"forwarded", b"x-forwarded-port"}:
-                        parts.append(b"%s: %s\r\n" % (name, value))
-                continue
-            if name in {b"x-request-id", b"expect", b"content-length"}:
-                continue
-            parts.append(b"%s: %s\r\n" % (name, value))
-        if drop:
-            parts = [parts[0]] + [p for p in parts[1:] if p.split(b":", 1)[0] not in drop]
-        peer = self.peer_ip.encode()
-        client_ip = ex.client.client_ip.encode()
-        if head.host and b"host" not in [h[0] for h in head.headers]:
-            parts.append(b"host: %s\r\n" % head.host.encode())
-        parts.append(
-            b"x-forwarded-for: %s\r\n" % (xff_in + b", " + peer if xff_in is not None else peer)
-        )
-        scheme = proxy.config.scheme_tls if self.tls else proxy.config.scheme_plain
-        parts.append(b"x-forwarded-proto: %s\r\n" % (xfp_in if xfp_in is not None else scheme))
-        if xfh_in is not None:
-            parts.append(b"x-forwarded-host: %s\r\n" % xfh_in)
-        elif head.host:
-            parts.append(b"x-forwarded-host: %s\r\n" % head.host.encode())
-        parts.append(
-            b"x-real-ip: %s\r\nx-request-id: %s\r\n" % (client_ip, head.request_id.encode())
-        )
-        if ex.upgrade and upgrade_value is not None:
-            parts.append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value)
-        elif ex.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        elif ex.content_length:
-            parts.append(b"content-length: %d\r\n" % ex.content_length)
-        elif head.method in (b"POST", b"PUT", b"PATCH"):
-            parts.append(b"content-length: 0\r\n")
-        parts.append(b"\r\n")
-        ex.head_bytes = b"".join(parts)
 
     def _assign(self, ex: Exchange, backend: Backend) -> None:
         ex.backend = backend
@@ -630,8 +694,8 @@ class ClientProtocol(asyncio.Protocol):
         ex.sent_head = True
         if self.paused & _PAUSE_BUFFER:
             self.resume_reading_for(_PAUSE_BUFFER)
-        if ex.expect and ex.received == 0 and not ex.body_done and self.transport is not None:
-            self.transport.write(_CONTINUE)
+        if ex.expect and ex.received == 0 and not ex.body_done:
+            self._write(_CONTINUE)
         if ex.upgrade and ex.tunnel_buf:
             conn.write(ex.tunnel_buf)
             ex.tunnel_buf = b""
@@ -657,29 +721,34 @@ class ClientProtocol(asyncio.Protocol):
         proxy = self.proxy
         head = ex.head
         headers: Headers = []
-        drop: set[bytes] | None = None
+        tokens: set[bytes] | None = None
         length = -1
         upstream_chunked = False
         has_rid = False
         upgrade_value: bytes | None = None
+        kinds = _RESPONSE_KINDS
         for name, value in up.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    tokens = connection_tokens([value])
-                    drop = tokens if drop is None else drop | tokens
-                elif lname == b"transfer-encoding":
-                    upstream_chunked = True
-                elif lname == b"upgrade":
-                    upgrade_value = value
-                continue
-            if lname == b"content-length":
+            kind = kinds.get(lname)
+            if kind is None:
+                headers.append((lname, value))
+            elif kind == _R_LENGTH:
                 length = int(value) if value.isdigit() else -1
-            elif lname == b"x-request-id":
+                headers.append((lname, value))
+            elif kind == _R_TE:
+                upstream_chunked = True
+            elif kind == _R_CONNECTION:
+                found = connection_tokens((value,))
+                tokens = found if tokens is None else tokens | found
+            elif kind == _R_UPGRADE:
+                upgrade_value = value
+            elif kind == _R_REQUEST_ID:
                 has_rid = True
-            headers.append((lname, value))
-        if drop:
-            headers = [h for h in headers if h[0] not in drop]
+                headers.append((lname, value))
+        if tokens is not None:
+            tokens -= _CONNECTION_KEYWORDS
+            if tokens:
+                headers = [h for h in headers if h[0] not in tokens]
         if status == 101 and (not ex.upgrade or upgrade_value is None):
             raise httptools.HttpParserError("unexpected 101 from the backend")
         ex.response_started = True
@@ -691,11 +760,10 @@ class ClientProtocol(asyncio.Protocol):
             or self.pending_error is not None
             or (ex.upgrade and status != 101)
         )
-        no_body = ex.head_only or status in (204, 304)
         if status == 101 and upgrade_value is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", upgrade_value))
-        elif no_body or (length >= 0 and not upstream_chunked):
+        elif ex.head_only or status in (204, 304) or (length >= 0 and not upstream_chunked):
             pass
         elif head.http_version == "1.1":
             ex.resp_chunked = True
@@ -703,43 +771,42 @@ class ClientProtocol(asyncio.Protocol):
         else:
             ex.resp_until_close = True
             close = True
-        if proxy.config.response_request_id and not has_rid:
+        if not has_rid and proxy.config.response_request_id:
             headers.append((b"x-request-id", head.request_id.encode()))
-        proxy.policy.on_response(head, ex.client, status, headers)
+        if proxy.has_policy:
+            proxy.policy.on_response(head, ex.client, status, headers)
         if status != 101:
             if close:
                 ex.close_after = True
                 headers.append((b"connection", b"close"))
             elif head.http_version == "1.0":
                 headers.append((b"connection", b"keep-alive"))
-        reason = up.reason
-        first = b"HTTP/1.1 %d %s\r\n" % (status, reason) if reason else status_line(status)
-        out = [first]
+        out = [status_line(status)]
         for name, value in headers:
             out.append(b"%s: %s\r\n" % (name, value))
         out.append(b"\r\n")
-        if self.transport is not None:
-            self.transport.write(b"".join(out))
+        self._write(b"".join(out))
         return ex.head_only
 
     def upstream_body(self, ex: Exchange, body: bytes) -> None:
-        transport = self.transport
-        if ex is not self.ex or transport is None or ex.head_only:
+        if ex is not self.ex or ex.head_only:
             return
         if ex.resp_chunked:
             if len(body) < 4096:
-                transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+                self._write(b"%x\r\n%s\r\n" % (len(body), body))
             else:
-                transport.writelines([b"%x\r\n" % len(body), body, b"\r\n"])
+                self._write(b"%x\r\n" % len(body))
+                self._write(body)
+                self._write(b"\r\n")
         else:
-            transport.write(body)
+            self._write(body)
 
     def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
         if ex is not self.ex or ex.finished:
             up.abort()
             return
-        if ex.resp_chunked and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
+        if ex.resp_chunked:
+            self._write(b"0\r\n\r\n")
         ex.upstream = None
         if keep_alive and ex.body_done and not ex.upgrade:
             up.release()
@@ -775,7 +842,7 @@ class ClientProtocol(asyncio.Protocol):
         self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
         self.deadline_kind = 3
         if rest:
-            self.transport.write(rest)
+            self._write(rest)
         if ex.tunnel_buf:
             up.write(ex.tunnel_buf)
             ex.tunnel_buf = b""
@@ -923,12 +990,11 @@ class ClientProtocol(asyncio.Protocol):
         close = local.close or not ex.head.keep_alive or not ex.body_done or self.proxy.draining
         ex.status = local.status
         ex.close_after = close
-        if self.transport is not None:
-            self.transport.write(
-                serialize_response(
-                    local.status, headers, local.body, close=close, head_only=ex.head_only
-                )
+        self._write(
+            serialize_response(
+                local.status, headers, local.body, close=close, head_only=ex.head_only
             )
+        )
         self._finish(ex)
 
     def _send_problem(
@@ -954,12 +1020,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         headers: Headers = [(b"content-type", b"application/problem+json")]
-        self.transport.write(
-            serialize_response(status, headers, problem_body(status, detail), close=close)
-        )
+        self._write(serialize_response(status, headers, problem_body(status, detail), close=close))
         self.proxy.observer.request_done("-", "-", status, 0.0)
         if close:
-            self.transport.close()
+            self.close()
 
 
 class Proxy:
@@ -978,6 +1042,7 @@ class Proxy:
         self.router = router
         self.config = config or ProxyConfig()
         self.policy: RequestPolicy = policy or NullPolicy()
+        self.has_policy = policy is not None and not isinstance(policy, NullPolicy)
         self.observer: Observer = observer or NullObserver()
         self.limiter = limiter
         self.trusted = trusted or TrustedProxies(())

@@ -88,22 +88,25 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        client = self.client
+        if client is not None:
+            client.begin_batch()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
-            client = self.client
             if client is not None and self.ex is not None:
                 client.upstream_upgraded(self, data[offset:])
         except httptools.HttpParserError:
             ex = self.ex
-            client = self.client
             if ex is not None and client is not None:
                 self.ex = None
                 client.upstream_garbage(ex, self)
             self.close()
         finally:
             self._skip = False
+            if client is not None:
+                client.end_batch()
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -121,20 +124,17 @@ class UpstreamProtocol(asyncio.Protocol):
         self.reason = b""
         self._header_bytes = 0
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._skip:
             return
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("response headers too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._skip:
             return
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("response headers too large")
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 100/103 interim answers are not relayed

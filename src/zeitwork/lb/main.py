@@ -1,0 +1,335 @@
+"""Composition root of the load balancer: settings -> router, engine, loops, workers.
+
+``run(settings)`` serves in this process when ``LB_WORKERS=1``; otherwise it forks that many
+worker processes, each with its own SO_REUSEPORT listening socket, its own health checks and
+route watch. Worker 0 also serves the admin listener and merges the other workers' counters
+(they publish a snapshot file every second). SIGTERM: stop accepting, drain in-flight
+requests up to ``LB_DRAIN_TIMEOUT``, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from zeitwork.clients.routes import RoutesClient
+from zeitwork.lb.admin import AdminPolicy, NoRoutes
+from zeitwork.lb.metrics import LBMetrics, Snapshot
+from zeitwork.lb.route_sync import RouteSync
+from zeitwork.lb.router import BackendRegistry, RouteTableRouter
+from zeitwork.lb.settings import LBSettings
+from zeitwork.observability import configure_logging, get_logger, new_registry
+from zeitwork.proxy import (
+    Backend,
+    EjectionPolicy,
+    Proxy,
+    ProxyConfig,
+    TrustedProxies,
+    parse_networks,
+    reuse_port_socket,
+)
+from zeitwork.proxy.checker import HealthChecker
+
+PUBLISH_INTERVAL = 1.0
+
+
+def _config(settings: LBSettings) -> ProxyConfig:
+    return ProxyConfig(
+        connect_timeout=settings.connect_timeout,
+        header_timeout=settings.header_timeout,
+        idle_timeout=settings.idle_timeout,
+        request_timeout=settings.request_timeout,
+        max_body=settings.max_body,
+    )
+
+
+class _Peers:
+    """Reads the snapshots other workers publish (worker 0's view of the whole balancer)."""
+
+    def __init__(self, directory: Path | None, own: int) -> None:
+        self.directory = directory
+        self.own = own
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.directory is None:
+            return []
+        out: list[dict[str, Any]] = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            if path.name == f"worker-{self.own}.json":
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                out.append(json.loads(path.read_text()))
+        return out
+
+    def metrics(self) -> list[Snapshot]:
+        return [p["metrics"] for p in self.read() if "metrics" in p]
+
+
+async def _publish(
+    directory: Path, index: int, metrics: LBMetrics, registry: BackendRegistry
+) -> None:
+    path = directory / f"worker-{index}.json"
+    tmp = directory / f".worker-{index}.tmp"
+    while True:
+        await asyncio.sleep(PUBLISH_INTERVAL)
+        data = {
+            "metrics": metrics.snapshot(),
+            "backends": {
+                b.address: {
+                    "in_flight": b.in_flight,
+                    "requests": b.requests,
+                    "failures": b.failures,
+                }
+                for b in registry.all()
+            },
+        }
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+
+
+async def serve(
+    settings: LBSettings,
+    *,
+    index: int = 0,
+    port: int | None = None,
+    admin_port: int | None = None,
+    stats_dir: Path | None = None,
+) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain."""
+    log = get_logger("zeitwork.lb").bind(worker=index)
+    prom = new_registry()
+    peers = _Peers(stats_dir, index)
+    metrics = LBMetrics(registry=prom, peers=peers.metrics if stats_dir and index == 0 else None)
+
+    def on_health(backend: Backend, kind: str, available: bool) -> None:
+        metrics.health_changed(backend, kind, available)
+        log.info("backend.health_changed", backend=backend.address, kind=kind, available=available)
+
+    backends = BackendRegistry(
+        rise=settings.health_rise,
+        fall=settings.health_fall,
+        ejection=EjectionPolicy(
+            consecutive_failures=settings.eject_failures,
+            base_seconds=settings.eject_seconds,
+            max_seconds=settings.eject_max_seconds,
+        ),
+        listener=on_health,
+    )
+    backends.on_drain = lambda b: log.info(
+        "backend.draining", backend=b.address, in_flight=b.in_flight
+    )
+    router = RouteTableRouter(
+        registry=backends, algorithm=settings.algorithm, static_backends=settings.backend_list
+    )
+    proxy = Proxy(
+        router=router,
+        config=_config(settings),
+        observer=metrics,
+        trusted=TrustedProxies(parse_networks(settings.trusted_proxies)),
+    )
+    client: RoutesClient | None = None
+    sync: RouteSync | None = None
+    if settings.operator_url and settings.token:
+        client = RoutesClient(base_url=settings.operator_url, token=settings.token)
+        sync = RouteSync(
+            source=client,
+            router=router,
+            cache=settings.route_cache,
+            log=log,
+            wait=settings.watch_wait,
+            full_refresh=settings.full_refresh,
+        )
+        sync.load_cache()
+    checker = HealthChecker(
+        backends=backends.all,
+        path=settings.health_path,
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+    )
+    started = time.time()
+
+    def state() -> dict[str, Any]:
+        all_backends = backends.all()
+        available = sum(1 for b in all_backends if b.available)
+        return {
+            "status": "ok" if available or not all_backends else "degraded",
+            "workers": settings.workers,
+            "routes_version": router.version,
+            "routes": len(router.pools()) - 1,
+            "operator_error": sync.last_error if sync is not None else None,
+            "backends": {"total": len(all_backends), "available": available},
+            "uptime_seconds": round(time.time() - started, 1),
+        }
+
+    def backend_rows() -> list[dict[str, Any]]:
+        rows = [b.snapshot() for b in backends.all()]
+        others = peers.read() if stats_dir and index == 0 else []
+        for row in rows:
+            for other in others:
+                extra = other.get("backends", {}).get(row["address"])
+                if extra:
+                    for key in ("in_flight", "requests", "failures"):
+                        row[key] = int(row[key]) + int(extra[key])  # type: ignore[call-overload]
+            row["pools"] = [
+                p.name
+                for p in router.pools()
+                if any(x.address == row["address"] for x in p.backends)
+            ]
+        return rows
+
+    loop = asyncio.get_running_loop()
+    sock = reuse_port_socket(settings.host, settings.port if port is None else port)
+    await proxy.serve(sock)
+    admin: Proxy | None = None
+    if index == 0:
+        admin = Proxy(
+            router=NoRoutes(),
+            policy=AdminPolicy(state=state, backends=backend_rows, registry=prom),
+            config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
+        )
+        admin_sock = reuse_port_socket(
+            settings.admin_host, settings.admin_port if admin_port is None else admin_port
+        )
+        await admin.serve(admin_sock)
+        log.info(
+            "lb.listening",
+            port=sock.getsockname()[1],
+            admin_port=admin_sock.getsockname()[1],
+            workers=settings.workers,
+            algorithm=settings.algorithm,
+            static_backends=len(settings.backend_list),
+            operator=settings.operator_url,
+        )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            loops = [tasks.create_task(checker.run(), name="health-checker")]
+            if sync is not None:
+                loops.append(tasks.create_task(sync.run(), name="route-sync"))
+            if stats_dir is not None and index > 0:
+                loops.append(
+                    tasks.create_task(_publish(stats_dir, index, metrics, backends), name="stats")
+                )
+            await stop.wait()
+            log.info("lb.draining", in_flight=proxy.in_flight, grace=settings.drain_timeout)
+            cut = await proxy.drain(settings.drain_timeout)
+            if admin is not None:
+                await admin.drain(0.5)
+            for task in loops:
+                task.cancel()
+            log.info("lb.stopped", cut=cut)
+    finally:
+        for backend in backends.all():
+            backend.close_idle()
+        if client is not None:
+            await client.aclose()
+
+
+def _worker_main(
+    settings: LBSettings, index: int, port: int, admin_port: int, stats_dir: Path
+) -> None:
+    code = 0
+    try:
+        uvloop.run(
+            serve(settings, index=index, port=port, admin_port=admin_port, stats_dir=stats_dir)
+        )
+    except BaseException:
+        get_logger("zeitwork.lb").exception("lb.worker_crashed", worker=index)
+        code = 1
+    os._exit(code)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """Bind (without listening) so that port 0 becomes one concrete port all workers share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _supervise(settings: LBSettings) -> int:
+    log = get_logger("zeitwork.lb")
+    stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-lb-"))
+    data_res = _reserve(settings.host, settings.port)
+    admin_res = _reserve(settings.admin_host, settings.admin_port)
+    port = data_res.getsockname()[1]
+    admin_port = admin_res.getsockname()[1]
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            data_res.close()
+            admin_res.close()
+            _worker_main(settings, index, port, admin_port, stats_dir)
+        children[pid] = index
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for i in range(settings.workers):
+        spawn(i)
+    status = 0
+    try:
+        while children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            index = children.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(wait_status)
+            if not stopping:
+                log.error("lb.worker_exited", worker=index, code=code)
+                time.sleep(0.5)
+                spawn(index)
+            elif code != 0:
+                status = 1
+    finally:
+        data_res.close()
+        admin_res.close()
+        shutil.rmtree(stats_dir, ignore_errors=True)
+    return status
+
+
+def run(settings: LBSettings) -> int:
+    configure_logging(
+        service="load-balancer",
+        environment=settings.environment.value,
+        level=settings.log_level.value,
+    )
+    try:
+        if settings.workers == 1:
+            uvloop.run(serve(settings))
+            return 0
+        return _supervise(settings)
+    except OSError as exc:  # cannot bind a listener: one line, not a traceback
+        print(f"zeitwork: load balancer cannot start: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,190 @@
+"""Routing of requests to pools, from the operator's route table (plus a static default pool).
+
+``resolve`` is a dict lookup by host (then a short scan of path prefixes when a host has
+more than one route). ``apply`` diffs the new table against the previous one: only routes
+whose content changed are touched, backends are shared by address across routes (one set
+of health checks per address), and a backend that no route names any more is drained:
+no new requests, its in-flight ones finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from zeitwork.proxy.backends import Backend, HealthListener, Pool
+from zeitwork.proxy.balancing import AlgorithmName
+from zeitwork.proxy.health import EjectionPolicy
+from zeitwork.wire.routes import Backend as WireBackend
+from zeitwork.wire.routes import Route, RouteTable
+
+DEFAULT_POOL = "default"
+
+
+class BackendRegistry:
+    """One ``Backend`` per address, created on first use and drained when unreferenced."""
+
+    def __init__(
+        self,
+        *,
+        rise: int = 2,
+        fall: int = 2,
+        ejection: EjectionPolicy | None = None,
+        listener: HealthListener | None = None,
+    ) -> None:
+        self._rise = rise
+        self._fall = fall
+        self._ejection = ejection
+        self._listener = listener
+        self.backends: dict[str, Backend] = {}
+        self.on_drain: Callable[[Backend], None] | None = None
+
+    def get(self, address: str, weight: int = 1) -> Backend:
+        backend = self.backends.get(address)
+        if backend is None:
+            backend = Backend(
+                address,
+                weight=weight,
+                rise=self._rise,
+                fall=self._fall,
+                ejection=self._ejection,
+                listener=self._listener,
+            )
+            self.backends[address] = backend
+        elif backend.weight != weight:
+            backend.weight = weight
+        return backend
+
+    def collect(self) -> list[Backend]:
+        """Drain and forget backends that no pool references; return them."""
+        gone = [b for b in self.backends.values() if not b.referenced]
+        for backend in gone:
+            del self.backends[backend.address]
+            backend.drain()
+            if self.on_drain is not None:
+                self.on_drain(backend)
+        return gone
+
+    def all(self) -> list[Backend]:
+        return list(self.backends.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    version: int
+    added: int
+    changed: int
+    removed: int
+    drained: int
+
+
+def _prefix_matches(path: str, prefix: str) -> bool:
+    if prefix in ("/", path):
+        return True
+    if not path.startswith(prefix):
+        return False
+    return prefix.endswith("/") or path[len(prefix)] == "/"
+
+
+class RouteTableRouter:
+    """The load balancer's ``Router``."""
+
+    def __init__(
+        self,
+        *,
+        registry: BackendRegistry,
+        algorithm: AlgorithmName = "round-robin",
+        static_backends: Iterable[str] = (),
+    ) -> None:
+        self.registry = registry
+        self.algorithm: AlgorithmName = algorithm
+        self.version: int | None = None
+        self._routes: dict[tuple[str, str], Route] = {}
+        self._pools: dict[tuple[str, str], Pool] = {}
+        self._by_host: dict[str, dict[str, Pool]] = {}
+        # host -> Pool (single "/" route) or list of (prefix, pool), longest prefix first
+        self._hosts: dict[str, Pool | list[tuple[str, Pool]]] = {}
+        self._wild: dict[str, Pool | list[tuple[str, Pool]]] = {}
+        self._static = [s for s in static_backends]
+        self.default = Pool(DEFAULT_POOL, algorithm=algorithm)
+        self._default_wire: list[WireBackend] | None = None
+        if self._static:
+            self.default.set_backends(registry.get(a) for a in self._static)
+
+    # -- Router ----------------------------------------------------------------------------------
+    def resolve(self, host: str, path: str) -> Pool | None:
+        entry = self._hosts.get(host)
+        if entry is None and self._wild:
+            dot = host.find(".")
+            if dot > 0:
+                entry = self._wild.get(host[dot:])
+        if entry is None:
+            return self.default
+        if isinstance(entry, Pool):
+            return entry
+        for prefix, pool in entry:
+            if _prefix_matches(path, prefix):
+                return pool
+        return self.default
+
+    # -- updates ---------------------------------------------------------------------------------
+    def pools(self) -> list[Pool]:
+        return [self.default, *self._pools.values()]
+
+    def apply(self, table: RouteTable) -> ApplyResult:
+        added = changed = removed = 0
+        incoming: dict[tuple[str, str], Route] = {}
+        for route in table.routes:
+            incoming[(route.host.lower().rstrip("."), route.path_prefix or "/")] = route
+        hosts_touched: set[str] = set()
+        for key, route in incoming.items():
+            old = self._routes.get(key)
+            if old is not None and old == route:
+                continue
+            pool = self._pools.get(key)
+            algorithm = route.algorithm or self.algorithm
+            if pool is None:
+                pool = Pool(f"{key[0]}{'' if key[1] == '/' else key[1]}", algorithm=algorithm)
+                self._pools[key] = pool
+                self._by_host.setdefault(key[0], {})[key[1]] = pool
+                added += 1
+                hosts_touched.add(key[0])
+            else:
+                pool.set_algorithm(algorithm)
+                changed += 1
+            pool.set_backends(self.registry.get(b.address, b.weight) for b in route.backends)
+            self._routes[key] = route
+        for key in [k for k in self._routes if k not in incoming]:
+            del self._routes[key]
+            self._pools.pop(key).close()
+            prefixes = self._by_host.get(key[0], {})
+            prefixes.pop(key[1], None)
+            if not prefixes:
+                self._by_host.pop(key[0], None)
+            removed += 1
+            hosts_touched.add(key[0])
+        for host in hosts_touched:
+            self._index_host(host)
+        if not self._static and table.default_backends != self._default_wire:
+            self._default_wire = list(table.default_backends)
+            self.default.set_backends(
+                self.registry.get(b.address, b.weight) for b in table.default_backends
+            )
+        drained = self.registry.collect()
+        self.version = table.version
+        return ApplyResult(table.version, added, changed, removed, len(drained))
+
+    def _index_host(self, host: str) -> None:
+        entries = sorted(
+            self._by_host.get(host, {}).items(),
+            key=lambda item: len(item[0]),
+            reverse=True,
+        )
+        target = self._wild if host.startswith("*.") else self._hosts
+        name = host[1:] if host.startswith("*.") else host
+        if not entries:
+            target.pop(name, None)
+        elif len(entries) == 1 and entries[0][0] == "/":
+            target[name] = entries[0][1]
+        else:
+            target[name] = entries
