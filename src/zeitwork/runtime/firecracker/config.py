@@ -26,7 +26,7 @@ class FirecrackerConfig:
     memory_overhead_mib: int = 64  # VMM's own memory on top of the guest's
     rootfs_headroom_mib: int = 256
     cow_method: CowMethod | Literal["auto"] = "auto"
-    tap_prefix: str = "zwt"
+    tap_prefix: str = "zwfc"  # TAP names: prefix + hex of the instance id (15 chars)
     boot_timeout: float = 10.0  # jailer start until the API socket answers
     api_timeout: float = 5.0
     extra_boot_args: tuple[str, ...] = ("quiet",)

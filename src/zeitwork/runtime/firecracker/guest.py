@@ -66,7 +66,7 @@ def kernel_args(*, address: str, gateway: str, prefix_len: int, extra: Sequence[
     return line
 
 
-def tap_name(instance_id: uuid.UUID, prefix: str = "zwt") -> str:
+def tap_name(instance_id: uuid.UUID, prefix: str = "zwfc") -> str:
     """15 characters at most (IFNAMSIZ - 1): the prefix, then hex digits of the id."""
     if not 1 <= len(prefix) <= 7 or not prefix.isalnum():
         raise InvalidInput(f"TAP prefix {prefix!r} must be 1-7 letters or digits")

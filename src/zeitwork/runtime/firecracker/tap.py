@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
@@ -16,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from zeitwork.core.errors import RuntimeFailure
 
-TAP_PREFIX = "zwt"
+TAP_PREFIX = "zwfc"
 
 
 def _create(name: str, bridge: str, uid: int, gid: int) -> None:
@@ -51,9 +52,18 @@ def _delete(name: str) -> bool:
 
 
 def _list(prefix: str) -> list[str]:
+    """TAP devices named like ours: the prefix, 15 characters, and a TUN/TAP device (so a
+    bridge or veth that happens to share the prefix is never taken for a stray TAP)."""
     with IPRoute() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-    return sorted(n for n in names if isinstance(n, str) and n.startswith(prefix))
+    return sorted(
+        n
+        for n in names
+        if isinstance(n, str)
+        and n.startswith(prefix)
+        and len(n) == 15
+        and os.path.exists(f"/sys/class/net/{n}/tun_flags")
+    )
 
 
 async def create_tap(name: str, *, bridge: str, uid: int, gid: int) -> None:

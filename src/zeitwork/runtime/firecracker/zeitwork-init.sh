@@ -11,7 +11,8 @@ bb=/.zeitwork/busybox
 $bb mkdir -p /proc /sys /dev /run /tmp
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
-$bb mountpoint -q /dev || $bb mount -t devtmpfs devtmpfs /dev
+$bb grep -q " /dev " /proc/mounts || $bb mount -t devtmpfs devtmpfs /dev
+[ -c /dev/null ] || $bb mknod -m 666 /dev/null c 1 3
 $bb mkdir -p /dev/pts /dev/shm
 $bb mount -t devpts devpts /dev/pts
 $bb mount -t tmpfs -o mode=1777 tmpfs /dev/shm

@@ -211,6 +211,13 @@ def driver_image(fake_fc: FakeFc, spec: InstanceSpec) -> Path:
     return fake_fc.config.rootfs_dir / (spec.image_digest.replace(":", "-") + ".ext4")
 
 
+def _add_lookalike(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="bridge")
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -266,9 +273,14 @@ async def test_recover_readopts_live_vms_and_cleans_strays(
     await first.stop(dead, grace_seconds=5)
     await first.aclose()  # the agent goes away; the VMs keep running
 
+    # A non-TAP link that merely shares the prefix and length is not ours to remove.
+    lookalike = fake_fc.config.tap_prefix + "f" * (15 - len(fake_fc.config.tap_prefix))
+    await asyncio.to_thread(_add_lookalike, lookalike)
+
     second = FirecrackerDriver(config=fake_fc.config)
     try:
         recovered = await second.recover([kept, dead])
+        assert _link(lookalike) is not None
         assert [h.instance_id for h in recovered.running] == [kept.instance_id]
         assert (await second.inspect(kept)).phase is Phase.RUNNING
         assert any(str(dead.instance_id) in c for c in recovered.cleaned)
