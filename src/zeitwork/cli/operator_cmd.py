@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from zeitwork.settings import load_settings
+from zeitwork.settings import ServiceSettings, load_settings
 
 
 class _CreatableScope(StrEnum):
@@ -25,6 +25,15 @@ class _CreatableScope(StrEnum):
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"zeitwork: {message}", err=True)
     return typer.Exit(1)
+
+
+def _log_to_stderr(settings: ServiceSettings) -> None:
+    """Logs go to stderr, so that stdout carries only the command's answer."""
+    from zeitwork.observability import configure_logging
+
+    configure_logging(
+        service="zeitwork", environment=settings.environment.value, level=settings.log_level.value
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +57,7 @@ def register(app: typer.Typer) -> None:
         from zeitwork.operator.settings import OperatorSettings
 
         settings = load_settings(OperatorSettings)
+        _log_to_stderr(settings)
         try:
             revision = asyncio.run(run_migrations(settings, action, target))
         except ZeitworkError as exc:
@@ -94,6 +104,7 @@ def register(app: typer.Typer) -> None:
         from zeitwork.operator.settings import OperatorSettings
 
         settings = load_settings(OperatorSettings)
+        _log_to_stderr(settings)
         try:
             secret = asyncio.run(create_token(settings, Scope(scope.value), name))
         except ZeitworkError as exc:

