@@ -53,6 +53,7 @@ class Seen:
     restarts: int = 0  # consecutive failed runs
     restart_at: float | None = None  # when a scheduled restart is due (monotonic)
     started_at: float | None = None  # when the current run began (monotonic)
+    completed: bool = False  # ended by itself under its restart policy: stays ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +150,14 @@ def decide(
         return Remove(instance_id)
     exited = seen.state in (S.RUNNING, S.STARTING) and seen.has_handle and not seen.alive
     if want.state == "stopped":
-        if seen.state == S.STOPPING or (seen.has_handle and seen.alive):
-            return Stop(instance_id)
-        if exited or seen.state in (S.RUNNING, S.STARTING, S.PENDING):
+        if seen.state in (S.RUNNING, S.STARTING, S.STOPPING):
+            if seen.state == S.STOPPING or (seen.has_handle and seen.alive):
+                return Stop(instance_id)
             return Settle(instance_id, S.STOPPED, "stopped as requested")
+        if seen.state == S.PENDING:
+            return Settle(instance_id, S.STOPPED, "stopped as requested")
+        if seen.has_handle:  # a leftover workload of a stopped/failed instance: remove it
+            return Settle(instance_id, seen.state, None)
         return None
     # wanted running
     if seen.state == S.STOPPING:
@@ -164,8 +169,12 @@ def decide(
         return MarkStable(instance_id) if stable and seen.restarts > 0 else None
     if seen.state == S.STARTING and seen.restart_at is not None:
         return Start(instance_id) if now >= seen.restart_at else None
+    if seen.state == S.STOPPED and seen.completed:
+        return Settle(instance_id, S.STOPPED, None) if seen.has_handle else None
     if seen.state in (S.PENDING, S.STARTING, S.STOPPED, S.RUNNING):
         return Start(instance_id)
+    if seen.has_handle:  # failed, but something of it is left: remove that, stay failed
+        return Settle(instance_id, seen.state, None)
     return None  # failed: stays failed until asked again
 
 

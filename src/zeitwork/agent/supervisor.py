@@ -62,6 +62,7 @@ class Record:
     reason: str | None = None
     log_tail: list[str] = field(default_factory=list)
     override: planning.DesiredState | None = None  # set through the agent API
+    completed: bool = False  # ended by itself under its restart policy (not restarted)
     # runtime only
     busy: bool = False
     alive: bool = False
@@ -92,6 +93,7 @@ class Record:
             "oom_killed": self.oom_killed,
             "reason": self.reason,
             "override": self.override,
+            "completed": self.completed,
         }
 
     @classmethod
@@ -112,6 +114,7 @@ class Record:
             oom_killed=bool(value.get("oom_killed", False)),
             reason=value.get("reason"),
             override=value.get("override"),
+            completed=bool(value.get("completed", False)),
         )
 
     def status(self) -> InstanceStatus:
@@ -206,6 +209,7 @@ class Supervisor:
         self._persist(record)
         if state == "running" and record.state in (S.FAILED, S.STOPPED):
             record.restarts = 0
+            record.completed = False
             record.restart_at = None
             self._transition(record, S.PENDING, reason="start requested")
         self.wake()
@@ -400,10 +404,16 @@ class Supervisor:
                 restarts=record.restarts,
                 restart_at=record.restart_at,
                 started_at=record.started_at,
+                completed=record.completed,
             )
             for instance_id, record in self.records.items()
         }
-        actions = planning.plan(self._wants(), seen, now=time.monotonic(), tuning=self.tuning)
+        wants = self._wants()
+        for instance_id, want in wants.items():
+            record = self.records.get(instance_id)
+            if record is not None and record.completed and want.state != "running":
+                record.completed = False  # asked to stop: a later "running" starts it again
+        actions = planning.plan(wants, seen, now=time.monotonic(), tuning=self.tuning)
         for action in actions:
             await self._apply(action)
 
@@ -467,7 +477,8 @@ class Supervisor:
     async def _start(self, record: Record) -> None:
         assignment = record.assignment
         instance_id = record.instance_id
-        self._transition(record, S.STARTING, reason=record.reason if record.restart_at else None)
+        if record.state != S.STARTING:
+            self._transition(record, S.STARTING)
         record.restart_at = None
         try:
             self._check_capacity(instance_id, record.resources)
@@ -515,7 +526,7 @@ class Supervisor:
                 )
                 return
             record.restart_at = time.monotonic() + delay
-            self._transition(record, S.STARTING, reason=f"{exc.detail}; retrying in {delay:.0f}s")
+            self._transition(record, S.STARTING, reason=f"{exc.detail}; retrying in {delay:.1f}s")
             return
         except (InsufficientCapacity, InvalidInput, NotFound, ZeitworkError) as exc:
             await self._fail_start(record, exc.detail)
@@ -556,7 +567,12 @@ class Supervisor:
             except (OSError, TimeoutError):
                 status = await self.driver.inspect(record.handle)
                 if status.phase not in (Phase.RUNNING, Phase.CREATED):
-                    return  # exited: the next tick reports it
+                    # exited before it listened: the next tick decides (restart policy)
+                    record.alive = False
+                    record.exit_code = status.exit_code
+                    record.oom_killed = status.oom_killed
+                    record.reason = status.message
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
                 continue
@@ -611,7 +627,7 @@ class Supervisor:
         self._transition(
             record,
             S.STARTING,
-            reason=f"{what}; restart {action.attempt} in {action.delay:.0f}s",
+            reason=f"{what}; restart {action.attempt} in {action.delay:.1f}s",
             exit_code=exit_code,
             oom_killed=oom,
             log_tail=lines,
@@ -627,10 +643,13 @@ class Supervisor:
         await self.network.detach(record.instance_id)
         record.address = None
         record.restart_at = None
+        if action.reason != "stopped as requested" and action.state == S.STOPPED:
+            record.completed = True
+        keep_reason = action.state == record.state and action.reason is None
         self._transition(
             record,
             action.state,
-            reason=action.reason or what,
+            reason=record.reason if keep_reason else action.reason or what,
             exit_code=exit_code,
             oom_killed=oom,
             log_tail=lines,

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from zeitwork.agent.settings import AgentSettings
+from zeitwork.settings import SettingsError, parse_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PORT", "ZEITWORK_RUNTIME", "ZEITWORK_BRIDGE", "OPERATOR_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = parse_settings(AgentSettings)
+    assert settings.port == 8081
+    assert settings.runtime == "auto"
+    assert settings.bridge == "zwbr0"
+    assert settings.oci_runtime == "runc"
+    assert settings.heartbeat_interval == 10.0
+    assert settings.operator_url is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("ZEITWORK_RUNTIME", "docker", "ZEITWORK_RUNTIME"),
+        ("ZEITWORK_OCI_RUNTIME", "podman", "ZEITWORK_OCI_RUNTIME"),
+        ("ZEITWORK_NODE_SUBNET", "10.0.0.1/24", "ZEITWORK_NODE_SUBNET"),
+        ("ZEITWORK_NODE_SUBNET", "10.0.0.0/30", "ZEITWORK_NODE_SUBNET"),
+        ("ZEITWORK_BRIDGE", "a-very-long-bridge-name", "ZEITWORK_BRIDGE"),
+        ("NODE_IP", "not-an-ip", "NODE_IP"),
+        ("NODE_ID", "nope", "NODE_ID"),
+        ("OPERATOR_URL", "ftp://x", "OPERATOR_URL"),
+        ("ZEITWORK_PEER_ROUTES", "10.1.0.0/24", "ZEITWORK_PEER_ROUTES"),
+        ("ZEITWORK_HEARTBEAT_INTERVAL", "0", "ZEITWORK_HEARTBEAT_INTERVAL"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(AgentSettings)
+    assert named in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_peer_routes_and_operator_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZEITWORK_PEER_ROUTES", "10.1.0.0/24=192.168.5.2, 10.2.0.0/24=192.168.5.3")
+    monkeypatch.setenv("OPERATOR_URL", "http://operator:8080/")
+    settings = parse_settings(AgentSettings)
+    assert settings.operator_url == "http://operator:8080"
