@@ -21,7 +21,8 @@
 #   ZEITWORK_LOG          /var/log/zeitwork      log directory
 #   ZEITWORK_SYSTEMD_DIR  /etc/systemd/system    unit files
 #   ZEITWORK_USER         zeitwork               system user and group the services run as
-#   ZEITWORK_PYTHON       python3                interpreter for the virtualenv (>= 3.11)
+#   ZEITWORK_PYTHON       /usr/bin/python3       interpreter for the virtualenv (>= 3.11; not
+#                                                under /root or /home, which the units hide)
 #   ZEITWORK_WHEEL        (unset)                install this wheel instead of the checkout
 #   ZEITWORK_PIP_ARGS     (unset)                extra pip arguments, e.g. for an offline
 #                                                mirror: "--no-index --find-links /srv/wheels"
@@ -35,7 +36,7 @@ VAR="${ZEITWORK_VAR:-/var/lib/zeitwork}"
 LOG="${ZEITWORK_LOG:-/var/log/zeitwork}"
 UNIT_DIR="${ZEITWORK_SYSTEMD_DIR:-/etc/systemd/system}"
 SVC_USER="${ZEITWORK_USER:-zeitwork}"
-PYTHON="${ZEITWORK_PYTHON:-python3}"
+PYTHON="${ZEITWORK_PYTHON:-}"
 WHEEL="${ZEITWORK_WHEEL:-}"
 PIP_ARGS="${ZEITWORK_PIP_ARGS:-}"
 
@@ -74,11 +75,24 @@ if [ "$IS_ROOT" = 0 ]; then
   say "not root: skipping the system user and file ownership"
 fi
 
+# The system's interpreter by default: one from pyenv or a home directory would be invisible
+# to the services (ProtectHome=yes) and unreadable for the zeitwork user.
+if [ -z "$PYTHON" ]; then
+  PYTHON=python3
+  if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PYTHON=/usr/bin/python3
+  fi
+fi
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set ZEITWORK_PYTHON)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   die "$PYTHON is older than 3.11 (set ZEITWORK_PYTHON)"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
   die "$PYTHON cannot create virtualenvs (Debian: apt-get install python3-venv)"
+real_python="$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+case "$real_python" in
+  /root/* | /home/*)
+    die "$PYTHON is $real_python, which the services cannot see (ProtectHome=yes); set ZEITWORK_PYTHON to a system interpreter such as /usr/bin/python3" ;;
+esac
 
 for svc in "${SERVICES[@]}"; do
   [ -f "$SRC_DIR/deployments/config/$svc.env" ] || die "missing template deployments/config/$svc.env"
@@ -154,6 +168,10 @@ printf 'Made by zeitwork scripts/install.sh; removed by scripts/uninstall.sh.\n'
 if ! "$PREFIX/bin/python" -c '' >/dev/null 2>&1; then
   say "creating virtualenv $PREFIX"
   "$PYTHON" -m venv "$PREFIX"
+elif [ "$(readlink -f "$PREFIX/bin/python")" != "$real_python" ]; then
+  say "recreating virtualenv $PREFIX for $real_python"
+  "$PYTHON" -m venv --clear "$PREFIX"
+  printf 'Made by zeitwork scripts/install.sh; removed by scripts/uninstall.sh.\n' >"$PREFIX/$MARKER"
 fi
 PIP=("$PREFIX/bin/python" -m pip --disable-pip-version-check --no-input)
 if [ -n "$WHEEL" ]; then

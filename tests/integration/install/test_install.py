@@ -219,6 +219,224 @@ def test_install_reports_that_systemd_is_not_reloaded_for_a_staging_root(install
     assert "no daemon-reload" in log
 
 
+# --- the installed services run as their units would run them -------------------------------
+
+# Emulates what the units set that a process can set on itself: NoNewPrivileges=yes and
+# MemoryDenyWriteExecute=yes (the kernel's PR_SET_MDWE refuses the same mappings as
+# systemd's seccomp filter), then runs the command. Inherited by every child (PostgreSQL too).
+SANDBOX = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS, PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 38, 65, 1
+for option, arg in ((PR_SET_NO_NEW_PRIVS, 1), (PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)):
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        sys.exit(f"prctl({option}) failed: errno {ctypes.get_errno()}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The active KEY=value lines, as systemd's EnvironmentFile= reads these simple files."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            env[key] = value
+    return env
+
+
+class ServiceRunner:
+    """Starts an installed service as the zeitwork user with its unit's environment."""
+
+    def __init__(self, root: Root, runtime_dir: Path) -> None:
+        self.root = root
+        self.runtime_dir = runtime_dir
+        self.account = pwd.getpwnam(root.user)
+        self.sandbox = root.base / "sandbox.py"
+        self.sandbox.write_text(SANDBOX)
+        self.sandbox.chmod(0o644)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def environment(self, service: str, overrides: dict[str, str]) -> dict[str, str]:
+        unit = parse_unit(self.root.units / f"zeitwork-{service}.service")
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": self.account.pw_dir,
+            "USER": self.root.user,
+            "LOGNAME": self.root.user,
+        }
+        for word in unit.words("Service", "Environment"):
+            key, _, value = word.partition("=")
+            env[key] = value.replace("%t", str(self.runtime_dir))
+        # RuntimeDirectory=: made by systemd, owned by the service user, 0700.
+        for name in unit.values("Service", "RuntimeDirectory"):
+            path = self.runtime_dir / name
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+            path.chmod(0o700)
+        env.update(read_env_file(Path(unit.get("Service", "EnvironmentFile") or "")))
+        env.update(overrides)
+        return env
+
+    def command(self, service: str) -> list[str]:
+        unit = parse_unit(self.root.units / f"zeitwork-{service}.service")
+        exec_start = (unit.get("Service", "ExecStart") or "").split()
+        return [str(self.root.prefix / "bin" / "python"), str(self.sandbox), *exec_start]
+
+    def run(self, service: str, args: list[str], overrides: dict[str, str]) -> str:
+        proc = subprocess.run(
+            [*self.command(service)[:2], str(self.root.prefix / "bin" / "zeitwork"), *args],
+            env=self.environment(service, overrides),
+            user=self.account.pw_uid,
+            group=self.account.pw_gid,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def start(self, service: str, overrides: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                self.command(service),
+                env=self.environment(service, overrides),
+                user=self.account.pw_uid,
+                group=self.account.pw_gid,
+                extra_groups=[],
+                cwd="/",
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> list[int]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout=45))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait(timeout=10))
+        return codes
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
+    import time
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the service exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            status, body = get(url)
+            if status == 200:
+                return body
+            last = f"{status} {body}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    pytest.fail(f"{url} not ready within {timeout} s ({last}):\n{log.read_text()}")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="runs the services as the throwaway system user")
+def test_installed_fleet_serves_as_the_service_user_under_the_sandbox(
+    installed: Root, tmp_path: Path
+) -> None:
+    """operator -> load balancer -> edge, from the installed venv with the shipped env files,
+    as the zeitwork user with no capabilities, NoNewPrivileges and MemoryDenyWriteExecute.
+
+    Only the ports and the listening address differ from the shipped files (tests use free
+    ports on loopback). The operator uses its embedded PostgreSQL, migrated first with
+    `zeitwork migrate` as docs/production.md says (ENVIRONMENT=production does not migrate).
+    """
+    for path in (installed.base, installed.base / "opt", installed.base / "var"):
+        path.chmod(0o755)  # mkdtemp made the root 0700; the service user must reach /opt
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    runtime.chmod(0o755)
+    runner = ServiceRunner(installed, runtime)
+    op_port, lb_port, lb_admin, edge_http, edge_https, edge_admin = (free_port() for _ in range(6))
+    local = {"HOST": "127.0.0.1"}
+    try:
+        runner.run("operator", ["migrate"], {**local, "PORT": str(op_port)})
+
+        op_log, lb_log, edge_log = tmp_path / "op.log", tmp_path / "lb.log", tmp_path / "edge.log"
+        op = runner.start("operator", {**local, "PORT": str(op_port)}, op_log)
+        lb = runner.start(
+            "load-balancer",
+            {
+                **local,
+                "PORT": str(lb_port),
+                "LB_ADMIN_PORT": str(lb_admin),
+                "LB_BACKENDS": f"127.0.0.1:{op_port}",
+            },
+            lb_log,
+        )
+        edge = runner.start(
+            "edge-proxy",
+            {
+                **local,
+                "PORT": str(edge_http),
+                "EDGE_HTTPS_PORT": str(edge_https),
+                "EDGE_ADMIN_PORT": str(edge_admin),
+                "LOAD_BALANCER_URL": f"http://127.0.0.1:{lb_port}",
+            },
+            edge_log,
+        )
+        assert '"ready"' in wait_for(f"http://127.0.0.1:{op_port}/health/ready", op, op_log)
+        wait_for(f"http://127.0.0.1:{lb_admin}/health", lb, lb_log)
+        wait_for(f"http://127.0.0.1:{edge_admin}/health", edge, edge_log)
+
+        # The operator wrote its first admin token into its data dir, as the service user.
+        token = installed.var / "operator" / "admin-token"
+        assert mode(token) == 0o600
+        assert token.stat().st_uid == runner.account.pw_uid
+
+        # A request through the edge and the load balancer reaches the operator.
+        body = wait_for(f"http://127.0.0.1:{edge_http}/health", edge, edge_log)
+        assert '"service":"operator"' in body.replace(" ", "")
+        # JSON logs in production, from every service.
+        for log in (op_log, lb_log, edge_log):
+            first = log.read_text().splitlines()[0]
+            assert first.startswith("{") and '"environment": "production"' in first, first
+    finally:
+        codes = runner.stop_all()
+    # SIGTERM stops each service cleanly, and the embedded PostgreSQL with the operator.
+    assert codes == [0, 0, 0], codes
+    assert not (installed.var / "operator" / "postgres" / "postmaster.pid").exists()
+
+
 # --- again, upgrade, uninstall, purge (in this order, on the same root) ----------------------
 
 
