@@ -10,6 +10,7 @@ XFS is made for the test (``loop_xfs``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -102,3 +103,12 @@ def loop_xfs(size: int = 2 * 1024**3) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def reflink_base_for_process() -> Path:
+    """A reflink-capable directory that lives until this test process exits (for factories
+    that have no teardown of their own, like the driver contract suite's)."""
+    manager = loop_xfs()
+    base = manager.__enter__()
+    atexit.register(manager.__exit__, None, None, None)
+    return base

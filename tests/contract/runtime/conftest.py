@@ -44,7 +44,18 @@ def _oci(tmp_path: Path, network: NodeNetwork) -> DriverMaker:
 
 
 def _firecracker(tmp_path: Path, network: NodeNetwork) -> DriverMaker:
-    pytest.skip("microVMs cannot boot on this host; the firecracker driver registers here")
+    from tests.kvm import support
+    from zeitwork.runtime.firecracker import FirecrackerDriver
+
+    reason = support.microvm_skip_reason()  # a probe: root, KVM runs a guest, binaries set
+    if reason is not None:
+        pytest.skip(reason)
+    config = support.config(support.reflink_base_for_process())
+
+    def make() -> Driver:
+        return FirecrackerDriver(config=config)
+
+    return make
 
 
 DRIVER_FACTORIES: dict[str, Callable[[Path, NodeNetwork], DriverMaker]] = {
