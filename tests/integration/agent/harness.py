@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from tests.images import BuiltImage
-from zeitwork.agent.network import NodeNetwork
+from zeitwork.agent.network import NodeNetwork, netns
 from zeitwork.images import ImageCache
 from zeitwork.runtime.oci import OciDriver, RuncCli, cgroups
 
@@ -167,6 +167,10 @@ class AgentHost:
         )
         await driver.recover([])
         cgroups.remove(f"/{self.cgroup_parent}")
+        namespaces = self.data_dir / "agent" / "network" / "netns"
+        if self.netns is not None and namespaces.exists():
+            for path in namespaces.iterdir():  # their links vanish with the host namespace
+                netns.remove(path)
         if self.netns is None:
             network = NodeNetwork(
                 bridge=self.bridge,
