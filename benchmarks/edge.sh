@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Edge proxy vs HAProxy, both terminating TLS with the same certificate in front of the same
+# nginx upstream (1 KiB), in the same run:
+#   - keep-alive HTTPS: wrk, 64 connections, 1 thread, req/s, p50, p99
+#   - new TLS handshakes per second (no keep-alive, one request each): ECDSA and RSA
+#   - the rate limiter's cost per decision with a million distinct keys
+# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ZW=${ZW:-.venv/bin/zeitwork}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
+for tool in wrk haproxy nginx openssl; do
+  command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /tmp/zeitwork-bench-edge.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_ports() { "$PY" - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT <<<"$(free_ports 5)"
+
+wait_port() { # host port
+  for _ in $(seq 100); do
+    if "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "edge.sh: nothing listens on $1" >&2
+  tail -n 5 "$WORK"/*.log >&2 || true
+  return 1
+}
+
+# --- certificates (ECDSA P-256 and RSA 2048), signed by a throwaway CA --------------------
+"$PY" - "$WORK" <<'EOF'
+import sys
+from pathlib import Path
+from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+work = Path(sys.argv[1])
+ca, ca_key = self_signed_ca("bench CA")
+(work / "ca.pem").write_text(ca)
+for kind in ("ec", "rsa"):
+    chain, key = issue_leaf(["bench.test"], ca_cert_pem=ca, ca_key_pem=ca_key, key_kind=kind)
+    (work / f"{kind}.crt").write_text(chain)
+    (work / f"{kind}.key").write_text(key)
+    (work / f"{kind}.pem").write_text(chain + key)  # HAProxy wants both in one file
+EOF
+
+# --- upstream: nginx serving 1 KiB ----------------------------------------------------------
+mkdir -p "$WORK/www" "$WORK/nginx"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  server { listen 127.0.0.1:$UP_PORT; root $WORK/www; }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+wait_port "$UP_PORT"
+
+start_edge() { # kind
+  env -i PATH="$PATH" HOME="$HOME" HOST=127.0.0.1 PORT="$EDGE_HTTP" EDGE_HTTPS_PORT="$EDGE_HTTPS" \
+    EDGE_ADMIN_PORT="$EDGE_ADMIN" LOAD_BALANCER_URL="http://127.0.0.1:$UP_PORT" \
+    SSL_CERT_PATH="$WORK/$1.crt" SSL_KEY_PATH="$WORK/$1.key" RATE_LIMIT_RPS=1000000000 \
+    EDGE_MAX_CONNECTIONS_PER_IP=100000 EDGE_WORKERS=1 LOG_LEVEL=warn \
+    ZEITWORK_DATA_DIR="$WORK/data" "$ZW" edge-proxy >"$WORK/edge-$1.log" 2>&1 &
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
+  wait_port "$EDGE_HTTPS"
+}
+
+start_haproxy() { # kind
+  cat >"$WORK/haproxy-$1.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 75s
+  timeout server 75s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$HA_PORT ssl crt $WORK/$1.pem alpn http/1.1
+  http-response set-header Strict-Transport-Security "max-age=31536000"
+  http-response set-header X-Content-Type-Options nosniff
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:$UP_PORT
+EOF
+  haproxy -f "$WORK/haproxy-$1.cfg" -db >"$WORK/haproxy-$1.log" 2>&1 &
+  HA_PID=$!
+  PIDS+=("$HA_PID")
+  wait_port "$HA_PORT"
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+wrk_run() { # label port
+  local out
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Host: bench.test" "https://127.0.0.1:$2/")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%-28s req/s=%-10s p50=%-9s p99=%s\n' "$1" "$rps" "$p50" "$p99" >&2
+  echo "$rps"
+}
+
+handshakes() { # tls-version port -> new TLS connections per second (one GET each, no reuse)
+  local out
+  out=$(openssl s_time -connect "127.0.0.1:$2" -new "-$1" -time "$HANDSHAKE_SECONDS" -www / 2>/dev/null)
+  awk '/connections in .* real seconds/ {printf "%.0f\n", $1 / $4; exit}' <<<"$out"
+}
+
+ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
+
+echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
+start_edge ec
+start_haproxy ec
+edge_rps=$(wrk_run "zeitwork edge" "$EDGE_HTTPS")
+ha_rps=$(wrk_run "haproxy (nbthread 1)" "$HA_PORT")
+edge_rps2=$(wrk_run "zeitwork edge (round 2)" "$EDGE_HTTPS")
+ha_rps2=$(wrk_run "haproxy (round 2)" "$HA_PORT")
+echo "keep-alive throughput ratio edge/haproxy: $(ratio "$(ratio "$edge_rps" 1)" "$ha_rps") (round 2: $(ratio "$edge_rps2" "$ha_rps2"))"
+
+echo "== new TLS connections per second (openssl s_time -new: handshake + GET, ${HANDSHAKE_SECONDS}s each) =="
+for kind in ec rsa; do
+  if [ "$kind" = rsa ]; then
+    stop_pid "$EDGE_PID"; stop_pid "$HA_PID"
+    start_edge rsa
+    start_haproxy rsa
+  fi
+  for version in tls1_3 tls1_2; do
+    e=$(handshakes "$version" "$EDGE_HTTPS")
+    h=$(handshakes "$version" "$HA_PORT")
+    echo "$kind $version: zeitwork edge=$e/s haproxy=$h/s ratio=$(ratio "$e" "$h")"
+  done
+done
+
+echo "== rate limiter =="
+"$PY" benchmarks/edge/limiter.py
