@@ -76,14 +76,13 @@ def _capacity(resources: Resources) -> CapacityModel:
 
 def _view(supervisor: Supervisor, record: Record) -> InstanceView:
     wants = record.override or record.assignment.desired_state
-    address = record.address if record.state == InstanceState.RUNNING else None
     return InstanceView(
         id=record.instance_id,
         state=record.state,
         desired_state=wants,
         source="local" if record.source == "local" else "operator",
         image_digest=record.assignment.image.digest,
-        ip_address=address,
+        ip_address=record.address,
         port=record.assignment.default_port,
         exit_code=record.exit_code,
         oom_killed=record.oom_killed,

@@ -574,7 +574,7 @@ class Supervisor:
                     record.reason = status.message
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, 0.02)
                 continue
             writer.close()
             with contextlib.suppress(OSError):

@@ -164,6 +164,17 @@ class OciDriver:
             return False
         return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
+    def _is_our_process(self, pid: int | None, container_id: str) -> bool:
+        """``pid`` is alive (not a zombie) and sits in the container's cgroup, so it is
+        the container's init and not a recycled pid."""
+        if not self._pid_alive(pid):
+            return False
+        try:
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return False
+        return f"/{self.cgroup_parent}/{container_id}" in cgroup
+
     # -- Driver protocol ----------------------------------------------------------------
     async def start(self, spec: InstanceSpec) -> Handle:
         container_id = self.container_id(spec.instance_id)
@@ -253,6 +264,9 @@ class OciDriver:
         container_id = str(handle.data["container_id"])
         pid = handle.data.get("pid")
         pid = int(pid) if pid is not None else None
+        if self._is_our_process(pid, container_id):
+            # fast path (no runc process): the container's init is alive in its cgroup
+            return Status(phase=Phase.RUNNING, pid=pid)
         state = await self.runc.state(container_id)
         if state is not None and state.get("status") in _RUNNING and self._pid_alive(pid):
             return Status(phase=Phase.RUNNING, pid=pid)
