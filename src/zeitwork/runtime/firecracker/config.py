@@ -31,4 +31,6 @@ class FirecrackerConfig:
     api_timeout: float = 5.0
     extra_boot_args: tuple[str, ...] = ("quiet",)
     nameservers: tuple[str, ...] = ()
+    console_max_bytes: int = 8 * 1024 * 1024  # console.log rotated past this (housekeeping)
+    console_keep: int = 2  # rotated console logs kept
     netns: str | None = None  # a network namespace for every VM (TAP must live in it)

@@ -39,6 +39,7 @@ from zeitwork.runtime.firecracker.config import FirecrackerConfig
 from zeitwork.runtime.firecracker.rootfs import CowView, RootfsStore
 from zeitwork.runtime.firecracker.tap import create_tap, delete_tap, list_taps
 from zeitwork.runtime.firecracker.telemetry import Telemetry
+from zeitwork.runtime.oci import logfiles
 
 log = structlog.get_logger(__name__)
 
@@ -241,18 +242,27 @@ class FirecrackerDriver:
             await asyncio.to_thread(shutil.rmtree, base, ignore_errors=True)
         boot.paths.root.mkdir(parents=True, mode=0o755)
         stack.push_async_callback(_undo, "jail", _remove_tree, base)
+        # firecracker (unprivileged, chrooted) binds its API socket in /run.
+        run = boot.paths.api_socket.parent
+        run.mkdir(mode=0o700)
+        os.chown(run, self._cfg.uid, self._cfg.gid)
 
     async def _step_kernel(self, boot: _Boot, stack: AsyncExitStack) -> None:
         kernel = self._cfg.kernel
         if not kernel.is_file():
             raise RuntimeFailure(f"guest kernel {kernel} does not exist (FIRECRACKER_KERNEL)")
         dest = boot.paths.root / KERNEL
-        try:
-            os.link(kernel, dest)
-        except OSError:
-            # Another file system: copy once (keep the kernel beside the chroot base to avoid it).
-            await asyncio.to_thread(shutil.copyfile, kernel, dest)
         stack.push_async_callback(_undo, "kernel", _unlink, dest)
+        if kernel.stat().st_mode & 0o004:
+            try:
+                os.link(kernel, dest)
+                return
+            except OSError:
+                pass  # another file system: copy (keep the kernel beside the chroot base)
+        # Unreadable for the jail's uid (or not linkable): a private copy it owns.
+        await asyncio.to_thread(shutil.copyfile, kernel, dest)
+        os.chown(dest, self._cfg.uid, self._cfg.gid)
+        dest.chmod(0o400)
 
     async def _step_rootfs(self, boot: _Boot, stack: AsyncExitStack) -> None:
         image = await self._rootfs.ensure(boot.spec.image_digest, boot.spec.rootfs)
@@ -457,13 +467,18 @@ class FirecrackerDriver:
         await asyncio.to_thread(_remove_cgroups, [Path(p) for p in data.get("cgroups", [])])
         log.info("instance.destroyed", instance_id=vm_id, driver=self.name)
 
-    async def logs(
-        self, handle: Handle, *, tail: int = 100, follow: bool = False
-    ) -> AsyncIterator[str]:
+    def logs(self, handle: Handle, *, tail: int = 100, follow: bool = False) -> AsyncIterator[str]:
+        """The console's last ``tail`` lines, then (``follow``) what it prints from the moment
+        of this call until the microVM is gone."""
         console = Path(str(handle.data.get("console", "")))
-        lines, position = _read_tail(console, tail)
+        return self._logs(handle, console, tail, follow, _size(console))
+
+    async def _logs(
+        self, handle: Handle, console: Path, tail: int, follow: bool, position: int
+    ) -> AsyncIterator[str]:
+        lines = await asyncio.to_thread(logfiles.tail, console, tail, keep=self._cfg.console_keep)
         for line in lines:
-            yield line
+            yield line.rstrip("\r")
         if not follow:
             return
         pending = b""
@@ -481,6 +496,19 @@ class FirecrackerDriver:
                         yield pending.decode(errors="replace").rstrip("\r")
                     return
                 await asyncio.sleep(0.25)
+
+    async def housekeeping(self, handles: Sequence[Handle]) -> None:
+        """Rotate console logs past ``console_max_bytes`` (firecracker appends with
+        O_APPEND, so truncating in place is safe)."""
+        for handle in handles:
+            if handle.driver != self.name or not handle.data.get("console"):
+                continue
+            await asyncio.to_thread(
+                logfiles.rotate,
+                Path(str(handle.data["console"])),
+                max_bytes=self._cfg.console_max_bytes,
+                keep=self._cfg.console_keep,
+            )
 
     # -- recover ---------------------------------------------------------------------------
 
@@ -568,20 +596,20 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
-def _read_tail(path: Path, count: int) -> tuple[list[str], int]:
-    """The last ``count`` lines of ``path`` and the offset after them."""
+def _size(path: Path) -> int:
     try:
-        with open(path, "rb") as fh:
-            lines = collections.deque(fh, maxlen=count) if count > 0 else collections.deque()
-            position = fh.tell()
+        return path.stat().st_size
     except OSError:
-        return [], 0
-    return [raw.decode(errors="replace").rstrip("\r\n") for raw in lines], position
+        return 0
 
 
 def _read_from(path: Path, position: int) -> tuple[bytes, int]:
+    """Bytes appended since ``position`` (from 0 again after a rotation truncated it)."""
     try:
         with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() < position:
+                position = 0
             fh.seek(position)
             chunk = fh.read(1024 * 1024)
             return chunk, fh.tell()

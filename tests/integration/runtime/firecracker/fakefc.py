@@ -270,8 +270,8 @@ async def _serve_connection(
 
 
 async def serve(fake: FakeFirecracker, socket_path: Path) -> asyncio.Server:
-    """Serve ``fake`` on ``socket_path`` (the caller closes the returned server)."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    """Serve ``fake`` on ``socket_path`` (the caller closes the returned server); like
+    firecracker, it does not create the socket's directory."""
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _serve_connection(fake, reader, writer)

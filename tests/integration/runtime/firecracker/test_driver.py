@@ -4,6 +4,7 @@ real TAP on a real bridge, a real ext4 rootfs and a real reflinked view."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -142,6 +143,7 @@ async def test_boot_sequence_against_the_spec(
     assert link is not None and link["master"] == bridge
     assert Path(f"/sys/class/net/{tap}/owner").read_text().strip() == str(cfg.uid)
     root = Path(str(handle.data["jail"])) / "root"
+    assert (root / "vmlinux").stat().st_ino == cfg.kernel.stat().st_ino  # hard link, no copy
     view = root / "rootfs.ext4"
     assert view.stat().st_uid == cfg.uid
     assert handle.data["view"]["method"] == "reflink"
@@ -296,3 +298,42 @@ async def test_recover_readopts_live_vms_and_cleans_strays(
     finally:
         await second.aclose()
     assert os.listdir(fake_fc.config.chroot_base / "firecracker") == []
+
+
+async def test_an_unreadable_kernel_is_copied_for_the_jail_user(
+    fake_fc: FakeFc, tree: Path, bridge: str
+) -> None:
+    fake_fc.config.kernel.chmod(0o600)
+    driver = FirecrackerDriver(config=fake_fc.config)
+    handle = await driver.start(_spec(tree, bridge))
+    kernel = Path(str(handle.data["jail"])) / "root" / "vmlinux"
+    assert kernel.stat().st_ino != fake_fc.config.kernel.stat().st_ino
+    assert kernel.stat().st_uid == fake_fc.config.uid
+    assert kernel.read_bytes() == fake_fc.config.kernel.read_bytes()
+    await driver.destroy(handle)
+    await driver.aclose()
+
+
+async def test_logs_follow_and_rotation(fake_fc: FakeFc, tree: Path, bridge: str) -> None:
+    config = dataclasses.replace(fake_fc.config, console_max_bytes=4096, console_keep=2)
+    driver = FirecrackerDriver(config=config)
+    handle = await driver.start(_spec(tree, bridge))
+    console = Path(str(handle.data["console"]))
+    with open(console, "a") as fh:  # what the guest would print on its serial console
+        for index in range(400):
+            fh.write(f"app line {index}\r\n")
+    await driver.housekeeping([handle])
+    assert console.with_name("console.log.1").exists()
+    assert console.stat().st_size == 0
+    tail = [line async for line in driver.logs(handle, tail=3)]
+    assert tail == ["app line 397", "app line 398", "app line 399"]
+
+    follower = driver.logs(handle, tail=0, follow=True)
+    with open(console, "a") as fh:
+        fh.write("after rotation\r\n")
+    assert await asyncio.wait_for(anext(follower), 5) == "after rotation"
+    await driver.stop(handle, grace_seconds=5)
+    rest = [line async for line in follower]  # ends once the VM is gone
+    assert "zeitwork-init: exit 0" in rest
+    await driver.destroy(handle)
+    await driver.aclose()
