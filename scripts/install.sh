@@ -2,7 +2,8 @@
 # Install Zeitwork on this host for production (`sudo make install`):
 #   - system user and group `zeitwork` (no login shell, home /var/lib/zeitwork)
 #   - a virtualenv in /opt/zeitwork with the zeitwork package from this checkout
-#     (or from the wheel named by ZEITWORK_WHEEL), command /opt/zeitwork/bin/zeitwork
+#     (or from the wheel named by ZEITWORK_WHEEL), command /opt/zeitwork/bin/zeitwork, and
+#     /opt/zeitwork/bin/zeitwork-env to run admin commands with a service's env file
 #   - /etc/zeitwork/{operator,node-agent,load-balancer,edge-proxy}.env from deployments/config/
 #   - /var/lib/zeitwork (one data directory per service below it) and /var/log/zeitwork
 #   - systemd units zeitwork-*.service from deployments/systemd/ in /etc/systemd/system
@@ -99,6 +100,7 @@ for svc in "${SERVICES[@]}"; do
   [ -f "$SRC_DIR/deployments/systemd/zeitwork-$svc.service" ] ||
     die "missing unit deployments/systemd/zeitwork-$svc.service"
 done
+[ -f "$SRC_DIR/deployments/bin/zeitwork-env" ] || die "missing deployments/bin/zeitwork-env"
 if [ -n "$WHEEL" ]; then
   [ -f "$WHEEL" ] || die "ZEITWORK_WHEEL=$WHEEL does not exist"
   WHEEL="$(cd "$(dirname "$WHEEL")" && pwd)/$(basename "$WHEEL")"
@@ -118,7 +120,7 @@ paths = {"/opt/zeitwork": prefix, "/etc/zeitwork": etc,
 text = open(src, encoding="utf-8").read()
 pattern = r"(?<![\w./-])(/opt/zeitwork|/etc/zeitwork|/var/lib/zeitwork|/var/log/zeitwork)(?![\w.-])"
 text = re.sub(pattern, lambda m: paths[m.group(1)], text)
-text = re.sub(r"(?m)^(User|Group)=zeitwork$", lambda m: f"{m.group(1)}={user}", text)
+text = re.sub(r"(?m)^(User|Group|SVC_USER)=zeitwork$", lambda m: f"{m.group(1)}={user}", text)
 with open(dst, "w", encoding="utf-8") as fh:
     fh.write(text)
 PY
@@ -192,6 +194,9 @@ say "installing $(basename "$wheel") into $PREFIX"
 "${PIP[@]}" install --quiet --force-reinstall --no-deps $PIP_ARGS "$wheel" ||
   die "pip install failed (see above)"
 [ -x "$PREFIX/bin/zeitwork" ] || die "pip did not install $PREFIX/bin/zeitwork"
+# zeitwork-env: run an admin command with a service's env file, as its user.
+render "$SRC_DIR/deployments/bin/zeitwork-env" "$WORK/zeitwork-env"
+install -m 0755 "$WORK/zeitwork-env" "$PREFIX/bin/zeitwork-env"
 # The pristine templates, so a later install can tell an edited env file from an untouched one.
 mkdir -p "$PREFIX/share/zeitwork/config" "$PREFIX/share/doc/zeitwork"
 if [ -f "$SRC_DIR/docs/production.md" ]; then

@@ -158,6 +158,24 @@ def test_install_creates_the_virtualenv_with_the_command(installed: Root) -> Non
     assert (installed.prefix / "share" / "zeitwork" / "config" / "operator.env").is_file()
 
 
+def test_install_adds_zeitwork_env_for_the_chosen_paths(installed: Root) -> None:
+    helper = installed.prefix / "bin" / "zeitwork-env"
+    assert mode(helper) == 0o755
+    text = helper.read_text()
+    assert f"PREFIX={installed.prefix}\n" in text
+    assert f"ETC={installed.etc}\n" in text
+    assert f"SVC_USER={installed.user}\n" in text
+    bad = subprocess.run(
+        [str(helper), "nonsense", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "unknown service" in bad.stderr
+
+
 def test_install_writes_env_files_with_the_chosen_paths(installed: Root) -> None:
     for service in SERVICES:
         env_file = installed.etc / f"{service}.env"
@@ -292,22 +310,6 @@ class ServiceRunner:
         exec_start = (unit.get("Service", "ExecStart") or "").split()
         return [str(self.root.prefix / "bin" / "python"), str(self.sandbox), *exec_start]
 
-    def run(self, service: str, args: list[str], overrides: dict[str, str]) -> str:
-        proc = subprocess.run(
-            [*self.command(service)[:2], str(self.root.prefix / "bin" / "zeitwork"), *args],
-            env=self.environment(service, overrides),
-            user=self.account.pw_uid,
-            group=self.account.pw_gid,
-            extra_groups=[],
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
     def start(self, service: str, overrides: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -388,8 +390,18 @@ def test_installed_fleet_serves_as_the_service_user_under_the_sandbox(
     runner = ServiceRunner(installed, runtime)
     op_port, lb_port, lb_admin, edge_http, edge_https, edge_admin = (free_port() for _ in range(6))
     local = {"HOST": "127.0.0.1"}
+    zeitwork_env = str(installed.prefix / "bin" / "zeitwork-env")
     try:
-        runner.run("operator", ["migrate"], {**local, "PORT": str(op_port)})
+        # As docs/production.md says: migrate with the operator's env file, as its user.
+        migrated = subprocess.run(
+            [zeitwork_env, "operator", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        assert "database at revision" in migrated.stdout
 
         op_log, lb_log, edge_log = tmp_path / "op.log", tmp_path / "lb.log", tmp_path / "edge.log"
         op = runner.start("operator", {**local, "PORT": str(op_port)}, op_log)
@@ -422,6 +434,23 @@ def test_installed_fleet_serves_as_the_service_user_under_the_sandbox(
         token = installed.var / "operator" / "admin-token"
         assert mode(token) == 0o600
         assert token.stat().st_uid == runner.account.pw_uid
+
+        # A join token made with zeitwork-env while the operator runs is one the API lists.
+        created = subprocess.run(
+            [zeitwork_env, "operator", "token", "create", "--scope", "join", "--name", "node-t"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        admin = token.read_text().strip()
+        status, listing = get(
+            f"http://127.0.0.1:{op_port}/api/v1/tokens?scope=join",
+            {"Authorization": f"Bearer {admin}"},
+        )
+        assert status == 200, listing
+        assert '"node-t"' in listing
 
         # A request through the edge and the load balancer reaches the operator.
         body = wait_for(f"http://127.0.0.1:{edge_http}/health", edge, edge_log)
