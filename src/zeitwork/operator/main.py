@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import multiprocessing
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 import structlog
 import uvicorn
@@ -79,11 +83,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:  # several worker processes share the port; the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -93,12 +99,34 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: OperatorSettings, *, started: asyncio.Event | None = None) -> None:
-    """Run the operator until SIGTERM/SIGINT (or until the HTTP server stops)."""
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What an extra worker process gets from the primary: the database and the port."""
+
+    url: str
+    port: int
+
+
+async def serve(
+    settings: OperatorSettings,
+    *,
+    started: asyncio.Event | None = None,
+    worker: WorkerSpec | None = None,
+) -> None:
+    """Run the operator until SIGTERM/SIGINT (or until the HTTP server stops).
+
+    The primary process (``worker`` None) owns the database set-up, the admin token, the
+    background loops and, with ``ZEITWORK_WORKERS`` > 1, the extra HTTP worker processes,
+    which serve the same port (SO_REUSEPORT) with their own pool.
+    """
     stopping = asyncio.Event()
+    primary = worker is None
     async with AsyncExitStack() as stack:
-        url = await stack.enter_async_context(database(settings))
-        await prepare_schema(settings, url)
+        if worker is None:
+            url = await stack.enter_async_context(database(settings))
+            await prepare_schema(settings, url)
+        else:
+            url = worker.url
         db = Database(
             url=url,
             min_size=settings.db_pool_min,
@@ -108,9 +136,14 @@ async def serve(settings: OperatorSettings, *, started: asyncio.Event | None = N
         await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
         stack.push_async_callback(db.close)
         deps = build_deps(settings=settings, db=db, clock=SystemClock(), stopping=stopping)
-        await _bootstrap_admin(deps)
+        if primary:
+            await _bootstrap_admin(deps)
         app = create_app(deps=deps, registry=new_registry())
-        sock = _listen(settings.host, settings.port)
+        sock = _listen(
+            settings.host,
+            settings.port if worker is None else worker.port,
+            reuseport=settings.workers > 1,
+        )
         stack.callback(sock.close)
         server = _Server(
             uvicorn.Config(
@@ -146,17 +179,67 @@ async def serve(settings: OperatorSettings, *, started: asyncio.Event | None = N
         watch = NodeWatch(nodes=deps.nodes, timeout_seconds=settings.node_heartbeat_timeout)
         address = sock.getsockname()
         log.info(
-            "operator.started",
+            "operator.started" if primary else "operator.worker_started",
             host=address[0],
             port=address[1],
-            embedded_db=not bool(settings.database_url),
+            embedded_db=settings.database_url is None,
+            workers=settings.workers,
         )
         if started is not None:
             started.set()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(http(), name="http")
-            tasks.create_task(watch.run(stopping), name="node-watch")
-    log.info("operator.stopped")
+            if primary:
+                tasks.create_task(watch.run(stopping), name="node-watch")
+            if primary and settings.workers > 1:
+                spec = WorkerSpec(url=url, port=int(address[1]))
+                tasks.create_task(_supervise_workers(settings, spec, stopping), name="http-workers")
+    log.info("operator.stopped" if primary else "operator.worker_stopped")
+
+
+async def _supervise_workers(
+    settings: OperatorSettings, spec: WorkerSpec, stopping: asyncio.Event
+) -> None:
+    """Start ``workers - 1`` extra HTTP processes; stop them when the operator drains. A
+    worker that dies on its own stops the whole operator (loudly)."""
+    context = multiprocessing.get_context("spawn")
+    processes: list[BaseProcess] = []
+    for number in range(1, settings.workers):
+        child = context.Process(
+            target=_worker_main, args=(settings, spec), name=f"zeitwork-operator-{number}"
+        )
+        await asyncio.to_thread(child.start)
+        processes.append(child)
+    try:
+        while not stopping.is_set():
+            dead = [p for p in processes if not p.is_alive()]
+            if dead:
+                raise StartupError(
+                    f"operator worker {dead[0].name} exited with status {dead[0].exitcode}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=0.5)
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM: the worker drains like the primary
+        for process in processes:
+            await asyncio.to_thread(process.join, 20)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+
+
+def _worker_main(settings: OperatorSettings, spec: WorkerSpec) -> None:
+    """Entry point of an extra HTTP worker process (spawned, so nothing is inherited)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the primary
+    configure_logging(
+        service="operator", environment=settings.environment.value, level=settings.log_level.value
+    )
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, worker=spec))
 
 
 async def _bootstrap_admin(deps: Deps) -> None:

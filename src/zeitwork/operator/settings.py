@@ -36,6 +36,13 @@ class OperatorSettings(ServiceSettings):
         validation_alias="ZEITWORK_DB_TIMEOUT",
         description="seconds to wait for a database connection before answering 503",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias="ZEITWORK_WORKERS",
+        description="HTTP worker processes sharing PORT (SO_REUSEPORT)",
+    )
     token_cache_seconds: float = Field(
         default=5.0, ge=0, le=300, validation_alias="ZEITWORK_TOKEN_CACHE_SECONDS"
     )

@@ -208,3 +208,30 @@ def _embedded_restarts(data: Path, start_operator) -> None:  # type: ignore[no-u
     r = httpx.get(f"http://127.0.0.1:{port}/api/v1/nodes", headers=headers)
     assert [n["hostname"] for n in r.json()] == ["kept"]
     assert second.stop() == 0
+
+
+def test_worker_processes_share_the_port_and_stop_together(  # type: ignore[no-untyped-def]
+    migrated_database: str, start_operator
+) -> None:
+    import psutil
+
+    op = start_operator(
+        DATABASE_URL=migrated_database, ZEITWORK_ADMIN_TOKEN=ADMIN, ZEITWORK_WORKERS="2"
+    )
+    port = op.wait_started()
+    deadline = time.monotonic() + 60
+    while "operator.worker_started" not in op.log.read_text():
+        assert time.monotonic() < deadline, op.log.read_text()
+        time.sleep(0.05)
+    children = psutil.Process(op.proc.pid).children(recursive=True)
+    workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 1
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    for _ in range(20):  # new connections land on either process; all answer
+        with httpx.Client() as client:
+            assert (
+                client.get(f"http://127.0.0.1:{port}/api/v1/nodes", headers=headers).status_code
+                == 200
+            )
+    assert op.stop() == 0
+    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
