@@ -110,10 +110,14 @@ def build_oci(
     *, runtime_binary: str, runc_root: Path, state_dir: Path, cgroup_parent: str, log_max_bytes: int
 ) -> Driver:
     from zeitwork.runtime.oci import OciDriver, RuncCli, become_subreaper
+    from zeitwork.runtime.oci.runc import needs_hidden_unified
 
     become_subreaper()
+    # crun 1.8 refuses the hybrid cgroup layout; it runs in a private mount namespace with
+    # the unified hierarchy hidden (tmpfs) there
+    hide = Path(runtime_binary).name == "crun" and needs_hidden_unified()
     return OciDriver(
-        runc=RuncCli(binary=runtime_binary, root=runc_root),
+        runc=RuncCli(binary=runtime_binary, root=runc_root, hide_unified_cgroup=hide),
         state_dir=state_dir,
         cgroup_parent=cgroup_parent,
         log_max_bytes=log_max_bytes,

@@ -24,17 +24,19 @@ DriverMaker = Callable[[], Driver]
 state (what an agent restart looks like to a driver)."""
 
 
-def _oci(tmp_path: Path, network: NodeNetwork) -> DriverMaker:
+def _oci(tmp_path: Path, network: NodeNetwork, *, binary: str = "runc") -> DriverMaker:
     from zeitwork.runtime.oci import OciDriver, RuncCli, become_subreaper
+    from zeitwork.runtime.oci.runc import needs_hidden_unified
 
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed")
+    if shutil.which(binary) is None:
+        pytest.skip(f"{binary} is not installed")
     become_subreaper()
     suffix = uuid.uuid4().hex[:6]
+    hide = binary == "crun" and needs_hidden_unified()
 
     def make() -> Driver:
         return OciDriver(
-            runc=RuncCli(binary="runc", root=tmp_path / "runc"),
+            runc=RuncCli(binary=binary, root=tmp_path / binary, hide_unified_cgroup=hide),
             state_dir=tmp_path / "oci",
             cgroup_parent=f"zeitwork-test-{suffix}",
             log_max_bytes=4096,
@@ -58,12 +60,18 @@ def _firecracker(tmp_path: Path, network: NodeNetwork) -> DriverMaker:
     return make
 
 
+def _oci_crun(tmp_path: Path, network: NodeNetwork) -> DriverMaker:
+    return _oci(tmp_path, network, binary="crun")
+
+
 DRIVER_FACTORIES: dict[str, Callable[[Path, NodeNetwork], DriverMaker]] = {
     "oci": _oci,
+    "oci-crun": _oci_crun,
     "firecracker": _firecracker,
 }
 DRIVER_PARAMS = [
     pytest.param("oci", marks=pytest.mark.requires_root),
+    pytest.param("oci-crun", marks=pytest.mark.requires_root),
     pytest.param("firecracker", marks=[pytest.mark.requires_root, pytest.mark.requires_kvm]),
 ]
 

@@ -7,6 +7,8 @@ Every call is an argv list through ``asyncio.create_subprocess_exec``; failures 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ from typing import Any
 from zeitwork.core.errors import RuntimeFailure
 
 _MISSING = ("does not exist", "not found", "no such file")
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_UNIFIED = b"/sys/fs/cgroup/unified"
 
 
 class ContainerMissing(RuntimeFailure):
@@ -36,10 +42,31 @@ def _message(stderr: bytes, log_file: Path | None = None) -> str:
     return "; ".join(dict.fromkeys(line for line in lines if line)) or "no message"
 
 
+def _hide_unified_cgroup() -> None:
+    """Runs in the child between fork and exec (``preexec_fn``): a private mount namespace
+    with a tmpfs over ``/sys/fs/cgroup/unified``, so crun (1.8) sees a plain cgroup v1 host
+    instead of the hybrid layout it refuses. The child is single-threaded here."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "making / private failed")
+    if libc.mount(b"tmpfs", _UNIFIED, b"tmpfs", 0, b"size=4k") != 0:
+        raise OSError(ctypes.get_errno(), "tmpfs over the unified cgroup failed")
+
+
+def needs_hidden_unified(root: Path = Path("/sys/fs/cgroup")) -> bool:
+    """A hybrid host: v1 controllers plus a v2 hierarchy at ``unified``."""
+    return (root / "unified").is_dir() and not (root / "cgroup.controllers").exists()
+
+
 class RuncCli:
-    def __init__(self, *, binary: str = "runc", root: Path) -> None:
+    def __init__(
+        self, *, binary: str = "runc", root: Path, hide_unified_cgroup: bool = False
+    ) -> None:
         self.binary = binary
         self.root = root
+        self.hide_unified_cgroup = hide_unified_cgroup
 
     async def _exec(
         self, *args: str, stdout: int | None = None, log_file: Path | None = None
@@ -54,6 +81,7 @@ class RuncCli:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
                 stderr=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                preexec_fn=_hide_unified_cgroup if self.hide_unified_cgroup else None,
             )
         except FileNotFoundError as exc:
             raise RuntimeFailure(f"{self.binary} is not installed") from exc
