@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.runtime.firecracker.conftest import make_tree  # noqa: E402
 from tests.kvm.support import loop_xfs  # noqa: E402
+
 from zeitwork.runtime.base import InstanceSpec, NetworkAttachment, ProcessSpec  # noqa: E402
 from zeitwork.runtime.firecracker import FirecrackerConfig, FirecrackerDriver  # noqa: E402
 from zeitwork.runtime.firecracker.rootfs import RootfsStore  # noqa: E402
