@@ -122,3 +122,57 @@ async def test_two_hosts_reach_each_others_instances_and_survive_agent_restart(
     assert agents[0].record(instance_a)["handle"]["data"]["pid"] == pid
     assert "oci.started" not in agents[0].log_path.read_text()
     assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
+
+
+async def test_egress_is_masqueraded_behind_the_node_address(
+    lan: Lan, hosts: Callable[..., AgentHost], tmp_path: Path
+) -> None:
+    """An instance calling out to the LAN appears with its node's address (nftables NAT):
+    the root namespace has no route back to the node subnet here."""
+    import http.server
+    import threading
+
+    from tests.images import build_image
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.client_address[0])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((lan.gateway, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = lan.add_host()
+        caller = build_image(
+            tmp_path / "caller.tar",
+            entrypoint=[
+                "/bin/sh",
+                "-c",
+                "while true; do /bin/busybox wget -q -O /dev/null $TARGET; sleep 0.2; done",
+            ],
+            cmd=None,
+        )
+        host = hosts(netns=name, subnet=f"10.{random.randint(0, 200)}.9.0/24")
+        await preload(host.data_dir, caller)
+        host.start()
+        await host.wait_ready()
+        target = f"http://{lan.gateway}:{server.server_address[1]}/ping"
+        body = instance_body(caller, environment_variables={"TARGET": target})
+        async with host.client(lan.address(0)) as client:
+            response = await client.post("/instances", json=body)
+            assert response.status_code == 201, response.text
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen, "the instance never reached the LAN"
+        assert set(seen) == {lan.address(0)}
+    finally:
+        server.shutdown()
+        server.server_close()
