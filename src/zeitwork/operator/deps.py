@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from zeitwork.core.clock import Clock
 from zeitwork.operator.auth import Authenticator
 from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.instances import InstanceStore
+from zeitwork.operator.db.listener import ChangeListener
 from zeitwork.operator.db.nodes import NodeStore
 from zeitwork.operator.db.regions import RegionStore
 from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
+from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.nodes import NodeService
 from zeitwork.operator.services.tokens import TokenService
+from zeitwork.operator.services.watch import Watcher
 from zeitwork.operator.settings import OperatorSettings
 
 
@@ -35,6 +39,11 @@ class Deps:
     stats: StatsStore
     stopping: asyncio.Event
     """Set when the operator begins to drain: long-polls should answer at once."""
+    instances: InstanceStore
+    instance_service: InstanceService
+    listener: ChangeListener
+    """The process's one LISTEN connection (started lazily; ``main`` closes it)."""
+    watcher: Watcher
 
 
 def build_deps(
@@ -50,6 +59,8 @@ def build_deps(
     )
     token_service = TokenService(db=db, tokens=tokens, auth=auth)
     nodes = NodeStore(db=db)
+    instances = InstanceStore(db=db)
+    listener = ChangeListener(conninfo=db.conninfo)
     return Deps(
         settings=settings,
         clock=clock,
@@ -64,4 +75,8 @@ def build_deps(
         regions=RegionStore(db=db),
         stats=StatsStore(db=db),
         stopping=stopping,
+        instances=instances,
+        instance_service=InstanceService(db=db, instances=instances),
+        listener=listener,
+        watcher=Watcher(db=db, listener=listener, stopping=stopping),
     )

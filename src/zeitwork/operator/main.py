@@ -136,6 +136,7 @@ async def serve(
         await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
         stack.push_async_callback(db.close)
         deps = build_deps(settings=settings, db=db, clock=SystemClock(), stopping=stopping)
+        stack.push_async_callback(deps.listener.close)
         if primary:
             await _bootstrap_admin(deps)
         app = create_app(deps=deps, registry=new_registry())

@@ -66,6 +66,7 @@ async def operator_factory(
 ) -> AsyncIterator[OperatorFactory]:
     """Build operator apps (each with its own pool) on the test's database."""
     opened: list[tuple[Database, httpx.AsyncClient]] = []
+    built: list[Deps] = []
 
     async def make(*, url: str | None = None, wait: bool = True, **overrides: Any) -> Operator:
         db_url = url or migrated_database
@@ -84,12 +85,15 @@ async def operator_factory(
             transport=httpx.ASGITransport(app=app), base_url="http://operator.test"
         )
         opened.append((db, client))
+        built.append(deps)
         admin = ENV_ADMIN
         if wait:
             _tok, admin = await deps.token_service.issue(Scope.ADMIN, name="test admin")
         return Operator(client=client, deps=deps, clock=clock, admin_token=admin, url=db_url)
 
     yield make
+    for deps in built:
+        await deps.listener.close()
     for db, client in opened:
         await client.aclose()
         await db.close()

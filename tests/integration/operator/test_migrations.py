@@ -45,6 +45,8 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "disk_mib",
         "heartbeat",
         "last_heartbeat_at",
+        "allocated_vcpu_millis",  # 0002
+        "allocated_memory_mib",  # 0002
     },
     "deployments": {
         "project_id",

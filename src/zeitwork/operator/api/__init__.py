@@ -16,9 +16,10 @@ API_PREFIX = "/api/v1"
 
 
 def build_router(deps: Deps) -> APIRouter:
-    from zeitwork.operator.api import nodes, regions, tokens
+    from zeitwork.operator.api import agents, instances, nodes, regions, tokens
 
     root = APIRouter(prefix=API_PREFIX)
-    for module in (nodes, regions, tokens):  # one module per resource, in OpenAPI order
+    # one module per resource, in OpenAPI order
+    for module in (nodes, agents, instances, regions, tokens):
         root.include_router(module.router(deps))
     return root

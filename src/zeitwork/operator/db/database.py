@@ -84,5 +84,10 @@ class Database:
             return getattr(exc, "detail", None) or type(exc).__name__
         return None
 
+    @property
+    def conninfo(self) -> str:
+        """The connection string (for dedicated connections such as the LISTEN one)."""
+        return str(self._pool.conninfo)
+
     def stats(self) -> dict[str, int]:
         return dict(self._pool.get_stats())

@@ -1,0 +1,421 @@
+"""Instances: placement (atomic capacity accounting), state reports (compare-and-set with
+their side effects), termination, and the per-node assignment list.
+
+Capacity: ``nodes.allocated_vcpu_millis`` / ``allocated_memory_mib`` count what every
+instance that is not ``terminated`` reserves on its node. ``try_place`` reserves and inserts
+in ONE statement: a conditional ``UPDATE nodes ... WHERE allocated + request <= capacity``
+on a row taken ``FOR UPDATE SKIP LOCKED`` (a racing placement moves on to its next
+candidate instead of queueing), the ``INSERT`` of the instance, the bump of the node's
+assignments version and the ``NOTIFY``. PostgreSQL re-evaluates the condition on the
+latest row version under the lock, so two placements can never both take the last slot.
+The reservation is released in the transaction that moves the instance to ``terminated``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from zeitwork.core.errors import InvalidInput, NotFound, PermissionDenied
+from zeitwork.core.resources import Resources
+from zeitwork.core.states import InstanceState, check_transition
+from zeitwork.operator.db import changes
+from zeitwork.operator.db.database import Conn, Database
+from zeitwork.operator.db.pages import PAGE_SQL, Page, PageRequest, page_of
+from zeitwork.operator.scheduler.placement import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    id: uuid.UUID
+    node_id: uuid.UUID | None
+    image_id: uuid.UUID
+    deployment_id: uuid.UUID | None
+    state: InstanceState
+    desired_state: str
+    state_changed_at: datetime
+    vcpu_millis: int
+    memory_mib: int
+    disk_mib: int
+    default_port: int
+    environment_variables: dict[str, str]
+    restart_policy: str
+    ip_address: str | None
+    port: int | None
+    exit_code: int | None
+    oom_killed: bool
+    reason: str | None
+    log_tail: list[str]
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What a new instance needs (the node is chosen by the scheduler or the caller)."""
+
+    image_id: uuid.UUID
+    vcpu_millis: int
+    memory_mib: int
+    default_port: int
+    environment_variables: dict[str, str]
+    deployment_id: uuid.UUID | None = None
+    restart_policy: str = "always"
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(millicpu=self.vcpu_millis, memory_mib=self.memory_mib)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A state report (from the instance's agent, or an admin)."""
+
+    state: InstanceState
+    ip_address: str | None = None
+    port: int | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    reason: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AssignedRow:
+    instance: Instance
+    image_name: str
+    image_digest: str | None
+    image_size: int | None
+
+
+COLUMNS = (
+    "id, node_id, image_id, deployment_id, state, desired_state, state_changed_at, "
+    "vcpu_millis, memory_mib, disk_mib, default_port, environment_variables, restart_policy, "
+    "ip_address, port, exit_code, oom_killed, reason, log_tail, created_at, updated_at, "
+    "deleted_at"
+)
+_I_COLUMNS = ", ".join(f"i.{c.strip()}" for c in COLUMNS.split(","))
+_LOG_LINE_MAX = 1000
+
+
+def _instance(row: dict[str, Any]) -> Instance:
+    values = {name: row[name] for name in Instance.__dataclass_fields__}
+    values["state"] = InstanceState(row["state"])
+    return Instance(**values)
+
+
+def _candidate(row: dict[str, Any]) -> Candidate:
+    return Candidate(
+        node_id=row["id"],
+        capacity=Resources(millicpu=row["vcpu_millis"], memory_mib=row["memory_mib"]),
+        allocated=Resources(
+            millicpu=row["allocated_vcpu_millis"], memory_mib=row["allocated_memory_mib"]
+        ),
+        replicas=int(row.get("replicas") or 0),
+    )
+
+
+_CANDIDATE_COLUMNS = (
+    "n.id, n.vcpu_millis, n.memory_mib, n.allocated_vcpu_millis, n.allocated_memory_mib"
+)
+
+# One statement = one round trip and one commit: reserve, insert, bump, notify.
+_PLACE_SQL = f"""
+WITH node AS (
+    UPDATE nodes SET allocated_vcpu_millis = allocated_vcpu_millis + %(vcpu)s,
+                     allocated_memory_mib = allocated_memory_mib + %(mem)s
+    WHERE id = (SELECT id FROM nodes WHERE id = %(node)s AND deleted_at IS NULL
+                AND state = 'ready' FOR UPDATE {{lock}})
+      AND state = 'ready' AND deleted_at IS NULL
+      AND allocated_vcpu_millis + %(vcpu)s <= vcpu_millis
+      AND allocated_memory_mib + %(mem)s <= memory_mib
+    RETURNING id
+), inst AS (
+    INSERT INTO instances (node_id, image_id, deployment_id, vcpu_millis, memory_mib,
+                           default_port, environment_variables, restart_policy)
+    SELECT node.id, %(image)s, %(deployment)s, %(vcpu)s, %(mem)s, %(port)s, %(env)s,
+           %(restart)s FROM node
+    RETURNING {COLUMNS}
+), link AS (
+    INSERT INTO deployment_instances (deployment_id, instance_id)
+    SELECT deployment_id, id FROM inst WHERE deployment_id IS NOT NULL
+), version AS (
+    INSERT INTO change_versions (topic, version)
+    SELECT 'assignments:' || node_id::text, 1 FROM inst
+    ON CONFLICT (topic) DO UPDATE SET version = change_versions.version + 1
+    RETURNING topic, version
+)
+SELECT inst.*, (SELECT pg_notify('{changes.CHANNEL}', topic || ' ' || version)
+                FROM version) AS notified
+FROM inst
+"""
+_PLACE_SKIP = _PLACE_SQL.format(lock="SKIP LOCKED")
+_PLACE_WAIT = _PLACE_SQL.format(lock="")
+
+
+class InstanceStore:
+    def __init__(self, *, db: Database) -> None:
+        self._db = db
+
+    async def get(self, instance_id: uuid.UUID, *, conn: Conn | None = None) -> Instance:
+        """The instance, also while it is soft-deleted (terminating or terminated)."""
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {COLUMNS} FROM instances WHERE id = %s", (instance_id,))
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"instance {instance_id} does not exist")
+        return _instance(row)
+
+    async def list_page(
+        self,
+        page: PageRequest,
+        *,
+        state: InstanceState | None = None,
+        node_id: uuid.UUID | None = None,
+        deployment_id: uuid.UUID | None = None,
+        include_deleted: bool = False,
+        conn: Conn | None = None,
+    ) -> Page[Instance]:
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {COLUMNS} FROM instances WHERE "
+                "(%(deleted)s OR deleted_at IS NULL) "
+                "AND (%(state)s::text IS NULL OR state = %(state)s::text) "
+                "AND (%(node)s::uuid IS NULL OR node_id = %(node)s::uuid) "
+                "AND (%(dep)s::uuid IS NULL OR deployment_id = %(dep)s::uuid)" + PAGE_SQL,
+                {
+                    "deleted": include_deleted,
+                    "state": None if state is None else state.value,
+                    "node": node_id,
+                    "dep": deployment_id,
+                }
+                | page.params(),
+            )
+            rows = await cur.fetchall()
+        return page_of([_instance(r) for r in rows], page)
+
+    async def check_image_ready(self, image_id: uuid.UUID, *, conn: Conn | None = None) -> None:
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT status FROM images WHERE id = %s AND deleted_at IS NULL", (image_id,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise InvalidInput(
+                f"image {image_id} does not exist",
+                extra={"errors": [{"field": "image_id", "message": "no such image"}]},
+            )
+        if row[0] != "ready":
+            raise InvalidInput(f"image {image_id} is {row[0]}, not ready")
+
+    async def candidates(
+        self,
+        request: Resources,
+        *,
+        deployment_id: uuid.UUID | None = None,
+        feasible_only: bool = True,
+        limit: int | None = 32,
+        conn: Conn | None = None,
+    ) -> list[Candidate]:
+        """Ready nodes (with enough free capacity when ``feasible_only``), tightest first;
+        with ``deployment_id`` each carries how many of its replicas it already runs."""
+        replicas = (
+            "(SELECT count(*) FROM instances i WHERE i.node_id = n.id "
+            "AND i.deployment_id = %(dep)s AND i.state <> 'terminated')"
+            if deployment_id is not None
+            else "0"
+        )
+        where = "n.state = 'ready' AND n.deleted_at IS NULL"
+        if feasible_only:
+            where += (
+                " AND n.vcpu_millis - n.allocated_vcpu_millis >= %(vcpu)s"
+                " AND n.memory_mib - n.allocated_memory_mib >= %(mem)s"
+            )
+        sql = (
+            f"SELECT {_CANDIDATE_COLUMNS}, {replicas} AS replicas FROM nodes n WHERE {where} "
+            "ORDER BY (n.vcpu_millis - n.allocated_vcpu_millis), "
+            "(n.memory_mib - n.allocated_memory_mib), n.id"
+        )
+        if limit is not None:
+            sql += " LIMIT %(limit)s"
+        params = {
+            "vcpu": request.millicpu,
+            "mem": request.memory_mib,
+            "dep": deployment_id,
+            "limit": limit,
+        }
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            rows = await cur.fetchall()
+        return [_candidate(r) for r in rows]
+
+    async def node_candidate(self, node_id: uuid.UUID, *, conn: Conn | None = None) -> Candidate:
+        """One node's capacity (NotFound if it does not exist)."""
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_CANDIDATE_COLUMNS}, n.state FROM nodes n "
+                "WHERE n.id = %s AND n.deleted_at IS NULL",
+                (node_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"node {node_id} does not exist")
+        return _candidate(row)
+
+    async def try_place(
+        self,
+        node_id: uuid.UUID,
+        spec: InstanceSpec,
+        *,
+        wait_for_lock: bool = False,
+        conn: Conn | None = None,
+    ) -> Instance | None:
+        """Reserve ``spec`` on ``node_id`` and insert the instance, or None when the node
+        is not ready, lacks the capacity, or (without ``wait_for_lock``) is locked by a
+        concurrent placement."""
+        params = {
+            "node": node_id,
+            "vcpu": spec.vcpu_millis,
+            "mem": spec.memory_mib,
+            "image": spec.image_id,
+            "deployment": spec.deployment_id,
+            "port": spec.default_port,
+            "env": Jsonb(spec.environment_variables),
+            "restart": spec.restart_policy,
+        }
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_PLACE_WAIT if wait_for_lock else _PLACE_SKIP, params)
+            row = await cur.fetchone()
+        return None if row is None else _instance(row)
+
+    async def report(
+        self,
+        instance_id: uuid.UUID,
+        update: StatusUpdate,
+        *,
+        node_id: uuid.UUID | None = None,
+        conn: Conn | None = None,
+    ) -> Instance:
+        """Apply a state report under the row lock (compare-and-set by construction).
+
+        With ``node_id`` the instance must be on that node (else PermissionDenied).
+        Reaching ``terminated`` releases the node's reservation and drops the instance
+        from the node's assignments; any change to or from ``running`` (or of a running
+        instance's address) bumps the route table.
+        """
+        async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {COLUMNS} FROM instances WHERE id = %s FOR UPDATE", (instance_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"instance {instance_id} does not exist")
+            if node_id is not None and row["node_id"] != node_id:
+                raise PermissionDenied("a node token may only report instances of its own node")
+            current = _instance(row)
+            check_transition(current.state, update.state)
+            log_tail = [line[:_LOG_LINE_MAX] for line in update.log_tail[-50:]]
+            await cur.execute(
+                "UPDATE instances SET state = %(state)s, "
+                "state_changed_at = CASE WHEN state = %(state)s THEN state_changed_at "
+                "ELSE now() END, "
+                "ip_address = coalesce(%(ip)s, ip_address), port = coalesce(%(port)s, port), "
+                "exit_code = %(exit)s, oom_killed = %(oom)s, reason = %(reason)s, "
+                "log_tail = CASE WHEN %(has_log)s THEN %(log)s ELSE log_tail END "
+                f"WHERE id = %(id)s RETURNING {COLUMNS}",
+                {
+                    "id": instance_id,
+                    "state": update.state.value,
+                    "ip": update.ip_address,
+                    "port": update.port,
+                    "exit": update.exit_code,
+                    "oom": update.oom_killed,
+                    "reason": update.reason,
+                    "has_log": bool(log_tail),
+                    "log": Jsonb(log_tail),
+                },
+            )
+            updated_row = await cur.fetchone()
+            assert updated_row is not None
+            updated = _instance(updated_row)
+            released = (
+                update.state is InstanceState.TERMINATED
+                and current.state is not InstanceState.TERMINATED
+            )
+            if released and current.node_id is not None:
+                await cur.execute(
+                    "UPDATE nodes SET "
+                    "allocated_vcpu_millis = greatest(0, allocated_vcpu_millis - %s), "
+                    "allocated_memory_mib = greatest(0, allocated_memory_mib - %s) "
+                    "WHERE id = %s",
+                    (current.vcpu_millis, current.memory_mib, current.node_id),
+                )
+                await changes.bump(c, changes.assignments_topic(current.node_id))
+            running = InstanceState.RUNNING
+            address_moved = (updated.ip_address, updated.port) != (
+                current.ip_address,
+                current.port,
+            )
+            if (current.state is running) != (updated.state is running) or (
+                updated.state is running and address_moved
+            ):
+                await changes.bump(c, changes.ROUTES)
+        return updated
+
+    async def terminate(self, instance_id: uuid.UUID, *, conn: Conn | None = None) -> Instance:
+        """Mark for termination: desired ``terminated`` and soft-deleted; its node's agent
+        sees it in its assignments, stops it and reports ``terminated`` (which frees the
+        capacity)."""
+        async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {COLUMNS} FROM instances WHERE id = %s AND deleted_at IS NULL FOR UPDATE",
+                (instance_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"instance {instance_id} does not exist")
+            current = _instance(row)
+            await cur.execute(
+                "UPDATE instances SET desired_state = 'terminated', deleted_at = now() "
+                f"WHERE id = %s RETURNING {COLUMNS}",
+                (instance_id,),
+            )
+            done = await cur.fetchone()
+            assert done is not None
+            if current.node_id is not None:
+                await changes.bump(c, changes.assignments_topic(current.node_id))
+            if current.state is InstanceState.RUNNING:
+                await changes.bump(c, changes.ROUTES)
+        return _instance(done)
+
+    async def assignments(
+        self, node_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> tuple[int, list[AssignedRow]]:
+        """The node's assignments version and every instance on it that is not terminated,
+        read in one snapshot (a repeatable-read transaction)."""
+        async with self._db.connection(conn) as c, c.transaction():
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            version = await changes.version(c, changes.assignments_topic(node_id))
+            async with c.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"SELECT {_I_COLUMNS}, m.name AS image_name, m.digest AS image_digest, "
+                    "m.size AS image_size FROM instances i JOIN images m ON m.id = i.image_id "
+                    "WHERE i.node_id = %s AND i.state <> 'terminated' ORDER BY i.id",
+                    (node_id,),
+                )
+                rows = await cur.fetchall()
+        return version, [
+            AssignedRow(
+                instance=_instance(r),
+                image_name=r["image_name"],
+                image_digest=r["image_digest"],
+                image_size=r["image_size"],
+            )
+            for r in rows
+        ]

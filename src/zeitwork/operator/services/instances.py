@@ -1,0 +1,160 @@
+"""Instance use cases: scheduling a new instance (pure decision, atomic application),
+placing a deployment's replicas all-or-nothing, state reports and termination."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+
+from zeitwork.core.errors import Conflict, InsufficientCapacity
+from zeitwork.core.resources import Resources
+from zeitwork.operator.db.database import Conn, Database
+from zeitwork.operator.db.instances import Instance, InstanceSpec, InstanceStore, StatusUpdate
+from zeitwork.operator.scheduler.placement import (
+    Candidate,
+    NoFit,
+    Strategy,
+    place,
+    place_replicas,
+)
+
+log = structlog.get_logger("zeitwork.operator.instances")
+
+_ROUNDS = 4
+
+
+def _no_fit(decision: NoFit) -> InsufficientCapacity:
+    extra: dict[str, object] = {
+        "requested": {"vcpu": decision.request.vcpu, "memory": decision.request.memory_mib},
+        "ready_nodes": decision.ready_nodes,
+        "shortfall": decision.shortfall,
+    }
+    if decision.best_free is not None:
+        extra["best_free"] = {
+            "vcpu": decision.best_free.vcpu,
+            "memory": decision.best_free.memory_mib,
+        }
+    return InsufficientCapacity(decision.message(), extra=extra)
+
+
+class InstanceService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        instances: InstanceStore,
+        strategy: Strategy = Strategy.BINPACK,
+    ) -> None:
+        self._db = db
+        self._instances = instances
+        self._strategy = strategy
+
+    async def create(
+        self, spec: InstanceSpec, *, node_id: uuid.UUID | None = None, conn: Conn | None = None
+    ) -> Instance:
+        """Place ``spec`` on ``node_id`` (capacity still checked) or where the scheduler
+        says; InsufficientCapacity (409, naming the shortfall) when nothing fits."""
+        await self._instances.check_image_ready(spec.image_id, conn=conn)
+        if node_id is not None:
+            instance = await self._place_on(node_id, spec, conn=conn)
+        else:
+            instance = await self._schedule(spec, conn=conn)
+        log.info(
+            "instance.placed",
+            instance_id=str(instance.id),
+            node_id=str(instance.node_id),
+            deployment_id=str(spec.deployment_id) if spec.deployment_id else None,
+        )
+        return instance
+
+    async def _place_on(
+        self, node_id: uuid.UUID, spec: InstanceSpec, *, conn: Conn | None
+    ) -> Instance:
+        instance = await self._instances.try_place(node_id, spec, wait_for_lock=True, conn=conn)
+        if instance is not None:
+            return instance
+        node = await self._instances.node_candidate(node_id, conn=conn)  # NotFound
+        decision = place([node], spec.resources, strategy=self._strategy)
+        if isinstance(decision, NoFit):
+            raise _no_fit(decision)
+        raise Conflict(
+            f"node {node_id} is not ready to take instances",
+            extra={"node_id": str(node_id)},
+        )
+
+    async def _schedule(self, spec: InstanceSpec, *, conn: Conn | None) -> Instance:
+        request = spec.resources
+        limit = None if spec.deployment_id is not None else 32
+        for round_ in range(_ROUNDS):
+            candidates = await self._instances.candidates(
+                request, deployment_id=spec.deployment_id, limit=limit, conn=conn
+            )
+            decision = place(candidates, request, strategy=self._strategy)
+            if isinstance(decision, NoFit):
+                await self._raise_no_fit(request, conn=conn)
+                continue  # capacity appeared between the two reads: try again
+            wait = round_ > 0  # first round skips rows that racing placements hold
+            for node_id in decision.node_ids:
+                instance = await self._instances.try_place(
+                    node_id, spec, wait_for_lock=wait, conn=conn
+                )
+                if instance is not None:
+                    return instance
+        raise InsufficientCapacity(
+            "concurrent placements took the free capacity; retry the request",
+            extra={"requested": {"vcpu": request.vcpu, "memory": request.memory_mib}},
+        )
+
+    async def _raise_no_fit(self, request: Resources, *, conn: Conn | None) -> None:
+        everything: list[Candidate] = await self._instances.candidates(
+            request, feasible_only=False, limit=None, conn=conn
+        )
+        decision = place(everything, request, strategy=self._strategy)
+        if isinstance(decision, NoFit):
+            raise _no_fit(decision)
+
+    async def create_replicas(
+        self, spec: InstanceSpec, count: int, *, conn: Conn | None = None
+    ) -> list[Instance]:
+        """Place ``count`` replicas of a deployment, spread across nodes, in one
+        transaction: all of them or none (InsufficientCapacity)."""
+        await self._instances.check_image_ready(spec.image_id, conn=conn)
+        request = spec.resources
+        async with self._db.transaction(conn) as tx:
+            candidates = await self._instances.candidates(
+                request,
+                deployment_id=spec.deployment_id,
+                feasible_only=False,
+                limit=None,
+                conn=tx,
+            )
+            chosen = place_replicas(candidates, request, count, strategy=self._strategy)
+            if isinstance(chosen, NoFit):
+                raise _no_fit(chosen)
+            placed: list[Instance] = []
+            for node_id in chosen:
+                instance = await self._instances.try_place(
+                    node_id, spec, wait_for_lock=True, conn=tx
+                )
+                if instance is None:  # a racing placement took it: re-plan for this one
+                    instance = await self._schedule(spec, conn=tx)
+                placed.append(instance)
+        return placed
+
+    async def report(
+        self, instance_id: uuid.UUID, update: StatusUpdate, *, node_id: uuid.UUID | None
+    ) -> Instance:
+        instance = await self._instances.report(instance_id, update, node_id=node_id)
+        log.info(
+            "instance.state_reported",
+            instance_id=str(instance_id),
+            state=update.state.value,
+            node_id=str(instance.node_id),
+        )
+        return instance
+
+    async def terminate(self, instance_id: uuid.UUID) -> Instance:
+        instance = await self._instances.terminate(instance_id)
+        log.info("instance.terminating", instance_id=str(instance_id))
+        return instance
