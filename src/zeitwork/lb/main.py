@@ -100,6 +100,166 @@ async def _publish(
             os.replace(tmp, path)
 
 
+class LoadBalancer:
+    """One worker's balancer: built without I/O, then ``start`` binds, ``run`` serves."""
+
+    def __init__(
+        self, settings: LBSettings, *, index: int = 0, stats_dir: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.stats_dir = stats_dir
+        self.log = get_logger("zeitwork.lb").bind(worker=index)
+        self.prom = new_registry()
+        self.peers = _Peers(stats_dir, index)
+        self.metrics = LBMetrics(
+            registry=self.prom,
+            peers=self.peers.metrics if stats_dir is not None and index == 0 else None,
+        )
+        self.backends = BackendRegistry(
+            rise=settings.health_rise,
+            fall=settings.health_fall,
+            ejection=EjectionPolicy(
+                consecutive_failures=settings.eject_failures,
+                base_seconds=settings.eject_seconds,
+                max_seconds=settings.eject_max_seconds,
+            ),
+            listener=self._on_health,
+        )
+        self.backends.on_drain = self._on_drain
+        self.router = RouteTableRouter(
+            registry=self.backends,
+            algorithm=settings.algorithm,
+            static_backends=settings.backend_list,
+        )
+        self.proxy = Proxy(
+            router=self.router,
+            config=_config(settings),
+            observer=self.metrics,
+            trusted=TrustedProxies(parse_networks(settings.trusted_proxies)),
+        )
+        self.client: RoutesClient | None = None
+        self.sync: RouteSync | None = None
+        if settings.operator_url and settings.token:
+            self.client = RoutesClient(base_url=settings.operator_url, token=settings.token)
+            self.sync = RouteSync(
+                source=self.client,
+                router=self.router,
+                cache=settings.route_cache,
+                log=self.log,
+                wait=settings.watch_wait,
+                full_refresh=settings.full_refresh,
+            )
+        self.checker = HealthChecker(
+            backends=self.backends.all,
+            path=settings.health_path,
+            interval=settings.health_interval,
+            timeout=settings.health_timeout,
+        )
+        self.admin: Proxy | None = None
+        self.port = 0
+        self.admin_port = 0
+        self.started = time.time()
+
+    def _on_health(self, backend: Backend, kind: str, available: bool) -> None:
+        self.metrics.health_changed(backend, kind, available)
+        self.log.info(
+            "backend.health_changed", backend=backend.address, kind=kind, available=available
+        )
+
+    def _on_drain(self, backend: Backend) -> None:
+        self.log.info("backend.draining", backend=backend.address, in_flight=backend.in_flight)
+
+    def state(self) -> dict[str, Any]:
+        all_backends = self.backends.all()
+        available = sum(1 for b in all_backends if b.available)
+        return {
+            "status": "ok" if available or not all_backends else "degraded",
+            "workers": self.settings.workers,
+            "routes_version": self.router.version,
+            "routes": len(self.router.pools()) - 1,
+            "operator_error": self.sync.last_error if self.sync is not None else None,
+            "backends": {"total": len(all_backends), "available": available},
+            "open_connections": len(self.proxy.connections),
+            "uptime_seconds": round(time.time() - self.started, 1),
+        }
+
+    def backend_rows(self) -> list[dict[str, Any]]:
+        rows = [b.snapshot() for b in self.backends.all()]
+        others = self.peers.read() if self.stats_dir is not None and self.index == 0 else []
+        pools = self.router.pools()
+        for row in rows:
+            address = row["address"]
+            for other in others:
+                extra = other.get("backends", {}).get(address)
+                if extra:
+                    for key in ("in_flight", "requests", "failures"):
+                        row[key] = int(str(row[key])) + int(extra[key])
+            row["pools"] = [p.name for p in pools if any(x.address == address for x in p.backends)]
+        return rows
+
+    async def start(self, *, port: int | None = None, admin_port: int | None = None) -> None:
+        settings = self.settings
+        if self.sync is not None:
+            self.sync.load_cache()
+        sock = reuse_port_socket(settings.host, settings.port if port is None else port)
+        await self.proxy.serve(sock)
+        self.port = sock.getsockname()[1]
+        if self.index == 0:
+            self.admin = Proxy(
+                router=NoRoutes(),
+                policy=AdminPolicy(
+                    state=self.state, backends=self.backend_rows, registry=self.prom
+                ),
+                config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
+            )
+            admin_sock = reuse_port_socket(
+                settings.admin_host, settings.admin_port if admin_port is None else admin_port
+            )
+            await self.admin.serve(admin_sock)
+            self.admin_port = admin_sock.getsockname()[1]
+            self.log.info(
+                "lb.listening",
+                port=self.port,
+                admin_port=self.admin_port,
+                workers=settings.workers,
+                algorithm=settings.algorithm,
+                static_backends=len(settings.backend_list),
+                operator=settings.operator_url,
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the background loops until ``stop`` is set, then drain and close."""
+        settings = self.settings
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                loops = [tasks.create_task(self.checker.run(), name="health-checker")]
+                if self.sync is not None:
+                    loops.append(tasks.create_task(self.sync.run(), name="route-sync"))
+                if self.stats_dir is not None and self.index > 0:
+                    loops.append(
+                        tasks.create_task(
+                            _publish(self.stats_dir, self.index, self.metrics, self.backends),
+                            name="stats",
+                        )
+                    )
+                await stop.wait()
+                self.log.info(
+                    "lb.draining", in_flight=self.proxy.in_flight, grace=settings.drain_timeout
+                )
+                cut = await self.proxy.drain(settings.drain_timeout)
+                if self.admin is not None:
+                    await self.admin.drain(0.5)
+                for task in loops:
+                    task.cancel()
+                self.log.info("lb.stopped", cut=cut)
+        finally:
+            for backend in self.backends.all():
+                backend.close_idle()
+            if self.client is not None:
+                await self.client.aclose()
+
+
 async def serve(
     settings: LBSettings,
     *,
@@ -109,135 +269,13 @@ async def serve(
     stats_dir: Path | None = None,
 ) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain."""
-    log = get_logger("zeitwork.lb").bind(worker=index)
-    prom = new_registry()
-    peers = _Peers(stats_dir, index)
-    metrics = LBMetrics(registry=prom, peers=peers.metrics if stats_dir and index == 0 else None)
-
-    def on_health(backend: Backend, kind: str, available: bool) -> None:
-        metrics.health_changed(backend, kind, available)
-        log.info("backend.health_changed", backend=backend.address, kind=kind, available=available)
-
-    backends = BackendRegistry(
-        rise=settings.health_rise,
-        fall=settings.health_fall,
-        ejection=EjectionPolicy(
-            consecutive_failures=settings.eject_failures,
-            base_seconds=settings.eject_seconds,
-            max_seconds=settings.eject_max_seconds,
-        ),
-        listener=on_health,
-    )
-    backends.on_drain = lambda b: log.info(
-        "backend.draining", backend=b.address, in_flight=b.in_flight
-    )
-    router = RouteTableRouter(
-        registry=backends, algorithm=settings.algorithm, static_backends=settings.backend_list
-    )
-    proxy = Proxy(
-        router=router,
-        config=_config(settings),
-        observer=metrics,
-        trusted=TrustedProxies(parse_networks(settings.trusted_proxies)),
-    )
-    client: RoutesClient | None = None
-    sync: RouteSync | None = None
-    if settings.operator_url and settings.token:
-        client = RoutesClient(base_url=settings.operator_url, token=settings.token)
-        sync = RouteSync(
-            source=client,
-            router=router,
-            cache=settings.route_cache,
-            log=log,
-            wait=settings.watch_wait,
-            full_refresh=settings.full_refresh,
-        )
-        sync.load_cache()
-    checker = HealthChecker(
-        backends=backends.all,
-        path=settings.health_path,
-        interval=settings.health_interval,
-        timeout=settings.health_timeout,
-    )
-    started = time.time()
-
-    def state() -> dict[str, Any]:
-        all_backends = backends.all()
-        available = sum(1 for b in all_backends if b.available)
-        return {
-            "status": "ok" if available or not all_backends else "degraded",
-            "workers": settings.workers,
-            "routes_version": router.version,
-            "routes": len(router.pools()) - 1,
-            "operator_error": sync.last_error if sync is not None else None,
-            "backends": {"total": len(all_backends), "available": available},
-            "uptime_seconds": round(time.time() - started, 1),
-        }
-
-    def backend_rows() -> list[dict[str, Any]]:
-        rows = [b.snapshot() for b in backends.all()]
-        others = peers.read() if stats_dir and index == 0 else []
-        for row in rows:
-            for other in others:
-                extra = other.get("backends", {}).get(row["address"])
-                if extra:
-                    for key in ("in_flight", "requests", "failures"):
-                        row[key] = int(row[key]) + int(extra[key])  # type: ignore[call-overload]
-            row["pools"] = [
-                p.name
-                for p in router.pools()
-                if any(x.address == row["address"] for x in p.backends)
-            ]
-        return rows
-
-    loop = asyncio.get_running_loop()
-    sock = reuse_port_socket(settings.host, settings.port if port is None else port)
-    await proxy.serve(sock)
-    admin: Proxy | None = None
-    if index == 0:
-        admin = Proxy(
-            router=NoRoutes(),
-            policy=AdminPolicy(state=state, backends=backend_rows, registry=prom),
-            config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
-        )
-        admin_sock = reuse_port_socket(
-            settings.admin_host, settings.admin_port if admin_port is None else admin_port
-        )
-        await admin.serve(admin_sock)
-        log.info(
-            "lb.listening",
-            port=sock.getsockname()[1],
-            admin_port=admin_sock.getsockname()[1],
-            workers=settings.workers,
-            algorithm=settings.algorithm,
-            static_backends=len(settings.backend_list),
-            operator=settings.operator_url,
-        )
+    lb = LoadBalancer(settings, index=index, stats_dir=stats_dir)
+    await lb.start(port=port, admin_port=admin_port)
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            loops = [tasks.create_task(checker.run(), name="health-checker")]
-            if sync is not None:
-                loops.append(tasks.create_task(sync.run(), name="route-sync"))
-            if stats_dir is not None and index > 0:
-                loops.append(
-                    tasks.create_task(_publish(stats_dir, index, metrics, backends), name="stats")
-                )
-            await stop.wait()
-            log.info("lb.draining", in_flight=proxy.in_flight, grace=settings.drain_timeout)
-            cut = await proxy.drain(settings.drain_timeout)
-            if admin is not None:
-                await admin.drain(0.5)
-            for task in loops:
-                task.cancel()
-            log.info("lb.stopped", cut=cut)
-    finally:
-        for backend in backends.all():
-            backend.close_idle()
-        if client is not None:
-            await client.aclose()
+    await lb.run(stop)
 
 
 def _worker_main(

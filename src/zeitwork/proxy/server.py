@@ -145,6 +145,7 @@ class Exchange:
         "upgrade",
         "upstream",
         "upstream_started",
+        "upstream_until_close",
     )
 
     def __init__(self, head: RequestHead, client: ClientInfo) -> None:
@@ -170,6 +171,7 @@ class Exchange:
         self.response_started = False
         self.resp_chunked = False
         self.resp_until_close = False
+        self.upstream_until_close = False
         self.head_only = head.method == b"HEAD"
         self.status = 0
         self.close_after = False
@@ -331,6 +333,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # half-close from the client: finish the current exchange, then close
+        if self.closing:
+            return None
         if self.tunnel is not None:
             if self.tunnel.transport is not None and self.tunnel.transport.can_write_eof():
                 self.tunnel.transport.write_eof()
@@ -343,6 +347,9 @@ class ClientProtocol(asyncio.Protocol):
     # -- timers ------------------------------------------------------------------------------
     def on_deadline(self) -> None:
         kind = self.deadline_kind
+        if kind == 4:
+            self.abort()
+            return
         ex = self.ex
         if kind == 1 and ex is None:
             self._send_error(408, "request head not received in time", close=True)
@@ -378,16 +385,38 @@ class ClientProtocol(asyncio.Protocol):
             self._reject(400, "malformed request")
 
     def _reject(self, status: int, detail: str) -> None:
+        broken = self.parsing
         self.parsing = None
-        if self.ex is None or self.ex.finished:
+        ex = self.ex
+        if ex is None or ex.finished:
             self._send_error(status, detail, close=True)
-        else:
-            # an exchange is still answering: send the error after it, then close
-            self.pending_error = (status, detail)
-            self.pause_reading_for(_PAUSE_QUEUE)
-            ex = self.ex
-            if not ex.body_done:
-                ex.close_after = True
+            return
+        if broken is ex or not ex.body_done:
+            # the request being forwarded is itself broken (bad chunk, body over the limit)
+            ex.close_after = True
+            if ex.response_started:
+                ex.finished = True
+                up = ex.upstream
+                ex.upstream = None
+                if up is not None:
+                    up.abort()
+                self._release_backend(ex, status=status)
+                self.abort()
+                return
+            ex.finished = True
+            if ex.connect_task is not None:
+                ex.connect_task.cancel()
+            up = ex.upstream
+            ex.upstream = None
+            if up is not None:
+                up.abort()
+            self._release_backend(ex, status=status)
+            self.ex = None
+            self._send_error(status, detail, close=True)
+            return
+        # a later pipelined request is malformed: answer it after the current one, then close
+        self.pending_error = (status, detail)
+        self.pause_reading_for(_PAUSE_QUEUE)
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -765,12 +794,15 @@ class ClientProtocol(asyncio.Protocol):
             headers.append((b"upgrade", upgrade_value))
         elif ex.head_only or status in (204, 304) or (length >= 0 and not upstream_chunked):
             pass
-        elif head.http_version == "1.1":
-            ex.resp_chunked = True
-            headers.append((b"transfer-encoding", b"chunked"))
         else:
-            ex.resp_until_close = True
-            close = True
+            if not upstream_chunked:
+                ex.upstream_until_close = True  # the body ends when the backend closes
+            if head.http_version == "1.1":
+                ex.resp_chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                ex.resp_until_close = True
+                close = True
         if not has_rid and proxy.config.response_request_id:
             headers.append((b"x-request-id", head.request_id.encode()))
         if proxy.has_policy:
@@ -875,8 +907,10 @@ class ClientProtocol(asyncio.Protocol):
         if ex.finished or ex is not self.ex:
             return
         if ex.response_started:
-            if ex.resp_until_close:
-                self._finish(ex)  # close-delimited body ended
+            if ex.upstream_until_close:
+                if ex.resp_chunked:
+                    self._write(b"0\r\n\r\n")
+                self._finish(ex)  # the close-delimited body ended
                 return
             ex.finished = True
             self._release_backend(ex, status=502)
@@ -1023,7 +1057,25 @@ class ClientProtocol(asyncio.Protocol):
         self._write(serialize_response(status, headers, problem_body(status, detail), close=close))
         self.proxy.observer.request_done("-", "-", status, 0.0)
         if close:
-            self.close()
+            self.linger_close()
+
+    def linger_close(self) -> None:
+        """Send what is queued, shut our side, discard input for a moment, then close.
+
+        Closing at once while the client is still sending makes the kernel answer with a
+        reset that can destroy the error response before the client reads it."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.batch is not None:
+            self.end_batch()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.deadline = self.proxy.now() + 2.0
+            self.deadline_kind = 4
+        else:
+            transport.close()
 
 
 class Proxy:
@@ -1095,7 +1147,11 @@ class Proxy:
             return
         now = loop.time()
         for conn in list(self.connections):
-            if conn.deadline and now >= conn.deadline and not conn.closing:
+            if (
+                conn.deadline
+                and now >= conn.deadline
+                and (not conn.closing or conn.deadline_kind == 4)
+            ):
                 conn.on_deadline()
             elif self.draining and conn.ex is None and conn.parsing is None and conn.tunnel is None:
                 conn.close()
