@@ -10,9 +10,7 @@ def register(app: typer.Typer) -> None:
     def edge_proxy() -> None:
         """Run the edge proxy (HTTPS on EDGE_HTTPS_PORT, HTTP on PORT) in front of the load
         balancer. Configuration comes from the environment (see docs/edge-proxy.md)."""
-        import uvloop
-
-        from zeitwork.edge.main import run
+        from zeitwork.edge.main import serve_workers
         from zeitwork.edge.settings import EdgeSettings
         from zeitwork.observability import configure_logging
         from zeitwork.settings import load_settings
@@ -24,7 +22,9 @@ def register(app: typer.Typer) -> None:
             level=settings.log_level.value,
         )
         try:
-            uvloop.run(run(settings))
+            code = serve_workers(settings)
         except ValueError as exc:  # a policy that cannot be built (bad CORS origin, ...)
             typer.echo(f"zeitwork: configuration error: {exc}", err=True)
             raise typer.Exit(2) from None
+        if code:
+            raise typer.Exit(code)

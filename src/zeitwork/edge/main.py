@@ -259,12 +259,15 @@ class Edge:
     settings: EdgeSettings
     registry: CollectorRegistry = field(default_factory=new_registry)
     store: CertificateStore | None = None
+    index: int = 0  # worker number; worker 0 orders certificates and serves the admin port
+    listen_ports: tuple[int, int] | None = None  # (http, https) reserved by the supervisor
 
     def __post_init__(self) -> None:
         s = self.settings
         self.handshakes = HandshakeCounter()
         self.tls = TlsTerminator()
-        self.challenges = Challenges(tls=self.tls)
+        shared = s.data_dir / "edge" / "challenges" if s.worker_count > 1 else None
+        self.challenges = Challenges(tls=self.tls, directory=shared)
         self.limiter = RateLimiter(capacity=s.rate_limit_capacity)
         self.metrics = EdgeMetrics(registry=self.registry)
         self.ports: dict[str, int] = {}
@@ -291,8 +294,10 @@ class Edge:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        plain_sock = reuse_port_socket(s.host, s.port, reuse_port=s.worker_count > 1)
-        tls_sock = reuse_port_socket(s.host, s.https_port, reuse_port=s.worker_count > 1)
+        http_port, https_port_bind = self.listen_ports or (s.port, s.https_port)
+        many = s.worker_count > 1
+        plain_sock = reuse_port_socket(s.host, http_port, reuse_port=many)
+        tls_sock = reuse_port_socket(s.host, https_port_bind, reuse_port=many)
         https_port = s.public_https_port or tls_sock.getsockname()[1]
         self.policy = build_policy(
             s,
@@ -365,8 +370,9 @@ class Edge:
                 source, result
             ).inc(),
             retry_base=s.acme_retry_base,
+            orders=self.index == 0,
         )
-        if mode == "internal":
+        if mode == "internal" and self.index == 0:
             await self.manager.sync_once()  # serve the platform's domains from the first request
 
         await self.proxy.serve(plain_sock)
@@ -375,14 +381,14 @@ class Edge:
             ssl_context=self.tls.server_context,
             ssl_handshake_timeout=s.handshake_timeout,
         )
-        self._admin = await asyncio.start_server(self._admin_client, s.admin_host, s.admin_port)
-        self.ports = {
-            "http": plain_sock.getsockname()[1],
-            "https": tls_sock.getsockname()[1],
-            "admin": self._admin.sockets[0].getsockname()[1],
-        }
+        self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
+        if self.index == 0:
+            self._admin = await asyncio.start_server(self._admin_client, s.admin_host, s.admin_port)
+            self.ports["admin"] = self._admin.sockets[0].getsockname()[1]
+        # workers other than 0 only pick up what worker 0 (or another edge) stored: poll often
+        interval = s.cert_check_interval if self.index == 0 else min(s.cert_check_interval, 2.0)
         self._tasks.append(
-            asyncio.create_task(self.manager.run(s.cert_check_interval), name="edge.certificates")
+            asyncio.create_task(self.manager.run(interval), name="edge.certificates")
         )
         if self._static is not None:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
@@ -476,9 +482,11 @@ class Edge:
         return self.tls.expiries()
 
 
-async def run(settings: EdgeSettings) -> None:
+async def run(
+    settings: EdgeSettings, *, index: int = 0, listen_ports: tuple[int, int] | None = None
+) -> None:
     """Run one edge worker until SIGTERM/SIGINT, then drain."""
-    edge = Edge(settings)
+    edge = Edge(settings, index=index, listen_ports=listen_ports)
     await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -493,3 +501,86 @@ async def run(settings: EdgeSettings) -> None:
     log.info("edge.stopping")
     stopper.cancel()
     await edge.stop()
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """Bind without listening so that port 0 becomes one concrete port all workers share."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(settings: EdgeSettings, index: int, ports: tuple[int, int]) -> None:
+    import uvloop
+
+    code = 0
+    try:
+        uvloop.run(run(settings, index=index, listen_ports=ports))
+    except BaseException:
+        log.exception("edge.worker_crashed", worker=index)
+        code = 1
+    os._exit(code)
+
+
+def serve_workers(settings: EdgeSettings) -> int:
+    """Fork ``EDGE_WORKERS`` processes sharing the ports (SO_REUSEPORT); SIGTERM drains all.
+
+    A worker that dies stops the whole edge (loudly) rather than leaving it half-alive."""
+    import uvloop
+
+    # Build the policy once here so a bad policy is a configuration error, not a crashed worker.
+    build_policy(
+        settings,
+        limiter=RateLimiter(capacity=1),
+        has_certificate=lambda host: False,
+        challenge_answer=lambda token: None,
+        https_port=settings.redirect_port,
+    )
+    count = settings.worker_count
+    if count <= 1:
+        uvloop.run(run(settings))
+        return 0
+    reserved = [
+        _reserve(settings.host, settings.port),
+        _reserve(settings.host, settings.https_port),
+    ]
+    ports = (reserved[0].getsockname()[1], reserved[1].getsockname()[1])
+    children: dict[int, int] = {}
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sock in reserved:
+                sock.close()
+            _worker(settings, index, ports)
+        children[pid] = index
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("edge.workers_started", workers=count, http=ports[0], https=ports[1])
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, -1)
+        if code != 0 or not stopping:
+            status = 1
+            if not stopping:
+                log.error("edge.worker_exited", worker=index, status=code)
+                forward(signal.SIGTERM, None)
+    for sock in reserved:
+        sock.close()
+    return status

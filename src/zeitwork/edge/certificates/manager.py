@@ -43,6 +43,7 @@ class CertificateManager:
         on_order: OrderResult | None = None,
         retry_base: float = 60.0,
         lease_ttl: int = 300,
+        orders: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -56,6 +57,7 @@ class CertificateManager:
         self._retry_base = retry_base
         self._lease_ttl = lease_ttl
         self._clock = clock
+        self._orders = orders
         self._installed: dict[str, str] = {}
         self.wake = asyncio.Event()
 
@@ -63,7 +65,7 @@ class CertificateManager:
         records = {r.domain: r for r in await self._store.list()}
         for record in records.values():
             self._install(record)
-        if self._mode == "static":
+        if self._mode == "static" or not self._orders:
             return
         now = self._clock()
         for domain in sorted(set(self._domains())):

@@ -57,15 +57,25 @@ class LocalStore:
         self._dir = directory
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for path in sorted(directory.glob("cert-*.json")):
-                record = record_from_json(json.loads(path.read_text()))
-                self._records[record.domain] = record
+            self._reload()
             accounts = directory / "acme-accounts.json"
             if accounts.exists():
                 for item in json.loads(accounts.read_text()):
                     self._accounts[item["directory"]] = AcmeAccount(**item)
 
+    def _reload(self) -> None:
+        # Other processes (edge workers) may have written: the files are the truth.
+        assert self._dir is not None
+        for path in sorted(self._dir.glob("cert-*.json")):
+            try:
+                record = record_from_json(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+            self._records[record.domain] = record
+
     async def list(self) -> list[CertificateRecord]:
+        if self._dir is not None:
+            self._reload()
         return list(self._records.values())
 
     async def get(self, domain: str) -> CertificateRecord | None:

@@ -1,0 +1,81 @@
+"""``zeitwork edge-proxy`` as a process: several workers share the ports; SIGTERM drains."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.edge.conftest import Conn, Upstream, client_context
+
+
+def _wait_line(
+    proc: subprocess.Popen[str], pattern: str, log: list[str], timeout: float = 20
+) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError("edge exited early:\n" + "".join(log))
+        log.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError("timed out waiting for " + pattern + "\n" + "".join(log))
+
+
+async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "EDGE_HTTPS_PORT": "0",
+        "EDGE_ADMIN_PORT": "0",
+        "EDGE_WORKERS": "2",
+        "EDGE_DOMAINS": "app.test",
+        "LOAD_BALANCER_URL": f"http://127.0.0.1:{upstream.port}",
+        "ZEITWORK_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_DRAIN_TIMEOUT": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zeitwork", "edge-proxy"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    log: list[str] = []
+    try:
+        match = _wait_line(proc, r"edge.workers_started.*https=(\d+)", log)
+        https = int(match.group(1))
+        for _ in range(2):
+            _wait_line(proc, r"edge.started", log)
+        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
+        # new connections land on either worker; all of them serve the certificate that
+        # worker 0 issued (worker 1 picks it up from the shared store)
+        deadline = time.monotonic() + 10
+        ok = 0
+        while ok < 8 and time.monotonic() < deadline:
+            try:
+                conn = await Conn.open(https, tls=ctx, sni="app.test")
+            except OSError:
+                continue
+            response = await conn.request("/w", host="app.test")
+            await conn.close()
+            assert response.status == 200
+            ok += 1
+        assert ok == 8
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
