@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -68,7 +69,12 @@ def pid_is_vmm(pid: int, vm_id: str) -> bool:
     if state in ("Z", "X"):
         return False
     args = cmdline.split(b"\0")
-    return any(b"firecracker" in a for a in args[:1]) and f"--id={vm_id}".encode() in args
+    if not args or b"firecracker" not in args[0]:
+        return False
+    wanted = vm_id.encode()
+    if b"--id=" + wanted in args:
+        return True
+    return any(a == b"--id" and b == wanted for a, b in itertools.pairwise(args))
 
 
 @dataclass
