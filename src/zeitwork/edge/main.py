@@ -344,7 +344,8 @@ class Edge:
             self._static = StaticFiles(cert_path=s.ssl_cert_path, key_path=s.ssl_key_path)
             self._reload_static()
         elif mode == "internal":
-            ca = InternalCA.load_or_create(s.data_dir / "edge" / "ca")
+            if self.index == 0:  # only worker 0 issues; the others serve what it stored
+                ca = InternalCA.load_or_create(s.data_dir / "edge" / "ca")
         else:
             load, save = account_bridge(store, loop)
             issuer = AcmeIssuer(
