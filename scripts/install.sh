@@ -29,6 +29,8 @@
 #                                                mirror: "--no-index --find-links /srv/wheels"
 # Installed units and env files name the paths chosen here.
 set -euo pipefail
+# Files under /opt/zeitwork must be readable by the zeitwork user whatever root's umask is.
+umask 022
 
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX="${ZEITWORK_PREFIX:-/opt/zeitwork}"
@@ -251,6 +253,13 @@ if [ "$units_changed" = 1 ]; then
   fi
 fi
 
+if [ -d /run/systemd/system ] && [ "$UNIT_DIR" = /etc/systemd/system ]; then
+  for svc in "${SERVICES[@]}"; do
+    if systemctl is-active --quiet "zeitwork-$svc.service"; then
+      say "zeitwork-$svc is running the previous version: systemctl restart zeitwork-$svc"
+    fi
+  done
+fi
 for dest in "${kept[@]}"; do
   say "kept your edited $dest; the new template is $dest.new (merge what you need, then delete it)"
 done

@@ -78,6 +78,7 @@ def run(
         text=True,
         timeout=timeout,
         check=False,
+        umask=0o077,  # a hardened root umask must not make the install unreadable
     )
     if check:
         assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}\n{proc.stderr}"
