@@ -41,7 +41,7 @@ def _check_value(name: str, value: str) -> bytes:
 class SecurityHeaders:
     """Applies one security-header policy to response header lists in place."""
 
-    __slots__ = ("_http", "_https", "_override", "config")
+    __slots__ = ("_http", "_https", "_names", "_override", "config")
 
     def __init__(self, config: SecurityHeadersConfig) -> None:
         self.config = config
@@ -84,6 +84,7 @@ class SecurityHeaders:
         self._http = tuple(common)
         self._https = tuple(https)
         self._override = frozenset(name.lower().encode() for name in config.override)
+        self._names = frozenset(name for name, _ in https)
 
     def headers_for(self, *, https: bool) -> tuple[Header, ...]:
         return self._https if https else self._http
@@ -95,6 +96,9 @@ class SecurityHeaders:
             return
         present = {name.lower() for name, _ in headers}
         override = self._override
+        if not override and present.isdisjoint(self._names):
+            headers.extend(policy)  # the usual case: the app set none of them
+            return
         if override and present & override:
             headers[:] = [(n, v) for n, v in headers if n.lower() not in override]
             present -= override
