@@ -40,8 +40,9 @@ class NodeOut(BaseModel):
 
     @classmethod
     def of(cls, node: Node) -> NodeOut:
+        # rows from our own database are already valid: construct without re-validating
         beat = node.heartbeat or None
-        return cls(
+        return cls.model_construct(
             id=node.id,
             hostname=node.hostname,
             ip_address=node.ip_address,
