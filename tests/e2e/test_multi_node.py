@@ -1,10 +1,6 @@
-"""Two node agents on two network-namespace "hosts" joined by a LAN bridge.
-
-Standalone agents (instances placed through each agent's own API): instances on host A are
-reachable from host B and from the root namespace through the routes between node subnets;
-killing agent A leaves its instances serving; restarting it re-adopts them exactly once.
-(The same scenario driven by a real operator's placement is listed as not done yet in
-docs/node-agent.md until the operator's assignment endpoints exist.)"""
+"""Node agents on network-namespace "hosts" joined by a LAN bridge, one real operator in the
+root namespace: placement on both hosts, reachability across hosts and from the root
+namespace through the routes between node subnets, agent kill and re-adoption, egress NAT."""
 
 from __future__ import annotations
 
@@ -69,61 +65,6 @@ async def _wait_running(host: AgentHost, instance_id: str, api: str) -> dict[str
     raise AssertionError(f"{instance_id} never ran: {view}")
 
 
-async def test_two_hosts_reach_each_others_instances_and_survive_agent_restart(
-    lan: Lan, hosts: Callable[..., AgentHost], busybox_image: BuiltImage
-) -> None:
-    second = random.randint(0, 200)
-    subnets = [f"10.{second}.1.0/24", f"10.{second}.2.0/24"]
-    names = [lan.add_host(), lan.add_host()]
-    agents = []
-    for index, name in enumerate(names):
-        other = 1 - index
-        host = hosts(
-            netns=name,
-            subnet=subnets[index],
-            extra_env={
-                "ZEITWORK_PEER_ROUTES": f"{subnets[other]}={lan.address(other)}",
-                "NODE_IP": lan.address(index),
-            },
-        )
-        await preload(host.data_dir, busybox_image)
-        host.start()
-        agents.append(host)
-        lan.route_from_root(subnets[index], lan.address(index))
-    for host in agents:
-        await host.wait_ready()
-
-    views = []
-    for index, host in enumerate(agents):
-        async with host.client(lan.address(index)) as client:
-            response = await client.post("/instances", json=instance_body(busybox_image))
-            assert response.status_code == 201, response.text
-            views.append(await _wait_running(host, response.json()["id"], lan.address(index)))
-    a_url = f"http://{views[0]['ip_address']}:8080/"
-    b_url = f"http://{views[1]['ip_address']}:8080/"
-    assert str(views[0]["ip_address"]).startswith(f"10.{second}.1.")
-    assert str(views[1]["ip_address"]).startswith(f"10.{second}.2.")
-
-    # from the root namespace, through the routes to each node's subnet
-    assert (await wait_http(a_url, timeout=5))[0] == 200
-    assert (await wait_http(b_url, timeout=5))[0] == 200
-    # host B reaches the instance on host A, and A reaches B's
-    assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
-    assert await asyncio.to_thread(_get_from, names[0], b_url) == 200
-
-    instance_a = str(views[0]["id"])
-    pid = agents[0].record(instance_a)["handle"]["data"]["pid"]
-    agents[0].kill()
-    assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
-    agents[0].start()
-    await agents[0].wait_ready()
-    again = await _wait_running(agents[0], instance_a, lan.address(0))
-    assert again["ip_address"] == views[0]["ip_address"]
-    assert agents[0].record(instance_a)["handle"]["data"]["pid"] == pid
-    assert "oci.started" not in agents[0].log_path.read_text()
-    assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
-
-
 async def test_egress_is_masqueraded_behind_the_node_address(
     lan: Lan, hosts: Callable[..., AgentHost], tmp_path: Path
 ) -> None:
@@ -176,3 +117,112 @@ async def test_egress_is_masqueraded_behind_the_node_address(
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_operator_places_on_two_hosts_and_agents_survive_restart(
+    lan: Lan,
+    hosts: Callable[..., AgentHost],
+    busybox_image: BuiltImage,
+    migrated_database: str,
+    tmp_path: Path,
+) -> None:
+    """Issue 3 item 10 with a real operator in the root namespace: instances placed on both
+    hosts, reachable across hosts and from the root namespace; agent A killed and
+    restarted re-adopts its instance exactly once."""
+    from tests.integration.agent.operator_process import (
+        OperatorProcess,
+        ready_image_row,
+        wait_json,
+    )
+
+    operator = OperatorProcess(database_url=migrated_database, root=tmp_path / "operator")
+    operator.start()
+    try:
+        await operator.wait_ready()
+        join = await operator.join_token()
+        image_id = ready_image_row(
+            migrated_database, digest=busybox_image.digest, size=busybox_image.size
+        )
+        second = random.randint(0, 200)
+        subnets = [f"10.{second}.1.0/24", f"10.{second}.2.0/24"]
+        names = [lan.add_host(), lan.add_host()]
+        agents = []
+        for index, name in enumerate(names):
+            other = 1 - index
+            host = hosts(
+                netns=name,
+                subnet=subnets[index],
+                extra_env={
+                    "OPERATOR_URL": operator.url(lan.gateway),
+                    "ZEITWORK_JOIN_TOKEN": join,
+                    "ZEITWORK_HEARTBEAT_INTERVAL": "1",
+                    "ZEITWORK_PEER_ROUTES": f"{subnets[other]}={lan.address(other)}",
+                    "NODE_IP": lan.address(index),
+                    "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
+                },
+            )
+            await preload(host.data_dir, busybox_image)
+            host.start()
+            agents.append(host)
+            lan.route_from_root(subnets[index], lan.address(index))
+        for host in agents:
+            await host.wait_ready()
+
+        async with operator.client() as op:
+            listed = await wait_json(
+                op,
+                "/api/v1/nodes",
+                lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
+            )
+            node_of = {n["ip_address"]: n["id"] for n in _nodes(listed)}
+            instance_ids = []
+            for index in range(2):
+                created = await op.post(
+                    "/api/v1/instances",
+                    json={
+                        "image_id": image_id,
+                        "resources": {"vcpu": 0.25, "memory": 64},
+                        "default_port": 8080,
+                        "node_id": node_of[lan.address(index)],
+                    },
+                )
+                assert created.status_code == 201, created.text
+                instance_ids.append(created.json()["id"])
+            running = [
+                await wait_json(
+                    op, f"/api/v1/instances/{i}", lambda body: body["state"] == "running"
+                )
+                for i in instance_ids
+            ]
+        a_url = f"http://{running[0]['ip_address']}:8080/"
+        b_url = f"http://{running[1]['ip_address']}:8080/"
+        assert str(running[0]["ip_address"]).startswith(f"10.{second}.1.")
+        assert str(running[1]["ip_address"]).startswith(f"10.{second}.2.")
+        assert (await wait_http(a_url, timeout=5))[0] == 200
+        assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
+        assert await asyncio.to_thread(_get_from, names[0], b_url) == 200
+
+        pid = agents[0].record(instance_ids[0])["handle"]["data"]["pid"]
+        agents[0].kill()
+        assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
+        agents[0].start()
+        await agents[0].wait_ready()
+        async with agents[0].client(lan.address(0)) as client:
+            view = await wait_json(
+                client, f"/instances/{instance_ids[0]}", lambda body: body["state"] == "running"
+            )
+        assert view["ip_address"] == running[0]["ip_address"]
+        assert agents[0].record(instance_ids[0])["handle"]["data"]["pid"] == pid
+        assert "oci.started" not in agents[0].log_path.read_text()
+        async with operator.client() as op:
+            still = (await op.get(f"/api/v1/instances/{instance_ids[0]}")).json()
+            assert still["state"] == "running"
+        assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
+    finally:
+        operator.stop()
+
+
+def _nodes(body: object) -> list[dict[str, str]]:
+    if isinstance(body, dict):
+        return list(body.get("items") or body.get("data") or [])
+    return list(body)  # type: ignore[call-overload]
