@@ -101,8 +101,8 @@ class RouteSync:
                     wait = min(self._wait, max(1.0, self._full_refresh - (now - last_full)))
                     table = await self._source.fetch(version=self._router.version, wait=wait)
             except (ZeitworkError, OSError) as exc:
-                self.last_error = str(exc)
-                self._log.warning("routes.fetch_failed", error=str(exc), retry_in=delay)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._log.warning("routes.fetch_failed", error=self.last_error, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue

@@ -181,6 +181,13 @@ class Exchange:
         self.upstream_started = 0.0
 
 
+class _Sink:
+    """Callbacks of the parser left on closed connections (no reference back to them)."""
+
+
+_NO_PARSER = httptools.HttpRequestParser(_Sink())
+
+
 class ClientProtocol(asyncio.Protocol):
     def __init__(self, proxy: Proxy, *, tls: bool) -> None:
         self.proxy = proxy
@@ -241,9 +248,11 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         proxy = self.proxy
         if not self.admitted:
+            self.parser = _NO_PARSER
             return
         self.admitted = False
         self.closing = True
+        self.parser = _NO_PARSER  # break the protocol <-> parser cycle: freed at once
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
         if proxy.limiter is not None:
@@ -530,6 +539,8 @@ class ClientProtocol(asyncio.Protocol):
                 raise _Reject(400, "invalid request target")
         q = url.find(b"?")
         path = (url if q < 0 else url[:q]).decode("latin-1")
+        # llhttp sets its upgrade flag only after this callback: decide here, the same way
+        upgrade = upgrade_value is not None and tokens is not None and b"upgrade" in tokens
         if tokens is not None:
             tokens -= _CONNECTION_KEYWORDS
             if tokens:
@@ -558,7 +569,6 @@ class ClientProtocol(asyncio.Protocol):
                 request_id,
             )
         )
-        upgrade = parser.should_upgrade() and upgrade_value is not None
         if upgrade:
             parts.append(b"connection: upgrade\r\nupgrade: %s\r\n\r\n" % upgrade_value)
         elif chunked:
@@ -730,7 +740,8 @@ class ClientProtocol(asyncio.Protocol):
             ex.tunnel_buf = b""
 
     def _on_upgrade_request(self, rest: bytes) -> None:
-        ex = self.parsing
+        # the upgrade request is the last one parsed (its message is already complete)
+        ex = self.queue[-1] if self.queue else self.ex
         self.parsing = None
         if ex is None:
             self.close()

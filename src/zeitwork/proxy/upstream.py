@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from zeitwork.proxy.server import ClientProtocol, Exchange
 
 
+class _Sink:
+    pass
+
+
+_NO_PARSER = httptools.HttpResponseParser(_Sink())
+
+
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "_header_bytes",
@@ -65,6 +72,7 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self.closed = True
         self.reusable = False
+        self.parser = _NO_PARSER  # break the protocol <-> parser cycle
         self.backend.upstream_connections -= 1
         if self.tunnel is not None:
             peer, self.tunnel = self.tunnel, None

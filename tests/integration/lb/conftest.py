@@ -258,12 +258,13 @@ def lb_process(tmp_path: Path) -> Iterator[Callable[..., LBProcess]]:
             }
         )
         full.update(env)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "zeitwork", "load-balancer"],
-            env=full,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "zeitwork", "load-balancer"],
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         lbp = LBProcess(proc, log)
         started.append(lbp)
         lbp.wait_listening()

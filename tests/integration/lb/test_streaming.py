@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+
+from tests.integration.lb.conftest import MakeLB, MakeOrigin, connection, read_response
+from tests.integration.lb.origin import WS_GUID
+
+
+async def test_chunked_upload_and_chunked_download(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        parts = [os.urandom(n) for n in (1, 100, 70000, 5)]
+        for p in parts:
+            writer.write(b"%x\r\n%s\r\n" % (len(p), p))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        r = await read_response(reader)
+        assert r.status == 200
+        assert r.header("transfer-encoding") == "chunked"
+        assert r.body == b"".join(parts)
+        # the same connection keeps working
+        writer.write(b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = await read_response(reader)
+        assert r.body == b"alpha-beta-gamma"
+
+
+async def test_content_length_body_streams_both_ways(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(b"PUT /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        view = memoryview(payload)
+        for i in range(0, len(payload), 1 << 20):
+            writer.write(view[i : i + (1 << 20)])
+            await writer.drain()
+        r = await read_response(reader)
+        assert r.status == 200
+        assert r.body == payload
+        writer.write(b"GET /download/5000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = await read_response(reader)
+        assert len(r.body) == 5_000_000
+
+
+async def test_expect_100_continue(make_origin: MakeOrigin, make_lb: MakeLB) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address, max_body=1000)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello world")
+        r = await read_response(reader)
+        assert r.status == 200 and r.body == b"hello world"
+        assert "expect" not in o.last_headers  # the proxy answered the expectation itself
+    # over the limit: 413 at once, without 100 Continue, and no body is read
+    async with connection(lb.port) as (reader, writer):
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        r = await asyncio.wait_for(read_response(reader), 3)
+        assert r.status == 413
+
+
+async def test_websocket_upgrade_is_tunnelled(make_origin: MakeOrigin, make_lb: MakeLB) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    key = base64.b64encode(os.urandom(16))
+    async with connection(lb.port) as (reader, writer):
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n" % key
+        )
+        r = await asyncio.wait_for(read_response(reader), 3)
+        assert r.status == 101
+        assert r.header("upgrade") == "websocket"
+        assert r.header("connection") == "upgrade"
+        expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        assert r.header("sec-websocket-accept") == expected
+        # a masked text frame "hi", echoed back byte for byte by the origin
+        frame = b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
+        for _ in range(3):
+            writer.write(frame)
+            assert await asyncio.wait_for(reader.readexactly(len(frame)), 3) == frame
+        big = os.urandom(1 << 20)
+        writer.write(big)
+        assert await asyncio.wait_for(reader.readexactly(len(big)), 5) == big
+
+
+async def test_upgrade_refused_by_backend_is_a_normal_answer(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(
+            b"GET /who HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        r = await asyncio.wait_for(read_response(reader), 3)
+        assert r.status == 200 and r.body == b"o"
+        assert r.header("connection") == "close"
