@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from zeitwork.clients.certificates import CertificateClient
+from zeitwork.clients.routes import RoutesClient
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
@@ -35,6 +36,7 @@ from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
+from zeitwork.edge.routes import RouteWatch
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
 from zeitwork.edge.settings import EdgeSettings
 from zeitwork.edge.tls import TlsTerminator
@@ -278,9 +280,19 @@ class Edge:
         self.manager: CertificateManager | None = None
         self.proxy: Proxy | None = None
         self.policy: EdgePolicy | None = None
+        self.route_hosts: frozenset[str] = frozenset()
+        self.route_watch: RouteWatch | None = None
+        self._routes_client: RoutesClient | None = None
 
     def domains(self) -> list[str]:
-        return list(parse_list(self.settings.domains))
+        """Hosts to hold certificates for: ``EDGE_DOMAINS`` and every routed host."""
+        return sorted({*parse_list(self.settings.domains), *self.route_hosts})
+
+    def _hosts_changed(self, hosts: frozenset[str]) -> None:
+        if hosts != self.route_hosts:
+            self.route_hosts = hosts
+            if self.manager is not None:
+                self.manager.wake.set()
 
     def _store(self) -> CertificateStore:
         if self.store is not None:
@@ -393,6 +405,15 @@ class Edge:
         )
         if self._static is not None:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
+        if s.operator_url and s.operator_token:
+            self._routes_client = RoutesClient(base_url=s.operator_url, token=s.operator_token)
+            self.route_watch = RouteWatch(
+                source=self._routes_client,
+                policy=self.policy,
+                static=dict(self.policy.domains),
+                on_hosts=self._hosts_changed,
+            )
+            self._tasks.append(asyncio.create_task(self.route_watch.run(), name="edge.routes"))
         log.info("edge.started", tls_mode=mode, **self.ports)
 
     def _reload_static(self) -> None:
@@ -478,6 +499,8 @@ class Edge:
             await self.proxy.drain(self.settings.drain_timeout)
         if self._operator is not None:
             await self._operator.aclose()
+        if self._routes_client is not None:
+            await self._routes_client.aclose()
 
     def certificate_expiries(self) -> dict[str, datetime]:
         return self.tls.expiries()

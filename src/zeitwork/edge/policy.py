@@ -87,10 +87,16 @@ class EdgePolicy:
         self._challenge_answer = challenge_answer
         self._https_port = https_port
         self._clock = clock
+        self.prefixes: dict[str, tuple[tuple[str, DomainPolicy], ...]] = {}
         self.requests: dict[tuple[str, int], int] = {}
         self.known_hosts: set[str] = set()
 
-    def _for(self, host: str) -> DomainPolicy:
+    def _for(self, host: str, path: str) -> DomainPolicy:
+        by_prefix = self.prefixes.get(host)
+        if by_prefix is not None:  # longest prefix first
+            for prefix, policy in by_prefix:
+                if path.startswith(prefix):
+                    return policy
         return self.domains.get(host, self.default)
 
     def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None:
@@ -112,7 +118,7 @@ class EdgePolicy:
             )
             if location is not None:
                 return LocalResponse(status=308, headers=[(b"location", location)])
-        policy = self._for(head.host)
+        policy = self._for(head.host, head.path)
         key = client.client_ip + policy.limit_key if policy.limit_key else client.client_ip
         if not self.limiter.allow(key, self._clock(), policy.quota):
             return self._limited(key, policy.quota, head)
@@ -143,7 +149,7 @@ class EdgePolicy:
     def on_response(
         self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
     ) -> None:
-        policy = self._for(head.host)
+        policy = self._for(head.host, head.path)
         policy.security.apply(headers, https=client.tls)
         cors = policy.cors
         if cors is not None and not (

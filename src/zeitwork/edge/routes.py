@@ -1,0 +1,115 @@
+"""What the edge takes from the operator's route table: the hosts the platform serves (they
+get certificates and their own metric label) and per-route rate-limit overrides.
+
+``policies_for`` is pure: a table in, the per-host and per-prefix policies out, built once per
+table change (never per request). ``RouteWatch`` long-polls the table and applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from zeitwork.core.errors import ZeitworkError
+from zeitwork.edge.policy import DomainPolicy, EdgePolicy
+from zeitwork.edge.rate_limit import Quota
+from zeitwork.observability import get_logger
+from zeitwork.wire.routes import RouteTable
+
+log = get_logger("zeitwork.edge.routes")
+
+
+class RouteSource(Protocol):
+    async def fetch(self, *, version: int | None = None, wait: float = 0.0) -> RouteTable: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRoutes:
+    hosts: frozenset[str]
+    domains: dict[str, DomainPolicy]
+    prefixes: dict[str, tuple[tuple[str, DomainPolicy], ...]]
+
+
+def policies_for(
+    table: RouteTable, *, default: DomainPolicy, static: dict[str, DomainPolicy]
+) -> EdgeRoutes:
+    """Per-route overrides on top of ``static`` (the configured per-domain policies)."""
+    domains = dict(static)
+    prefixes: dict[str, list[tuple[str, DomainPolicy]]] = {}
+    hosts: set[str] = set()
+    for route in table.routes:
+        host = route.host.lower()
+        hosts.add(host)
+        if route.rate_limit_rps is None:
+            continue
+        rps = route.rate_limit_rps
+        name = host if route.path_prefix == "/" else f"{host}{route.path_prefix}"
+        base = domains.get(host, default) if route.path_prefix != "/" else default
+        try:
+            burst = route.rate_limit_burst or max(1, round(rps * 2))
+            quota = Quota(rps=rps, burst=burst, name=name)
+        except (ValueError, OverflowError) as exc:
+            log.warning("routes.bad_rate_limit", host=host, error=str(exc))
+            continue
+        policy = replace(base, quota=quota, limit_key="|" + name)
+        if route.path_prefix == "/":
+            domains[host] = policy
+        else:
+            prefixes.setdefault(host, []).append((route.path_prefix, policy))
+    ordered = {
+        host: tuple(sorted(items, key=lambda item: len(item[0]), reverse=True))
+        for host, items in prefixes.items()
+    }
+    return EdgeRoutes(frozenset(hosts), domains, ordered)
+
+
+class RouteWatch:
+    """Keeps the edge's policy and domain list in step with the operator's route table."""
+
+    def __init__(
+        self,
+        *,
+        source: RouteSource,
+        policy: EdgePolicy,
+        static: dict[str, DomainPolicy],
+        on_hosts: Callable[[frozenset[str]], None],
+        wait: float = 30.0,
+        retry_max: float = 30.0,
+    ) -> None:
+        self._source = source
+        self._policy = policy
+        self._static = dict(static)
+        self._on_hosts = on_hosts
+        self._wait = wait
+        self._retry_max = retry_max
+        self.version: int | None = None
+        self.last_error: str | None = None
+
+    def apply(self, table: RouteTable) -> None:
+        routes = policies_for(table, default=self._policy.default, static=self._static)
+        self._policy.domains = routes.domains
+        self._policy.prefixes = routes.prefixes
+        self._policy.known_hosts |= routes.hosts
+        self._on_hosts(routes.hosts)
+        self.version = table.version
+        log.info("routes.applied", version=table.version, hosts=len(routes.hosts))
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                table = await self._source.fetch(
+                    version=self.version, wait=self._wait if self.version is not None else 0.0
+                )
+            except (ZeitworkError, OSError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("routes.fetch_failed", error=self.last_error, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            delay = 0.5
+            self.last_error = None
+            if table.version != self.version:
+                self.apply(table)

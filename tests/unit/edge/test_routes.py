@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+
+from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.edge.policy import DomainPolicy, EdgePolicy
+from zeitwork.edge.rate_limit import Quota, RateLimiter
+from zeitwork.edge.routes import RouteWatch, policies_for
+from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
+from zeitwork.proxy.types import ClientInfo, RequestHead
+from zeitwork.wire.routes import Backend, Route, RouteTable
+
+DEFAULT = DomainPolicy(
+    quota=Quota(rps=100, burst=200), cors=None, security=SecurityHeaders(SecurityHeadersConfig())
+)
+
+
+def _route(
+    host: str, prefix: str = "/", rps: float | None = None, burst: int | None = None
+) -> Route:
+    return Route(
+        host=host,
+        path_prefix=prefix,
+        backends=[Backend(address="10.0.0.1:80")],
+        rate_limit_rps=rps,
+        rate_limit_burst=burst,
+    )
+
+
+def test_policies_for_routes() -> None:
+    table = RouteTable(
+        version=3,
+        routes=[
+            _route("a.test"),
+            _route("B.test", rps=5),
+            _route("b.test", "/api", rps=1, burst=1),
+            _route("b.test", "/api/bulk", rps=50, burst=60),
+            _route("c.test", rps=float("nan")),
+        ],
+    )
+    routes = policies_for(table, default=DEFAULT, static={})
+    assert routes.hosts == {"a.test", "b.test", "c.test"}
+    assert "a.test" not in routes.domains and "c.test" not in routes.domains
+    b = routes.domains["b.test"]
+    assert (b.quota.rps, b.quota.burst, b.limit_key) == (5, 10, "|b.test")
+    prefixes = routes.prefixes["b.test"]
+    assert [p for p, _ in prefixes] == ["/api/bulk", "/api"]  # longest first
+    assert prefixes[1][1].quota.burst == 1 and prefixes[1][1].limit_key == "|b.test/api"
+
+
+def _head(host: str, path: str) -> RequestHead:
+    return RequestHead(
+        method=b"GET", target=path.encode(), path=path, host=host, http_version="1.1", headers=[]
+    )
+
+
+class Source:
+    def __init__(self, tables: list[RouteTable | Exception]) -> None:
+        self.tables = tables
+        self.calls: list[tuple[int | None, float]] = []
+
+    async def fetch(self, *, version: int | None = None, wait: float = 0.0) -> RouteTable:
+        self.calls.append((version, wait))
+        if not self.tables:
+            await asyncio.sleep(3600)
+        item = self.tables.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+async def test_route_watch_applies_overrides_and_hosts() -> None:
+    policy = EdgePolicy(
+        default=DEFAULT,
+        limiter=RateLimiter(),
+        has_certificate=lambda h: False,
+        challenge_answer=lambda t: None,
+        https_port=443,
+        clock=lambda: 0.0,
+    )
+    seen: list[frozenset[str]] = []
+    table = RouteTable(
+        version=1, routes=[_route("b.test", "/api", rps=1, burst=1), _route("a.test")]
+    )
+    source = Source([ServiceUnavailable("down"), table])
+    watch = RouteWatch(
+        source=source, policy=policy, static={}, on_hosts=seen.append, retry_max=0.01
+    )
+    task = asyncio.create_task(watch.run())
+    async with asyncio.timeout(5):
+        while watch.version != 1:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    assert seen == [frozenset({"a.test", "b.test"})]
+    assert {"a.test", "b.test"} <= policy.known_hosts
+    client = ClientInfo(peer_ip="1.1.1.1", client_ip="1.1.1.1", tls=True)
+    assert policy.on_request(_head("b.test", "/api/x"), client) is None
+    limited = policy.on_request(_head("b.test", "/api/y"), client)
+    assert limited is not None and limited.status == 429
+    # other paths of the host use the default quota
+    assert policy.on_request(_head("b.test", "/"), client) is None
+    assert source.calls[0] == (None, 0.0)
