@@ -33,4 +33,3 @@ class FirecrackerConfig:
     nameservers: tuple[str, ...] = ()
     console_max_bytes: int = 8 * 1024 * 1024  # console.log rotated past this (housekeeping)
     console_keep: int = 2  # rotated console logs kept
-    netns: str | None = None  # a network namespace for every VM (TAP must live in it)

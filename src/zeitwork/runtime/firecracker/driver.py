@@ -38,7 +38,13 @@ from zeitwork.runtime.firecracker import guest, jailer
 from zeitwork.runtime.firecracker.api import FirecrackerApi
 from zeitwork.runtime.firecracker.config import FirecrackerConfig
 from zeitwork.runtime.firecracker.rootfs import CowView, RootfsStore
-from zeitwork.runtime.firecracker.tap import create_tap, delete_tap, list_taps
+from zeitwork.runtime.firecracker.tap import (
+    create_tap,
+    delete_tap,
+    list_taps,
+    plumb_netns,
+    unplumb_netns,
+)
 from zeitwork.runtime.firecracker.telemetry import Telemetry
 from zeitwork.runtime.oci import logfiles
 
@@ -88,6 +94,7 @@ class _Boot:
     cgroup_version: Literal[1, 2]
     cgroup_files: list[tuple[str, str]]
     api: FirecrackerApi
+    netns: Path | None = None  # the instance's network namespace, when the agent made one
     view: CowView | None = None
     pid: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -170,6 +177,7 @@ class FirecrackerDriver:
             vm_id=vm_id,
             paths=paths,
             tap=guest.tap_name(spec.instance_id, self._cfg.tap_prefix),
+            netns=Path(spec.network.netns) if spec.network.netns else None,
             cgroup_version=self._cgroup_version,
             cgroup_files=files,
             api=FirecrackerApi(socket_path=paths.api_socket, timeout=self._cfg.api_timeout),
@@ -222,6 +230,7 @@ class FirecrackerDriver:
                 "socket": str(boot.paths.api_socket),
                 "pid": boot.pid,
                 "tap": boot.tap,
+                "netns": str(boot.netns) if boot.netns else None,
                 "view": boot.view.as_dict(),
                 "console": str(boot.paths.base / CONSOLE),
                 "cgroups": [str(p) for p in self._cgroup_dirs(boot.vm_id, boot.cgroup_files)],
@@ -305,12 +314,21 @@ class FirecrackerDriver:
         stack.push_async_callback(_undo, "fifos", self._telemetry.detach, boot.vm_id)
 
     async def _step_tap(self, boot: _Boot, stack: AsyncExitStack) -> None:
+        if boot.netns is not None:
+            stack.push_async_callback(_undo, "tap", unplumb_netns, boot.netns)
+            boot.tap = await plumb_netns(boot.netns, uid=self._cfg.uid, gid=self._cfg.gid)
+            return
         await create_tap(
             boot.tap, bridge=boot.spec.network.bridge, uid=self._cfg.uid, gid=self._cfg.gid
         )
         stack.push_async_callback(_undo, "tap", delete_tap, boot.tap)
 
-    def jailer_argv(self, boot_vm_id: str, cgroup_files: Sequence[tuple[str, str]]) -> list[str]:
+    def jailer_argv(
+        self,
+        boot_vm_id: str,
+        cgroup_files: Sequence[tuple[str, str]],
+        netns: Path | None = None,
+    ) -> list[str]:
         return jailer.jailer_argv(
             jailer_bin=self._cfg.jailer_bin,
             firecracker_bin=self._cfg.firecracker_bin,
@@ -321,13 +339,13 @@ class FirecrackerDriver:
             cgroup_version=self._cgroup_version,
             cgroups=cgroup_files,
             parent_cgroup=self._cfg.parent_cgroup,
-            netns=self._cfg.netns,
+            netns=str(netns) if netns else None,
             new_pid_ns=True,
             daemonize=False,
         )
 
     async def _step_jailer(self, boot: _Boot, stack: AsyncExitStack) -> None:
-        argv = self.jailer_argv(boot.vm_id, boot.cgroup_files)
+        argv = self.jailer_argv(boot.vm_id, boot.cgroup_files, boot.netns)
         console = boot.paths.base / CONSOLE
         cgroups = self._cgroup_dirs(boot.vm_id, boot.cgroup_files)
         stack.push_async_callback(_undo, "jailer", self._kill_and_clean, boot, cgroups)
@@ -464,7 +482,9 @@ class FirecrackerDriver:
         if isinstance(pid, int):
             await _kill(pid, vm_id, grace=0.0)
         await self._telemetry.detach(vm_id)
-        if data.get("tap"):
+        if data.get("netns"):
+            await unplumb_netns(Path(str(data["netns"])))
+        elif data.get("tap"):
             await delete_tap(str(data["tap"]))
         if data.get("view"):
             await self._rootfs.remove_view(CowView.from_dict(data["view"]))
@@ -534,7 +554,8 @@ class FirecrackerDriver:
             if alive and await _socket_answers(
                 FirecrackerApi(socket_path=Path(data["socket"]), timeout=self._cfg.api_timeout)
             ):
-                known_taps.add(str(data.get("tap")))
+                if not data.get("netns"):
+                    known_taps.add(str(data.get("tap")))
                 jail_root = Path(str(data["jail"])) / "root"
                 with contextlib.suppress(OSError):
                     await self._telemetry.attach(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import stat
@@ -192,3 +193,47 @@ def _kill_leftovers(record: Path) -> None:
                 continue
             if b"fake_jailer.py" in cmdline:
                 os.kill(entry["vmm_pid"], 9)
+
+
+@pytest.fixture
+def gw_bridge() -> Iterator[tuple[str, str]]:
+    """A bridge with a gateway address on a random /24: (name, "10.x.y")."""
+    from pyroute2 import IPRoute
+
+    name = "zwfg" + secrets.token_hex(4)
+    prefix = f"10.{random.randint(150, 250)}.{random.randint(0, 255)}"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="bridge")
+        index = ipr.link_lookup(ifname=name)[0]
+        ipr.addr("add", index=index, address=f"{prefix}.1", prefixlen=24)
+        ipr.link("set", index=index, state="up")
+    try:
+        yield name, prefix
+    finally:
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=name):
+                ipr.link("del", ifname=name)
+
+
+@pytest.fixture
+def instance_netns(gw_bridge: tuple[str, str]) -> Iterator[tuple[Path, str]]:
+    """A namespace like the agent prepares for an instance: veth ``eth0`` inside with the
+    instance's address and a default route, its host end on the bridge. (path, address)"""
+    bridge, prefix = gw_bridge
+    name = "zwfn" + secrets.token_hex(4)
+    host = "zwfh" + secrets.token_hex(4)
+    address = f"{prefix}.5"
+    for argv in (
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", name],
+        ["ip", "link", "set", host, "master", bridge, "up"],
+        ["ip", "-n", name, "addr", "add", f"{address}/24", "dev", "eth0"],
+        ["ip", "-n", name, "link", "set", "eth0", "up"],
+        ["ip", "-n", name, "route", "add", "default", "via", f"{prefix}.1"],
+    ):
+        subprocess.run(argv, check=True, capture_output=True)
+    try:
+        yield Path("/var/run/netns") / name, address
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        subprocess.run(["ip", "link", "del", host], check=False, capture_output=True)

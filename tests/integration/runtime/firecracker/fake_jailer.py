@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,15 @@ def jailer_main(argv: list[str]) -> int:
         "--api-sock",
         api_sock,
     ]
+    if args.netns:  # join the instance's network namespace, as the jailer does
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(args.netns, os.O_RDONLY)
+        if libc.setns(fd, 0x40000000) != 0:
+            print(f"jailer: setns {args.netns} failed", flush=True)
+            return 1
+        os.close(fd)
     # argv[0] is "firecracker" (the driver checks it), so Python cannot find its venv itself.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     if not args.new_pid_ns:
@@ -155,7 +165,9 @@ def vmm_main(argv: list[str]) -> int:
             for iface in (
                 v for k, v in fake.configured.items() if str(k).startswith("PUT /network-interf")
             ):
-                if not Path("/sys/class/net", iface["host_dev_name"]).exists():
+                try:  # looked up in this process's network namespace, like firecracker
+                    socket.if_nametoindex(iface["host_dev_name"])
+                except OSError:
                     missing.append(iface["host_dev_name"])
             if missing:
                 _console(f"fake-guest: missing {missing}")
