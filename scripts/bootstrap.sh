@@ -11,6 +11,7 @@ APT_PACKAGES=(
   pebble                                # a real ACME server for the edge tests
   haproxy nginx-light wrk caddy         # benchmark peers and load generator
   systemd                               # systemd-analyze verify for the unit files
+  linux-libc-dev                        # syscall numbers (asm/unistd_64.h) for the units' seccomp test
   curl ca-certificates procps
   busybox-static                        # the tiny runnable test image (tests/images.py)
   xfsprogs                              # reflink-capable XFS for microVM rootfs views (tests: loop mount)

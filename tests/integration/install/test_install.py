@@ -10,6 +10,7 @@ daemon-reload is skipped (the script says so); the installed units are checked w
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -23,7 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.deploy.unitfile import REPO, SERVICES, parse_unit, systemd_analyze, verify
+from tests.integration.install.seccomp import UNISTD, policy_for
+from tests.unit.deploy.unitfile import (
+    REPO,
+    SERVICES,
+    UNIT_DIR,
+    parse_unit,
+    systemd_analyze,
+    verify,
+)
 
 IS_ROOT = os.geteuid() == 0
 INSTALL = REPO / "scripts" / "install.sh"
@@ -240,18 +249,21 @@ def test_install_reports_that_systemd_is_not_reloaded_for_a_staging_root(install
 
 # --- the installed services run as their units would run them -------------------------------
 
-# Emulates what the units set that a process can set on itself: NoNewPrivileges=yes and
-# MemoryDenyWriteExecute=yes (the kernel's PR_SET_MDWE refuses the same mappings as
-# systemd's seccomp filter), then runs the command. Inherited by every child (PostgreSQL too).
-SANDBOX = """\
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_NO_NEW_PRIVS, PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 38, 65, 1
-for option, arg in ((PR_SET_NO_NEW_PRIVS, 1), (PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)):
-    if libc.prctl(option, arg, 0, 0, 0) != 0:
-        sys.exit(f"prctl({option}) failed: errno {ctypes.get_errno()}")
-os.execv(sys.argv[1], sys.argv[1:])
-"""
+SANDBOX = Path(__file__).with_name("sandbox.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # runs sandbox.py; the service itself runs from the venv
+
+needs_seccomp_emulation = pytest.mark.skipif(
+    systemd_analyze() is None or not UNISTD.exists() or not Path(SYSTEM_PYTHON).exists(),
+    reason="needs systemd-analyze, kernel headers (linux-libc-dev) and /usr/bin/python3",
+)
+
+
+def write_policy(unit_file: Path, directory: Path) -> Path:
+    """sandbox.py's policy from a unit's NoNewPrivileges, MDWE and seccomp settings."""
+    policy = directory / f"{unit_file.stem}.policy.json"
+    policy.write_text(json.dumps(policy_for(parse_unit(unit_file))))
+    policy.chmod(0o644)
+    return policy
 
 
 def free_port() -> int:
@@ -281,7 +293,7 @@ class ServiceRunner:
         self.runtime_dir = runtime_dir
         self.account = pwd.getpwnam(root.user)
         self.sandbox = root.base / "sandbox.py"
-        self.sandbox.write_text(SANDBOX)
+        shutil.copyfile(SANDBOX, self.sandbox)
         self.sandbox.chmod(0o644)
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -309,7 +321,8 @@ class ServiceRunner:
     def command(self, service: str) -> list[str]:
         unit = parse_unit(self.root.units / f"zeitwork-{service}.service")
         exec_start = (unit.get("Service", "ExecStart") or "").split()
-        return [str(self.root.prefix / "bin" / "python"), str(self.sandbox), *exec_start]
+        policy = write_policy(unit.path, self.root.base)
+        return [SYSTEM_PYTHON, str(self.sandbox), str(policy), *exec_start]
 
     def start(self, service: str, overrides: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -372,12 +385,91 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float 
     pytest.fail(f"{url} not ready within {timeout} s ({last}):\n{log.read_text()}")
 
 
+# Each probe: what it prints outside the sandbox and inside it (run as nobody either way, so
+# nothing a probe tries can touch the machine). ptrace is outside @system-service; clone3 is
+# called with bad arguments (EINVAL outside, ENOSYS when namespaces are restricted).
+PROBE = """\
+import ctypes, errno, mmap, os, socket, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def err(code): return errno.errorcode.get(code, str(code))
+out = {}
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    out["wx_mapping"] = "ok"
+except OSError as exc:
+    out["wx_mapping"] = err(exc.errno)
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+    out["packet_socket"] = "ok"
+except OSError as exc:
+    out["packet_socket"] = err(exc.errno)
+socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+out["inet6_socket"] = "ok"
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if libc.ptrace(0, 0, None, None) == 0 else ctypes.get_errno())
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+out["ptrace"] = "ok" if code == 0 else err(code)
+libc.syscall(435, None, 0)
+out["clone3"] = err(ctypes.get_errno())
+out["spawn"] = str(subprocess.run(["/bin/true"], check=False).returncode)
+print(out)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to run the probe as nobody")
+@needs_seccomp_emulation
+def test_sandbox_emulation_enforces_the_units_policy(tmp_path: Path) -> None:
+    """The emulated sandbox the fleet test uses really restricts: a probe as nobody, without
+    and with the operator unit's policy, sees the differences the unit's settings promise."""
+    import ast
+
+    work = Path(tempfile.mkdtemp(prefix="zeitwork-probe-"))
+    try:
+        work.chmod(0o755)
+        probe = work / "probe.py"
+        probe.write_text(PROBE)
+        sandbox = work / "sandbox.py"
+        shutil.copyfile(SANDBOX, sandbox)
+        for path in (probe, sandbox):
+            path.chmod(0o644)
+        policy = write_policy(UNIT_DIR / "zeitwork-operator.service", work)
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+        def run_probe(*wrapper: str) -> dict[str, str]:
+            proc = subprocess.run(
+                [*as_nobody, *wrapper, SYSTEM_PYTHON, str(probe)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd="/",
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            result: dict[str, str] = ast.literal_eval(proc.stdout.strip())
+            return result
+
+        outside = run_probe()
+        inside = run_probe(SYSTEM_PYTHON, str(sandbox), str(policy))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert outside["wx_mapping"] == "ok" and inside["wx_mapping"] == "EACCES"
+    assert outside["packet_socket"] == "EPERM" and inside["packet_socket"] == "EAFNOSUPPORT"
+    assert outside["inet6_socket"] == inside["inet6_socket"] == "ok"
+    assert outside["ptrace"] == "ok" and inside["ptrace"] == "EPERM"
+    assert outside["clone3"] != "ENOSYS" and inside["clone3"] == "ENOSYS"
+    assert outside["spawn"] == inside["spawn"] == "0"
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="runs the services as the throwaway system user")
+@needs_seccomp_emulation
 def test_installed_fleet_serves_as_the_service_user_under_the_sandbox(
     installed: Root, tmp_path: Path
 ) -> None:
     """operator -> load balancer -> edge, from the installed venv with the shipped env files,
-    as the zeitwork user with no capabilities, NoNewPrivileges and MemoryDenyWriteExecute.
+    as the zeitwork user with no capabilities, under each installed unit's NoNewPrivileges,
+    MemoryDenyWriteExecute and seccomp settings (sandbox.py: system call allow list,
+    address families, namespaces, native architecture).
 
     Only the ports and the listening address differ from the shipped files (tests use free
     ports on loopback). The operator uses its embedded PostgreSQL, migrated first with
