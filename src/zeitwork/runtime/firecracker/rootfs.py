@@ -337,14 +337,20 @@ class RootfsStore:
         try:
             table = dm_snapshot_table(sectors=sectors, origin=origin, cow=cow_loop)
             await _run("dmsetup", "create", name, "--table", table)
-            device = os.stat(f"/dev/mapper/{name}")
-            os.mknod(dest, stat.S_IFBLK | 0o600, device.st_rdev)
-            os.chown(dest, uid, gid)
+            try:
+                device = os.stat(f"/dev/mapper/{name}")
+                os.mknod(dest, stat.S_IFBLK | 0o600, device.st_rdev)
+                os.chown(dest, uid, gid)
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"device-mapper snapshot {name} is not usable: {exc.strerror}"
+                ) from exc
         except BaseException:
             with contextlib.suppress(RuntimeFailure):
                 await _run("dmsetup", "remove", name)
             with contextlib.suppress(RuntimeFailure):
                 await _run("losetup", "-d", cow_loop)
+            await asyncio.to_thread(_unlink_view, dest)
             raise
         return CowView(method="dm-snapshot", path=dest, dm_name=name, loops=(cow_loop,))
 
