@@ -10,14 +10,21 @@ import asyncio
 from dataclasses import dataclass
 
 from zeitwork.core.clock import Clock
+from zeitwork.images import ImageStore as ArchiveStore
 from zeitwork.operator.auth import Authenticator
+from zeitwork.operator.db.certificates import CertificateStore
 from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.images import ImageStore
 from zeitwork.operator.db.instances import InstanceStore
 from zeitwork.operator.db.listener import ChangeListener
 from zeitwork.operator.db.nodes import NodeStore
+from zeitwork.operator.db.projects import ProjectStore
 from zeitwork.operator.db.regions import RegionStore
+from zeitwork.operator.db.routes import RouteStore
 from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
+from zeitwork.operator.services.deployments import DeploymentService
+from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.nodes import NodeService
 from zeitwork.operator.services.tokens import TokenService
@@ -44,6 +51,12 @@ class Deps:
     listener: ChangeListener
     """The process's one LISTEN connection (started lazily; ``main`` closes it)."""
     watcher: Watcher
+    routes: RouteStore
+    projects: ProjectStore
+    deployment_service: DeploymentService
+    certificates: CertificateStore
+    images: ImageStore
+    image_service: ImageService
 
 
 def build_deps(
@@ -61,6 +74,9 @@ def build_deps(
     nodes = NodeStore(db=db)
     instances = InstanceStore(db=db)
     listener = ChangeListener(conninfo=db.conninfo)
+    instance_service = InstanceService(db=db, instances=instances)
+    projects = ProjectStore(db=db)
+    images = ImageStore(db=db)
     return Deps(
         settings=settings,
         clock=clock,
@@ -76,7 +92,19 @@ def build_deps(
         stats=StatsStore(db=db),
         stopping=stopping,
         instances=instances,
-        instance_service=InstanceService(db=db, instances=instances),
+        instance_service=instance_service,
         listener=listener,
         watcher=Watcher(db=db, listener=listener, stopping=stopping),
+        routes=RouteStore(db=db),
+        projects=projects,
+        deployment_service=DeploymentService(
+            db=db, projects=projects, instance_service=instance_service
+        ),
+        certificates=CertificateStore(db=db),
+        images=images,
+        image_service=ImageService(
+            images=images,
+            archives=ArchiveStore(root=settings.data_dir / "images"),
+            max_bytes=settings.image_max_bytes,
+        ),
     )

@@ -16,10 +16,30 @@ API_PREFIX = "/api/v1"
 
 
 def build_router(deps: Deps) -> APIRouter:
-    from zeitwork.operator.api import agents, instances, nodes, regions, tokens
+    from zeitwork.operator.api import (
+        agents,
+        certificates,
+        images,
+        instances,
+        nodes,
+        projects,
+        regions,
+        routes,
+        tokens,
+    )
 
     root = APIRouter(prefix=API_PREFIX)
     # one module per resource, in OpenAPI order
-    for module in (nodes, agents, instances, regions, tokens):
+    for module in (
+        nodes,
+        agents,
+        instances,
+        images,
+        projects,
+        routes,
+        certificates,
+        regions,
+        tokens,
+    ):
         root.include_router(module.router(deps))
     return root

@@ -1,0 +1,159 @@
+"""``/api/v1/images``: list, get, delete, import an OCI archive, download it.
+
+``POST /images/import?name=NAME`` takes the archive as the body (``Content-Type:
+application/x-tar``; the size limit is ``ZEITWORK_IMAGE_MAX_BYTES``), validates it and
+answers 201 with the image, or 200 with the existing image when one with the same digest
+is already catalogued (whatever its name). A corrupt archive gets a 422 problem and leaves
+nothing behind. ``GET /images/{id}/archive`` (node or admin) streams the stored archive with
+``Digest`` and ``ETag`` headers. ``POST /images`` (builds from a GitHub repository) is a later
+issue and answers 501.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from zeitwork.core.errors import NotImplementedYet
+from zeitwork.core.states import ImageState
+from zeitwork.operator.api.pagination import page_params, set_next_link
+from zeitwork.operator.api.security import require
+from zeitwork.operator.db.images import Image
+from zeitwork.operator.db.pages import PageRequest
+from zeitwork.operator.deps import Deps
+from zeitwork.operator.principal import Scope
+
+ARCHIVE_TYPES = {"application/x-tar", "application/octet-stream", "application/tar"}
+
+
+class ImageConfigOut(BaseModel):
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    env: list[str] = Field(default_factory=list)
+    working_dir: str | None = None
+    user: str | None = None
+    exposed_ports: list[str] = Field(default_factory=list)
+
+
+class ImageOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: ImageState
+    digest: str | None
+    size: int | None
+    config: ImageConfigOut
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, image: Image) -> ImageOut:
+        fields = set(ImageConfigOut.model_fields)
+        config: dict[str, Any] = {k: v for k, v in image.config.items() if k in fields}
+        return cls(
+            id=image.id,
+            name=image.name,
+            status=image.status,
+            digest=image.digest,
+            size=image.size,
+            config=ImageConfigOut.model_validate(config),
+            error=image.error,
+            created_at=image.created_at,
+            updated_at=image.updated_at,
+        )
+
+
+class ImageBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    github_repo: str = Field(min_length=1, max_length=200)
+    commit_sha: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, max_length=255)
+
+
+def router(deps: Deps) -> APIRouter:
+    api = APIRouter(prefix="/images", tags=["images"])
+    admin = require(deps, Scope.ADMIN)
+    downloader = require(deps, Scope.NODE)
+
+    @api.get("", dependencies=[Depends(admin)])
+    async def list_images(
+        request: Request,
+        response: Response,
+        page: Annotated[PageRequest, Depends(page_params)],
+        status: Annotated[ImageState | None, Query()] = None,
+        name: Annotated[str | None, Query(max_length=255)] = None,
+    ) -> list[ImageOut]:
+        result = await deps.images.list_page(page, status=status, name=name)
+        set_next_link(request, response, result)
+        return [ImageOut.of(i) for i in result.items]
+
+    @api.post(
+        "/import",
+        status_code=201,
+        dependencies=[Depends(admin)],
+        responses={200: {"model": ImageOut, "description": "this image was already imported"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def import_image(
+        request: Request,
+        response: Response,
+        name: Annotated[str, Query(min_length=1, max_length=255, description="image name")],
+    ) -> ImageOut:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ARCHIVE_TYPES:
+            raise HTTPException(
+                status_code=415,
+                detail="send the OCI image archive with Content-Type: application/x-tar",
+            )
+        image, created = await deps.image_service.import_archive(name, request.stream())
+        if not created:
+            response.status_code = 200
+        return ImageOut.of(image)
+
+    @api.post("", status_code=201, dependencies=[Depends(admin)])
+    async def build_image(body: ImageBuild) -> ImageOut:
+        raise NotImplementedYet(
+            "building images from a GitHub repository is not implemented yet; build the "
+            "image yourself (buildah push IMAGE oci-archive:FILE) and POST it to "
+            "/api/v1/images/import?name=NAME",
+            extra={"github_repo": body.github_repo},
+        )
+
+    @api.get("/{image_id}", dependencies=[Depends(admin)])
+    async def get_image(image_id: uuid.UUID) -> ImageOut:
+        return ImageOut.of(await deps.images.get(image_id))
+
+    @api.delete("/{image_id}", status_code=204, dependencies=[Depends(admin)])
+    async def delete_image(image_id: uuid.UUID) -> Response:
+        await deps.image_service.delete(image_id)
+        return Response(status_code=204)
+
+    @api.get(
+        "/{image_id}/archive",
+        dependencies=[Depends(downloader)],
+        response_class=FileResponse,
+        responses={200: {"content": {"application/x-tar": {}}}},
+    )
+    async def download_archive(image_id: uuid.UUID) -> FileResponse:
+        image, path = await deps.image_service.archive(image_id)
+        digest = str(image.digest)
+        return FileResponse(
+            path,
+            media_type="application/x-tar",
+            headers={"Digest": digest, "ETag": f'"{digest}"'},
+        )
+
+    return api

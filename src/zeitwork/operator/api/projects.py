@@ -1,0 +1,289 @@
+"""``/api/v1/projects``, ``/api/v1/domains`` and ``/api/v1/deployments`` (admin).
+
+Projects and domains: create, list, get, delete (domains also ``PUT /{id}`` to bind a
+deployment: that is what routes a host). Deployments: list, get, and create, which places
+``replicas`` instances spread across nodes, all or none (409 naming the shortfall).
+Rollouts, rollbacks and deployment state tracking are a later issue: a new deployment
+stays ``deploying``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from zeitwork.core.states import DeploymentState
+from zeitwork.operator.api.instances import InstanceOut, check_environment, spec_of
+from zeitwork.operator.api.pagination import page_params, set_next_link
+from zeitwork.operator.api.security import require
+from zeitwork.operator.db.pages import PageRequest
+from zeitwork.operator.db.projects import Deployment, Domain, Project
+from zeitwork.operator.deps import Deps
+from zeitwork.operator.principal import Scope
+from zeitwork.wire.common import ResourcesModel
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+HOSTNAME = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63].strip("-")
+    return slug or "project"
+
+
+def check_hostname(value: str) -> str:
+    host = value.strip().lower().rstrip(".")
+    if len(host) > 253 or not HOSTNAME.match(host):
+        raise ValueError("must be a DNS host name such as app.example.com")
+    return host
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    slug: str | None = Field(default=None, pattern=SLUG, description="default: from the name")
+    github_repo: str | None = Field(default=None, max_length=200, pattern=r"^[\w.-]+/[\w.-]+$")
+    default_branch: str = Field(default="main", min_length=1, max_length=200)
+
+
+class ProjectOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    slug: str
+    github_repo: str | None
+    default_branch: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, p: Project) -> ProjectOut:
+        return cls(
+            id=p.id,
+            name=p.name,
+            slug=p.slug,
+            github_repo=p.github_repo,
+            default_branch=p.default_branch,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
+
+class DomainCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=253)
+    project_id: uuid.UUID
+    deployment_id: uuid.UUID | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_hostname(value)
+
+
+class DomainBind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_id: uuid.UUID | None = Field(description="route the host here; null unbinds")
+
+
+class DomainOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    project_id: uuid.UUID | None
+    deployment_id: uuid.UUID | None
+    verified: bool
+    verified_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, d: Domain) -> DomainOut:
+        return cls(
+            id=d.id,
+            name=d.name,
+            project_id=d.project_id,
+            deployment_id=d.deployment_id,
+            verified=d.verified,
+            verified_at=d.verified_at,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+        )
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: uuid.UUID
+    image_id: uuid.UUID
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: ResourcesModel
+    port: int = Field(ge=1, le=65535, description="the port the app listens on")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_environment(value)
+
+
+class DeploymentOut(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    image_id: uuid.UUID | None
+    state: DeploymentState
+    state_changed_at: datetime
+    replicas: int
+    port: int | None
+    resources: ResourcesModel | None
+    error: str | None
+    instance_ids: list[uuid.UUID] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, d: Deployment, instance_ids: list[uuid.UUID] | None = None) -> DeploymentOut:
+        resources = (
+            ResourcesModel.model_construct(vcpu=d.vcpu_millis / 1000, memory=d.memory_mib)
+            if d.vcpu_millis and d.memory_mib
+            else None
+        )
+        return cls(
+            id=d.id,
+            project_id=d.project_id,
+            image_id=d.image_id,
+            state=d.state,
+            state_changed_at=d.state_changed_at,
+            replicas=d.replicas,
+            port=d.default_port,
+            resources=resources,
+            error=d.error,
+            instance_ids=instance_ids,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+        )
+
+
+class DeploymentCreated(DeploymentOut):
+    instances: list[InstanceOut]
+
+
+def router(deps: Deps) -> APIRouter:
+    root = APIRouter()
+    admin = require(deps, Scope.ADMIN)
+    store = deps.projects
+
+    projects = APIRouter(prefix="/projects", tags=["projects"], dependencies=[Depends(admin)])
+
+    @projects.get("")
+    async def list_projects(
+        request: Request, response: Response, page: Annotated[PageRequest, Depends(page_params)]
+    ) -> list[ProjectOut]:
+        result = await store.list_projects(page)
+        set_next_link(request, response, result)
+        return [ProjectOut.of(p) for p in result.items]
+
+    @projects.post("", status_code=201)
+    async def create_project(body: ProjectCreate) -> ProjectOut:
+        project = await store.create_project(
+            name=body.name,
+            slug=body.slug or slugify(body.name),
+            github_repo=body.github_repo,
+            default_branch=body.default_branch,
+        )
+        return ProjectOut.of(project)
+
+    @projects.get("/{project_id}")
+    async def get_project(project_id: uuid.UUID) -> ProjectOut:
+        return ProjectOut.of(await store.get_project(project_id))
+
+    @projects.delete("/{project_id}", status_code=204)
+    async def delete_project(project_id: uuid.UUID) -> Response:
+        await store.delete_project(project_id)
+        return Response(status_code=204)
+
+    domains = APIRouter(prefix="/domains", tags=["domains"])
+    domain_reader = require(deps, Scope.PROXY)
+
+    @domains.get("", dependencies=[Depends(domain_reader)])
+    async def list_domains(
+        request: Request,
+        response: Response,
+        page: Annotated[PageRequest, Depends(page_params)],
+        project_id: Annotated[uuid.UUID | None, Query()] = None,
+        deployment_id: Annotated[uuid.UUID | None, Query()] = None,
+    ) -> list[DomainOut]:
+        result = await store.list_domains(page, project_id=project_id, deployment_id=deployment_id)
+        set_next_link(request, response, result)
+        return [DomainOut.of(d) for d in result.items]
+
+    @domains.post("", status_code=201, dependencies=[Depends(admin)])
+    async def create_domain(body: DomainCreate) -> DomainOut:
+        domain = await store.create_domain(
+            name=body.name,
+            project_id=body.project_id,
+            deployment_id=body.deployment_id,
+            verification_token=secrets.token_urlsafe(24),
+        )
+        return DomainOut.of(domain)
+
+    @domains.get("/{domain_id}", dependencies=[Depends(domain_reader)])
+    async def get_domain(domain_id: uuid.UUID) -> DomainOut:
+        return DomainOut.of(await store.get_domain(domain_id))
+
+    @domains.put("/{domain_id}", dependencies=[Depends(admin)])
+    async def bind_domain(domain_id: uuid.UUID, body: DomainBind) -> DomainOut:
+        return DomainOut.of(await store.bind_domain(domain_id, body.deployment_id))
+
+    @domains.delete("/{domain_id}", status_code=204, dependencies=[Depends(admin)])
+    async def delete_domain(domain_id: uuid.UUID) -> Response:
+        await store.delete_domain(domain_id)
+        return Response(status_code=204)
+
+    deployments = APIRouter(
+        prefix="/deployments", tags=["deployments"], dependencies=[Depends(admin)]
+    )
+
+    @deployments.get("")
+    async def list_deployments(
+        request: Request,
+        response: Response,
+        page: Annotated[PageRequest, Depends(page_params)],
+        project_id: Annotated[uuid.UUID | None, Query()] = None,
+        state: Annotated[DeploymentState | None, Query()] = None,
+    ) -> list[DeploymentOut]:
+        result = await store.list_deployments(page, project_id=project_id, state=state)
+        set_next_link(request, response, result)
+        return [DeploymentOut.of(d) for d in result.items]
+
+    @deployments.post("", status_code=201)
+    async def create_deployment(body: DeploymentCreate) -> DeploymentCreated:
+        spec = spec_of(
+            image_id=body.image_id,
+            resources=body.resources,
+            default_port=body.port,
+            environment_variables=body.env,
+        )
+        deployment, placed = await deps.deployment_service.create(
+            project_id=body.project_id, spec=spec, replicas=body.replicas
+        )
+        out = DeploymentOut.of(deployment, [i.id for i in placed])
+        return DeploymentCreated(**out.model_dump(), instances=[InstanceOut.of(i) for i in placed])
+
+    @deployments.get("/{deployment_id}")
+    async def get_deployment(deployment_id: uuid.UUID) -> DeploymentOut:
+        deployment, instance_ids = await store.get_deployment(deployment_id)
+        return DeploymentOut.of(deployment, instance_ids)
+
+    for sub in (projects, domains, deployments):
+        root.include_router(sub)
+    return root

@@ -1,0 +1,66 @@
+"""``GET /api/v1/routes``: the route table of load balancers and edges (long-poll).
+
+A route is a live domain bound to a deployment; its backends are that deployment's running
+instances (``ip_address:port``). ``default_backends`` are all running instances. The
+version changes whenever a domain binding or a running instance (state, address) changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from zeitwork.operator.api.security import require
+from zeitwork.operator.db import changes
+from zeitwork.operator.db.routes import RouteRows, RunningInstance
+from zeitwork.operator.deps import Deps
+from zeitwork.operator.principal import Scope
+from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
+from zeitwork.wire.routes import Backend, Route, RouteTable
+
+
+def _backend(instance: RunningInstance) -> Backend:
+    host = instance.ip_address
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return Backend(instance_id=instance.id, address=f"{host}:{instance.port}")
+
+
+def route_table(rows: RouteRows) -> RouteTable:
+    """Pure: rows of one snapshot -> the wire table."""
+    by_deployment: dict[object, list[Backend]] = {}
+    for instance in rows.instances:
+        if instance.deployment_id is not None:
+            by_deployment.setdefault(instance.deployment_id, []).append(_backend(instance))
+    return RouteTable(
+        version=rows.version,
+        routes=[
+            Route(
+                host=d.host,
+                deployment_id=d.deployment_id,
+                backends=by_deployment.get(d.deployment_id, []),
+            )
+            for d in rows.domains
+        ],
+        default_backends=[_backend(i) for i in rows.instances],
+    )
+
+
+def router(deps: Deps) -> APIRouter:
+    api = APIRouter(prefix="/routes", tags=["routes"])
+    proxy = require(deps, Scope.PROXY)
+
+    @api.get("", dependencies=[Depends(proxy)])
+    async def get_routes(
+        version: Annotated[
+            int | None, Query(ge=0, description="the version the caller has; wait for another")
+        ] = None,
+        wait: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a change")
+        ] = 0.0,
+    ) -> RouteTable:
+        await deps.watcher.wait_change(changes.ROUTES, version, wait)
+        return route_table(await deps.routes.rows())
+
+    return api

@@ -1,0 +1,214 @@
+"""Projects, domains, deployments (replicas spread, all or nothing) and the route table
+(long-poll: bumps on binding and running-instance changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from tests.integration.operator.conftest import Operator
+from tests.integration.operator.fleet import allocated, assert_problem, ready_image, ready_node
+from zeitwork.operator.principal import Scope
+from zeitwork.wire.routes import RouteTable
+
+
+async def project(op: Operator, name: str = "My Shop") -> dict[str, Any]:
+    r = await op.client.post("/api/v1/projects", headers=op.headers(), json={"name": name})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def deploy(op: Operator, project_id: str, image: str, replicas: int) -> Any:
+    return await op.client.post(
+        "/api/v1/deployments",
+        headers=op.headers(),
+        json={
+            "project_id": project_id,
+            "image_id": image,
+            "replicas": replicas,
+            "resources": {"vcpu": 1, "memory": 512},
+            "port": 8080,
+            "env": {"GREETING": "hi"},
+        },
+    )
+
+
+async def run(op: Operator, token: str, iid: str, ip: str) -> None:
+    for state in ("starting", "running"):
+        body: dict[str, Any] = {"state": state}
+        if state == "running":
+            body |= {"ip_address": ip, "port": 8080}
+        r = await op.client.put(
+            f"/api/v1/instances/{iid}/state", headers=op.headers(token), json=body
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_projects_crud(operator: Operator) -> None:
+    p = await project(operator)
+    assert p["slug"] == "my-shop"
+    h = operator.headers()
+    assert (await operator.client.get(f"/api/v1/projects/{p['id']}", headers=h)).json() == p
+    r = await operator.client.post("/api/v1/projects", headers=h, json={"name": "My  Shop!"})
+    assert_problem(r, 409)  # same slug
+    assert_problem(
+        await operator.client.post("/api/v1/projects", headers=h, json={"name": ""}), 422
+    )
+    r = await operator.client.post(
+        "/api/v1/projects", headers=h, json={"name": "x", "slug": "Bad Slug"}
+    )
+    assert_problem(r, 422)
+    assert len((await operator.client.get("/api/v1/projects", headers=h)).json()) == 1
+    assert (
+        await operator.client.delete(f"/api/v1/projects/{p['id']}", headers=h)
+    ).status_code == 204
+    assert_problem(await operator.client.get(f"/api/v1/projects/{p['id']}", headers=h), 404)
+    assert_problem(await operator.client.delete(f"/api/v1/projects/{p['id']}", headers=h), 404)
+    proxy = await operator.token(Scope.PROXY)
+    assert_problem(
+        await operator.client.get("/api/v1/projects", headers=operator.headers(proxy)), 403
+    )
+
+
+async def test_deployment_spreads_replicas_and_routes_follow(operator: Operator) -> None:
+    nodes = dict([await ready_node(operator) for _ in range(3)])
+    image = await ready_image(operator)
+    p = await project(operator)
+    r = await deploy(operator, p["id"], image, 3)
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    assert dep["state"] == "deploying"
+    assert len(dep["instance_ids"]) == 3
+    assert {i["node_id"] for i in dep["instances"]} == set(nodes)  # one per node
+    assert dep["instances"][0]["environment_variable_names"] == ["GREETING"]
+    h = operator.headers()
+    got = (await operator.client.get(f"/api/v1/deployments/{dep['id']}", headers=h)).json()
+    assert sorted(got["instance_ids"]) == sorted(dep["instance_ids"])
+    listed = (
+        await operator.client.get(f"/api/v1/deployments?project_id={p['id']}", headers=h)
+    ).json()
+    assert [d["id"] for d in listed] == [dep["id"]]
+    r = await operator.client.get(f"/api/v1/instances?deployment_id={dep['id']}", headers=h)
+    assert len(r.json()) == 3
+
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    table = RouteTable.model_validate(
+        (await operator.client.get("/api/v1/routes", headers=proxy)).json()
+    )
+    assert table.routes == [] and table.default_backends == []
+
+    r = await operator.client.post(
+        "/api/v1/domains",
+        headers=h,
+        json={"name": "Shop.Example.com", "project_id": p["id"], "deployment_id": dep["id"]},
+    )
+    assert r.status_code == 201, r.text
+    domain = r.json()
+    assert domain["name"] == "shop.example.com"
+    table2 = RouteTable.model_validate(
+        (await operator.client.get("/api/v1/routes", headers=proxy)).json()
+    )
+    assert table2.version > table.version
+    [route] = table2.routes
+    assert (route.host, route.backends) == ("shop.example.com", [])
+
+    # a long-poll wakes when an instance starts running
+    waiter = asyncio.create_task(
+        operator.client.get(f"/api/v1/routes?version={table2.version}&wait=20", headers=proxy)
+    )
+    await asyncio.sleep(0.3)
+    first = dep["instances"][0]
+    changed = time.monotonic()
+    await run(operator, nodes[first["node_id"]], first["id"], "10.200.0.7")
+    r = await asyncio.wait_for(waiter, 10)
+    assert time.monotonic() - changed < 1.5
+    table3 = RouteTable.model_validate(r.json())
+    [route] = table3.routes
+    assert [b.address for b in route.backends] == ["10.200.0.7:8080"]
+    assert route.backends[0].instance_id == uuid.UUID(first["id"])
+    assert [b.address for b in table3.default_backends] == ["10.200.0.7:8080"]
+
+    # unbinding removes the route; deleting the instance removes the backend
+    r = await operator.client.put(
+        f"/api/v1/domains/{domain['id']}", headers=h, json={"deployment_id": None}
+    )
+    assert r.status_code == 200
+    table4 = RouteTable.model_validate(
+        (await operator.client.get("/api/v1/routes", headers=proxy)).json()
+    )
+    assert table4.routes == [] and table4.version > table3.version
+    await operator.client.delete(f"/api/v1/instances/{first['id']}", headers=h)
+    table5 = RouteTable.model_validate(
+        (await operator.client.get("/api/v1/routes", headers=proxy)).json()
+    )
+    assert table5.default_backends == [] and table5.version > table4.version
+
+    # the project cannot go while instances live
+    assert_problem(await operator.client.delete(f"/api/v1/projects/{p['id']}", headers=h), 409)
+
+
+async def test_deployment_is_all_or_nothing(operator: Operator) -> None:
+    node, _ = await ready_node(operator, vcpu=2, memory=1024)
+    image = await ready_image(operator)
+    p = await project(operator)
+    r = await deploy(operator, p["id"], image, 3)
+    problem = assert_problem(r, 409)
+    assert "short by" in problem["detail"]
+    assert await allocated(operator, node) == (0, 0)
+    assert await operator.sql("SELECT count(*) FROM deployments") == [(0,)]
+    assert await operator.sql("SELECT count(*) FROM instances") == [(0,)]
+    r = await deploy(operator, p["id"], image, 2)
+    assert r.status_code == 201, r.text
+    assert await allocated(operator, node) == (2000, 1024)
+    assert_problem(await deploy(operator, str(uuid.uuid4()), image, 1), 404)
+    assert_problem(await deploy(operator, p["id"], str(uuid.uuid4()), 1), 422)
+
+
+async def test_domains_crud_and_errors(operator: Operator) -> None:
+    p = await project(operator)
+    h = operator.headers()
+    body = {"name": "app.example.com", "project_id": p["id"]}
+    r = await operator.client.post("/api/v1/domains", headers=h, json=body)
+    assert r.status_code == 201
+    d = r.json()
+    assert d["verified"] is False and d["deployment_id"] is None
+    assert_problem(await operator.client.post("/api/v1/domains", headers=h, json=body), 409)
+    for bad in ("not a host", "-x.com", "a" * 300, "exa_mple.com"):
+        r = await operator.client.post("/api/v1/domains", headers=h, json={**body, "name": bad})
+        assert_problem(r, 422)
+    r = await operator.client.post(
+        "/api/v1/domains",
+        headers=h,
+        json={"name": "b.example.com", "project_id": str(uuid.uuid4())},
+    )
+    assert_problem(r, 404)
+    r = await operator.client.put(
+        f"/api/v1/domains/{d['id']}", headers=h, json={"deployment_id": str(uuid.uuid4())}
+    )
+    assert_problem(r, 422)
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    listed = (await operator.client.get("/api/v1/domains", headers=proxy)).json()
+    assert [x["name"] for x in listed] == ["app.example.com"]
+    assert_problem(await operator.client.post("/api/v1/domains", headers=proxy, json=body), 403)
+    assert (
+        await operator.client.delete(f"/api/v1/domains/{d['id']}", headers=h)
+    ).status_code == 204
+    assert_problem(await operator.client.get(f"/api/v1/domains/{d['id']}", headers=h), 404)
+    # the name is free again
+    assert (await operator.client.post("/api/v1/domains", headers=h, json=body)).status_code == 201
+
+
+async def test_routes_need_proxy_or_admin_and_valid_params(operator: Operator) -> None:
+    _node, token = await ready_node(operator)
+    assert_problem(await operator.client.get("/api/v1/routes"), 401)
+    assert_problem(
+        await operator.client.get("/api/v1/routes", headers=operator.headers(token)), 403
+    )
+    r = await operator.client.get("/api/v1/routes?wait=100&version=0", headers=operator.headers())
+    assert_problem(r, 422)
+    start = time.monotonic()
+    r = await operator.client.get("/api/v1/routes?wait=1&version=0", headers=operator.headers())
+    assert r.status_code == 200 and r.json()["version"] == 0
+    assert 0.9 <= time.monotonic() - start < 3
