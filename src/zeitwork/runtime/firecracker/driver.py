@@ -134,6 +134,11 @@ class FirecrackerDriver:
     def telemetry(self) -> Telemetry:
         return self._telemetry
 
+    async def prepare_image(self, image_digest: str, rootfs: Path) -> Path:
+        """Build the digest's base ext4 image ahead of the first start (optional: ``start``
+        builds it when missing). Returns the image path."""
+        return await self._rootfs.ensure(image_digest, rootfs)
+
     async def aclose(self) -> None:
         """Stop reading FIFOs (the VMs keep running)."""
         await self._telemetry.close()

@@ -95,9 +95,11 @@ async def test_boot_sequence_against_the_spec(
     driver: FirecrackerDriver, fake_fc: FakeFc, tree: Path, bridge: str
 ) -> None:
     spec = _spec(tree, bridge)
+    image = await driver.prepare_image(spec.image_digest, tree)  # at pull time, optional
     handle = await driver.start(spec)
     vm_id = str(spec.instance_id)
     cfg = fake_fc.config
+    assert driver_image(fake_fc, spec) == image
 
     # The exact call order, every call accepted by the spec-validating fake.
     assert fake_fc.api_calls() == EXPECTED_CALLS
