@@ -10,13 +10,16 @@ from zeitwork.runtime.firecracker.api import FirecrackerApi
 from zeitwork.runtime.firecracker.config import FirecrackerConfig
 from zeitwork.runtime.firecracker.driver import FirecrackerDriver, detect_cgroup_version
 from zeitwork.runtime.firecracker.rootfs import CowView, RootfsStore, detect_cow_method
+from zeitwork.runtime.firecracker.telemetry import MetricsCollector, Telemetry
 
 __all__ = [
     "CowView",
     "FirecrackerApi",
     "FirecrackerConfig",
     "FirecrackerDriver",
+    "MetricsCollector",
     "RootfsStore",
+    "Telemetry",
     "detect_cgroup_version",
     "detect_cow_method",
 ]
