@@ -166,6 +166,8 @@ def test_install_creates_the_virtualenv_with_the_command(installed: Root) -> Non
     )
     assert where.stdout.strip().startswith(str(installed.prefix))
     assert (installed.prefix / "share" / "zeitwork" / "config" / "operator.env").is_file()
+    # The units' Documentation= points here.
+    assert (installed.prefix / "share" / "doc" / "zeitwork" / "production.md").is_file()
 
 
 def test_install_adds_zeitwork_env_for_the_chosen_paths(installed: Root) -> None:

@@ -121,14 +121,14 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path, stub: Path, service:
 
 # Each mutation breaks the operator's unit in one way that verify must catch.
 BROKEN = {
-    "bad value": ("ProtectSystem=strict", "ProtectSystem=bogus"),
-    "unknown key": ("NoNewPrivileges=yes", "NoNewPrivilege=yes"),
-    "bad restart policy": ("Restart=always", "Restart=sometimes"),
+    "bad value": ("\nProtectSystem=strict", "\nProtectSystem=bogus"),
+    "unknown key": ("\nNoNewPrivileges=yes", "\nNoNewPrivilege=yes"),
+    "bad restart policy": ("\nRestart=always", "\nRestart=sometimes"),
     "bad system call group": ("=@system-service", "=@no-such-group"),
     "bad address family": ("AF_INET6 AF_NETLINK", "AF_INET6 AF_BOGUS"),
-    "bad limit": ("LimitNOFILE=65536", "LimitNOFILE=lots"),
+    "bad limit": ("\nLimitNOFILE=65536", "\nLimitNOFILE=lots"),
     "misspelt section": ("[Service]", "[Servce]"),
-    "no ExecStart": ("ExecStart=", "#ExecStart="),
+    "no ExecStart": ("\nExecStart=", "\n#ExecStart="),
     "missing binary": ("__STUB__", "/nonexistent/zeitwork"),
 }
 
@@ -164,6 +164,7 @@ def test_unit_runs_the_installed_command_with_its_env_file(service: str) -> None
 def test_unit_restarts_and_raises_limits(service: str) -> None:
     unit = load(service)
     assert unit.get("Service", "Restart") == "always"
+    assert unit.get("Unit", "StartLimitIntervalSec") == "0"
     restart_sec = unit.get("Service", "RestartSec")
     assert restart_sec is not None and float(restart_sec) > 0
     # A configuration error (exit 2) is not retried forever.
