@@ -3,12 +3,14 @@
 
 The probe creates a VM with 2 MiB of memory and one vCPU, switched straight into 64-bit long
 mode with identity-mapped paging, as Firecracker starts a Linux kernel; it puts a few
-instructions at 0x1000 (an ``out`` to the serial port, then ``hlt``), runs the vCPU and
-checks that KVM reports the I/O exit and then the halt. Hosts whose KVM cannot execute
-guests fail here with the reason KVM gives. Passing is necessary, not sufficient: on some
-nested-virtualisation hosts this guest runs while a Linux kernel later hits a KVM emulation
-failure (the ``requires_kvm`` test then fails with the console output). x86_64 only;
-elsewhere it reports that it cannot tell.
+instructions at 0x1000 (an ``out`` to the serial port, a store to an address with no memory
+behind it, which KVM's instruction emulator must decode, then ``hlt``), runs the vCPU and
+checks that KVM reports the I/O exit, the MMIO exit and then the halt. Hosts whose KVM cannot
+execute guests fail here with the reason KVM gives.
+
+Passing is necessary, not sufficient: on these development machines this guest runs while a
+Linux guest is known to hit a KVM emulation failure (the ``requires_kvm`` test would then fail
+with the console output). x86_64 only; elsewhere it reports that it cannot tell.
 """
 
 from __future__ import annotations
@@ -33,19 +35,23 @@ KVM_RUN = 0xAE80
 
 KVM_EXIT_IO = 2
 KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
 _EXIT_NAMES = {
     0: "unknown",
     2: "io",
     5: "hlt",
+    6: "mmio",
     8: "shutdown",
     9: "fail_entry",
     17: "internal_error",
 }
 _SUBERRORS = {1: "KVM emulation failure", 2: "simultaneous exceptions", 3: "delivery event"}
 PORT = 0x3F8
-# mov edx, 0x3f8 ; mov al, 'Z' ; out dx, al ; hlt   (64-bit code)
-GUEST_CODE = bytes([0xBA, 0xF8, 0x03, 0x00, 0x00, 0xB0, 0x5A, 0xEE, 0xF4])
-MEMORY = 0x200000
+MMIO_ADDRESS = 0x1F0000  # mapped by the page tables, outside the memory slot
+# mov edx, 0x3f8 ; mov al, 'Z' ; out dx, al ; mov eax, 0x12345678 ; mov [0x1f0000], eax ; hlt
+GUEST_CODE = b"\xba\xf8\x03\x00\x00\xb0\x5a\xee\xb8\x78\x56\x34\x12\x89\x04\x25\x00\x00\x1f\x00\xf4"
+MEMORY = 0x200000  # guest-physical span the page tables map (one 2 MiB page)
+SLOT = 0x100000  # the memory KVM backs; above it is MMIO
 PML4, PDPT, PD = 0x2000, 0x3000, 0x4000
 CR0_LONG = 0x80050033  # PE MP ET NE WP AM PG
 CR4_PAE = 1 << 5
@@ -92,7 +98,7 @@ def probe_kvm(device: Path = Path("/dev/kvm")) -> tuple[bool, str]:
         struct.pack_into("=Q", memory, PDPT, PD | 0x3)
         struct.pack_into("=Q", memory, PD, 0x83)  # one 2 MiB page at 0
         address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-        region = struct.pack("=IIQQQ", 0, 0, 0, MEMORY, address)
+        region = struct.pack("=IIQQQ", 0, 0, 0, SLOT, address)
         fcntl.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region)
         vcpu = fcntl.ioctl(vm, KVM_CREATE_VCPU, 0)
         fds.append(vcpu)
@@ -104,18 +110,24 @@ def probe_kvm(device: Path = Path("/dev/kvm")) -> tuple[bool, str]:
         _long_mode_sregs(sregs)
         fcntl.ioctl(vcpu, KVM_SET_SREGS, bytes(sregs))
         regs = bytearray(144)
-        struct.pack_into("=Q", regs, 48, MEMORY)  # rsp
+        struct.pack_into("=Q", regs, 48, SLOT)  # rsp
         struct.pack_into("=QQ", regs, 128, 0x1000, 0x2)  # rip, rflags
         fcntl.ioctl(vcpu, KVM_SET_REGS, bytes(regs))
-        saw_io = False
-        for _ in range(4):
+        seen: list[str] = []
+        for _ in range(5):
             fcntl.ioctl(vcpu, KVM_RUN, 0)
             (reason,) = struct.unpack_from("=I", run, 8)
             if reason == KVM_EXIT_IO:
                 direction, _size, port = struct.unpack_from("=BBH", run, 32)
-                saw_io = port == PORT and direction == 1
+                if port == PORT and direction == 1:
+                    seen.append("io")
                 continue
-            if reason == KVM_EXIT_HLT and saw_io:
+            if reason == KVM_EXIT_MMIO:
+                phys, data, length, is_write = struct.unpack_from("=Q8sIB", run, 32)
+                if (phys, data[:length], is_write) == (MMIO_ADDRESS, b"\x78\x56\x34\x12", 1):
+                    seen.append("mmio")
+                continue
+            if reason == KVM_EXIT_HLT and seen == ["io", "mmio"]:
                 return True, f"{device}: a test guest ran to hlt"
             name = _EXIT_NAMES.get(reason, str(reason))
             if reason == 17:
