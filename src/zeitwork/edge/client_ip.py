@@ -1,79 +1,20 @@
 """Which address is the client: the socket peer, unless the peer is a trusted proxy.
 
 A connection from an address inside ``EDGE_TRUSTED_PROXIES`` may tell the edge the real
-client, through ``X-Forwarded-For`` (the rightmost address that is not itself a trusted
-proxy wins; everything left of it could have been written by the client) or a PROXY
-protocol header (v1 text or v2 binary) at the start of the connection. From any other peer
-both are ignored: a spoofed ``X-Forwarded-For`` changes nothing.
+client, through ``X-Forwarded-For`` or a PROXY protocol header (v1 text or v2 binary) at the
+start of the connection. From any other peer both are ignored: a spoofed
+``X-Forwarded-For`` changes nothing.
+
+``X-Forwarded-For`` is resolved by the shared proxy core
+(``zeitwork.proxy.headers.TrustedProxies.client_ip``: the rightmost address that is not
+itself a trusted proxy wins; everything left of it could have been written by the client).
+This module parses the PROXY protocol header.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class TrustedProxies:
-    """A set of CIDRs whose connections may name the real client."""
-
-    __slots__ = ("_networks", "trusts")
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        networks: list[Network] = []
-        for cidr in cidrs:
-            text = cidr.strip()
-            if not text:
-                continue
-            try:
-                networks.append(ipaddress.ip_network(text, strict=False))
-            except ValueError as exc:
-                raise ValueError(f"{text!r} is not an IP address or CIDR") from exc
-        self._networks = tuple(networks)
-
-        @lru_cache(maxsize=4096)
-        def trusts(address: str) -> bool:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            return any(ip in net for net in self._networks)
-
-        self.trusts = trusts
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
-
-
-def _valid_ip(text: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
-
-
-def client_address(peer: str, forwarded_for: bytes | None, trusted: TrustedProxies) -> str:
-    """The client's address for ``peer`` given its ``X-Forwarded-For`` header value."""
-    if not trusted or forwarded_for is None or not trusted.trusts(peer):
-        return peer
-    current = peer
-    for part in reversed(forwarded_for.split(b",")):
-        text = part.strip().decode("latin-1")
-        hop = _valid_ip(text)
-        if hop is None:
-            # Not an address: nothing left of it can be trusted, and the hop that wrote it
-            # is the most we know about the client.
-            return current
-        if not trusted.trusts(hop):
-            return hop
-        current = hop
-    return current
-
 
 # --- PROXY protocol ---------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import signal
 import socket
@@ -43,7 +42,7 @@ from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy.backends import Backend, Pool
-from zeitwork.proxy.headers import TrustedProxies
+from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig, reuse_port_socket
 from zeitwork.proxy.types import ClientInfo
 
@@ -322,9 +321,7 @@ class Edge:
         pool = Pool("load-balancer", backends=[backend])
         caps = ConnectionCaps(per_ip=s.max_connections_per_ip, total=s.max_connections)
         self.caps = caps
-        trusted = TrustedProxies(
-            [ipaddress.ip_network(c, strict=False) for c in parse_list(s.trusted_proxies)]
-        )
+        trusted = TrustedProxies(parse_networks(s.trusted_proxies))
         config = ProxyConfig(
             connect_timeout=s.connect_timeout,
             header_timeout=s.header_timeout,

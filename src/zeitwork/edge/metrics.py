@@ -31,13 +31,11 @@ class _EdgeCollector(Collector):
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
         expiries: Callable[[], dict[str, datetime]],
-        open_handshakes: Callable[[], int],
     ) -> None:
         self._policy = policy
         self._limiter = limiter
         self._handshakes = handshakes
         self._expiries = expiries
-        self._open = open_handshakes
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         requests = CounterMetricFamily(
@@ -69,7 +67,7 @@ class _EdgeCollector(Collector):
             "zeitwork_edge_tls_handshake_failures",
             "TLS handshakes that did not complete (refused version, bad SNI, timeout; "
             "includes the few in progress at scrape time)",
-            value=max(0, started - completed - self._open()),
+            value=max(0, started - completed),
         )
         expiry = GaugeMetricFamily(
             "zeitwork_edge_certificate_expiry_seconds",
@@ -99,7 +97,6 @@ class EdgeMetrics:
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
         expiries: Callable[[], dict[str, datetime]],
-        open_handshakes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry.register(
             _EdgeCollector(
@@ -107,6 +104,5 @@ class EdgeMetrics:
                 limiter=limiter,
                 handshakes=handshakes,
                 expiries=expiries,
-                open_handshakes=open_handshakes,
             )
         )

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from zeitwork.proxy.headers import parse_networks
 from zeitwork.settings import ServiceSettings
 
 TlsMode = Literal["static", "internal", "acme"]
@@ -102,6 +103,12 @@ class EdgeSettings(ServiceSettings):
     admin_port: int = Field(default=9083, ge=0, le=65535, validation_alias="EDGE_ADMIN_PORT")
     workers: int = Field(default=1, ge=0, validation_alias="EDGE_WORKERS")
     drain_timeout: float = Field(default=20.0, ge=0, validation_alias="EDGE_DRAIN_TIMEOUT")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        parse_networks(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("load_balancer_url")
     @classmethod

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -59,13 +58,12 @@ def host_context(chain_pem: str, key_pem: str, *, alpn: list[str] | None = None)
 class TlsTerminator:
     """The certificate table and the server ``SSLContext`` that consults it."""
 
-    def __init__(self, *, on_handshake: Callable[[], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._hosts: dict[str, ssl.SSLContext] = {}
         self._wildcards: dict[str, ssl.SSLContext] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
         self._expiry: dict[str, datetime] = {}
-        self._on_handshake = on_handshake
         self.server_context = _base_context([ALPN_HTTP1])
         self.server_context.sni_callback = self._pick
 
@@ -129,8 +127,6 @@ class TlsTerminator:
     def _pick(
         self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> int | None:
-        if self._on_handshake is not None:
-            self._on_handshake()
         ctx = self.context_for(server_name)
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME

@@ -134,6 +134,8 @@ def test_settings_defaults_and_errors() -> None:
         parse_settings(EdgeSettings, SSL_CERT_PATH="/x.pem")
     with pytest.raises(SettingsError):
         parse_settings(EdgeSettings, EDGE_TLS_MODE="static")
+    with pytest.raises(SettingsError, match="EDGE_TRUSTED_PROXIES"):
+        parse_settings(EdgeSettings, EDGE_TRUSTED_PROXIES="10.0.0.0/8, nonsense")
     static = parse_settings(EdgeSettings, SSL_CERT_PATH="/c", SSL_KEY_PATH="/k")
     assert static.effective_tls_mode == "static"
 
