@@ -62,8 +62,48 @@ def seed(url: str, nodes: int, instances: int) -> list[str]:
             "FROM n, generate_series(1, %s) g",
             (nodes, image, instances),
         )
+        # what the scheduler reserves for the seeded instances (migration 0002's counters)
+        conn.execute(
+            "UPDATE nodes SET allocated_vcpu_millis = a.v, allocated_memory_mib = a.m "
+            "FROM (SELECT node_id, sum(vcpu_millis) v, sum(memory_mib) m FROM instances "
+            "WHERE state <> 'terminated' GROUP BY node_id) a WHERE nodes.id = a.node_id"
+        )
         conn.execute("ANALYZE")
         return [str(r[0]) for r in conn.execute("SELECT id FROM nodes").fetchall()]
+
+
+def post_script(path: Path, token: str, image_id: str) -> Path:
+    body = (
+        f'{{"image_id": "{image_id}", "resources": {{"vcpu": 0.25, "memory": 128}}, '
+        '"default_port": 8080}'
+    )
+    path.write_text(
+        "local headers = {"
+        f'["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}\n'
+        f"local body = '{body}'\n"
+        "request = function()\n"
+        '  return wrk.format("POST", "/api/v1/instances", headers, body)\n'
+        "end\n"
+    )
+    return path
+
+
+def over_commit(url: str) -> tuple[int, int, int]:
+    """(nodes over capacity, nodes whose counters differ from their instances, placed)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "WITH used AS (SELECT node_id, sum(vcpu_millis) v, sum(memory_mib) m, count(*) c "
+            "  FROM instances WHERE state <> 'terminated' GROUP BY node_id) "
+            "SELECT count(*) FILTER (WHERE u.v > n.vcpu_millis OR u.m > n.memory_mib "
+            "  OR n.allocated_vcpu_millis > n.vcpu_millis "
+            "  OR n.allocated_memory_mib > n.memory_mib), "
+            "count(*) FILTER (WHERE u.v <> n.allocated_vcpu_millis "
+            "  OR u.m <> n.allocated_memory_mib), "
+            "(SELECT count(*) FROM instances WHERE state = 'pending') "
+            "FROM nodes n JOIN used u ON u.node_id = n.id"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def admin_token(url: str) -> str:
@@ -164,6 +204,8 @@ def main() -> int:
             "ENVIRONMENT": "production",
             "LOG_LEVEL": "info",
             "ZEITWORK_WORKERS": str(args.workers),
+            # the seeded nodes send no heartbeats: keep the node-down detector off them
+            "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "3600",
         }
         env.pop("ZEITWORK_ADMIN_TOKEN", None)
         operator = subprocess.Popen(
@@ -209,6 +251,26 @@ def main() -> int:
             print(
                 f"  {name:34s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
                 f"p99 {r['p99']:6.2f} ms  non-2xx {int(r['errors'])}"
+            )
+        if has_instances:
+            with psycopg.connect(url, autocommit=True) as conn:
+                (image_id,) = conn.execute("SELECT id FROM images LIMIT 1").fetchone()  # type: ignore[misc]
+            script = post_script(base / "post.lua", token, str(image_id))
+            path = "/api/v1/instances"
+            for name, conns in (
+                ("POST /api/v1/instances (scheduled)", args.connections),
+                ("placements, 8 clients", 8),
+            ):
+                r = wrk(origin + path, script, args.duration, conns)
+                results[name] = r
+                print(
+                    f"  {name:34s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
+                    f"p99 {r['p99']:6.2f} ms  non-2xx {int(r['errors'])}"
+                )
+            over, drift, placed = over_commit(url)
+            print(
+                f"  after placements: {placed} placed, nodes over capacity {over}, "
+                f"nodes whose counters drift from their instances {drift}"
             )
         operator.send_signal(signal.SIGTERM)
         operator.wait(timeout=30)

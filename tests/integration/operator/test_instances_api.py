@@ -195,7 +195,9 @@ async def test_state_reports_follow_the_table_and_the_node(operator: Operator) -
     node, token = await ready_node(operator)
     _other, other_token = await ready_node(operator)
     image = await ready_image(operator)
-    r = await operator.client.post(API, headers=operator.headers(), json=instance_body(image))
+    r = await operator.client.post(
+        API, headers=operator.headers(), json=instance_body(image, node_id=node)
+    )
     iid = r.json()["id"]
     url = f"{API}/{iid}/state"
     # another node's token may not report it

@@ -135,6 +135,8 @@ WITH node AS (
       AND state = 'ready' AND deleted_at IS NULL
       AND allocated_vcpu_millis + %(vcpu)s <= vcpu_millis
       AND allocated_memory_mib + %(mem)s <= memory_mib
+      AND EXISTS (SELECT 1 FROM images WHERE id = %(image)s AND status = 'ready'
+                  AND deleted_at IS NULL)
     RETURNING id
 ), inst AS (
     INSERT INTO instances (node_id, image_id, deployment_id, vcpu_millis, memory_mib,
@@ -240,7 +242,7 @@ class InstanceStore:
         sql = (
             f"SELECT {_CANDIDATE_COLUMNS}, {replicas} AS replicas FROM nodes n WHERE {where} "
             "ORDER BY (n.vcpu_millis - n.allocated_vcpu_millis), "
-            "(n.memory_mib - n.allocated_memory_mib), n.id"
+            "(n.memory_mib - n.allocated_memory_mib)"
         )
         if limit is not None:
             sql += " LIMIT %(limit)s"
@@ -277,8 +279,8 @@ class InstanceStore:
         conn: Conn | None = None,
     ) -> Instance | None:
         """Reserve ``spec`` on ``node_id`` and insert the instance, or None when the node
-        is not ready, lacks the capacity, or (without ``wait_for_lock``) is locked by a
-        concurrent placement."""
+        is not ready, lacks the capacity, the image is not ready, or (without
+        ``wait_for_lock``) the node is locked by a concurrent placement."""
         params = {
             "node": node_id,
             "vcpu": spec.vcpu_millis,

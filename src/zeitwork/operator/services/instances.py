@@ -55,7 +55,6 @@ class InstanceService:
     ) -> Instance:
         """Place ``spec`` on ``node_id`` (capacity still checked) or where the scheduler
         says; InsufficientCapacity (409, naming the shortfall) when nothing fits."""
-        await self._instances.check_image_ready(spec.image_id, conn=conn)
         if node_id is not None:
             instance = await self._place_on(node_id, spec, conn=conn)
         else:
@@ -74,6 +73,7 @@ class InstanceService:
         instance = await self._instances.try_place(node_id, spec, wait_for_lock=True, conn=conn)
         if instance is not None:
             return instance
+        await self._instances.check_image_ready(spec.image_id, conn=conn)
         node = await self._instances.node_candidate(node_id, conn=conn)  # NotFound
         decision = place([node], spec.resources, strategy=self._strategy)
         if isinstance(decision, NoFit):
@@ -92,6 +92,7 @@ class InstanceService:
             )
             decision = place(candidates, request, strategy=self._strategy)
             if isinstance(decision, NoFit):
+                await self._instances.check_image_ready(spec.image_id, conn=conn)
                 await self._raise_no_fit(request, conn=conn)
                 continue  # capacity appeared between the two reads: try again
             wait = round_ > 0  # first round skips rows that racing placements hold
@@ -101,6 +102,8 @@ class InstanceService:
                 )
                 if instance is not None:
                     return instance
+                if node_id == decision.best:  # the image is checked once, off the hot path
+                    await self._instances.check_image_ready(spec.image_id, conn=conn)
         raise InsufficientCapacity(
             "concurrent placements took the free capacity; retry the request",
             extra={"requested": {"vcpu": request.vcpu, "memory": request.memory_mib}},
