@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from zeitwork import __version__
-from zeitwork.operator.api import API_PREFIX, build_router
+from zeitwork.operator.api import API_PREFIX, build_routers
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.gauges import DomainGauges
 from zeitwork.webapi import install_common
@@ -35,5 +37,31 @@ def create_app(*, deps: Deps, registry: CollectorRegistry) -> FastAPI:
         body_limit=body_limit,
         before_metrics=gauges.refresh,
     )
-    app.include_router(build_router(deps))
+    for router in build_routers(deps):
+        app.include_router(router, prefix=API_PREFIX)
+    _declare_bearer_auth(app)
     return app
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """Declare ``Authorization: Bearer`` on every /api/v1 operation in /openapi.json."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a Zeitwork API token (zw_...)",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith(API_PREFIX):
+                for operation in operations.values():
+                    operation.setdefault("security", [{"bearer": []}])
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

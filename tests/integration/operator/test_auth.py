@@ -122,3 +122,10 @@ async def test_first_start_writes_admin_token_file(operator: Operator, tmp_path:
     # a second start finds the token and leaves the file alone
     assert await operator.deps.token_service.ensure_admin_token(data_dir) is None
     assert path.read_text().strip() == secret
+
+
+async def test_openapi_declares_bearer_auth(operator: Operator) -> None:
+    schema = (await operator.client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/v1/nodes"]["get"]["security"] == [{"bearer": []}]
+    assert "/health" not in schema["paths"]
