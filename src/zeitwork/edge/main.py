@@ -15,7 +15,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
-from zeitwork.edge.settings import EdgeSettings
+from zeitwork.edge.settings import DomainOverride, EdgeSettings
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
@@ -200,6 +200,45 @@ def _domain_rate_limits(spec: str, burst_default: int) -> dict[str, Quota]:
     return out
 
 
+def _domain_policy(
+    host: str, override: DomainOverride, *, base: DomainPolicy, global_security: SecurityHeaders
+) -> DomainPolicy:
+    """One ``EDGE_DOMAIN_POLICIES`` entry on top of the global policy (built once)."""
+    policy = base
+    if override.cors is not None:
+        c = override.cors
+        cors = (
+            CorsPolicy(
+                CorsConfig(
+                    origins=tuple(c.origins),
+                    methods=tuple(c.methods),
+                    headers=tuple(c.headers),
+                    expose_headers=tuple(c.expose_headers),
+                    credentials=c.credentials,
+                    max_age=c.max_age,
+                )
+            )
+            if c.origins
+            else None
+        )
+        policy = replace(policy, cors=cors)
+    if override.headers is not None:
+        changes: dict[str, object] = {}
+        for name, value in override.headers.model_dump(exclude_none=True).items():
+            if name == "override":
+                changes[name] = frozenset(value)
+            elif isinstance(value, str):
+                changes[name] = value or None
+            else:
+                changes[name] = value
+        policy = replace(policy, security=SecurityHeaders(global_security.config.merged(**changes)))
+    if override.rate_limit is not None:
+        r = override.rate_limit
+        quota = Quota(rps=r.rps, burst=r.burst or max(1, round(r.rps * 2)), name=host)
+        policy = replace(policy, quota=quota, limit_key="|" + host)
+    return policy
+
+
 def build_policy(
     settings: EdgeSettings,
     *,
@@ -240,6 +279,10 @@ def build_policy(
         host: DomainPolicy(quota=q, cors=cors, security=security, limit_key="|" + host)
         for host, q in _domain_rate_limits(settings.domain_rate_limits, settings.burst).items()
     }
+    for raw_host, override in settings.domain_overrides.items():
+        host = raw_host.strip().lower()
+        base = domains.get(host, default)
+        domains[host] = _domain_policy(host, override, base=base, global_security=security)
     policy = EdgePolicy(
         default=default,
         domains=domains,

@@ -46,7 +46,7 @@ def policies_for(
             continue
         rps = route.rate_limit_rps
         name = host if route.path_prefix == "/" else f"{host}{route.path_prefix}"
-        base = domains.get(host, default) if route.path_prefix != "/" else default
+        base = domains.get(host, default)  # keeps the domain's own CORS / headers
         try:
             burst = route.rate_limit_burst or max(1, round(rps * 2))
             quota = Quota(rps=rps, burst=burst, name=name)

@@ -6,13 +6,70 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from zeitwork.proxy.headers import parse_networks
 from zeitwork.settings import ServiceSettings
 
 TlsMode = Literal["static", "internal", "acme"]
 ChallengeType = Literal["http-01", "tls-alpn-01"]
+
+
+class CorsOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    origins: list[str] = Field(default_factory=list)  # empty: CORS off for this domain
+    methods: list[str] = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    )
+    headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    credentials: bool = False
+    max_age: int = Field(default=600, ge=0)
+
+
+class HeadersOverride(BaseModel):
+    """Per-domain security headers; a field left out inherits the global value, ``""`` (or
+    0 for HSTS) switches that header off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hsts_max_age: int | None = Field(default=None, ge=0)
+    hsts_include_subdomains: bool | None = None
+    frame_options: str | None = None
+    referrer_policy: str | None = None
+    permissions_policy: str | None = None
+    content_security_policy: str | None = None
+    override: list[str] | None = None
+
+
+class RateOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rps: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class DomainOverride(BaseModel):
+    """``EDGE_DOMAIN_POLICIES`` entry: ``{"host": {"cors": {...}, "headers": {...},
+    "rate_limit": {...}}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cors: CorsOverride | None = None
+    headers: HeadersOverride | None = None
+    rate_limit: RateOverride | None = None
+
+
+_OVERRIDES: TypeAdapter[dict[str, DomainOverride]] = TypeAdapter(dict[str, DomainOverride])
 
 
 class EdgeSettings(ServiceSettings):
@@ -60,6 +117,12 @@ class EdgeSettings(ServiceSettings):
         description="per-domain overrides: host=rps:burst,host2=rps:burst",
     )
 
+    domain_policies: str = Field(
+        default="",
+        validation_alias="EDGE_DOMAIN_POLICIES",
+        description="JSON: per-domain CORS, security headers and rate limit",
+    )
+
     cors_origins: str = Field(default="", validation_alias="EDGE_CORS_ORIGINS")
     cors_methods: str = Field(
         default="GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS", validation_alias="EDGE_CORS_METHODS"
@@ -103,6 +166,26 @@ class EdgeSettings(ServiceSettings):
     admin_port: int = Field(default=9083, ge=0, le=65535, validation_alias="EDGE_ADMIN_PORT")
     workers: int = Field(default=1, ge=0, validation_alias="EDGE_WORKERS")
     drain_timeout: float = Field(default=20.0, ge=0, validation_alias="EDGE_DRAIN_TIMEOUT")
+
+    @field_validator("domain_policies")
+    @classmethod
+    def _domain_policies(cls, value: str) -> str:
+        if value.strip():
+            try:
+                _OVERRIDES.validate_json(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first.get("loc", ()))
+                raise ValueError(
+                    f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+                ) from None
+        return value
+
+    @property
+    def domain_overrides(self) -> dict[str, DomainOverride]:
+        return (
+            _OVERRIDES.validate_json(self.domain_policies) if self.domain_policies.strip() else {}
+        )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -166,3 +166,62 @@ def test_connection_caps() -> None:
     caps.release("a")
     assert caps.acquire("c")
     assert caps.refused == 2
+
+
+def test_per_domain_policies_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "EDGE_DOMAIN_POLICIES",
+        json.dumps(
+            {
+                "App.test": {
+                    "cors": {"origins": ["https://*.app.test"], "credentials": True},
+                    "headers": {
+                        "frame_options": "DENY",
+                        "content_security_policy": "default-src 'self'",
+                        "hsts_max_age": 0,
+                    },
+                    "rate_limit": {"rps": 1, "burst": 1},
+                },
+                "plain.test": {"headers": {"referrer_policy": ""}},
+            }
+        ),
+    )
+    s = parse_settings(EdgeSettings, EDGE_CORS_ORIGINS="https://global.example")
+    clock = Clock()
+    p = build_policy(
+        s,
+        limiter=RateLimiter(),
+        has_certificate=bool,
+        challenge_answer=lambda t: None,
+        https_port=443,
+    )
+    p._clock = clock  # type: ignore[attr-defined]
+    headers: list[tuple[bytes, bytes]] = []
+    p.on_response(_head(host="app.test", origin="https://x.app.test"), TLS, 200, headers)
+    d = dict(headers)
+    assert d[b"x-frame-options"] == b"DENY"
+    assert d[b"content-security-policy"] == b"default-src 'self'"
+    assert b"strict-transport-security" not in d
+    assert d[b"access-control-allow-origin"] == b"https://x.app.test"
+    assert d[b"access-control-allow-credentials"] == b"true"
+    # other domains keep the global policy
+    other: list[tuple[bytes, bytes]] = []
+    p.on_response(_head(host="else.test", origin="https://x.app.test"), TLS, 200, other)
+    assert b"access-control-allow-origin" not in dict(other)
+    assert dict(other)[b"x-frame-options"] == b"SAMEORIGIN"
+    quiet: list[tuple[bytes, bytes]] = []
+    p.on_response(_head(host="plain.test"), TLS, 200, quiet)
+    assert b"referrer-policy" not in dict(quiet) and b"x-content-type-options" in dict(quiet)
+    # the domain's own rate limit (burst 1) in its own bucket
+    assert p.on_request(_head(host="app.test"), TLS) is None
+    assert p.on_request(_head(host="app.test"), TLS) is not None
+    assert p.on_request(_head(host="else.test"), TLS) is None
+
+
+def test_per_domain_policies_rejects_unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_DOMAIN_POLICIES", '{"a.test": {"corz": {}}}')
+    with pytest.raises(SettingsError, match="EDGE_DOMAIN_POLICIES"):
+        parse_settings(EdgeSettings)
+    monkeypatch.setenv("EDGE_DOMAIN_POLICIES", "not json")
+    with pytest.raises(SettingsError, match="EDGE_DOMAIN_POLICIES"):
+        parse_settings(EdgeSettings)
