@@ -356,7 +356,7 @@ class Edge:
         self.policy = build_policy(
             s,
             limiter=self.limiter,
-            has_certificate=self.tls.has_certificate,
+            has_certificate=self.tls.has_certificate if s.https_redirect else _never,
             challenge_answer=self.challenges.answer,
             https_port=https_port,
         )
@@ -544,6 +544,11 @@ class Edge:
 
     def certificate_expiries(self) -> dict[str, datetime]:
         return self.tls.expiries()
+
+
+def _never(host: str) -> bool:
+    """``has_certificate`` when redirects are off (EDGE_HTTPS_REDIRECT=false)."""
+    return False
 
 
 async def run(

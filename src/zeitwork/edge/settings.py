@@ -82,6 +82,11 @@ class EdgeSettings(ServiceSettings):
         validation_alias="EDGE_PUBLIC_HTTPS_PORT",
         description="port written into HTTPS redirects (default: EDGE_HTTPS_PORT)",
     )
+    https_redirect: bool = Field(
+        default=True,
+        validation_alias="EDGE_HTTPS_REDIRECT",
+        description="308 plain-HTTP requests to HTTPS for hosts that have a certificate",
+    )
     load_balancer_url: str = Field(
         default="http://127.0.0.1:8082", validation_alias="LOAD_BALANCER_URL"
     )
