@@ -131,7 +131,7 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
     restarted re-adopts its instance exactly once."""
     from tests.integration.agent.operator_process import (
         OperatorProcess,
-        ready_image_row,
+        import_image,
         wait_json,
     )
 
@@ -140,9 +140,7 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
     try:
         await operator.wait_ready()
         join = await operator.join_token()
-        image_id = ready_image_row(
-            migrated_database, digest=busybox_image.digest, size=busybox_image.size
-        )
+        image_id = await import_image(operator, busybox_image.path)
         second = random.randint(0, 200)
         subnets = [f"10.{second}.1.0/24", f"10.{second}.2.0/24"]
         names = [lan.add_host(), lan.add_host()]
@@ -161,8 +159,7 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
                     "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
                 },
             )
-            await preload(host.data_dir, busybox_image)
-            host.start()
+            host.start()  # each agent downloads the image from the operator over the LAN
             agents.append(host)
             lan.route_from_root(subnets[index], lan.address(index))
         for host in agents:

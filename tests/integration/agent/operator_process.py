@@ -102,19 +102,18 @@ class OperatorProcess:
                 self.process.wait(5)
 
 
-def ready_image_row(database_url: str, *, digest: str, size: int) -> str:
-    """An image row in state ready (the operator's image import is not used here: the agent's
-    cache is preloaded with the same archive, so nothing is downloaded)."""
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO images (name, status, digest, size, config) "
-            "VALUES (%s, 'ready', %s, %s, '{}') RETURNING id",
-            ("busybox-httpd", digest, size),
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
+async def import_image(operator: OperatorProcess, path: Path, name: str = "app") -> str:
+    """Import an OCI archive through the operator's API; returns the image id."""
+    async with operator.client() as client:
+        response = await client.post(
+            "/api/v1/images/import",
+            params={"name": name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert response.status_code in (200, 201), response.text
+        assert response.json()["status"] == "ready", response.text
+        return str(response.json()["id"])
 
 
 async def wait_json(

@@ -14,10 +14,10 @@ import pytest
 
 from tests.contract.runtime.harness import wait_http
 from tests.images import BuiltImage
-from tests.integration.agent.harness import AgentHost, preload
+from tests.integration.agent.harness import AgentHost
 from tests.integration.agent.operator_process import (
     OperatorProcess,
-    ready_image_row,
+    import_image,
     wait_json,
 )
 
@@ -42,9 +42,7 @@ async def test_operator_places_instance_agent_runs_reports_and_readopts(
     operator_process.start()
     await operator_process.wait_ready()
     join = await operator_process.join_token()
-    image_id = ready_image_row(
-        migrated_database, digest=busybox_image.digest, size=busybox_image.size
-    )
+    image_id = await import_image(operator_process, busybox_image.path)
     host = agent_host(
         extra_env={
             "OPERATOR_URL": operator_process.url(),
@@ -53,8 +51,7 @@ async def test_operator_places_instance_agent_runs_reports_and_readopts(
             "ZEITWORK_ASSIGNMENT_WAIT": "20",
         }
     )
-    await preload(host.data_dir, busybox_image)
-    host.start()
+    host.start()  # the image is not cached: the agent downloads it from the operator
     await host.wait_ready()
 
     credential = host.data_dir / "agent" / "node.json"
@@ -101,7 +98,7 @@ async def test_operator_places_instance_agent_runs_reports_and_readopts(
 
         # the operator goes away: the instance keeps serving, the agent keeps retrying
         operator_process.stop()
-        for _ in range(200):  # until the agent has noticed (a failed heartbeat)
+        for _ in range(600):  # until the agent has noticed (a failed heartbeat)
             if "operator.heartbeat_failed" in host.log_path.read_text():
                 break
             await asyncio.sleep(0.05)
