@@ -33,7 +33,7 @@ from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter
-from zeitwork.edge.policy import DomainPolicy, EdgePolicy
+from zeitwork.edge.policy import DomainPolicy, EdgePolicy, as_html, wants_html
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
@@ -44,7 +44,7 @@ from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig, reuse_port_socket
-from zeitwork.proxy.types import ClientInfo
+from zeitwork.proxy.types import ClientInfo, LocalResponse
 
 log = get_logger("zeitwork.edge")
 
@@ -87,7 +87,21 @@ class ConnectionCaps:
         self.open -= 1
 
 
-class _TlsCountingProtocol(ClientProtocol):
+class _EdgeClient(ClientProtocol):
+    """The core's client protocol; the core's own error answers (502, 503, 413, ...) become
+    a small HTML page when the request prefers HTML (``Accept``), as the edge's are."""
+
+    def _send_local(self, ex: Any, local: LocalResponse) -> None:
+        if (
+            local.body
+            and (b"content-type", b"application/problem+json") in local.headers
+            and wants_html(ex.head.headers)
+        ):
+            local = as_html(local)
+        super()._send_local(ex, local)
+
+
+class _TlsCountingProtocol(_EdgeClient):
     """Counts completed handshakes: asyncio calls ``connection_made`` after the handshake."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,7 +113,7 @@ class _TlsCountingProtocol(ClientProtocol):
 _PROXY_HEADER_MAX = 536  # the PROXY v2 limit for TCP with TLVs we accept
 
 
-class _ProxyProtocolClient(ClientProtocol):
+class _ProxyProtocolClient(_EdgeClient):
     """Plain-HTTP connections from trusted proxies start with a PROXY v1/v2 header naming
     the real client; it replaces the socket peer for everything after (rate limits,
     forwarding headers). From any other peer no header is expected."""
@@ -162,11 +176,10 @@ class EdgeProxy(Proxy):
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
         if not tls:
-            if not self.proxy_protocol:
-                return super().protocol_factory(tls=False)
+            kind = _ProxyProtocolClient if self.proxy_protocol else _EdgeClient
 
             def plain() -> ClientProtocol:
-                return _ProxyProtocolClient(self, tls=False)
+                return kind(self, tls=False)
 
             return plain
         handshakes = self.handshakes

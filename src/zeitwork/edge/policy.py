@@ -45,6 +45,35 @@ def wants_html(headers: Headers) -> bool:
     return b"text/html" in accept and b"json" not in accept
 
 
+def _html_page(status: int, detail: str) -> bytes:
+    title = (
+        escape(HTTPStatus(status).phrase) if status in HTTPStatus._value2member_map_ else "Error"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{status} {title}"
+        f"</title></head><body><h1>{status} {title}</h1><p>{escape(detail)}</p>"
+        "</body></html>"
+    ).encode()
+
+
+def as_html(local: LocalResponse) -> LocalResponse:
+    """The same answer as a small HTML page (from a problem+json answer)."""
+    try:
+        detail = str(json.loads(local.body).get("detail") or "")
+    except (ValueError, AttributeError):
+        detail = ""
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8") if name == b"content-type" else (name, value)
+        for name, value in local.headers
+    ]
+    return LocalResponse(
+        status=local.status,
+        headers=headers,
+        body=_html_page(local.status, detail),
+        close=local.close,
+    )
+
+
 def error_response(
     status: int, detail: str, headers: Headers, *, extra: Headers | None = None
 ) -> LocalResponse:
@@ -52,11 +81,7 @@ def error_response(
     title = HTTPStatus(status).phrase
     out: Headers = list(extra or [])
     if wants_html(headers):
-        body = (
-            f"<!doctype html><html><head><meta charset=utf-8><title>{status} {escape(title)}"
-            f"</title></head><body><h1>{status} {escape(title)}</h1><p>{escape(detail)}</p>"
-            "</body></html>"
-        ).encode()
+        body = _html_page(status, detail)
         out.append((b"content-type", b"text/html; charset=utf-8"))
     else:
         body = json.dumps(

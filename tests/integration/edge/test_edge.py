@@ -274,6 +274,16 @@ async def test_health_follows_load_balancer(make_edge: EdgeFactory, upstream: Up
     await upstream.stop()
     status, body = await admin_get(edge, "/health")
     assert status == 503 and b"degraded" in body
+    # the proxy core's own error answer, as HTML or problem JSON by Accept
+    conn = await Conn.open(edge.ports["http"])
+    page = await conn.request("/", host="x.test", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert page.status in (502, 503)
+    assert page.header(b"content-type") == b"text/html; charset=utf-8"
+    assert page.body.startswith(b"<!doctype html>")
+    problem = await conn.request("/", host="x.test", headers={"Accept": "application/json"})
+    assert problem.status in (502, 503)
+    assert problem.header(b"content-type") == b"application/problem+json"
+    await conn.close()
     status, _ = await admin_get(edge, "/nope")
     assert status == 404
 
