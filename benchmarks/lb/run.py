@@ -198,6 +198,38 @@ def caddy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
     return conf
 
 
+def build_compiled(tmp: Path) -> Path:
+    """Build the wheel with the mypyc hook (the package's own build) and unpack it."""
+    print("building the mypyc-compiled wheel (hatch_build.py) ...", flush=True)
+    dist = tmp / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+        env=dict(os.environ, HATCH_BUILD_HOOK_ENABLE_CUSTOM="true"),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    wheel = next(dist.glob("zeitwork-*.whl"))
+    site = tmp / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+    )
+    compiled = list((site / "zeitwork" / "proxy").glob("server*.so"))
+    if not compiled:
+        raise SystemExit("the wheel has no compiled proxy core")
+    return site
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -206,6 +238,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--no-caddy", action="store_true")
+    parser.add_argument(
+        "--no-compiled",
+        action="store_true",
+        help="skip the mypyc-compiled build (measure the pure-Python balancer only)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -244,8 +281,16 @@ def main() -> int:
                 "ZEITWORK_DATA_DIR": str(tmp),
             }
         )
-        zw = start([str(ROOT / ".venv/bin/zeitwork"), "load-balancer"], env=env, log="zeitwork")
-        proxies.append(Proxy("zeitwork", zw_port, zw))
+        if not args.no_compiled:
+            site = build_compiled(tmp)
+            cenv = dict(env, PYTHONPATH=str(site))
+            zc = start([sys.executable, "-m", "zeitwork", "load-balancer"], env=cenv, log="zwc")
+            proxies.append(Proxy("zeitwork", zw_port, zc))
+            zw_port = free_port()
+            env["PORT"] = str(zw_port)
+            env["LB_ADMIN_PORT"] = str(free_port())
+        zw = start([sys.executable, "-m", "zeitwork", "load-balancer"], env=env, log="zeitwork")
+        proxies.append(Proxy("zeitwork-py" if not args.no_compiled else "zeitwork", zw_port, zw))
         hp_port = free_port()
         hp = start(
             ["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp_port, backends, args.workers))],

@@ -188,7 +188,10 @@ class _Sink:
 _NO_PARSER = httptools.HttpRequestParser(_Sink())
 
 
-class ClientProtocol(asyncio.Protocol):
+class ClientProtocol:
+    """The client side of one connection (an asyncio protocol by duck typing, so that the
+    module can be compiled with mypyc)."""
+
     def __init__(self, proxy: Proxy, *, tls: bool) -> None:
         self.proxy = proxy
         self.tls = tls
@@ -678,8 +681,9 @@ class ClientProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.proxy.config.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamProtocol(backend), backend.host, backend.port
+                conn = UpstreamProtocol(backend)
+                await loop.create_connection(
+                    lambda: cast(asyncio.Protocol, conn), backend.host, backend.port
                 )
         except (OSError, TimeoutError) as exc:
             ex.connect_task = None

@@ -26,7 +26,9 @@ class _Sink:
 _NO_PARSER = httptools.HttpResponseParser(_Sink())
 
 
-class UpstreamProtocol(asyncio.Protocol):
+class UpstreamProtocol:
+    """One upstream connection (an asyncio protocol by duck typing; see ``ClientProtocol``)."""
+
     __slots__ = (
         "_header_bytes",
         "_interim",
