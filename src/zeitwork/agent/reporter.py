@@ -154,6 +154,13 @@ class OperatorLink:
                 self.last_error = exc.detail
                 log.warning("operator.register_retry", error=exc.detail, retry_in=delay)
                 await asyncio.sleep(delay)
+            except ZeitworkError as exc:
+                # refused (bad or missing join token, invalid registration): keep running
+                # the instances we have, say so loudly, try again slowly
+                delay = next_delay(max(delay, 15.0))
+                self.last_error = exc.detail
+                log.error("operator.register_refused", error=exc.detail, retry_in=delay)
+                await asyncio.sleep(delay)
 
     async def _register_once(self) -> None:
         stored = self.credentials.load()

@@ -141,3 +141,26 @@ async def test_drain_stops_instances(
     with pytest.raises(AssertionError):
         await wait_http(f"http://{view['ip_address']}:8080/", timeout=0.5)
     assert host.record(instance_id)["state"] == "stopped"
+
+
+async def test_agent_without_a_usable_operator_keeps_running_its_instances(
+    agent_host: Callable[..., AgentHost], busybox_image: BuiltImage
+) -> None:
+    """No credential and no join token for an operator that does not answer: the agent
+    says so (readiness, /node/info, log) and keeps serving through its local API."""
+    host = agent_host(extra_env={"OPERATOR_URL": "http://127.0.0.1:1"})
+    await preload(host.data_dir, busybox_image)
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        response = await client.post("/instances", json=instance_body(busybox_image))
+        view = await _wait_state(client, response.json()["id"], "running")
+        assert (await wait_http(f"http://{view['ip_address']}:8080/", timeout=5))[0] == 200
+        info = (await client.get("/node/info")).json()
+        assert "ZEITWORK_JOIN_TOKEN" in (info["operator"]["last_error"] or "")
+        assert info["operator"]["registered"] is False
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "ZEITWORK_JOIN_TOKEN" in ready.json()["detail"]
+    assert host.process is not None and host.process.poll() is None
+    assert "operator.register_refused" in host.log_path.read_text()

@@ -62,9 +62,18 @@ def delete_link(name: str) -> bool:
         return True
 
 
-def links_with_prefix(prefix: str) -> list[str]:
+def links_with_prefix(prefix: str, *, master: str | None = None) -> list[str]:
+    """Links named ``prefix...``; with ``master``, only those enslaved to that bridge (so
+    that an agent never removes another agent's veths on the same host)."""
     with IPRoute() as ipr:
-        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+        master_index = _index(ipr, master) if master is not None else None
+        if master is not None and master_index is None:
+            return []
+        names = [
+            str(link.get_attr("IFLA_IFNAME"))
+            for link in ipr.get_links()
+            if master_index is None or link.get_attr("IFLA_MASTER") == master_index
+        ]
     return sorted(n for n in names if n.startswith(prefix))
 
 

@@ -175,7 +175,8 @@ class NodeNetwork:
                 if path.name not in keep_hex:
                     await asyncio.to_thread(netns.remove, path)
                     cleaned.append(f"netns {path.name}")
-        for name in await asyncio.to_thread(links.links_with_prefix, VETH_PREFIX):
+        ours = await asyncio.to_thread(links.links_with_prefix, VETH_PREFIX, master=self.bridge)
+        for name in ours:
             if name not in keep_veth:
                 await asyncio.to_thread(links.delete_link, name)
                 cleaned.append(f"veth {name}")
