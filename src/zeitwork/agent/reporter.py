@@ -102,6 +102,7 @@ class OperatorLink:
         heartbeat_interval: float = 10.0,
         resync_interval: float = 60.0,
         assignment_wait: int = 30,
+        retry_base: float = 1.0,
     ) -> None:
         self.client = client
         self.credentials = credentials
@@ -118,6 +119,7 @@ class OperatorLink:
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
         self.assignment_wait = assignment_wait
+        self.retry_base = retry_base
         self.node_id: uuid.UUID | None = None
         self.node_token: str | None = None
         self.version: int | None = None
@@ -150,7 +152,7 @@ class OperatorLink:
                 self._registered.set()
                 return
             except ServiceUnavailable as exc:
-                delay = next_delay(delay)
+                delay = next_delay(delay, base=self.retry_base)
                 self.last_error = exc.detail
                 log.warning("operator.register_retry", error=exc.detail, retry_in=delay)
                 await asyncio.sleep(delay)
@@ -224,11 +226,12 @@ class OperatorLink:
                 self.last_heartbeat_ok = False
                 log.warning("operator.credential_rejected")
                 await self._register_once_quietly()
-                wait = next_delay(delay := next_delay(delay))
+                delay = next_delay(delay, base=self.retry_base)
+                wait = delay
             except ZeitworkError as exc:
                 self.last_heartbeat_ok = False
                 self.last_error = exc.detail
-                delay = next_delay(delay)
+                delay = next_delay(delay, base=self.retry_base)
                 wait = min(delay, self.heartbeat_interval)
                 log.warning("operator.heartbeat_failed", error=exc.detail, retry_in=wait)
             await asyncio.sleep(wait)
@@ -257,7 +260,7 @@ class OperatorLink:
                 )
             except ZeitworkError as exc:
                 self.last_error = exc.detail
-                delay = next_delay(delay)
+                delay = next_delay(delay, base=self.retry_base)
                 log.warning("operator.assignments_failed", error=exc.detail, retry_in=delay)
                 await asyncio.sleep(delay)
                 continue
@@ -316,7 +319,7 @@ class OperatorLink:
                 if failed:
                     break
             if failed:
-                delay = next_delay(delay)
+                delay = next_delay(delay, base=self.retry_base)
                 log.warning("operator.report_retry", retry_in=delay, queued=self.pending_reports())
                 await asyncio.sleep(delay)
                 self._report_ready.set()

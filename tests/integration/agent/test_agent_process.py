@@ -137,6 +137,18 @@ async def test_drain_stops_instances(
         response = await client.post("/instances", json=instance_body(busybox_image))
         instance_id = response.json()["id"]
         view = await _wait_state(client, instance_id, "running")
+        # stop and start again through the API
+        stopped = await client.put(f"/instances/{instance_id}/state", json={"state": "stopped"})
+        assert stopped.status_code == 200
+        assert stopped.json()["desired_state"] == "stopped"
+        await _wait_state(client, instance_id, "stopped")
+        bad = await client.put(f"/instances/{instance_id}/state", json={"state": "paused"})
+        assert bad.status_code == 422
+        await client.put(f"/instances/{instance_id}/state", json={"state": "running"})
+        view = await _wait_state(client, instance_id, "running")
+        assert (await wait_http(f"http://{view['ip_address']}:8080/", timeout=5))[0] == 200
+        missing = await client.get("/instances/not-a-uuid")
+        assert missing.status_code == 400 or missing.status_code == 422
     assert host.terminate() == 0
     with pytest.raises(AssertionError):
         await wait_http(f"http://{view['ip_address']}:8080/", timeout=0.5)
