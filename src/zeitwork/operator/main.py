@@ -68,6 +68,11 @@ async def prepare_schema(settings: OperatorSettings, url: str) -> None:
         return
     current = await asyncio.to_thread(migrate.current_revision, url)
     head = migrate.head_revision()
+    if current is not None and not migrate.known_revision(current):
+        raise StartupError(
+            f"the database schema is at revision {current}, which this operator does not "
+            f"know (it needs {head}); is a newer Zeitwork using this database?"
+        )
     if current != head:
         raise StartupError(
             f"the database schema is at revision {current or 'none (empty database)'} but this "

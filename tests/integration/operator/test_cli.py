@@ -235,3 +235,17 @@ def test_worker_processes_share_the_port_and_stop_together(  # type: ignore[no-u
             )
     assert op.stop() == 0
     assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_unknown_revision_is_a_clear_error(migrated_database: str) -> None:
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    result = zeitwork("migrate", DATABASE_URL=migrated_database)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("zeitwork: migration failed")
+    refused = zeitwork(
+        "operator", DATABASE_URL=migrated_database, ENVIRONMENT="production", PORT="0"
+    )
+    assert refused.returncode == 1
+    assert "9999, which this operator does not know" in refused.stderr

@@ -18,12 +18,28 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.pool import NullPool
 
-from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.core.errors import ServiceUnavailable, ZeitworkError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_KEY = 0x7A657477  # "zetw": serialises concurrent upgrades
+
+
+class SchemaError(ZeitworkError):
+    """The database's schema cannot be brought to the requested revision."""
+
+    title = "Schema error"
+    code = "schema"
+
+
+@contextmanager
+def _alembic_errors() -> Iterator[None]:
+    try:
+        yield
+    except CommandError as exc:  # e.g. the database is at a revision this code does not know
+        raise SchemaError(f"migration failed: {exc}") from exc
 
 
 def alembic_config() -> Config:
@@ -38,6 +54,12 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError("the migration chain is empty")
     return str(head)
+
+
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` belongs to this code's migration chain."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return any(r.revision == revision for r in script.walk_revisions())
 
 
 @contextmanager
@@ -67,7 +89,8 @@ def upgrade(url: str, target: str = "head") -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, target)
+        with _alembic_errors():
+            command.upgrade(cfg, target)
 
 
 def downgrade(url: str, target: str) -> None:
@@ -75,7 +98,8 @@ def downgrade(url: str, target: str) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, target)
+        with _alembic_errors():
+            command.downgrade(cfg, target)
 
 
 def new_revision(message: str) -> Path:
