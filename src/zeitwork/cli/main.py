@@ -26,6 +26,8 @@ _COMMAND_MODULES = (
     "zeitwork.cli.agent_cmd",
     "zeitwork.cli.lb_cmd",
     "zeitwork.cli.edge_cmd",
+    "zeitwork.cli.dev_cmd",
+    "zeitwork.cli.user_cmd",
 )
 
 

@@ -1,0 +1,202 @@
+"""What ``zeitwork dev`` starts: one child process per service, its argv and environment,
+the readiness probe of each, and the order they start and stop in. Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPERATOR, AGENT, LB, EDGE = "operator", "node-agent", "load-balancer", "edge-proxy"
+START_ORDER = (OPERATOR, AGENT, LB, EDGE)
+STOP_ORDER = tuple(reversed(START_ORDER))  # edge, LB, agent (drains), operator
+
+# variables that dev sets per child: the parent's values must not leak into the wrong service
+_PER_CHILD = (
+    "PORT",
+    "HOST",
+    "OPERATOR_URL",
+    "OPERATOR_TOKEN",
+    "ZEITWORK_JOIN_TOKEN",
+    "ZEITWORK_LB_TOKEN",
+    "LOAD_BALANCER_URL",
+    "LB_BACKENDS",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DevPorts:
+    operator: int = 8080
+    agent: int = 8081
+    lb: int = 8082
+    edge_http: int = 8083
+    edge_https: int = 8443
+    lb_admin: int = 9082
+    edge_admin: int = 9083
+
+    def clashes(self) -> list[int]:
+        """Ports given more than once (port 0 is not allowed: the summary names real ports)."""
+        seen: set[int] = set()
+        double: list[int] = []
+        for port in (
+            self.operator,
+            self.agent,
+            self.lb,
+            self.edge_http,
+            self.edge_https,
+            self.lb_admin,
+            self.edge_admin,
+        ):
+            if port in seen and port not in double:
+                double.append(port)
+            seen.add(port)
+        return double
+
+
+@dataclass(frozen=True, slots=True)
+class DevConfig:
+    data_dir: Path
+    ports: DevPorts = field(default_factory=DevPorts)
+    host: str = "127.0.0.1"
+    python: str = sys.executable
+
+    def url(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+    @property
+    def operator_url(self) -> str:
+        return self.url(self.ports.operator)
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "edge" / "ca" / "ca.crt"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """One service: how to run it and where it says it is ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    ready_url: str
+    stop_timeout: float
+
+
+def base_environment(parent: Mapping[str, str], config: DevConfig) -> dict[str, str]:
+    """The parent's environment without per-service variables, plus the shared ones."""
+    env = {k: v for k, v in parent.items() if k not in _PER_CHILD}
+    env["ZEITWORK_DATA_DIR"] = str(config.data_dir)
+    env.setdefault("ENVIRONMENT", "development")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def operator_spec(config: DevConfig, base: Mapping[str, str]) -> ChildSpec:
+    env = {**base, "PORT": str(config.ports.operator), "HOST": config.host}
+    return ChildSpec(
+        name=OPERATOR,
+        argv=(config.python, "-m", "zeitwork", "operator"),
+        env=env,
+        ready_url=config.url(config.ports.operator) + "/health/ready",
+        stop_timeout=30.0,
+    )
+
+
+def agent_spec(config: DevConfig, base: Mapping[str, str], *, join_token: str) -> ChildSpec:
+    env = {
+        **base,
+        "PORT": str(config.ports.agent),
+        "HOST": config.host,
+        "OPERATOR_URL": config.operator_url,
+        "ZEITWORK_JOIN_TOKEN": join_token,
+    }
+    return ChildSpec(
+        name=AGENT,
+        # --drain: in dev nothing is left running after Ctrl-C
+        argv=(config.python, "-m", "zeitwork", "node-agent", "--drain"),
+        env=env,
+        ready_url=config.url(config.ports.agent) + "/health",
+        stop_timeout=90.0,
+    )
+
+
+def lb_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> ChildSpec:
+    env = {
+        **base,
+        "PORT": str(config.ports.lb),
+        "HOST": config.host,
+        "OPERATOR_URL": config.operator_url,
+        "ZEITWORK_LB_TOKEN": proxy_token,
+        "LB_ADMIN_HOST": "127.0.0.1",
+        "LB_ADMIN_PORT": str(config.ports.lb_admin),
+    }
+    env.setdefault("LB_WORKERS", "1")
+    return ChildSpec(
+        name=LB,
+        argv=(config.python, "-m", "zeitwork", "load-balancer"),
+        env=env,
+        ready_url=f"http://127.0.0.1:{config.ports.lb_admin}/health",
+        stop_timeout=45.0,
+    )
+
+
+def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> ChildSpec:
+    lb_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    env = {
+        **base,
+        "PORT": str(config.ports.edge_http),
+        "HOST": config.host,
+        "EDGE_HTTPS_PORT": str(config.ports.edge_https),
+        "EDGE_ADMIN_HOST": "127.0.0.1",
+        "EDGE_ADMIN_PORT": str(config.ports.edge_admin),
+        "LOAD_BALANCER_URL": f"http://{lb_host}:{config.ports.lb}",
+        "OPERATOR_URL": config.operator_url,
+        "OPERATOR_TOKEN": proxy_token,
+    }
+    env.setdefault("EDGE_TLS_MODE", "internal")
+    # plain HTTP serves the apps in development (HTTPS is there too, with the internal CA)
+    env.setdefault("EDGE_HTTPS_REDIRECT", "false")
+    env.setdefault("EDGE_WORKERS", "1")
+    return ChildSpec(
+        name=EDGE,
+        argv=(config.python, "-m", "zeitwork", "edge-proxy"),
+        env=env,
+        ready_url=f"http://127.0.0.1:{config.ports.edge_admin}/health",
+        stop_timeout=45.0,
+    )
+
+
+def summary(config: DevConfig, *, admin_token_source: str) -> str:
+    """What the user sees once everything is up."""
+    p = config.ports
+    lines = [
+        "",
+        "Zeitwork is running (development, one machine):",
+        f"  operator API    {config.operator_url}/api/v1   (docs: {config.operator_url}/docs)",
+        f"  node agent      {config.url(p.agent)}",
+        f"  load balancer   {config.url(p.lb)}   (admin http://127.0.0.1:{p.lb_admin})",
+        f"  edge proxy      {config.url(p.edge_http)}   https://<host>:{p.edge_https}"
+        f"   (admin http://127.0.0.1:{p.edge_admin})",
+        f"  data            {config.data_dir}",
+        f"  admin token     {admin_token_source}",
+        f"  internal CA     {config.ca_file}   (curl --cacert ...)",
+        "",
+        "Next:",
+        f"  export OPERATOR_URL={config.operator_url} ZEITWORK_DATA_DIR={config.data_dir}",
+        "  zeitwork images import app.tar --name myapp        # an OCI archive",
+        "  zeitwork deploy --image <id> --port 8080 --domain myapp.localhost",
+        f"  curl -H 'Host: myapp.localhost' {config.url(p.edge_http)}/",
+        "  zeitwork instances ls; zeitwork nodes ls",
+        "",
+        "Ctrl-C stops everything (edge, load balancer, agent with its instances, operator).",
+        "",
+    ]
+    return "\n".join(lines)

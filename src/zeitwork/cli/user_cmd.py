@@ -1,0 +1,261 @@
+"""User verbs against a running operator: ``images``, ``deploy``, ``instances``, ``nodes``,
+``demo``. They read ``OPERATOR_URL`` (default http://127.0.0.1:8080) and ``ZEITWORK_TOKEN``,
+or the operator's ``$ZEITWORK_DATA_DIR/admin-token``; tables are printed with rich.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zeitwork.cli.config import CliSettings, TokenMissing
+from zeitwork.clients.admin import AdminClient, DeploymentInfo, DomainInfo
+from zeitwork.core.errors import ZeitworkError
+from zeitwork.settings import load_settings
+
+_T = TypeVar("_T")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"zeitwork: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run_with_client(action: Callable[[AdminClient], Awaitable[_T]]) -> _T:
+    """Run ``action`` with an admin client; errors become one line and exit status 1
+    (2 when no token can be found)."""
+    settings = load_settings(CliSettings)
+    try:
+        token = settings.admin_token()
+    except TokenMissing as exc:
+        raise _fail(str(exc), 2) from None
+
+    async def main() -> _T:
+        async with AdminClient(base_url=settings.operator_url, token=token) as client:
+            return await action(client)
+
+    try:
+        return asyncio.run(main())
+    except ZeitworkError as exc:
+        raise _fail(exc.detail) from None
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / (1024 * 1024):.1f} MiB"
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    table = Table(*columns, box=None, header_style="bold", pad_edge=False)
+    for row in rows:
+        table.add_row(*row)
+    Console(soft_wrap=True).print(table)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise _fail(f"--env {pair!r}: expected NAME=VALUE", 2)
+        env[name] = value
+    return env
+
+
+def register(app: typer.Typer) -> None:
+    images = typer.Typer(help="OCI images in the operator's store.", no_args_is_help=True)
+
+    @images.command("import")
+    def images_import(
+        archive: Annotated[
+            Path,
+            typer.Argument(exists=True, dir_okay=False, readable=True, help="an OCI archive (tar)"),
+        ],
+        name: Annotated[str, typer.Option("--name", help="the image's name")],
+    ) -> None:
+        """Import an OCI image archive (as `buildah push IMAGE oci-archive:FILE` writes it)."""
+        image = run_with_client(lambda c: c.import_image(archive, name=name))
+        _table(
+            ("ID", "NAME", "STATUS", "DIGEST", "SIZE"),
+            [(str(image.id), image.name, image.status, image.digest or "-", _size(image.size))],
+        )
+
+    @images.command("ls")
+    def images_ls() -> None:
+        """List images."""
+        found = run_with_client(lambda c: c.images())
+        _table(
+            ("ID", "NAME", "STATUS", "DIGEST", "SIZE", "CREATED"),
+            [
+                (
+                    str(i.id),
+                    i.name,
+                    i.status,
+                    (i.digest or "-")[:19],
+                    _size(i.size),
+                    _when(i.created_at),
+                )
+                for i in found
+            ],
+        )
+
+    app.add_typer(images, name="images")
+
+    @app.command("deploy")
+    def deploy(
+        *,
+        image: Annotated[uuid.UUID, typer.Option("--image", help="image id (zeitwork images ls)")],
+        port: Annotated[
+            int, typer.Option("--port", min=1, max=65535, help="the port the app listens on")
+        ] = 8080,
+        replicas: Annotated[int, typer.Option("--replicas", min=1, max=100)] = 1,
+        domain: Annotated[
+            str | None, typer.Option("--domain", help="route this host to the deployment")
+        ] = None,
+        project: Annotated[
+            str, typer.Option("--project", help="project slug (created if missing)")
+        ] = "default",
+        vcpu: Annotated[float, typer.Option("--vcpu", min=0.01)] = 0.25,
+        memory: Annotated[int, typer.Option("--memory", min=16, help="MiB")] = 128,
+        env: Annotated[
+            list[str] | None, typer.Option("--env", help="NAME=VALUE (repeatable)")
+        ] = None,
+    ) -> None:
+        """Deploy an image: REPLICAS instances spread across nodes, optionally behind DOMAIN."""
+        variables = _parse_env(env or [])
+
+        async def action(client: AdminClient) -> tuple[DeploymentInfo, DomainInfo | None]:
+            slug = project.strip().lower()
+            owner = {p.slug: p for p in await client.projects()}.get(slug)
+            if owner is None:
+                owner = await client.create_project(slug)
+            created = await client.create_deployment(
+                project_id=owner.id,
+                image_id=image,
+                port=port,
+                replicas=replicas,
+                vcpu=vcpu,
+                memory=memory,
+                env=variables,
+            )
+            bound: DomainInfo | None = None
+            if domain:
+                existing = {d.name: d for d in await client.domains()}.get(domain.lower())
+                if existing is None:
+                    bound = await client.create_domain(
+                        domain, project_id=owner.id, deployment_id=created.id
+                    )
+                else:
+                    bound = await client.bind_domain(existing.id, created.id)
+            return created, bound
+
+        created, bound = run_with_client(action)
+        typer.echo(f"deployment {created.id} ({created.state}, {created.replicas} replica(s))")
+        for instance_id in created.instance_ids or []:
+            typer.echo(f"  instance {instance_id}")
+        if bound is not None:
+            typer.echo(f"  domain {bound.name} -> deployment {created.id}")
+
+    instances = typer.Typer(help="Instances (running copies of images).", no_args_is_help=True)
+
+    @instances.command("ls")
+    def instances_ls(
+        deployment: Annotated[
+            uuid.UUID | None, typer.Option("--deployment", help="only of this deployment")
+        ] = None,
+    ) -> None:
+        """List instances (not those marked for termination)."""
+        found = run_with_client(lambda c: c.instances(deployment_id=deployment))
+        _table(
+            ("ID", "STATE", "DESIRED", "ADDRESS", "NODE", "DEPLOYMENT", "REASON"),
+            [
+                (
+                    str(i.id),
+                    i.state,
+                    i.desired_state,
+                    f"{i.ip_address}:{i.port}" if i.ip_address else "-",
+                    str(i.node_id)[:8] if i.node_id else "-",
+                    str(i.deployment_id)[:8] if i.deployment_id else "-",
+                    (i.reason or "")[:60],
+                )
+                for i in found
+            ],
+        )
+
+    @instances.command("rm")
+    def instances_rm(
+        instance: Annotated[uuid.UUID, typer.Argument(help="instance id")],
+    ) -> None:
+        """Stop and terminate an instance (its node stops it; routes drop it)."""
+        done = run_with_client(lambda c: c.terminate_instance(instance))
+        typer.echo(f"instance {done.id}: desired {done.desired_state} (now {done.state})")
+
+    app.add_typer(instances, name="instances")
+
+    nodes = typer.Typer(help="Nodes (hosts running a node agent).", no_args_is_help=True)
+
+    @nodes.command("ls")
+    def nodes_ls() -> None:
+        """List nodes."""
+        found = run_with_client(lambda c: c.nodes())
+        _table(
+            ("ID", "HOSTNAME", "ADDRESS", "STATE", "RUNTIME", "VCPU", "MEMORY", "HEARTBEAT"),
+            [
+                (
+                    str(n.id),
+                    n.hostname,
+                    n.ip_address,
+                    n.state,
+                    n.runtime or "-",
+                    f"{n.resources.vcpu:g}",
+                    f"{n.resources.memory} MiB",
+                    _when(n.last_heartbeat_at),
+                )
+                for n in found
+            ],
+        )
+
+    app.add_typer(nodes, name="nodes")
+
+    @app.command("demo")
+    def demo(
+        edge_url: Annotated[
+            str, typer.Option("--edge-url", help="the edge's plain-HTTP address")
+        ] = "http://127.0.0.1:8083",
+    ) -> None:
+        """Deploy the busybox demo app at demo.localhost on a running platform."""
+        from zeitwork.cli.demo import DemoFailed, run_demo
+
+        settings = load_settings(CliSettings)
+
+        def say(text: str) -> None:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+        async def action(client: AdminClient) -> None:
+            try:
+                await run_demo(
+                    client,
+                    work_dir=settings.data_dir / "demo",
+                    edge_url=edge_url.rstrip("/"),
+                    say=say,
+                )
+            except DemoFailed as exc:
+                raise _fail(str(exc)) from None
+
+        run_with_client(action)
+        say(f"curl -H 'Host: demo.localhost' {edge_url.rstrip('/')}/")
