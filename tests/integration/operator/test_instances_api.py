@@ -310,3 +310,28 @@ async def test_state_survives_a_restart(operator_factory: OperatorFactory) -> No
     assert r.status_code == 200
     assert r.json()["node_id"] == node
     assert await allocated(again, node) == (1000, 1024)
+
+
+async def test_a_stale_candidate_snapshot_never_places_wrongly(
+    operator_factory: OperatorFactory,
+) -> None:
+    # the scheduler reuses its candidate list for a moment; the database has the last word
+    op = await operator_factory()
+    other = await operator_factory()  # another process fills the node behind op's back
+    a, _ = await ready_node(op, vcpu=2, memory=2048)
+    image = await ready_image(op)
+    r = await op.client.post(API, headers=op.headers(), json=instance_body(image))
+    assert r.json()["node_id"] == a  # op's snapshot now says a has 1 vCPU left
+    r = await other.client.post(API, headers=op.headers(), json=instance_body(image))
+    assert r.json()["node_id"] == a  # a is full now
+    b, _ = await ready_node(op, vcpu=2, memory=2048)
+    r = await op.client.post(API, headers=op.headers(), json=instance_body(image))
+    assert r.status_code == 201, r.text
+    assert r.json()["node_id"] == b  # a refused; the fresh read found b
+    await op.client.put(
+        f"/api/v1/nodes/{b}/state", headers=op.headers(), json={"state": "draining"}
+    )
+    r = await op.client.post(API, headers=op.headers(), json=instance_body(image))
+    assert_problem(r, 409)  # b is draining although op's snapshot still lists it
+    assert await allocated(op, a) == (2000, 2048)
+    assert await allocated(op, b) == (1000, 1024)

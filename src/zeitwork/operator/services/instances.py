@@ -3,7 +3,9 @@ placing a deployment's replicas all-or-nothing, state reports and termination.""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 
@@ -18,10 +20,12 @@ from zeitwork.operator.scheduler.placement import (
     place,
     place_replicas,
 )
+from zeitwork.operator.scheduler.snapshot import CandidateSnapshots
 
 log = structlog.get_logger("zeitwork.operator.instances")
 
 _ROUNDS = 4
+_TRIES_PER_ROUND = 8
 
 
 def _no_fit(decision: NoFit) -> InsufficientCapacity:
@@ -45,10 +49,14 @@ class InstanceService:
         db: Database,
         instances: InstanceStore,
         strategy: Strategy = Strategy.BINPACK,
+        snapshot_seconds: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._instances = instances
         self._strategy = strategy
+        self._snapshots = CandidateSnapshots(ttl=snapshot_seconds)
+        self._monotonic = monotonic
 
     async def create(
         self, spec: InstanceSpec, *, node_id: uuid.UUID | None = None, conn: Conn | None = None
@@ -84,26 +92,44 @@ class InstanceService:
         )
 
     async def _schedule(self, spec: InstanceSpec, *, conn: Conn | None) -> Instance:
+        """Plan on a snapshot of candidates (fresh, or the process's recent one for a
+        stand-alone instance), then apply: the first candidate whose conditional UPDATE
+        succeeds wins. A refusing node leaves the snapshot; after a round without success
+        the candidates are read again; "nothing fits" only ever comes from a fresh read."""
         request = spec.resources
-        limit = None if spec.deployment_id is not None else 32
+        cacheable = spec.deployment_id is None and conn is None
         for round_ in range(_ROUNDS):
-            candidates = await self._instances.candidates(
-                request, deployment_id=spec.deployment_id, limit=limit, conn=conn
-            )
+            now = self._monotonic()
+            candidates = self._snapshots.get(request, now) if cacheable and round_ == 0 else None
+            fresh = candidates is None
+            if candidates is None:
+                candidates = await self._instances.candidates(
+                    request,
+                    deployment_id=spec.deployment_id,
+                    limit=None if spec.deployment_id is not None else 32,
+                    conn=conn,
+                )
+                if cacheable:
+                    self._snapshots.put(request, candidates, now)
             decision = place(candidates, request, strategy=self._strategy)
             if isinstance(decision, NoFit):
-                await self._instances.check_image_ready(spec.image_id, conn=conn)
-                await self._raise_no_fit(request, conn=conn)
-                continue  # capacity appeared between the two reads: try again
-            wait = round_ > 0  # first round skips rows that racing placements hold
-            for node_id in decision.node_ids:
+                if fresh:
+                    await self._instances.check_image_ready(spec.image_id, conn=conn)
+                    await self._raise_no_fit(request, conn=conn)
+                continue  # stale snapshot, or capacity appeared meanwhile: read again
+            wait = round_ > 0  # the first round skips nodes that racing placements hold
+            for node_id in decision.node_ids[:_TRIES_PER_ROUND]:
                 instance = await self._instances.try_place(
                     node_id, spec, wait_for_lock=wait, conn=conn
                 )
                 if instance is not None:
+                    if cacheable:
+                        self._snapshots.placed(node_id, request)
                     return instance
-                if node_id == decision.best:  # the image is checked once, off the hot path
+                self._snapshots.refused(request, node_id)
+                if node_id == decision.best:  # the image is checked off the hot path
                     await self._instances.check_image_ready(spec.image_id, conn=conn)
+            self._snapshots.forget(request)
         raise InsufficientCapacity(
             "concurrent placements took the free capacity; retry the request",
             extra={"requested": {"vcpu": request.vcpu, "memory": request.memory_mib}},
