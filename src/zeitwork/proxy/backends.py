@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from zeitwork.proxy.balancing import AlgorithmName, Balancer, Candidate, make_balancer
 from zeitwork.proxy.health import ActiveHealth, EjectionPolicy, OutlierDetector
 
@@ -41,6 +43,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Backend:
     __slots__ = (
         "_listener",
@@ -195,6 +198,7 @@ class Backend:
         }
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Pool:
     """A named group of backends with one balancing algorithm."""
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import (
@@ -188,6 +189,7 @@ class _Sink:
 _NO_PARSER = httptools.HttpRequestParser(_Sink())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientProtocol:
     """The client side of one connection (an asyncio protocol by duck typing, so that the
     module can be compiled with mypyc)."""
@@ -1093,6 +1095,7 @@ class ClientProtocol:
             transport.close()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Proxy:
     """The engine: configuration, hooks, open connections, the deadline sweep, draining."""
 
