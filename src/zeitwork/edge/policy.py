@@ -1,7 +1,7 @@
 """The edge's request policy, plugged into the shared proxy core.
 
-Order on a request: ACME HTTP-01 answers (plain HTTP), HTTP->HTTPS redirect, per-client rate
-limit, CORS preflight; everything else is forwarded. On every response: security headers
+Order on a request: ACME HTTP-01 answers (plain HTTP), per-client rate limit, HTTP->HTTPS
+redirect, CORS preflight; everything else is forwarded. On every response: security headers
 (HSTS on HTTPS only), CORS headers, and the request count by host and status.
 """
 
@@ -125,28 +125,29 @@ class EdgePolicy:
         return self.domains.get(host, self.default)
 
     def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None:
-        if not client.tls:
-            target = head.target
-            if target.startswith(ACME_CHALLENGE_PREFIX):
-                token = target[len(ACME_CHALLENGE_PREFIX) :].decode("latin-1")
-                answer = self._challenge_answer(token)
-                if answer is None:
-                    return error_response(404, "no such ACME challenge", head.headers)
-                return LocalResponse(
-                    status=200, headers=[(b"content-type", b"text/plain")], body=answer.encode()
-                )
+        tls = client.tls
+        if not tls and head.target.startswith(ACME_CHALLENGE_PREFIX):
+            # the CA's validation requests are never limited nor redirected
+            token = head.target[len(ACME_CHALLENGE_PREFIX) :].decode("latin-1")
+            answer = self._challenge_answer(token)
+            if answer is None:
+                return error_response(404, "no such ACME challenge", head.headers)
+            return LocalResponse(
+                status=200, headers=[(b"content-type", b"text/plain")], body=answer.encode()
+            )
+        policy = self._for(head.host, head.path)
+        key = client.client_ip + policy.limit_key if policy.limit_key else client.client_ip
+        if not self.limiter.allow(key, self._clock(), policy.quota):
+            return self._limited(key, policy.quota, head)
+        if not tls:
             location = https_location(
                 _header(head.headers, b"host") or head.host.encode(),
-                target,
+                head.target,
                 https_port=self._https_port,
                 has_certificate=self._has_certificate,
             )
             if location is not None:
                 return LocalResponse(status=308, headers=[(b"location", location)])
-        policy = self._for(head.host, head.path)
-        key = client.client_ip + policy.limit_key if policy.limit_key else client.client_ip
-        if not self.limiter.allow(key, self._clock(), policy.quota):
-            return self._limited(key, policy.quota, head)
         cors = policy.cors
         if cors is not None and head.method == b"OPTIONS":
             origin = _header(head.headers, b"origin")

@@ -62,7 +62,8 @@ TLS = ClientInfo(peer_ip="1.2.3.4", client_ip="1.2.3.4", tls=True)
 
 
 def test_acme_answer_and_redirect_on_plain_http() -> None:
-    p = _policy(Clock())
+    clock = Clock()
+    p = _policy(clock)
     answer = p.on_request(_head(b"/.well-known/acme-challenge/tok"), PLAIN)
     assert answer is not None and answer.status == 200 and answer.body == b"tok.thumb"
     missing = p.on_request(_head(b"/.well-known/acme-challenge/nope"), PLAIN)
@@ -70,6 +71,7 @@ def test_acme_answer_and_redirect_on_plain_http() -> None:
     redirect = p.on_request(_head(b"/a?b"), PLAIN)
     assert redirect is not None and redirect.status == 308
     assert dict(redirect.headers)[b"location"] == b"https://app.test/a?b"
+    clock.now += 10  # burst 2 per client: let the bucket refill
     assert p.on_request(_head(b"/a", host="other.test"), PLAIN) is None
     assert p.on_request(_head(b"/a"), TLS) is None
 
@@ -225,3 +227,12 @@ def test_per_domain_policies_rejects_unknown_keys(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("EDGE_DOMAIN_POLICIES", "not json")
     with pytest.raises(SettingsError, match="EDGE_DOMAIN_POLICIES"):
         parse_settings(EdgeSettings)
+
+
+def test_redirects_are_rate_limited_but_challenges_are_not() -> None:
+    p = _policy(Clock())
+    assert [p.on_request(_head(b"/r"), PLAIN).status for _ in range(2)] == [308, 308]  # type: ignore[union-attr]
+    limited = p.on_request(_head(b"/r"), PLAIN)
+    assert limited is not None and limited.status == 429
+    answer = p.on_request(_head(b"/.well-known/acme-challenge/tok"), PLAIN)
+    assert answer is not None and answer.status == 200
