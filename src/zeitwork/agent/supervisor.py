@@ -660,6 +660,14 @@ class Supervisor:
         record = self.records.get(instance_id)
         if record is None:
             raise NotFound(f"instance {instance_id} is not on this node")
+        if follow:  # a starting instance: wait (bounded) for its workload to exist
+            deadline = time.monotonic() + self.ready_timeout
+            while (  # noqa: ASYNC110 (no event for this; a short poll)
+                record.handle is None
+                and record.state in (S.PENDING, S.STARTING)
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.02)
         if record.handle is None:
             for line in record.log_tail[-tail:] if tail else []:
                 yield line

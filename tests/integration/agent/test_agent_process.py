@@ -176,3 +176,36 @@ async def test_agent_without_a_usable_operator_keeps_running_its_instances(
         assert "ZEITWORK_JOIN_TOKEN" in ready.json()["detail"]
     assert host.process is not None and host.process.poll() is None
     assert "operator.register_refused" in host.log_path.read_text()
+
+
+async def test_logs_follow_streams_until_the_workload_ends(
+    agent_host: Callable[..., AgentHost], tmp_path: Path
+) -> None:
+    from tests.images import build_image
+
+    chatty = build_image(
+        tmp_path / "chatty.tar",
+        entrypoint=["/bin/sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.2; done"],
+        cmd=None,
+    )
+    host = agent_host()
+    await preload(host.data_dir, chatty)
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        body = instance_body(chatty, restart_policy="never")
+        body["image"]["digest"] = chatty.digest
+        instance_id = (await client.post("/instances", json=body)).json()["id"]
+        lines = []  # following right away: the agent waits for the workload to exist
+        async with client.stream(
+            "GET", f"/instances/{instance_id}/logs", params={"follow": "true", "tail": "10"}
+        ) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                lines.append(line)
+        assert [line for line in lines if line.startswith("line")] == ["line1", "line2", "line3"]
+        final = await _wait_state(client, instance_id, "stopped")
+        assert final["exit_code"] == 0
+        assert final["log_tail"][-1] == "line3"
+        tail = await client.get(f"/instances/{instance_id}/logs", params={"tail": 2})
+        assert tail.text == "line2\nline3\n"

@@ -325,13 +325,16 @@ class OciDriver:
         self, handle: Handle, *, tail: int = 100, follow: bool = False
     ) -> AsyncIterator[str]:
         path = Path(str(handle.data["log"]))
-        lines = await asyncio.to_thread(logfiles.tail, path, tail, keep=self.log_keep)
+        end = await asyncio.to_thread(logfiles.size_of, path)
+        lines = await asyncio.to_thread(logfiles.tail, path, tail, keep=self.log_keep, end=end)
         for line in lines:
             yield line
         if follow:
             pid = handle.data.get("pid")
             pid_value = int(pid) if pid is not None else None
-            async for line in logfiles.follow(path, alive=lambda: self._pid_alive(pid_value)):
+            async for line in logfiles.follow(
+                path, alive=lambda: self._pid_alive(pid_value), start=end
+            ):
                 yield line
 
     async def recover(self, handles: Sequence[Handle]) -> Recovered:

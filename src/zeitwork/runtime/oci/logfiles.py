@@ -37,31 +37,41 @@ def rotate(path: Path, *, max_bytes: int, keep: int) -> bool:
     return True
 
 
-def _tail_bytes(path: Path, lines: int) -> bytes:
+def _tail_bytes(path: Path, lines: int, end: int | None = None) -> bytes:
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            end = handle.tell()
-            position = end
+            size = handle.tell()
+            limit = size if end is None else min(end, size)
+            position = limit
             data = b""
             while position > 0 and data.count(b"\n") <= lines:
                 step = min(CHUNK, position)
                 position -= step
                 handle.seek(position)
                 data = handle.read(step) + data
-            return data
+            return data[: limit - position]
     except FileNotFoundError:
         return b""
 
 
-def tail(path: Path, lines: int, *, keep: int) -> list[str]:
-    """The last ``lines`` lines over the rotated files and the current one."""
+def size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def tail(path: Path, lines: int, *, keep: int, end: int | None = None) -> list[str]:
+    """The last ``lines`` lines over the rotated files and the current one (the current one
+    read up to byte ``end`` when given, so that a follow continues exactly there)."""
     if lines <= 0:
         return []
     collected: list[str] = []
     files = [path.with_name(f"{path.name}.{i}") for i in range(keep, 0, -1)] + [path]
     for file in reversed(files):
-        text = _tail_bytes(file, lines - len(collected)).decode(errors="replace")
+        limit = end if file == path else None
+        text = _tail_bytes(file, lines - len(collected), limit).decode(errors="replace")
         chunk = text.splitlines()
         collected = chunk[-(lines - len(collected)) :] + collected
         if len(collected) >= lines:
@@ -85,10 +95,16 @@ def _read_new(path: Path, position: int) -> tuple[int, bytes] | None:
     return position + len(data), data
 
 
-async def follow(path: Path, *, alive: Callable[[], bool], poll: float = 0.2) -> AsyncIterator[str]:
-    """New lines appended to ``path`` until ``alive()`` is false and nothing more came."""
-    first = _read_new(path, 0)
-    position = first[0] if first is not None else 0
+async def follow(
+    path: Path, *, alive: Callable[[], bool], poll: float = 0.2, start: int | None = None
+) -> AsyncIterator[str]:
+    """Lines appended to ``path`` after byte ``start`` (default: its current end) until
+    ``alive()`` is false and nothing more came."""
+    if start is None:
+        first = _read_new(path, 0)
+        position = first[0] if first is not None else 0
+    else:
+        position = start
     pending = b""
     while True:
         still_alive = alive()
