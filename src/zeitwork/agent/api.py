@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
 from zeitwork.agent.supervisor import Record, Supervisor
@@ -104,7 +104,35 @@ def create_app(
     readiness: list[tuple[str, Callable[[], Awaitable[str | None]]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="Zeitwork node agent", docs_url=None, redoc_url=None, openapi_url=None)
-    install_common(app, service="node-agent", registry=registry, readiness=readiness or [])
+    by_state = Gauge(
+        "agent_instances",
+        "Instances on this node by state",
+        ["state"],
+        namespace="zeitwork",
+        registry=registry,
+    )
+    starts = Gauge(
+        "agent_instance_starts",
+        "Workload starts made by this agent process",
+        namespace="zeitwork",
+        registry=registry,
+    )
+
+    async def refresh_gauges() -> None:
+        counts = dict.fromkeys((state.value for state in InstanceState), 0)
+        for record in supervisor.records.values():
+            counts[record.state.value] += 1
+        for state, count in counts.items():
+            by_state.labels(state).set(count)
+        starts.set(supervisor.starts)
+
+    install_common(
+        app,
+        service="node-agent",
+        registry=registry,
+        readiness=readiness or [],
+        before_metrics=refresh_gauges,
+    )
 
     async def authenticated(request: Request) -> None:
         header = request.headers.get("authorization", "")

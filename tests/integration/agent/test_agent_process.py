@@ -75,6 +75,9 @@ async def test_run_kill_restart_readopts_exactly_once_and_cleans_strays(
         assert logs.status_code == 200
         resources = (await client.get("/node/resources")).json()
         assert resources["used"]["memory"] == 128
+        metrics = (await client.get("/metrics")).text
+        assert 'zeitwork_agent_instances{state="running"} 2.0' in metrics
+        assert "zeitwork_agent_instance_starts 2.0" in metrics
     pids = {i: host.record(i)["handle"]["data"]["pid"] for i in created}
 
     host.kill()  # no clean-up, no drain: like a crash or an OOM of the agent itself
