@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -57,15 +59,9 @@ class Database:
     async def close(self) -> None:
         await self._pool.close()
 
-    @asynccontextmanager
-    async def connection(self, conn: Conn | None = None) -> AsyncIterator[Conn]:
+    def connection(self, conn: Conn | None = None) -> _Borrowed:
         """Borrow a connection (or reuse ``conn`` when the caller already holds one)."""
-        if conn is not None:
-            yield conn
-            return
-        with translating():
-            async with self._pool.connection() as borrowed:
-                yield borrowed
+        return _Borrowed(self._pool, conn)
 
     @asynccontextmanager
     async def transaction(self, conn: Conn | None = None) -> AsyncIterator[Conn]:
@@ -91,3 +87,41 @@ class Database:
 
     def stats(self) -> dict[str, int]:
         return dict(self._pool.get_stats())
+
+
+class _Borrowed:
+    """``async with db.connection() as conn``: a pooled connection, returned on exit.
+
+    A small class rather than ``@asynccontextmanager`` around the pool's own context
+    manager: this is on every request's path, and the connections are in autocommit mode,
+    so there is no implicit transaction to commit on the way out (``putconn`` rolls back
+    and resets a connection left inside a transaction, and discards a broken one).
+    """
+
+    __slots__ = ("_conn", "_given", "_pool")
+
+    def __init__(self, pool: AsyncConnectionPool[Conn], given: Conn | None) -> None:
+        self._pool = pool
+        self._given = given
+        self._conn: Conn | None = None
+
+    async def __aenter__(self) -> Conn:
+        if self._given is not None:
+            return self._given
+        with translating():
+            self._conn = await self._pool.getconn()
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        await self._pool.putconn(conn)
+        if isinstance(exc, psycopg.Error):
+            with translating():
+                raise exc
