@@ -7,8 +7,8 @@ drives it with ``wrk`` (32 connections): ``GET /api/v1/nodes/{id}`` (random ids)
 ``GET /api/v1/instances?limit=100``. Then ``pgbench -S`` on the same server, for the ratio.
 
 Options: --workers N (ZEITWORK_WORKERS), --duration S, --connections C.
-Placement throughput (``POST /api/v1/instances``) is measured by the scheduler's own
-benchmark section when it exists (``--placements``); see docs/operator.md.
+Not measured here yet: placement throughput (``POST /api/v1/instances`` without
+``node_id``, 8 concurrent clients); add it as another case after the GETs.
 """
 
 from __future__ import annotations
