@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +35,7 @@ from zeitwork.edge.certificates.static import StaticFiles
 from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
-from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter
+from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy, as_html, wants_html
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch
@@ -318,6 +321,7 @@ class Edge:
     store: CertificateStore | None = None
     index: int = 0  # worker number; worker 0 orders certificates and serves the admin port
     listen_ports: tuple[int, int] | None = None  # (http, https) reserved by the supervisor
+    stats_dir: Path | None = None  # where workers publish counters for worker 0's /metrics
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -398,6 +402,8 @@ class Edge:
             limiter=self.limiter,
             handshakes=self.handshakes,
             expiries=self.tls.expiries,
+            stats_dir=self.stats_dir,
+            index=self.index,
         )
 
         store = self._store()
@@ -458,6 +464,8 @@ class Edge:
         )
         if self._static is not None:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
+        if self.stats_dir is not None and self.index != 0:
+            self._tasks.append(asyncio.create_task(self._publish_stats(), name="edge.stats"))
         if s.operator_url and s.operator_token:
             self._routes_client = RoutesClient(base_url=s.operator_url, token=s.operator_token)
             self.route_watch = RouteWatch(
@@ -488,6 +496,14 @@ class Edge:
                 self._reload_static()
             except (OSError, ValueError) as exc:
                 log.warning("certificate.static_unusable", error=str(exc))
+
+    async def _publish_stats(self) -> None:
+        assert self.stats_dir is not None and self.policy is not None
+        while True:
+            publish(
+                self.stats_dir, self.index, snapshot(self.policy, self.limiter, self.handshakes)
+            )
+            await asyncio.sleep(2.0)
 
     async def lb_reachable(self) -> bool:
         host, _, port = _lb_address(self.settings.load_balancer_url).rpartition(":")
@@ -565,10 +581,14 @@ def _never(host: str) -> bool:
 
 
 async def run(
-    settings: EdgeSettings, *, index: int = 0, listen_ports: tuple[int, int] | None = None
+    settings: EdgeSettings,
+    *,
+    index: int = 0,
+    listen_ports: tuple[int, int] | None = None,
+    stats_dir: Path | None = None,
 ) -> None:
     """Run one edge worker until SIGTERM/SIGINT, then drain."""
-    edge = Edge(settings, index=index, listen_ports=listen_ports)
+    edge = Edge(settings, index=index, listen_ports=listen_ports, stats_dir=stats_dir)
     await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -594,12 +614,12 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: EdgeSettings, index: int, ports: tuple[int, int]) -> None:
+def _worker(settings: EdgeSettings, index: int, ports: tuple[int, int], stats_dir: Path) -> None:
     import uvloop
 
     code = 0
     try:
-        uvloop.run(run(settings, index=index, listen_ports=ports))
+        uvloop.run(run(settings, index=index, listen_ports=ports, stats_dir=stats_dir))
     except BaseException:
         log.exception("edge.worker_crashed", worker=index)
         code = 1
@@ -629,6 +649,7 @@ def serve_workers(settings: EdgeSettings) -> int:
         _reserve(settings.host, settings.https_port),
     ]
     ports = (reserved[0].getsockname()[1], reserved[1].getsockname()[1])
+    stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-edge-stats-"))
     children: dict[int, int] = {}
     for index in range(count):
         pid = os.fork()
@@ -637,7 +658,7 @@ def serve_workers(settings: EdgeSettings) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             for sock in reserved:
                 sock.close()
-            _worker(settings, index, ports)
+            _worker(settings, index, ports, stats_dir)
         children[pid] = index
     stopping = False
 
@@ -665,4 +686,5 @@ def serve_workers(settings: EdgeSettings) -> int:
                 forward(signal.SIGTERM, None)
     for sock in reserved:
         sock.close()
+    shutil.rmtree(stats_dir, ignore_errors=True)
     return status

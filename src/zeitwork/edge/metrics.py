@@ -1,9 +1,15 @@
-"""The edge's Prometheus metrics. Hot-path counts are plain ints read at scrape time."""
+"""The edge's Prometheus metrics. Hot-path counts are plain ints read at scrape time.
+
+With several workers each one publishes a snapshot of its counters every two seconds;
+worker 0 (the admin listener) adds them to its own when scraped."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,6 +29,84 @@ class HandshakeCounter:
         self.completed = 0
 
 
+@dataclass
+class Snapshot:
+    """The hot-path counters of one worker, mergeable across workers (plain JSON)."""
+
+    requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    limited: int = 0
+    evicted_live: int = 0
+    entries: int = 0
+    handshakes: int = 0
+    completed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "requests": [[h, s, c] for (h, s), c in self.requests.items()],
+                "limited": self.limited,
+                "evicted_live": self.evicted_live,
+                "entries": self.entries,
+                "handshakes": self.handshakes,
+                "completed": self.completed,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        data = json.loads(text)
+        return cls(
+            requests={(str(h), int(s)): int(c) for h, s, c in data["requests"]},
+            limited=int(data["limited"]),
+            evicted_live=int(data["evicted_live"]),
+            entries=int(data["entries"]),
+            handshakes=int(data["handshakes"]),
+            completed=int(data["completed"]),
+        )
+
+    def add(self, other: Snapshot) -> None:
+        for key, count in other.requests.items():
+            self.requests[key] = self.requests.get(key, 0) + count
+        self.limited += other.limited
+        self.evicted_live += other.evicted_live
+        self.entries += other.entries
+        self.handshakes += other.handshakes
+        self.completed += other.completed
+
+
+def snapshot(policy: EdgePolicy, limiter: RateLimiter, handshakes: HandshakeCounter) -> Snapshot:
+    return Snapshot(
+        requests=dict(policy.requests),
+        limited=limiter.limited,
+        evicted_live=limiter.evicted_live,
+        entries=len(limiter),
+        handshakes=handshakes.started,
+        completed=handshakes.completed,
+    )
+
+
+def publish(directory: Path, index: int, snap: Snapshot) -> None:
+    """Write one worker's snapshot atomically for worker 0 to merge."""
+    tmp = directory / f".worker-{index}.tmp"
+    tmp.write_text(snap.to_json())
+    tmp.replace(directory / f"worker-{index}.json")
+
+
+def merged(own: Snapshot, directory: Path | None, index: int) -> Snapshot:
+    total = Snapshot()
+    total.add(own)
+    if directory is None:
+        return total
+    for path in sorted(directory.glob("worker-*.json")):
+        if path.name == f"worker-{index}.json":
+            continue
+        try:
+            total.add(Snapshot.from_json(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return total
+
+
 class _EdgeCollector(Collector):
     def __init__(
         self,
@@ -31,43 +115,49 @@ class _EdgeCollector(Collector):
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
         expiries: Callable[[], dict[str, datetime]],
+        stats_dir: Path | None,
+        index: int,
     ) -> None:
         self._policy = policy
         self._limiter = limiter
         self._handshakes = handshakes
         self._expiries = expiries
+        self._stats_dir = stats_dir
+        self._index = index
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        snap = merged(
+            snapshot(self._policy, self._limiter, self._handshakes), self._stats_dir, self._index
+        )
         requests = CounterMetricFamily(
             "zeitwork_edge_requests",
             "Requests answered, by host and status",
             labels=["host", "status"],
         )
-        for (host, status), count in sorted(self._policy.requests.items()):
+        for (host, status), count in sorted(snap.requests.items()):
             requests.add_metric([host, str(status)], count)
         yield requests
         yield CounterMetricFamily(
-            "zeitwork_edge_rate_limited", "Requests refused with 429", value=self._limiter.limited
+            "zeitwork_edge_rate_limited", "Requests refused with 429", value=snap.limited
         )
         yield CounterMetricFamily(
             "zeitwork_edge_rate_limit_live_evictions",
             "Live rate-limit entries evicted because the table was full",
-            value=self._limiter.evicted_live,
+            value=snap.evicted_live,
         )
         yield GaugeMetricFamily(
             "zeitwork_edge_rate_limit_entries",
-            "Clients tracked by the rate limiter",
-            value=len(self._limiter),
+            "Clients tracked by the rate limiters (all workers)",
+            value=snap.entries,
         )
-        started, completed = self._handshakes.started, self._handshakes.completed
         yield CounterMetricFamily(
-            "zeitwork_edge_tls_handshakes", "TLS handshakes started", value=started
+            "zeitwork_edge_tls_handshakes", "TLS handshakes started", value=snap.handshakes
         )
         yield CounterMetricFamily(
             "zeitwork_edge_tls_handshake_failures",
             "TLS handshakes that did not complete (refused version, bad SNI, timeout; "
             "includes the few in progress at scrape time)",
-            value=max(0, started - completed),
+            value=max(0, snap.handshakes - snap.completed),
         )
         expiry = GaugeMetricFamily(
             "zeitwork_edge_certificate_expiry_seconds",
@@ -97,6 +187,8 @@ class EdgeMetrics:
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
         expiries: Callable[[], dict[str, datetime]],
+        stats_dir: Path | None = None,
+        index: int = 0,
     ) -> None:
         self.registry.register(
             _EdgeCollector(
@@ -104,5 +196,7 @@ class EdgeMetrics:
                 limiter=limiter,
                 handshakes=handshakes,
                 expiries=expiries,
+                stats_dir=stats_dir,
+                index=index,
             )
         )

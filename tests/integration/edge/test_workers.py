@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -54,8 +55,13 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
     try:
         match = _wait_line(proc, r"edge.workers_started.*https=(\d+)", log)
         https = int(match.group(1))
+        admin = 0
         for _ in range(2):
-            _wait_line(proc, r"edge.started", log)
+            started = _wait_line(proc, r"edge.started(.*)", log)
+            found = re.search(r"admin=(\d+)", started.group(1))
+            if found:
+                admin = int(found.group(1))
+        assert admin, "worker 0 serves the admin port"
         ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
         # new connections land on either worker; all of them serve the certificate that
         # worker 0 issued (worker 1 picks it up from the shared store)
@@ -71,6 +77,21 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
             assert response.status == 200
             ok += 1
         assert ok == 8
+
+        # worker 0's /metrics adds up every worker's counters
+        async def served() -> float:
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = await reader.read()
+            writer.close()
+            match = re.search(
+                rb'zeitwork_edge_requests_total\{host="app.test",status="200"\} (\S+)', body
+            )
+            return float(match.group(1)) if match else 0.0
+
+        async with asyncio.timeout(10):
+            while await served() != 8:
+                await asyncio.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
