@@ -144,6 +144,7 @@ async def serve(
         stack.push_async_callback(deps.listener.close)
         if primary:
             await _bootstrap_admin(deps)
+            await deps.image_service.clean_temp()  # uploads a crash left behind
         app = create_app(deps=deps, registry=new_registry())
         sock = _listen(
             settings.host,
@@ -166,6 +167,9 @@ async def serve(
         )
 
         def request_stop(signame: str) -> None:
+            if stopping.is_set():  # a second signal: stop without waiting for requests
+                log.warning("operator.stopping_now", signal=signame)
+                server.force_exit = True
             log.info("operator.stopping", signal=signame)
             stopping.set()
             server.should_exit = True
