@@ -144,6 +144,7 @@ async def serve(
         stack.push_async_callback(deps.listener.close)
         if primary:
             await _bootstrap_admin(deps)
+            await deps.image_service.clean_temp()  # uploads a crash left behind
         app = create_app(deps=deps, registry=new_registry())
         sock = _listen(
             settings.host,

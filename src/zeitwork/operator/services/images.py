@@ -50,6 +50,11 @@ class ImageService:
         )
         return image, created
 
+    async def clean_temp(self) -> None:
+        removed = await asyncio.to_thread(self._archives.clean_temp)
+        if removed:
+            log.info("image.temp_removed", files=removed)
+
     async def _unused(self, digest: str) -> bool:
         try:
             return await self._images.digest_unused(digest)
