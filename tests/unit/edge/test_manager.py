@@ -108,3 +108,14 @@ async def test_certificates_ordered_elsewhere_are_served(tmp_path: Path) -> None
 
 def test_fake_issuer_matches_the_real_signature() -> None:
     assert FakeIssuer.issue.__code__.co_varnames[:2] == AcmeIssuer.issue.__code__.co_varnames[:2]
+
+
+async def test_order_rechecks_the_store_under_the_lease(tmp_path: Path) -> None:
+    store = LocalStore()
+    manager, tls, issuer, orders = _manager(tmp_path, store, mode="acme")
+    # another edge finished the order after this edge listed the store
+    other = InternalCA.load_or_create(tmp_path / "other").issue("a.test")
+    await store.put(other)
+    await manager._order("a.test", None)
+    assert issuer.calls == [] and orders == []
+    assert tls.has_certificate("a.test")

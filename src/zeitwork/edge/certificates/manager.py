@@ -85,42 +85,54 @@ class CertificateManager:
         self._installed[record.domain] = record.cert_pem
         log.info("certificate.installed", domain=record.domain, source=record.source)
 
-    async def _order(self, domain: str, current: CertificateRecord | None) -> None:
-        if self._mode == "internal":
-            assert self._ca is not None
-            record = self._ca.issue(domain)
-            await self._store.put(record)
-            self._install(record)
-            self._on_order("internal", "issued")
-            return
-        assert self._issuer is not None
+    async def _order(self, domain: str, seen: CertificateRecord | None) -> None:
         if not await self._store.acquire_lease(domain, self._holder, self._lease_ttl):
             log.info("certificate.lease_busy", domain=domain)
             return
         try:
-            if current is None:
-                await self._store.put(CertificateRecord(domain=domain, status="pending"))
-            log.info("certificate.ordering", domain=domain)
-            try:
-                record = await asyncio.to_thread(self._issuer.issue, domain)
-            except (AcmeError, CertificateError) as exc:
-                record = failed(current, domain, str(exc), self._clock(), base=self._retry_base)
-                await self._store.put(record)
-                self._on_order("acme", "failed")
-                log.warning(
-                    "certificate.order_failed",
-                    domain=domain,
-                    error=str(exc),
-                    attempts=record.attempts,
-                    next_attempt_at=str(record.next_attempt_at),
-                )
+            # Another edge may have finished an order since the list was read: check again
+            # now that this edge holds the lease.
+            current = await self._store.get(domain)
+            if not is_due(current, self._clock()):
+                if current is not None:
+                    self._install(current)
                 return
-            await self._store.put(record)
-            self._install(record)
-            self._on_order("acme", "issued")
-            log.info("certificate.issued", domain=domain, not_after=str(record.not_after))
+            if self._ca is not None and self._mode == "internal":
+                record = self._ca.issue(domain)
+                await self._store.put(record)
+                self._install(record)
+                self._on_order("internal", "issued")
+                return
+            if self._issuer is None:
+                raise RuntimeError(f"no certificate issuer for mode {self._mode}")
+            await self._order_acme(domain, current, self._issuer)
         finally:
             await self._store.release_lease(domain, self._holder)
+
+    async def _order_acme(
+        self, domain: str, current: CertificateRecord | None, issuer: AcmeIssuer
+    ) -> None:
+        if current is None:
+            await self._store.put(CertificateRecord(domain=domain, status="pending"))
+        log.info("certificate.ordering", domain=domain)
+        try:
+            record = await asyncio.to_thread(issuer.issue, domain)
+        except (AcmeError, CertificateError) as exc:
+            record = failed(current, domain, str(exc), self._clock(), base=self._retry_base)
+            await self._store.put(record)
+            self._on_order("acme", "failed")
+            log.warning(
+                "certificate.order_failed",
+                domain=domain,
+                error=str(exc),
+                attempts=record.attempts,
+                next_attempt_at=str(record.next_attempt_at),
+            )
+            return
+        await self._store.put(record)
+        self._install(record)
+        self._on_order("acme", "issued")
+        log.info("certificate.issued", domain=domain, not_after=str(record.not_after))
 
     async def run(self, interval: float) -> None:
         while True:
