@@ -25,6 +25,7 @@ import typer
 
 from zeitwork.cli.demo import DemoFailed, demo_commands, run_demo
 from zeitwork.cli.dev_plan import (
+    AGENT,
     STOP_ORDER,
     DevConfig,
     DevPorts,
@@ -199,10 +200,15 @@ async def run_dev(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     unclean = {n: c for n, c in codes.items() if c not in (0, None)}
-    if unclean and status == 0:
+    if unclean:
         _say("dev: stopped; exit statuses: " + ", ".join(f"{n}={c}" for n, c in unclean.items()))
-    else:
-        _say("dev: stopped")
+        if AGENT in unclean:
+            _say(
+                "dev: WARNING: the node agent did not drain cleanly; instances may still run "
+                "(the next `zeitwork dev` re-adopts or cleans them up)"
+            )
+        return status or 1
+    _say("dev: stopped")
     return status
 
 

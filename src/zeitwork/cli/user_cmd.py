@@ -60,10 +60,15 @@ def _size(value: int | None) -> str:
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    table = Table(*columns, box=None, header_style="bold", pad_edge=False)
+    console = Console()
+    if not console.is_terminal:  # piped: full ids on one line, whatever the width
+        console = Console(width=400)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("ID", "DIGEST", "ADDRESS"))
     for row in rows:
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    console.print(table)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
