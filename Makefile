@@ -64,6 +64,12 @@ run-load-balancer: bootstrap
 run-edge-proxy: bootstrap
 	$(BIN)/zeitwork edge-proxy
 
+# The whole platform on this machine (as root: the node agent needs namespaces and runc).
+# `make dev DEV_ARGS=--demo` also deploys a demo app at demo.localhost.
+DEV_ARGS ?=
+dev: bootstrap
+	$(BIN)/zeitwork dev $(DEV_ARGS)
+
 install:
 	sudo_or_root() { if [ "$$(id -u)" = 0 ]; then "$$@"; else sudo "$$@"; fi; }; \
 	sudo_or_root scripts/install.sh
