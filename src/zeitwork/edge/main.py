@@ -33,6 +33,7 @@ from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.manager import CertificateManager, account_bridge
 from zeitwork.edge.certificates.static import StaticFiles
 from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter, publish, snapshot
@@ -336,6 +337,7 @@ class Edge:
         self._admin: asyncio.Server | None = None
         self._operator: CertificateClient | None = None
         self._static: StaticFiles | None = None
+        self._static_names: list[str] = []
         self.manager: CertificateManager | None = None
         self.proxy: Proxy | None = None
         self.policy: EdgePolicy | None = None
@@ -483,11 +485,15 @@ class Edge:
         if polled is None:
             return
         stamp, chain, key = polled
-        info = self.tls.install("*static*", chain, key, default=True)
-        for name in info.names:
+        self.tls.set_default(chain, key)  # also for clients that send no (or an unknown) SNI
+        names = list(inspect(chain, key).names)
+        for name in names:
             self.tls.install(name, chain, key)
+        for gone in set(self._static_names) - set(names):
+            self.tls.remove(gone)
+        self._static_names = names
         self._static.accept(stamp)
-        log.info("certificate.static_loaded", names=list(info.names))
+        log.info("certificate.static_loaded", names=names)
 
     async def _watch_static(self) -> None:
         while True:
@@ -551,8 +557,8 @@ class Edge:
             )
             writer.write(head + b"connection: close\r\n\r\n" + body)
             await writer.drain()
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            pass
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError):
+            pass  # a broken or oversized admin request: just close
         finally:
             writer.close()
 

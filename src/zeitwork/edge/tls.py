@@ -87,6 +87,14 @@ class TlsTerminator:
             _load(self.server_context, chain_pem, key_pem)
         return info
 
+    def set_default(self, chain_pem: str, key_pem: str) -> CertInfo:
+        """The certificate for handshakes without SNI or for a host with none of its own."""
+        info = inspect(chain_pem, key_pem)
+        ctx = host_context(chain_pem, key_pem)
+        _load(self.server_context, chain_pem, key_pem)
+        self._default = ctx
+        return info
+
     def remove(self, domain: str) -> None:
         domain = domain.lower()
         self._hosts.pop(domain, None)

@@ -62,3 +62,14 @@ def test_challenge_context_takes_precedence_until_cleared() -> None:
     assert tls.context_for("a.test") is not normal
     tls.clear_challenge("a.test")
     assert tls.context_for("a.test") is normal
+
+
+def test_set_default_serves_clients_without_sni() -> None:
+    tls = TlsTerminator()
+    tls.install("a.test", *_pair("a.test"))
+    first_default = tls.context_for(None)
+    info = tls.set_default(*_pair("static.test"))
+    assert info.names == ("static.test",)
+    assert tls.context_for(None) is not first_default
+    assert tls.context_for("unknown.test") is tls.context_for(None)
+    assert tls.domains() == ["a.test"]  # the default alone adds no metric label
