@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -57,6 +58,9 @@ class InstanceService:
         self._strategy = strategy
         self._snapshots = CandidateSnapshots(ttl=snapshot_seconds)
         self._monotonic = monotonic
+        self._inflight: Counter[uuid.UUID] = Counter()
+        """Placements of this process under way, per node: concurrent requests try other
+        nodes first instead of queueing on (or skipping past) the same locked row."""
 
     async def create(
         self, spec: InstanceSpec, *, node_id: uuid.UUID | None = None, conn: Conn | None = None
@@ -118,17 +122,24 @@ class InstanceService:
                     await self._raise_no_fit(request, conn=conn)
                 continue  # stale snapshot, or capacity appeared meanwhile: read again
             wait = round_ > 0  # the first round skips nodes that racing placements hold
-            for node_id in decision.node_ids[:_TRIES_PER_ROUND]:
-                instance = await self._instances.try_place(
-                    node_id, spec, wait_for_lock=wait, conn=conn
-                )
+            order = sorted(decision.node_ids, key=lambda n: self._inflight[n] > 0)  # stable
+            for node_id in order[:_TRIES_PER_ROUND]:
+                self._inflight[node_id] += 1
+                try:
+                    instance = await self._instances.try_place(
+                        node_id, spec, wait_for_lock=wait, conn=conn
+                    )
+                finally:
+                    self._inflight[node_id] -= 1
+                    if not self._inflight[node_id]:
+                        del self._inflight[node_id]
                 if instance is not None:
                     if cacheable:
                         self._snapshots.placed(node_id, request)
                     return instance
                 self._snapshots.refused(request, node_id)
-                if node_id == decision.best:  # the image is checked off the hot path
-                    await self._instances.check_image_ready(spec.image_id, conn=conn)
+            # a whole round refused: maybe the image is the reason (checked off the hot path)
+            await self._instances.check_image_ready(spec.image_id, conn=conn)
             self._snapshots.forget(request)
         raise InsufficientCapacity(
             "concurrent placements took the free capacity; retry the request",
