@@ -149,7 +149,7 @@ class Supervisor:
                 await asyncio.wait_for(child.process.wait(), child.spec.stop_timeout)
             except TimeoutError:
                 self._out.write(
-                    f"dev: {child.name} did not stop within {child.spec.stop_timeout:.0f} s;"
+                    f"dev: {child.name} did not stop within {child.spec.stop_timeout:g} s;"
                     " killing it\n"
                 )
         # whatever is left in its group (workers) goes too

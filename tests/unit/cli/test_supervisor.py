@@ -1,0 +1,95 @@
+"""The dev supervisor with real child processes: output prefixed per service, readiness by
+probe, a crash noticed at once, stop with SIGTERM then SIGKILL after the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import sys
+
+import pytest
+
+from zeitwork.cli.dev_plan import ChildSpec
+from zeitwork.cli.supervisor import ChildFailed, Supervisor
+
+SERVE = """
+import http.server, signal, sys
+handler = http.server.SimpleHTTPRequestHandler
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+print("serving", flush=True)
+server.serve_forever()
+"""
+STUBBORN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spec(name: str, code: str, *args: str, port: int = 1, stop: float = 5.0) -> ChildSpec:
+    return ChildSpec(
+        name=name,
+        argv=(sys.executable, "-c", code, *args),
+        env={"PATH": "/usr/bin:/bin"},
+        ready_url=f"http://127.0.0.1:{port}/",
+        stop_timeout=stop,
+    )
+
+
+async def test_ready_by_probe_prefixed_output_and_clean_stop() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out=out, colour=False)
+    port = _free_port()
+    child = await sup.start(_spec("web", SERVE, str(port), port=port))
+    await sup.wait_ready(child, within=20)
+    assert not sup.exited.is_set()
+    codes = await sup.stop_all(("web",))
+    assert codes == {"web": 0}
+    assert "web          | serving" in out.getvalue()
+    assert "dev: stopping web" in out.getvalue()
+    assert not sup.exited.is_set()  # a stop we asked for is not a crash
+
+
+async def test_a_child_that_exits_is_noticed_and_named() -> None:
+    sup = Supervisor(out=io.StringIO(), colour=False)
+    child = await sup.start(_spec("crasher", "import sys; sys.exit(3)"))
+    await asyncio.wait_for(sup.exited.wait(), 20)
+    assert [c.name for c in sup.crashed()] == ["crasher"]
+    assert child.process.returncode == 3
+    with pytest.raises(ChildFailed, match="crasher exited with status 3"):
+        await sup.wait_ready(child, within=5)
+
+
+async def test_not_ready_in_time_is_a_failure_naming_the_url() -> None:
+    sup = Supervisor(out=io.StringIO(), colour=False)
+    port = _free_port()
+    child = await sup.start(_spec("mute", STUBBORN, port=port, stop=0.5))
+    try:
+        with pytest.raises(ChildFailed, match=f"127.0.0.1:{port}/ answered nothing"):
+            await sup.wait_ready(child, within=1)
+    finally:
+        await sup.stop_all(("mute",))
+
+
+async def test_sigterm_ignored_means_sigkill_after_the_timeout() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out=out, colour=False)
+    child = await sup.start(_spec("stubborn", STUBBORN, stop=0.5))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while "ignoring SIGTERM" not in out.getvalue():  # wait until its handler is installed
+        assert loop.time() < deadline, out.getvalue()
+        await asyncio.sleep(0.05)
+    code = await sup.stop(child)
+    assert code == -9
+    assert "dev: stubborn did not stop within 0.5 s; killing it" in out.getvalue()
