@@ -399,15 +399,6 @@ class Edge:
             limiter=caps,
             trusted=trusted,
         )
-        self.metrics.watch(
-            policy=self.policy,
-            limiter=self.limiter,
-            handshakes=self.handshakes,
-            expiries=self.tls.expiries,
-            stats_dir=self.stats_dir,
-            index=self.index,
-        )
-
         store = self._store()
         mode = s.effective_tls_mode
         issuer: AcmeIssuer | None = None
@@ -445,6 +436,16 @@ class Edge:
             ).inc(),
             retry_base=s.acme_retry_base,
             orders=self.index == 0,
+        )
+        manager = self.manager
+        self.metrics.watch(
+            policy=self.policy,
+            limiter=self.limiter,
+            handshakes=self.handshakes,
+            expiries=self.tls.expiries,
+            stats_dir=self.stats_dir,
+            index=self.index,
+            failing=lambda: manager.failing,
         )
         if mode == "internal" and self.index == 0:
             await self.manager.sync_once()  # serve the platform's domains from the first request

@@ -117,7 +117,9 @@ class _EdgeCollector(Collector):
         expiries: Callable[[], dict[str, datetime]],
         stats_dir: Path | None,
         index: int,
+        failing: Callable[[], dict[str, int]],
     ) -> None:
+        self._failing = failing
         self._policy = policy
         self._limiter = limiter
         self._handshakes = handshakes
@@ -168,6 +170,14 @@ class _EdgeCollector(Collector):
         for domain, not_after in sorted(self._expiries().items()):
             expiry.add_metric([domain], (not_after - now).total_seconds())
         yield expiry
+        failing = GaugeMetricFamily(
+            "zeitwork_edge_certificate_failed_attempts",
+            "Failed orders in a row per domain (retried with back-off; 0 once issued)",
+            labels=["domain"],
+        )
+        for domain, attempts in sorted(self._failing().items()):
+            failing.add_metric([domain], attempts)
+        yield failing
 
 
 class EdgeMetrics:
@@ -189,6 +199,7 @@ class EdgeMetrics:
         expiries: Callable[[], dict[str, datetime]],
         stats_dir: Path | None = None,
         index: int = 0,
+        failing: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry.register(
             _EdgeCollector(
@@ -198,5 +209,6 @@ class EdgeMetrics:
                 expiries=expiries,
                 stats_dir=stats_dir,
                 index=index,
+                failing=failing,
             )
         )

@@ -206,6 +206,7 @@ async def test_acme_issue_renew_fail_and_tls_alpn(
     _, metrics = await admin_get(edge, "/metrics")
     assert b'zeitwork_edge_certificate_orders_total{result="failed",source="acme"} 1.0' in metrics
     assert b'zeitwork_edge_certificate_expiry_seconds{domain="app.test"}' in metrics
+    assert b'zeitwork_edge_certificate_failed_attempts{domain="fail.test"} 1.0' in metrics
     # another pass does not retry before the back-off ends
     await edge.manager.sync_once()
     again = await store.get("fail.test")

@@ -58,11 +58,15 @@ class CertificateManager:
         self._lease_ttl = lease_ttl
         self._clock = clock
         self._orders = orders
+        self.failing: dict[str, int] = {}  # domain -> failed attempts in a row (for metrics)
         self._installed: dict[str, str] = {}
         self.wake = asyncio.Event()
 
     async def sync_once(self) -> None:
         records = {r.domain: r for r in await self._store.list()}
+        self.failing = {
+            r.domain: r.attempts for r in records.values() if r.last_error and r.attempts
+        }
         for record in records.values():
             self._install(record)
         if self._mode == "static" or not self._orders:
@@ -120,6 +124,7 @@ class CertificateManager:
         except (AcmeError, CertificateError) as exc:
             record = failed(current, domain, str(exc), self._clock(), base=self._retry_base)
             await self._store.put(record)
+            self.failing[domain] = record.attempts
             self._on_order("acme", "failed")
             log.warning(
                 "certificate.order_failed",
@@ -131,6 +136,7 @@ class CertificateManager:
             return
         await self._store.put(record)
         self._install(record)
+        self.failing.pop(domain, None)
         self._on_order("acme", "issued")
         log.info("certificate.issued", domain=domain, not_after=str(record.not_after))
 
