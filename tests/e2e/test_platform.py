@@ -305,6 +305,9 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
             return bool(got["state"] in ("stopped", "terminated"))
 
         await _until(destroyed, within=30, what="the instance to stop", platform=p)
+        # the join token of this run was revoked once the agent held its node credential
+        joins = (await api.get("/api/v1/tokens", params={"scope": "join"})).json()
+        assert joins == []
         listed = await _cli(cli_env, "nodes", "ls")
         assert " ready " in listed and " oci " in listed
 

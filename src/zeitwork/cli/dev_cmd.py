@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -101,11 +102,16 @@ async def _bring_up(
     *,
     demo: bool,
     within: float,
+    credentials: list[str],
+    revoke: list[uuid.UUID],
 ) -> None:
+    """Start everything in order; ``credentials`` receives the admin token and ``revoke``
+    the ids of tokens made for this run (revoked when it stops)."""
     base = base_environment(parent, config)
     operator = await sup.start(operator_spec(config, base))
     await sup.wait_ready(operator, within=within)
     token, token_source = await _admin_token(config, parent, operator, within=30.0)
+    credentials.append(token)
     async with AdminClient(base_url=config.operator_url, token=token) as client:
         try:
             join = await client.create_token("join", name="zeitwork dev: node agent")
@@ -115,12 +121,14 @@ async def _bring_up(
                 f"the operator refuses the admin token from {token_source.split()[0]}: "
                 "set ZEITWORK_ADMIN_TOKEN to a valid admin token"
             ) from None
-        agent = await sup.start(agent_spec(config, base, join_token=join))
+        revoke.append(proxy.id)
+        agent = await sup.start(agent_spec(config, base, join_token=join.token))
         await sup.wait_ready(agent, within=within)
         await _wait_node_ready(client, agent, within=within)
-        lb = await sup.start(lb_spec(config, base, proxy_token=proxy))
+        await client.revoke_token(join.id)  # the agent holds its own node credential now
+        lb = await sup.start(lb_spec(config, base, proxy_token=proxy.token))
         await sup.wait_ready(lb, within=within)
-        edge = await sup.start(edge_spec(config, base, proxy_token=proxy))
+        edge = await sup.start(edge_spec(config, base, proxy_token=proxy.token))
         await sup.wait_ready(edge, within=within)
         _say(summary(config, admin_token_source=token_source))
         if demo:
@@ -156,6 +164,16 @@ async def _wait_node_ready(client: AdminClient, agent: Child, *, within: float) 
             await asyncio.wait_for(agent.process.wait(), 0.2)
 
 
+async def _revoke(config: DevConfig, admin_token: str, token_ids: list[uuid.UUID]) -> None:
+    """Revoke the tokens made for this run (best effort: the operator may be gone)."""
+    try:
+        async with AdminClient(base_url=config.operator_url, token=admin_token) as client:
+            for token_id in token_ids:
+                await client.revoke_token(token_id)
+    except ZeitworkError as exc:
+        _say(f"dev: could not revoke this run's proxy token: {exc.detail}")
+
+
 async def _until_stopped(work: Awaitable[_T], stop: asyncio.Event, sup: Supervisor) -> _T:
     """Run ``work`` unless Ctrl-C/SIGTERM or a child's exit comes first."""
     task = asyncio.ensure_future(work)
@@ -187,8 +205,22 @@ async def run_dev(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     status = 0
+    credentials: list[str] = []
+    revoke: list[uuid.UUID] = []
     try:
-        await _until_stopped(_bring_up(sup, config, parent, demo=demo, within=within), stop, sup)
+        await _until_stopped(
+            _bring_up(
+                sup,
+                config,
+                parent,
+                demo=demo,
+                within=within,
+                credentials=credentials,
+                revoke=revoke,
+            ),
+            stop,
+            sup,
+        )
         await _until_stopped(stop.wait(), stop, sup)
     except _Stopped:
         _say("\ndev: stopping (Ctrl-C / SIGTERM)")
@@ -196,7 +228,10 @@ async def run_dev(
         _say(f"\ndev: FAILED: {exc}; stopping the platform")
         status = 1
     finally:
-        codes = await sup.stop_all(STOP_ORDER)
+        codes = await sup.stop_all(STOP_ORDER[:-1])
+        if credentials and revoke:
+            await _revoke(config, credentials[0], revoke)
+        codes.update(await sup.stop_all(STOP_ORDER[-1:]))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     unclean = {n: c for n, c in codes.items() if c not in (0, None)}

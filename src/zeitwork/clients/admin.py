@@ -89,6 +89,12 @@ class DomainInfo(_Model):
     deployment_id: uuid.UUID | None = None
 
 
+class NewToken(_Model):
+    id: uuid.UUID
+    scope: str
+    token: str
+
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -155,15 +161,16 @@ class AdminClient:
 
     # tokens
 
-    async def create_token(self, scope: str, *, name: str = "") -> str:
-        """A new token of ``scope`` (``admin``, ``join``, ``proxy``); returns the secret."""
+    async def create_token(self, scope: str, *, name: str = "") -> NewToken:
+        """A new token of ``scope`` (``admin``, ``join``, ``proxy``); the secret is in the
+        answer only."""
         response = await self._request(
             "POST", "/api/v1/tokens", json={"scope": scope, "name": name}
         )
-        secret = response.json().get("token")
-        if not isinstance(secret, str) or not secret:
-            raise ServiceUnavailable("operator answered a token creation without a token")
-        return secret
+        return _parse(NewToken, response)
+
+    async def revoke_token(self, token_id: uuid.UUID) -> None:
+        await self._request("DELETE", f"/api/v1/tokens/{token_id}")
 
     # images
 

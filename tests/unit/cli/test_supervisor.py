@@ -93,3 +93,19 @@ async def test_sigterm_ignored_means_sigkill_after_the_timeout() -> None:
     code = await sup.stop(child)
     assert code == -9
     assert "dev: stubborn did not stop within 0.5 s; killing it" in out.getvalue()
+
+
+async def test_dev_stops_loudly_when_a_child_dies_and_quietly_on_ctrl_c() -> None:
+    from zeitwork.cli.dev_cmd import _Stopped, _until_stopped
+
+    sup = Supervisor(out=io.StringIO(), colour=False)
+    await sup.start(_spec("load-balancer", "import sys; sys.exit(7)"))
+    with pytest.raises(ChildFailed, match=r"load-balancer \(status 7\) exited unexpectedly"):
+        await asyncio.wait_for(_until_stopped(asyncio.sleep(60), asyncio.Event(), sup), 20)
+
+    calm = Supervisor(out=io.StringIO(), colour=False)
+    stop = asyncio.Event()
+    stop.set()
+    with pytest.raises(_Stopped):
+        await asyncio.wait_for(_until_stopped(asyncio.sleep(60), stop, calm), 20)
+    assert await _until_stopped(asyncio.sleep(0, "done"), asyncio.Event(), calm) == "done"
