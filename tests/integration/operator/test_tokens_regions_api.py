@@ -139,3 +139,29 @@ async def test_bad_region_is_422(operator: Operator, body: dict[str, Any]) -> No
 async def test_region_unknown_id(operator: Operator) -> None:
     r = await operator.client.get(f"/api/v1/regions/{uuid.uuid4()}", headers=operator.headers())
     assert r.status_code == 404
+
+
+async def test_token_expiry(operator: Operator) -> None:
+    h = operator.headers()
+    r = await operator.client.post(
+        "/api/v1/tokens", headers=h, json={"scope": "admin", "expires_in": 3600}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["expires_at"] is not None
+    secret = r.json()["token"]
+    assert (
+        await operator.client.get("/api/v1/nodes", headers=operator.headers(secret))
+    ).status_code == 200
+    await operator.sql(
+        "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = %s",
+        (r.json()["id"],),
+    )
+    operator.clock.advance(operator.deps.settings.token_cache_seconds + 0.1)
+    r = await operator.client.get("/api/v1/nodes", headers=operator.headers(secret))
+    assert r.status_code == 401
+    too_short = await operator.client.post(
+        "/api/v1/tokens", headers=h, json={"scope": "admin", "expires_in": 10}
+    )
+    assert too_short.status_code == 422
+    forever = await operator.client.post("/api/v1/tokens", headers=h, json={"scope": "join"})
+    assert forever.json()["expires_at"] is None

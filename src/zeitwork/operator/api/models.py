@@ -89,6 +89,12 @@ class TokenCreate(BaseModel):
     scope: Scope
     name: str = Field(default="", max_length=200)
     node_id: uuid.UUID | None = Field(default=None, description="required for scope 'node'")
+    expires_in: int | None = Field(
+        default=None,
+        ge=60,
+        le=10 * 365 * 86400,
+        description="lifetime in seconds (none: no expiry)",
+    )
 
 
 class TokenOut(BaseModel):
@@ -99,6 +105,7 @@ class TokenOut(BaseModel):
     node_id: uuid.UUID | None
     created_at: datetime
     last_used_at: datetime | None
+    expires_at: datetime | None
     revoked_at: datetime | None
 
     @classmethod
@@ -111,6 +118,7 @@ class TokenOut(BaseModel):
             node_id=token.node_id,
             created_at=token.created_at,
             last_used_at=token.last_used_at,
+            expires_at=token.expires_at,
             revoked_at=token.revoked_at,
         )
 

@@ -26,7 +26,7 @@ def router(deps: Deps) -> APIRouter:
         if body.node_id is not None:
             await deps.nodes.get(body.node_id)  # 404 for an unknown node
         token, secret = await deps.token_service.issue(
-            body.scope, name=body.name, node_id=body.node_id
+            body.scope, name=body.name, node_id=body.node_id, expires_in=body.expires_in
         )
         return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)
 

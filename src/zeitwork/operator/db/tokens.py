@@ -50,13 +50,16 @@ class TokenStore:
         scope: Scope,
         name: str = "",
         node_id: uuid.UUID | None = None,
+        expires_in: float | None = None,
         conn: Conn | None = None,
     ) -> Token:
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "INSERT INTO api_tokens (token_hash, prefix, scope, name, node_id) "
-                f"VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (token_hash, prefix, scope.value, name, node_id),
+                "INSERT INTO api_tokens (token_hash, prefix, scope, name, node_id, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, "
+                "now() + make_interval(secs => %s::double precision)) "
+                f"RETURNING {_COLUMNS}",
+                (token_hash, prefix, scope.value, name, node_id, expires_in),
             )
             row = await cur.fetchone()
         assert row is not None

@@ -30,6 +30,7 @@ class TokenService:
         *,
         name: str = "",
         node_id: uuid.UUID | None = None,
+        expires_in: float | None = None,
         conn: Conn | None = None,
     ) -> tuple[Token, str]:
         """Create a token; returns it and its secret (shown once, never stored)."""
@@ -40,6 +41,7 @@ class TokenService:
             scope=scope,
             name=name,
             node_id=node_id,
+            expires_in=expires_in,
             conn=conn,
         )
         log.info("token.created", token_id=str(token.id), scope=scope.value, node_id=node_id)
