@@ -52,6 +52,15 @@ class Upstream:
                     await reader.readexactly(length)
                 self.seen.append(headers)
                 target = line.split()[1]
+                if target == b"/ws" and headers.get(b"upgrade", b"").lower() == b"websocket":
+                    writer.write(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                        b"connection: Upgrade\r\n\r\n"
+                    )
+                    while data := await reader.read(65536):  # echo, both ways through the edge
+                        writer.write(data.upper())
+                        await writer.drain()
+                    return
                 extra = b""
                 if target.startswith(b"/app-headers"):
                     extra = b"x-frame-options: DENY\r\n"

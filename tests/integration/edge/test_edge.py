@@ -320,3 +320,21 @@ async def test_proxy_protocol_from_trusted_proxy(
     with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
         await conn.request("/")
     await conn.close()
+
+
+async def test_websocket_upgrade_through_tls(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    conn = await Conn.open(
+        edge.ports["https"], tls=client_context(_ca(tmp_path / "data")), sni="app.test"
+    )
+    conn.writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with asyncio.timeout(10):
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        for word in (b"hello", b"edge"):
+            conn.writer.write(word)
+            assert await conn.reader.readexactly(len(word)) == word.upper()
+    await conn.close()
