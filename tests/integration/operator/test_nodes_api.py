@@ -100,11 +100,14 @@ async def test_client_supplied_id(operator: Operator) -> None:
     r = await operator.client.post(
         "/api/v1/nodes",
         headers=operator.headers(),
-        json=registration(hostname="renamed", id=str(uuid.uuid4())),
+        json=registration(hostname="renamed", id=str(uuid.uuid4()), ip_address="10.9.9.9"),
     )
     assert r.status_code == 409
     assert r.headers["content-type"] == PROBLEM
     assert r.json()["node_id"] == node_id
+    # the refused registration changed nothing
+    rows = await operator.sql("SELECT ip_address FROM nodes WHERE id = %s", (node_id,))
+    assert rows == [("10.0.0.10",)]
 
 
 async def test_parallel_registration_of_one_hostname_gives_one_row(operator: Operator) -> None:
@@ -293,5 +296,9 @@ async def test_terminated_node_cannot_reregister(operator: Operator) -> None:
         headers=operator.headers(),
         json={"state": "terminated"},
     )
-    r = await operator.client.post("/api/v1/nodes", headers=operator.headers(), json=registration())
+    r = await operator.client.post(
+        "/api/v1/nodes", headers=operator.headers(), json=registration(ip_address="10.9.9.9")
+    )
     assert r.status_code == 409
+    rows = await operator.sql("SELECT ip_address FROM nodes WHERE id = %s", (node["id"],))
+    assert rows == [("10.0.0.10",)]

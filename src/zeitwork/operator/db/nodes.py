@@ -146,14 +146,15 @@ class NodeStore:
                 params,
             )
             row = await cur.fetchone()
-        assert row is not None
-        if spec.id is not None and row["id"] != spec.id:
-            raise Conflict(
-                f"hostname {spec.hostname!r} is already registered as node {row['id']}",
-                extra={"node_id": str(row["id"])},
-            )
-        if not row["created"]:
-            self._refuse_terminated(row)
+            assert row is not None
+            # refusals raise inside the transaction, so the upsert above is rolled back
+            if spec.id is not None and row["id"] != spec.id:
+                raise Conflict(
+                    f"hostname {spec.hostname!r} is already registered as node {row['id']}",
+                    extra={"node_id": str(row["id"])},
+                )
+            if not row["created"]:
+                self._refuse_terminated(row)
         return _node(row), bool(row["created"])
 
     @staticmethod
