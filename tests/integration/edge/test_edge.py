@@ -338,3 +338,29 @@ async def test_websocket_upgrade_through_tls(make_edge: EdgeFactory, tmp_path: P
             conn.writer.write(word)
             assert await conn.reader.readexactly(len(word)) == word.upper()
     await conn.close()
+
+
+async def test_bad_input_over_tls_is_refused(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_MAX_BODY=1024)
+    ctx = client_context(_ca(tmp_path / "data"))
+    cases = [
+        (
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, 413),
+        (b"GET / HTTP/1.1\r\nHost app.test\r\n\r\n", 400),
+    ]
+    for raw, status in cases:
+        conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
+        conn.writer.write(raw)
+        async with asyncio.timeout(10):
+            line = await conn.reader.readline()
+        assert line.startswith(b"HTTP/1.1 %d" % status), (raw[:40], line)
+        await conn.close()
+    # normal traffic keeps flowing
+    conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
+    assert (await conn.request("/after")).status == 200
+    await conn.close()
