@@ -3,12 +3,11 @@
 Starts a private embedded PostgreSQL, migrates it, seeds 1,000 nodes and 10,000 instances,
 runs ``zeitwork operator`` on it (authentication, metrics and logging on, as deployed) and
 drives it with ``wrk`` (32 connections): ``GET /api/v1/nodes/{id}`` (random ids),
-``GET /api/v1/nodes?limit=100`` and, when the instances API exists,
-``GET /api/v1/instances?limit=100``. Then ``pgbench -S`` on the same server, for the ratio.
+``GET /api/v1/nodes?limit=100``, ``GET /api/v1/instances?limit=100``, scheduled
+``POST /api/v1/instances`` (no ``node_id``) and placements with 8 clients, then checks
+that no node is over-committed. Then ``pgbench -S`` on the same server, for the ratio.
 
 Options: --workers N (ZEITWORK_WORKERS), --duration S, --connections C.
-Not measured here yet: placement throughput (``POST /api/v1/instances`` without
-``node_id``, 8 concurrent clients); add it as another case after the GETs.
 """
 
 from __future__ import annotations
