@@ -65,13 +65,15 @@ class Decision:
 class RateLimiter:
     """GCRA decisions per key over a bounded least-recently-seen table."""
 
-    __slots__ = ("_capacity", "_table", "evicted_live", "limited")
+    __slots__ = ("_capacity", "_get", "_move", "_table", "evicted_live", "limited")
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError("rate limiter capacity must be at least 1")
         self._capacity = capacity
         self._table: OrderedDict[str, float] = OrderedDict()
+        self._get = self._table.get  # bound methods, looked up once: this is the hot path
+        self._move = self._table.move_to_end
         self.evicted_live = 0
         self.limited = 0
 
@@ -84,11 +86,11 @@ class RateLimiter:
 
     def allow(self, key: str, now: float, quota: Quota) -> bool:
         """The hot path: True when the request may pass (no header details computed)."""
-        table = self._table
-        tat = table.get(key)
+        tat = self._get(key)
         if tat is None:
             # A client the table does not know (or forgot because its entry expired):
             # its first request is always within the burst.
+            table = self._table
             if len(table) >= self._capacity:
                 self._make_room(now)
             elif table:
@@ -100,10 +102,10 @@ class RateLimiter:
         tat += quota.interval
         if tat - now > quota.tolerance:
             self.limited += 1
-            table.move_to_end(key)
+            self._move(key)
             return False
-        table[key] = tat
-        table.move_to_end(key)
+        self._table[key] = tat
+        self._move(key)
         return True
 
     def decide(self, key: str, now: float, quota: Quota) -> Decision:
