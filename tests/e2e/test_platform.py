@@ -115,7 +115,9 @@ def _remove_host_state(bridge: str, table: str, cgroup_parent: str) -> None:
 
 
 @pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Platform]:
+    """``zeitwork dev`` as a subprocess (extra arguments by indirect parametrisation)."""
+    extra: tuple[str, ...] = getattr(request, "param", ())
     suffix = uuid.uuid4().hex[:6]
     bridge, table, cgroup_parent = f"zwp{suffix}", f"zwp{suffix}", f"zwp{suffix}"
     run_dir = Path("/run") / f"zwp{suffix}"
@@ -139,6 +141,7 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
     for name, port in ports.items():
         flag = {"http": "--http-port", "https": "--https-port"}.get(name, f"--{name}-port")
         argv += [flag, str(port)]
+    argv += extra
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -209,6 +212,37 @@ async def _https_get(port: int, host: str, ca_file: Path) -> tuple[int, bytes]:
             await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+async def _stop_and_check(p: Platform) -> None:
+    """Ctrl-C: every child stops in order, nothing of the run is left."""
+    children = _zeitwork_processes(p.data_dir)
+    assert len(children) >= 4, children  # operator, agent, LB, edge (and workers)
+
+    p.process.send_signal(signal.SIGINT)  # Ctrl-C
+    code = await asyncio.wait_for(p.process.wait(), 90)
+    output = p.output()
+    assert code == 0, output[-4000:]
+    order = [output.index(f"dev: stopping {name}") for name in ("edge-proxy", "load-balancer")]
+    order += [output.index(f"dev: stopping {name}") for name in ("node-agent", "operator")]
+    assert order == sorted(order)
+    assert "dev: stopped" in output
+    assert _zeitwork_processes(p.data_dir) == []
+    assert not any((p.data_dir / "agent" / "network" / "netns").glob("*"))
+    containers = subprocess.run(
+        ["runc", "--root", str(p.run_dir / "runc"), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert containers.stdout.split() == []
+    veths = subprocess.run(
+        ["ip", "-o", "link", "show", "master", p.bridge],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert veths.stdout.strip() == ""
 
 
 async def test_dev_platform_serves_an_app_and_stops_cleanly(
@@ -311,30 +345,24 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         listed = await _cli(cli_env, "nodes", "ls")
         assert " ready " in listed and " oci " in listed
 
-    children = _zeitwork_processes(p.data_dir)
-    assert len(children) >= 4, children  # operator, agent, LB, edge (and workers)
+    await _stop_and_check(p)
 
-    p.process.send_signal(signal.SIGINT)  # Ctrl-C
-    code = await asyncio.wait_for(p.process.wait(), 90)
-    output = p.output()
-    assert code == 0, output[-4000:]
-    order = [output.index(f"dev: stopping {name}") for name in ("edge-proxy", "load-balancer")]
-    order += [output.index(f"dev: stopping {name}") for name in ("node-agent", "operator")]
-    assert order == sorted(order)
-    assert "dev: stopped" in output
-    assert _zeitwork_processes(p.data_dir) == []
-    assert not any((p.data_dir / "agent" / "network" / "netns").glob("*"))
-    containers = subprocess.run(
-        ["runc", "--root", str(p.run_dir / "runc"), "list", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
+
+@pytest.mark.parametrize("platform", [("--demo",)], indirect=True)
+async def test_dev_demo_serves_the_demo_page(platform: Platform) -> None:
+    p = platform
+
+    async def live() -> bool:
+        return "The demo app is live" in p.output()
+
+    await _until(live, within=120, what="the demo", platform=p)
+    assert f"curl -H 'Host: demo.localhost' {p.url('http')}/" in p.output()
+    async with httpx.AsyncClient(timeout=5) as web:
+        page = await web.get(p.url("http") + "/", headers={"Host": "demo.localhost"})
+    assert page.status_code == 200
+    assert b"Hello from Zeitwork" in page.content
+    status, body = await _https_get(
+        p.ports["https"], "demo.localhost", p.data_dir / "edge" / "ca" / "ca.crt"
     )
-    assert containers.stdout.split() == []
-    veths = subprocess.run(
-        ["ip", "-o", "link", "show", "master", p.bridge],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert veths.stdout.strip() == ""
+    assert status == 200 and b"Hello from Zeitwork" in body
+    await _stop_and_check(p)
