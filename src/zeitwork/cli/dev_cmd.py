@@ -202,8 +202,15 @@ async def run_dev(
     sup = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set() and not sup.hurry.is_set():
+            _say("dev: asked again: killing the services now (instances may keep running)")
+            sup.hurry.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     status = 0
     credentials: list[str] = []
     revoke: list[uuid.UUID] = []

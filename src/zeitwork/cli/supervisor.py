@@ -57,6 +57,7 @@ class Supervisor:
         self._colour = out.isatty() if colour is None else colour
         self.children: list[Child] = []
         self.exited = asyncio.Event()  # set when any child exits on its own
+        self.hurry = asyncio.Event()  # set: stop without waiting (SIGKILL at once)
         self._watchers: set[asyncio.Task[None]] = set()
 
     def _prefix(self, name: str, index: int) -> str:
@@ -145,9 +146,17 @@ class Supervisor:
         if child.running:
             with contextlib.suppress(ProcessLookupError):
                 child.process.send_signal(signal.SIGTERM)
+            exited = asyncio.ensure_future(child.process.wait())
+            hurried = asyncio.ensure_future(self.hurry.wait())
             try:
-                await asyncio.wait_for(child.process.wait(), child.spec.stop_timeout)
-            except TimeoutError:
+                await asyncio.wait(
+                    {exited, hurried},
+                    timeout=child.spec.stop_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                hurried.cancel()
+            if child.running and not self.hurry.is_set():
                 self._out.write(
                     f"dev: {child.name} did not stop within {child.spec.stop_timeout:g} s;"
                     " killing it\n"

@@ -109,3 +109,21 @@ async def test_dev_stops_loudly_when_a_child_dies_and_quietly_on_ctrl_c() -> Non
     with pytest.raises(_Stopped):
         await asyncio.wait_for(_until_stopped(asyncio.sleep(60), stop, calm), 20)
     assert await _until_stopped(asyncio.sleep(0, "done"), asyncio.Event(), calm) == "done"
+
+
+async def test_hurry_kills_at_once_instead_of_waiting() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out=out, colour=False)
+    child = await sup.start(_spec("slow", STUBBORN, stop=60))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while "ignoring SIGTERM" not in out.getvalue():
+        assert loop.time() < deadline, out.getvalue()
+        await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(sup.stop(child))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for the stubborn child
+    started = loop.time()
+    sup.hurry.set()  # the second Ctrl-C
+    assert await asyncio.wait_for(stopping, 10) == -9
+    assert loop.time() - started < 5
