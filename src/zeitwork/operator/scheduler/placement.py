@@ -12,7 +12,9 @@ Order of preference:
 2. **bin-packing** (default): the tightest fit first (least free vCPU, then memory, left
    after placing), which keeps large holes free for large instances; the ``spread``
    strategy prefers the emptiest node instead;
-3. the node id, so that equal candidates are ordered deterministically.
+3. the node id XOR ``salt`` (0 by default: plain node id order), so that equal candidates
+   are ordered deterministically; each operator process uses its own salt, so that
+   processes placing at the same moment start on different nodes among equals.
 """
 
 from __future__ import annotations
@@ -90,11 +92,14 @@ def _describe(amount: Resources) -> str:
 Decision = Plan | NoFit
 
 
-def _key(c: Candidate, request: Resources, strategy: Strategy) -> tuple[int, int, int, str]:
+def _key(
+    c: Candidate, request: Resources, strategy: Strategy, salt: int
+) -> tuple[int, int, int, int]:
     left = c.free - request
+    tie = c.node_id.int ^ salt
     if strategy is Strategy.SPREAD:
-        return (c.replicas, -left.millicpu, -left.memory_mib, str(c.node_id))
-    return (c.replicas, left.millicpu, left.memory_mib, str(c.node_id))
+        return (c.replicas, -left.millicpu, -left.memory_mib, tie)
+    return (c.replicas, left.millicpu, left.memory_mib, tie)
 
 
 def _closest(candidates: Sequence[Candidate], request: Resources) -> NoFit:
@@ -120,13 +125,14 @@ def place(
     request: Resources,
     *,
     strategy: Strategy = Strategy.BINPACK,
+    salt: int = 0,
 ) -> Decision:
     """Rank the nodes that can take ``request``; NoFit (with the shortfall) if none can."""
     pool = list(candidates)
     feasible = [c for c in pool if c.fits(request)]
     if not feasible:
         return _closest(pool, request)
-    feasible.sort(key=lambda c: _key(c, request, strategy))
+    feasible.sort(key=lambda c: _key(c, request, strategy, salt))
     return Plan(node_ids=tuple(c.node_id for c in feasible))
 
 

@@ -3,6 +3,7 @@ placing a deployment's replicas all-or-nothing, state reports and termination.""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -58,6 +59,7 @@ class InstanceService:
         self._strategy = strategy
         self._snapshots = CandidateSnapshots(ttl=snapshot_seconds)
         self._monotonic = monotonic
+        self._salt = secrets.randbits(128)  # this process's order among equal nodes
         self._inflight: Counter[uuid.UUID] = Counter()
         """Placements of this process under way, per node: concurrent requests try other
         nodes first instead of queueing on (or skipping past) the same locked row."""
@@ -115,7 +117,7 @@ class InstanceService:
                 )
                 if cacheable:
                     self._snapshots.put(request, candidates, now)
-            decision = place(candidates, request, strategy=self._strategy)
+            decision = place(candidates, request, strategy=self._strategy, salt=self._salt)
             if isinstance(decision, NoFit):
                 if fresh:
                     await self._instances.check_image_ready(spec.image_id, conn=conn)

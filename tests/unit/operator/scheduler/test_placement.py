@@ -136,3 +136,22 @@ def test_no_fit_message_names_the_shortfall() -> None:
     empty = place([], Resources(millicpu=1, memory_mib=1))
     assert isinstance(empty, NoFit)
     assert "no ready node" in empty.message()
+
+
+@given(candidates(), requests, st.integers(min_value=0, max_value=2**128 - 1))
+def test_salt_only_reorders_equal_candidates(
+    pool: list[Candidate], request: Resources, salt: int
+) -> None:
+    plain, salted = place(pool, request), place(pool, request, salt=salt)
+    if isinstance(plain, NoFit):
+        assert isinstance(salted, NoFit)
+        return
+    assert isinstance(salted, Plan)
+    by_id = {c.node_id: c for c in pool}
+
+    def rank(n: uuid.UUID) -> tuple[int, int, int]:
+        left = by_id[n].free - request
+        return (by_id[n].replicas, left.millicpu, left.memory_mib)
+
+    assert [rank(n) for n in plain.node_ids] == [rank(n) for n in salted.node_ids]
+    assert set(plain.node_ids) == set(salted.node_ids)
