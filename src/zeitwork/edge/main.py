@@ -486,10 +486,12 @@ class Edge:
         if polled is None:
             return
         stamp, chain, key = polled
-        self.tls.set_default(chain, key)  # also for clients that send no (or an unknown) SNI
         names = list(inspect(chain, key).names)
-        for name in names:
-            self.tls.install(name, chain, key)
+        if not names:
+            self.tls.set_default(chain, key)
+        for i, name in enumerate(names):
+            # the first name is also the default: clients without (or with an unknown) SNI
+            self.tls.install(name, chain, key, default=i == 0)
         for gone in set(self._static_names) - set(names):
             self.tls.remove(gone)
         self._static_names = names

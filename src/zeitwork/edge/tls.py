@@ -63,6 +63,7 @@ class TlsTerminator:
         self._wildcards: dict[str, ssl.SSLContext] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
+        self._default_name: str | None = None
         self._expiry: dict[str, datetime] = {}
         self.server_context = _base_context([ALPN_HTTP1])
         self.server_context.sni_callback = self._pick
@@ -81,8 +82,9 @@ class TlsTerminator:
         else:
             self._hosts[domain] = ctx
         self._expiry[domain] = info.not_after
-        if default or self._default is None:
+        if default or self._default is None or domain == self._default_name:
             self._default = ctx
+            self._default_name = domain
             # The base context itself also needs a certificate: some clients send no SNI.
             _load(self.server_context, chain_pem, key_pem)
         return info
@@ -93,6 +95,7 @@ class TlsTerminator:
         ctx = host_context(chain_pem, key_pem)
         _load(self.server_context, chain_pem, key_pem)
         self._default = ctx
+        self._default_name = None
         return info
 
     def remove(self, domain: str) -> None:
@@ -138,6 +141,8 @@ class TlsTerminator:
         ctx = self.context_for(server_name)
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-        if ctx is not self.server_context:
+        if ctx is not self._default:
+            # The server context already carries the default certificate; switching the
+            # SSL_CTX (a few microseconds) is needed only for the other hosts.
             sslobj.context = ctx
         return None

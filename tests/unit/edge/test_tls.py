@@ -73,3 +73,12 @@ def test_set_default_serves_clients_without_sni() -> None:
     assert tls.context_for(None) is not first_default
     assert tls.context_for("unknown.test") is tls.context_for(None)
     assert tls.domains() == ["a.test"]  # the default alone adds no metric label
+
+
+def test_reinstalling_the_default_host_updates_the_default() -> None:
+    tls = TlsTerminator()
+    tls.install("a.test", *_pair("a.test"))
+    tls.install("b.test", *_pair("b.test"))
+    tls.install("a.test", *_pair("a.test"))  # renewal of the default host
+    assert tls.context_for(None) is tls.context_for("a.test")
+    assert tls.context_for("b.test") is not tls.context_for(None)
