@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import http.client
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -67,6 +68,19 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _print_phases(log_text: str) -> None:
+    """Median of the agent's own per-phase start timings (log event instance.start_timings)."""
+    phases: dict[str, list[float]] = {}
+    for line in log_text.splitlines():
+        if "instance.start_timings" not in line:
+            continue
+        for name, value in re.findall(r"(\w+_ms)=([0-9.]+)", line):
+            phases.setdefault(name, []).append(float(value))
+    if phases:
+        parts = ", ".join(f"{k[:-3]} {statistics.median(v):.1f} ms" for k, v in phases.items())
+        print(f"  agent-side phases (median over {len(next(iter(phases.values())))}): {parts}")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -81,7 +95,7 @@ async def main(starts: int, burst: int) -> None:
         image = build_image(root / "app.tar")
         host = AgentHost(
             root=root / "host",
-            extra_env={"LOG_LEVEL": "warn", "ZEITWORK_RESERVED_MEMORY_MIB": "0"},
+            extra_env={"LOG_LEVEL": "info", "ZEITWORK_RESERVED_MEMORY_MIB": "0"},
         )
         await preload(host.data_dir, image)
         host.start()
@@ -125,6 +139,7 @@ async def main(starts: int, burst: int) -> None:
                     await client.delete(f"/instances/{instance_id}")
                 while (await client.get("/instances")).json():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
+            _print_phases(host.log_path.read_text())
         finally:
             await host.cleanup()
 

@@ -485,7 +485,9 @@ class Supervisor:
             if record.handle is not None:  # an earlier run's leftovers
                 await self.driver.destroy(record.handle)
                 record.handle = None
+            began = time.perf_counter()
             image = await self.images.ensure(assignment.image)
+            image_done = time.perf_counter()
             try:
                 process = image.process(assignment.environment_variables)
                 attachment = self.network.attachment(instance_id) or await self.network.attach(
@@ -508,7 +510,9 @@ class Supervisor:
                     port=assignment.default_port,
                     network=attachment,
                 )
+                network_done = time.perf_counter()
                 handle = await self.driver.start(spec)
+                runtime_done = time.perf_counter()
             except BaseException:
                 self.images.release(assignment.image.digest)
                 raise
@@ -540,6 +544,14 @@ class Supervisor:
         record.started_at = time.monotonic()
         self._persist(record)
         await self._wait_listening(record)
+        log.info(
+            "instance.start_timings",
+            instance_id=str(instance_id),
+            image_ms=round((image_done - began) * 1000, 1),
+            network_ms=round((network_done - image_done) * 1000, 1),
+            runtime_ms=round((runtime_done - network_done) * 1000, 1),
+            listen_ms=round((time.perf_counter() - runtime_done) * 1000, 1),
+        )
         if record.alive and record.state == S.STARTING:
             self._transition(record, S.RUNNING)
 

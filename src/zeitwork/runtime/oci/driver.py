@@ -185,7 +185,7 @@ class OciDriver:
         if not (spec.rootfs / ".").is_dir():
             raise RuntimeFailure(f"image root filesystem {spec.rootfs} does not exist")
 
-        existing = await self.runc.state(container_id)
+        existing = await self.runc.state(container_id) if self.runc.knows(container_id) else None
         if existing is not None:
             if existing.get("status") in _RUNNING:
                 return self._handle(spec.instance_id, container_id, int(existing["pid"]), netns)

@@ -94,6 +94,11 @@ class RuncCli:
             raise RuntimeFailure(what)
         return out or b""
 
+    def knows(self, container_id: str) -> bool:
+        """Whether the runtime keeps state for ``container_id`` (no process spawned; both
+        runc and crun keep one directory per container under their root)."""
+        return (self.root / container_id).exists()
+
     async def version(self) -> str:
         out = await self._exec("--version")
         return out.decode().splitlines()[0] if out else self.binary
