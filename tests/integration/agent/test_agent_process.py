@@ -212,3 +212,42 @@ async def test_logs_follow_streams_until_the_workload_ends(
         assert final["log_tail"][-1] == "line3"
         tail = await client.get(f"/instances/{instance_id}/logs", params={"tail": 2})
         assert tail.text == "line2\nline3\n"
+
+
+async def test_instance_that_died_while_the_agent_was_down_is_restarted(
+    agent_host: Callable[..., AgentHost], busybox_image: BuiltImage
+) -> None:
+    from zeitwork.runtime.oci import RuncCli
+
+    host = agent_host()
+    await preload(host.data_dir, busybox_image)
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        instance_id = (await client.post("/instances", json=instance_body(busybox_image))).json()[
+            "id"
+        ]
+        await _wait_state(client, instance_id, "running")
+    old_pid = host.record(instance_id)["handle"]["data"]["pid"]
+    host.kill()
+    runc = RuncCli(root=host.run_dir / "runc")
+    await runc.kill("zw-" + instance_id.replace("-", ""), "KILL")
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{old_pid}"):
+            break
+        await asyncio.sleep(0.02)
+    host.start()
+    await host.wait_ready()
+    async with host.client() as client:
+        for _ in range(400):
+            view = (await client.get(f"/instances/{instance_id}")).json()
+            record = host.record(instance_id)
+            handle = record.get("handle") or {}
+            if view["state"] == "running" and handle.get("data", {}).get("pid") != old_pid:
+                break
+            await asyncio.sleep(0.05)
+        assert view["state"] == "running", view
+        assert view["restarts"] == 1
+        assert (await wait_http(f"http://{view['ip_address']}:8080/", timeout=5))[0] == 200
+    log_text = host.log_path.read_text()
+    assert "exit status unknown" in log_text

@@ -144,6 +144,8 @@ async def test_start_reports_starting_then_running_with_address_and_serves(
     node.supervisor.remove(assignment.id)
     await node.wait_for(assignment.id, lambda s: s[-1:] == ["terminated"])
     assert assignment.id not in node.supervisor.records
+    # the image is no longer referenced: the cache may evict it
+    assert node.supervisor.images.cache.refs(assignment.image.digest) == 0
 
 
 async def test_crash_loop_restarts_with_back_off_then_fails_with_reason(
