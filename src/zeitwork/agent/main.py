@@ -14,6 +14,7 @@ import contextlib
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -38,7 +39,7 @@ from zeitwork.images import ImageCache
 from zeitwork.observability import configure_logging, get_logger, new_registry
 from zeitwork.runtime import registry as runtimes
 from zeitwork.runtime.base import Driver
-from zeitwork.wire.agent import Assignments
+from zeitwork.wire.agent import Assignments, InstanceStatusReport
 
 log = get_logger(__name__)
 
@@ -87,6 +88,7 @@ def build_driver(settings: AgentSettings, data: Path) -> tuple[Driver, runtimes.
             firecracker_bin=settings.firecracker_bin,
             jailer_bin=settings.jailer_bin,
             kernel=settings.firecracker_kernel,
+            work_dir=settings.vm_work_dir,
         )
     else:
         driver = runtimes.build_oci(
@@ -153,7 +155,7 @@ async def serve(
         store = StateStore(root=data / "instances")
         link: OperatorLink | None = None
 
-        def report(instance_id: Any, body: Any) -> None:
+        def report(instance_id: uuid.UUID, body: InstanceStatusReport) -> None:
             if link is not None:
                 link.report(instance_id, body)
 

@@ -124,12 +124,18 @@ def build_oci(
     )
 
 
-def build_firecracker(*, firecracker_bin: Path, jailer_bin: Path, kernel: Path) -> Driver:
+def build_firecracker(
+    *, firecracker_bin: Path, jailer_bin: Path, kernel: Path, work_dir: Path
+) -> Driver:
     from zeitwork.runtime.firecracker import FirecrackerConfig, FirecrackerDriver
 
     driver: Driver = FirecrackerDriver(
         config=FirecrackerConfig(
-            firecracker_bin=firecracker_bin, jailer_bin=jailer_bin, kernel=kernel
+            firecracker_bin=firecracker_bin,
+            jailer_bin=jailer_bin,
+            kernel=kernel,
+            chroot_base=work_dir,
+            rootfs_dir=work_dir / "zeitwork-rootfs",
         )
     )
     return driver

@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from zeitwork.core.errors import InvalidInput, RuntimeFailure
 from zeitwork.observability import get_logger
@@ -384,7 +383,3 @@ class OciDriver:
 
     async def version(self) -> str:
         return await self.runc.version()
-
-
-def describe(data: dict[str, Any]) -> str:
-    return str(data.get("container_id", "?"))
