@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -50,8 +51,9 @@ class _Stopped(Exception):
 
 
 def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):  # stdout closed (`| head`): carry on
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def preflight(*, euid: int, runtime: str) -> str | None:
@@ -66,6 +68,21 @@ def preflight(*, euid: int, runtime: str) -> str | None:
     if shutil.which("umoci") is None:
         return "umoci is not installed (apt-get install umoci); images are unpacked with it"
     return None
+
+
+def ports_in_use(listeners: list[tuple[str, str, int]]) -> list[str]:
+    """The listeners whose port something else already holds (probed by binding)."""
+    busy = []
+    for option, host, port in listeners:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # as the services bind: a port in TIME_WAIT after a previous run is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                busy.append(f"{option} {port} ({host}: {exc.strerror})")
+    return busy
 
 
 async def _admin_token(
@@ -297,6 +314,14 @@ def register(app: typer.Typer) -> None:
         )
         if clashes := ports.clashes():
             typer.echo(f"zeitwork: port(s) {clashes} given to more than one service", err=True)
+            raise typer.Exit(2)
+        if busy := ports_in_use(ports.listeners(host)):
+            typer.echo(
+                "zeitwork: port(s) in use (another `zeitwork dev` or service?): "
+                + ", ".join(busy)
+                + "; choose others with the options named",
+                err=True,
+            )
             raise typer.Exit(2)
         parent = dict(os.environ)
         problem = preflight(

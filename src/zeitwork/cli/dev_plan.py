@@ -36,6 +36,18 @@ class DevPorts:
     lb_admin: int = 9082
     edge_admin: int = 9083
 
+    def listeners(self, host: str) -> list[tuple[str, str, int]]:
+        """(option, address, port) of every listener; admin listeners are on loopback."""
+        return [
+            ("--operator-port", host, self.operator),
+            ("--agent-port", host, self.agent),
+            ("--lb-port", host, self.lb),
+            ("--http-port", host, self.edge_http),
+            ("--https-port", host, self.edge_https),
+            ("--lb-admin-port", "127.0.0.1", self.lb_admin),
+            ("--edge-admin-port", "127.0.0.1", self.edge_admin),
+        ]
+
     def clashes(self) -> list[int]:
         """Ports given more than once (port 0 is not allowed: the summary names real ports)."""
         seen: set[int] = set()

@@ -60,6 +60,11 @@ class Supervisor:
         self.hurry = asyncio.Event()  # set: stop without waiting (SIGKILL at once)
         self._watchers: set[asyncio.Task[None]] = set()
 
+    def _note(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._out.write(text + "\n")
+            self._out.flush()
+
     def _prefix(self, name: str, index: int) -> str:
         label = f"{name:<13}|"
         if self._colour:
@@ -79,8 +84,11 @@ class Supervisor:
             child = self.children[child_index] if child_index < len(self.children) else None
             if child is not None:
                 child.tail = [*child.tail[-19:], text]
-            self._out.write(prefix + text + "\n")
-            self._out.flush()
+            # keep draining even when our own output is gone (`| head`): a child blocked on
+            # a full pipe would hang
+            with contextlib.suppress(OSError, ValueError):
+                self._out.write(prefix + text + "\n")
+                self._out.flush()
 
     async def start(self, spec: ChildSpec) -> Child:
         process = await asyncio.create_subprocess_exec(
@@ -157,9 +165,9 @@ class Supervisor:
             finally:
                 hurried.cancel()
             if child.running and not self.hurry.is_set():
-                self._out.write(
+                self._note(
                     f"dev: {child.name} did not stop within {child.spec.stop_timeout:g} s;"
-                    " killing it\n"
+                    " killing it"
                 )
         # whatever is left in its group (workers) goes too
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -175,7 +183,6 @@ class Supervisor:
         for name in order:
             child = by_name.get(name)
             if child is not None:
-                self._out.write(f"dev: stopping {name}\n")
-                self._out.flush()
+                self._note(f"dev: stopping {name}")
                 codes[name] = await self.stop(child)
         return codes

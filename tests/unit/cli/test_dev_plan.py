@@ -124,3 +124,21 @@ def test_preflight_needs_root_and_the_tools() -> None:
     assert problem is not None and "needs root" in problem and "sudo" in problem
     missing = preflight(euid=0, runtime="no-such-runtime-xyz")
     assert missing is not None and "no-such-runtime-xyz is not installed" in missing
+
+
+def test_ports_in_use_are_named_with_their_option() -> None:
+    import socket
+
+    from zeitwork.cli.dev_cmd import ports_in_use
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        busy = ports_in_use(
+            [("--lb-port", "127.0.0.1", taken), ("--agent-port", "127.0.0.1", free)]
+        )
+    assert len(busy) == 1 and busy[0].startswith(f"--lb-port {taken} (127.0.0.1:")

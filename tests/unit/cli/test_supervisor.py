@@ -127,3 +127,17 @@ async def test_hurry_kills_at_once_instead_of_waiting() -> None:
     sup.hurry.set()  # the second Ctrl-C
     assert await asyncio.wait_for(stopping, 10) == -9
     assert loop.time() - started < 5
+
+
+class _ClosedOutput(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_output_gone_still_drains_children() -> None:
+    """`zeitwork dev | head`: a child writing far more than a pipe holds is not blocked."""
+    sup = Supervisor(out=_ClosedOutput(), colour=False)
+    chatty = "import sys\nfor i in range(20000): print('x' * 100)\n"
+    child = await sup.start(_spec("chatty", chatty))
+    assert await asyncio.wait_for(child.process.wait(), 20) == 0
+    assert await sup.stop(child) == 0
