@@ -212,3 +212,20 @@ async def test_routes_need_proxy_or_admin_and_valid_params(operator: Operator) -
     r = await operator.client.get("/api/v1/routes?wait=1&version=0", headers=operator.headers())
     assert r.status_code == 200 and r.json()["version"] == 0
     assert 0.9 <= time.monotonic() - start < 3
+
+
+async def test_concurrent_deployments_neither_deadlock_nor_over_commit(
+    operator: Operator,
+) -> None:
+    nodes = [(await ready_node(operator, vcpu=4, memory=2048))[0] for _ in range(3)]
+    image = await ready_image(operator)
+    p = await project(operator)
+    # 8 deployments x 3 replicas x (1 vCPU, 512 MiB) = 24 slots wanted, 12 exist
+    results = await asyncio.gather(*(deploy(operator, p["id"], image, 3) for _ in range(8)))
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201] * 4 + [409] * 4, [r.text for r in results]
+    for r in results:
+        if r.status_code == 201:
+            assert {i["node_id"] for i in r.json()["instances"]} == set(nodes)  # spread
+    for node in nodes:
+        assert await allocated(operator, node) == (4000, 2048)

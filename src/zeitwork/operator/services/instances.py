@@ -175,7 +175,9 @@ class InstanceService:
             if isinstance(chosen, NoFit):
                 raise _no_fit(chosen)
             placed: list[Instance] = []
-            for node_id in chosen:
+            # nodes are locked in one global order, so that two deployments placed at the
+            # same time cannot deadlock on each other's node rows
+            for node_id in sorted(chosen):
                 instance = await self._instances.try_place(
                     node_id, spec, wait_for_lock=True, conn=tx
                 )
