@@ -315,6 +315,13 @@ def register(app: typer.Typer) -> None:
         if clashes := ports.clashes():
             typer.echo(f"zeitwork: port(s) {clashes} given to more than one service", err=True)
             raise typer.Exit(2)
+        parent = dict(os.environ)
+        problem = preflight(
+            euid=os.geteuid(), runtime=parent.get("ZEITWORK_OCI_RUNTIME", "runc") or "runc"
+        )
+        if problem:
+            typer.echo(f"zeitwork: {problem}", err=True)
+            raise typer.Exit(2)
         if busy := ports_in_use(ports.listeners(host)):
             typer.echo(
                 "zeitwork: port(s) in use (another `zeitwork dev` or service?): "
@@ -322,13 +329,6 @@ def register(app: typer.Typer) -> None:
                 + "; choose others with the options named",
                 err=True,
             )
-            raise typer.Exit(2)
-        parent = dict(os.environ)
-        problem = preflight(
-            euid=os.geteuid(), runtime=parent.get("ZEITWORK_OCI_RUNTIME", "runc") or "runc"
-        )
-        if problem:
-            typer.echo(f"zeitwork: {problem}", err=True)
             raise typer.Exit(2)
         config = DevConfig(
             data_dir=(data_dir or default_data_dir()).expanduser().absolute(),
