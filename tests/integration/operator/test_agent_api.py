@@ -163,3 +163,50 @@ async def test_assignments_failures(operator: Operator) -> None:
         f"/api/v1/nodes/{uuid.uuid4()}/assignments", headers=operator.headers()
     )
     assert_problem(r, 404)
+
+
+async def test_long_poll_survives_losing_the_listen_connection(operator: Operator) -> None:
+    node, token = await ready_node(operator)
+    image = await ready_image(operator)
+    url = f"/api/v1/nodes/{node}/assignments"
+    version = (await operator.client.get(url, headers=operator.headers(token))).json()["version"]
+    waiter = asyncio.create_task(
+        operator.client.get(f"{url}?version={version}&wait=20", headers=operator.headers(token))
+    )
+    await asyncio.wait_for(operator.deps.listener.connected.wait(), 10)
+    killed = await operator.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN %%' AND datname = current_database()"
+    )
+    assert killed == [(True,)]
+    r = await operator.client.post(
+        "/api/v1/instances", headers=operator.headers(), json=instance_body(image)
+    )
+    assert r.status_code == 201
+    changed = time.monotonic()
+    answer = await asyncio.wait_for(waiter, 10)
+    assert time.monotonic() - changed < 3.5  # the periodic re-read (2 s) or the reconnect
+    assert answer.json()["version"] != version
+    # and the listener comes back: the next change wakes a waiter at once again
+    deadline = time.monotonic() + 10
+    while not (
+        operator.deps.listener.connected.is_set()
+        and await operator.sql(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN %%' AND datname = current_database()"
+        )
+        == [(1,)]
+    ):
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        await asyncio.sleep(0.05)
+    version = answer.json()["version"]
+    waiter = asyncio.create_task(
+        operator.client.get(f"{url}?version={version}&wait=20", headers=operator.headers(token))
+    )
+    await asyncio.sleep(0.3)
+    await operator.client.post(
+        "/api/v1/instances", headers=operator.headers(), json=instance_body(image)
+    )
+    changed = time.monotonic()
+    await asyncio.wait_for(waiter, 10)
+    assert time.monotonic() - changed < 1.0
