@@ -74,9 +74,14 @@ class DevConfig:
     host: str = "127.0.0.1"
     python: str = sys.executable
 
+    @property
+    def client_host(self) -> str:
+        """Where clients on this machine connect (loopback when listening everywhere)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
     def url(self, port: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{port}"
+        host = self.client_host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def operator_url(self) -> str:
@@ -161,7 +166,6 @@ def lb_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> 
 
 
 def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> ChildSpec:
-    lb_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     env = {
         **base,
         "PORT": str(config.ports.edge_http),
@@ -169,7 +173,7 @@ def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -
         "EDGE_HTTPS_PORT": str(config.ports.edge_https),
         "EDGE_ADMIN_HOST": "127.0.0.1",
         "EDGE_ADMIN_PORT": str(config.ports.edge_admin),
-        "LOAD_BALANCER_URL": f"http://{lb_host}:{config.ports.lb}",
+        "LOAD_BALANCER_URL": config.url(config.ports.lb),
         "OPERATOR_URL": config.operator_url,
         "OPERATOR_TOKEN": proxy_token,
     }

@@ -103,6 +103,9 @@ def test_wildcard_host_still_reaches_the_load_balancer_on_loopback() -> None:
     edge = edge_spec(config, {}, proxy_token="t")
     assert edge.env["LOAD_BALANCER_URL"] == "http://127.0.0.1:8082"
     assert edge.env["HOST"] == "0.0.0.0"
+    agent = agent_spec(config, {}, join_token="j")
+    assert agent.env["OPERATOR_URL"] == "http://127.0.0.1:8080"
+    assert agent.env["HOST"] == "0.0.0.0"
 
 
 def test_port_clashes_are_named() -> None:
