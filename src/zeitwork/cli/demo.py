@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zeitwork.cli.demo_image import DEMO_PORT, write_demo_archive
+from zeitwork.cli.demo_image import DEMO_PORT, DemoImageError, write_demo_archive
 from zeitwork.clients.admin import AdminClient, DeploymentInfo, ImageInfo, probe
 
 DEMO_DOMAIN = "demo.localhost"
@@ -36,7 +36,10 @@ async def run_demo(
     within: float = 120.0,
 ) -> DemoResult:
     say("demo: building the demo image from the host's static busybox")
-    archive = await asyncio.to_thread(write_demo_archive, work_dir / "demo-image.tar")
+    try:
+        archive = await asyncio.to_thread(write_demo_archive, work_dir / "demo-image.tar")
+    except (DemoImageError, OSError) as exc:
+        raise DemoFailed(f"cannot build the demo image: {exc}") from exc
     image = await client.import_image(archive, name="zeitwork-demo")
     say(f"demo: image {image.id} ({image.digest})")
 

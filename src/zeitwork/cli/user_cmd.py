@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -245,22 +246,18 @@ def register(app: typer.Typer) -> None:
         """Deploy the busybox demo app at demo.localhost on a running platform."""
         from zeitwork.cli.demo import DemoFailed, run_demo
 
-        settings = load_settings(CliSettings)
-
         def say(text: str) -> None:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
         async def action(client: AdminClient) -> None:
-            try:
-                await run_demo(
-                    client,
-                    work_dir=settings.data_dir / "demo",
-                    edge_url=edge_url.rstrip("/"),
-                    say=say,
-                )
-            except DemoFailed as exc:
-                raise _fail(str(exc)) from None
+            with tempfile.TemporaryDirectory(prefix="zeitwork-demo-") as work_dir:
+                try:
+                    await run_demo(
+                        client, work_dir=Path(work_dir), edge_url=edge_url.rstrip("/"), say=say
+                    )
+                except DemoFailed as exc:
+                    raise _fail(str(exc)) from None
 
         run_with_client(action)
         say(f"curl -H 'Host: demo.localhost' {edge_url.rstrip('/')}/")

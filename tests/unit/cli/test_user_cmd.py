@@ -55,3 +55,12 @@ def test_help_lists_the_verbs() -> None:
     result = CliRunner().invoke(app, ["--help"])
     for verb in ("dev", "deploy", "images", "instances", "nodes", "demo"):
         assert verb in result.output
+
+
+def test_demo_against_no_platform_is_one_line(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZEITWORK_TOKEN", "zw_x")
+    monkeypatch.setenv("OPERATOR_URL", f"http://127.0.0.1:{_closed_port()}")
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 1
+    assert "zeitwork: operator is unreachable" in result.output
+    assert "Traceback" not in result.output
