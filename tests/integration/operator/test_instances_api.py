@@ -335,3 +335,45 @@ async def test_a_stale_candidate_snapshot_never_places_wrongly(
     assert_problem(r, 409)  # b is draining although op's snapshot still lists it
     assert await allocated(op, a) == (2000, 2048)
     assert await allocated(op, b) == (1000, 1024)
+
+
+async def test_list_elements_equal_the_single_answers(operator: Operator) -> None:
+    # the list's JSON is built by PostgreSQL, the single answer by Python: same content
+    from zeitwork.operator.api.instances import InstanceOut
+
+    node, token = await ready_node(operator, vcpu=8, memory=8192)
+    image = await ready_image(operator)
+    h = operator.headers()
+    ids = []
+    for i, vcpu in enumerate((0.25, 1, 1.5)):
+        env = {"Z_LAST": "1", "a_first": "2", "_MID": "3"} if i == 0 else {}
+        r = await operator.client.post(
+            API,
+            headers=h,
+            json=instance_body(
+                image, resources={"vcpu": vcpu, "memory": 100 + i}, environment_variables=env
+            ),
+        )
+        ids.append(r.json()["id"])
+    await operator.client.put(
+        f"{API}/{ids[1]}/state",
+        headers=operator.headers(token),
+        json={
+            "state": "failed",
+            "exit_code": 3,
+            "reason": 'boom "quoted" ü',
+            "log_tail": ["a", "b"],
+        },
+    )
+    await operator.client.delete(f"{API}/{ids[2]}", headers=h)
+    listed = (await operator.client.get(f"{API}?include_deleted=true", headers=h)).json()
+    assert [i["id"] for i in listed] == sorted(ids)
+    for item in listed:
+        single = (await operator.client.get(f"{API}/{item['id']}", headers=h)).json()
+        single["environment_variables"] = None  # values only in single answers
+        assert InstanceOut.model_validate(item) == InstanceOut.model_validate(single)
+        assert set(item) == set(single)
+    first = next(i for i in listed if i["id"] == ids[0])
+    assert first["environment_variable_names"] == sorted({"Z_LAST", "a_first", "_MID"})
+    assert next(i for i in listed if i["id"] == ids[0])["resources"]["vcpu"] == 0.25
+    del node
