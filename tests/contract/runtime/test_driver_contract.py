@@ -178,3 +178,24 @@ async def test_runs_as_the_image_user_without_extra_capabilities(
     assert "NoNewPrivs:\t1" in text
     cap_eff = next(line for line in text.splitlines() if line.startswith("CapEff"))
     assert int(cap_eff.split()[1], 16) == 0  # non-root: nothing effective beyond ambient
+
+
+async def test_namespaces_and_mounts_cannot_be_created_inside(
+    driver: Driver, node_network: NodeNetwork, image_tree: Path
+) -> None:
+    script = (
+        "/bin/busybox unshare -U -r true && echo userns-allowed || echo userns-denied; "
+        "/bin/busybox unshare -n true && echo netns-allowed || echo netns-denied; "
+        "echo done"
+    )
+    spec = await _spec(node_network, image_tree, argv=["sh", "-c", script])
+    handle = await driver.start(spec)
+
+    async def exited() -> bool:
+        return (await driver.inspect(handle)).phase is Phase.EXITED
+
+    await wait_until(exited)
+    text = "\n".join(await _log_lines(driver, handle))
+    assert "done" in text
+    assert "userns-denied" in text and "userns-allowed" not in text
+    assert "netns-denied" in text and "netns-allowed" not in text

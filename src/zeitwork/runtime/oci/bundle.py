@@ -5,7 +5,8 @@ What it enforces: the image's process as the image's user; only a minimal capabi
 non-root app can bind port 80); ``noNewPrivileges``; its own PID, mount, UTS and IPC
 namespaces and the network namespace the agent prepared; CPU quota from ``vcpu``, a hard
 memory limit without swap from ``memory``, a pids limit; the usual masked and read-only
-kernel paths.
+kernel paths; a seccomp filter denying kernel surface apps do not need (see
+``DENIED_SYSCALLS``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,98 @@ READONLY_PATHS = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ]
+
+
+# Seccomp: everything allowed except kernel surface an app has no business with (module
+# loading, kexec, mounts, namespaces, keyrings, bpf, perf, userfaultfd, clock/time setting,
+# swap, reboot, quotas, ...). Most of these also need capabilities the container lacks; the
+# filter is the second fence. clone() with namespace flags is refused, clone3() answers
+# ENOSYS so that libcs fall back to the filterable clone().
+EPERM = 1
+ENOSYS = 38
+DENIED_SYSCALLS = sorted(
+    [
+        "_sysctl",
+        "acct",
+        "add_key",
+        "bpf",
+        "clock_adjtime",
+        "clock_settime",
+        "create_module",
+        "delete_module",
+        "finit_module",
+        "fsconfig",
+        "fsmount",
+        "fsopen",
+        "fspick",
+        "get_kernel_syms",
+        "init_module",
+        "ioperm",
+        "iopl",
+        "kexec_file_load",
+        "kexec_load",
+        "keyctl",
+        "lookup_dcookie",
+        "mount",
+        "mount_setattr",
+        "move_mount",
+        "name_to_handle_at",
+        "nfsservctl",
+        "open_by_handle_at",
+        "open_tree",
+        "perf_event_open",
+        "pivot_root",
+        "query_module",
+        "quotactl",
+        "reboot",
+        "request_key",
+        "setns",
+        "settimeofday",
+        "stime",
+        "swapoff",
+        "swapon",
+        "syslog",
+        "umount",
+        "umount2",
+        "unshare",
+        "uselib",
+        "userfaultfd",
+        "ustat",
+        "vm86",
+        "vm86old",
+    ]
+)
+NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+
+
+def seccomp_profile() -> dict[str, Any]:
+    """The default seccomp filter (pure): allow by default, deny the list above."""
+    rules: list[dict[str, Any]] = [
+        {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+    ]
+    for flag in NAMESPACE_FLAGS:
+        rules.append(
+            {
+                "names": ["clone"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": EPERM,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+            }
+        )
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": rules,
+    }
 
 
 def container_id(spec_id: str) -> str:
@@ -175,5 +268,6 @@ def build_config(
             ],
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": seccomp_profile(),
         },
     }

@@ -112,3 +112,20 @@ def test_resolv_and_hosts_are_read_only_binds() -> None:
     binds = {m["destination"]: m for m in config["mounts"] if m["type"] == "bind"}
     assert binds["/etc/resolv.conf"]["source"] == "/d/resolv.conf"
     assert "ro" in binds["/etc/hosts"]["options"]
+
+
+def test_seccomp_denies_kernel_surface_and_namespace_creation() -> None:
+    profile = _config()["linux"]["seccomp"]  # type: ignore[index]
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = profile["syscalls"][0]
+    assert denied["action"] == "SCMP_ACT_ERRNO" and denied["errnoRet"] == 1
+    for name in ("mount", "unshare", "setns", "bpf", "kexec_load", "init_module", "keyctl"):
+        assert name in denied["names"]
+    for allowed in ("read", "write", "clone", "execve", "ptrace", "socket"):
+        assert allowed not in denied["names"]
+    clone_rules = [r for r in profile["syscalls"] if r["names"] == ["clone"]]
+    masks = {rule["args"][0]["value"] for rule in clone_rules}
+    assert 0x10000000 in masks and 0x40000000 in masks  # CLONE_NEWUSER, CLONE_NEWNET
+    assert all(rule["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for rule in clone_rules)
+    clone3 = next(r for r in profile["syscalls"] if r["names"] == ["clone3"])
+    assert clone3["errnoRet"] == 38  # ENOSYS: libc falls back to clone()
