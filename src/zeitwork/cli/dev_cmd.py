@@ -20,6 +20,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -139,9 +140,10 @@ async def _bring_up(
                 "set ZEITWORK_ADMIN_TOKEN to a valid admin token"
             ) from None
         revoke.append(proxy.id)
+        since = datetime.now(UTC)
         agent = await sup.start(agent_spec(config, base, join_token=join.token))
         await sup.wait_ready(agent, within=within)
-        await _wait_node_ready(client, agent, within=within)
+        await _wait_node_ready(client, agent, since=since, within=within)
         await client.revoke_token(join.id)  # the agent holds its own node credential now
         lb = await sup.start(lb_spec(config, base, proxy_token=proxy.token))
         await sup.wait_ready(lb, within=within)
@@ -167,11 +169,16 @@ async def _bring_up(
             )
 
 
-async def _wait_node_ready(client: AdminClient, agent: Child, *, within: float) -> None:
+async def _wait_node_ready(
+    client: AdminClient, agent: Child, *, since: datetime, within: float
+) -> None:
+    """Until a node is ready with a heartbeat after ``since`` (this run's agent, not a node
+    record left ``ready`` by a previous run)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        if any(n.state == "ready" and n.last_heartbeat_at for n in await client.nodes()):
+        nodes = await client.nodes()
+        if any(n.state == "ready" and (n.last_heartbeat_at or since) > since for n in nodes):
             return
         if not agent.running:
             raise ChildFailed(f"node-agent exited with status {agent.process.returncode}")
@@ -250,6 +257,9 @@ async def run_dev(
         _say("\ndev: stopping (Ctrl-C / SIGTERM)")
     except ChildFailed as exc:
         _say(f"\ndev: FAILED: {exc}; stopping the platform")
+        status = 1
+    except ZeitworkError as exc:  # the operator refused or failed a call of ours
+        _say(f"\ndev: FAILED: {exc.detail}; stopping the platform")
         status = 1
     finally:
         codes = await sup.stop_all(STOP_ORDER[:-1])
