@@ -112,8 +112,10 @@ def run_wrk(
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # the "Latency Distribution" lines look like "     50%    1.23ms" (anchored: other lines
+    # end in percentages too)
+    p50 = ms(re.search(r"^\s+50%[ \t]+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"^\s+99%[ \t]+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     if "Non-2xx" in out or "Socket errors" in out:
         print(f"  warning: wrk reported errors on port {port}:\n{out}", file=sys.stderr)
     if p50 != p50:  # NaN: show what wrk printed
