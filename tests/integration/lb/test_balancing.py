@@ -3,7 +3,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from tests.integration.lb.conftest import MakeLB, MakeOrigin, connection, http, read_response
+from tests.integration.lb.conftest import (
+    MakeLB,
+    MakeOrigin,
+    connection,
+    eventually,
+    http,
+    read_response,
+)
 
 
 async def test_round_robin_spreads_evenly_over_real_backends(
@@ -41,12 +48,11 @@ async def test_least_connections_avoids_the_busy_backend(
 ) -> None:
     a, b = await make_origin("a"), await make_origin("b")
     lb = await make_lb(backends=f"{a.address},{b.address}", algorithm="least-connections")
-    slow = [asyncio.create_task(http(lb.port, path="/slow/0.6")) for _ in range(2)]
-    await asyncio.sleep(0.2)  # both slow requests are in flight, one per backend
-    busy = {"a": a.hits, "b": b.hits}
-    assert busy == {"a": 1, "b": 1}
-    slow.append(asyncio.create_task(http(lb.port, path="/slow/0.6")))
-    await asyncio.sleep(0.1)
+    slow = [asyncio.create_task(http(lb.port, path="/slow/1.5")) for _ in range(2)]
+    await eventually(lambda: a.hits + b.hits == 2)  # both in flight
+    assert {"a": a.hits, "b": b.hits} == {"a": 1, "b": 1}  # one per backend
+    slow.append(asyncio.create_task(http(lb.port, path="/slow/1.5")))
+    await eventually(lambda: a.hits + b.hits == 3)
     # one backend now has 2 in flight: quick requests all go to the other one
     quick = [(await http(lb.port, path="/who")).body.decode() for _ in range(4)]
     assert len(set(quick)) == 1

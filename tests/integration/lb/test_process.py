@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.lb.conftest import LBProcess, MakeOrigin, connection, http, read_response
+from tests.integration.lb.conftest import (
+    LBProcess,
+    MakeOrigin,
+    connection,
+    eventually,
+    http,
+    read_response,
+)
 
 StartLB = Callable[..., LBProcess]
 
@@ -42,14 +49,20 @@ async def test_sigterm_drains_in_flight_requests_then_exits(
 ) -> None:
     a = await make_origin("a")
     lb = await asyncio.to_thread(lb_process, LB_BACKENDS=a.address, LB_DRAIN_TIMEOUT="5")
-    slow = asyncio.create_task(http(lb.port, path="/slow/1.0"))
+    slow = asyncio.create_task(http(lb.port, path="/slow/2.0"))
     while a.hits < 1:
         await asyncio.sleep(0.02)
     lb.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
-    # no longer accepting
-    with pytest.raises(OSError):
-        await http(lb.port, path="/who")
+
+    async def refused() -> bool:
+        try:
+            await http(lb.port, path="/who")
+        except OSError:
+            return True
+        return False
+
+    await eventually(refused, timeout=5)  # no longer accepting
+    assert not slow.done()  # ... while the in-flight request is still being served
     r = await slow
     assert r.status == 200 and r.body == b"a slow"
     assert await asyncio.to_thread(lb.proc.wait, 10) == 0
