@@ -324,9 +324,15 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
 
         await _until(served_tls, within=20, what="HTTPS with SNI", platform=p)
 
-        # stop the instance through the API: the route loses its only backend
-        stopped = await api.delete(f"/api/v1/instances/{instance_id}")
-        assert stopped.status_code == 202, stopped.text
+        listing = await _cli(cli_env, "instances", "ls")
+        (row,) = [line for line in listing.splitlines() if line.startswith(instance_id)]
+        assert " running " in row and ":8080" in row
+        assert image_id in await _cli(cli_env, "images", "ls")
+
+        # stop the instance through the API (`zeitwork instances rm` = DELETE): the route
+        # loses its only backend
+        stopped = await _cli(cli_env, "instances", "rm", instance_id)
+        assert f"instance {instance_id}: desired terminated" in stopped
 
         async def route_gone() -> bool:
             answer = await web.get(p.url("http") + "/", headers={"Host": domain})
