@@ -30,3 +30,15 @@ def test_peer_route_parsing() -> None:
     for bad in ("10.1.2.0/24", "10.1.2.0/24=nope", "x=192.168.0.1"):
         with pytest.raises(ValueError):
             PeerRoute.parse(bad)
+
+
+def test_instances_cannot_open_connections_to_the_node_itself() -> None:
+    script = render_ruleset(table="zeitwork", subnet="10.88.0.0/24", bridge="zwbr0")
+    chain = script[script.index("chain input") :]
+    lines = [line.strip() for line in chain.splitlines()[:6]]
+    assert lines[1].startswith("type filter hook input")
+    assert lines[2:5] == [
+        'iifname "zwbr0" ct state established,related accept',
+        'iifname "zwbr0" ip protocol icmp accept',
+        'iifname "zwbr0" drop',
+    ]

@@ -1,7 +1,9 @@
 """The one wrapper around the ``nft`` command: Zeitwork's own table, replaced atomically.
 
 The table (``ip zeitwork`` by default) masquerades traffic from the node subnet leaving it
-(egress NAT) and lets bridge traffic through the forward hook. Rules are rendered by a pure
+(egress NAT), lets bridge traffic through the forward hook, and keeps instances away from
+the node's own services (the agent API, an operator on the same host, ...): from the
+bridge, the node accepts only replies to its own connections and ICMP. Rules are rendered by a pure
 function and loaded in one ``nft -f -`` transaction that deletes and recreates the table, so
 the ruleset is never half-applied and nothing outside our table is touched.
 """
@@ -35,6 +37,12 @@ def render_ruleset(*, table: str, subnet: str, bridge: str) -> str:
             f'    iifname "{bridge}" accept',
             f'    oifname "{bridge}" ct state established,related accept',
             f'    oifname "{bridge}" ip daddr {network} accept',
+            "  }",
+            "  chain input {",
+            "    type filter hook input priority filter; policy accept;",
+            f'    iifname "{bridge}" ct state established,related accept',
+            f'    iifname "{bridge}" ip protocol icmp accept',
+            f'    iifname "{bridge}" drop',
             "  }",
             "}",
             "",
