@@ -57,3 +57,9 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             build_data["force_include"][str(built)] = str(built.relative_to(work))
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
+        self._work = work
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        work = getattr(self, "_work", None)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
