@@ -225,6 +225,7 @@ class OciDriver:
                 (directory / "config.json").write_text(json.dumps(config))
 
                 step = "runc run"
+                undo.push_async_callback(self.runc.delete, container_id)
                 output_fd = logfiles.open_for_container(directory / LOG_NAME)
                 try:
                     await self.runc.run_detached(
@@ -236,8 +237,10 @@ class OciDriver:
                     )
                 finally:
                     os.close(output_fd)
-                undo.push_async_callback(self.runc.delete, container_id)
+                step = "read pid file"
                 pid = int((directory / "pid").read_text().strip())
+            except ValueError as exc:
+                raise RuntimeFailure(f"{step}: {exc}") from exc
             except OSError as exc:
                 reason = "no space left on device" if exc.errno == errno.ENOSPC else str(exc)
                 log.warning("oci.start_failed", container_id=container_id, step=step, error=reason)
