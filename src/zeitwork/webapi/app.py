@@ -93,11 +93,9 @@ class _CommonMiddleware:
             self._observe(scope, status_holder["status"], start)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
         self.metrics.observe(
             method=scope["method"],
-            route=template,
+            route=_route_template(scope),
             status=status,
             seconds=time.perf_counter() - start,
         )
@@ -121,6 +119,26 @@ class _CommonMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template, with the prefixes of included routers.
+
+    FastAPI includes routers lazily: ``scope["route"]`` is the original route, whose path
+    lacks the include prefixes (``/nodes/{node_id}`` for ``/api/v1/nodes/{node_id}``); the
+    full template is on the effective route context FastAPI records in ``scope["fastapi"]``.
+    """
+    fastapi_scope = scope.get("fastapi")
+    if isinstance(fastapi_scope, dict):
+        context = fastapi_scope.get("effective_route_context")
+        if context is not None:
+            template = getattr(getattr(context, "starlette_route", None), "path_format", None)
+            template = template or getattr(context, "path_format", None)
+            if isinstance(template, str) and template:
+                return template
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else "unmatched"
 
 
 def install_common(

@@ -302,3 +302,18 @@ async def test_terminated_node_cannot_reregister(operator: Operator) -> None:
     assert r.status_code == 409
     rows = await operator.sql("SELECT ip_address FROM nodes WHERE id = %s", (node["id"],))
     assert rows == [("10.0.0.10",)]
+
+
+async def test_metrics_count_nodes_by_state(operator: Operator) -> None:
+    for name in ("m1", "m2", "m3"):
+        await register(operator, hostname=name)
+    first = (await operator.client.get("/api/v1/nodes?limit=1", headers=operator.headers())).json()
+    await operator.client.put(
+        f"/api/v1/nodes/{first[0]['id']}/state", headers=operator.headers(), json={"state": "ready"}
+    )
+    text = (await operator.client.get("/metrics")).text
+    assert 'zeitwork_nodes{state="booting"} 2.0' in text
+    assert 'zeitwork_nodes{state="ready"} 1.0' in text
+    assert 'zeitwork_nodes{state="down"} 0.0' in text
+    route = 'route="/api/v1/nodes/{node_id}/state"'
+    assert f'zeitwork_http_requests_total{{method="PUT",{route},status="200"}} 1.0' in text
