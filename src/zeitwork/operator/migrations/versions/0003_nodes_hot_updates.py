@@ -26,9 +26,12 @@ depends_on = None
 def upgrade() -> None:
     op.execute("DROP INDEX nodes_ready_free_idx")
     op.execute("ALTER TABLE nodes SET (fillfactor = 50)")
+    # the per-node assignments version is bumped by every placement too
+    op.execute("ALTER TABLE change_versions SET (fillfactor = 50)")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE change_versions RESET (fillfactor)")
     op.execute("ALTER TABLE nodes RESET (fillfactor)")
     op.execute(
         "CREATE INDEX nodes_ready_free_idx ON nodes "
