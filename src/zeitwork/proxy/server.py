@@ -1003,7 +1003,10 @@ class ClientProtocol:
         self.ex = None
         ex.body_buf = []
         if ex.close_after or self.closing:
-            self.close()
+            if ex.body_done:
+                self.close()
+            else:  # the client may still be sending the body we did not read
+                self.linger_close()
             return
         if self.pending_error is not None:
             status, detail = self.pending_error

@@ -5,7 +5,14 @@ import json
 import time
 from collections import Counter
 
-from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
+from tests.integration.lb.conftest import (
+    MakeLB,
+    MakeOrigin,
+    connection,
+    eventually,
+    http,
+    read_response,
+)
 
 
 async def admin(lb_admin_port: int, path: str) -> object:
@@ -143,3 +150,18 @@ async def test_passive_ejection_of_a_refusing_backend(
     assert names == {b"live", b"revived"}
     assert revived.hits >= 1
     await asyncio.sleep(0)
+
+
+async def test_503_reaches_a_client_that_is_still_uploading(make_lb: MakeLB) -> None:
+    lb = await make_lb()  # no backends at all
+    async with connection(lb.port) as (reader, writer):
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+        answer = asyncio.create_task(read_response(reader))
+        for _ in range(20):  # keep sending after the answer: no reset may eat the 503
+            if answer.done():
+                break
+            writer.write(b"x" * 65536)
+            await asyncio.sleep(0.01)
+        r = await asyncio.wait_for(answer, 5)
+    assert r.status == 503
+    assert r.header("connection") == "close"
