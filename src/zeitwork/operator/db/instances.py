@@ -26,7 +26,7 @@ from zeitwork.core.resources import Resources
 from zeitwork.core.states import InstanceState, check_transition
 from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
-from zeitwork.operator.db.pages import PAGE_SQL, Page, PageRequest, page_of
+from zeitwork.operator.db.pages import PAGE_SQL, PageRequest
 from zeitwork.operator.scheduler.placement import Candidate
 
 
@@ -198,34 +198,6 @@ class InstanceStore:
         if row is None:
             raise NotFound(f"instance {instance_id} does not exist")
         return _instance(row)
-
-    async def list_page(
-        self,
-        page: PageRequest,
-        *,
-        state: InstanceState | None = None,
-        node_id: uuid.UUID | None = None,
-        deployment_id: uuid.UUID | None = None,
-        include_deleted: bool = False,
-        conn: Conn | None = None,
-    ) -> Page[Instance]:
-        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"SELECT {COLUMNS} FROM instances WHERE "
-                "(%(deleted)s OR deleted_at IS NULL) "
-                "AND (%(state)s::text IS NULL OR state = %(state)s::text) "
-                "AND (%(node)s::uuid IS NULL OR node_id = %(node)s::uuid) "
-                "AND (%(dep)s::uuid IS NULL OR deployment_id = %(dep)s::uuid)" + PAGE_SQL,
-                {
-                    "deleted": include_deleted,
-                    "state": None if state is None else state.value,
-                    "node": node_id,
-                    "dep": deployment_id,
-                }
-                | page.params(),
-            )
-            rows = await cur.fetchall()
-        return page_of([_instance(r) for r in rows], page)
 
     async def list_page_json(
         self,
