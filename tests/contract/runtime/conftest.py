@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +112,11 @@ async def driver_maker(
 @pytest.fixture
 def driver(driver_maker: DriverMaker) -> Driver:
     return driver_maker()
+
+
+@pytest.fixture(autouse=True)
+def _subreaper_only_during_the_test() -> Iterator[None]:
+    from tests.contract.runtime.harness import stop_being_subreaper
+
+    yield
+    stop_being_subreaper()

@@ -116,3 +116,13 @@ async def wait_until(probe: object, *, timeout: float = 10.0, interval: float = 
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stop_being_subreaper() -> None:
+    """Undo ``become_subreaper`` for the test process, so that processes orphaned by other
+    tests later in the session are re-parented to init as usual (not left as zombies here)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, off

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +23,11 @@ async def agent_host(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
     finally:
         for host in made:
             await host.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _subreaper_only_during_the_test() -> Iterator[None]:
+    from tests.contract.runtime.harness import stop_being_subreaper
+
+    yield
+    stop_being_subreaper()
