@@ -37,6 +37,11 @@ it). ``RequestHead``: ``method``, ``target``, ``path``, ``host`` (lower-case, no
 ``Observer.request_done(pool, backend, status, upstream_seconds)`` and
 ``connections_changed(delta)``: metrics hooks.
 
+Subclassing: ``Proxy`` (``protocol_factory``), ``ClientProtocol`` (``connection_made``,
+``data_received``, ``connection_lost``, ``_send_local`` for rewriting local error answers),
+``Backend`` and ``Pool`` may be subclassed; these names stay stable, and the classes allow
+interpreted subclasses in the optional mypyc build (``hatch_build.py``).
+
 Pure parts: ``balancing`` (round-robin, least-connections, ip-hash with consistent hashing),
 ``health`` (rise/fall thresholds, passive ejection with back-off), ``headers``.
 ``checker.HealthChecker`` runs active HTTP checks against backends.
