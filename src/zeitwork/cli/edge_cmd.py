@@ -26,5 +26,8 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:  # a policy that cannot be built (bad CORS origin, ...)
             typer.echo(f"zeitwork: configuration error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # a port in use, an unreadable certificate file, ...
+            typer.echo(f"zeitwork: edge-proxy cannot start: {exc}", err=True)
+            raise typer.Exit(1) from None
         if code:
             raise typer.Exit(code)

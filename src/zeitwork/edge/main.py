@@ -406,6 +406,8 @@ class Edge:
         if mode == "static":
             assert s.ssl_cert_path is not None and s.ssl_key_path is not None
             self._static = StaticFiles(cert_path=s.ssl_cert_path, key_path=s.ssl_key_path)
+            for path in (s.ssl_cert_path, s.ssl_key_path):
+                path.read_bytes()  # an unreadable file is a start-up error (OSError), not a warning
             self._reload_static()
         elif mode == "internal":
             if self.index == 0:  # only worker 0 issues; the others serve what it stored
@@ -649,6 +651,9 @@ def serve_workers(settings: EdgeSettings) -> int:
         challenge_answer=lambda token: None,
         https_port=settings.redirect_port,
     )
+    if settings.effective_tls_mode == "static":
+        assert settings.ssl_cert_path is not None and settings.ssl_key_path is not None
+        inspect(settings.ssl_cert_path.read_text(), settings.ssl_key_path.read_text())
     count = settings.worker_count
     if count <= 1:
         uvloop.run(run(settings))
