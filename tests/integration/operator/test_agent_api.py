@@ -10,12 +10,14 @@ import uuid
 
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.fleet import (
+    allocated,
     assert_problem,
     heartbeat_body,
     instance_body,
     ready_image,
     ready_node,
 )
+from zeitwork.operator.principal import Scope
 from zeitwork.wire.agent import Assignments
 
 
@@ -210,3 +212,57 @@ async def test_long_poll_survives_losing_the_listen_connection(operator: Operato
     changed = time.monotonic()
     await asyncio.wait_for(waiter, 10)
     assert time.monotonic() - changed < 1.0
+
+
+async def test_heartbeat_statuses_repair_lost_reports(operator: Operator) -> None:
+    node, token = await ready_node(operator)
+    other, other_token = await ready_node(operator)
+    image = await ready_image(operator)
+
+    async def place(on: str) -> str:
+        r = await operator.client.post(
+            "/api/v1/instances", headers=operator.headers(), json=instance_body(image, node_id=on)
+        )
+        return str(r.json()["id"])
+
+    running, gone, foreign = await place(node), await place(node), await place(other)
+    await operator.client.delete(f"/api/v1/instances/{gone}", headers=operator.headers())
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    before = (await operator.client.get("/api/v1/routes", headers=proxy)).json()["version"]
+    body = heartbeat_body(
+        instances=[
+            # pending -> running directly: the reports for starting and running were lost
+            {"id": running, "state": "running", "ip_address": "10.1.0.7", "port": 8080},
+            {"id": gone, "state": "terminated", "exit_code": 0},
+            # another node's instance: ignored
+            {"id": foreign, "state": "failed"},
+            {"id": str(uuid.uuid4()), "state": "running"},
+        ]
+    )
+    r = await operator.client.post(
+        f"/api/v1/nodes/{node}/heartbeat", headers=operator.headers(token), json=body
+    )
+    assert r.status_code == 204, r.text
+    h = operator.headers()
+    got = (await operator.client.get(f"/api/v1/instances/{running}", headers=h)).json()
+    assert (got["state"], got["ip_address"], got["port"]) == ("running", "10.1.0.7", 8080)
+    assert (await operator.client.get(f"/api/v1/instances/{gone}", headers=h)).json()[
+        "state"
+    ] == "terminated"
+    assert (await operator.client.get(f"/api/v1/instances/{foreign}", headers=h)).json()[
+        "state"
+    ] == "pending"
+    assert await allocated(operator, node) == (1000, 1024)  # the terminated one was freed
+    table = (await operator.client.get("/api/v1/routes", headers=proxy)).json()
+    assert table["version"] > before
+    assert [b["address"] for b in table["default_backends"]] == ["10.1.0.7:8080"]
+    # a terminated instance never comes back through a heartbeat
+    body = heartbeat_body(instances=[{"id": gone, "state": "running"}])
+    r = await operator.client.post(
+        f"/api/v1/nodes/{node}/heartbeat", headers=operator.headers(token), json=body
+    )
+    assert r.status_code == 204
+    assert (await operator.client.get(f"/api/v1/instances/{gone}", headers=h)).json()[
+        "state"
+    ] == "terminated"
+    del other_token

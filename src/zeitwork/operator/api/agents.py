@@ -37,6 +37,8 @@ def router(deps: Deps) -> APIRouter:
         await deps.nodes.record_heartbeat(
             node_id, body.model_dump(mode="json"), runtime=body.runtime
         )
+        if body.instances:
+            await deps.instance_service.reconcile(node_id, body.instances)
         return Response(status_code=204)
 
     @api.get("/{node_id}/assignments")

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from zeitwork.core.errors import InvalidInput, NotFound, PermissionDenied
 from zeitwork.core.resources import Resources
-from zeitwork.core.states import InstanceState, check_transition
+from zeitwork.core.states import INSTANCE_TRANSITIONS, InstanceState, check_transition
 from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, PageRequest
@@ -102,6 +102,20 @@ COLUMNS = (
 )
 _I_COLUMNS = ", ".join(f"i.{c.strip()}" for c in COLUMNS.split(","))
 _LOG_LINE_MAX = 1000
+
+
+def reachable(current: InstanceState, target: InstanceState) -> bool:
+    """Whether ``target`` can be reached from ``current`` through the transition table."""
+    seen = {current}
+    frontier = [current]
+    while frontier:
+        state = frontier.pop()
+        if state == target:
+            return True
+        for nxt in INSTANCE_TRANSITIONS[state] - seen:
+            seen.add(nxt)
+            frontier.append(nxt)
+    return False
 
 
 def _instance(row: dict[str, Any]) -> Instance:
@@ -334,9 +348,13 @@ class InstanceStore:
         update: StatusUpdate,
         *,
         node_id: uuid.UUID | None = None,
+        lenient: bool = False,
         conn: Conn | None = None,
     ) -> Instance:
         """Apply a state report under the row lock (compare-and-set by construction).
+
+        ``lenient`` (heartbeat reconciliation) accepts any state reachable through the
+        transition table (reports in between were lost), never leaving ``terminated``.
 
         With ``node_id`` the instance must be on that node (else PermissionDenied).
         Reaching ``terminated`` releases the node's reservation and drops the instance
@@ -353,7 +371,11 @@ class InstanceStore:
             if node_id is not None and row["node_id"] != node_id:
                 raise PermissionDenied("a node token may only report instances of its own node")
             current = _instance(row)
-            check_transition(current.state, update.state)
+            if lenient:
+                if not reachable(current.state, update.state):
+                    check_transition(current.state, update.state)  # raises
+            else:
+                check_transition(current.state, update.state)
             log_tail = [line[:_LOG_LINE_MAX] for line in update.log_tail[-50:]]
             await cur.execute(
                 "UPDATE instances SET state = %(state)s, "
@@ -401,6 +423,19 @@ class InstanceStore:
             ):
                 await changes.bump(c, changes.ROUTES)
         return updated
+
+    async def states_on(
+        self, node_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> dict[uuid.UUID, tuple[InstanceState, str | None, int | None]]:
+        """(state, ip_address, port) of every instance on the node that is not terminated."""
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT id, state, ip_address, port FROM instances "
+                "WHERE node_id = %s AND state <> 'terminated'",
+                (node_id,),
+            )
+            rows = await cur.fetchall()
+        return {r[0]: (InstanceState(r[1]), r[2], r[3]) for r in rows}
 
     async def terminate(self, instance_id: uuid.UUID, *, conn: Conn | None = None) -> Instance:
         """Mark for termination: desired ``terminated`` and soft-deleted; its node's agent

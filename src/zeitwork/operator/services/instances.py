@@ -13,6 +13,7 @@ import structlog
 
 from zeitwork.core.errors import Conflict, InsufficientCapacity
 from zeitwork.core.resources import Resources
+from zeitwork.core.states import InstanceState
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.instances import Instance, InstanceSpec, InstanceStore, StatusUpdate
 from zeitwork.operator.scheduler.placement import (
@@ -23,6 +24,7 @@ from zeitwork.operator.scheduler.placement import (
     place_replicas,
 )
 from zeitwork.operator.scheduler.snapshot import CandidateSnapshots
+from zeitwork.wire.agent import InstanceStatus
 
 log = structlog.get_logger("zeitwork.operator.instances")
 
@@ -197,6 +199,47 @@ class InstanceService:
             node_id=str(instance.node_id),
         )
         return instance
+
+    async def reconcile(self, node_id: uuid.UUID, statuses: list[InstanceStatus]) -> int:
+        """Apply what a heartbeat says about the node's instances where it differs from
+        the database (a per-transition report was lost or refused): the reported state is
+        taken when the transition table can reach it. Returns how many changed."""
+        known = await self._instances.states_on(node_id)
+        changed = 0
+        for status in statuses:
+            current = known.get(status.id)
+            if current is None:
+                continue  # not ours, or terminated already
+            state, ip, port = current
+            moved = status.state is not state
+            readdressed = status.state is InstanceState.RUNNING and (
+                (status.ip_address and status.ip_address != ip)
+                or (status.port and status.port != port)
+            )
+            if not (moved or readdressed):
+                continue
+            update = StatusUpdate(
+                state=status.state,
+                ip_address=status.ip_address,
+                port=status.port,
+                exit_code=status.exit_code,
+                oom_killed=status.oom_killed,
+                reason=status.reason,
+                log_tail=tuple(status.log_tail),
+            )
+            try:
+                await self._instances.report(status.id, update, node_id=node_id, lenient=True)
+            except Conflict as exc:  # e.g. changed meanwhile; the next heartbeat retries
+                log.info("instance.reconcile_skipped", instance_id=str(status.id), error=exc.detail)
+                continue
+            changed += 1
+            log.info(
+                "instance.reconciled",
+                instance_id=str(status.id),
+                state=status.state.value,
+                was=state.value,
+            )
+        return changed
 
     async def terminate(self, instance_id: uuid.UUID) -> Instance:
         instance = await self._instances.terminate(instance_id)
