@@ -19,6 +19,7 @@ from tests.contract.runtime.harness import (
     wait_until,
 )
 from zeitwork.agent.network import NodeNetwork
+from zeitwork.agent.network.links import links_with_prefix
 from zeitwork.runtime.base import Phase, ProcessSpec
 from zeitwork.runtime.oci import OciDriver, RuncCli, become_subreaper, cgroups
 
@@ -97,3 +98,20 @@ async def test_instances_reach_each_other_but_not_the_node(
     finally:
         node_service.close()
         await node_service.wait_closed()
+
+
+async def test_a_subnet_overlapping_the_hosts_networks_is_refused(
+    world: tuple[NodeNetwork, OciDriver, Path], tmp_path: Path
+) -> None:
+    from zeitwork.core.errors import RuntimeFailure
+
+    existing, _, _ = world
+    clash = NodeNetwork(
+        bridge=f"zwt{uuid.uuid4().hex[:6]}",
+        subnet=existing.subnet,
+        state_dir=tmp_path / "clash",
+        nft_table=f"zwt_{uuid.uuid4().hex[:6]}",
+    )
+    with pytest.raises(RuntimeFailure, match="overlaps the host's"):
+        await clash.setup()
+    assert clash.bridge not in await asyncio.to_thread(links_with_prefix, "zwt")

@@ -42,3 +42,21 @@ def test_instances_cannot_open_connections_to_the_node_itself() -> None:
         'iifname "zwbr0" ip protocol icmp accept',
         'iifname "zwbr0" drop',
     ]
+
+
+def test_subnet_conflicts_with_host_networks() -> None:
+    from zeitwork.agent.network.node import conflicts
+
+    host = [
+        ("lo", "127.0.0.1/8"),
+        ("eth0", "192.168.1.10/24"),
+        ("wg0", "10.88.0.77/32"),
+        ("zwbr0", "10.88.0.1/24"),
+        ("eth1", "10.0.0.5/8"),
+    ]
+    assert conflicts("10.88.0.0/24", host, bridge="zwbr0") == [
+        "10.88.0.77/32 on wg0",
+        "10.0.0.5/8 on eth1",
+    ]
+    assert conflicts("172.30.0.0/24", host, bridge="zwbr0") == []
+    assert conflicts("127.0.0.0/24", [("lo", "127.0.0.1/8")], bridge="zwbr0") == []

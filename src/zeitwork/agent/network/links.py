@@ -47,6 +47,20 @@ def ensure_bridge(name: str, *, address: str, prefix_len: int) -> None:
         ipr.link("set", index=index, state="up")
 
 
+def host_networks() -> list[tuple[str, str]]:
+    """(interface, network in CIDR) of every IPv4 address in this namespace."""
+    found: list[tuple[str, str]] = []
+    with IPRoute() as ipr:
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for message in ipr.get_addr(family=2):
+            address = message.get_attr("IFA_ADDRESS")
+            if address:
+                found.append(
+                    (names.get(int(message["index"]), "?"), f"{address}/{message['prefixlen']}")
+                )
+    return found
+
+
 def delete_link(name: str) -> bool:
     """Delete a link by name; False when it was not there."""
     with IPRoute() as ipr:

@@ -44,6 +44,20 @@ class PeerRoute:
         return cls(subnet=subnet.strip(), via=via.strip())
 
 
+def conflicts(subnet: str, networks: Sequence[tuple[str, str]], *, bridge: str) -> list[str]:
+    """Host addresses (other than on our bridge) whose networks overlap the node subnet
+    (pure). Using such a subnet would cut the host off from part of its own network."""
+    ours = ipaddress.IPv4Network(subnet)
+    clashes = []
+    for ifname, cidr in networks:
+        if ifname == bridge:
+            continue
+        network = ipaddress.IPv4Interface(cidr).network
+        if network.overlaps(ours) and not network.is_loopback:
+            clashes.append(f"{cidr} on {ifname}")
+    return clashes
+
+
 def veth_name(instance_id: uuid.UUID) -> str:
     return VETH_PREFIX + instance_id.hex[:12]  # 15 characters: the kernel's IFNAMSIZ - 1
 
@@ -80,6 +94,15 @@ class NodeNetwork:
     async def setup(self) -> None:
         """Bridge with the gateway address, forwarding, NAT table, routes to peers."""
         try:
+            clashes = conflicts(
+                self.subnet, await asyncio.to_thread(links.host_networks), bridge=self.bridge
+            )
+            if clashes:
+                raise RuntimeFailure(
+                    f"node subnet {self.subnet} overlaps the host's "
+                    + ", ".join(clashes)
+                    + "; choose another ZEITWORK_NODE_SUBNET"
+                )
             await asyncio.to_thread(
                 links.ensure_bridge,
                 self.bridge,
