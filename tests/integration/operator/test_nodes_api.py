@@ -186,6 +186,8 @@ async def test_list_is_an_array_with_filter_and_pagination(operator: Operator) -
     )
     ready = await operator.client.get("/api/v1/nodes?state=ready", headers=operator.headers())
     assert [n["id"] for n in ready.json()] == [ids[0]]
+    one = await operator.client.get(f"/api/v1/nodes/{ids[0]}", headers=operator.headers())
+    assert ready.json()[0] == one.json()  # a list item is the same document as the node's
     seen: list[str] = []
     url: str | None = "/api/v1/nodes?limit=2"
     pages = 0
