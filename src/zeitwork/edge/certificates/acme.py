@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from josepy import b64 as jose_b64
+from josepy import errors as jose_errors
 from josepy import jwa, jwk
 
 from zeitwork.clients.certificates import AcmeAccount, CertificateRecord
@@ -156,11 +157,17 @@ class AcmeIssuer:
     def issue(self, domain: str) -> CertificateRecord:
         try:
             return self._issue(domain)
-        except errors.Error as exc:
+        except AcmeError:
+            self._client = None
+            raise
+        except (errors.Error, jose_errors.Error) as exc:
+            self._client = None  # start afresh next time (nonces, directory, account)
             raise AcmeError(f"{type(exc).__name__}: {exc}") from exc
         except messages.Error as exc:
+            self._client = None
             raise AcmeError(str(exc)) from exc
-        except OSError as exc:
+        except OSError as exc:  # includes every requests exception
+            self._client = None
             raise AcmeError(f"cannot reach the ACME server: {exc}") from exc
 
     def _issue(self, domain: str) -> CertificateRecord:
