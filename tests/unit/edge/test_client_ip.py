@@ -3,7 +3,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zeitwork.edge.client_ip import (
@@ -43,6 +43,7 @@ def test_bad_cidr() -> None:
     assert not TrustedProxies(parse_networks(" , "))
 
 
+@settings(deadline=None)
 @given(st.lists(st.ip_addresses(v=4).map(str), min_size=1, max_size=6), st.ip_addresses(v=4))
 def test_untrusted_peer_is_always_the_client(chain: list[str], peer: ipaddress.IPv4Address) -> None:
     peer_s = str(peer)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list, policy_from
@@ -102,6 +102,7 @@ def test_parse_list_and_enabled() -> None:
     assert policy_from(["https://a.b"]).enabled
 
 
+@settings(deadline=None)
 @given(st.text(min_size=1, max_size=40))
 def test_arbitrary_origin_never_reflected_with_credentials(origin: str) -> None:
     p = policy_from(["https://app.example.com", "https://*.example.org"], credentials=True)
