@@ -149,7 +149,7 @@ async def test_redirect_and_headers(
 
 
 async def test_rate_limit_and_spoofed_forwarded_for(make_edge: EdgeFactory) -> None:
-    edge = await make_edge(RATE_LIMIT_RPS=0.5, RATE_LIMIT_BURST=3)
+    edge = await make_edge(RATE_LIMIT_RPS=0.01, RATE_LIMIT_BURST=3)
     conn = await Conn.open(edge.ports["http"])
     statuses = [(await conn.request("/", host="x.test")).status for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -157,7 +157,7 @@ async def test_rate_limit_and_spoofed_forwarded_for(make_edge: EdgeFactory) -> N
     assert limited.status == 429
     assert limited.header(b"content-type") == b"application/problem+json"
     assert int(limited.header(b"retry-after") or b"0") >= 1
-    assert limited.header(b"ratelimit-policy") == b'"default";q=3;w=6'
+    assert limited.header(b"ratelimit-policy") == b'"default";q=3;w=300'
     assert limited.header(b"ratelimit") is not None
     # a spoofed X-Forwarded-For from an untrusted peer changes nothing
     spoofed = await conn.request("/", host="x.test", headers={"X-Forwarded-For": "203.0.113.50"})
@@ -245,7 +245,9 @@ async def test_slow_clients_and_connection_caps(make_edge: EdgeFactory) -> None:
     started = loop.time()
     async with asyncio.timeout(5):
         data = await reader.read()
-    assert loop.time() - started < 3
+    assert (
+        loop.time() - started < 4
+    )  # cut at the 0.5 s header timeout (sweep every 0.25 s), not left hanging
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
     writer.close()
     # a TLS handshake that never starts is cut at the handshake timeout
@@ -253,7 +255,7 @@ async def test_slow_clients_and_connection_caps(make_edge: EdgeFactory) -> None:
     started = loop.time()
     async with asyncio.timeout(5):
         assert await reader.read() == b""
-    assert loop.time() - started < 3
+    assert loop.time() - started < 4
     writer.close()
     # at most 3 connections per client address
     conns = [await Conn.open(edge.ports["http"]) for _ in range(3)]
