@@ -173,7 +173,7 @@ async def test_acme_issue_renew_fail_and_tls_alpn(
         EDGE_ACME_DIRECTORY=pebble.directory,
         EDGE_ACME_CA_BUNDLE=str(pebble.ca_bundle),
         EDGE_DOMAINS="app.test,fail.test",
-        EDGE_ACME_RETRY_BASE=30,
+        EDGE_ACME_RETRY_BASE=300,
     )
     assert edge.manager is not None
 
@@ -202,7 +202,7 @@ async def test_acme_issue_renew_fail_and_tls_alpn(
     bad = await store.get("fail.test")
     assert bad is not None and bad.attempts == 1 and bad.last_error
     assert bad.next_attempt_at is not None
-    assert bad.next_attempt_at > datetime.now(UTC) + timedelta(seconds=20)
+    assert bad.next_attempt_at > datetime.now(UTC) + timedelta(seconds=200)
     _, metrics = await admin_get(edge, "/metrics")
     assert b'zeitwork_edge_certificate_orders_total{result="failed",source="acme"} 1.0' in metrics
     assert b'zeitwork_edge_certificate_expiry_seconds{domain="app.test"}' in metrics
