@@ -48,6 +48,13 @@ async def test_api_requires_a_token(
         assert wrong.status_code == 401
         health = await client.get("/health")
         assert health.status_code == 200
+        # answers are not held back by Nagle + delayed ACK (that costs >= 40 ms a request)
+        took = []
+        for _ in range(9):
+            began = asyncio.get_running_loop().time()
+            await client.get("/health")
+            took.append(asyncio.get_running_loop().time() - began)
+        assert sorted(took)[4] < 0.035, took
 
 
 async def test_run_kill_restart_readopts_exactly_once_and_cleans_strays(
