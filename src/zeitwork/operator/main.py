@@ -90,9 +90,13 @@ class _Server(uvicorn.Server):
 
 def _listen(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP so the event loop recognises accepted sockets as TCP and keeps
+    # TCP_NODELAY on them (set here too; Linux copies it to accepted sockets): without it
+    # small answers can wait ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if reuseport:  # several worker processes share the port; the kernel spreads connections
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
