@@ -144,7 +144,9 @@ def create_app(
             raise AuthenticationRequired(
                 "the agent has no credential yet (not registered, no ZEITWORK_AGENT_TOKEN)"
             )
-        if not any(secrets.compare_digest(presented.strip(), token) for token in allowed):
+        # compared as bytes: compare_digest refuses non-ASCII str (a TypeError, a 500)
+        given = presented.strip().encode()
+        if not any(secrets.compare_digest(given, token.encode()) for token in allowed):
             raise AuthenticationRequired("the token is not valid for this node")
 
     api = APIRouter(dependencies=[Depends(authenticated)])
