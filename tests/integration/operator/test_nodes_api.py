@@ -83,6 +83,43 @@ async def test_reregistration_is_idempotent_and_rotates_the_node_token(operator:
     assert r.status_code == 200
 
 
+async def test_a_node_token_reregisters_its_own_node_only(operator: Operator) -> None:
+    # an agent restarting with its stored credential registers again with it: the join
+    # token may be revoked or expired by then (``zeitwork dev`` revokes it at once)
+    join = await operator.token(Scope.JOIN)
+    first = await register(operator, join, id=str(uuid.uuid4()))
+    node_id, node_token = first["id"], first["node_token"]
+    await operator.sql("UPDATE api_tokens SET deleted_at = now() WHERE scope = 'join'")
+    r = await operator.client.post(
+        "/api/v1/nodes",
+        headers=operator.headers(node_token),
+        json=registration(id=node_id, ip_address="10.0.0.77"),
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["ip_address"]) == (node_id, "10.0.0.77")
+    assert r.json()["node_token"] is None  # the credential it has stays valid
+    own = await operator.client.get(
+        f"/api/v1/nodes/{node_id}", headers=operator.headers(node_token)
+    )
+    assert own.status_code == 200
+    # never another node, nor one without an id (that would claim a node by hostname)
+    other = await register(operator, hostname="node-b")
+    for body in (
+        registration(id=other["id"], hostname="node-b"),
+        registration(hostname="node-b"),
+        registration(id=str(uuid.uuid4()), hostname="node-c"),
+    ):
+        r = await operator.client.post(
+            "/api/v1/nodes", headers=operator.headers(node_token), json=body
+        )
+        assert r.status_code == 403, r.text
+    rows = await operator.sql(
+        "SELECT ip_address FROM nodes WHERE id = %s", (uuid.UUID(other["id"]),)
+    )
+    assert rows == [("10.0.0.10",)]
+    assert await operator.sql("SELECT 1 FROM nodes WHERE hostname = 'node-c'") == []
+
+
 async def test_admin_registration_gets_no_token(operator: Operator) -> None:
     body = await register(operator)
     assert body["node_token"] is None

@@ -25,7 +25,9 @@ _NODE_LIST = TypeAdapter(list[NodeOut])
 def router(deps: Deps) -> APIRouter:
     api = APIRouter(prefix="/nodes", tags=["nodes"])
     admin = require(deps, Scope.ADMIN)
-    joiner = require(deps, Scope.JOIN)
+    # a join token registers a node; a node token registers its own node again (an agent
+    # restarting with its stored credential, when the join token is long revoked)
+    joiner = require(deps, Scope.JOIN, Scope.NODE)
     reader = require(deps, Scope.NODE)
 
     @api.get("", dependencies=[Depends(admin)], response_model=list[NodeOut])
@@ -51,6 +53,8 @@ def router(deps: Deps) -> APIRouter:
         response: Response,
         principal: Principal = Depends(joiner),  # noqa: B008 (a local: Annotated cannot see it)
     ) -> NodeRegisteredOut:
+        if principal.scope is Scope.NODE and (body.id is None or body.id != principal.node_id):
+            raise PermissionDenied("a node token may only register its own node (by its id)")
         spec = NodeSpec(
             id=body.id,
             hostname=body.hostname.strip().lower(),
