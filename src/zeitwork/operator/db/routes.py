@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
 
+SERVING_NODE_STATES = "('ready', 'draining')"
+"""Node states whose running instances the route table advertises (an SQL list)."""
+
 
 @dataclass(frozen=True, slots=True)
 class DomainBinding:
@@ -36,7 +39,11 @@ class RouteStore:
 
     async def rows(self, *, conn: Conn | None = None) -> RouteRows:
         """Live domains bound to a deployment, and every running instance with an address
-        that is not marked for termination, with the ``routes`` version of that snapshot."""
+        that is not marked for termination and whose node serves (``ready`` or
+        ``draining``: a draining node keeps serving what it runs until it is moved off;
+        a ``down``, ``error``, ``unknown``, ``booting`` or ``terminated`` node's instances
+        are not advertised), with the ``routes`` version of that snapshot (node state
+        changes bump it, migration 0004)."""
         async with self._db.connection(conn) as c, c.transaction():
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = await changes.version(c, changes.ROUTES)
@@ -46,9 +53,12 @@ class RouteStore:
             )
             domains = [DomainBinding(host=r[0], deployment_id=r[1]) for r in await cur.fetchall()]
             cur = await c.execute(
-                "SELECT id, deployment_id, ip_address, coalesce(port, default_port) "
-                "FROM instances WHERE state = 'running' AND deleted_at IS NULL "
-                "AND ip_address IS NOT NULL ORDER BY id"
+                "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port) "
+                "FROM instances i JOIN nodes n ON n.id = i.node_id "
+                "WHERE i.state = 'running' AND i.deleted_at IS NULL "
+                "AND i.ip_address IS NOT NULL "
+                f"AND n.state IN {SERVING_NODE_STATES} AND n.deleted_at IS NULL "
+                "ORDER BY i.id"
             )
             instances = [
                 RunningInstance(id=r[0], deployment_id=r[1], ip_address=r[2], port=r[3])
