@@ -7,6 +7,7 @@ Every call is an argv list through ``asyncio.create_subprocess_exec``; failures 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -62,11 +63,17 @@ def needs_hidden_unified(root: Path = Path("/sys/fs/cgroup")) -> bool:
 
 class RuncCli:
     def __init__(
-        self, *, binary: str = "runc", root: Path, hide_unified_cgroup: bool = False
+        self,
+        *,
+        binary: str = "runc",
+        root: Path,
+        hide_unified_cgroup: bool = False,
+        timeout: float = 120.0,
     ) -> None:
         self.binary = binary
         self.root = root
         self.hide_unified_cgroup = hide_unified_cgroup
+        self.timeout = timeout  # a runtime call that hangs (a stuck cgroup, ...) is a failure
 
     async def _exec(
         self, *args: str, stdout: int | None = None, log_file: Path | None = None
@@ -85,7 +92,15 @@ class RuncCli:
             )
         except FileNotFoundError as exc:
             raise RuntimeFailure(f"{self.binary} is not installed") from exc
-        out, err = await proc.communicate()
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise RuntimeFailure(
+                f"{self.binary} {args[0]}: no answer within {self.timeout:g} s"
+            ) from exc
         if proc.returncode != 0:
             message = _message(err or b"", log_file)
             what = f"{self.binary} {args[0]}: {message}"
