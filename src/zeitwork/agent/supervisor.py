@@ -603,9 +603,7 @@ class Supervisor:
             status = await self.driver.stop(record.handle, grace_seconds=self.stop_grace)
             exit_code, oom = status.exit_code, status.oom_killed
             lines = await self._last_lines(record.handle)
-            await self.driver.destroy(record.handle)
-            self.images.release(record.assignment.image.digest)
-            record.handle = None
+            await self._discard_workload(record)
         await self.network.detach(record.instance_id)
         record.address = None
         record.alive = False
@@ -621,6 +619,13 @@ class Supervisor:
         self.records.pop(record.instance_id, None)
         self.store.delete(record.instance_id)
 
+    async def _discard_workload(self, record: Record) -> None:
+        """Destroy the instance's workload, if it has one, and release its image."""
+        if record.handle is not None:
+            await self.driver.destroy(record.handle)
+            self.images.release(record.assignment.image.digest)
+            record.handle = None
+
     async def _exit_details(self, record: Record) -> tuple[list[str], str]:
         lines = await self._last_lines(record.handle)
         what = planning.describe_exit(record.exit_code, record.oom_killed)
@@ -629,10 +634,7 @@ class Supervisor:
     async def _schedule_restart(self, record: Record, action: planning.ScheduleRestart) -> None:
         lines, what = await self._exit_details(record)
         exit_code, oom = record.exit_code, record.oom_killed
-        if record.handle is not None:
-            await self.driver.destroy(record.handle)
-            self.images.release(record.assignment.image.digest)
-            record.handle = None
+        await self._discard_workload(record)
         failed = planning.failed_run(exit_code, oom)
         record.restarts = action.attempt if failed else record.restarts
         record.restart_at = time.monotonic() + action.delay
@@ -648,10 +650,7 @@ class Supervisor:
     async def _settle(self, record: Record, action: planning.Settle) -> None:
         lines, what = await self._exit_details(record)
         exit_code, oom = record.exit_code, record.oom_killed
-        if record.handle is not None:
-            await self.driver.destroy(record.handle)
-            self.images.release(record.assignment.image.digest)
-            record.handle = None
+        await self._discard_workload(record)
         await self.network.detach(record.instance_id)
         record.address = None
         record.restart_at = None
