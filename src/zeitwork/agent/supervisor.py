@@ -186,10 +186,11 @@ class Supervisor:
     def put_local(self, assignment: AssignedInstance) -> Record:
         """Add (or update) an instance through the agent API."""
         record = self.records.get(assignment.id)
-        if record is None or record.state not in ACTIVE:
-            needed = Resources.of(
-                vcpu=assignment.resources.vcpu, memory_mib=assignment.resources.memory
-            )
+        needed = Resources.of(
+            vcpu=assignment.resources.vcpu, memory_mib=assignment.resources.memory
+        )
+        # an active instance keeps what it has; asking for more is checked like a new one
+        if record is None or record.state not in ACTIVE or not needed.fits_in(record.resources):
             self._check_capacity(assignment.id, needed)
         self.local[assignment.id] = assignment
         if record is None:

@@ -230,3 +230,19 @@ async def test_more_than_the_node_has_is_refused(node: Node, busybox_image: Buil
     with pytest.raises(InsufficientCapacity, match="memory"):
         node.assign(busybox_image, resources={"vcpu": 1, "memory": 4096})
     assert node.supervisor.records == {}
+
+
+async def test_growing_a_running_instance_past_the_node_is_refused(
+    node: Node, busybox_image: BuiltImage
+) -> None:
+    assignment = node.assign(busybox_image)
+    await node.wait_for(assignment.id, lambda s: "running" in s)
+    bigger = AssignedInstance.model_validate(
+        assignment.model_dump() | {"resources": {"vcpu": 1, "memory": 4096}}
+    )
+    with pytest.raises(InsufficientCapacity, match="memory"):
+        node.supervisor.put_local(bigger)
+    record = node.supervisor.records[assignment.id]
+    assert record.resources == Resources.of(vcpu=0.25, memory_mib=64)
+    # the same size again (or smaller) is accepted while it runs
+    node.supervisor.put_local(assignment)
