@@ -4,6 +4,7 @@ credential can change (after a registration) without making a new one."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -20,6 +21,12 @@ from zeitwork.wire.agent import (
     NodeRegistered,
     NodeRegistration,
 )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class OperatorClient:
@@ -130,9 +137,11 @@ class OperatorClient:
                     )
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
+                    # the disk work runs in a thread: flushing a big archive takes seconds,
+                    # and the agent's heartbeats and API share this event loop
                     async for chunk in response.aiter_bytes(1024 * 1024):
-                        os.write(fd, chunk)
-                    os.fsync(fd)
+                        await asyncio.to_thread(_write_all, fd, chunk)
+                    await asyncio.to_thread(os.fsync, fd)
                 finally:
                     os.close(fd)
         return announced or expected_digest or ""
