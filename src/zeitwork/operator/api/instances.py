@@ -20,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
-from zeitwork.operator.db.instances import Instance, InstanceSpec, StatusUpdate
+from zeitwork.operator.db.instances import Instance, InstanceSpec
 from zeitwork.operator.db.pages import Page, PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
+from zeitwork.operator.services.instances import status_update
 from zeitwork.wire.agent import InstanceStatusReport, RestartPolicy
 from zeitwork.wire.common import ResourcesModel
 
@@ -189,15 +190,7 @@ def router(deps: Deps) -> APIRouter:
         body: InstanceStatusReport,
         principal: Principal = Depends(reporter),  # noqa: B008 (a local: Annotated cannot see it)
     ) -> InstanceOut:
-        update = StatusUpdate(
-            state=body.state,
-            ip_address=body.ip_address,
-            port=body.port,
-            exit_code=body.exit_code,
-            oom_killed=body.oom_killed,
-            reason=body.reason,
-            log_tail=tuple(body.log_tail),
-        )
+        update = status_update(body)
         # a node token always names its node; the nil id matches no instance
         node = None if principal.is_admin else (principal.node_id or uuid.UUID(int=0))
         instance = await deps.instance_service.report(instance_id, update, node_id=node)

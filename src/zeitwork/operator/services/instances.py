@@ -24,7 +24,7 @@ from zeitwork.operator.scheduler.placement import (
     place_replicas,
 )
 from zeitwork.operator.scheduler.snapshot import CandidateSnapshots
-from zeitwork.wire.agent import InstanceStatus
+from zeitwork.wire.agent import InstanceStatus, InstanceStatusReport
 
 log = structlog.get_logger("zeitwork.operator.instances")
 
@@ -44,6 +44,19 @@ def _no_fit(decision: NoFit) -> InsufficientCapacity:
             "memory": decision.best_free.memory_mib,
         }
     return InsufficientCapacity(decision.message(), extra=extra)
+
+
+def status_update(report: InstanceStatus | InstanceStatusReport) -> StatusUpdate:
+    """What an agent reported (per transition or in a heartbeat), as a store update."""
+    return StatusUpdate(
+        state=report.state,
+        ip_address=report.ip_address,
+        port=report.port,
+        exit_code=report.exit_code,
+        oom_killed=report.oom_killed,
+        reason=report.reason,
+        log_tail=tuple(report.log_tail),
+    )
 
 
 class InstanceService:
@@ -218,15 +231,7 @@ class InstanceService:
             )
             if not (moved or readdressed):
                 continue
-            update = StatusUpdate(
-                state=status.state,
-                ip_address=status.ip_address,
-                port=status.port,
-                exit_code=status.exit_code,
-                oom_killed=status.oom_killed,
-                reason=status.reason,
-                log_tail=tuple(status.log_tail),
-            )
+            update = status_update(status)
             try:
                 await self._instances.report(status.id, update, node_id=node_id, lenient=True)
             except Conflict as exc:  # e.g. changed meanwhile; the next heartbeat retries
