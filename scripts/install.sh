@@ -27,6 +27,11 @@
 #   ZEITWORK_WHEEL        (unset)                install this wheel instead of the checkout
 #   ZEITWORK_PIP_ARGS     (unset)                extra pip arguments, e.g. for an offline
 #                                                mirror: "--no-index --find-links /srv/wheels"
+#   ZEITWORK_PURE_PYTHON  (unset)                1: do not compile the proxy core with mypyc
+#                                                (by default the wheel built from the checkout
+#                                                compiles it; that needs a C compiler and
+#                                                Python headers, else it falls back to pure
+#                                                Python and says so)
 # Installed units and env files name the paths chosen here.
 set -euo pipefail
 # Files under /opt/zeitwork must be readable by the zeitwork user whatever root's umask is.
@@ -181,10 +186,14 @@ PIP=("$PREFIX/bin/python" -m pip --disable-pip-version-check --no-input)
 if [ -n "$WHEEL" ]; then
   wheel="$WHEEL"
 else
-  say "building the zeitwork wheel from $SRC_DIR"
+  say "building the zeitwork wheel from $SRC_DIR (with the mypyc-compiled proxy core unless ZEITWORK_PURE_PYTHON=1)"
+  # Not --quiet: the build says whether it compiled the proxy core or fell back, and why.
   # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
-  "${PIP[@]}" wheel --quiet --no-deps --wheel-dir "$WORK/dist" $PIP_ARGS "$SRC_DIR" ||
-    die "building the wheel failed (see above)"
+  "${PIP[@]}" wheel --verbose --no-deps --wheel-dir "$WORK/dist" $PIP_ARGS "$SRC_DIR" >"$WORK/build.log" 2>&1 || {
+    cat "$WORK/build.log" >&2
+    die "building the wheel failed (see above; ZEITWORK_PURE_PYTHON=1 builds without a compiler)"
+  }
+  sed -n 's/^ *zeitwork build: /install: build: /p' "$WORK/build.log"
   wheel="$(ls "$WORK"/dist/zeitwork-*.whl)"
 fi
 say "installing $(basename "$wheel") into $PREFIX"
@@ -196,6 +205,11 @@ say "installing $(basename "$wheel") into $PREFIX"
 "${PIP[@]}" install --quiet --force-reinstall --no-deps $PIP_ARGS "$wheel" ||
   die "pip install failed (see above)"
 [ -x "$PREFIX/bin/zeitwork" ] || die "pip did not install $PREFIX/bin/zeitwork"
+if "$PREFIX/bin/python" -c 'import sys, zeitwork.proxy as p; sys.exit(not p.core_compiled())' 2>/dev/null; then
+  say "proxy core: compiled (mypyc)"
+else
+  say "proxy core: pure Python (slower; see the build messages above)"
+fi
 # zeitwork-env: run an admin command with a service's env file, as its user.
 render "$SRC_DIR/deployments/bin/zeitwork-env" "$WORK/zeitwork-env"
 install -m 0755 "$WORK/zeitwork-env" "$PREFIX/bin/zeitwork-env"

@@ -45,6 +45,7 @@ from zeitwork.edge.settings import DomainOverride, EdgeSettings
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
+from zeitwork.proxy import core_compiled
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig, reuse_port_socket
@@ -480,6 +481,8 @@ class Edge:
                 on_hosts=self._hosts_changed,
             )
             self._tasks.append(asyncio.create_task(self.route_watch.run(), name="edge.routes"))
+        if self.index == 0:
+            log.info("proxy.core", compiled=core_compiled())
         log.info("edge.started", tls_mode=mode, **self.ports)
 
     def _reload_static(self) -> None:

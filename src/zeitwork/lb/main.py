@@ -37,6 +37,7 @@ from zeitwork.proxy import (
     Proxy,
     ProxyConfig,
     TrustedProxies,
+    core_compiled,
     parse_networks,
     reuse_port_socket,
 )
@@ -218,6 +219,7 @@ class LoadBalancer:
             )
             await self.admin.serve(admin_sock)
             self.admin_port = admin_sock.getsockname()[1]
+            self.log.info("proxy.core", compiled=core_compiled())
             self.log.info(
                 "lb.listening",
                 port=self.port,

@@ -49,6 +49,7 @@ Pure parts: ``balancing`` (round-robin, least-connections, ip-hash with consiste
 
 from __future__ import annotations
 
+from zeitwork.proxy import server as _server
 from zeitwork.proxy.backends import Backend, Pool, parse_address
 from zeitwork.proxy.balancing import ALGORITHMS, AlgorithmName, make_balancer
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
@@ -66,6 +67,12 @@ from zeitwork.proxy.types import (
     RequestPolicy,
     Router,
 )
+
+
+def core_compiled() -> bool:
+    """Whether the proxy core runs as mypyc-compiled extension modules (``hatch_build.py``)."""
+    return (_server.__file__ or "").endswith((".so", ".pyd"))
+
 
 __all__ = [
     "ALGORITHMS",
@@ -88,6 +95,7 @@ __all__ = [
     "RequestPolicy",
     "Router",
     "TrustedProxies",
+    "core_compiled",
     "make_balancer",
     "parse_address",
     "parse_networks",
