@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Edge proxy vs HAProxy, both terminating TLS with the same certificate in front of the same
-# nginx upstream (1 KiB), in the same run:
+# nginx upstream (1 KiB), in the same run. The edge runs twice: "edge" from the release wheel
+# (mypyc-compiled proxy core, built here by the package's own build) and "edge-py" (the
+# pure-Python checkout); NO_COMPILED=1 skips the compiled one.
 #   - keep-alive HTTPS: wrk, 64 connections, 1 thread, req/s, p50, p99
 #   - new TLS 1.3 connections per second (Connection: close, one request each): ECDSA, RSA
 #   - the rate limiter's cost per decision with a million distinct keys
-# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5).
+# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -12,6 +14,7 @@ ZW=${ZW:-.venv/bin/zeitwork}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
+NO_COMPILED=${NO_COMPILED:-}
 for tool in wrk haproxy nginx; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
@@ -33,7 +36,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT <<<"$(free_ports 5)"
+read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN <<<"$(free_ports 8)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -84,15 +87,29 @@ nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 wait_port "$UP_PORT"
 
-start_edge() { # kind
-  env -i PATH="$PATH" HOME="$HOME" HOST=127.0.0.1 PORT="$EDGE_HTTP" EDGE_HTTPS_PORT="$EDGE_HTTPS" \
-    EDGE_ADMIN_PORT="$EDGE_ADMIN" LOAD_BALANCER_URL="http://127.0.0.1:$UP_PORT" \
+# --- the compiled build: the release wheel, unpacked first on PYTHONPATH ------------------
+if [ -z "$NO_COMPILED" ]; then
+  echo "building the release wheel (mypyc-compiled proxy core, hatch_build.py) ..."
+  ZEITWORK_REQUIRE_COMPILED=1 "$PY" -m build --wheel --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 ||
+    { tail -n 20 "$WORK/build.log" >&2; echo "edge.sh: the compiled build failed (NO_COMPILED=1 skips it)" >&2; exit 1; }
+  "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+    "$(ls "$WORK"/dist/zeitwork-*.whl)" "$WORK/site"
+  PYTHONPATH="$WORK/site" "$PY" -c 'import sys, zeitwork.proxy as p; sys.exit(not p.core_compiled())' ||
+    { echo "edge.sh: the wheel's proxy core is not compiled" >&2; exit 1; }
+fi
+
+start_edge() { # kind variant(c|py) -> sets EDGE_PID (c) or PY_PID (py)
+  local http=$EDGE_HTTP https=$EDGE_HTTPS admin=$EDGE_ADMIN pypath="$WORK/site"
+  if [ "$2" = py ]; then http=$PY_HTTP; https=$PY_HTTPS; admin=$PY_ADMIN; pypath=; fi
+  env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$pypath" HOST=127.0.0.1 PORT="$http" \
+    EDGE_HTTPS_PORT="$https" EDGE_ADMIN_PORT="$admin" LOAD_BALANCER_URL="http://127.0.0.1:$UP_PORT" \
     SSL_CERT_PATH="$WORK/$1.crt" SSL_KEY_PATH="$WORK/$1.key" RATE_LIMIT_RPS=1000000000 \
     EDGE_MAX_CONNECTIONS_PER_IP=100000 EDGE_WORKERS=1 LOG_LEVEL=warn \
-    ZEITWORK_DATA_DIR="$WORK/data" "$ZW" edge-proxy >"$WORK/edge-$1.log" 2>&1 &
-  EDGE_PID=$!
-  PIDS+=("$EDGE_PID")
-  wait_port "$EDGE_HTTPS"
+    ZEITWORK_DATA_DIR="$WORK/data-$2" "$PY" -m zeitwork edge-proxy >"$WORK/edge-$1-$2.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_port "$https"
+  if [ "$2" = py ]; then PY_PID=$pid; else EDGE_PID=$pid; fi
 }
 
 start_haproxy() { # kind
@@ -159,29 +176,53 @@ handshakes() { # port pid -> "connections/s connections-per-server-CPU-second"
 
 ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
 
-echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
-start_edge ec
-start_haproxy ec
-e_rps=(); e_cpu=(); h_rps=(); h_cpu=()
-for round in 1 2 3; do
-  read -r r c <<<"$(wrk_run "zeitwork edge (round $round)" "$EDGE_HTTPS" "$EDGE_PID")"; e_rps+=("$r"); e_cpu+=("$c")
-  read -r r c <<<"$(wrk_run "haproxy (round $round)" "$HA_PORT" "$HA_PID")"; h_rps+=("$r"); h_cpu+=("$c")
-done
+VARIANTS=(py)
+[ -z "$NO_COMPILED" ] && VARIANTS=(c py)
+label() { [ "$1" = c ] && echo "edge" || echo "edge-py"; }
+pid_of() { [ "$1" = c ] && echo "$EDGE_PID" || echo "$PY_PID"; }
+port_of() { [ "$1" = c ] && echo "$EDGE_HTTPS" || echo "$PY_HTTPS"; }
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
-echo "keep-alive best of 3: edge $(best "${e_rps[@]}") req/s, haproxy $(best "${h_rps[@]}") req/s, ratio $(ratio "$(best "${e_rps[@]}")" "$(best "${h_rps[@]}")")"
-echo "keep-alive per CPU-second: edge $(best "${e_cpu[@]}"), haproxy $(best "${h_cpu[@]}"), ratio $(ratio "$(best "${e_cpu[@]}")" "$(best "${h_cpu[@]}")")"
+
+echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
+for v in "${VARIANTS[@]}"; do start_edge ec "$v"; done
+start_haproxy ec
+declare -A rps_of cpu_of
+for round in 1 2 3; do
+  for v in "${VARIANTS[@]}"; do
+    read -r r c <<<"$(wrk_run "zeitwork $(label "$v") (round $round)" "$(port_of "$v")" "$(pid_of "$v")")"
+    rps_of[$v]+="$r "; cpu_of[$v]+="$c "
+  done
+  read -r r c <<<"$(wrk_run "haproxy (round $round)" "$HA_PORT" "$HA_PID")"
+  rps_of[ha]+="$r "; cpu_of[ha]+="$c "
+done
+# shellcheck disable=SC2086  # word lists on purpose
+ha_rps=$(best ${rps_of[ha]})
+# shellcheck disable=SC2086
+ha_cpu=$(best ${cpu_of[ha]})
+for v in "${VARIANTS[@]}"; do
+  # shellcheck disable=SC2086
+  r=$(best ${rps_of[$v]})
+  # shellcheck disable=SC2086
+  c=$(best ${cpu_of[$v]})
+  echo "keep-alive best of 3: $(label "$v") $r req/s, haproxy $ha_rps req/s, ratio $(ratio "$r" "$ha_rps"); per CPU-second $c vs $ha_cpu, ratio $(ratio "$c" "$ha_cpu")"
+done
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each) =="
 for kind in ec rsa; do
   if [ "$kind" = rsa ]; then
-    stop_pid "$EDGE_PID"; stop_pid "$HA_PID"
-    start_edge rsa
+    for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
+    stop_pid "$HA_PID"
+    for v in "${VARIANTS[@]}"; do start_edge rsa "$v"; done
     start_haproxy rsa
   fi
   for round in 1 2; do
-    read -r e ec <<<"$(handshakes "$EDGE_HTTPS" "$EDGE_PID")"
     read -r h hc <<<"$(handshakes "$HA_PORT" "$HA_PID")"
-    echo "$kind round $round: edge=$e/s ($ec per CPU-s) haproxy=$h/s ($hc per CPU-s) ratio=$(ratio "$e" "$h") per-CPU ratio=$(ratio "$ec" "$hc")"
+    line="$kind round $round: haproxy=$h/s ($hc per CPU-s)"
+    for v in "${VARIANTS[@]}"; do
+      read -r e ec <<<"$(handshakes "$(port_of "$v")" "$(pid_of "$v")")"
+      line+=" | $(label "$v")=$e/s ($ec per CPU-s) ratio=$(ratio "$e" "$h") per-CPU=$(ratio "$ec" "$hc")"
+    done
+    echo "$line"
   done
 done
 
