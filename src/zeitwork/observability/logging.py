@@ -6,6 +6,7 @@ bound per request through ``structlog.contextvars``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from typing import Any
@@ -40,7 +41,16 @@ def configure_logging(*, service: str, environment: str, level: str = "info") ->
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # tracebacks without the values of local variables (rich shows them by default):
+        # those are tokens, instances' environment variables, request bodies
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            exception_formatter=(
+                structlog.dev.RichTracebackFormatter(show_locals=False)
+                if importlib.util.find_spec("rich") is not None
+                else structlog.dev.plain_traceback
+            ),
+        )
 
     structlog.configure(
         processors=[*shared, renderer],
