@@ -5,7 +5,9 @@ namespace through the routes between node subnets, agent kill and re-adoption, e
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
+import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -135,33 +137,36 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
         wait_json,
     )
 
-    operator = OperatorProcess(database_url=migrated_database, root=tmp_path / "operator")
+    second = random.randint(0, 200)
+    pool = f"10.{second}.0.0/16"
+    operator = OperatorProcess(
+        database_url=migrated_database,
+        root=tmp_path / "operator",
+        extra_env={"ZEITWORK_INSTANCE_NETWORK": pool},
+    )
     operator.start()
     try:
         await operator.wait_ready()
         join = await operator.join_token()
         image_id = await import_image(operator, busybox_image.path)
-        second = random.randint(0, 200)
-        subnets = [f"10.{second}.1.0/24", f"10.{second}.2.0/24"]
         names = [lan.add_host(), lan.add_host()]
         agents = []
         for index, name in enumerate(names):
-            other = 1 - index
+            # no ZEITWORK_NODE_SUBNET, no ZEITWORK_PEER_ROUTES: the operator allocates the
+            # subnets and sends each agent the other's (peer routes)
             host = hosts(
                 netns=name,
-                subnet=subnets[index],
+                subnet=None,
                 extra_env={
                     "OPERATOR_URL": operator.url(lan.gateway),
                     "ZEITWORK_JOIN_TOKEN": join,
                     "ZEITWORK_HEARTBEAT_INTERVAL": "1",
-                    "ZEITWORK_PEER_ROUTES": f"{subnets[other]}={lan.address(other)}",
                     "NODE_IP": lan.address(index),
                     "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
                 },
             )
             host.start()  # each agent downloads the image from the operator over the LAN
             agents.append(host)
-            lan.route_from_root(subnets[index], lan.address(index))
         for host in agents:
             await host.wait_ready()
 
@@ -172,6 +177,11 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
                 lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
             )
             node_of = {n["ip_address"]: n["id"] for n in _nodes(listed)}
+            subnet_of = {n["ip_address"]: n["subnet"] for n in _nodes(listed)}
+            subnets = [subnet_of[lan.address(index)] for index in range(2)]
+            assert sorted(subnets) == [f"10.{second}.0.0/24", f"10.{second}.1.0/24"]
+            for index in range(2):
+                assert agents[index].allocated_subnet() == subnets[index]
             instance_ids = []
             for index in range(2):
                 created = await op.post(
@@ -193,11 +203,25 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
             ]
         a_url = f"http://{running[0]['ip_address']}:8080/"
         b_url = f"http://{running[1]['ip_address']}:8080/"
-        assert str(running[0]["ip_address"]).startswith(f"10.{second}.1.")
-        assert str(running[1]["ip_address"]).startswith(f"10.{second}.2.")
+        for index in range(2):
+            address = ipaddress.IPv4Address(running[index]["ip_address"])
+            assert address in ipaddress.IPv4Network(subnets[index])
+        # across hosts through the peer routes the agents installed from the operator's
+        # peers (the root namespace has no route to the subnets yet: the hosts' default
+        # route leads nowhere for them)
+        assert await _eventually_get_from(names[1], a_url) == 200
+        assert await _eventually_get_from(names[0], b_url) == 200
+        for index in range(2):
+            other = 1 - index
+            shown = subprocess.run(
+                ["ip", "-n", names[index], "route", "show", subnets[other]],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert f"via {lan.address(other)}" in shown, shown
+            lan.route_from_root(subnets[index], lan.address(index))
         assert (await wait_http(a_url, timeout=5))[0] == 200
-        assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
-        assert await asyncio.to_thread(_get_from, names[0], b_url) == 200
 
         pid = agents[0].record(instance_ids[0])["handle"]["data"]["pid"]
         agents[0].kill()
@@ -217,6 +241,19 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
         assert await asyncio.to_thread(_get_from, names[1], a_url) == 200
     finally:
         operator.stop()
+
+
+async def _eventually_get_from(namespace: str, url: str, seconds: float = 10.0) -> int:
+    """``_get_from``, retried while the peer routes converge."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            return await asyncio.to_thread(_get_from, namespace, url)
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def _nodes(body: object) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from zeitwork.agent.images import NodeImages
 from zeitwork.agent.network import NodeNetwork, PeerRoute
 from zeitwork.agent.plan import Tuning
 from zeitwork.agent.reporter import CredentialFile, OperatorLink
-from zeitwork.agent.settings import AgentSettings
+from zeitwork.agent.settings import DEFAULT_NODE_SUBNET, AgentSettings
 from zeitwork.agent.state_store import StateStore, atomic_write_json
 from zeitwork.agent.supervisor import Supervisor
 from zeitwork.clients.operator import OperatorClient
@@ -39,7 +40,7 @@ from zeitwork.images import ImageCache
 from zeitwork.observability import configure_logging, get_logger, new_registry
 from zeitwork.runtime import registry as runtimes
 from zeitwork.runtime.base import Driver
-from zeitwork.wire.agent import Assignments, InstanceStatusReport
+from zeitwork.wire.agent import Assignments, InstanceStatus, InstanceStatusReport
 
 log = get_logger(__name__)
 
@@ -133,10 +134,55 @@ async def serve(
         if item
     ]
     stopping = asyncio.Event()
+    subnet_file = data / "subnet.json"
     async with AsyncExitStack() as stack:
+        client: OperatorClient | None = None
+        if settings.operator_url:
+            client = OperatorClient(base_url=settings.operator_url)
+            stack.push_async_callback(client.aclose)
+        ip_address = settings.node_ip or hostinfo.detect_ip(settings.operator_url)
+        hostname = settings.node_hostname or hostinfo.hostname()
+        supervisor: Supervisor | None = None
+        peers_wanted: list[PeerRoute] | None = None
+        peers_changed = asyncio.Event()
+        link: OperatorLink | None = None
+        if client is not None:
+
+            def on_assignments(answer: Assignments) -> None:
+                nonlocal peers_wanted
+                assert supervisor is not None  # the loops start after the supervisor
+                supervisor.set_assignments(answer.instances)
+                peers_wanted = [PeerRoute(subnet=p.subnet, via=p.ip_address) for p in answer.peers]
+                peers_changed.set()
+
+            def used() -> Resources:
+                return supervisor.used() if supervisor is not None else Resources(0, 0, 0)
+
+            def statuses() -> list[InstanceStatus]:
+                return supervisor.statuses() if supervisor is not None else []
+
+            link = OperatorLink(
+                client=client,
+                credentials=CredentialFile(data / "node.json"),
+                join_token=settings.join_token.get_secret_value() if settings.join_token else None,
+                node_id=settings.node_id,
+                hostname=hostname,
+                ip_address=ip_address,
+                region_id=settings.region_id,
+                runtime=choice.name,
+                capacity=capacity,
+                used=used,
+                statuses=statuses,
+                on_assignments=on_assignments,
+                heartbeat_interval=settings.heartbeat_interval,
+                resync_interval=settings.resync_interval,
+                assignment_wait=settings.assignment_wait,
+                subnet=settings.node_subnet or _stored_subnet(subnet_file),
+            )
+        subnet = await _node_subnet(settings, link, subnet_file)
         network = NodeNetwork(
             bridge=settings.bridge,
-            subnet=settings.node_subnet,
+            subnet=subnet,
             state_dir=data / "network",
             nft_table=settings.nft_table,
             peer_routes=peer_routes,
@@ -150,13 +196,8 @@ async def serve(
             root=data / "images", max_bytes=settings.image_cache_mib * 1024 * 1024
         )
         stack.push_async_callback(cache.close)
-        client: OperatorClient | None = None
-        if settings.operator_url:
-            client = OperatorClient(base_url=settings.operator_url)
-            stack.push_async_callback(client.aclose)
         images = NodeImages(cache=cache, operator=client)
         store = StateStore(root=data / "instances")
-        link: OperatorLink | None = None
 
         def report(instance_id: uuid.UUID, body: InstanceStatusReport) -> None:
             if link is not None:
@@ -176,31 +217,7 @@ async def serve(
             ),
             stop_grace=settings.stop_grace_seconds,
         )
-        ip_address = settings.node_ip or hostinfo.detect_ip(settings.operator_url)
-        hostname = settings.node_hostname or hostinfo.hostname()
-        if client is not None:
-
-            def on_assignments(answer: Assignments) -> None:
-                supervisor.set_assignments(answer.instances)
-
-            link = OperatorLink(
-                client=client,
-                credentials=CredentialFile(data / "node.json"),
-                join_token=settings.join_token.get_secret_value() if settings.join_token else None,
-                node_id=settings.node_id,
-                hostname=hostname,
-                ip_address=ip_address,
-                region_id=settings.region_id,
-                runtime=choice.name,
-                capacity=capacity,
-                used=supervisor.used,
-                statuses=supervisor.statuses,
-                on_assignments=on_assignments,
-                heartbeat_interval=settings.heartbeat_interval,
-                resync_interval=settings.resync_interval,
-                assignment_wait=settings.assignment_wait,
-            )
-        else:
+        if link is None:
             supervisor.assignments_known = True  # standalone: only the local API decides
         cleaned = await supervisor.recover()
         log.info(
@@ -297,13 +314,28 @@ async def serve(
             finally:
                 stopping.set()
 
+        async def peer_routes_loop() -> None:
+            """Converge the routes to other nodes' subnets on what the operator sends."""
+            while True:
+                await peers_changed.wait()
+                peers_changed.clear()
+                if peers_wanted is None:
+                    continue
+                try:
+                    await network.converge_peers(peers_wanted)
+                except ZeitworkError as exc:
+                    # the periodic full resync delivers the peers again: retried then
+                    log.warning("network.peer_routes_failed", error=exc.detail)
+
         async def operator_loops() -> None:
             assert link is not None
-            await link.register()
+            if not link.registered:
+                await link.register()
             async with asyncio.TaskGroup() as inner:
                 inner.create_task(link.heartbeat_loop(), name="heartbeat")
                 inner.create_task(link.assignments_loop(), name="assignments")
                 inner.create_task(link.reports_loop(), name="reports")
+                inner.create_task(peer_routes_loop(), name="peer-routes")
 
         log.info(
             "agent.started",
@@ -333,6 +365,36 @@ async def serve(
             if link is not None:
                 await _flush_reports(link)
     log.info("agent.stopped", drained=drain)
+
+
+def _stored_subnet(path: Path) -> str | None:
+    """The subnet the operator gave this node before (kept in the data dir)."""
+    try:
+        value = json.loads(path.read_text())["subnet"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StartupError(f"{path} is unreadable: {exc}; remove it to ask again") from exc
+    return str(value) if value else None
+
+
+async def _node_subnet(settings: AgentSettings, link: OperatorLink | None, stored: Path) -> str:
+    """This node's instance subnet: ZEITWORK_NODE_SUBNET when set; else the one the operator
+    gave before (data dir); else, with an operator, register first and take the one it
+    allocates (kept in the data dir); else the default."""
+    if settings.node_subnet:
+        return settings.node_subnet
+    if link is None:
+        return DEFAULT_NODE_SUBNET
+    if link.subnet is None:
+        await link.register()  # retries until the operator answers
+    if link.subnet is None:
+        log.warning("network.no_subnet_from_operator", subnet=DEFAULT_NODE_SUBNET)
+        return DEFAULT_NODE_SUBNET
+    if _stored_subnet(stored) != link.subnet:
+        atomic_write_json(stored, {"subnet": link.subnet})
+        log.info("network.subnet_allocated", subnet=link.subnet)
+    return link.subnet
 
 
 async def _flush_reports(link: OperatorLink, seconds: float = 5.0) -> None:

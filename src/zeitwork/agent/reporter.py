@@ -103,6 +103,7 @@ class OperatorLink:
         resync_interval: float = 60.0,
         assignment_wait: int = 30,
         retry_base: float = 1.0,
+        subnet: str | None = None,
     ) -> None:
         self.client = client
         self.credentials = credentials
@@ -120,6 +121,9 @@ class OperatorLink:
         self.resync_interval = resync_interval
         self.assignment_wait = assignment_wait
         self.retry_base = retry_base
+        self.subnet = subnet
+        """The node's instance subnet: declared at registration when known (the explicit
+        setting or the one the operator gave before), else the one the operator answers."""
         self.node_id: uuid.UUID | None = None
         self.node_token: str | None = None
         self.version: int | None = None
@@ -141,6 +145,7 @@ class OperatorLink:
                 vcpu=max(0.001, self.capacity.vcpu), memory=max(1, self.capacity.memory_mib)
             ),
             disk=self.capacity.disk_mib,
+            subnet=self.subnet,
         )
 
     async def register(self) -> None:
@@ -178,7 +183,7 @@ class OperatorLink:
             except (AuthenticationRequired, PermissionDenied):
                 token = None  # revoked: fall back to the join token
             else:
-                self._adopt(answer.node_id, token)
+                self._adopt(answer.node_id, token, answer.subnet)
                 return
         if not self.join_token:
             raise AuthenticationRequired(
@@ -187,9 +192,22 @@ class OperatorLink:
         answer = await self.client.register(self._registration(node_id), join_token=self.join_token)
         if not answer.node_token:
             raise AuthenticationRequired("the operator did not issue a node credential")
-        self._adopt(answer.node_id, answer.node_token)
+        self._adopt(answer.node_id, answer.node_token, answer.subnet)
 
-    def _adopt(self, node_id: uuid.UUID, token: str) -> None:
+    @property
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
+    def _adopt(self, node_id: uuid.UUID, token: str, subnet: str | None) -> None:
+        if self.subnet is not None and subnet is not None and subnet != self.subnet:
+            # the operator refuses a mismatch (409); an operator that answers with another
+            # subnet anyway is not followed: the node network already runs on ours
+            raise Conflict(
+                f"the operator recorded the subnet {subnet} for this node, but it uses "
+                f"{self.subnet}"
+            )
+        if self.subnet is None:
+            self.subnet = subnet
         self.node_id = node_id
         self.node_token = token
         self.client.use_token(token)

@@ -12,6 +12,9 @@ from pydantic import Field, SecretStr, field_validator
 from zeitwork.runtime.base import DriverChoice
 from zeitwork.settings import ServiceSettings
 
+DEFAULT_NODE_SUBNET = "10.88.0.0/24"
+"""The node subnet of an agent without an operator and without ZEITWORK_NODE_SUBNET."""
+
 
 class AgentSettings(ServiceSettings):
     port: int = Field(default=8081, ge=0, le=65535, validation_alias="PORT")
@@ -43,7 +46,12 @@ class AgentSettings(ServiceSettings):
     bridge: str = Field(
         default="zwbr0", pattern=r"^[A-Za-z0-9_-]{1,15}$", validation_alias="ZEITWORK_BRIDGE"
     )
-    node_subnet: str = Field(default="10.88.0.0/24", validation_alias="ZEITWORK_NODE_SUBNET")
+    node_subnet: str | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_NODE_SUBNET",
+        description="this node's instance subnet; unset: the one the operator allocates "
+        f"(without an operator, {DEFAULT_NODE_SUBNET})",
+    )
     peer_routes: str = Field(
         default="",
         validation_alias="ZEITWORK_PEER_ROUTES",
@@ -85,7 +93,9 @@ class AgentSettings(ServiceSettings):
 
     @field_validator("node_subnet")
     @classmethod
-    def _subnet(cls, value: str) -> str:
+    def _subnet(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
         network = ipaddress.IPv4Network(value, strict=True)
         if network.num_addresses < 8:
             raise ValueError("the node subnet must be at least a /29")

@@ -86,7 +86,12 @@ def build_deps(
         token_service=token_service,
         nodes=nodes,
         node_service=NodeService(
-            db=db, nodes=nodes, tokens=tokens, token_service=token_service, auth=auth
+            db=db,
+            nodes=nodes,
+            tokens=tokens,
+            token_service=token_service,
+            auth=auth,
+            subnet_pool=settings.subnet_pool,
         ),
         regions=RegionStore(db=db),
         stats=StatsStore(db=db),

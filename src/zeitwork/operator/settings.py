@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ipaddress
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from zeitwork.operator.scheduler.subnets import SubnetPool
 from zeitwork.settings import Environment, ServiceSettings
 
 MIB = 1024 * 1024
@@ -27,6 +30,18 @@ class OperatorSettings(ServiceSettings):
     node_heartbeat_timeout: float = Field(
         default=30.0, gt=0, le=3600, validation_alias="ZEITWORK_NODE_HEARTBEAT_TIMEOUT"
     )
+    instance_network: str = Field(
+        default="10.88.0.0/16",
+        validation_alias="ZEITWORK_INSTANCE_NETWORK",
+        description="pool of node instance subnets (IPv4 CIDR); empty: allocate none",
+    )
+    node_subnet_prefix: int = Field(
+        default=24,
+        ge=8,
+        le=29,
+        validation_alias="ZEITWORK_NODE_SUBNET_PREFIX",
+        description="size of each node's subnet from the pool",
+    )
     db_pool_min: int = Field(default=2, ge=1, le=100, validation_alias="ZEITWORK_DB_POOL_MIN")
     db_pool_max: int = Field(default=10, ge=1, le=200, validation_alias="ZEITWORK_DB_POOL_MAX")
     db_timeout: float = Field(
@@ -46,6 +61,32 @@ class OperatorSettings(ServiceSettings):
     token_cache_seconds: float = Field(
         default=5.0, ge=0, le=300, validation_alias="ZEITWORK_TOKEN_CACHE_SECONDS"
     )
+
+    @field_validator("instance_network")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        return str(ipaddress.IPv4Network(value.strip(), strict=True))
+
+    @model_validator(mode="after")
+    def _prefix_fits(self) -> OperatorSettings:
+        if self.instance_network and (
+            self.node_subnet_prefix < ipaddress.IPv4Network(self.instance_network).prefixlen
+        ):
+            raise ValueError(
+                "ZEITWORK_NODE_SUBNET_PREFIX must be at least the prefix length of "
+                "ZEITWORK_INSTANCE_NETWORK"
+            )
+        return self
+
+    @property
+    def subnet_pool(self) -> SubnetPool | None:
+        if not self.instance_network:
+            return None
+        return SubnetPool(
+            network=ipaddress.IPv4Network(self.instance_network), prefix=self.node_subnet_prefix
+        )
 
     @property
     def migrate_on_start(self) -> bool:

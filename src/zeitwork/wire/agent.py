@@ -8,14 +8,20 @@ heartbeats (``POST /api/v1/nodes/{id}/heartbeat`` with ``Heartbeat``), reports e
 transition (``PUT /api/v1/instances/{id}/state`` with ``InstanceStatusReport``) and
 downloads images (``GET /api/v1/images/{id}/archive``, an OCI archive; its digest is the
 image's ``digest``).
+
+Subnets: the operator records one instance subnet per node (the one the agent declares in
+``NodeRegistration.subnet``, else one it allocates) and returns it in
+``NodeRegistered.subnet``; ``Assignments.peers`` lists the other serving nodes' subnets,
+which the agent routes to via their addresses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zeitwork.core.states import InstanceState
 from zeitwork.wire.common import CapacityModel, ResourcesModel
@@ -34,6 +40,16 @@ class NodeRegistration(BaseModel):
     runtime: RuntimeName | None = None
     resources: ResourcesModel
     disk: int | None = Field(default=None, ge=0, description="disk for instances, MiB")
+    subnet: str | None = Field(
+        default=None,
+        description="the instance subnet the agent already uses (its explicit setting or the "
+        "one the operator gave it before); without it the operator allocates one",
+    )
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.IPv4Network(value, strict=True))
 
 
 class NodeRegistered(BaseModel):
@@ -42,6 +58,11 @@ class NodeRegistered(BaseModel):
     node_id: uuid.UUID
     node_token: str | None = Field(
         default=None, description="present only when the call used a join token"
+    )
+    subnet: str | None = Field(
+        default=None,
+        description="the node's instance subnet as the operator recorded it (None when the "
+        "operator allocates none and the agent declared none)",
     )
 
 
@@ -65,10 +86,23 @@ class AssignedInstance(BaseModel):
     deployment_id: uuid.UUID | None = None
 
 
+class Peer(BaseModel):
+    """Another serving node (ready or draining): route ``subnet`` via ``ip_address``."""
+
+    node_id: uuid.UUID
+    subnet: str
+    ip_address: str
+
+
 class Assignments(BaseModel):
     node_id: uuid.UUID
-    version: int = Field(ge=0, description="changes whenever this node's assignment changes")
+    version: int = Field(
+        ge=0, description="changes whenever this node's assignment or its peers change"
+    )
     instances: list[AssignedInstance]
+    peers: list[Peer] = Field(
+        default_factory=list, description="the other serving nodes' subnets (peer routes)"
+    )
 
 
 class InstanceStatus(BaseModel):

@@ -45,7 +45,7 @@ class AgentHost:
 
     root: Path
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    subnet: str = field(
+    subnet: str | None = field(
         default_factory=lambda: f"10.{random.randint(150, 250)}.{random.randint(0, 255)}.0/24"
     )
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -88,7 +88,6 @@ class AgentHost:
             "ZEITWORK_RUN_DIR": str(self.run_dir),
             "ZEITWORK_RUNTIME": "oci",
             "ZEITWORK_BRIDGE": self.bridge,
-            "ZEITWORK_NODE_SUBNET": self.subnet,
             "ZEITWORK_NFT_TABLE": self.nft_table,
             "ZEITWORK_CGROUP_PARENT": self.cgroup_parent,
             "ZEITWORK_AGENT_TOKEN": TOKEN,
@@ -98,6 +97,8 @@ class AgentHost:
             "ZEITWORK_RESERVED_DISK_MIB": "0",
             "LOG_LEVEL": "info",
         }
+        if self.subnet is not None:  # else the operator allocates it
+            env["ZEITWORK_NODE_SUBNET"] = self.subnet
         env.update(self.extra_env)
         return env
 
@@ -157,6 +158,11 @@ class AgentHost:
         assert isinstance(value, dict)
         return value
 
+    def allocated_subnet(self) -> str:
+        """The subnet the operator gave this agent (kept in its data dir)."""
+        path = self.data_dir / "agent" / "subnet.json"
+        return str(json.loads(path.read_text())["subnet"])
+
     async def cleanup(self) -> None:
         """Remove every container, namespace, link, rule and cgroup this agent made."""
         self.kill()
@@ -174,7 +180,7 @@ class AgentHost:
         if self.netns is None:
             network = NodeNetwork(
                 bridge=self.bridge,
-                subnet=self.subnet,
+                subnet=self.subnet or self.allocated_subnet(),
                 state_dir=self.data_dir / "agent" / "network",
                 nft_table=self.nft_table,
             )

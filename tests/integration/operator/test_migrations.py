@@ -47,6 +47,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "last_heartbeat_at",
         "allocated_vcpu_millis",  # 0002
         "allocated_memory_mib",  # 0002
+        "subnet",  # 0005
     },
     "deployments": {
         "project_id",

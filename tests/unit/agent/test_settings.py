@@ -7,7 +7,13 @@ from zeitwork.settings import SettingsError, parse_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PORT", "ZEITWORK_RUNTIME", "ZEITWORK_BRIDGE", "OPERATOR_URL"):
+    for name in (
+        "PORT",
+        "ZEITWORK_RUNTIME",
+        "ZEITWORK_BRIDGE",
+        "OPERATOR_URL",
+        "ZEITWORK_NODE_SUBNET",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = parse_settings(AgentSettings)
     assert settings.port == 8081
@@ -16,6 +22,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.oci_runtime == "runc"
     assert settings.heartbeat_interval == 10.0
     assert settings.operator_url is None
+    assert settings.node_subnet is None  # the operator's, or 10.88.0.0/24 without one
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +60,39 @@ def conflicts(subnet: str, networks: Sequence[tuple[str, str]], *, bridge: str) 
     return clashes
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPlan:
+    """What converging the operator's peer routes changes (``plan_peers``)."""
+
+    replace: list[PeerRoute]
+    delete: list[str]
+    managed: list[PeerRoute]
+
+
+def plan_peers(
+    *,
+    wanted: Sequence[PeerRoute],
+    installed: Sequence[PeerRoute],
+    static: Sequence[PeerRoute],
+    own_subnet: str,
+) -> PeerPlan:
+    """Routes to add or change and to delete so that the routes the agent manages for the
+    operator's peers are ``wanted`` (pure). Static routes (``ZEITWORK_PEER_ROUTES``) win
+    over the operator's for the same subnet and are never deleted; a peer subnet that
+    overlaps the node's own is ignored (a bad record must not cut the node off)."""
+    own = ipaddress.IPv4Network(own_subnet)
+    pinned = {r.subnet for r in static}
+    managed: dict[str, PeerRoute] = {}
+    for route in wanted:
+        if route.subnet in pinned or ipaddress.IPv4Network(route.subnet).overlaps(own):
+            continue
+        managed[route.subnet] = route
+    before = {r.subnet: r for r in installed}
+    replace = [r for subnet, r in managed.items() if before.get(subnet) != r]
+    delete = [subnet for subnet in before if subnet not in managed and subnet not in pinned]
+    return PeerPlan(replace=replace, delete=sorted(delete), managed=list(managed.values()))
+
+
 def veth_name(instance_id: uuid.UUID) -> str:
     return VETH_PREFIX + instance_id.hex[:12]  # 15 characters: the kernel's IFNAMSIZ - 1
 
@@ -83,6 +118,8 @@ class NodeNetwork:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ipam = IpamFile(path=state_dir / "ipam.json", subnet=subnet)
         self._lock = asyncio.Lock()
+        self._peers_path = state_dir / "peers.json"
+        self._peers_lock = asyncio.Lock()
 
     @property
     def gateway(self) -> str:
@@ -120,9 +157,49 @@ class NodeNetwork:
             )
         log.info("network.ready", bridge=self.bridge, subnet=self.subnet, gateway=self.gateway)
 
+    def installed_peers(self) -> list[PeerRoute]:
+        """The operator's peer routes this agent installed (kept across its restarts)."""
+        try:
+            raw = json.loads(self._peers_path.read_text())
+            return [PeerRoute(subnet=r["subnet"], via=r["via"]) for r in raw]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("network.peers_unreadable", path=str(self._peers_path), error=str(exc))
+            return []
+
+    async def converge_peers(self, wanted: Sequence[PeerRoute]) -> PeerPlan:
+        """Make the routes to other nodes' subnets those the operator sent: add or change
+        what is missing, delete what is no longer wanted (static routes stay)."""
+        async with self._peers_lock:
+            installed = self.installed_peers()
+            plan = plan_peers(
+                wanted=wanted, installed=installed, static=self.peer_routes, own_subnet=self.subnet
+            )
+            done = {r.subnet: r for r in installed}
+            try:
+                for route in plan.replace:
+                    await asyncio.to_thread(links.replace_route, route.subnet, via=route.via)
+                    done[route.subnet] = route
+                    log.info("network.peer_route_set", subnet=route.subnet, via=route.via)
+                for subnet in plan.delete:
+                    await asyncio.to_thread(links.delete_route, subnet)
+                    done.pop(subnet, None)
+                    log.info("network.peer_route_removed", subnet=subnet)
+            except OSError as exc:
+                raise RuntimeFailure(f"peer route change failed: {exc}") from exc
+            finally:
+                self._save_peers(list(done.values()))
+            return plan
+
+    def _save_peers(self, routes: list[PeerRoute]) -> None:
+        tmp = self._peers_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"subnet": r.subnet, "via": r.via} for r in routes]))
+        os.replace(tmp, self._peers_path)
+
     async def teardown(self) -> None:
         """Remove the bridge, routes and NAT table (tests and uninstall; not on restart)."""
-        for route in self.peer_routes:
+        for route in [*self.peer_routes, *self.installed_peers()]:
             await asyncio.to_thread(links.delete_route, route.subnet)
         if self.nat:
             await nft.delete_table(self.nft_table)

@@ -14,7 +14,7 @@ from zeitwork.operator.db import changes
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
-from zeitwork.wire.agent import AssignedInstance, Assignments, Heartbeat, ImageRef
+from zeitwork.wire.agent import AssignedInstance, Assignments, Heartbeat, ImageRef, Peer
 from zeitwork.wire.common import ResourcesModel
 
 
@@ -54,11 +54,17 @@ def router(deps: Deps) -> APIRouter:
     ) -> Assignments:
         _own_node(principal, node_id)
         await deps.nodes.get(node_id)  # 404 for an unknown node
-        await deps.watcher.wait_change(changes.assignments_topic(node_id), version, wait)
+        topics = (changes.assignments_topic(node_id), changes.PEERS)
+        await deps.watcher.wait_change(topics, version, wait)
+        # two snapshots, each consistent with its own version; their sum is the answer's
+        peers_version, peers = await deps.nodes.peers(node_id)
         current, rows = await deps.instances.assignments(node_id)
         return Assignments(
             node_id=node_id,
-            version=current,
+            version=current + peers_version,
+            peers=[
+                Peer(node_id=p.node_id, subnet=p.subnet, ip_address=p.ip_address) for p in peers
+            ],
             instances=[
                 AssignedInstance(
                     id=r.instance.id,

@@ -37,6 +37,7 @@ class NodeOut(BaseModel):
     heartbeat: NodeHeartbeatOut | None
     created_at: datetime
     updated_at: datetime
+    subnet: str | None = Field(default=None, description="the node's instance subnet")
 
     @classmethod
     def of(cls, node: Node) -> NodeOut:
@@ -58,6 +59,7 @@ class NodeOut(BaseModel):
             heartbeat=None if beat is None else NodeHeartbeatOut.model_validate(_pick(beat)),
             created_at=node.created_at,
             updated_at=node.updated_at,
+            subnet=node.subnet,
         )
 
 

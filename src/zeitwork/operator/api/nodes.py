@@ -64,13 +64,16 @@ def router(deps: Deps) -> APIRouter:
             vcpu_millis=round(body.resources.vcpu * 1000),
             memory_mib=body.resources.memory,
             disk_mib=body.disk or 0,
+            subnet=body.subnet,
         )
         done = await deps.node_service.register(spec, issue_token=principal.scope is Scope.JOIN)
         if not done.created:
             response.status_code = 200
         out = NodeOut.of(done.node)
         return NodeRegisteredOut(
-            **out.model_dump(), node_id=done.node.id, node_token=done.node_token
+            **out.model_dump(),
+            node_id=done.node.id,
+            node_token=done.node_token,
         )
 
     @api.get("/{node_id}")

@@ -15,6 +15,19 @@ from zeitwork.operator.db.database import Conn
 
 CHANNEL = "zeitwork_changes"
 ROUTES = "routes"
+PEERS = "peers"
+"""Other nodes' subnets and addresses (agents' peer routes); bumped by a trigger on
+``nodes`` (migration 0005), part of every node's assignments version."""
+
+
+async def versions_sum(conn: Conn, topics: tuple[str, ...]) -> int:
+    """The sum of several topics' versions (it changes whenever one of them does)."""
+    cur = await conn.execute(
+        "SELECT coalesce(sum(version), 0) FROM change_versions WHERE topic = ANY(%s)",
+        (list(topics),),
+    )
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def assignments_topic(node_id: uuid.UUID) -> str:

@@ -23,6 +23,7 @@ RETRY_AFTER_SECONDS = 5
 UNIQUE_MESSAGES: dict[str, str] = {
     "nodes_hostname_live_key": "a node with this hostname is already registered",
     "nodes_pkey": "a node with this id already exists",
+    "nodes_subnet_excl": "the subnet overlaps another node's instance subnet",
     "regions_code_live_key": "a region with this code already exists",
     "organisations_slug_live_key": "an organisation with this slug already exists",
     "projects_slug_live_key": "a project with this slug already exists",
@@ -48,6 +49,9 @@ def translate(exc: psycopg.Error | PoolTimeout | TooManyRequests) -> ZeitworkErr
     if isinstance(exc, pg.UniqueViolation):
         name = _constraint(exc)
         return Conflict(UNIQUE_MESSAGES.get(name, f"conflicts with an existing row ({name})"))
+    if isinstance(exc, pg.ExclusionViolation):
+        name = _constraint(exc)
+        return Conflict(UNIQUE_MESSAGES.get(name, f"overlaps an existing row ({name})"))
     if isinstance(exc, pg.ForeignKeyViolation):
         name = _constraint(exc)
         message = exc.diag.message_detail or ""

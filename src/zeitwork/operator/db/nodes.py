@@ -9,6 +9,7 @@ land on a node that is being deleted.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +20,10 @@ from psycopg.types.json import Jsonb
 
 from zeitwork.core.errors import Conflict, NotFound
 from zeitwork.core.states import NodeState, check_transition
+from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, Page, PageRequest, page_of
+from zeitwork.operator.scheduler.subnets import SubnetPool, first_free, overlapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,16 @@ class Node:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    subnet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another serving node: its instance subnet and its address (the next hop)."""
+
+    node_id: uuid.UUID
+    subnet: str
+    ip_address: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +67,19 @@ class NodeSpec:
     region_id: uuid.UUID | None = None
     runtime: str | None = None
     id: uuid.UUID | None = None
+    subnet: str | None = None
 
 
 COLUMNS = (
     "id, hostname, ip_address, region_id, state, state_changed_at, runtime, vcpu_millis, "
-    "memory_mib, disk_mib, heartbeat, last_heartbeat_at, created_at, updated_at, deleted_at"
+    "memory_mib, disk_mib, heartbeat, last_heartbeat_at, created_at, updated_at, deleted_at, "
+    "subnet::text AS subnet"
 )
+SERVING = "('ready', 'draining')"
+"""Node states whose instances serve and whose subnets other nodes route to (SQL list)."""
+# one lock for every subnet allocation (transaction-scoped): allocations are rare, and this
+# makes "read the taken subnets, pick a free one, write it" atomic across operators
+_SUBNET_LOCK = 0x7A77_5355
 
 
 def _node(row: dict[str, Any]) -> Node:
@@ -258,6 +278,86 @@ class NodeStore:
             )
             rows = await cur.fetchall()
         return [r[0] for r in rows]
+
+    async def assign_subnet(
+        self,
+        node_id: uuid.UUID,
+        *,
+        requested: str | None,
+        pool: SubnetPool | None,
+        conn: Conn | None = None,
+    ) -> str | None:
+        """The node's instance subnet, recorded once and then stable.
+
+        A node that has one keeps it (Conflict when the agent asks for another: its setting
+        or data dir disagrees with the operator). Otherwise the ``requested`` subnet (the
+        agent's explicit setting) is recorded if it overlaps no other live node's, else the
+        first free block of ``pool``; None without either. Serialised by a transaction
+        advisory lock (and backed by the ``nodes_subnet_excl`` constraint).
+        """
+        async with self._db.transaction(conn) as c:
+            await c.execute("SELECT pg_advisory_xact_lock(%s)", (_SUBNET_LOCK,))
+            cur = await c.execute(
+                "SELECT subnet FROM nodes WHERE id = %s AND deleted_at IS NULL FOR UPDATE",
+                (node_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"node {node_id} does not exist")
+            current: ipaddress.IPv4Network | None = row[0]
+            wanted = None if requested is None else ipaddress.IPv4Network(requested)
+            if current is not None:
+                if wanted is not None and wanted != current:
+                    raise Conflict(
+                        f"node {node_id} has the instance subnet {current} recorded by the "
+                        f"operator, but its agent uses {wanted} (ZEITWORK_NODE_SUBNET or its "
+                        "data dir); use the recorded one, or delete the node to start afresh",
+                        extra={"subnet": str(current), "requested": str(wanted)},
+                    )
+                return str(current)
+            if wanted is None and pool is None:
+                return None
+            cur = await c.execute(
+                "SELECT subnet FROM nodes WHERE deleted_at IS NULL AND subnet IS NOT NULL "
+                "AND id <> %s",
+                (node_id,),
+            )
+            taken: list[ipaddress.IPv4Network] = [r[0] for r in await cur.fetchall()]
+            if wanted is not None:
+                clashes = overlapping(wanted, taken)
+                if clashes:
+                    raise Conflict(
+                        f"subnet {wanted} overlaps the instance subnet of another node "
+                        f"({', '.join(map(str, clashes))})",
+                        extra={"requested": str(wanted)},
+                    )
+                chosen = wanted
+            else:
+                assert pool is not None
+                found = first_free(pool.network, pool.prefix, taken)
+                if found is None:
+                    raise Conflict(
+                        f"no free /{pool.prefix} left in the instance network {pool.network} "
+                        "(ZEITWORK_INSTANCE_NETWORK); delete nodes or widen it"
+                    )
+                chosen = found
+            await c.execute("UPDATE nodes SET subnet = %s WHERE id = %s", (chosen, node_id))
+            return str(chosen)
+
+    async def peers(
+        self, node_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> tuple[int, list[Peer]]:
+        """Every other serving node with a subnet, and the ``peers`` version of that read."""
+        async with self._db.connection(conn) as c, c.transaction():
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            version = await changes.version(c, changes.PEERS)
+            cur = await c.execute(
+                "SELECT id, subnet::text, ip_address FROM nodes WHERE deleted_at IS NULL "
+                f"AND state IN {SERVING} AND subnet IS NOT NULL AND id <> %s ORDER BY subnet",
+                (node_id,),
+            )
+            rows = await cur.fetchall()
+        return version, [Peer(node_id=r[0], subnet=r[1], ip_address=r[2]) for r in rows]
 
     async def delete(self, node_id: uuid.UUID, *, conn: Conn | None = None) -> list[str]:
         """Soft-delete a node (state terminated) and revoke its tokens (returns their hashes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from zeitwork.operator.db.database import Database
 from zeitwork.operator.db.nodes import Node, NodeSpec, NodeStore
 from zeitwork.operator.db.tokens import TokenStore
 from zeitwork.operator.principal import Scope
+from zeitwork.operator.scheduler.subnets import SubnetPool
 from zeitwork.operator.services.tokens import TokenService
 
 log = structlog.get_logger("zeitwork.operator.nodes")
@@ -34,7 +36,9 @@ class NodeService:
         tokens: TokenStore,
         token_service: TokenService,
         auth: Authenticator,
+        subnet_pool: SubnetPool | None = None,
     ) -> None:
+        self._pool = subnet_pool
         self._db = db
         self._nodes = nodes
         self._tokens = tokens
@@ -48,6 +52,10 @@ class NodeService:
         secret: str | None = None
         async with self._db.transaction() as conn:
             node, created = await self._nodes.upsert(spec, conn=conn)
+            subnet = await self._nodes.assign_subnet(
+                node.id, requested=spec.subnet, pool=self._pool, conn=conn
+            )
+            node = dataclasses.replace(node, subnet=subnet)
             if issue_token:
                 revoked = await self._tokens.revoke_for_node(node.id, conn=conn)
                 _token, secret = await self._token_service.issue(
@@ -59,6 +67,7 @@ class NodeService:
             node_id=str(node.id),
             hostname=node.hostname,
             created=created,
+            subnet=node.subnet,
             token_issued=issue_token,
         )
         return Registration(node=node, created=created, node_token=secret)

@@ -32,30 +32,38 @@ class Watcher:
         self._stopping = stopping
         self._recheck = recheck_seconds
 
-    async def version(self, topic: str) -> int:
+    async def version(self, topic: str | tuple[str, ...]) -> int:
         async with self._db.connection() as conn:
-            return await changes.version(conn, topic)
+            if isinstance(topic, str):
+                return await changes.version(conn, topic)
+            return await changes.versions_sum(conn, topic)
 
-    async def wait_change(self, topic: str, known: int | None, wait: float) -> int:
-        """The topic's current version, once it differs from ``known`` or time is up."""
+    async def wait_change(
+        self, topic: str | tuple[str, ...], known: int | None, wait: float
+    ) -> int:
+        """The topic's current version, once it differs from ``known`` or time is up.
+
+        With several topics the version is the sum of theirs (it changes when any does)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_SECONDS)
+        topics = (topic,) if isinstance(topic, str) else topic
         while True:
-            woken = self._listener.event(topic)  # before the read: no change slips by
+            # register before the read: no change slips by
+            woken = [self._listener.event(t) for t in topics]
             current = await self.version(topic)
             remaining = deadline - loop.time()
             if known is None or current != known or remaining <= 0 or self._stopping.is_set():
                 return current
-            stop = asyncio.ensure_future(self._stopping.wait())
-            change = asyncio.ensure_future(woken.wait())
+            waits = [asyncio.ensure_future(self._stopping.wait())]
+            waits += [asyncio.ensure_future(event.wait()) for event in woken]
             try:
                 await asyncio.wait(
-                    {stop, change},
+                    waits,
                     timeout=min(remaining, self._recheck),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
-                for task in (stop, change):
+                for task in waits:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
