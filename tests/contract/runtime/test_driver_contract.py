@@ -177,7 +177,25 @@ async def test_runs_as_the_image_user_without_extra_capabilities(
     assert "uid=1000(app) gid=1000(app)" in text
     assert "NoNewPrivs:\t1" in text
     cap_eff = next(line for line in text.splitlines() if line.startswith("CapEff"))
-    assert int(cap_eff.split()[1], 16) == 0  # non-root: nothing effective beyond ambient
+    # non-root: nothing effective beyond the ambient CAP_NET_BIND_SERVICE (bit 10)
+    assert int(cap_eff.split()[1], 16) == 1 << 10
+
+
+async def test_a_non_root_app_may_bind_a_low_port(
+    driver: Driver, node_network: NodeNetwork, image_tree: Path
+) -> None:
+    spec = await _spec(
+        node_network, image_tree, argv=["sh", "-c", "id; httpd -p 80 -h /www; echo rc=$?"]
+    )
+    handle = await driver.start(spec)
+
+    async def exited() -> bool:
+        return (await driver.inspect(handle)).phase is Phase.EXITED
+
+    await wait_until(exited)
+    text = "\n".join(await _log_lines(driver, handle))
+    assert "uid=1000(app)" in text
+    assert "rc=0" in text, text
 
 
 async def test_namespaces_and_mounts_cannot_be_created_inside(

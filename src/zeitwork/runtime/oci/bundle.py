@@ -238,7 +238,9 @@ def build_config(
                 "bounding": list(CAPABILITIES),
                 "effective": list(CAPABILITIES),
                 "permitted": list(CAPABILITIES),
-                "inheritable": [],
+                # an ambient capability must also be inheritable, else the kernel refuses
+                # to raise it (and runc only warns): non-root apps could not bind port 80
+                "inheritable": list(AMBIENT),
                 "ambient": list(AMBIENT),
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],

@@ -62,7 +62,7 @@ def test_only_minimal_capabilities() -> None:
     caps = _config()["process"]["capabilities"]  # type: ignore[index]
     for kind in ("bounding", "effective", "permitted"):
         assert sorted(caps[kind]) == ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-    assert caps["inheritable"] == []
+    assert caps["inheritable"] == ["CAP_NET_BIND_SERVICE"]  # what ambient needs
     assert caps["ambient"] == ["CAP_NET_BIND_SERVICE"]
 
 
