@@ -1,9 +1,12 @@
-"""Compiled hot path for the proxy core (mypyc), built into every release wheel by default.
+"""Compiled hot path (mypyc), built into every release wheel by default: the proxy core
+shared by the load balancer and the edge, and the edge's per-request policy modules.
 
 ``make build``, ``pip wheel .`` and ``scripts/install.sh`` compile the modules listed in
 ``COMPILED`` with mypyc; editable installs (``make bootstrap``, ``pip install -e``) stay pure
-Python. The modules are plain typed Python and behave the same either way; the compiled ones
-are about 1.4x faster (``benchmarks/lb.sh`` and ``benchmarks/edge.sh`` measure both).
+Python. The modules are plain typed Python and behave the same either way (the slow test
+``tests/integration/build`` runs the proxy, edge and load balancer suites against the compiled
+wheel); the load balancer is about 1.4x faster compiled (``benchmarks/lb.sh`` and
+``benchmarks/edge.sh`` measure both).
 
     ZEITWORK_PURE_PYTHON=1       build a pure-Python wheel (no compiler, no mypy needed)
     ZEITWORK_REQUIRE_COMPILED=1  fail the build instead of falling back to pure Python
@@ -36,6 +39,12 @@ COMPILED = (
     "zeitwork/proxy/backends.py",
     "zeitwork/proxy/balancing.py",
     "zeitwork/proxy/health.py",
+    # the edge's per-request policy: rate limiter, security headers, CORS, redirects
+    "zeitwork/edge/policy.py",
+    "zeitwork/edge/rate_limit.py",
+    "zeitwork/edge/security_headers.py",
+    "zeitwork/edge/cors.py",
+    "zeitwork/edge/redirect.py",
 )
 BUILD_DEPENDENCIES = ["mypy>=1.10", "setuptools>=65"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -98,7 +107,7 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             text=True,
             check=False,
         )
-        built = [*work.glob("*.so"), *(work / "zeitwork" / "proxy").glob("*.so")]
+        built = [*work.glob("*.so"), *work.glob("zeitwork/*/*.so")]
         if done.returncode != 0 or not built:
             tail = "\n".join(done.stdout.strip().splitlines()[-15:])
             self._fall_back(f"mypyc failed (exit {done.returncode}):\n{tail}")

@@ -227,4 +227,9 @@ for kind in ec rsa; do
 done
 
 echo "== rate limiter =="
+if [ -z "$NO_COMPILED" ]; then
+  echo "compiled (release wheel):"
+  PYTHONPATH="$WORK/site" "$PY" benchmarks/edge/limiter.py
+  echo "pure Python:"
+fi
 "$PY" benchmarks/edge/limiter.py
