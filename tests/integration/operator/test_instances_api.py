@@ -13,11 +13,13 @@ from tests.integration.operator.conftest import Operator, OperatorFactory
 from tests.integration.operator.fleet import (
     allocated,
     assert_problem,
+    heartbeat_body,
     instance_body,
     ready_image,
     ready_node,
 )
 from zeitwork.core.states import INSTANCE_TRANSITIONS, InstanceState
+from zeitwork.operator.principal import Scope
 
 API = "/api/v1/instances"
 
@@ -377,3 +379,44 @@ async def test_list_elements_equal_the_single_answers(operator: Operator) -> Non
     assert first["environment_variable_names"] == sorted({"Z_LAST", "a_first", "_MID"})
     assert next(i for i in listed if i["id"] == ids[0])["resources"]["vcpu"] == 0.25
     del node
+
+
+@pytest.mark.parametrize("address", ["[x", "10.200.0.5:99", "not an address", "a:b]", ""])
+async def test_a_report_with_a_bad_address_never_reaches_the_route_table(
+    operator: Operator, address: str
+) -> None:
+    # one bad backend address in the table made every load balancer's route sync crash
+    node, token = await ready_node(operator)
+    image = await ready_image(operator)
+    r = await operator.client.post(
+        API, headers=operator.headers(), json=instance_body(image, node_id=node)
+    )
+    iid = r.json()["id"]
+    url = f"{API}/{iid}/state"
+    r = await operator.client.put(url, headers=operator.headers(token), json={"state": "starting"})
+    assert r.status_code == 200, r.text
+    bad = {"state": "running", "ip_address": address, "port": 8080}
+    r = await operator.client.put(url, headers=operator.headers(token), json=bad)
+    assert_problem(r, 422)
+    # nor through a heartbeat's reconciliation
+    r = await operator.client.post(
+        f"/api/v1/nodes/{node}/heartbeat",
+        headers=operator.headers(token),
+        json=heartbeat_body(instances=[{"id": iid, **bad}]),
+    )
+    assert r.status_code == 204, r.text
+    assert await operator.sql(
+        "SELECT state, ip_address FROM instances WHERE id = %s", (uuid.UUID(iid),)
+    ) == [("starting", None)]
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    r = await operator.client.get("/api/v1/routes", headers=proxy)
+    assert r.status_code == 200
+    assert r.json()["default_backends"] == []
+    # a row written before addresses were checked is left out of the table
+    await operator.sql(
+        "UPDATE instances SET state = 'running', ip_address = %s, port = 8080 WHERE id = %s",
+        (address, uuid.UUID(iid)),
+    )
+    r = await operator.client.get("/api/v1/routes", headers=proxy)
+    assert r.status_code == 200
+    assert r.json()["default_backends"] == []

@@ -7,6 +7,7 @@ version changes whenever a domain binding or a running instance (state, address)
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -20,19 +21,28 @@ from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
 from zeitwork.wire.routes import Backend, Route, RouteTable
 
 
-def _backend(instance: RunningInstance) -> Backend:
-    host = instance.ip_address
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
+def _backend(instance: RunningInstance) -> Backend | None:
+    """The instance as a backend; None when its address is not an IP address (load
+    balancers refuse a table with a bad backend; reports are checked, older rows may not)."""
+    try:
+        address = ipaddress.ip_address(instance.ip_address)
+    except ValueError:
+        return None
+    host = f"[{address}]" if address.version == 6 else str(address)
     return Backend(instance_id=instance.id, address=f"{host}:{instance.port}")
 
 
 def route_table(rows: RouteRows) -> RouteTable:
     """Pure: rows of one snapshot -> the wire table."""
     by_deployment: dict[object, list[Backend]] = {}
+    backends: list[Backend] = []
     for instance in rows.instances:
+        backend = _backend(instance)
+        if backend is None:
+            continue
+        backends.append(backend)
         if instance.deployment_id is not None:
-            by_deployment.setdefault(instance.deployment_id, []).append(_backend(instance))
+            by_deployment.setdefault(instance.deployment_id, []).append(backend)
     return RouteTable(
         version=rows.version,
         routes=[
@@ -43,7 +53,7 @@ def route_table(rows: RouteRows) -> RouteTable:
             )
             for d in rows.domains
         ],
-        default_backends=[_backend(i) for i in rows.instances],
+        default_backends=backends,
     )
 
 

@@ -3,6 +3,7 @@ placing a deployment's replicas all-or-nothing, state reports and termination.""
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 import uuid
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import structlog
 
-from zeitwork.core.errors import Conflict, InsufficientCapacity
+from zeitwork.core.errors import Conflict, InsufficientCapacity, InvalidInput
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.db.database import Conn, Database
@@ -47,10 +48,19 @@ def _no_fit(decision: NoFit) -> InsufficientCapacity:
 
 
 def status_update(report: InstanceStatus | InstanceStatusReport) -> StatusUpdate:
-    """What an agent reported (per transition or in a heartbeat), as a store update."""
+    """What an agent reported (per transition or in a heartbeat), as a store update.
+
+    The address must be an IP address (InvalidInput otherwise): it becomes a backend in the
+    route table of every load balancer and edge, which refuse the table over a bad one."""
+    address = report.ip_address
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError as exc:
+            raise InvalidInput(f"ip_address {address[:100]!r} is not an IP address") from exc
     return StatusUpdate(
         state=report.state,
-        ip_address=report.ip_address,
+        ip_address=address,
         port=report.port,
         exit_code=report.exit_code,
         oom_killed=report.oom_killed,
@@ -231,10 +241,10 @@ class InstanceService:
             )
             if not (moved or readdressed):
                 continue
-            update = status_update(status)
             try:
+                update = status_update(status)
                 await self._instances.report(status.id, update, node_id=node_id, lenient=True)
-            except Conflict as exc:  # e.g. changed meanwhile; the next heartbeat retries
+            except (Conflict, InvalidInput) as exc:  # changed meanwhile, or a bad address
                 log.info("instance.reconcile_skipped", instance_id=str(status.id), error=exc.detail)
                 continue
             changed += 1
