@@ -205,6 +205,7 @@ def main() -> int:
             "ZEITWORK_WORKERS": str(args.workers),
             # the seeded nodes send no heartbeats: keep the node-down detector off them
             "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "3600",
+            "ZEITWORK_RESCHEDULE_AFTER": "0",  # and no rescheduling either
         }
         env.pop("ZEITWORK_ADMIN_TOKEN", None)
         operator = subprocess.Popen(

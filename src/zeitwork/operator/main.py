@@ -35,6 +35,7 @@ from zeitwork.operator.db.embedded import EmbeddedPostgres
 from zeitwork.operator.deps import Deps, build_deps
 from zeitwork.operator.node_watch import NodeWatch
 from zeitwork.operator.principal import Scope
+from zeitwork.operator.services.reschedule import Rescheduler
 from zeitwork.operator.settings import OperatorSettings
 
 log = structlog.get_logger("zeitwork.operator")
@@ -190,7 +191,21 @@ async def serve(
             finally:
                 stopping.set()
 
-        watch = NodeWatch(nodes=deps.nodes, timeout_seconds=settings.node_heartbeat_timeout)
+        rescheduler = (
+            Rescheduler(
+                db=deps.db,
+                instances=deps.instances,
+                instance_service=deps.instance_service,
+                grace_seconds=settings.reschedule_after,
+            )
+            if settings.reschedule_after > 0
+            else None
+        )
+        watch = NodeWatch(
+            nodes=deps.nodes,
+            timeout_seconds=settings.node_heartbeat_timeout,
+            rescheduler=rescheduler,
+        )
         address = sock.getsockname()
         log.info(
             "operator.started" if primary else "operator.worker_started",

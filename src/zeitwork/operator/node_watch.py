@@ -1,5 +1,8 @@
 """The node-down detector: nodes whose heartbeats stop for the timeout go ``down``; down
-nodes that heartbeat again go ``ready``. Runs every few seconds as a named task."""
+nodes that heartbeat again go ``ready``; with a rescheduler, instances of nodes down for
+longer than its grace period are replaced elsewhere (``services.reschedule``). Runs every
+few seconds as a named task (in every operator; the rescheduling part acts in one at a
+time, under an advisory lock)."""
 
 from __future__ import annotations
 
@@ -11,14 +14,22 @@ import structlog
 
 from zeitwork.core.errors import ServiceUnavailable
 from zeitwork.operator.db.nodes import NodeStore
+from zeitwork.operator.services.reschedule import Rescheduler
 
 log = structlog.get_logger("zeitwork.operator.node_watch")
 
 
 class NodeWatch:
-    def __init__(self, *, nodes: NodeStore, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: NodeStore,
+        timeout_seconds: float,
+        rescheduler: Rescheduler | None = None,
+    ) -> None:
         self._nodes = nodes
         self._timeout = timeout_seconds
+        self._rescheduler = rescheduler
         self.interval = max(0.5, min(5.0, timeout_seconds / 3))
 
     async def sweep(self) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
@@ -29,6 +40,8 @@ class NodeWatch:
         ready = await self._nodes.mark_alive_ready(self._timeout)
         for node_id in ready:
             log.info("node.back", node_id=str(node_id))
+        if self._rescheduler is not None:
+            await self._rescheduler.sweep()
         return down, ready
 
     async def run(self, stop: asyncio.Event) -> None:

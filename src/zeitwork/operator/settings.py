@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from zeitwork.operator.scheduler.subnets import SubnetPool
 from zeitwork.settings import Environment, ServiceSettings
@@ -29,6 +29,14 @@ class OperatorSettings(ServiceSettings):
     )
     node_heartbeat_timeout: float = Field(
         default=30.0, gt=0, le=3600, validation_alias="ZEITWORK_NODE_HEARTBEAT_TIMEOUT"
+    )
+    reschedule_after: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        validation_alias="ZEITWORK_RESCHEDULE_AFTER",
+        description="seconds a node stays down before its instances are replaced elsewhere "
+        "(more than the heartbeat timeout); 0: never",
     )
     instance_network: str = Field(
         default="10.88.0.0/16",
@@ -69,16 +77,24 @@ class OperatorSettings(ServiceSettings):
             return ""
         return str(ipaddress.IPv4Network(value.strip(), strict=True))
 
-    @model_validator(mode="after")
-    def _prefix_fits(self) -> OperatorSettings:
-        if self.instance_network and (
-            self.node_subnet_prefix < ipaddress.IPv4Network(self.instance_network).prefixlen
-        ):
+    @field_validator("reschedule_after")
+    @classmethod
+    def _reschedule_after_timeout(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("node_heartbeat_timeout")
+        if timeout is not None and 0 < value <= timeout:
             raise ValueError(
-                "ZEITWORK_NODE_SUBNET_PREFIX must be at least the prefix length of "
-                "ZEITWORK_INSTANCE_NETWORK"
+                f"must be more than ZEITWORK_NODE_HEARTBEAT_TIMEOUT ({timeout:g}), or 0 to "
+                "never reschedule"
             )
-        return self
+        return value
+
+    @field_validator("node_subnet_prefix")
+    @classmethod
+    def _prefix_fits(cls, value: int, info: ValidationInfo) -> int:
+        network = info.data.get("instance_network")
+        if network and value < ipaddress.IPv4Network(network).prefixlen:
+            raise ValueError(f"must be at least the prefix length of {network}")
+        return value
 
     @property
     def subnet_pool(self) -> SubnetPool | None:

@@ -81,6 +81,8 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "oom_killed",
         "reason",
         "log_tail",
+        "lost_at",  # 0006
+        "replaced_by",  # 0006
     },
     "deployment_instances": {"deployment_id", "instance_id"},
     "domains": {

@@ -21,7 +21,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from zeitwork.core.errors import InvalidInput, NotFound, PermissionDenied
+from zeitwork.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import INSTANCE_TRANSITIONS, InstanceState, check_transition
 from zeitwork.operator.db import changes
@@ -54,6 +54,21 @@ class Instance:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    lost_at: datetime | None = None
+    """Set when the instance was lost with its node (its reservation is released then)."""
+    replaced_by: uuid.UUID | None = None
+
+    def spec(self) -> InstanceSpec:
+        """What a replacement of this instance needs."""
+        return InstanceSpec(
+            image_id=self.image_id,
+            vcpu_millis=self.vcpu_millis,
+            memory_mib=self.memory_mib,
+            default_port=self.default_port,
+            environment_variables=self.environment_variables,
+            deployment_id=self.deployment_id,
+            restart_policy=self.restart_policy,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +113,7 @@ COLUMNS = (
     "id, node_id, image_id, deployment_id, state, desired_state, state_changed_at, "
     "vcpu_millis, memory_mib, disk_mib, default_port, environment_variables, restart_policy, "
     "ip_address, port, exit_code, oom_killed, reason, log_tail, created_at, updated_at, "
-    "deleted_at"
+    "deleted_at, lost_at, replaced_by"
 )
 _I_COLUMNS = ", ".join(f"i.{c.strip()}" for c in COLUMNS.split(","))
 _LOG_LINE_MAX = 1000
@@ -371,6 +386,15 @@ class InstanceStore:
             if node_id is not None and row["node_id"] != node_id:
                 raise PermissionDenied("a node token may only report instances of its own node")
             current = _instance(row)
+            if current.lost_at is not None and update.state not in (
+                current.state,
+                InstanceState.TERMINATED,
+            ):
+                raise Conflict(
+                    f"instance {instance_id} was lost with its node (it is {current.state.value} "
+                    "and to be terminated); only 'terminated' is accepted",
+                    extra={"state": current.state.value},
+                )
             if lenient:
                 if not reachable(current.state, update.state):
                     check_transition(current.state, update.state)  # raises
@@ -403,6 +427,7 @@ class InstanceStore:
             released = (
                 update.state is InstanceState.TERMINATED
                 and current.state is not InstanceState.TERMINATED
+                and current.lost_at is None  # a lost instance's reservation went with it
             )
             if released and current.node_id is not None:
                 await cur.execute(
@@ -462,6 +487,57 @@ class InstanceStore:
             if current.state is InstanceState.RUNNING:
                 await changes.bump(c, changes.ROUTES)
         return _instance(done)
+
+    async def mark_lost(
+        self, node_id: uuid.UUID, *, reason: str, conn: Conn | None = None
+    ) -> list[Instance]:
+        """Every instance of the node that is neither terminated nor lost becomes lost:
+        ``failed`` with ``reason``, desired ``terminated``, soft-deleted, ``lost_at`` set;
+        their reservation is released and the node's assignments and the routes bumped, in
+        one transaction. The node's agent, if it ever comes back, stops and removes them."""
+        async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE instances SET state = 'failed', state_changed_at = now(), "
+                "desired_state = 'terminated', deleted_at = coalesce(deleted_at, now()), "
+                "lost_at = now(), reason = %(reason)s "
+                "WHERE node_id = %(node)s AND state <> 'terminated' AND lost_at IS NULL "
+                f"RETURNING {COLUMNS}",
+                {"node": node_id, "reason": reason},
+            )
+            lost = [_instance(r) for r in await cur.fetchall()]
+            if not lost:
+                return []
+            await cur.execute(
+                "UPDATE nodes SET "
+                "allocated_vcpu_millis = greatest(0, allocated_vcpu_millis - %s), "
+                "allocated_memory_mib = greatest(0, allocated_memory_mib - %s) WHERE id = %s",
+                (sum(i.vcpu_millis for i in lost), sum(i.memory_mib for i in lost), node_id),
+            )
+            await changes.bump(c, changes.assignments_topic(node_id))
+            await changes.bump(c, changes.ROUTES)
+        return lost
+
+    async def unreplaced(self, *, limit: int = 100, conn: Conn | None = None) -> list[Instance]:
+        """Lost instances of live deployments without a replacement yet (oldest first),
+        locked for this transaction (SKIP LOCKED: another pass may hold some)."""
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_I_COLUMNS} FROM instances i JOIN deployments d "
+                "ON d.id = i.deployment_id AND d.deleted_at IS NULL "
+                "WHERE i.lost_at IS NOT NULL AND i.replaced_by IS NULL "
+                "AND i.deployment_id IS NOT NULL ORDER BY i.lost_at, i.id LIMIT %s "
+                "FOR UPDATE OF i SKIP LOCKED",
+                (limit,),
+            )
+            return [_instance(r) for r in await cur.fetchall()]
+
+    async def set_replaced_by(
+        self, instance_id: uuid.UUID, replacement: uuid.UUID, *, conn: Conn | None = None
+    ) -> None:
+        async with self._db.connection(conn) as c:
+            await c.execute(
+                "UPDATE instances SET replaced_by = %s WHERE id = %s", (replacement, instance_id)
+            )
 
     async def assignments(
         self, node_id: uuid.UUID, *, conn: Conn | None = None

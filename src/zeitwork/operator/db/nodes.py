@@ -372,7 +372,7 @@ class NodeStore:
                 raise NotFound(f"node {node_id} does not exist")
             cur = await c.execute(
                 "SELECT count(*) FROM instances WHERE node_id = %s AND state <> 'terminated' "
-                "AND deleted_at IS NULL",
+                "AND deleted_at IS NULL AND lost_at IS NULL",
                 (node_id,),
             )
             counted = await cur.fetchone()
@@ -382,6 +382,12 @@ class NodeStore:
                     f"node {node_id} still has {remaining} instance(s) that are not terminated",
                     extra={"instances": remaining},
                 )
+            # instances lost with the node (already replaced, reservation released) end here
+            await c.execute(
+                "UPDATE instances SET state = 'terminated', state_changed_at = now() "
+                "WHERE node_id = %s AND lost_at IS NOT NULL AND state <> 'terminated'",
+                (node_id,),
+            )
             await c.execute(
                 "UPDATE nodes SET deleted_at = now(), state = 'terminated', "
                 "state_changed_at = now() WHERE id = %s",
