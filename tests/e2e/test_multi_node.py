@@ -243,6 +243,146 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
         operator.stop()
 
 
+async def test_a_dead_hosts_deployment_comes_back_on_the_other_host(
+    lan: Lan,
+    hosts: Callable[..., AgentHost],
+    busybox_image: BuiltImage,
+    migrated_database: str,
+    tmp_path: Path,
+) -> None:
+    """Host A dies (agent SIGKILLed, its containers gone): after the heartbeat timeout and
+    the reschedule grace the operator replaces the deployment's instance on host B, where
+    it serves; when A comes back its agent removes the lost instance, and the route table
+    never advertises both."""
+    from tests.integration.agent.operator_process import (
+        OperatorProcess,
+        import_image,
+        wait_json,
+    )
+
+    second = random.randint(0, 200)
+    operator = OperatorProcess(
+        database_url=migrated_database,
+        root=tmp_path / "operator",
+        extra_env={
+            "ZEITWORK_INSTANCE_NETWORK": f"10.{second}.0.0/16",
+            "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "3",
+            "ZEITWORK_RESCHEDULE_AFTER": "4",
+        },
+    )
+    operator.start()
+    try:
+        await operator.wait_ready()
+        join = await operator.join_token()
+        image_id = await import_image(operator, busybox_image.path)
+        names = [lan.add_host(), lan.add_host()]
+        agents = []
+        for index, name in enumerate(names):
+            host = hosts(
+                netns=name,
+                subnet=None,
+                extra_env={
+                    "OPERATOR_URL": operator.url(lan.gateway),
+                    "ZEITWORK_JOIN_TOKEN": join,
+                    "ZEITWORK_HEARTBEAT_INTERVAL": "0.5",
+                    "ZEITWORK_RESYNC_INTERVAL": "5",
+                    "NODE_IP": lan.address(index),
+                    "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
+                },
+            )
+            await preload(host.data_dir, busybox_image)
+            host.start()
+            agents.append(host)
+        for host in agents:
+            await host.wait_ready()
+        async with operator.client() as op:
+            listed = await wait_json(
+                op,
+                "/api/v1/nodes",
+                lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
+            )
+            index_of = {
+                n["id"]: names.index(_host_of(lan, n["ip_address"])) for n in _nodes(listed)
+            }
+            project = await op.post("/api/v1/projects", json={"name": f"p{lan.suffix}"})
+            assert project.status_code == 201, project.text
+            created = await op.post(
+                "/api/v1/deployments",
+                json={
+                    "project_id": project.json()["id"],
+                    "image_id": image_id,
+                    "replicas": 1,
+                    "resources": {"vcpu": 0.25, "memory": 64},
+                    "port": 8080,
+                },
+            )
+            assert created.status_code == 201, created.text
+            deployment = created.json()
+            [first] = deployment["instances"]
+            running = await wait_json(
+                op, f"/api/v1/instances/{first['id']}", lambda body: body["state"] == "running"
+            )
+            dead = index_of[first["node_id"]]
+            alive = 1 - dead
+            url = f"http://{running['ip_address']}:8080/"
+            assert await _eventually_get_from(names[alive], url) == 200
+
+            await agents[dead].kill_host()
+            lost = await wait_json(
+                op,
+                f"/api/v1/instances/{first['id']}",
+                lambda body: body["state"] == "failed",
+                timeout=40,
+            )
+            assert "lost" in lost["reason"] and lost["desired_state"] == "terminated"
+            got = await wait_json(
+                op,
+                f"/api/v1/deployments/{deployment['id']}",
+                lambda body: len(body["instance_ids"]) == 2,
+            )
+            [replacement] = set(got["instance_ids"]) - {first["id"]}
+            moved = await wait_json(
+                op,
+                f"/api/v1/instances/{replacement}",
+                lambda body: body["state"] == "running",
+                timeout=40,
+            )
+            assert index_of[moved["node_id"]] == alive
+            new_url = f"http://{moved['ip_address']}:8080/"
+            assert await _eventually_get_from(names[alive], new_url) == 200
+            routes = (await op.get("/api/v1/routes")).json()
+            assert [b["address"] for b in routes["default_backends"]] == [
+                f"{moved['ip_address']}:8080"
+            ]
+
+            # host A comes back: its agent removes the lost instance; routes stay single
+            agents[dead].start()
+            await agents[dead].wait_ready()
+            await wait_json(
+                op,
+                f"/api/v1/instances/{first['id']}",
+                lambda body: body["state"] == "terminated",
+                timeout=40,
+            )
+            await wait_json(
+                op, f"/api/v1/nodes/{first['node_id']}", lambda body: body["state"] == "ready"
+            )
+            routes = (await op.get("/api/v1/routes")).json()
+            assert [b["address"] for b in routes["default_backends"]] == [
+                f"{moved['ip_address']}:8080"
+            ]
+        async with agents[dead].client(lan.address(dead)) as client:
+            listed_here = (await client.get("/instances")).json()
+            assert isinstance(listed_here, list)
+            assert first["id"] not in [i["id"] for i in listed_here]
+    finally:
+        operator.stop()
+
+
+def _host_of(lan: Lan, ip_address: str) -> str:
+    return lan.hosts[[lan.address(i) for i in range(len(lan.hosts))].index(ip_address)]
+
+
 async def _eventually_get_from(namespace: str, url: str, seconds: float = 10.0) -> int:
     """``_get_from``, retried while the peer routes converge."""
     loop = asyncio.get_running_loop()

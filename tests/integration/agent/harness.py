@@ -137,6 +137,16 @@ class AgentHost:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    async def kill_host(self) -> None:
+        """The whole host dies: SIGKILL the agent, then kill and remove its containers."""
+        self.kill()
+        driver = OciDriver(
+            runc=RuncCli(root=self.run_dir / "runc"),
+            state_dir=self.data_dir / "agent" / "oci",
+            cgroup_parent=self.cgroup_parent,
+        )
+        await driver.recover([])
+
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
