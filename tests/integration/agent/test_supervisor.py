@@ -246,3 +246,13 @@ async def test_growing_a_running_instance_past_the_node_is_refused(
     assert record.resources == Resources.of(vcpu=0.25, memory_mib=64)
     # the same size again (or smaller) is accepted while it runs
     node.supervisor.put_local(assignment)
+
+
+async def test_the_bundle_holding_environment_values_is_private(
+    node: Node, busybox_image: BuiltImage, tmp_path: Path
+) -> None:
+    assignment = node.assign(busybox_image, environment_variables={"DB_PASSWORD": "hunter2"})
+    await node.wait_for(assignment.id, lambda s: "running" in s)
+    [config] = (tmp_path / "oci").glob("*/config.json")
+    assert "hunter2" in config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600

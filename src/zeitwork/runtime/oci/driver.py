@@ -58,6 +58,13 @@ def _nofile_limit() -> int:
     return 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)  # also when the file was there already
+        handle.write(data)
+
+
 def _exists(path: str) -> bool:
     return os.path.isdir(path)
 
@@ -222,7 +229,8 @@ class OciDriver:
                     hosts=str(hosts),
                     nofile=_nofile_limit(),
                 )
-                (directory / "config.json").write_text(json.dumps(config))
+                # the process environment holds the app's secrets: owner-only (runc is root)
+                _write_private(directory / "config.json", json.dumps(config).encode())
 
                 step = "runc run"
                 undo.push_async_callback(self.runc.delete, container_id)
