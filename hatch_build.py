@@ -39,7 +39,9 @@ COMPILED = (
     "zeitwork/proxy/backends.py",
     "zeitwork/proxy/balancing.py",
     "zeitwork/proxy/health.py",
-    # the edge's per-request policy: rate limiter, security headers, CORS, redirects
+    # the edge: its client protocols and engine (native subclasses of the core's), and its
+    # per-request policy: rate limiter, security headers, CORS, redirects
+    "zeitwork/edge/engine.py",
     "zeitwork/edge/policy.py",
     "zeitwork/edge/rate_limit.py",
     "zeitwork/edge/security_headers.py",

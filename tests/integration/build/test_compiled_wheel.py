@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
 COMPILED_MODULES = {
     "proxy": ("server", "upstream", "headers", "backends", "balancing", "health"),
-    "edge": ("policy", "rate_limit", "security_headers", "cors", "redirect"),
+    "edge": ("engine", "policy", "rate_limit", "security_headers", "cors", "redirect"),
 }
 
 

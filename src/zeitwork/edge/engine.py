@@ -1,0 +1,189 @@
+"""The edge's connection-level classes on top of the shared proxy core: the router (one pool,
+the load balancer), the per-address and total connection caps, the client protocols (HTML
+error pages by ``Accept``, TLS handshake accounting, the PROXY protocol from trusted peers)
+and the engine that picks them.
+
+Kept apart from ``main`` (the composition root) so that the release wheel compiles them with
+mypyc together with the proxy core (``hatch_build.py``): a protocol class compiled as a
+native subclass keeps the core's fast method calls, an interpreted subclass would not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
+from zeitwork.edge.metrics import HandshakeCounter
+from zeitwork.edge.policy import as_html, wants_html
+from zeitwork.proxy.backends import Pool
+from zeitwork.proxy.headers import TrustedProxies
+from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
+from zeitwork.proxy.types import (
+    ClientInfo,
+    ConnectionLimiter,
+    LocalResponse,
+    Observer,
+    RequestPolicy,
+    Router,
+)
+
+
+class SinglePool:
+    """Router: every request goes to the load balancer pool."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def resolve(self, host: str, path: str) -> Pool | None:
+        return self.pool
+
+
+class ConnectionCaps:
+    """``ConnectionLimiter``: at most ``per_ip`` connections per address, ``total`` in all."""
+
+    def __init__(self, *, per_ip: int, total: int) -> None:
+        self._per_ip = per_ip
+        self._total = total
+        self._counts: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+
+    def acquire(self, peer_ip: str) -> bool:
+        count = self._counts.get(peer_ip, 0)
+        if count >= self._per_ip or self.open >= self._total:
+            self.refused += 1
+            return False
+        self._counts[peer_ip] = count + 1
+        self.open += 1
+        return True
+
+    def release(self, peer_ip: str) -> None:
+        count = self._counts.get(peer_ip, 0) - 1
+        if count <= 0:
+            self._counts.pop(peer_ip, None)
+        else:
+            self._counts[peer_ip] = count
+        self.open -= 1
+
+
+class _EdgeClient(ClientProtocol):
+    """The core's client protocol; the core's own error answers (502, 503, 413, ...) become
+    a small HTML page when the request prefers HTML (``Accept``), as the edge's are."""
+
+    def _send_local(self, ex: Any, local: LocalResponse) -> None:
+        if (
+            local.body
+            and (b"content-type", b"application/problem+json") in local.headers
+            and wants_html(ex.head.headers)
+        ):
+            local = as_html(local)
+        super()._send_local(ex, local)
+
+
+class _TlsCountingProtocol(_EdgeClient):
+    """Counts completed handshakes: asyncio calls ``connection_made`` after the handshake."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handshakes: HandshakeCounter = self.proxy.handshakes  # type: ignore[attr-defined]
+        handshakes.completed += 1
+        super().connection_made(transport)
+
+
+_PROXY_HEADER_MAX = 536  # the PROXY v2 limit for TCP with TLVs we accept
+
+
+class _ProxyProtocolClient(_EdgeClient):
+    """Plain-HTTP connections from trusted proxies start with a PROXY v1/v2 header naming
+    the real client; it replaces the socket peer for everything after (rate limits,
+    forwarding headers). From any other peer no header is expected."""
+
+    _pp_buffer: bytes | None = None
+    _socket_peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._socket_peer = self.peer_ip
+        if self.admitted and self.trusted_peer:
+            self._pp_buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        buffered = self._pp_buffer
+        if buffered is None:
+            super().data_received(data)
+            return
+        data = buffered + data
+        try:
+            header = parse_proxy_header(data)
+        except ProxyProtocolError:
+            self._pp_buffer = None
+            self.abort()
+            return
+        if header is None:
+            if len(data) > _PROXY_HEADER_MAX:
+                self._pp_buffer = None
+                self.abort()
+                return
+            self._pp_buffer = data
+            return
+        self._pp_buffer = None
+        source = header.source
+        if source is not None:
+            self.peer_ip = source
+            self.peer_b = self.client_b = source.encode()
+            self.trusted_peer = self.proxy.trusted.trusts(source)
+            self.info = ClientInfo(peer_ip=source, client_ip=source, tls=self.tls, sni=self.sni)
+        rest = data[header.length :]
+        if rest:
+            super().data_received(rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._socket_peer:
+            self.peer_ip = self._socket_peer  # the limiter counted the socket peer
+        super().connection_lost(exc)
+
+
+class EdgeProxy(Proxy):
+    """The shared engine plus TLS handshake accounting (accepted vs completed) and the
+    PROXY protocol on the plain-HTTP listener."""
+
+    def __init__(
+        self,
+        *,
+        handshakes: HandshakeCounter,
+        proxy_protocol: bool = False,
+        router: Router,
+        config: ProxyConfig | None = None,
+        policy: RequestPolicy | None = None,
+        observer: Observer | None = None,
+        limiter: ConnectionLimiter | None = None,
+        trusted: TrustedProxies | None = None,
+    ) -> None:
+        # explicit keywords, not **kwargs: mypyc passes a forwarded **kwargs positionally
+        super().__init__(
+            router=router,
+            config=config,
+            policy=policy,
+            observer=observer,
+            limiter=limiter,
+            trusted=trusted,
+        )
+        self.handshakes = handshakes
+        self.proxy_protocol = proxy_protocol
+
+    def protocol_factory(self, *, tls: bool = False) -> Any:
+        if not tls:
+            kind = _ProxyProtocolClient if self.proxy_protocol else _EdgeClient
+
+            def plain() -> ClientProtocol:
+                return kind(self, tls=False)
+
+            return plain
+        handshakes = self.handshakes
+
+        def factory() -> ClientProtocol:
+            # called when asyncio accepts the TCP connection, before the handshake
+            handshakes.started += 1
+            return _TlsCountingProtocol(self, tls=True)
+
+        return factory
