@@ -15,6 +15,8 @@ bootstrap:
 
 build-local: bootstrap
 
+# sdist + wheel in dist/; the wheel has the mypyc-compiled proxy core (hatch_build.py) unless
+# ZEITWORK_PURE_PYTHON=1 or no C compiler is found (then it says so and builds pure Python).
 build: bootstrap
 	$(PY) -m build --outdir dist .
 

@@ -29,9 +29,10 @@
 #                                                mirror: "--no-index --find-links /srv/wheels"
 #   ZEITWORK_PURE_PYTHON  (unset)                1: do not compile the proxy core with mypyc
 #                                                (by default the wheel built from the checkout
-#                                                compiles it; that needs a C compiler and
-#                                                Python headers, else it falls back to pure
-#                                                Python and says so)
+#                                                compiles it; that needs a C compiler,
+#                                                Python headers and mypy from the package
+#                                                index (or ZEITWORK_PIP_ARGS' mirror), else
+#                                                it falls back to pure Python and says so)
 # Installed units and env files name the paths chosen here.
 set -euo pipefail
 # Files under /opt/zeitwork must be readable by the zeitwork user whatever root's umask is.
