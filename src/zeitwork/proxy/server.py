@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
@@ -714,7 +715,9 @@ class ClientProtocol:
         conn.client = self
         conn.reusable = False
         conn.got_bytes = False
-        ex.upstream_started = self.proxy.now()
+        # perf_counter, not loop.time(): uvloop's loop clock ticks in whole milliseconds, so
+        # sub-millisecond upstream latencies measured with it came out as 0 and were lost
+        ex.upstream_started = time.perf_counter()
         body = ex.body_buf
         if body:
             if ex.chunked:
@@ -987,7 +990,7 @@ class ClientProtocol:
                 pool.name if pool is not None else "-",
                 backend.address,
                 status,
-                self.proxy.now() - ex.upstream_started,
+                time.perf_counter() - ex.upstream_started,
             )
         else:
             self.proxy.observer.request_done(
