@@ -40,6 +40,17 @@ class NodeRegistration(BaseModel):
     runtime: RuntimeName | None = None
     resources: ResourcesModel
     disk: int | None = Field(default=None, ge=0, description="disk for instances, MiB")
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        # Other agents route to this address (peer routes) and load balancers connect to
+        # instances behind it: it must be an IP address, never a name or garbage.
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError as exc:
+            raise ValueError(f"ip_address must be an IPv4 or IPv6 address, got {value!r}") from exc
+
     subnet: str | None = Field(
         default=None,
         description="the instance subnet the agent already uses (its explicit setting or the "

@@ -115,3 +115,23 @@ async def test_a_subnet_overlapping_the_hosts_networks_is_refused(
     with pytest.raises(RuntimeFailure, match="overlaps the host's"):
         await clash.setup()
     assert clash.bridge not in await asyncio.to_thread(links_with_prefix, "zwt")
+
+
+async def test_one_unroutable_peer_does_not_keep_the_others_out(
+    world: tuple[NodeNetwork, OciDriver, Path],
+) -> None:
+    import ipaddress
+
+    from zeitwork.agent.network.node import PeerRoute
+    from zeitwork.core.errors import RuntimeFailure
+
+    network, _, _ = world
+    on_link = str(ipaddress.ip_network(network.subnet)[200])  # next hop on the node bridge
+    third = uuid.uuid4().int % 200 + 20
+    bad = PeerRoute(subnet=f"10.251.{third}.0/24", via="203.0.113.7")  # not on any link
+    good = PeerRoute(subnet=f"10.252.{third}.0/24", via=on_link)
+    with pytest.raises(RuntimeFailure, match=r"10\.251\."):
+        await network.converge_peers([bad, good])
+    installed = {r.subnet: r.via for r in network.installed_peers()}
+    assert installed.get(good.subnet) == on_link
+    assert bad.subnet not in installed

@@ -134,8 +134,12 @@ def attach_instance(
 
 
 def replace_route(destination: str, *, via: str) -> None:
+    """Route ``destination`` via ``via``; a kernel refusal is an OSError naming both."""
     with IPRoute() as ipr:
-        ipr.route("replace", dst=destination, gateway=via)
+        try:
+            ipr.route("replace", dst=destination, gateway=via)
+        except NetlinkError as exc:
+            raise OSError(exc.code, f"route {destination} via {via}: {exc}") from exc
 
 
 def delete_route(destination: str) -> None:
@@ -144,7 +148,7 @@ def delete_route(destination: str) -> None:
             ipr.route("del", dst=destination)
         except NetlinkError as exc:
             if exc.code not in (errno.ESRCH, errno.ENOENT):
-                raise
+                raise OSError(exc.code, f"delete route {destination}: {exc}") from exc
 
 
 def enable_ip_forwarding() -> None:

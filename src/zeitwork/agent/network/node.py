@@ -177,19 +177,37 @@ class NodeNetwork:
                 wanted=wanted, installed=installed, static=self.peer_routes, own_subnet=self.subnet
             )
             done = {r.subnet: r for r in installed}
+            failed: list[str] = []
             try:
+                # One bad peer (an unroutable address) must not keep the others' routes out:
+                # each change is tried on its own, failures are logged and reported together.
                 for route in plan.replace:
-                    await asyncio.to_thread(links.replace_route, route.subnet, via=route.via)
+                    try:
+                        await asyncio.to_thread(links.replace_route, route.subnet, via=route.via)
+                    except OSError as exc:
+                        failed.append(f"{route.subnet} via {route.via}: {exc}")
+                        log.warning(
+                            "network.peer_route_failed",
+                            subnet=route.subnet,
+                            via=route.via,
+                            error=str(exc),
+                        )
+                        continue
                     done[route.subnet] = route
                     log.info("network.peer_route_set", subnet=route.subnet, via=route.via)
                 for subnet in plan.delete:
-                    await asyncio.to_thread(links.delete_route, subnet)
+                    try:
+                        await asyncio.to_thread(links.delete_route, subnet)
+                    except OSError as exc:
+                        failed.append(f"delete {subnet}: {exc}")
+                        log.warning("network.peer_route_failed", subnet=subnet, error=str(exc))
+                        continue
                     done.pop(subnet, None)
                     log.info("network.peer_route_removed", subnet=subnet)
-            except OSError as exc:
-                raise RuntimeFailure(f"peer route change failed: {exc}") from exc
             finally:
-                self._save_peers(list(done.values()))
+                await asyncio.to_thread(self._save_peers, list(done.values()))
+            if failed:
+                raise RuntimeFailure("peer route change failed: " + "; ".join(failed))
             return plan
 
     def _save_peers(self, routes: list[PeerRoute]) -> None:
