@@ -12,13 +12,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from zeitwork.proxy.backends import Backend, HealthListener, Pool
+import structlog
+
+from zeitwork.proxy.backends import Backend, HealthListener, Pool, parse_address
 from zeitwork.proxy.balancing import AlgorithmName
 from zeitwork.proxy.health import EjectionPolicy
 from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
 
 DEFAULT_POOL = "default"
+
+log = structlog.get_logger("zeitwork.lb.router")
+
+
+def _usable(backends: Iterable[WireBackend]) -> list[WireBackend]:
+    """The backends whose address parses; one bad entry in the table is skipped and logged,
+    never allowed to fail the whole update (and with it the worker)."""
+    usable: list[WireBackend] = []
+    for backend in backends:
+        try:
+            parse_address(backend.address)
+        except ValueError as exc:
+            log.warning("routes.backend_skipped", address=backend.address, error=str(exc))
+            continue
+        usable.append(backend)
+    return usable
 
 
 class BackendRegistry:
@@ -152,7 +170,9 @@ class RouteTableRouter:
             else:
                 pool.set_algorithm(algorithm)
                 changed += 1
-            pool.set_backends(self.registry.get(b.address, b.weight) for b in route.backends)
+            pool.set_backends(
+                self.registry.get(b.address, b.weight) for b in _usable(route.backends)
+            )
             self._routes[key] = route
         for key in [k for k in self._routes if k not in incoming]:
             del self._routes[key]
@@ -168,7 +188,7 @@ class RouteTableRouter:
         if not self._static and table.default_backends != self._default_wire:
             self._default_wire = list(table.default_backends)
             self.default.set_backends(
-                self.registry.get(b.address, b.weight) for b in table.default_backends
+                self.registry.get(b.address, b.weight) for b in _usable(table.default_backends)
             )
         drained = self.registry.collect()
         self.version = table.version

@@ -101,3 +101,17 @@ def test_per_route_algorithm() -> None:
     pool = router.resolve("a.test", "/")
     assert pool is not None and pool.algorithm == "ip-hash"
     assert router.default.algorithm == "round-robin"
+
+
+def test_a_bad_backend_address_is_skipped_not_fatal() -> None:
+    router = RouteTableRouter(registry=BackendRegistry())
+    result = router.apply(
+        RouteTable(
+            version=3,
+            routes=[route("app.example.com", "[x:8080", "10.0.0.1:80", "10.0.0.2:99999")],
+            default_backends=[WireBackend(address="nonsense"), WireBackend(address="10.0.0.9:80")],
+        )
+    )
+    assert result.version == 3
+    assert addresses(router.resolve("app.example.com", "/")) == ["10.0.0.1:80"]
+    assert addresses(router.resolve("other.example.com", "/")) == ["10.0.0.9:80"]
