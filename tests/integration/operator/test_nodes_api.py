@@ -356,3 +356,23 @@ async def test_metrics_count_nodes_by_state(operator: Operator) -> None:
     assert 'zeitwork_nodes{state="down"} 0.0' in text
     route = 'route="/api/v1/nodes/{node_id}/state"'
     assert f'zeitwork_http_requests_total{{method="PUT",{route},status="200"}} 1.0' in text
+
+
+async def test_terminating_a_node_revokes_its_tokens(operator: Operator) -> None:
+    join = await operator.token(Scope.JOIN)
+    answer = NodeRegistered.model_validate(await register(operator, join))
+    assert answer.node_token is not None
+    own = f"/api/v1/nodes/{answer.node_id}"
+    r = await operator.client.get(own, headers=operator.headers(answer.node_token))
+    assert r.status_code == 200
+    r = await operator.client.put(
+        f"{own}/state", headers=operator.headers(), json={"state": "terminated"}
+    )
+    assert r.status_code == 200, r.text
+    r = await operator.client.get(own, headers=operator.headers(answer.node_token))
+    assert r.status_code == 401
+    rows = await operator.sql(
+        "SELECT count(*) FROM api_tokens WHERE node_id = %s AND deleted_at IS NULL",
+        (answer.node_id,),
+    )
+    assert rows == [(0,)]

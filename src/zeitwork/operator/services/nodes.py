@@ -80,6 +80,20 @@ class NodeService:
     async def set_state(
         self, node_id: uuid.UUID, target: NodeState, *, expected: NodeState | None = None
     ) -> Node:
-        node = await self._nodes.set_state(node_id, target, expected=expected)
-        log.info("node.state_changed", node_id=str(node_id), state=target.value)
+        if target is not NodeState.TERMINATED:
+            node = await self._nodes.set_state(node_id, target, expected=expected)
+            log.info("node.state_changed", node_id=str(node_id), state=target.value)
+            return node
+        # A terminated node is gone for good: its credentials go with it, in the same
+        # transaction, so a leftover agent (or a stolen token) can no longer act for it.
+        async with self._db.transaction() as conn:
+            node = await self._nodes.set_state(node_id, target, expected=expected, conn=conn)
+            revoked = await self._tokens.revoke_for_node(node_id, conn=conn)
+        self._auth.forget(revoked)
+        log.info(
+            "node.state_changed",
+            node_id=str(node_id),
+            state=target.value,
+            tokens_revoked=len(revoked),
+        )
         return node
