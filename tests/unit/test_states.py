@@ -18,6 +18,7 @@ from zeitwork.core.states import (
     IMAGE_TRANSITIONS,
     INSTANCE_TRANSITIONS,
     NODE_TRANSITIONS,
+    node_state_after_outage,
 )
 
 TABLES = [
@@ -57,3 +58,10 @@ def test_instance_lifecycle_path_is_legal() -> None:
     path = ["pending", "starting", "running", "stopping", "stopped", "terminated"]
     for a, b in itertools.pairwise(path):
         assert is_allowed(InstanceState(a), InstanceState(b))
+
+
+def test_a_node_returns_from_an_outage_to_draining_or_ready() -> None:
+    assert node_state_after_outage(NodeState.DRAINING) is NodeState.DRAINING
+    assert node_state_after_outage(NodeState.READY) is NodeState.READY
+    assert node_state_after_outage(None) is NodeState.READY
+    assert is_allowed(NodeState.DOWN, NodeState.DRAINING)

@@ -53,7 +53,7 @@ NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
     _N.BOOTING: frozenset({_N.READY, _N.ERROR, _N.DOWN, _N.TERMINATED, _N.UNKNOWN}),
     _N.READY: frozenset({_N.DRAINING, _N.DOWN, _N.ERROR, _N.TERMINATED, _N.UNKNOWN}),
     _N.DRAINING: frozenset({_N.READY, _N.DOWN, _N.TERMINATED, _N.ERROR, _N.UNKNOWN}),
-    _N.DOWN: frozenset({_N.READY, _N.BOOTING, _N.TERMINATED, _N.ERROR, _N.UNKNOWN}),
+    _N.DOWN: frozenset({_N.READY, _N.DRAINING, _N.BOOTING, _N.TERMINATED, _N.ERROR, _N.UNKNOWN}),
     _N.ERROR: frozenset({_N.BOOTING, _N.READY, _N.DOWN, _N.TERMINATED}),
     _N.UNKNOWN: frozenset({_N.BOOTING, _N.READY, _N.DOWN, _N.ERROR, _N.TERMINATED}),
     _N.TERMINATED: frozenset(),
@@ -115,3 +115,10 @@ def check_transition(current: _S, target: _S) -> _S:
             extra={"from": current.value, "to": target.value, "allowed": allowed},
         )
     return target
+
+
+def node_state_after_outage(before_down: NodeState | None) -> NodeState:
+    """The state a ``down`` node returns to when its heartbeats resume: ``draining`` if it
+    was draining when it went down (an outage does not undo a drain), else ``ready``."""
+    target = _N.DRAINING if before_down == _N.DRAINING else _N.READY
+    return check_transition(_N.DOWN, target)

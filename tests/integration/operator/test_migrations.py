@@ -48,6 +48,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "allocated_vcpu_millis",  # 0002
         "allocated_memory_mib",  # 0002
         "subnet",  # 0005
+        "state_before_down",  # 0007
     },
     "deployments": {
         "project_id",

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 
 from tests.integration.operator.conftest import ENV_ADMIN, Operator, OperatorFactory
+from zeitwork.core.states import NodeState
 from zeitwork.operator.node_watch import NodeWatch
 
 PROBLEM = "application/problem+json"
@@ -106,6 +107,44 @@ async def test_node_watch_marks_silent_nodes_down_and_back(operator: Operator) -
         "UPDATE nodes SET state = 'terminated', last_heartbeat_at = now() - interval '1 hour'"
     )
     assert await watch.sweep() == ([], [])
+
+
+async def test_draining_node_stays_draining_after_an_outage(operator: Operator) -> None:
+    r = await operator.client.post(
+        "/api/v1/nodes",
+        headers=operator.headers(),
+        json={"hostname": "d", "ip_address": "10.0.0.2", "resources": {"vcpu": 1, "memory": 512}},
+    )
+    node_id = uuid.UUID(r.json()["id"])
+    nodes = operator.deps.nodes
+    await nodes.record_heartbeat(node_id, {})
+    r = await operator.client.put(
+        f"/api/v1/nodes/{node_id}/state", headers=operator.headers(), json={"state": "draining"}
+    )
+    assert r.status_code == 200, r.text
+    watch = NodeWatch(nodes=nodes, timeout_seconds=30)
+    silent = "UPDATE nodes SET last_heartbeat_at = now() - interval '31 seconds' WHERE id = %s"
+    # the detector path: down, then back to draining (not ready)
+    await operator.sql(silent, (node_id,))
+    assert await watch.sweep() == ([node_id], [])
+    assert (await nodes.get(node_id)).state.value == "down"
+    await operator.sql(
+        "UPDATE nodes SET last_heartbeat_at = now() + interval '1 second' WHERE id = %s",
+        (node_id,),
+    )
+    assert await watch.sweep() == ([], [node_id])
+    assert (await nodes.get(node_id)).state.value == "draining"
+    # the heartbeat path: down again, a heartbeat brings it back to draining
+    await operator.sql(silent, (node_id,))
+    assert await watch.sweep() == ([node_id], [])
+    assert (await nodes.record_heartbeat(node_id, {})).state.value == "draining"
+    # once undrained, a later outage comes back ready (nothing stale is remembered)
+    await nodes.set_state(node_id, NodeState.READY)
+    await operator.sql(silent, (node_id,))
+    assert await watch.sweep() == ([node_id], [])
+    assert (await nodes.record_heartbeat(node_id, {})).state.value == "ready"
+    rows = await operator.sql("SELECT state_before_down FROM nodes WHERE id = %s", (node_id,))
+    assert rows == [(None,)]
 
 
 async def test_node_watch_loop_stops_on_event(operator: Operator) -> None:

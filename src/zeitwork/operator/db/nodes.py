@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from zeitwork.core.errors import Conflict, NotFound
-from zeitwork.core.states import NodeState, check_transition
+from zeitwork.core.states import NodeState, check_transition, node_state_after_outage
 from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, Page, PageRequest, page_of
@@ -76,6 +76,12 @@ COLUMNS = (
     "subnet::text AS subnet"
 )
 SERVING = "('ready', 'draining')"
+# the state a down node returns to when heartbeats resume, per the transition table
+_BACK_FROM_DOWN = (
+    "CASE WHEN state_before_down = 'draining' "
+    f"THEN '{node_state_after_outage(NodeState.DRAINING).value}' "
+    f"ELSE '{node_state_after_outage(None).value}' END"
+)
 """Node states whose instances serve and whose subnets other nodes route to (SQL list)."""
 # one lock for every subnet allocation (transaction-scoped): allocations are rare, and this
 # makes "read the taken subnets, pick a free one, write it" atomic across operators
@@ -206,7 +212,10 @@ class NodeStore:
             async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     "UPDATE nodes SET state = %(target)s, state_changed_at = CASE "
-                    "WHEN state = %(target)s THEN state_changed_at ELSE now() END "
+                    "WHEN state = %(target)s THEN state_changed_at ELSE now() END, "
+                    "state_before_down = CASE WHEN %(target)s <> 'down' THEN NULL "
+                    "WHEN state IN ('ready', 'draining') THEN state "
+                    "ELSE state_before_down END "
                     "WHERE id = %(id)s AND state = %(current)s AND deleted_at IS NULL "
                     f"RETURNING {COLUMNS}",
                     {"id": node_id, "target": target.value, "current": current.value},
@@ -230,14 +239,17 @@ class NodeStore:
         runtime: str | None = None,
         conn: Conn | None = None,
     ) -> Node:
-        """Store a heartbeat's report and time; a node that was booting, down or unknown
-        becomes ready (a draining, error or terminated node keeps its state)."""
+        """Store a heartbeat's report and time; a node that was booting or unknown becomes
+        ready, a down node returns to the state it went down from (``draining`` stays
+        draining, else ready); a draining, error or terminated node keeps its state."""
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "UPDATE nodes SET heartbeat = %(report)s, last_heartbeat_at = now(), "
                 "runtime = coalesce(%(runtime)s, runtime), "
-                "state = CASE WHEN state IN ('booting', 'down', 'unknown') THEN 'ready' "
-                "ELSE state END, "
+                "state = CASE WHEN state IN ('booting', 'unknown') THEN 'ready' "
+                f"WHEN state = 'down' THEN {_BACK_FROM_DOWN} ELSE state END, "
+                "state_before_down = CASE WHEN state = 'down' THEN NULL "
+                "ELSE state_before_down END, "
                 "state_changed_at = CASE WHEN state IN ('booting', 'down', 'unknown') "
                 "THEN now() ELSE state_changed_at END "
                 f"WHERE id = %(id)s AND deleted_at IS NULL RETURNING {COLUMNS}",
@@ -252,10 +264,12 @@ class NodeStore:
         self, timeout_seconds: float, *, conn: Conn | None = None
     ) -> list[uuid.UUID]:
         """Nodes (booting, ready, draining, unknown) whose last heartbeat (or, without one,
-        their last state change) is older than the timeout go ``down``; returns their ids."""
+        their last state change) is older than the timeout go ``down``, remembering a serving
+        state (ready/draining) to return to; returns their ids."""
         async with self._db.connection(conn) as c:
             cur = await c.execute(
-                "UPDATE nodes SET state = 'down', state_changed_at = now() "
+                "UPDATE nodes SET state = 'down', state_changed_at = now(), "
+                "state_before_down = CASE WHEN state IN ('ready', 'draining') THEN state END "
                 "WHERE deleted_at IS NULL AND state IN ('booting', 'ready', 'draining', 'unknown') "
                 "AND coalesce(last_heartbeat_at, state_changed_at) "
                 "< now() - make_interval(secs => %s) RETURNING id",
@@ -267,10 +281,12 @@ class NodeStore:
     async def mark_alive_ready(
         self, timeout_seconds: float, *, conn: Conn | None = None
     ) -> list[uuid.UUID]:
-        """Down nodes that heartbeat again within the timeout become ``ready``."""
+        """Down nodes that heartbeat again within the timeout return to the state they went
+        down from (``draining`` stays draining, else ``ready``)."""
         async with self._db.connection(conn) as c:
             cur = await c.execute(
-                "UPDATE nodes SET state = 'ready', state_changed_at = now() "
+                f"UPDATE nodes SET state = {_BACK_FROM_DOWN}, state_changed_at = now(), "
+                "state_before_down = NULL "
                 "WHERE deleted_at IS NULL AND state = 'down' "
                 "AND last_heartbeat_at >= now() - make_interval(secs => %s) "
                 "AND last_heartbeat_at > state_changed_at RETURNING id",
