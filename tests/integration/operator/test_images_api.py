@@ -55,8 +55,14 @@ async def test_import_then_reimport_then_download(
     assert [i["id"] for i in listed] == [out["id"]]
     r = await operator.client.get(f"{API}/{out['id']}", headers=operator.headers())
     assert r.json()["digest"] == busybox_image.digest
-    # a node downloads it, byte for byte, with the digest announced
-    _node, token = await ready_node(operator)
+    # a node with an instance of it downloads it, byte for byte, with the digest announced
+    node, token = await ready_node(operator)
+    r = await operator.client.post(
+        "/api/v1/instances",
+        headers=operator.headers(),
+        json=instance_body(str(out["id"]), node_id=node),
+    )
+    assert r.status_code == 201, r.text
     r = await operator.client.get(f"{API}/{out['id']}/archive", headers=operator.headers(token))
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/x-tar"
@@ -121,6 +127,39 @@ async def test_build_path_is_501(operator: Operator) -> None:
     assert_problem(await operator.client.post(API, headers=operator.headers(), json={}), 422)
 
 
+async def test_node_tokens_download_only_their_instances_images(
+    operator: Operator, busybox_image: BuiltImage
+) -> None:
+    image = await import_image(operator, busybox_image)
+    url = f"{API}/{image['id']}/archive"
+    mine, mine_token = await ready_node(operator)
+    _other, other_token = await ready_node(operator)
+    # no instance of the image anywhere: node tokens are refused, the admin is not
+    detail = assert_problem(
+        await operator.client.get(url, headers=operator.headers(mine_token)), 403
+    )
+    assert "assigned to its node" in detail["detail"]
+    assert (await operator.client.get(url, headers=operator.headers())).status_code == 200
+    r = await operator.client.post(
+        "/api/v1/instances",
+        headers=operator.headers(),
+        json=instance_body(str(image["id"]), node_id=mine),
+    )
+    assert r.status_code == 201, r.text
+    iid = r.json()["id"]
+    assert (await operator.client.get(url, headers=operator.headers(mine_token))).status_code == 200
+    assert_problem(await operator.client.get(url, headers=operator.headers(other_token)), 403)
+    # an image that does not exist: 403 for a node token (nothing learned), 404 for the admin
+    missing = f"{API}/00000000-0000-0000-0000-000000000001/archive"
+    assert_problem(await operator.client.get(missing, headers=operator.headers(mine_token)), 403)
+    assert_problem(await operator.client.get(missing, headers=operator.headers()), 404)
+    r = await operator.client.put(
+        f"/api/v1/instances/{iid}/state", headers=operator.headers(), json={"state": "terminated"}
+    )
+    assert r.status_code == 200, r.text
+    assert_problem(await operator.client.get(url, headers=operator.headers(mine_token)), 403)
+
+
 async def test_delete_refused_while_used_then_removes_archive(
     operator: Operator, busybox_image: BuiltImage
 ) -> None:
@@ -142,8 +181,11 @@ async def test_delete_refused_while_used_then_removes_archive(
     assert_problem(
         await operator.client.get(f"{API}/{image['id']}", headers=operator.headers()), 404
     )
-    r = await operator.client.get(f"{API}/{image['id']}/archive", headers=operator.headers(token))
+    r = await operator.client.get(f"{API}/{image['id']}/archive", headers=operator.headers())
     assert_problem(r, 404)
+    # the node's instance of it is terminated: its token may no longer download it
+    r = await operator.client.get(f"{API}/{image['id']}/archive", headers=operator.headers(token))
+    assert_problem(r, 403)
     assert_problem(
         await operator.client.delete(f"{API}/{image['id']}", headers=operator.headers()), 404
     )

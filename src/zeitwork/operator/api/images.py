@@ -4,8 +4,9 @@
 application/x-tar``; the size limit is ``ZEITWORK_IMAGE_MAX_BYTES``), validates it and
 answers 201 with the image, or 200 with the existing image when one with the same digest
 is already catalogued (whatever its name). A corrupt archive gets a 422 problem and leaves
-nothing behind. ``GET /images/{id}/archive`` (node or admin) streams the stored archive with
-``Digest`` and ``ETag`` headers. ``POST /images`` (builds from a GitHub repository) is a later
+nothing behind. ``GET /images/{id}/archive`` streams the stored archive with ``Digest`` and
+``ETag`` headers to an admin, or to a node token whose node has a (not terminated) instance
+of that image assigned (else 403). ``POST /images`` (builds from a GitHub repository) is a later
 issue and answers 501.
 """
 
@@ -19,14 +20,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from zeitwork.core.errors import NotImplementedYet
+from zeitwork.core.errors import NotImplementedYet, PermissionDenied
 from zeitwork.core.states import ImageState
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db.images import Image
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
-from zeitwork.operator.principal import Scope
+from zeitwork.operator.principal import Principal, Scope
 
 ARCHIVE_TYPES = {"application/x-tar", "application/octet-stream", "application/tar"}
 
@@ -143,11 +144,21 @@ def router(deps: Deps) -> APIRouter:
 
     @api.get(
         "/{image_id}/archive",
-        dependencies=[Depends(downloader)],
         response_class=FileResponse,
         responses={200: {"content": {"application/x-tar": {}}}},
     )
-    async def download_archive(image_id: uuid.UUID) -> FileResponse:
+    async def download_archive(
+        image_id: uuid.UUID,
+        principal: Principal = Depends(downloader),  # noqa: B008 (a local: Annotated cannot see it)
+    ) -> FileResponse:
+        if not principal.is_admin and (
+            principal.node_id is None
+            or not await deps.instances.node_uses_image(principal.node_id, image_id)
+        ):
+            raise PermissionDenied(
+                "a node token may download only the images of instances assigned to its node",
+                extra={"image_id": str(image_id)},
+            )
         image, path = await deps.image_service.archive(image_id)
         digest = str(image.digest)
         return FileResponse(

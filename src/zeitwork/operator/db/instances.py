@@ -539,6 +539,20 @@ class InstanceStore:
                 "UPDATE instances SET replaced_by = %s WHERE id = %s", (replacement, instance_id)
             )
 
+    async def node_uses_image(
+        self, node_id: uuid.UUID, image_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> bool:
+        """Whether an instance assigned to ``node_id`` (one ``assignments`` lists: not
+        terminated) runs ``image_id``."""
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT EXISTS (SELECT 1 FROM instances WHERE node_id = %s AND image_id = %s "
+                "AND state <> 'terminated')",
+                (node_id, image_id),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def assignments(
         self, node_id: uuid.UUID, *, conn: Conn | None = None
     ) -> tuple[int, list[AssignedRow]]:
