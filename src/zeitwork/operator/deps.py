@@ -92,6 +92,7 @@ def build_deps(
             token_service=token_service,
             auth=auth,
             subnet_pool=settings.subnet_pool,
+            heartbeat_timeout=settings.node_heartbeat_timeout,
         ),
         regions=RegionStore(db=db),
         stats=StatsStore(db=db),

@@ -31,6 +31,11 @@ async def register(op: Operator, hostname: str, *, ip: str = "192.168.9.2", **ex
     )
 
 
+async def silence(op: Operator, hostname: str) -> None:
+    """Make the node not live, so a join token may register it again (a live node is 409)."""
+    await op.sql("UPDATE nodes SET state = 'down' WHERE hostname = %s", (hostname,))
+
+
 async def test_subnets_come_from_the_pool_and_are_stable(operator: Operator) -> None:
     first = await register(operator, "alpha")
     second = await register(operator, "beta")
@@ -38,8 +43,10 @@ async def test_subnets_come_from_the_pool_and_are_stable(operator: Operator) -> 
     assert first.json()["subnet"] == "10.88.0.0/24"
     assert second.json()["subnet"] == "10.88.1.0/24"
     # re-registration (same hostname, or same id, with or without declaring it) keeps it
+    await silence(operator, "alpha")
     again = await register(operator, "alpha")
     assert again.status_code == 200 and again.json()["subnet"] == "10.88.0.0/24"
+    await silence(operator, "alpha")
     same = await register(operator, "alpha", id=first.json()["node_id"], subnet="10.88.0.0/24")
     assert same.status_code == 200 and same.json()["subnet"] == "10.88.0.0/24"
     got = await operator.client.get(
@@ -55,6 +62,7 @@ async def test_an_agent_subnet_is_recorded_or_refused_clearly(operator: Operator
     auto = await register(operator, "auto")
     assert auto.json()["subnet"] == "10.88.1.0/24"
     # a mismatch with what the operator recorded is a conflict naming both
+    await silence(operator, "manual")
     body = assert_problem(await register(operator, "manual", subnet="10.77.0.0/24"), 409)
     assert "10.88.0.0/24" in body["detail"] and "10.77.0.0/24" in body["detail"]
     # an overlap with another node's subnet is refused, and nothing is recorded

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.operator.conftest import Operator
+from tests.integration.operator.fleet import assert_problem
 from zeitwork.core.states import NODE_TRANSITIONS, NodeState
 from zeitwork.operator.principal import Scope
 from zeitwork.wire.agent import NodeRegistered
@@ -60,23 +61,75 @@ async def test_join_token_registers_and_receives_a_node_token(operator: Operator
     assert r.status_code == 403
 
 
-async def test_reregistration_is_idempotent_and_rotates_the_node_token(operator: Operator) -> None:
+async def test_a_join_token_cannot_take_over_a_live_node(operator: Operator) -> None:
+    # anyone with a join token could otherwise claim a live node's credential (and its
+    # assignments' secrets): a live node is refused, whether named by hostname or by id
+    join = await operator.token(Scope.JOIN)
+    first = await register(operator, join, id=str(uuid.uuid4()))
+    node_id, token = first["id"], first["node_token"]
+    await operator.deps.nodes.record_heartbeat(uuid.UUID(node_id), {})  # ready and heard from
+    for body in (registration(ip_address="10.6.6.6"), registration(id=node_id)):
+        r = await operator.client.post("/api/v1/nodes", headers=operator.headers(join), json=body)
+        detail = assert_problem(r, 409)
+        assert "is live" in detail["detail"] and "admin token" in detail["detail"]
+        assert detail["node_id"] == node_id
+    # nothing changed: the address stays, the node's own credential still works
+    rows = await operator.sql("SELECT ip_address FROM nodes WHERE id = %s", (node_id,))
+    assert rows == [("10.0.0.10",)]
+    own = await operator.client.get(f"/api/v1/nodes/{node_id}", headers=operator.headers(token))
+    assert own.status_code == 200
+    # a node that has just registered (booting, no heartbeat yet) is live too
+    booting = await register(operator, join, hostname="node-new")
+    r = await operator.client.post(
+        "/api/v1/nodes", headers=operator.headers(join), json=registration("node-new")
+    )
+    assert_problem(r, 409)
+    # the admin, and the node's own token, still re-register it
+    r = await operator.client.post(
+        "/api/v1/nodes", headers=operator.headers(), json=registration(ip_address="10.0.0.11")
+    )
+    assert (r.status_code, r.json()["node_token"]) == (200, None)
+    r = await operator.client.post(
+        "/api/v1/nodes",
+        headers=operator.headers(token),
+        json=registration(id=node_id, ip_address="10.0.0.12"),
+    )
+    assert (r.status_code, r.json()["ip_address"]) == (200, "10.0.0.12")
+    del booting
+
+
+@pytest.mark.parametrize(
+    "make_dead",
+    [
+        "UPDATE nodes SET state = 'down' WHERE id = %s",
+        "UPDATE nodes SET state = 'error' WHERE id = %s",
+        "UPDATE nodes SET state = 'unknown' WHERE id = %s",
+        "UPDATE nodes SET last_heartbeat_at = now() - interval '31 seconds' WHERE id = %s",
+    ],
+)
+async def test_a_join_token_reregisters_a_dead_node_and_rotates_its_token(
+    operator: Operator, make_dead: str
+) -> None:
+    # an agent whose data dir was wiped after a crash registers its node again
     join = await operator.token(Scope.JOIN)
     first = await operator.client.post(
         "/api/v1/nodes", headers=operator.headers(join), json=registration()
     )
+    assert first.status_code == 201
+    node_id = first.json()["id"]
+    await operator.deps.nodes.record_heartbeat(uuid.UUID(node_id), {})
+    await operator.sql(make_dead, (uuid.UUID(node_id),))
     second = await operator.client.post(
         "/api/v1/nodes",
         headers=operator.headers(join),
         json=registration(ip_address="10.0.0.99", resources={"vcpu": 8, "memory": 16384}),
     )
-    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.status_code == 200, second.text
     assert first.json()["id"] == second.json()["id"]
     assert second.json()["ip_address"] == "10.0.0.99"
     assert second.json()["resources"] == {"vcpu": 8.0, "memory": 16384}
     old, new = first.json()["node_token"], second.json()["node_token"]
     assert old != new
-    node_id = first.json()["id"]
     r = await operator.client.get(f"/api/v1/nodes/{node_id}", headers=operator.headers(old))
     assert r.status_code == 401
     r = await operator.client.get(f"/api/v1/nodes/{node_id}", headers=operator.headers(new))
@@ -156,15 +209,15 @@ async def test_parallel_registration_of_one_hostname_gives_one_row(operator: Ope
         )
 
     answers = await asyncio.gather(*(one() for _ in range(16)))
-    assert all(a.status_code in (200, 201) for a in answers), [a.text for a in answers]
-    assert sorted(a.status_code for a in answers).count(201) == 1
-    assert len({a.json()["id"] for a in answers}) == 1
+    # one creates the node; the others find it live (just registered) and are refused
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [201] + [409] * 15, [a.text for a in answers]
     rows = await operator.sql("SELECT count(*) FROM nodes WHERE hostname = 'racer'")
     assert rows == [(1,)]
     live = await operator.sql(
         "SELECT count(*) FROM api_tokens WHERE scope = 'node' AND deleted_at IS NULL"
     )
-    assert live == [(1,)]  # each registration revoked the previous node token
+    assert live == [(1,)]  # only the creator received a node token
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,22 @@ class NodeStore:
             raise NotFound(f"node {node_id} does not exist")
         return _node(row)
 
+    async def is_live(
+        self, node_id: uuid.UUID, timeout_seconds: float, *, conn: Conn | None = None
+    ) -> bool:
+        """Whether the node looks alive: not down/unknown/error (nor terminated) and its last
+        heartbeat (or, without one, its last state change) is within the timeout."""
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT state NOT IN ('down', 'unknown', 'error', 'terminated') "
+                "AND coalesce(last_heartbeat_at, state_changed_at) "
+                ">= now() - make_interval(secs => %s) "
+                "FROM nodes WHERE id = %s AND deleted_at IS NULL",
+                (timeout_seconds, node_id),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def mark_silent_down(
         self, timeout_seconds: float, *, conn: Conn | None = None
     ) -> list[uuid.UUID]:

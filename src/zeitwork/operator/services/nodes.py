@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from zeitwork.core.errors import Conflict
 from zeitwork.core.states import NodeState
 from zeitwork.operator.auth import Authenticator
 from zeitwork.operator.db.database import Database
@@ -37,8 +38,10 @@ class NodeService:
         token_service: TokenService,
         auth: Authenticator,
         subnet_pool: SubnetPool | None = None,
+        heartbeat_timeout: float = 30.0,
     ) -> None:
         self._pool = subnet_pool
+        self._heartbeat_timeout = heartbeat_timeout
         self._db = db
         self._nodes = nodes
         self._tokens = tokens
@@ -46,12 +49,31 @@ class NodeService:
         self._auth = auth
 
     async def register(self, spec: NodeSpec, *, issue_token: bool) -> Registration:
-        """Create or update the node; with ``issue_token`` revoke its old node tokens and
-        issue a fresh one, all in one transaction."""
+        """Create or update the node; with ``issue_token`` (a join token's registration)
+        revoke its old node tokens and issue a fresh one, all in one transaction.
+
+        A join token may take over an existing node only when it is not live (down,
+        unknown or error, or silent for the heartbeat timeout: an agent whose data dir was
+        lost); a live node is refused with Conflict, since its new credential would receive
+        the node's assignments (and their secrets).
+        """
         revoked: list[str] = []
         secret: str | None = None
         async with self._db.transaction() as conn:
             node, created = await self._nodes.upsert(spec, conn=conn)
+            if (
+                issue_token
+                and not created
+                and await self._nodes.is_live(node.id, self._heartbeat_timeout, conn=conn)
+            ):
+                # raised inside the transaction: the upsert's update is rolled back
+                raise Conflict(
+                    f"node {node.id} ({node.hostname}) is live ({node.state.value}, heard from "
+                    f"within {self._heartbeat_timeout:g} s); a join token cannot register it "
+                    "again: use an admin token or the node's own token, or wait until it is "
+                    "down or silent for the heartbeat timeout",
+                    extra={"node_id": str(node.id), "state": node.state.value},
+                )
             subnet = await self._nodes.assign_subnet(
                 node.id, requested=spec.subnet, pool=self._pool, conn=conn
             )
