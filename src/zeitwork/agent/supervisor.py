@@ -262,7 +262,8 @@ class Supervisor:
 
     # -- persistence and reports ---------------------------------------------------------
     def _persist(self, record: Record) -> None:
-        self.store.save(record.instance_id, record.to_json())
+        # written in a thread, in order per instance (``StateStore.queue_save``)
+        self.store.queue_save(record.instance_id, record.to_json())
 
     def _transition(
         self,
@@ -618,7 +619,7 @@ class Supervisor:
             await self._stop(record)
         self._transition(record, S.TERMINATED, reason="removed from this node")
         self.records.pop(record.instance_id, None)
-        self.store.delete(record.instance_id)
+        self.store.queue_delete(record.instance_id)  # after the queued terminated save
 
     async def _discard_workload(self, record: Record) -> None:
         """Destroy the instance's workload, if it has one, and release its image."""
@@ -697,6 +698,7 @@ class Supervisor:
                     await self._stop(record)
                 finally:
                     record.busy = False
+        await self.store.flush()
 
     async def settle_tasks(self) -> None:
         while self._tasks:
@@ -706,3 +708,4 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.store.flush()  # the last states reach the disk before the agent exits
