@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from zeitwork.images import ImageCache
 from zeitwork.observability import configure_logging, get_logger, new_registry
 from zeitwork.runtime import registry as runtimes
 from zeitwork.runtime.base import Driver
+from zeitwork.webapi.serving import QuietServer, listen_tcp, on_stop_signals
 from zeitwork.wire.agent import Assignments, InstanceStatus, InstanceStatusReport
 
 log = get_logger(__name__)
@@ -50,29 +49,11 @@ class StartupError(ZeitworkError):
     code = "startup-failed"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the agent stops itself)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted connections (it checks
-    # the protocol number); without it every response waits ~40 ms for a delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(512)
+        return listen_tcp(host, port)
     except OSError as exc:
-        sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock
 
 
 def build_driver(settings: AgentSettings, data: Path) -> tuple[Driver, runtimes.Choice]:
@@ -284,7 +265,7 @@ async def serve(
         stack.callback(sock.close)
         host, port = sock.getsockname()[:2]
         atomic_write_json(data / "listen.json", {"host": host, "port": port})
-        server = _Server(
+        server = QuietServer(
             uvicorn.Config(
                 app,
                 loop="none",
@@ -302,11 +283,7 @@ async def serve(
             stopping.set()
             server.should_exit = True
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, request_stop, sig.name)
-        stack.callback(loop.remove_signal_handler, signal.SIGINT)
-        stack.callback(loop.remove_signal_handler, signal.SIGTERM)
+        on_stop_signals(stack, request_stop)
 
         async def http() -> None:
             try:

@@ -16,7 +16,7 @@ import ctypes
 import multiprocessing
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -37,6 +37,7 @@ from zeitwork.operator.node_watch import NodeWatch
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.reschedule import Rescheduler
 from zeitwork.operator.settings import OperatorSettings
+from zeitwork.webapi.serving import QuietServer, listen_tcp, on_stop_signals
 
 log = structlog.get_logger("zeitwork.operator")
 
@@ -81,32 +82,11 @@ async def prepare_schema(settings: OperatorSettings, url: str) -> None:
         )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the operator drains itself)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _listen(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP so the event loop recognises accepted sockets as TCP and keeps
-    # TCP_NODELAY on them (set here too; Linux copies it to accepted sockets): without it
-    # small answers can wait ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if reuseport:  # several worker processes share the port; the kernel spreads connections
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
+        return listen_tcp(host, port, reuseport=reuseport, backlog=2048)
     except OSError as exc:
-        sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +137,7 @@ async def serve(
             reuseport=settings.workers > 1,
         )
         stack.callback(sock.close)
-        server = _Server(
+        server = QuietServer(
             uvicorn.Config(
                 app,
                 loop="none",
@@ -179,11 +159,7 @@ async def serve(
             stopping.set()
             server.should_exit = True
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, request_stop, sig.name)
-        stack.callback(loop.remove_signal_handler, signal.SIGINT)
-        stack.callback(loop.remove_signal_handler, signal.SIGTERM)
+        on_stop_signals(stack, request_stop)
 
         async def http() -> None:
             try:
