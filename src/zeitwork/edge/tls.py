@@ -5,8 +5,13 @@
 - ``install`` builds a fresh context for a host and swaps it into the table: connections
   already open keep the context they shook hands with, new handshakes get the new one, so
   a certificate change needs no restart and drops nothing.
-- TLS-ALPN-01 (RFC 8737): while a challenge for a host is pending, handshakes for that host
-  that name the host get the challenge context (ALPN ``acme-tls/1`` only).
+- TLS-ALPN-01 (RFC 8737): while a challenge for a host is pending, a handshake for that host
+  whose ClientHello offers ALPN ``acme-tls/1`` (the CA's validation) gets the challenge
+  context; every other client of the host keeps getting the host's real certificate. Python's
+  SNI callback does not see the client's ALPN list, so while (and only while) a challenge is
+  pending the server context also gets a message callback that reads the ClientHello, which
+  OpenSSL hands over before it calls the SNI callback. With no challenge pending the handshake
+  path carries no extra callback.
 """
 
 from __future__ import annotations
@@ -21,7 +26,47 @@ from zeitwork.edge.certificates.x509 import CertificateError, CertInfo, inspect
 
 ALPN_HTTP1 = "http/1.1"
 ALPN_ACME = "acme-tls/1"
+_ALPN_ACME_B = ALPN_ACME.encode()
+_HANDSHAKE = 22  # TLS content type
+_CLIENT_HELLO = 1  # handshake message type
+_EXT_ALPN = 16
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
+
+
+def offered_alpn(message: bytes) -> list[bytes] | None:
+    """The ALPN protocol names offered by a ClientHello handshake message (with its 4-byte
+    handshake header); None when it has no ALPN extension or is not a well-formed hello."""
+    try:
+        if len(message) < 4 or message[0] != _CLIENT_HELLO:
+            return None
+        end = min(len(message), 4 + int.from_bytes(message[1:4], "big"))
+        i = 4 + 2 + 32  # legacy version, random
+        i += 1 + message[i]  # session id
+        i += 2 + int.from_bytes(message[i : i + 2], "big")  # cipher suites
+        i += 1 + message[i]  # compression methods
+        if i + 2 > end:
+            return None
+        ext_end = min(end, i + 2 + int.from_bytes(message[i : i + 2], "big"))
+        i += 2
+        while i + 4 <= ext_end:
+            kind = int.from_bytes(message[i : i + 2], "big")
+            size = int.from_bytes(message[i + 2 : i + 4], "big")
+            i += 4
+            if i + size > ext_end:
+                return None
+            if kind == _EXT_ALPN:
+                body = message[i : i + size]
+                names: list[bytes] = []
+                j, stop = 2, min(len(body), 2 + int.from_bytes(body[:2], "big"))
+                while j < stop:
+                    n = body[j]
+                    names.append(bytes(body[j + 1 : j + 1 + n]))
+                    j += 1 + n
+                return names
+            i += size
+    except IndexError:
+        return None
+    return None
 
 
 def _base_context(alpn: list[str]) -> ssl.SSLContext:
@@ -62,6 +107,8 @@ class TlsTerminator:
         self._hosts: dict[str, ssl.SSLContext] = {}
         self._wildcards: dict[str, ssl.SSLContext] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
+        # ids of the SSL objects whose ClientHello offered acme-tls/1 (while challenges exist)
+        self._acme_offers: set[int] = set()
         self._default: ssl.SSLContext | None = None
         self._default_name: str | None = None
         self._expiry: dict[str, datetime] = {}
@@ -119,17 +166,43 @@ class TlsTerminator:
 
     def set_challenge(self, domain: str, cert_pem: str, key_pem: str) -> None:
         self._challenges[domain.lower()] = host_context(cert_pem, key_pem, alpn=[ALPN_ACME])
+        # ssl's message hook (private by name, present since Python 3.8, used by CPython's own
+        # tests; tests/unit/edge/test_tls.py fails if it goes): the one way to read the
+        # client's ALPN offer before the SNI callback picks a context
+        self.server_context._msg_callback = self._on_message  # type: ignore[attr-defined]
 
     def clear_challenge(self, domain: str) -> None:
         self._challenges.pop(domain.lower(), None)
+        if not self._challenges:
+            self.server_context._msg_callback = None  # type: ignore[attr-defined]
+            self._acme_offers.clear()
+
+    def _on_message(  # noqa: PLR0917 - the signature is ssl's message callback
+        self,
+        conn: object,
+        direction: str,
+        version: object,
+        content_type: int,
+        msg_type: int,
+        data: bytes,
+    ) -> None:
+        if direction != "read" or content_type != _HANDSHAKE or msg_type != _CLIENT_HELLO:
+            return
+        offers = offered_alpn(data)
+        if offers is not None and _ALPN_ACME_B in offers:
+            self._acme_offers.add(id(conn))
+        else:
+            self._acme_offers.discard(id(conn))  # an id reused by a later connection
 
     # -- handshake --------------------------------------------------------------------
 
-    def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
+    def context_for(self, server_name: str | None, *, acme: bool = False) -> ssl.SSLContext | None:
+        """The context for a handshake naming ``server_name``; ``acme``: the client offered
+        ALPN acme-tls/1 (a TLS-ALPN-01 validation), which alone gets a challenge context."""
         if server_name is None:
             return self._default
         name = server_name.lower().rstrip(".")
-        ctx = self._challenges.get(name) or self._hosts.get(name)
+        ctx = (self._challenges.get(name) if acme else None) or self._hosts.get(name)
         if ctx is not None:
             return ctx
         _, _, parent = name.partition(".")
@@ -138,7 +211,12 @@ class TlsTerminator:
     def _pick(
         self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> int | None:
-        ctx = self.context_for(server_name)
+        acme = False
+        if self._challenges:
+            key = id(sslobj)
+            acme = key in self._acme_offers
+            self._acme_offers.discard(key)
+        ctx = self.context_for(server_name, acme=acme)
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         if ctx is not self._default:
