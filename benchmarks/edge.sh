@@ -4,8 +4,16 @@
 # (mypyc-compiled proxy core, built here by the package's own build) and "edge-py" (the
 # pure-Python checkout); NO_COMPILED=1 skips the compiled one.
 #   - keep-alive HTTPS: wrk, 64 connections, 1 thread, req/s, p50, p99
-#   - new TLS 1.3 connections per second (Connection: close, one request each): ECDSA, RSA
+#   - new TLS 1.3 connections per second (wrk, Connection: close, one request each), ECDSA
+#     and RSA certificates, two ways: "full" handshakes (wrk made to forget its session by
+#     benchmarks/edge/tls_sessions.c, preloaded) and "resumed" (wrk's own behaviour: it keeps
+#     the session, so each connection resumes with a TLS 1.3 ticket). The preloaded library
+#     also counts full and resumed handshakes, printed per run as a check. A minimal uvloop
+#     TLS proxy (benchmarks/edge/minimal_tls_proxy.py) runs beside them as a reference for
+#     what Python's TLS layer costs by itself.
 #   - the rate limiter's cost per decision with a million distinct keys
+# Every figure is given as throughput and per CPU-second of the server (user + system time
+# from /proc): the machine has 2 cores, so wrk and the server each have about one.
 # Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +23,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
 NO_COMPILED=${NO_COMPILED:-}
-for tool in wrk haproxy nginx; do
+for tool in wrk haproxy nginx gcc; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
 
@@ -36,7 +44,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN <<<"$(free_ports 8)"
+read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT <<<"$(free_ports 9)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -62,6 +70,10 @@ for kind in ("ec", "rsa"):
     (work / f"{kind}.key").write_text(key)
     (work / f"{kind}.pem").write_text(chain + key)  # HAProxy wants both in one file
 EOF
+
+# --- wrk's TLS session switch and handshake counter ------------------------------------------
+gcc -O2 -shared -fPIC -o "$WORK/tls_sessions.so" benchmarks/edge/tls_sessions.c -ldl ||
+  { echo "edge.sh: building benchmarks/edge/tls_sessions.c needs gcc and libssl-dev" >&2; exit 2; }
 
 # --- upstream: nginx serving 1 KiB ----------------------------------------------------------
 mkdir -p "$WORK/www" "$WORK/nginx"
@@ -161,17 +173,26 @@ wrk_run() { # label port pid -> prints a line; echoes "req/s req-per-cpu-second"
   echo "$rps $per_cpu"
 }
 
-handshakes() { # port pid -> "connections/s connections-per-server-CPU-second"
-  # wrk with "Connection: close": every request is a new TCP connection and a full TLS 1.3
-  # handshake (no session resumption), HTTP/1.1 so both proxies keep their upstream pooled.
-  local out before after
+handshakes() { # port pid full|resumed -> "connections/s connections-per-server-CPU-second resumed%"
+  # wrk with "Connection: close": every request is a new TCP connection and TLS handshake,
+  # HTTP/1.1 so every proxy keeps its upstream pooled.
+  local out before after resume=1
+  [ "$3" = full ] && resume=0
   before=$(cpu_seconds "$2")
-  out=$(wrk -t1 -c16 -d"${HANDSHAKE_SECONDS}s" -H "Connection: close" -H "Host: bench.test" "https://127.0.0.1:$1/")
+  out=$(ZEITWORK_TLS_RESUME=$resume LD_PRELOAD="$WORK/tls_sessions.so" \
+    wrk -t1 -c16 -d"${HANDSHAKE_SECONDS}s" -H "Connection: close" -H "Host: bench.test" \
+    "https://127.0.0.1:$1/" 2>"$WORK/wrk-tls.err")
   after=$(cpu_seconds "$2")
-  local total rps
+  local total rps counts
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-  "$PY" -c "import sys; n,a,b=map(float,sys.argv[2:]); print(sys.argv[1], f'{n/max(b-a,1e-9):.0f}')" "$rps" "$total" "$before" "$after"
+  counts=$(grep -o 'full=[0-9]* resumed=[0-9]*' "$WORK/wrk-tls.err" | tail -1)
+  "$PY" -c "
+import sys
+rps, n, a, b, counts = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+full, resumed = (int(kv.split('=')[1]) for kv in counts.split())
+print(rps, f'{n / max(b - a, 1e-9):.0f}', f'{100 * resumed / max(full + resumed, 1):.0f}')
+" "$rps" "$total" "$before" "$after" "$counts"
 }
 
 ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
@@ -207,20 +228,50 @@ for v in "${VARIANTS[@]}"; do
   echo "keep-alive best of 3: $(label "$v") $r req/s, haproxy $ha_rps req/s, ratio $(ratio "$r" "$ha_rps"); per CPU-second $c vs $ha_cpu, ratio $(ratio "$c" "$ha_cpu")"
 done
 
-echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each) =="
+echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="
+echo "   full = wrk forgets its session (a full handshake each); resumed = wrk's default (tickets)"
+start_minimal() { # kind
+  "$PY" benchmarks/edge/minimal_tls_proxy.py "$MIN_PORT" "$WORK/$1.crt" "$WORK/$1.key" "$UP_PORT" \
+    >"$WORK/minimal-$1.log" 2>&1 &
+  MIN_PID=$!
+  PIDS+=("$MIN_PID")
+  wait_port "$MIN_PORT"
+}
 for kind in ec rsa; do
   if [ "$kind" = rsa ]; then
     for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
     stop_pid "$HA_PID"
+    stop_pid "$MIN_PID"
     for v in "${VARIANTS[@]}"; do start_edge rsa "$v"; done
     start_haproxy rsa
   fi
-  for round in 1 2; do
-    read -r h hc <<<"$(handshakes "$HA_PORT" "$HA_PID")"
-    line="$kind round $round: haproxy=$h/s ($hc per CPU-s)"
-    for v in "${VARIANTS[@]}"; do
-      read -r e ec <<<"$(handshakes "$(port_of "$v")" "$(pid_of "$v")")"
-      line+=" | $(label "$v")=$e/s ($ec per CPU-s) ratio=$(ratio "$e" "$h") per-CPU=$(ratio "$ec" "$hc")"
+  start_minimal "$kind"
+  for mode in full resumed; do
+    declare -A h_rps=() h_cpu=() h_reused=()
+    for round in 1 2; do
+      for who in ha "${VARIANTS[@]}" min; do
+        case $who in
+          ha) port=$HA_PORT pid=$HA_PID ;;
+          min) port=$MIN_PORT pid=$MIN_PID ;;
+          *) port=$(port_of "$who") pid=$(pid_of "$who") ;;
+        esac
+        read -r r c u <<<"$(handshakes "$port" "$pid" "$mode")"
+        h_rps[$who]+="$r "; h_cpu[$who]+="$c "; h_reused[$who]="$u"
+      done
+    done
+    # shellcheck disable=SC2086
+    ha_r=$(best ${h_rps[ha]})
+    # shellcheck disable=SC2086
+    ha_c=$(best ${h_cpu[ha]})
+    line="$kind $mode: haproxy $ha_r/s ($ha_c per CPU-s, ${h_reused[ha]}% resumed)"
+    for who in "${VARIANTS[@]}" min; do
+      name=minimal-uvloop
+      [ "$who" != min ] && name=$(label "$who")
+      # shellcheck disable=SC2086
+      r=$(best ${h_rps[$who]})
+      # shellcheck disable=SC2086
+      c=$(best ${h_cpu[$who]})
+      line+=" | $name $r/s ratio $(ratio "$r" "$ha_r"), per CPU-s $c ratio $(ratio "$c" "$ha_c") (${h_reused[$who]}% resumed)"
     done
     echo "$line"
   done

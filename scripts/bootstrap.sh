@@ -10,6 +10,7 @@ APT_PACKAGES=(
   iproute2 nftables e2fsprogs           # node networking, ext4 rootfs (mkfs.ext4 -d, debugfs)
   pebble                                # a real ACME server for the edge tests
   haproxy nginx-light wrk caddy         # benchmark peers and load generator
+  gcc libssl-dev                        # benchmarks/edge/tls_sessions.c (preloaded into wrk)
   systemd                               # systemd-analyze verify for the unit files
   linux-libc-dev                        # syscall numbers (asm/unistd_64.h) for the units' seccomp test
   curl ca-certificates procps

@@ -1,0 +1,76 @@
+"""A reference point for benchmarks/edge.sh, not a product: the least a uvloop TLS proxy can
+do per connection. It terminates TLS with Python's ssl (the edge's TLS stack), waits for one
+request head, sends a fixed GET over a pooled keep-alive upstream connection, relays the
+upstream's answer (assumed to arrive in one read, true for the benchmark's 1 KiB) and closes.
+No parsing, headers, limits, timeouts or policy. Measured beside the edge it shows how much of
+the gap to HAProxy is Python's TLS layer and event loop, and how much is the edge's own work.
+
+usage: minimal_tls_proxy.py PORT CERT KEY UPSTREAM_PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+
+import uvloop
+
+PORT, CERT, KEY, UPSTREAM = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n"
+idle: list[Upstream] = []
+
+
+class Upstream(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.client: Client | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client, self.client = self.client, None
+        idle.append(self)
+        if client is not None and client.transport is not None:
+            client.transport.write(data)
+            client.transport.close()
+
+
+class Client(asyncio.Protocol):
+    transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            if idle:
+                self.forward(idle.pop())
+            else:
+                asyncio.get_running_loop().create_task(self.connect())
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, upstream = await loop.create_connection(Upstream, "127.0.0.1", UPSTREAM)
+        self.forward(upstream)
+
+    def forward(self, upstream: Upstream) -> None:
+        upstream.client = self
+        assert upstream.transport is not None
+        upstream.transport.write(REQUEST)
+
+
+async def main() -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(CERT, KEY)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Client, "127.0.0.1", PORT, ssl=ctx, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+uvloop.run(main())
