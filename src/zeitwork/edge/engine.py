@@ -40,18 +40,25 @@ class SinglePool:
 
 
 class ConnectionCaps:
-    """``ConnectionLimiter``: at most ``per_ip`` connections per address, ``total`` in all."""
+    """``ConnectionLimiter``: at most ``per_ip`` connections per address, ``total`` in all.
 
-    def __init__(self, *, per_ip: int, total: int) -> None:
+    Addresses in ``exempt`` (the trusted proxies: a load balancer in front multiplexes many
+    clients over its own address) count toward the total only."""
+
+    def __init__(self, *, per_ip: int, total: int, exempt: TrustedProxies | None = None) -> None:
         self._per_ip = per_ip
         self._total = total
+        self._exempt = exempt
         self._counts: dict[str, int] = {}
         self.open = 0
         self.refused = 0
 
     def acquire(self, peer_ip: str) -> bool:
         count = self._counts.get(peer_ip, 0)
-        if count >= self._per_ip or self.open >= self._total:
+        per_ip = self._per_ip
+        if count >= per_ip and self._exempt is not None and self._exempt.trusts(peer_ip):
+            per_ip = count + 1
+        if count >= per_ip or self.open >= self._total:
             self.refused += 1
             return False
         self._counts[peer_ip] = count + 1
@@ -170,6 +177,14 @@ class EdgeProxy(Proxy):
         )
         self.handshakes = handshakes
         self.proxy_protocol = proxy_protocol
+
+    def proxied_tls_client(self, source: str) -> ClientProtocol:
+        """The client protocol for a connection ``ProxiedTlsListener`` upgraded to TLS (it
+        counted the handshake as started): ``source`` is the client named by a PROXY
+        header ("" = the socket peer)."""
+        client = _TlsCountingProtocol(self, tls=True)
+        client.forced_peer = source
+        return client
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
         if not tls:

@@ -37,6 +37,7 @@ from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
 from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
+from zeitwork.edge.proxied_tls import ProxiedTlsListener
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
@@ -237,9 +238,11 @@ class Edge:
         )
         backend = Backend(_lb_address(s.load_balancer_url))
         pool = Pool("load-balancer", backends=[backend])
-        caps = ConnectionCaps(per_ip=s.max_connections_per_ip, total=s.max_connections)
-        self.caps = caps
         trusted = TrustedProxies(parse_networks(s.trusted_proxies))
+        caps = ConnectionCaps(
+            per_ip=s.max_connections_per_ip, total=s.max_connections, exempt=trusted
+        )
+        self.caps = caps
         config = ProxyConfig(
             connect_timeout=s.connect_timeout,
             header_timeout=s.header_timeout,
@@ -309,11 +312,22 @@ class Edge:
             await self.manager.sync_once()  # serve the platform's domains from the first request
 
         await self.proxy.serve(plain_sock)
-        await self.proxy.serve(
-            tls_sock,
-            ssl_context=self.tls.server_context,
-            ssl_handshake_timeout=s.handshake_timeout,
-        )
+        if s.proxy_protocol:
+            proxied = ProxiedTlsListener(
+                proxy=self.proxy,
+                ssl_context=self.tls.server_context,
+                handshake_timeout=s.handshake_timeout,
+                header_timeout=s.header_timeout,
+            )
+            self.proxy.servers.append(
+                await loop.create_server(proxied.protocol_factory(), sock=tls_sock, backlog=1024)
+            )
+        else:
+            await self.proxy.serve(
+                tls_sock,
+                ssl_context=self.tls.server_context,
+                ssl_handshake_timeout=s.handshake_timeout,
+            )
         self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
         if self.index == 0:
             self._admin = await asyncio.start_server(self._admin_client, s.admin_host, s.admin_port)

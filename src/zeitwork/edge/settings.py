@@ -156,7 +156,7 @@ class EdgeSettings(ServiceSettings):
     proxy_protocol: bool = Field(
         default=False,
         validation_alias="EDGE_PROXY_PROTOCOL",
-        description="expect a PROXY v1/v2 header on plain-HTTP connections from trusted proxies",
+        description="expect a PROXY v1/v2 header from trusted proxies (plain HTTP, and before TLS)",
     )
     header_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HEADER_TIMEOUT")
     handshake_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HANDSHAKE_TIMEOUT")

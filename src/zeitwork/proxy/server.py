@@ -201,6 +201,9 @@ class ClientProtocol:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
+        # set before connection_made when the client's address came from elsewhere (a PROXY
+        # protocol header read before the TLS handshake): used instead of the socket peer
+        self.forced_peer = ""
         self.trusted_peer = False
         self.sni: str | None = None
         self.ex: Exchange | None = None
@@ -226,8 +229,11 @@ class ClientProtocol:
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if self.forced_peer:
+            self.peer_ip = self.forced_peer
+        else:
+            peer = transport.get_extra_info("peername")
+            self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         if self.peer_ip.startswith("::ffff:"):
             self.peer_ip = self.peer_ip[7:]
         proxy = self.proxy

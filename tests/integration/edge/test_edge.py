@@ -366,3 +366,127 @@ async def test_bad_input_over_tls_is_refused(make_edge: EdgeFactory, tmp_path: P
     conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
     assert (await conn.request("/after")).status == 200
     await conn.close()
+
+
+def _tls_over(
+    port: int, prefix: bytes, ctx: ssl.SSLContext, sni: str, request: bytes, *, split: bool
+) -> bytes:
+    """One HTTPS request on a raw socket that first sends ``prefix`` (a PROXY header): in the
+    same segment as the ClientHello, or (``split``) in two pieces ahead of it."""
+    import socket
+    import time
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(inc, out, server_hostname=sni)
+        if split:
+            sock.sendall(prefix[:7])
+            time.sleep(0.05)
+            sock.sendall(prefix[7:])
+            time.sleep(0.05)
+            prefix = b""
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(prefix + out.read())
+                prefix = b""
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed during the handshake") from None
+                inc.write(chunk)
+        tls.write(request)
+        sock.sendall(out.read())
+        response = b""
+        while True:
+            try:
+                piece = tls.read(65536)
+                if not piece:  # close_notify
+                    return response
+                response += piece
+            except ssl.SSLWantReadError:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return response
+                inc.write(chunk)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return response
+    finally:
+        sock.close()
+
+
+async def test_proxy_protocol_before_tls_from_trusted_proxy(
+    make_edge: EdgeFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    edge = await make_edge(
+        EDGE_DOMAINS="a.test",
+        EDGE_PROXY_PROTOCOL="true",
+        EDGE_TRUSTED_PROXIES="127.0.0.1/32",
+        EDGE_MAX_CONNECTIONS_PER_IP=1,
+    )
+    port = edge.ports["https"]
+    ctx = client_context(_ca(tmp_path / "data"))
+    request = b"GET /tls-pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    v2 = PROXY_V2_SIGNATURE + bytes(
+        [0x21, 0x11, 0, 12, 192, 0, 2, 20, 198, 51, 100, 1, 1, 0, 1, 187]
+    )
+    cases = [
+        (b"PROXY TCP4 192.0.2.11 198.51.100.1 40000 443\r\n", False, b"192.0.2.11"),
+        (b"PROXY TCP4 192.0.2.12 198.51.100.1 40000 443\r\n", True, b"192.0.2.12"),
+        (v2, False, b"192.0.2.20"),
+        (v2, True, b"192.0.2.20"),
+    ]
+    for header, split, client in cases:
+        response = await asyncio.to_thread(
+            _tls_over, port, header, ctx, "a.test", request, split=split
+        )
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        seen = upstream.seen[-1]
+        assert seen[b"x-forwarded-for"] == client
+        assert seen[b"x-forwarded-proto"] == b"https"
+    # the per-address cap (1 here) counts the clients named in the headers: two at once pass
+    results = await asyncio.gather(
+        *(
+            asyncio.to_thread(_tls_over, port, header, ctx, "a.test", request, split=True)
+            for header, _, _ in cases[:2]
+        )
+    )
+    assert all(r.startswith(b"HTTP/1.1 200") for r in results)
+    # from the trusted proxy a header is required: a bare ClientHello is refused
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+        await asyncio.to_thread(_tls_over, port, b"", ctx, "a.test", request, split=False)
+    # a malformed header closes the connection before any TLS
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+        await asyncio.to_thread(
+            _tls_over, port, b"PROXY TCP4 nope 1.2.3.4 1 2\r\n", ctx, "a.test", request, split=False
+        )
+    status, metrics = await admin_get(edge, "/metrics")
+    assert status == 200 and b"zeitwork_edge_tls_handshakes_total" in metrics
+
+
+async def test_proxy_protocol_listener_takes_no_header_from_untrusted_peers(
+    make_edge: EdgeFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    edge = await make_edge(
+        EDGE_DOMAINS="a.test", EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES="192.0.2.0/24"
+    )
+    ctx = client_context(_ca(tmp_path / "data"))
+    request = b"GET /direct HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    response = await asyncio.to_thread(
+        _tls_over, edge.ports["https"], b"", ctx, "a.test", request, split=False
+    )
+    assert response.startswith(b"HTTP/1.1 200")
+    assert upstream.seen[-1][b"x-forwarded-for"] == b"127.0.0.1"
+    # a PROXY header from an untrusted peer is not read: it breaks the TLS handshake instead
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+        await asyncio.to_thread(
+            _tls_over,
+            edge.ports["https"],
+            b"PROXY TCP4 203.0.113.5 198.51.100.1 1 2\r\n",
+            ctx,
+            "a.test",
+            request,
+            split=False,
+        )

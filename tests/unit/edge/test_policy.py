@@ -170,6 +170,16 @@ def test_connection_caps() -> None:
     assert caps.refused == 2
 
 
+def test_connection_caps_exempt_trusted_proxies_from_the_per_address_cap() -> None:
+    from zeitwork.proxy.headers import TrustedProxies, parse_networks
+
+    caps = ConnectionCaps(per_ip=1, total=4, exempt=TrustedProxies(parse_networks("10.0.0.0/8")))
+    assert all(caps.acquire("10.1.2.3") for _ in range(3))  # the load balancer in front
+    assert caps.acquire("192.0.2.1") and not caps.acquire("192.0.2.1")  # a direct client: 1
+    assert not caps.acquire("10.1.2.3")  # but the total still holds
+    assert caps.refused == 2
+
+
 def test_per_domain_policies_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "EDGE_DOMAIN_POLICIES",
