@@ -21,6 +21,7 @@ _PER_CHILD = (
     "OPERATOR_TOKEN",
     "ZEITWORK_JOIN_TOKEN",
     "ZEITWORK_LB_TOKEN",
+    "ZEITWORK_PROXY_TOKEN",
     "LOAD_BALANCER_URL",
     "LB_BACKENDS",
 )
@@ -151,7 +152,7 @@ def lb_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> 
         "PORT": str(config.ports.lb),
         "HOST": config.host,
         "OPERATOR_URL": config.operator_url,
-        "ZEITWORK_LB_TOKEN": proxy_token,
+        "ZEITWORK_PROXY_TOKEN": proxy_token,
         "LB_ADMIN_HOST": "127.0.0.1",
         "LB_ADMIN_PORT": str(config.ports.lb_admin),
     }
@@ -175,7 +176,7 @@ def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -
         "EDGE_ADMIN_PORT": str(config.ports.edge_admin),
         "LOAD_BALANCER_URL": config.url(config.ports.lb),
         "OPERATOR_URL": config.operator_url,
-        "OPERATOR_TOKEN": proxy_token,
+        "ZEITWORK_PROXY_TOKEN": proxy_token,
     }
     env.setdefault("EDGE_TLS_MODE", "internal")
     # plain HTTP serves the apps in development (HTTPS is there too, with the internal CA)

@@ -216,8 +216,10 @@ class Edge:
         if self.store is not None:
             return self.store
         s = self.settings
-        if s.operator_url:
-            self._operator = CertificateClient(base_url=s.operator_url, token=s.operator_token)
+        if s.operator_url and s.operator_token is not None:
+            self._operator = CertificateClient(
+                base_url=s.operator_url, token=s.operator_token.get_secret_value()
+            )
             return self._operator
         return LocalStore(directory=s.data_dir / "edge" / "certificates")
 
@@ -341,8 +343,10 @@ class Edge:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
         if self.stats_dir is not None and self.index != 0:
             self._tasks.append(asyncio.create_task(self._publish_stats(), name="edge.stats"))
-        if s.operator_url and s.operator_token:
-            self._routes_client = RoutesClient(base_url=s.operator_url, token=s.operator_token)
+        if s.operator_url and s.operator_token is not None:
+            self._routes_client = RoutesClient(
+                base_url=s.operator_url, token=s.operator_token.get_secret_value()
+            )
             self.route_watch = RouteWatch(
                 source=self._routes_client,
                 policy=self.policy,

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -91,7 +93,11 @@ class EdgeSettings(ServiceSettings):
         default="http://127.0.0.1:8082", validation_alias="LOAD_BALANCER_URL"
     )
     operator_url: str | None = Field(default=None, validation_alias="OPERATOR_URL")
-    operator_token: str | None = Field(default=None, validation_alias="OPERATOR_TOKEN")
+    operator_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ZEITWORK_PROXY_TOKEN", "OPERATOR_TOKEN"),
+        description="a proxy-scoped token (OPERATOR_TOKEN: the former name, still read)",
+    )
 
     tls_mode: TlsMode | None = Field(default=None, validation_alias="EDGE_TLS_MODE")
     ssl_cert_path: Path | None = Field(default=None, validation_alias="SSL_CERT_PATH")
@@ -211,6 +217,8 @@ class EdgeSettings(ServiceSettings):
             raise ValueError("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
         if self.effective_tls_mode == "static" and self.ssl_cert_path is None:
             raise ValueError("EDGE_TLS_MODE=static needs SSL_CERT_PATH and SSL_KEY_PATH")
+        if self.operator_url and self.operator_token is None:
+            raise ValueError("ZEITWORK_PROXY_TOKEN is required when OPERATOR_URL is set")
         return self
 
     @property

@@ -142,7 +142,9 @@ class LoadBalancer:
         self.client: RoutesClient | None = None
         self.sync: RouteSync | None = None
         if settings.operator_url and settings.token:
-            self.client = RoutesClient(base_url=settings.operator_url, token=settings.token)
+            self.client = RoutesClient(
+                base_url=settings.operator_url, token=settings.token.get_secret_value()
+            )
             self.sync = RouteSync(
                 source=self.client,
                 router=self.router,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from zeitwork.proxy.backends import parse_address
 from zeitwork.proxy.balancing import AlgorithmName
@@ -16,7 +16,11 @@ from zeitwork.settings import ServiceSettings
 class LBSettings(ServiceSettings):
     port: int = Field(default=8082, ge=0, le=65535, validation_alias="PORT")
     operator_url: str | None = Field(default=None, validation_alias="OPERATOR_URL")
-    token: str | None = Field(default=None, validation_alias="ZEITWORK_LB_TOKEN")
+    token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ZEITWORK_PROXY_TOKEN", "ZEITWORK_LB_TOKEN"),
+        description="a proxy-scoped token (ZEITWORK_LB_TOKEN: the former name, still read)",
+    )
     algorithm: AlgorithmName = Field(default="round-robin", validation_alias="LB_ALGORITHM")
     backends: str = Field(
         default="", validation_alias="LB_BACKENDS", description="static default pool host:port,..."
@@ -73,7 +77,7 @@ class LBSettings(ServiceSettings):
     @model_validator(mode="after")
     def _check_operator(self) -> LBSettings:
         if self.operator_url and not self.token:
-            raise ValueError("ZEITWORK_LB_TOKEN is required when OPERATOR_URL is set")
+            raise ValueError("ZEITWORK_PROXY_TOKEN is required when OPERATOR_URL is set")
         return self
 
     @property

@@ -78,13 +78,13 @@ def test_each_service_gets_its_own_port_url_and_token() -> None:
     assert agent.ready_url == "http://127.0.0.1:1081/health"
 
     lb = lb_spec(CONFIG, base, proxy_token="zw_proxy")
-    assert lb.env["ZEITWORK_LB_TOKEN"] == "zw_proxy"
+    assert lb.env["ZEITWORK_PROXY_TOKEN"] == "zw_proxy"
     assert (lb.env["PORT"], lb.env["LB_ADMIN_PORT"]) == ("1082", "2082")
     assert "LB_BACKENDS" not in lb.env
     assert lb.ready_url == "http://127.0.0.1:2082/health"
 
     edge = edge_spec(CONFIG, base, proxy_token="zw_proxy")
-    assert edge.env["OPERATOR_TOKEN"] == "zw_proxy"
+    assert edge.env["ZEITWORK_PROXY_TOKEN"] == "zw_proxy"
     assert edge.env["LOAD_BALANCER_URL"] == "http://127.0.0.1:1082"
     assert (edge.env["PORT"], edge.env["EDGE_HTTPS_PORT"]) == ("1083", "1443")
     assert edge.env["EDGE_TLS_MODE"] == "internal"

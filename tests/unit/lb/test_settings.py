@@ -26,13 +26,14 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
         ({"LB_TRUSTED_PROXIES": "nope"}, "LB_TRUSTED_PROXIES"),
         ({"LB_HEALTH_PATH": "health"}, "LB_HEALTH_PATH"),
         ({"LB_WORKERS": "0"}, "LB_WORKERS"),
-        ({"OPERATOR_URL": "http://op:8080"}, "ZEITWORK_LB_TOKEN"),
+        ({"OPERATOR_URL": "http://op:8080"}, "ZEITWORK_PROXY_TOKEN"),
     ],
 )
 def test_bad_values_are_one_line_errors(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fragment: str
 ) -> None:
     monkeypatch.delenv("ZEITWORK_LB_TOKEN", raising=False)
+    monkeypatch.delenv("ZEITWORK_PROXY_TOKEN", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError) as info:
