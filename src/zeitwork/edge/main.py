@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
-from zeitwork.edge.certificates.challenges import Challenges
+from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.manager import CertificateManager, account_bridge
 from zeitwork.edge.certificates.static import StaticFiles
@@ -343,6 +343,10 @@ class Edge:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
         if self.stats_dir is not None and self.index != 0:
             self._tasks.append(asyncio.create_task(self._publish_stats(), name="edge.stats"))
+        if s.worker_count > 1 and self.index != 0:
+            self._tasks.append(
+                asyncio.create_task(self._sync_challenges(), name="edge.tls-alpn-sync")
+            )
         if s.operator_url and s.operator_token is not None:
             self._routes_client = RoutesClient(
                 base_url=s.operator_url, token=s.operator_token.get_secret_value()
@@ -375,6 +379,11 @@ class Edge:
         self._static_names = names
         self._static.accept(stamp)
         log.info("certificate.static_loaded", names=names)
+
+    async def _sync_challenges(self) -> None:
+        while True:
+            self.challenges.sync_tls_alpn()
+            await asyncio.sleep(SYNC_INTERVAL)
 
     async def _watch_static(self) -> None:
         while True:

@@ -187,3 +187,32 @@ def test_reinstalling_the_default_host_updates_the_default() -> None:
     tls.install("a.test", *_pair("a.test"))  # renewal of the default host
     assert tls.context_for(None) is tls.context_for("a.test")
     assert tls.context_for("b.test") is not tls.context_for(None)
+
+
+def test_tls_alpn_challenge_reaches_the_other_workers(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from zeitwork.edge.certificates.acme import tls_alpn_certificate
+    from zeitwork.edge.certificates.challenges import Challenges
+
+    shared = Path(str(tmp_path)) / "challenges"
+    first, other = TlsTerminator(), TlsTerminator()
+    for tls in (first, other):
+        tls.install("a.test", *_pair("a.test"))
+    publisher = Challenges(tls=first, directory=shared, propagation=0)
+    follower = Challenges(tls=other, directory=shared)
+    publisher.publish_tls_alpn("a.test", *tls_alpn_certificate("a.test", "token.thumbprint"))
+    files = list((shared / "tls-alpn").iterdir())
+    assert [f.name for f in files] == ["a.test.json"]
+    assert files[0].stat().st_mode & 0o777 == 0o600  # it holds a private key
+    assert _handshake(other.server_context, "a.test", ["acme-tls/1"])[0] == "a.test"  # not yet
+    follower.sync_tls_alpn()
+    label, alpn = _handshake(other.server_context, "a.test", ["acme-tls/1"])
+    assert label.endswith("+acme") and alpn == "acme-tls/1"
+    assert _handshake(other.server_context, "a.test", ["http/1.1"])[0] == "a.test"
+    publisher.withdraw_tls_alpn("a.test")
+    follower.sync_tls_alpn()
+    assert _handshake(other.server_context, "a.test", ["acme-tls/1"])[0] == "a.test"
+    # names that are not host names never become paths
+    publisher.publish_tls_alpn("../x", *tls_alpn_certificate("x.test", "t.t"))
+    assert list((shared / "tls-alpn").iterdir()) == []
