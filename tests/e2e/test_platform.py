@@ -324,6 +324,24 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
 
         await _until(served_tls, within=20, what="HTTPS with SNI", platform=p)
 
+        # a per-domain rate limit set on the operator reaches the edge through the route table
+        [bound] = [d for d in (await api.get("/api/v1/domains")).json() if d["name"] == domain]
+        limit_url = f"/api/v1/domains/{bound['id']}/rate-limit"
+        r = await api.put(limit_url, json={"rate_limit_rps": 0.2, "rate_limit_burst": 2})
+        assert r.status_code == 200, r.text
+
+        async def limited() -> bool:
+            answer = await web.get(p.url("http") + "/", headers={"Host": domain})
+            if answer.status_code != 429:
+                return False
+            assert "q=2" in answer.headers["ratelimit-policy"], answer.headers
+            return True
+
+        await _until(limited, within=20, what="the domain's rate limit at the edge", platform=p)
+        r = await api.put(limit_url, json={"rate_limit_rps": None})
+        assert r.status_code == 200, r.text
+        await _until(lambda: served(p.url("http")), within=20, what="the limit lifted", platform=p)
+
         listing = await _cli(cli_env, "instances", "ls")
         (row,) = [line for line in listing.splitlines() if line.startswith(instance_id)]
         assert " running " in row and ":8080" in row

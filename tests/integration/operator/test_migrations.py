@@ -93,6 +93,8 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "verified",
         "verification_token",
         "verified_at",
+        "rate_limit_rps",  # 0008
+        "rate_limit_burst",  # 0008
     },
     "environment_variables": {"project_id", "project_environment_id", "name", "value"},
     "api_tokens": {

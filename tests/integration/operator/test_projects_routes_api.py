@@ -232,3 +232,60 @@ async def test_concurrent_deployments_neither_deadlock_nor_over_commit(
             assert {i["node_id"] for i in r.json()["instances"]} == set(nodes)  # spread
     for node in nodes:
         assert await allocated(operator, node) == (4000, 2048)
+
+
+async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator) -> None:
+    _nodes = await ready_node(operator)
+    image = await ready_image(operator)
+    p = await project(operator)
+    dep = (await deploy(operator, p["id"], image, 1)).json()
+    h = operator.headers()
+    r = await operator.client.post(
+        "/api/v1/domains",
+        headers=h,
+        json={"name": "api.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
+    )
+    domain = r.json()
+    assert (domain["rate_limit_rps"], domain["rate_limit_burst"]) == (None, None)
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+
+    async def table() -> RouteTable:
+        got = await operator.client.get("/api/v1/routes", headers=proxy)
+        return RouteTable.model_validate(got.json())
+
+    before = await table()
+    url = f"/api/v1/domains/{domain['id']}/rate-limit"
+    r = await operator.client.put(url, headers=h, json={"rate_limit_rps": 5, "rate_limit_burst": 7})
+    assert r.status_code == 200, r.text
+    assert (r.json()["rate_limit_rps"], r.json()["rate_limit_burst"]) == (5, 7)
+    after = await table()
+    assert after.version > before.version
+    [route] = after.routes
+    assert (route.rate_limit_rps, route.rate_limit_burst) == (5, 7)
+    # the same values again do not move the table
+    await operator.client.put(url, headers=h, json={"rate_limit_rps": 5, "rate_limit_burst": 7})
+    assert (await table()).version == after.version
+    # bad input: a problem each, nothing changed
+    for bad in (
+        {"rate_limit_rps": 0},
+        {"rate_limit_rps": -1},
+        {"rate_limit_rps": None, "rate_limit_burst": 3},
+        {"rate_limit_rps": 5, "rate_limit_burst": 0},
+        {"rate_limit_rps": 5, "extra": 1},
+        {},
+    ):
+        assert_problem(await operator.client.put(url, headers=h, json=bad), 422)
+    assert_problem(
+        await operator.client.put(
+            f"/api/v1/domains/{uuid.uuid4()}/rate-limit", headers=h, json={"rate_limit_rps": 1}
+        ),
+        404,
+    )
+    assert_problem(await operator.client.put(url, headers=proxy, json={"rate_limit_rps": 1}), 403)
+    [route] = (await table()).routes
+    assert (route.rate_limit_rps, route.rate_limit_burst) == (5, 7)
+    # null goes back to the edge's global limit
+    r = await operator.client.put(url, headers=h, json={"rate_limit_rps": None})
+    assert r.status_code == 200
+    [route] = (await table()).routes
+    assert (route.rate_limit_rps, route.rate_limit_burst) == (None, None)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zeitwork.core.states import DeploymentState
 from zeitwork.operator.api.instances import InstanceOut, check_environment, spec_of
@@ -96,6 +96,23 @@ class DomainBind(BaseModel):
     deployment_id: uuid.UUID | None = Field(description="route the host here; null unbinds")
 
 
+class DomainRateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_rps: float | None = Field(
+        gt=0, le=1_000_000, description="requests per second per client at the edge; null: global"
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="burst; null: twice the rate (at least 1)"
+    )
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> DomainRateLimit:
+        if self.rate_limit_burst is not None and self.rate_limit_rps is None:
+            raise ValueError("rate_limit_burst needs rate_limit_rps")
+        return self
+
+
 class DomainOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -103,6 +120,8 @@ class DomainOut(BaseModel):
     deployment_id: uuid.UUID | None
     verified: bool
     verified_at: datetime | None
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -115,6 +134,8 @@ class DomainOut(BaseModel):
             deployment_id=d.deployment_id,
             verified=d.verified,
             verified_at=d.verified_at,
+            rate_limit_rps=d.rate_limit_rps,
+            rate_limit_burst=d.rate_limit_burst,
             created_at=d.created_at,
             updated_at=d.updated_at,
         )
@@ -243,6 +264,12 @@ def router(deps: Deps) -> APIRouter:
     @domains.put("/{domain_id}", dependencies=[Depends(admin)])
     async def bind_domain(domain_id: uuid.UUID, body: DomainBind) -> DomainOut:
         return DomainOut.of(await store.bind_domain(domain_id, body.deployment_id))
+
+    @domains.put("/{domain_id}/rate-limit", dependencies=[Depends(admin)])
+    async def set_domain_rate_limit(domain_id: uuid.UUID, body: DomainRateLimit) -> DomainOut:
+        return DomainOut.of(
+            await store.set_domain_rate_limit(domain_id, body.rate_limit_rps, body.rate_limit_burst)
+        )
 
     @domains.delete("/{domain_id}", status_code=204, dependencies=[Depends(admin)])
     async def delete_domain(domain_id: uuid.UUID) -> Response:

@@ -50,6 +50,8 @@ def route_table(rows: RouteRows) -> RouteTable:
                 host=d.host,
                 deployment_id=d.deployment_id,
                 backends=by_deployment.get(d.deployment_id, []),
+                rate_limit_rps=d.rate_limit_rps,
+                rate_limit_burst=d.rate_limit_burst,
             )
             for d in rows.domains
         ],

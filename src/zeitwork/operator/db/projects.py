@@ -41,6 +41,8 @@ class Domain:
     verified_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,10 @@ class Deployment:
 
 
 _P_COLUMNS = "id, name, slug, github_repo, default_branch, created_at, updated_at"
-_D_COLUMNS = "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at"
+_D_COLUMNS = (
+    "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at, "
+    "rate_limit_rps, rate_limit_burst"
+)
 _DEP_COLUMNS = (
     "id, project_id, image_id, state, state_changed_at, replicas, default_port, vcpu_millis, "
     "memory_mib, error, created_at, updated_at"
@@ -218,6 +223,29 @@ class ProjectStore:
                 (deployment_id, domain_id),
             )
             if current.deployment_id != deployment_id:
+                await changes.bump(c, changes.ROUTES)
+        assert row is not None
+        return Domain(**row)
+
+    async def set_domain_rate_limit(
+        self,
+        domain_id: uuid.UUID,
+        rps: float | None,
+        burst: int | None,
+        *,
+        conn: Conn | None = None,
+    ) -> Domain:
+        """The edge's per-client limit for this host (None: the edge's global one); it goes
+        out in the route table, whose version is bumped when it changes."""
+        async with self._db.transaction(conn) as c:
+            current = await self.get_domain(domain_id, conn=c)
+            row = await _one(
+                c,
+                "UPDATE domains SET rate_limit_rps = %s, rate_limit_burst = %s "
+                f"WHERE id = %s AND deleted_at IS NULL RETURNING {_D_COLUMNS}",
+                (rps, burst, domain_id),
+            )
+            if (current.rate_limit_rps, current.rate_limit_burst) != (rps, burst):
                 await changes.bump(c, changes.ROUTES)
         assert row is not None
         return Domain(**row)

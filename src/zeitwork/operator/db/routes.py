@@ -16,6 +16,8 @@ SERVING_NODE_STATES = "('ready', 'draining')"
 class DomainBinding:
     host: str
     deployment_id: uuid.UUID
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +50,15 @@ class RouteStore:
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = await changes.version(c, changes.ROUTES)
             cur = await c.execute(
-                "SELECT name, deployment_id FROM domains WHERE deleted_at IS NULL "
-                "AND deployment_id IS NOT NULL ORDER BY name"
+                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst FROM domains "
+                "WHERE deleted_at IS NULL AND deployment_id IS NOT NULL ORDER BY name"
             )
-            domains = [DomainBinding(host=r[0], deployment_id=r[1]) for r in await cur.fetchall()]
+            domains = [
+                DomainBinding(
+                    host=r[0], deployment_id=r[1], rate_limit_rps=r[2], rate_limit_burst=r[3]
+                )
+                for r in await cur.fetchall()
+            ]
             cur = await c.execute(
                 "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port) "
                 "FROM instances i JOIN nodes n ON n.id = i.node_id "
