@@ -16,7 +16,7 @@ import signal
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,14 @@ from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
 
 log = get_logger("zeitwork.edge")
+
+
+def certificate_domains(
+    *, mode: str, configured: Iterable[str], routed: frozenset[str], verified: frozenset[str]
+) -> list[str]:
+    """``EDGE_DOMAINS`` plus the routed hosts, only the verified ones when ordering from ACME
+    (static and internal certificates ask no outside CA)."""
+    return sorted({*configured, *(verified & routed if mode == "acme" else routed)})
 
 
 def _lb_address(url: str) -> str:
@@ -199,12 +207,23 @@ class Edge:
         self.proxy: Proxy | None = None
         self.policy: EdgePolicy | None = None
         self.route_hosts: frozenset[str] = frozenset()
+        self.route_verified: frozenset[str] = frozenset()
         self.route_watch: RouteWatch | None = None
         self._routes_client: RoutesClient | None = None
 
     def domains(self) -> list[str]:
-        """Hosts to hold certificates for: ``EDGE_DOMAINS`` and every routed host."""
-        return sorted({*parse_list(self.settings.domains), *self.route_hosts})
+        """Hosts to hold certificates for: ``EDGE_DOMAINS`` and the routed hosts; with ACME,
+        only the routed hosts whose domain is verified (a CA is never asked for a name
+        nobody proved to own)."""
+        return certificate_domains(
+            mode=self.settings.effective_tls_mode,
+            configured=parse_list(self.settings.domains),
+            routed=self.route_hosts,
+            verified=self.route_verified,
+        )
+
+    def _verified_changed(self, verified: frozenset[str]) -> None:
+        self.route_verified = verified
 
     def _hosts_changed(self, hosts: frozenset[str]) -> None:
         if hosts != self.route_hosts:
@@ -356,6 +375,7 @@ class Edge:
                 policy=self.policy,
                 static=dict(self.policy.domains),
                 on_hosts=self._hosts_changed,
+                on_verified=self._verified_changed,
             )
             self._tasks.append(asyncio.create_task(self.route_watch.run(), name="edge.routes"))
         if self.index == 0:

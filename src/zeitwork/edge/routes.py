@@ -30,6 +30,7 @@ class EdgeRoutes:
     hosts: frozenset[str]
     domains: dict[str, DomainPolicy]
     prefixes: dict[str, tuple[tuple[str, DomainPolicy], ...]]
+    verified: frozenset[str] = frozenset()  # hosts whose owner proved control (ACME allowed)
 
 
 def policies_for(
@@ -39,9 +40,12 @@ def policies_for(
     domains = dict(static)
     prefixes: dict[str, list[tuple[str, DomainPolicy]]] = {}
     hosts: set[str] = set()
+    verified: set[str] = set()
     for route in table.routes:
         host = route.host.lower()
         hosts.add(host)
+        if route.verified:
+            verified.add(host)
         if route.rate_limit_rps is None:
             continue
         rps = route.rate_limit_rps
@@ -62,7 +66,7 @@ def policies_for(
         host: tuple(sorted(items, key=lambda item: len(item[0]), reverse=True))
         for host, items in prefixes.items()
     }
-    return EdgeRoutes(frozenset(hosts), domains, ordered)
+    return EdgeRoutes(frozenset(hosts), domains, ordered, frozenset(verified))
 
 
 class RouteWatch:
@@ -75,6 +79,7 @@ class RouteWatch:
         policy: EdgePolicy,
         static: dict[str, DomainPolicy],
         on_hosts: Callable[[frozenset[str]], None],
+        on_verified: Callable[[frozenset[str]], None] | None = None,
         wait: float = 30.0,
         retry_max: float = 30.0,
     ) -> None:
@@ -82,6 +87,7 @@ class RouteWatch:
         self._policy = policy
         self._static = dict(static)
         self._on_hosts = on_hosts
+        self._on_verified = on_verified
         self._wait = wait
         self._retry_max = retry_max
         self.version: int | None = None
@@ -92,6 +98,8 @@ class RouteWatch:
         self._policy.domains = routes.domains
         self._policy.prefixes = routes.prefixes
         self._policy.known_hosts |= routes.hosts
+        if self._on_verified is not None:
+            self._on_verified(routes.verified)  # before on_hosts: it wakes the certificates
         self._on_hosts(routes.hosts)
         self.version = table.version
         log.info("routes.applied", version=table.version, hosts=len(routes.hosts))

@@ -24,12 +24,13 @@ from zeitwork.operator.db.routes import RouteStore
 from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
 from zeitwork.operator.services.deployments import DeploymentService
+from zeitwork.operator.services.domains import DnsTxt, DomainVerifier
 from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.nodes import NodeService
 from zeitwork.operator.services.tokens import TokenService
 from zeitwork.operator.services.watch import Watcher
-from zeitwork.operator.settings import OperatorSettings
+from zeitwork.operator.settings import OperatorSettings, parse_dns_servers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,7 @@ class Deps:
     certificates: CertificateStore
     images: ImageStore
     image_service: ImageService
+    domain_verifier: DomainVerifier
 
 
 def build_deps(
@@ -112,5 +114,8 @@ def build_deps(
             images=images,
             archives=ArchiveStore(root=settings.data_dir / "images"),
             max_bytes=settings.image_max_bytes,
+        ),
+        domain_verifier=DomainVerifier(
+            projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))
         ),
     )

@@ -69,6 +69,17 @@ class OperatorSettings(ServiceSettings):
     token_cache_seconds: float = Field(
         default=5.0, ge=0, le=300, validation_alias="ZEITWORK_TOKEN_CACHE_SECONDS"
     )
+    dns_servers: str = Field(
+        default="",
+        validation_alias="ZEITWORK_DNS_SERVERS",
+        description="resolvers for domain verification (ip[:port],...); empty: /etc/resolv.conf",
+    )
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
 
     @field_validator("instance_network")
     @classmethod
@@ -109,3 +120,24 @@ class OperatorSettings(ServiceSettings):
         if self.auto_migrate is not None:
             return self.auto_migrate
         return self.environment is Environment.DEVELOPMENT
+
+
+def parse_dns_servers(text: str) -> list[tuple[str, int]]:
+    """``"10.0.0.2, 10.0.0.3:5353"`` -> [(ip, port), ...]; empty: the system's resolvers."""
+    servers = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):  # [2001:db8::53]:5353 or [2001:db8::53]
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif item.count(":") == 1:  # 10.0.0.2:5353
+            host, _, number = item.partition(":")
+            port = int(number)
+        else:  # 10.0.0.2 or a bare IPv6 address
+            host, port = item, 53
+        ipaddress.ip_address(host)  # ValueError for anything that is not an address
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range in {item!r}")
+        servers.append((host, port))
+    return servers

@@ -28,6 +28,11 @@ class Route(BaseModel):
     backends: list[Backend]
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    verified: bool = Field(
+        default=False,
+        description="the domain's owner proved control (DNS); only then may edges order ACME "
+        "certificates for it",
+    )
 
 
 class RouteTable(BaseModel):

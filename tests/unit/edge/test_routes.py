@@ -100,3 +100,35 @@ async def test_route_watch_applies_overrides_and_hosts() -> None:
     # other paths of the host use the default quota
     assert policy.on_request(_head("b.test", "/"), client) is None
     assert source.calls[0] == (None, 0.0)
+
+
+def test_only_verified_routed_hosts_get_acme_certificates() -> None:
+    from zeitwork.edge.main import certificate_domains
+
+    table = RouteTable(
+        version=1,
+        routes=[
+            _route("mine.test").model_copy(update={"verified": True}),
+            _route("claimed.test"),
+        ],
+    )
+    routes = policies_for(table, default=DEFAULT, static={})
+    assert routes.hosts == {"mine.test", "claimed.test"}
+    assert routes.verified == {"mine.test"}
+    kwargs = {"configured": ["edge.test"], "routed": routes.hosts, "verified": routes.verified}
+    # ACME: the configured names and the verified routed hosts, never a merely claimed one
+    assert certificate_domains(mode="acme", **kwargs) == ["edge.test", "mine.test"]
+    # the internal CA and static files ask no outside CA: every routed host
+    for mode in ("internal", "static"):
+        assert certificate_domains(mode=mode, **kwargs) == [
+            "claimed.test",
+            "edge.test",
+            "mine.test",
+        ]
+    # a verified host no longer routed is not kept
+    assert (
+        certificate_domains(
+            mode="acme", configured=[], routed=frozenset(), verified=routes.verified
+        )
+        == []
+    )

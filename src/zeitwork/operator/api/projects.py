@@ -26,6 +26,7 @@ from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.db.projects import Deployment, Domain, Project
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
+from zeitwork.operator.services.domains import record_name
 from zeitwork.wire.common import ResourcesModel
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -113,6 +114,12 @@ class DomainRateLimit(BaseModel):
         return self
 
 
+class DnsRecord(BaseModel):
+    type: str = "TXT"
+    name: str
+    value: str
+
+
 class DomainOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -122,12 +129,20 @@ class DomainOut(BaseModel):
     verified_at: datetime | None
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    verification_record: DnsRecord | None = Field(
+        default=None, description="the TXT record that verifies the domain (until it is verified)"
+    )
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, d: Domain) -> DomainOut:
+    def of(cls, d: Domain, token: str | None = None) -> DomainOut:
         return cls(
+            verification_record=(
+                DnsRecord(name=record_name(d.name), value=token)
+                if token and not d.verified
+                else None
+            ),
             id=d.id,
             name=d.name,
             project_id=d.project_id,
@@ -249,21 +264,29 @@ def router(deps: Deps) -> APIRouter:
 
     @domains.post("", status_code=201, dependencies=[Depends(admin)])
     async def create_domain(body: DomainCreate) -> DomainOut:
+        token = secrets.token_urlsafe(24)
         domain = await store.create_domain(
             name=body.name,
             project_id=body.project_id,
             deployment_id=body.deployment_id,
-            verification_token=secrets.token_urlsafe(24),
+            verification_token=token,
         )
-        return DomainOut.of(domain)
+        return DomainOut.of(domain, token)
 
     @domains.get("/{domain_id}", dependencies=[Depends(domain_reader)])
     async def get_domain(domain_id: uuid.UUID) -> DomainOut:
-        return DomainOut.of(await store.get_domain(domain_id))
+        domain = await store.get_domain(domain_id)
+        token = None if domain.verified else await store.verification_token(domain_id)
+        return DomainOut.of(domain, token)
 
     @domains.put("/{domain_id}", dependencies=[Depends(admin)])
     async def bind_domain(domain_id: uuid.UUID, body: DomainBind) -> DomainOut:
         return DomainOut.of(await store.bind_domain(domain_id, body.deployment_id))
+
+    @domains.post("/{domain_id}/verify", dependencies=[Depends(admin)])
+    async def verify_domain(domain_id: uuid.UUID) -> DomainOut:
+        """Look up ``_zeitwork.<name>`` TXT: verified when it holds the domain's token."""
+        return DomainOut.of(await deps.domain_verifier.verify(domain_id))
 
     @domains.put("/{domain_id}/rate-limit", dependencies=[Depends(admin)])
     async def set_domain_rate_limit(domain_id: uuid.UUID, body: DomainRateLimit) -> DomainOut:

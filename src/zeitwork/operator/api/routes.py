@@ -52,6 +52,7 @@ def route_table(rows: RouteRows) -> RouteTable:
                 backends=by_deployment.get(d.deployment_id, []),
                 rate_limit_rps=d.rate_limit_rps,
                 rate_limit_burst=d.rate_limit_burst,
+                verified=d.verified,
             )
             for d in rows.domains
         ],

@@ -250,6 +250,34 @@ class ProjectStore:
         assert row is not None
         return Domain(**row)
 
+    async def verification_token(self, domain_id: uuid.UUID, *, conn: Conn | None = None) -> str:
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT verification_token FROM domains WHERE id = %s AND deleted_at IS NULL",
+                (domain_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"domain {domain_id} does not exist")
+        return str(row[0] or "")
+
+    async def mark_domain_verified(
+        self, domain_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> Domain:
+        """Verified from now on; the route table (which tells edges which hosts may get ACME
+        certificates) is bumped when this changes it."""
+        async with self._db.transaction(conn) as c:
+            row = await _one(
+                c,
+                "UPDATE domains SET verified = true, verified_at = now() "
+                f"WHERE id = %s AND deleted_at IS NULL AND NOT verified RETURNING {_D_COLUMNS}",
+                (domain_id,),
+            )
+            if row is None:
+                return await self.get_domain(domain_id, conn=c)  # gone (404) or already
+            await changes.bump(c, changes.ROUTES)
+        return Domain(**row)
+
     async def get_domain(self, domain_id: uuid.UUID, *, conn: Conn | None = None) -> Domain:
         async with self._db.connection(conn) as c:
             row = await _one(

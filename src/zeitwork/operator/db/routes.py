@@ -18,6 +18,7 @@ class DomainBinding:
     deployment_id: uuid.UUID
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +51,17 @@ class RouteStore:
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = await changes.version(c, changes.ROUTES)
             cur = await c.execute(
-                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst FROM domains "
+                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst, verified "
+                "FROM domains "
                 "WHERE deleted_at IS NULL AND deployment_id IS NOT NULL ORDER BY name"
             )
             domains = [
                 DomainBinding(
-                    host=r[0], deployment_id=r[1], rate_limit_rps=r[2], rate_limit_burst=r[3]
+                    host=r[0],
+                    deployment_id=r[1],
+                    rate_limit_rps=r[2],
+                    rate_limit_burst=r[3],
+                    verified=r[4],
                 )
                 for r in await cur.fetchall()
             ]
