@@ -294,6 +294,10 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         ]
         assert len(instance_ids) == 1, deployed
         assert f"domain {domain} -> deployment" in deployed
+        assert f"publish TXT _zeitwork.{domain} " in deployed  # how to verify it for ACME
+        listed_domains = await _cli(cli_env, "domains", "ls")
+        (domain_row,) = [line for line in listed_domains.splitlines() if line.startswith(domain)]
+        assert " no " in domain_row and f"_zeitwork.{domain} " in domain_row
         instance_id = instance_ids[0]
 
         async def running() -> bool:

@@ -175,6 +175,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  instance {instance_id}")
         if bound is not None:
             typer.echo(f"  domain {bound.name} -> deployment {created.id}")
+            if (record := bound.verification_record) is not None:
+                typer.echo(
+                    f"  to verify it (needed for ACME certificates): publish TXT {record.name} "
+                    f'"{record.value}", then: zeitwork domains verify {bound.name}'
+                )
 
     instances = typer.Typer(help="Instances (running copies of images).", no_args_is_help=True)
 
@@ -236,6 +241,45 @@ def register(app: typer.Typer) -> None:
         )
 
     app.add_typer(nodes, name="nodes")
+
+    domains = typer.Typer(help="Domains (hosts routed to deployments).", no_args_is_help=True)
+
+    @domains.command("ls")
+    def domains_ls() -> None:
+        """List domains; an unverified one shows the TXT record that verifies it."""
+
+        async def action(client: AdminClient) -> list[DomainInfo]:
+            found = await client.domains()
+            return [d if d.verified else await client.domain(d.id) for d in found]
+
+        found = run_with_client(action)
+        _table(
+            ("NAME", "VERIFIED", "DEPLOYMENT", "TO VERIFY: TXT RECORD"),
+            [
+                (
+                    d.name,
+                    "yes" if d.verified else "no",
+                    str(d.deployment_id)[:8] if d.deployment_id else "-",
+                    f"{r.name} {r.value}" if (r := d.verification_record) else "-",
+                )
+                for d in found
+            ],
+        )
+
+    @domains.command("verify")
+    def domains_verify(name: Annotated[str, typer.Argument(help="the domain name")]) -> None:
+        """Check the domain's TXT record now (ACME certificates need a verified domain)."""
+
+        async def action(client: AdminClient) -> DomainInfo:
+            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
+            if match is None:
+                raise _fail(f"no domain {name}")
+            return await client.verify_domain(match.id)
+
+        done = run_with_client(action)
+        typer.echo(f"domain {done.name}: verified")
+
+    app.add_typer(domains, name="domains")
 
     @app.command("demo")
     def demo(

@@ -82,11 +82,19 @@ class DeploymentInfo(_Model):
     instance_ids: list[uuid.UUID] | None = None
 
 
+class DnsRecordInfo(_Model):
+    type: str
+    name: str
+    value: str
+
+
 class DomainInfo(_Model):
     id: uuid.UUID
     name: str
     project_id: uuid.UUID | None = None
     deployment_id: uuid.UUID | None = None
+    verified: bool = False
+    verification_record: DnsRecordInfo | None = None
 
 
 class NewToken(_Model):
@@ -260,6 +268,14 @@ class AdminClient:
 
     async def domains(self) -> list[DomainInfo]:
         return await self._list(DomainInfo, "/api/v1/domains", {})
+
+    async def domain(self, domain_id: uuid.UUID) -> DomainInfo:
+        """One domain, with the TXT record that verifies it while it is not verified."""
+        return _parse(DomainInfo, await self._request("GET", f"/api/v1/domains/{domain_id}"))
+
+    async def verify_domain(self, domain_id: uuid.UUID) -> DomainInfo:
+        response = await self._request("POST", f"/api/v1/domains/{domain_id}/verify")
+        return _parse(DomainInfo, response)
 
 
 async def probe(url: str, *, within: float = 2.0, host: str | None = None) -> int | None:
