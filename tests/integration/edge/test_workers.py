@@ -100,3 +100,60 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_path: Path) -> None:
+    """The PROXY-then-TLS path as production runs it (the process uses uvloop; the in-process
+    tests use asyncio's loop): start_tls and the protocol hand-over on uvloop's transports."""
+    from tests.integration.edge.test_edge import _tls_over
+    from zeitwork.edge.client_ip import PROXY_V2_SIGNATURE
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "EDGE_HTTPS_PORT": "0",
+        "EDGE_ADMIN_PORT": "0",
+        "EDGE_DOMAINS": "app.test",
+        "EDGE_PROXY_PROTOCOL": "true",
+        "EDGE_TRUSTED_PROXIES": "127.0.0.1/32",
+        "LOAD_BALANCER_URL": f"http://127.0.0.1:{upstream.port}",
+        "ZEITWORK_DATA_DIR": str(tmp_path / "data"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zeitwork", "edge-proxy"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    log: list[str] = []
+    try:
+        https = int(_wait_line(proc, r"edge.started.*https=(\d+)", log).group(1))
+        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
+        request = b"GET /uv HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        v2 = PROXY_V2_SIGNATURE + bytes(
+            [0x21, 0x11, 0, 12, 192, 0, 2, 77, 198, 51, 100, 1, 1, 0, 1, 187]
+        )
+        for split in (False, True):
+            response = await asyncio.to_thread(
+                _tls_over, https, v2, ctx, "app.test", request, split=split
+            )
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+            assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.77"
+        v1 = b"PROXY TCP4 192.0.2.78 198.51.100.1 40000 443\r\n"
+        response = await asyncio.to_thread(
+            _tls_over, https, v1, ctx, "app.test", request, split=True
+        )
+        assert response.startswith(b"HTTP/1.1 200")
+        assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.78"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
