@@ -346,6 +346,30 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         assert r.status_code == 200, r.text
         await _until(lambda: served(p.url("http")), within=20, what="the limit lifted", platform=p)
 
+        # a per-domain CORS policy set on the operator: the edge answers the preflight
+        origin = "https://ui.example.test"
+        r = await api.put(
+            f"/api/v1/domains/{bound['id']}/edge-policy", json={"cors": {"origins": [origin]}}
+        )
+        assert r.status_code == 200, r.text
+
+        async def preflight() -> bool:
+            answer = await web.options(
+                p.url("http") + "/",
+                headers={
+                    "Host": domain,
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "PUT",
+                },
+            )
+            return answer.headers.get("access-control-allow-origin") == origin
+
+        await _until(preflight, within=20, what="the domain's CORS policy at the edge", platform=p)
+        stranger = await web.get(
+            p.url("http") + "/", headers={"Host": domain, "Origin": "https://evil.test"}
+        )
+        assert "access-control-allow-origin" not in stranger.headers
+
         listing = await _cli(cli_env, "instances", "ls")
         (row,) = [line for line in listing.splitlines() if line.startswith(instance_id)]
         assert " running " in row and ":8080" in row

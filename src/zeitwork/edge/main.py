@@ -17,7 +17,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,9 +39,9 @@ from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter, publish, snapsh
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
 from zeitwork.edge.rate_limit import Quota, RateLimiter
-from zeitwork.edge.routes import RouteWatch
+from zeitwork.edge.routes import RouteWatch, override_policy
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
-from zeitwork.edge.settings import DomainOverride, EdgeSettings
+from zeitwork.edge.settings import EdgeSettings
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
@@ -80,45 +80,6 @@ def _domain_rate_limits(spec: str, burst_default: int) -> dict[str, Quota]:
             rps=rps, burst=int(burst_text) if burst_text else max(1, round(rps * 2)), name=host
         )
     return out
-
-
-def _domain_policy(
-    host: str, override: DomainOverride, *, base: DomainPolicy, global_security: SecurityHeaders
-) -> DomainPolicy:
-    """One ``EDGE_DOMAIN_POLICIES`` entry on top of the global policy (built once)."""
-    policy = base
-    if override.cors is not None:
-        c = override.cors
-        cors = (
-            CorsPolicy(
-                CorsConfig(
-                    origins=tuple(c.origins),
-                    methods=tuple(c.methods),
-                    headers=tuple(c.headers),
-                    expose_headers=tuple(c.expose_headers),
-                    credentials=c.credentials,
-                    max_age=c.max_age,
-                )
-            )
-            if c.origins
-            else None
-        )
-        policy = replace(policy, cors=cors)
-    if override.headers is not None:
-        changes: dict[str, object] = {}
-        for name, value in override.headers.model_dump(exclude_none=True).items():
-            if name == "override":
-                changes[name] = frozenset(value)
-            elif isinstance(value, str):
-                changes[name] = value or None
-            else:
-                changes[name] = value
-        policy = replace(policy, security=SecurityHeaders(global_security.config.merged(**changes)))
-    if override.rate_limit is not None:
-        r = override.rate_limit
-        quota = Quota(rps=r.rps, burst=r.burst or max(1, round(r.rps * 2)), name=host)
-        policy = replace(policy, quota=quota, limit_key="|" + host)
-    return policy
 
 
 def build_policy(
@@ -164,7 +125,7 @@ def build_policy(
     for raw_host, override in settings.domain_overrides.items():
         host = raw_host.strip().lower()
         base = domains.get(host, default)
-        domains[host] = _domain_policy(host, override, base=base, global_security=security)
+        domains[host] = override_policy(host, override, base=base, global_security=security)
     policy = EdgePolicy(
         default=default,
         domains=domains,

@@ -13,12 +13,61 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.edge.cors import CorsConfig, CorsPolicy
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota
+from zeitwork.edge.security_headers import SecurityHeaders
+from zeitwork.edge.settings import DomainOverride
 from zeitwork.observability import get_logger
-from zeitwork.wire.routes import RouteTable
+from zeitwork.wire.routes import EdgePolicyOverride, RouteTable
 
 log = get_logger("zeitwork.edge.routes")
+
+
+def override_policy(
+    host: str,
+    override: DomainOverride | EdgePolicyOverride,
+    *,
+    base: DomainPolicy,
+    global_security: SecurityHeaders,
+) -> DomainPolicy:
+    """A domain's override (an ``EDGE_DOMAIN_POLICIES`` entry, or the policy the operator
+    sends in the route table) on top of ``base``; header fields left out keep the global
+    values."""
+    policy = base
+    if override.cors is not None:
+        c = override.cors
+        cors = (
+            CorsPolicy(
+                CorsConfig(
+                    origins=tuple(c.origins),
+                    methods=tuple(c.methods),
+                    headers=tuple(c.headers),
+                    expose_headers=tuple(c.expose_headers),
+                    credentials=c.credentials,
+                    max_age=c.max_age,
+                )
+            )
+            if c.origins
+            else None
+        )
+        policy = replace(policy, cors=cors)
+    if override.headers is not None:
+        changes: dict[str, object] = {}
+        for name, value in override.headers.model_dump(exclude_none=True).items():
+            if name == "override":
+                changes[name] = frozenset(value)
+            elif isinstance(value, str):
+                changes[name] = value or None
+            else:
+                changes[name] = value
+        policy = replace(policy, security=SecurityHeaders(global_security.config.merged(**changes)))
+    rate_limit = getattr(override, "rate_limit", None)
+    if rate_limit is not None:
+        r = rate_limit
+        quota = Quota(rps=r.rps, burst=r.burst or max(1, round(r.rps * 2)), name=host)
+        policy = replace(policy, quota=quota, limit_key="|" + host)
+    return policy
 
 
 class RouteSource(Protocol):
@@ -46,6 +95,11 @@ def policies_for(
         hosts.add(host)
         if route.verified:
             verified.add(host)
+        if route.policy is not None and route.path_prefix == "/":
+            base = domains.get(host, default)
+            domains[host] = override_policy(
+                host, route.policy, base=base, global_security=default.security
+            )
         if route.rate_limit_rps is None:
             continue
         rps = route.rate_limit_rps

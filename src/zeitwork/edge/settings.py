@@ -20,37 +20,10 @@ from pydantic import (
 
 from zeitwork.proxy.headers import parse_networks
 from zeitwork.settings import ServiceSettings
+from zeitwork.wire.routes import CorsOverride, HeadersOverride
 
 TlsMode = Literal["static", "internal", "acme"]
 ChallengeType = Literal["http-01", "tls-alpn-01"]
-
-
-class CorsOverride(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    origins: list[str] = Field(default_factory=list)  # empty: CORS off for this domain
-    methods: list[str] = Field(
-        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    )
-    headers: list[str] = Field(default_factory=list)
-    expose_headers: list[str] = Field(default_factory=list)
-    credentials: bool = False
-    max_age: int = Field(default=600, ge=0)
-
-
-class HeadersOverride(BaseModel):
-    """Per-domain security headers; a field left out inherits the global value, ``""`` (or
-    0 for HSTS) switches that header off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hsts_max_age: int | None = Field(default=None, ge=0)
-    hsts_include_subdomains: bool | None = None
-    frame_options: str | None = None
-    referrer_policy: str | None = None
-    permissions_policy: str | None = None
-    content_security_policy: str | None = None
-    override: list[str] | None = None
 
 
 class RateOverride(BaseModel):

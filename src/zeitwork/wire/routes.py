@@ -9,9 +9,48 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Algorithm = Literal["round-robin", "least-connections", "ip-hash"]
+
+
+class CorsOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    origins: list[str] = Field(default_factory=list)  # empty: CORS off for this domain
+    methods: list[str] = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    )
+    headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    credentials: bool = False
+    max_age: int = Field(default=600, ge=0)
+
+
+class HeadersOverride(BaseModel):
+    """Per-domain security headers; a field left out inherits the global value, ``""`` (or
+    0 for HSTS) switches that header off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hsts_max_age: int | None = Field(default=None, ge=0)
+    hsts_include_subdomains: bool | None = None
+    frame_options: str | None = None
+    referrer_policy: str | None = None
+    permissions_policy: str | None = None
+    content_security_policy: str | None = None
+    override: list[str] | None = None
+
+
+class EdgePolicyOverride(BaseModel):
+    """A domain's CORS and security-header policy at the edges (``PUT
+    /api/v1/domains/{id}/edge-policy``; the same shape as an ``EDGE_DOMAIN_POLICIES`` entry
+    without its rate limit, which has its own fields). Left out: the edge's global policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cors: CorsOverride | None = None
+    headers: HeadersOverride | None = None
 
 
 class Backend(BaseModel):
@@ -28,6 +67,9 @@ class Route(BaseModel):
     backends: list[Backend]
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    policy: EdgePolicyOverride | None = Field(
+        default=None, description="the domain's CORS / security headers at the edges"
+    )
     verified: bool = Field(
         default=False,
         description="the domain's owner proved control (DNS); only then may edges order ACME "

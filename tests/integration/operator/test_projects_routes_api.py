@@ -289,3 +289,56 @@ async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator)
     assert r.status_code == 200
     [route] = (await table()).routes
     assert (route.rate_limit_rps, route.rate_limit_burst) == (None, None)
+
+
+async def test_domain_edge_policy_goes_out_in_the_route_table(operator: Operator) -> None:
+    await ready_node(operator)
+    image = await ready_image(operator)
+    p = await project(operator)
+    dep = (await deploy(operator, p["id"], image, 1)).json()
+    h = operator.headers()
+    domain = (
+        await operator.client.post(
+            "/api/v1/domains",
+            headers=h,
+            json={"name": "web.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
+        )
+    ).json()
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+
+    async def table() -> RouteTable:
+        got = await operator.client.get("/api/v1/routes", headers=proxy)
+        return RouteTable.model_validate(got.json())
+
+    before = await table()
+    assert before.routes[0].policy is None
+    url = f"/api/v1/domains/{domain['id']}/edge-policy"
+    body = {
+        "cors": {"origins": ["https://app.example.com"], "credentials": True},
+        "headers": {"content_security_policy": "default-src 'self'", "frame_options": ""},
+    }
+    r = await operator.client.put(url, headers=h, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["edge_policy"]["cors"]["origins"] == ["https://app.example.com"]
+    after = await table()
+    assert after.version > before.version
+    policy = after.routes[0].policy
+    assert policy is not None and policy.cors is not None and policy.headers is not None
+    assert policy.cors.credentials is True
+    assert policy.headers.content_security_policy == "default-src 'self'"
+    assert policy.headers.frame_options == ""  # switched off for this host
+    # bad input: 422 each, the stored policy unchanged
+    for bad in (
+        {"cors": {"origins": "https://x"}},  # not a list
+        {"cors": {"max_age": -1}},
+        {"headers": {"hsts_max_age": -5}},
+        {"rate_limit": {"rps": 1}},  # rate limits have their own endpoint
+        {"unknown": {}},
+    ):
+        assert_problem(await operator.client.put(url, headers=h, json=bad), 422)
+    assert_problem(await operator.client.put(url, headers=proxy, json={}), 403)
+    assert (await table()).routes[0].policy == policy
+    # {} clears it: the edges' global policy again
+    r = await operator.client.put(url, headers=h, json={})
+    assert r.status_code == 200 and r.json()["edge_policy"] is None
+    assert (await table()).routes[0].policy is None

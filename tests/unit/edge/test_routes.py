@@ -132,3 +132,26 @@ def test_only_verified_routed_hosts_get_acme_certificates() -> None:
         )
         == []
     )
+
+
+def test_route_policy_from_the_operator_sets_cors_and_headers() -> None:
+    from zeitwork.wire.routes import CorsOverride, EdgePolicyOverride, HeadersOverride
+
+    policy = EdgePolicyOverride(
+        cors=CorsOverride(origins=["https://*.shop.test"]),
+        headers=HeadersOverride(content_security_policy="default-src 'self'"),
+    )
+    table = RouteTable(
+        version=2,
+        routes=[
+            _route("shop.test", rps=3).model_copy(update={"policy": policy}),
+            _route("plain.test"),
+        ],
+    )
+    routes = policies_for(table, default=DEFAULT, static={})
+    shop = routes.domains["shop.test"]
+    assert shop.cors is not None and shop.cors.config.origins == ("https://*.shop.test",)
+    assert shop.security.config.content_security_policy == "default-src 'self'"
+    assert shop.quota.rps == 3  # the route's rate limit keeps the domain's policy
+    assert shop.security.config.hsts_max_age == DEFAULT.security.config.hsts_max_age
+    assert "plain.test" not in routes.domains  # no policy, no limit: the global one

@@ -28,6 +28,7 @@ from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.domains import record_name
 from zeitwork.wire.common import ResourcesModel
+from zeitwork.wire.routes import EdgePolicyOverride
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 HOSTNAME = re.compile(
@@ -129,6 +130,7 @@ class DomainOut(BaseModel):
     verified_at: datetime | None
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    edge_policy: EdgePolicyOverride | None = None
     verification_record: DnsRecord | None = Field(
         default=None, description="the TXT record that verifies the domain (until it is verified)"
     )
@@ -151,6 +153,7 @@ class DomainOut(BaseModel):
             verified_at=d.verified_at,
             rate_limit_rps=d.rate_limit_rps,
             rate_limit_burst=d.rate_limit_burst,
+            edge_policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
             created_at=d.created_at,
             updated_at=d.updated_at,
         )
@@ -287,6 +290,12 @@ def router(deps: Deps) -> APIRouter:
     async def verify_domain(domain_id: uuid.UUID) -> DomainOut:
         """Look up ``_zeitwork.<name>`` TXT: verified when it holds the domain's token."""
         return DomainOut.of(await deps.domain_verifier.verify(domain_id))
+
+    @domains.put("/{domain_id}/edge-policy", dependencies=[Depends(admin)])
+    async def set_domain_edge_policy(domain_id: uuid.UUID, body: EdgePolicyOverride) -> DomainOut:
+        """CORS and security headers for this host at every edge; ``{}`` clears it."""
+        policy = body.model_dump(exclude_none=True, mode="json") or None
+        return DomainOut.of(await store.set_domain_edge_policy(domain_id, policy))
 
     @domains.put("/{domain_id}/rate-limit", dependencies=[Depends(admin)])
     async def set_domain_rate_limit(domain_id: uuid.UUID, body: DomainRateLimit) -> DomainOut:

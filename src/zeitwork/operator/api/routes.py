@@ -18,7 +18,7 @@ from zeitwork.operator.db.routes import RouteRows, RunningInstance
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Backend, EdgePolicyOverride, Route, RouteTable
 
 
 def _backend(instance: RunningInstance) -> Backend | None:
@@ -53,6 +53,7 @@ def route_table(rows: RouteRows) -> RouteTable:
                 rate_limit_rps=d.rate_limit_rps,
                 rate_limit_burst=d.rate_limit_burst,
                 verified=d.verified,
+                policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
             )
             for d in rows.domains
         ],

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from zeitwork.core.errors import Conflict, InvalidInput, NotFound
 from zeitwork.core.states import DeploymentState
@@ -43,6 +44,7 @@ class Domain:
     updated_at: datetime
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
+    edge_policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class Deployment:
 _P_COLUMNS = "id, name, slug, github_repo, default_branch, created_at, updated_at"
 _D_COLUMNS = (
     "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at, "
-    "rate_limit_rps, rate_limit_burst"
+    "rate_limit_rps, rate_limit_burst, edge_policy"
 )
 _DEP_COLUMNS = (
     "id, project_id, image_id, state, state_changed_at, replicas, default_port, vcpu_millis, "
@@ -246,6 +248,24 @@ class ProjectStore:
                 (rps, burst, domain_id),
             )
             if (current.rate_limit_rps, current.rate_limit_burst) != (rps, burst):
+                await changes.bump(c, changes.ROUTES)
+        assert row is not None
+        return Domain(**row)
+
+    async def set_domain_edge_policy(
+        self, domain_id: uuid.UUID, policy: dict[str, Any] | None, *, conn: Conn | None = None
+    ) -> Domain:
+        """The domain's CORS / security-header policy at the edges (None: their global one),
+        validated by the caller; the route table's version is bumped when it changes."""
+        async with self._db.transaction(conn) as c:
+            current = await self.get_domain(domain_id, conn=c)
+            row = await _one(
+                c,
+                "UPDATE domains SET edge_policy = %s "
+                f"WHERE id = %s AND deleted_at IS NULL RETURNING {_D_COLUMNS}",
+                (Jsonb(policy) if policy is not None else None, domain_id),
+            )
+            if current.edge_policy != policy:
                 await changes.bump(c, changes.ROUTES)
         assert row is not None
         return Domain(**row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from zeitwork.operator.db import changes
 from zeitwork.operator.db.database import Conn, Database
@@ -19,6 +20,7 @@ class DomainBinding:
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     verified: bool = False
+    edge_policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,8 @@ class RouteStore:
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = await changes.version(c, changes.ROUTES)
             cur = await c.execute(
-                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst, verified "
+                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst, verified, "
+                "edge_policy "
                 "FROM domains "
                 "WHERE deleted_at IS NULL AND deployment_id IS NOT NULL ORDER BY name"
             )
@@ -62,6 +65,7 @@ class RouteStore:
                     rate_limit_rps=r[2],
                     rate_limit_burst=r[3],
                     verified=r[4],
+                    edge_policy=r[5],
                 )
                 for r in await cur.fetchall()
             ]
