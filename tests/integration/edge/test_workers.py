@@ -30,7 +30,9 @@ def _wait_line(
     raise AssertionError("timed out waiting for " + pattern + "\n" + "".join(log))
 
 
-async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -> None:
+def _edge_process(upstream: Upstream, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
+    """``zeitwork edge-proxy`` on ports 0 with the internal CA for app.test, in front of
+    ``upstream``; ``extra`` adds or replaces variables."""
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
@@ -38,19 +40,30 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
         "PORT": "0",
         "EDGE_HTTPS_PORT": "0",
         "EDGE_ADMIN_PORT": "0",
-        "EDGE_WORKERS": "2",
         "EDGE_DOMAINS": "app.test",
         "LOAD_BALANCER_URL": f"http://127.0.0.1:{upstream.port}",
         "ZEITWORK_DATA_DIR": str(tmp_path / "data"),
-        "EDGE_DRAIN_TIMEOUT": "2",
+        **extra,
     }
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "zeitwork", "edge-proxy"],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -> None:
+    proc = _edge_process(upstream, tmp_path, EDGE_WORKERS="2", EDGE_DRAIN_TIMEOUT="2")
     log: list[str] = []
     try:
         match = _wait_line(proc, r"edge.workers_started.*https=(\d+)", log)
@@ -95,11 +108,7 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        _reap(proc)
 
 
 async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_path: Path) -> None:
@@ -108,25 +117,8 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
     from tests.integration.edge.test_edge import _tls_over
     from zeitwork.edge.client_ip import PROXY_V2_SIGNATURE
 
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "HOST": "127.0.0.1",
-        "PORT": "0",
-        "EDGE_HTTPS_PORT": "0",
-        "EDGE_ADMIN_PORT": "0",
-        "EDGE_DOMAINS": "app.test",
-        "EDGE_PROXY_PROTOCOL": "true",
-        "EDGE_TRUSTED_PROXIES": "127.0.0.1/32",
-        "LOAD_BALANCER_URL": f"http://127.0.0.1:{upstream.port}",
-        "ZEITWORK_DATA_DIR": str(tmp_path / "data"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zeitwork", "edge-proxy"],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+    proc = _edge_process(
+        upstream, tmp_path, EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES="127.0.0.1/32"
     )
     log: list[str] = []
     try:
@@ -148,12 +140,7 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
         )
         assert response.startswith(b"HTTP/1.1 200")
         assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.78"
-    finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)
