@@ -10,7 +10,7 @@
 #     the session, so each connection resumes with a TLS 1.3 ticket). The preloaded library
 #     also counts full and resumed handshakes, printed per run as a check. A minimal uvloop
 #     TLS proxy (benchmarks/edge/minimal_tls_proxy.py) runs beside them as a reference for
-#     what Python's TLS layer costs by itself.
+#     what Python's TLS layer costs by itself (in the keep-alive runs too).
 #   - the rate limiter's cost per decision with a million distinct keys
 # Every figure is given as throughput and per CPU-second of the server (user + system time
 # from /proc): the machine has 2 cores, so wrk and the server each have about one.
@@ -44,7 +44,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT <<<"$(free_ports 9)"
+read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT KA_PORT <<<"$(free_ports 10)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -207,25 +207,35 @@ best() { printf '%s\n' "$@" | sort -g | tail -1; }
 echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
 for v in "${VARIANTS[@]}"; do start_edge ec "$v"; done
 start_haproxy ec
+"$PY" benchmarks/edge/minimal_tls_proxy.py "$KA_PORT" "$WORK/ec.crt" "$WORK/ec.key" "$UP_PORT" \
+  keep-alive >"$WORK/minimal-ka.log" 2>&1 &
+KA_PID=$!
+PIDS+=("$KA_PID")
+wait_port "$KA_PORT"
 declare -A rps_of cpu_of
 for round in 1 2 3; do
   for v in "${VARIANTS[@]}"; do
     read -r r c <<<"$(wrk_run "zeitwork $(label "$v") (round $round)" "$(port_of "$v")" "$(pid_of "$v")")"
     rps_of[$v]+="$r "; cpu_of[$v]+="$c "
   done
+  read -r r c <<<"$(wrk_run "minimal-uvloop (round $round)" "$KA_PORT" "$KA_PID")"
+  rps_of[min]+="$r "; cpu_of[min]+="$c "
   read -r r c <<<"$(wrk_run "haproxy (round $round)" "$HA_PORT" "$HA_PID")"
   rps_of[ha]+="$r "; cpu_of[ha]+="$c "
 done
+stop_pid "$KA_PID"
 # shellcheck disable=SC2086  # word lists on purpose
 ha_rps=$(best ${rps_of[ha]})
 # shellcheck disable=SC2086
 ha_cpu=$(best ${cpu_of[ha]})
-for v in "${VARIANTS[@]}"; do
+for v in "${VARIANTS[@]}" min; do
+  name=minimal-uvloop
+  [ "$v" != min ] && name=$(label "$v")
   # shellcheck disable=SC2086
   r=$(best ${rps_of[$v]})
   # shellcheck disable=SC2086
   c=$(best ${cpu_of[$v]})
-  echo "keep-alive best of 3: $(label "$v") $r req/s, haproxy $ha_rps req/s, ratio $(ratio "$r" "$ha_rps"); per CPU-second $c vs $ha_cpu, ratio $(ratio "$c" "$ha_cpu")"
+  echo "keep-alive best of 3: $name $r req/s, haproxy $ha_rps req/s, ratio $(ratio "$r" "$ha_rps"); per CPU-second $c vs $ha_cpu, ratio $(ratio "$c" "$ha_cpu")"
 done
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="

@@ -1,11 +1,12 @@
 """A reference point for benchmarks/edge.sh, not a product: the least a uvloop TLS proxy can
 do per connection. It terminates TLS with Python's ssl (the edge's TLS stack), waits for one
 request head, sends a fixed GET over a pooled keep-alive upstream connection, relays the
-upstream's answer (assumed to arrive in one read, true for the benchmark's 1 KiB) and closes.
-No parsing, headers, limits, timeouts or policy. Measured beside the edge it shows how much of
-the gap to HAProxy is Python's TLS layer and event loop, and how much is the edge's own work.
+upstream's answer (its end found by Content-Length, the only framing nginx uses here) and
+closes, or with ``keep-alive`` waits for the client's next request. No parsing beyond that,
+no headers, limits, timeouts or policy. Measured beside the edge it shows how much of the gap
+to HAProxy is Python's TLS layer and event loop, and how much is the edge's own work.
 
-usage: minimal_tls_proxy.py PORT CERT KEY UPSTREAM_PORT
+usage: minimal_tls_proxy.py PORT CERT KEY UPSTREAM_PORT [keep-alive]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import uvloop
 
 PORT, CERT, KEY, UPSTREAM = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+KEEP_ALIVE = sys.argv[5:] == ["keep-alive"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n"
 idle: list[Upstream] = []
 
@@ -25,16 +27,34 @@ class Upstream(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None
+        self.left = -1  # body bytes still to come; -1: the head is not complete yet
+        self.head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        client, self.client = self.client, None
+        client = self.client
+        if client is None or client.transport is None:
+            return
+        client.transport.write(data)
+        if self.left < 0:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            start = self.head.lower().find(b"content-length:")
+            length = int(self.head[start + 15 : self.head.find(b"\r\n", start)])
+            self.left = length - (len(self.head) - end - 4)
+            self.head = b""
+        else:
+            self.left -= len(data)
+        if self.left > 0:
+            return
+        self.client, self.left = None, -1
         idle.append(self)
-        if client is not None and client.transport is not None:
-            client.transport.write(data)
+        if not KEEP_ALIVE:
             client.transport.close()
 
 
