@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,33 +150,15 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
         await operator.wait_ready()
         join = await operator.join_token()
         image_id = await import_image(operator, busybox_image.path)
-        names = [lan.add_host(), lan.add_host()]
-        agents = []
-        for index, name in enumerate(names):
-            # no ZEITWORK_NODE_SUBNET, no ZEITWORK_PEER_ROUTES: the operator allocates the
-            # subnets and sends each agent the other's (peer routes)
-            host = hosts(
-                netns=name,
-                subnet=None,
-                extra_env={
-                    "OPERATOR_URL": operator.url(lan.gateway),
-                    "ZEITWORK_JOIN_TOKEN": join,
-                    "ZEITWORK_HEARTBEAT_INTERVAL": "1",
-                    "NODE_IP": lan.address(index),
-                    "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
-                },
-            )
-            host.start()  # each agent downloads the image from the operator over the LAN
-            agents.append(host)
-        for host in agents:
-            await host.wait_ready()
+        # no ZEITWORK_NODE_SUBNET, no ZEITWORK_PEER_ROUTES: the operator allocates the
+        # subnets and sends each agent the other's (peer routes); each agent downloads the
+        # image from the operator over the LAN
+        names, agents = await _start_two_agents(
+            lan, hosts, operator.url(lan.gateway), join, {"ZEITWORK_HEARTBEAT_INTERVAL": "1"}
+        )
 
         async with operator.client() as op:
-            listed = await wait_json(
-                op,
-                "/api/v1/nodes",
-                lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
-            )
+            listed = await _both_ready(op, wait_json)
             node_of = {n["ip_address"]: n["id"] for n in _nodes(listed)}
             subnet_of = {n["ip_address"]: n["subnet"] for n in _nodes(listed)}
             subnets = [subnet_of[lan.address(index)] for index in range(2)]
@@ -275,32 +258,16 @@ async def test_a_dead_hosts_deployment_comes_back_on_the_other_host(
         await operator.wait_ready()
         join = await operator.join_token()
         image_id = await import_image(operator, busybox_image.path)
-        names = [lan.add_host(), lan.add_host()]
-        agents = []
-        for index, name in enumerate(names):
-            host = hosts(
-                netns=name,
-                subnet=None,
-                extra_env={
-                    "OPERATOR_URL": operator.url(lan.gateway),
-                    "ZEITWORK_JOIN_TOKEN": join,
-                    "ZEITWORK_HEARTBEAT_INTERVAL": "0.5",
-                    "ZEITWORK_RESYNC_INTERVAL": "5",
-                    "NODE_IP": lan.address(index),
-                    "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
-                },
-            )
-            await preload(host.data_dir, busybox_image)
-            host.start()
-            agents.append(host)
-        for host in agents:
-            await host.wait_ready()
+        names, agents = await _start_two_agents(
+            lan,
+            hosts,
+            operator.url(lan.gateway),
+            join,
+            {"ZEITWORK_HEARTBEAT_INTERVAL": "0.5", "ZEITWORK_RESYNC_INTERVAL": "5"},
+            preload_image=busybox_image,
+        )
         async with operator.client() as op:
-            listed = await wait_json(
-                op,
-                "/api/v1/nodes",
-                lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
-            )
+            listed = await _both_ready(op, wait_json)
             index_of = {
                 n["id"]: names.index(_host_of(lan, n["ip_address"])) for n in _nodes(listed)
             }
@@ -377,6 +344,48 @@ async def test_a_dead_hosts_deployment_comes_back_on_the_other_host(
             assert first["id"] not in [i["id"] for i in listed_here]
     finally:
         operator.stop()
+
+
+async def _start_two_agents(
+    lan: Lan,
+    hosts: Callable[..., AgentHost],
+    operator_url: str,
+    join: str,
+    env: dict[str, str],
+    *,
+    preload_image: BuiltImage | None = None,
+) -> tuple[list[str], list[AgentHost]]:
+    """Two agent "hosts" on the LAN joining the operator with ``join``; started and ready."""
+    names = [lan.add_host(), lan.add_host()]
+    agents = []
+    for index, name in enumerate(names):
+        host = hosts(
+            netns=name,
+            subnet=None,
+            extra_env={
+                "OPERATOR_URL": operator_url,
+                "ZEITWORK_JOIN_TOKEN": join,
+                "NODE_IP": lan.address(index),
+                "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
+                **env,
+            },
+        )
+        if preload_image is not None:
+            await preload(host.data_dir, preload_image)
+        host.start()
+        agents.append(host)
+    for host in agents:
+        await host.wait_ready()
+    return names, agents
+
+
+async def _both_ready(op: Any, wait_json: Callable[..., Any]) -> Any:
+    """The operator's node list once both nodes are ready."""
+    return await wait_json(
+        op,
+        "/api/v1/nodes",
+        lambda body: sum(1 for n in _nodes(body) if n["state"] == "ready") >= 2,
+    )
 
 
 def _host_of(lan: Lan, ip_address: str) -> str:
