@@ -269,10 +269,6 @@ class AdminClient:
     async def domains(self) -> list[DomainInfo]:
         return await self._list(DomainInfo, "/api/v1/domains", {})
 
-    async def domain(self, domain_id: uuid.UUID) -> DomainInfo:
-        """One domain, with the TXT record that verifies it while it is not verified."""
-        return _parse(DomainInfo, await self._request("GET", f"/api/v1/domains/{domain_id}"))
-
     async def verify_domain(self, domain_id: uuid.UUID) -> DomainInfo:
         response = await self._request("POST", f"/api/v1/domains/{domain_id}/verify")
         return _parse(DomainInfo, response)

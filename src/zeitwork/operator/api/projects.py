@@ -138,7 +138,8 @@ class DomainOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, d: Domain, token: str | None = None) -> DomainOut:
+    def of(cls, d: Domain) -> DomainOut:
+        token = d.verification_token
         return cls(
             verification_record=(
                 DnsRecord(name=record_name(d.name), value=token)
@@ -267,20 +268,17 @@ def router(deps: Deps) -> APIRouter:
 
     @domains.post("", status_code=201, dependencies=[Depends(admin)])
     async def create_domain(body: DomainCreate) -> DomainOut:
-        token = secrets.token_urlsafe(24)
         domain = await store.create_domain(
             name=body.name,
             project_id=body.project_id,
             deployment_id=body.deployment_id,
-            verification_token=token,
+            verification_token=secrets.token_urlsafe(24),
         )
-        return DomainOut.of(domain, token)
+        return DomainOut.of(domain)
 
     @domains.get("/{domain_id}", dependencies=[Depends(domain_reader)])
     async def get_domain(domain_id: uuid.UUID) -> DomainOut:
-        domain = await store.get_domain(domain_id)
-        token = None if domain.verified else await store.verification_token(domain_id)
-        return DomainOut.of(domain, token)
+        return DomainOut.of(await store.get_domain(domain_id))
 
     @domains.put("/{domain_id}", dependencies=[Depends(admin)])
     async def bind_domain(domain_id: uuid.UUID, body: DomainBind) -> DomainOut:

@@ -7,7 +7,7 @@ same transaction.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ class Domain:
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     edge_policy: dict[str, Any] | None = None
+    verification_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class Deployment:
 _P_COLUMNS = "id, name, slug, github_repo, default_branch, created_at, updated_at"
 _D_COLUMNS = (
     "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at, "
-    "rate_limit_rps, rate_limit_burst, edge_policy"
+    "rate_limit_rps, rate_limit_burst, edge_policy, verification_token"
 )
 _DEP_COLUMNS = (
     "id, project_id, image_id, state, state_changed_at, replicas, default_port, vcpu_millis, "
@@ -219,15 +220,7 @@ class ProjectStore:
         async with self._db.transaction(conn) as c:
             current = await self.get_domain(domain_id, conn=c)
             await self._check_binding(c, current.project_id, deployment_id)
-            row = await _one(
-                c,
-                f"UPDATE domains SET deployment_id = %s WHERE id = %s RETURNING {_D_COLUMNS}",
-                (deployment_id, domain_id),
-            )
-            if current.deployment_id != deployment_id:
-                await changes.bump(c, changes.ROUTES)
-        assert row is not None
-        return Domain(**row)
+            return await self._update_routed(c, current, deployment_id=deployment_id)
 
     async def set_domain_rate_limit(
         self,
@@ -237,49 +230,34 @@ class ProjectStore:
         *,
         conn: Conn | None = None,
     ) -> Domain:
-        """The edge's per-client limit for this host (None: the edge's global one); it goes
-        out in the route table, whose version is bumped when it changes."""
+        """The edge's per-client limit for this host (None: the edge's global one)."""
         async with self._db.transaction(conn) as c:
             current = await self.get_domain(domain_id, conn=c)
-            row = await _one(
-                c,
-                "UPDATE domains SET rate_limit_rps = %s, rate_limit_burst = %s "
-                f"WHERE id = %s AND deleted_at IS NULL RETURNING {_D_COLUMNS}",
-                (rps, burst, domain_id),
-            )
-            if (current.rate_limit_rps, current.rate_limit_burst) != (rps, burst):
-                await changes.bump(c, changes.ROUTES)
-        assert row is not None
-        return Domain(**row)
+            return await self._update_routed(c, current, rate_limit_rps=rps, rate_limit_burst=burst)
 
     async def set_domain_edge_policy(
         self, domain_id: uuid.UUID, policy: dict[str, Any] | None, *, conn: Conn | None = None
     ) -> Domain:
         """The domain's CORS / security-header policy at the edges (None: their global one),
-        validated by the caller; the route table's version is bumped when it changes."""
+        validated by the caller."""
         async with self._db.transaction(conn) as c:
             current = await self.get_domain(domain_id, conn=c)
-            row = await _one(
-                c,
-                "UPDATE domains SET edge_policy = %s "
-                f"WHERE id = %s AND deleted_at IS NULL RETURNING {_D_COLUMNS}",
-                (Jsonb(policy) if policy is not None else None, domain_id),
-            )
-            if current.edge_policy != policy:
-                await changes.bump(c, changes.ROUTES)
+            return await self._update_routed(c, current, edge_policy=policy)
+
+    async def _update_routed(self, c: Conn, current: Domain, **columns: Any) -> Domain:
+        """Set columns of a domain that the route table carries, bumping its version only
+        when a value changes."""
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
+        row = await _one(
+            c,
+            f"UPDATE domains SET {assignments} WHERE id = %s RETURNING {_D_COLUMNS}",
+            (*values, current.id),
+        )
+        if any(getattr(current, name) != value for name, value in columns.items()):
+            await changes.bump(c, changes.ROUTES)
         assert row is not None
         return Domain(**row)
-
-    async def verification_token(self, domain_id: uuid.UUID, *, conn: Conn | None = None) -> str:
-        async with self._db.connection(conn) as c:
-            cur = await c.execute(
-                "SELECT verification_token FROM domains WHERE id = %s AND deleted_at IS NULL",
-                (domain_id,),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            raise NotFound(f"domain {domain_id} does not exist")
-        return str(row[0] or "")
 
     async def mark_domain_verified(
         self, domain_id: uuid.UUID, *, conn: Conn | None = None

@@ -65,7 +65,7 @@ class DomainVerifier:
         domain = await self._projects.get_domain(domain_id)
         if domain.verified:
             return domain
-        token = await self._projects.verification_token(domain_id)
+        token = domain.verification_token or ""
         name = record_name(domain.name)
         found = await self._dns.lookup(name)
         if token not in found:
