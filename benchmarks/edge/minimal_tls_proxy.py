@@ -31,7 +31,6 @@ class Upstream(asyncio.Protocol):
         self.head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
