@@ -41,7 +41,7 @@ def _check_value(name: str, value: str) -> bytes:
 class SecurityHeaders:
     """Applies one security-header policy to response header lists in place."""
 
-    __slots__ = ("_http", "_https", "_names", "_override", "config")
+    __slots__ = ("_http", "_https", "_override", "_watched", "config")
 
     def __init__(self, config: SecurityHeadersConfig) -> None:
         self.config = config
@@ -84,24 +84,30 @@ class SecurityHeaders:
         self._http = tuple(common)
         self._https = tuple(https)
         self._override = frozenset(name.lower().encode() for name in config.override)
-        self._names = frozenset(name for name, _ in https)
+        # names whose presence in a response needs a closer look: set by the policy (kept
+        # if the app set them) or overridden (the app's value is dropped)
+        self._watched = frozenset(name for name, _ in https) | self._override
 
     def headers_for(self, *, https: bool) -> tuple[Header, ...]:
         return self._https if https else self._http
 
     def apply(self, headers: list[Header], *, https: bool) -> None:
-        """Add the policy's headers to ``headers`` (lower- or mixed-case names) in place."""
+        """Add the policy's headers to ``headers`` (lower-case names, as the proxy core
+        hands them over) in place."""
         policy = self._https if https else self._http
         if not policy:
             return
-        present = {name.lower() for name, _ in headers}
-        override = self._override
-        if not override and present.isdisjoint(self._names):
+        watched = self._watched
+        for name, _ in headers:
+            if name in watched:
+                break
+        else:
             headers.extend(policy)  # the usual case: the app set none of them
             return
-        if override and present & override:
-            headers[:] = [(n, v) for n, v in headers if n.lower() not in override]
-            present -= override
+        override = self._override
+        if override:
+            headers[:] = [(n, v) for n, v in headers if n not in override]
+        present = {name for name, _ in headers}
         for name, value in policy:
             if name not in present:
                 headers.append((name, value))

@@ -110,25 +110,67 @@ class TrustedProxies:
         return candidate
 
 
+# Small bounded caches for the per-request string work: the same few header names, Host
+# values and Connection values arrive over and over. A cache that fills up is cleared.
+_CACHE_MAX = 512
+_lower_names: dict[bytes, bytes] = {}
+_hosts: dict[bytes, str] = {}
+_tokens: dict[bytes, frozenset[bytes]] = {}
+
+
+def lower_name(name: bytes) -> bytes:
+    """``name.lower()``, remembered for the names seen most (one dict lookup, no copy)."""
+    known = _lower_names.get(name)
+    if known is not None:
+        return known
+    lowered = name.lower()
+    if len(name) <= 64:
+        if len(_lower_names) >= _CACHE_MAX:
+            _lower_names.clear()
+        _lower_names[name] = lowered
+    return lowered
+
+
 def split_host(value: bytes) -> str:
     """Host header -> lower-case host without port (IPv6 literals keep their brackets)."""
+    known = _hosts.get(value)
+    if known is not None:
+        return known
     text = value.decode("latin-1").strip().lower()
     if text.startswith("["):
         end = text.find("]")
-        return text[: end + 1] if end > 0 else text
-    colon = text.rfind(":")
-    if colon >= 0:
-        return text[:colon]
-    return text
+        host = text[: end + 1] if end > 0 else text
+    else:
+        colon = text.rfind(":")
+        host = text[:colon] if colon >= 0 else text
+    if len(value) <= 255:
+        if len(_hosts) >= _CACHE_MAX:
+            _hosts.clear()
+        _hosts[value] = host
+    return host
 
 
-def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The lower-case tokens of Connection header values."""
     tokens: set[bytes] = set()
     for value in values:
         for raw in value.split(b","):
             token = raw.strip().lower()
             if token:
                 tokens.add(token)
+    return frozenset(tokens)
+
+
+def connection_value_tokens(value: bytes) -> frozenset[bytes]:
+    """``connection_tokens`` of one header value, remembered for the common values."""
+    known = _tokens.get(value)
+    if known is not None:
+        return known
+    tokens = connection_tokens((value,))
+    if len(value) <= 64:
+        if len(_tokens) >= _CACHE_MAX:
+            _tokens.clear()
+        _tokens[value] = tokens
     return tokens
 
 
@@ -144,10 +186,14 @@ class RequestIds:
 
     def __init__(self) -> None:
         self._prefix = os.urandom(6).hex()
+        self._prefix_b = self._prefix.encode()
         self._counter = count(1)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):010x}"
+        return self.next_bytes().decode("ascii")
+
+    def next_bytes(self) -> bytes:
+        return b"%s%010x" % (self._prefix_b, next(self._counter))
 
 
 @lru_cache(maxsize=64)

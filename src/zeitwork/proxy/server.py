@@ -27,7 +27,8 @@ from zeitwork.proxy.headers import (
     MAX_HEADER_BYTES,
     RequestIds,
     TrustedProxies,
-    connection_tokens,
+    connection_value_tokens,
+    lower_name,
     problem_body,
     serialize_response,
     split_host,
@@ -135,6 +136,7 @@ class Exchange:
         "head_only",
         "pool",
         "received",
+        "request_id",
         "resp_chunked",
         "resp_until_close",
         "response_started",
@@ -175,6 +177,7 @@ class Exchange:
         self.resp_until_close = False
         self.upstream_until_close = False
         self.head_only = head.method == b"HEAD"
+        self.request_id = b""  # head.request_id as bytes (for the response header)
         self.status = 0
         self.close_after = False
         self.finished = False
@@ -458,7 +461,7 @@ class ClientProtocol:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hbytes += len(name) + len(value) + 4
-        self._headers.append((name.lower(), value))
+        self._headers.append((lower_name(name), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -478,7 +481,7 @@ class ClientProtocol:
         xfp: bytes | None = None
         xfh: bytes | None = None
         request_id: bytes | None = None
-        tokens: set[bytes] | None = None
+        tokens: frozenset[bytes] | None = None
         upgrade_value: bytes | None = None
         kinds = _REQUEST_KINDS
         for name, value in self._headers:
@@ -499,7 +502,7 @@ class ClientProtocol:
             elif kind == _K_TE:
                 te = value if te is None else te + b"," + value
             elif kind == _K_CONNECTION:
-                found = connection_tokens((value,))
+                found = connection_value_tokens(value)
                 tokens = found if tokens is None else tokens | found
             elif kind == _K_UPGRADE:
                 upgrade_value = value
@@ -558,7 +561,7 @@ class ClientProtocol:
             if tokens:
                 parts = [p for p in parts if p.split(b":", 1)[0] not in tokens]
         if request_id is None or not valid_request_id(request_id):
-            request_id = proxy.request_ids.next().encode()
+            request_id = proxy.request_ids.next_bytes()
         peer = self.peer_b
         info = self.info
         if xff is not None:
@@ -603,6 +606,7 @@ class ClientProtocol:
             request_id.decode("latin-1"),
         )
         ex = Exchange(head, info)
+        ex.request_id = request_id
         ex.head_bytes = b"".join(parts)
         ex.chunked = chunked
         if content_length > 0:
@@ -776,14 +780,14 @@ class ClientProtocol:
         proxy = self.proxy
         head = ex.head
         headers: Headers = []
-        tokens: set[bytes] | None = None
+        tokens: frozenset[bytes] | None = None
         length = -1
         upstream_chunked = False
         has_rid = False
         upgrade_value: bytes | None = None
         kinds = _RESPONSE_KINDS
         for name, value in up.headers:
-            lname = name.lower()
+            lname = lower_name(name)
             kind = kinds.get(lname)
             if kind is None:
                 headers.append((lname, value))
@@ -793,7 +797,7 @@ class ClientProtocol:
             elif kind == _R_TE:
                 upstream_chunked = True
             elif kind == _R_CONNECTION:
-                found = connection_tokens((value,))
+                found = connection_value_tokens(value)
                 tokens = found if tokens is None else tokens | found
             elif kind == _R_UPGRADE:
                 upgrade_value = value
@@ -830,7 +834,7 @@ class ClientProtocol:
                 ex.resp_until_close = True
                 close = True
         if not has_rid and proxy.config.response_request_id:
-            headers.append((b"x-request-id", head.request_id.encode()))
+            headers.append((b"x-request-id", ex.request_id))
         if proxy.has_policy:
             proxy.policy.on_response(head, ex.client, status, headers)
         if status != 101:
@@ -1048,7 +1052,7 @@ class ClientProtocol:
     def _send_local(self, ex: Exchange, local: LocalResponse) -> None:
         headers = list(local.headers)
         if self.proxy.config.response_request_id:
-            headers.append((b"x-request-id", ex.head.request_id.encode()))
+            headers.append((b"x-request-id", ex.request_id))
         self.proxy.policy.on_response(ex.head, ex.client, local.status, headers)
         close = local.close or not ex.head.keep_alive or not ex.body_done or self.proxy.draining
         ex.status = local.status

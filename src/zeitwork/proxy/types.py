@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from zeitwork.proxy.backends import Pool
 
 Headers = list[tuple[bytes, bytes]]
-"""Header list as (name, value) byte pairs; names are lower-case on the request side."""
+"""Header list as (name, value) byte pairs; the engine hands policies lower-case names (request
+and upstream response headers alike; local answers are expected to use lower-case names too)."""
 
 
 @dataclass(slots=True)

@@ -63,7 +63,7 @@ class Upstream:
                     return
                 extra = b""
                 if target.startswith(b"/app-headers"):
-                    extra = b"x-frame-options: DENY\r\n"
+                    extra = b"X-Frame-Options: DENY\r\n"  # mixed case: the core lowers it
                 body = b"ok " + target
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n%scontent-length: %d\r\n\r\n%s"

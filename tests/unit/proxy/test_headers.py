@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+from zeitwork.proxy import headers
 from zeitwork.proxy.backends import Backend, Pool, parse_address
 from zeitwork.proxy.headers import (
+    RequestIds,
     TrustedProxies,
     connection_tokens,
+    connection_value_tokens,
+    lower_name,
     parse_networks,
     problem_body,
     serialize_response,
@@ -52,6 +56,29 @@ def test_ipv4_mapped_peer_is_matched() -> None:
 )
 def test_split_host(raw: bytes, host: str) -> None:
     assert split_host(raw) == host
+    assert split_host(raw) == host  # the second answer comes from the cache
+
+
+def test_string_caches_stay_bounded() -> None:
+    # a peer sending ever-new names or hosts cannot grow the caches past their cap
+    for i in range(3 * headers._CACHE_MAX):
+        assert lower_name(b"X-Name-%d" % i) == b"x-name-%d" % i
+        assert split_host(b"Host-%d.Example:80" % i) == f"host-{i}.example"
+        assert connection_value_tokens(b"Close, X-%d" % i) == {b"close", b"x-%d" % i}
+    for cache in (headers._lower_names, headers._hosts, headers._tokens):
+        assert 0 < len(cache) <= headers._CACHE_MAX
+    # long values are answered, not remembered
+    long_name = b"X-" + b"A" * 200
+    assert lower_name(long_name) == long_name.lower()
+    assert long_name not in headers._lower_names
+
+
+def test_request_ids_are_unique_and_well_formed() -> None:
+    ids = RequestIds()
+    first, second = ids.next_bytes(), ids.next_bytes()
+    assert first != second
+    assert valid_request_id(first) and len(first) == 22
+    assert ids.next() == (second[:12] + b"%010x" % 3).decode()
 
 
 def test_connection_tokens() -> None:
