@@ -10,7 +10,6 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from http import HTTPStatus
 from itertools import count
 
@@ -196,13 +195,21 @@ class RequestIds:
         return b"%s%010x" % (self._prefix_b, next(self._counter))
 
 
-@lru_cache(maxsize=64)
-def status_line(status: int, version: bytes = b"HTTP/1.1") -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    return b"%s %d %s\r\n" % (version, status, phrase.encode())
+_status_lines: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """The status line of a response, ``HTTP/1.1 200 OK`` and CRLF (made once per code)."""
+    line = _status_lines.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
+        if 100 <= status <= 999:  # what httptools accepts; bounded
+            _status_lines[status] = line
+    return line
 
 
 PROBLEM_TITLES = {
