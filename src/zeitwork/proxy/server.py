@@ -193,6 +193,53 @@ class _Sink:
 _NO_PARSER = httptools.HttpRequestParser(_Sink())
 
 
+class OutputFlusher:
+    """Hands the output queued during one event-loop iteration to the transports at its end.
+
+    Writing each response and each forwarded request the moment it is ready makes the kernel
+    wake an idle peer once per write, and on loopback or in a VM that wake-up is most of what
+    a small write costs. Queued instead, and written after the loop has run every callback of
+    the iteration, the writes leave back to back and a peer wakes once for many of them
+    (``benchmarks/edge.sh`` measured about 13% more keep-alive HTTPS requests per second).
+    Nothing waits longer than the rest of the current iteration. Requests to backends are
+    written before responses to clients: the backends have the longer way to go.
+    """
+
+    __slots__ = ("clients", "scheduled", "upstreams")
+
+    def __init__(self) -> None:
+        self.clients: list[ClientProtocol] = []
+        self.upstreams: list[UpstreamProtocol] = []
+        self.scheduled = False
+
+    def add_client(self, client: ClientProtocol) -> None:
+        self.clients.append(client)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def add_upstream(self, upstream: UpstreamProtocol) -> None:
+        self.upstreams.append(upstream)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        upstreams, clients = self.upstreams, self.clients
+        self.upstreams, self.clients = [], []
+        for upstream in upstreams:
+            try:
+                upstream.flush()
+            except Exception:  # one broken transport must not stall the rest
+                upstream.abort()
+        for client in clients:
+            try:
+                client.flush()
+            except Exception:  # as above
+                client.abort()
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ClientProtocol:
     """The client side of one connection (an asyncio protocol by duck typing, so that the
@@ -219,7 +266,7 @@ class ClientProtocol:
         self.deadline_kind = 0  # 0 idle, 1 header, 2 request, 3 tunnel
         self.pending_error: tuple[int, str] | None = None
         self.admitted = False
-        self.batch: list[bytes] | None = None
+        self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
         self.info = ClientInfo(peer_ip="", client_ip="")
         self.peer_b = b""
         self.client_b = b""
@@ -267,6 +314,7 @@ class ClientProtocol:
             return
         self.admitted = False
         self.closing = True
+        self.out = []
         self.parser = _NO_PARSER  # break the protocol <-> parser cycle: freed at once
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
@@ -296,41 +344,40 @@ class ClientProtocol:
 
     def close(self) -> None:
         self.closing = True
-        if self.batch is not None:
-            self.end_batch()
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
-        self.batch = None
+        self.out = []
         if self.transport is not None:
             self.transport.abort()
 
-    # -- output: writes made while an upstream read is processed go out as one send ----------
+    # -- output: queued, written by the proxy's flusher at the end of the loop iteration ------
     def _write(self, data: bytes) -> None:
-        batch = self.batch
-        if batch is not None:
-            batch.append(data)
-        elif self.transport is not None:
-            self.transport.write(data)
-
-    def begin_batch(self) -> None:
-        if self.batch is None:
-            self.batch = []
-
-    def end_batch(self) -> None:
-        batch = self.batch
-        self.batch = None
-        transport = self.transport
-        if not batch or transport is None or transport.is_closing():
+        if self.transport is None:
             return
-        if len(batch) == 1:
-            transport.write(batch[0])
-        elif len(batch) < 16 and sum(map(len, batch)) < 65536:
-            transport.write(b"".join(batch))
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.proxy.flusher.add_client(self)
+
+    def flush(self) -> None:
+        """Write what is queued now (the flusher calls this; so do close and half-close)."""
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        elif len(out) < 16 and sum(map(len, out)) < 65536:
+            transport.write(b"".join(out))
         else:
-            transport.writelines(batch)
+            transport.writelines(out)
 
     def pause_reading_for(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -361,6 +408,7 @@ class ClientProtocol:
             return None
         if self.tunnel is not None:
             if self.tunnel.transport is not None and self.tunnel.transport.can_write_eof():
+                self.tunnel.flush()
                 self.tunnel.transport.write_eof()
             return True
         if self.ex is None:
@@ -694,7 +742,7 @@ class ClientProtocol:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.proxy.config.connect_timeout):
-                conn = UpstreamProtocol(backend)
+                conn = UpstreamProtocol(backend, self.proxy.flusher)
                 await loop.create_connection(
                     lambda: cast(asyncio.Protocol, conn), backend.host, backend.port
                 )
@@ -912,8 +960,7 @@ class ClientProtocol:
         self.transport.resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        self._write(data)
         self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
 
     def tunnel_closed(self) -> None:
@@ -1101,8 +1148,7 @@ class ClientProtocol:
         transport = self.transport
         if transport is None:
             return
-        if self.batch is not None:
-            self.end_batch()
+        self.flush()
         if transport.can_write_eof():
             transport.write_eof()
             self.deadline = self.proxy.now() + 2.0
@@ -1133,6 +1179,7 @@ class Proxy:
         self.limiter = limiter
         self.trusted = trusted or TrustedProxies(())
         self.request_ids = RequestIds()
+        self.flusher = OutputFlusher()
         self.connections: set[ClientProtocol] = set()
         self.servers: list[asyncio.Server] = []
         self.draining = False

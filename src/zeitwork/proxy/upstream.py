@@ -16,7 +16,7 @@ from zeitwork.proxy.headers import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.server import ClientProtocol, Exchange
+    from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
 
 
 class _Sink:
@@ -37,8 +37,10 @@ class UpstreamProtocol:
         "client",
         "closed",
         "ex",
+        "flusher",
         "got_bytes",
         "headers",
+        "out",
         "parser",
         "reason",
         "reusable",
@@ -47,8 +49,10 @@ class UpstreamProtocol:
         "tunnel",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, flusher: OutputFlusher) -> None:
         self.backend = backend
+        self.flusher = flusher
+        self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -99,8 +103,6 @@ class UpstreamProtocol:
             return
         self.got_bytes = True
         client = self.client
-        if client is not None:
-            client.begin_batch()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -115,8 +117,6 @@ class UpstreamProtocol:
             self.close()
         finally:
             self._skip = False
-            if client is not None:
-                client.end_batch()
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -188,12 +188,37 @@ class UpstreamProtocol:
 
     # -- engine API --------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """Queue ``data``; the proxy's flusher writes it at the end of the loop iteration."""
+        if self.transport is None or self.closed:
+            return
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.flusher.add_upstream(self)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(parts)
+        if self.transport is None or self.closed or not parts:
+            return
+        out = self.out
+        was_empty = not out
+        out.extend(parts)
+        if was_empty:
+            self.flusher.add_upstream(self)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        elif len(out) < 16 and sum(map(len, out)) < 65536:
+            transport.write(b"".join(out))
+        else:
+            transport.writelines(out)
 
     def release(self) -> None:
         """The exchange ended cleanly: back to the backend's idle list."""
@@ -210,10 +235,12 @@ class UpstreamProtocol:
     def close(self) -> None:
         self.reusable = False
         if self.transport is not None and not self.closed:
+            self.flush()
             self.transport.close()
 
     def abort(self) -> None:
         self.reusable = False
+        self.out = []
         self.ex = None
         self.client = None
         if self.transport is not None and not self.closed:
