@@ -14,6 +14,12 @@ import httptools
 
 from zeitwork.proxy.headers import MAX_HEADER_BYTES
 
+# Queued output at which a connection (client or backend side) writes at once instead of
+# waiting for the end of the loop iteration: a fast peer can deliver many reads in one
+# iteration, and back-pressure (the transport's pause_writing) starts only once bytes reach
+# the transport.
+FLUSH_NOW_BYTES = 64 * 1024
+
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
     from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
@@ -41,6 +47,7 @@ class UpstreamProtocol:
         "got_bytes",
         "headers",
         "out",
+        "out_bytes",
         "parser",
         "reason",
         "reusable",
@@ -53,6 +60,7 @@ class UpstreamProtocol:
         self.backend = backend
         self.flusher = flusher
         self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
+        self.out_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -193,8 +201,11 @@ class UpstreamProtocol:
             return
         out = self.out
         out.append(data)
+        self.out_bytes += len(data)
         if len(out) == 1:
             self.flusher.add_upstream(self)
+        if self.out_bytes >= FLUSH_NOW_BYTES:
+            self.flush()
 
     def writelines(self, parts: list[bytes]) -> None:
         if self.transport is None or self.closed or not parts:
@@ -202,14 +213,18 @@ class UpstreamProtocol:
         out = self.out
         was_empty = not out
         out.extend(parts)
+        self.out_bytes += sum(map(len, parts))
         if was_empty:
             self.flusher.add_upstream(self)
+        if self.out_bytes >= FLUSH_NOW_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         out = self.out
         if not out:
             return
         self.out = []
+        self.out_bytes = 0
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
             return
@@ -237,6 +252,14 @@ class UpstreamProtocol:
         if self.transport is not None and not self.closed:
             self.flush()
             self.transport.close()
+
+    def fail(self) -> None:
+        """Abort the connection but keep its exchange: ``connection_lost`` reports the loss
+        to the client side (502, or a retry on a fresh connection)."""
+        self.reusable = False
+        self.out = []
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
 
     def abort(self) -> None:
         self.reusable = False

@@ -8,7 +8,7 @@ from typing import Any
 
 from zeitwork.proxy.backends import Backend
 from zeitwork.proxy.server import ClientProtocol, OutputFlusher, Proxy
-from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol
 
 
 class RecordingTransport:
@@ -86,14 +86,37 @@ async def test_writes_of_one_iteration_leave_as_one_write_after_it() -> None:
     assert transport.calls[-1] == ("write", b"next")
 
 
-async def test_large_output_goes_out_as_writelines_in_order() -> None:
+async def test_many_parts_go_out_as_writelines_in_order() -> None:
     proxy = Proxy(router=NoRoutes())
     client, transport = _client(proxy)
-    parts = [bytes([65 + i]) * 8192 for i in range(10)]
+    parts = [bytes([65 + i]) * 1024 for i in range(20)]
     for part in parts:
         client._write(part)
     await _next_iteration()
     assert transport.calls == [("writelines", parts)]
+
+
+async def test_a_full_queue_is_written_at_once() -> None:
+    # a fast backend can hand over many reads in one iteration: past FLUSH_NOW_BYTES the
+    # bytes go to the transport at once, so its back-pressure (pause_writing) starts in time
+    proxy = Proxy(router=NoRoutes())
+    client, transport = _client(proxy)
+    chunk = b"x" * (FLUSH_NOW_BYTES // 4)
+    for _ in range(3):
+        client._write(chunk)
+    assert transport.calls == []
+    client._write(chunk)
+    assert transport.calls == [("writelines", [chunk] * 4)]
+    client._write(b"tail")
+    await _next_iteration()
+    assert transport.calls[-1] == ("write", b"tail")
+    assert client.out == [] and client.out_bytes == 0
+
+    up = UpstreamProtocol(Backend("127.0.0.1:1"), proxy.flusher)
+    up_transport = RecordingTransport()
+    up.connection_made(up_transport)  # type: ignore[arg-type]
+    up.writelines([b"h" * FLUSH_NOW_BYTES])
+    assert up_transport.calls == [("write", b"h" * FLUSH_NOW_BYTES)]
 
 
 async def test_close_flushes_first_and_abort_discards() -> None:
@@ -138,6 +161,20 @@ async def test_upstream_writes_are_queued_and_flushed_before_close() -> None:
     up.connection_lost(None)
     await _next_iteration()
     assert len(transport.calls) == 3
+
+
+async def test_a_backend_write_failure_reaches_the_exchange() -> None:
+    proxy = Proxy(router=NoRoutes())
+    up = UpstreamProtocol(Backend("127.0.0.1:1"), proxy.flusher)
+    transport = RecordingTransport(fail=True)
+    up.connection_made(transport)  # type: ignore[arg-type]
+    marker = object()
+    up.ex = marker  # type: ignore[assignment]
+    up.write(b"GET / HTTP/1.1\r\n\r\n")
+    await _next_iteration()
+    # aborted, but the exchange is kept so that connection_lost reports the loss (502/retry)
+    assert transport.calls == [("abort", None)]
+    assert up.ex is marker and up.out == []
 
 
 async def test_one_broken_transport_does_not_stall_the_others() -> None:
