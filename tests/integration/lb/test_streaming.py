@@ -112,3 +112,30 @@ async def test_upgrade_refused_by_backend_is_a_normal_answer(
         r = await asyncio.wait_for(read_response(reader), 3)
         assert r.status == 200 and r.body == b"o"
         assert r.header("connection") == "close"
+
+
+async def test_a_client_that_stops_reading_holds_back_the_backend(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    # back-pressure through the queued output: while the client reads nothing, what the
+    # balancer holds for it stays bounded and the backend is paused; then all of it arrives
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    total = 64 * 1024 * 1024
+    async with connection(lb.port) as (reader, writer):
+        writer.write(b"GET /download/%d HTTP/1.1\r\nHost: a\r\n\r\n" % total)
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)  # not reading: kernel buffers fill, then the balancer's
+        (client,) = lb.proxy.connections
+        assert client.transport is not None
+        held = client.out_bytes + client.transport.get_write_buffer_size()
+        assert held < 2 * 1024 * 1024, held
+        ex = client.ex
+        assert ex is not None and ex.upstream is not None and ex.upstream.transport is not None
+        assert not ex.upstream.transport.is_reading()  # the backend side is paused
+        received = 0
+        while received < total:
+            chunk = await reader.read(1 << 20)
+            assert chunk
+            received += len(chunk)
+        assert received == total
