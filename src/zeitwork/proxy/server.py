@@ -47,7 +47,7 @@ from zeitwork.proxy.types import (
     RequestPolicy,
     Router,
 )
-from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol
+from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol, write_out
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 BUFFER_LIMIT = 256 * 1024  # request body bytes held while the upstream is not attached yet
@@ -377,14 +377,8 @@ class ClientProtocol:
         self.out = []
         self.out_bytes = 0
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(out) == 1:
-            transport.write(out[0])
-        elif len(out) < 16 and sum(map(len, out)) < 65536:
-            transport.write(b"".join(out))
-        else:
-            transport.writelines(out)
+        if transport is not None and not transport.is_closing():
+            write_out(transport, out)
 
     def pause_reading_for(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:

@@ -14,15 +14,26 @@ import httptools
 
 from zeitwork.proxy.headers import MAX_HEADER_BYTES
 
+if TYPE_CHECKING:
+    from zeitwork.proxy.backends import Backend
+    from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
+
+
 # Queued output at which a connection (client or backend side) writes at once instead of
 # waiting for the end of the loop iteration: a fast peer can deliver many reads in one
 # iteration, and back-pressure (the transport's pause_writing) starts only once bytes reach
 # the transport.
 FLUSH_NOW_BYTES = 64 * 1024
 
-if TYPE_CHECKING:
-    from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
+
+def write_out(transport: asyncio.Transport, out: list[bytes]) -> None:
+    """Hand queued pieces to a transport: one write (small pieces joined) or writelines."""
+    if len(out) == 1:
+        transport.write(out[0])
+    elif len(out) < 16 and sum(map(len, out)) < 65536:
+        transport.write(b"".join(out))
+    else:
+        transport.writelines(out)
 
 
 class _Sink:
@@ -226,14 +237,8 @@ class UpstreamProtocol:
         self.out = []
         self.out_bytes = 0
         transport = self.transport
-        if transport is None or self.closed or transport.is_closing():
-            return
-        if len(out) == 1:
-            transport.write(out[0])
-        elif len(out) < 16 and sum(map(len, out)) < 65536:
-            transport.write(b"".join(out))
-        else:
-            transport.writelines(out)
+        if transport is not None and not self.closed and not transport.is_closing():
+            write_out(transport, out)
 
     def release(self) -> None:
         """The exchange ended cleanly: back to the backend's idle list."""
