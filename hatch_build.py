@@ -39,6 +39,7 @@ COMPILED = (
     "zeitwork/proxy/backends.py",
     "zeitwork/proxy/balancing.py",
     "zeitwork/proxy/health.py",
+    "zeitwork/proxy/routing.py",
     # the edge: its client protocols and engine (native subclasses of the core's), and its
     # per-request policy: rate limiter, security headers, CORS, redirects
     "zeitwork/edge/engine.py",

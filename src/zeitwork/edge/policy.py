@@ -18,6 +18,7 @@ from zeitwork.edge.cors import CorsPolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.redirect import ACME_CHALLENGE_PREFIX, https_location
 from zeitwork.edge.security_headers import SecurityHeaders
+from zeitwork.proxy.routing import prefix_matches
 from zeitwork.proxy.types import ClientInfo, Headers, LocalResponse, RequestHead
 
 
@@ -120,7 +121,7 @@ class EdgePolicy:
         by_prefix = self.prefixes.get(host)
         if by_prefix is not None:  # longest prefix first
             for prefix, policy in by_prefix:
-                if path.startswith(prefix):
+                if prefix_matches(path, prefix):
                     return policy
         return self.domains.get(host, self.default)
 

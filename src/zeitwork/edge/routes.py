@@ -90,7 +90,8 @@ def policies_for(
     prefixes: dict[str, list[tuple[str, DomainPolicy]]] = {}
     hosts: set[str] = set()
     verified: set[str] = set()
-    for route in table.routes:
+    # the "/" routes first: a path-prefix route builds on its domain's policy
+    for route in sorted(table.routes, key=lambda r: r.path_prefix != "/"):
         host = route.host.lower()
         hosts.add(host)
         if route.verified:

@@ -17,6 +17,7 @@ import structlog
 from zeitwork.proxy.backends import Backend, HealthListener, Pool, parse_address
 from zeitwork.proxy.balancing import AlgorithmName
 from zeitwork.proxy.health import EjectionPolicy
+from zeitwork.proxy.routing import prefix_matches
 from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
 
@@ -96,14 +97,6 @@ class ApplyResult:
     drained: int
 
 
-def _prefix_matches(path: str, prefix: str) -> bool:
-    if prefix in ("/", path):
-        return True
-    if not path.startswith(prefix):
-        return False
-    return prefix.endswith("/") or path[len(prefix)] == "/"
-
-
 class RouteTableRouter:
     """The load balancer's ``Router``."""
 
@@ -141,7 +134,7 @@ class RouteTableRouter:
         if isinstance(entry, Pool):
             return entry
         for prefix, pool in entry:
-            if _prefix_matches(path, prefix):
+            if prefix_matches(path, prefix):
                 return pool
         return self.default
 

@@ -53,6 +53,20 @@ class EdgePolicyOverride(BaseModel):
     headers: HeadersOverride | None = None
 
 
+class PathRateLimit(BaseModel):
+    """A rate limit for the requests under one path prefix of a domain (``PUT
+    /api/v1/domains/{id}/path-rate-limits``); the prefix matches at segment boundaries
+    (``/api`` covers ``/api`` and ``/api/...``, not ``/apis``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path_prefix: str = Field(
+        min_length=2, max_length=256, pattern=r"^/[\x21-\x7e]*$", description="not '/' itself"
+    )
+    rps: float = Field(gt=0, le=1_000_000, description="requests per second per client")
+    burst: int | None = Field(default=None, ge=1, le=1_000_000, description="default 2 x rps")
+
+
 class Backend(BaseModel):
     instance_id: uuid.UUID | None = None
     address: str = Field(description="host:port")

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPILED_MODULES = {
-    "proxy": ("server", "upstream", "headers", "backends", "balancing", "health"),
+    "proxy": ("server", "upstream", "headers", "backends", "balancing", "health", "routing"),
     "edge": ("engine", "policy", "rate_limit", "security_headers", "cors", "redirect"),
 }
 

@@ -96,6 +96,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "rate_limit_rps",  # 0008
         "rate_limit_burst",  # 0008
         "edge_policy",  # 0009
+        "path_rate_limits",  # 0010
     },
     "environment_variables": {"project_id", "project_environment_id", "name", "value"},
     "api_tokens": {

@@ -342,3 +342,74 @@ async def test_domain_edge_policy_goes_out_in_the_route_table(operator: Operator
     r = await operator.client.put(url, headers=h, json={})
     assert r.status_code == 200 and r.json()["edge_policy"] is None
     assert (await table()).routes[0].policy is None
+
+
+async def test_domain_path_rate_limits_become_routes_of_their_own(operator: Operator) -> None:
+    await ready_node(operator)
+    image = await ready_image(operator)
+    p = await project(operator)
+    dep = (await deploy(operator, p["id"], image, 1)).json()
+    h = operator.headers()
+    domain = (
+        await operator.client.post(
+            "/api/v1/domains",
+            headers=h,
+            json={"name": "shop.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
+        )
+    ).json()
+    assert domain["path_rate_limits"] == []
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+
+    async def table() -> RouteTable:
+        got = await operator.client.get("/api/v1/routes", headers=proxy)
+        return RouteTable.model_validate(got.json())
+
+    before = await table()
+    url = f"/api/v1/domains/{domain['id']}/path-rate-limits"
+    body = {
+        "limits": [
+            {"path_prefix": "/login", "rps": 1, "burst": 5},
+            {"path_prefix": "/api/bulk", "rps": 50},
+        ]
+    }
+    r = await operator.client.put(url, headers=h, json=body)
+    assert r.status_code == 200, r.text
+    assert [x["path_prefix"] for x in r.json()["path_rate_limits"]] == ["/login", "/api/bulk"]
+    after = await table()
+    assert after.version > before.version
+    main, login, bulk = after.routes
+    assert main.path_prefix == "/" and main.rate_limit_rps is None
+    assert (login.path_prefix, login.rate_limit_rps, login.rate_limit_burst) == ("/login", 1, 5)
+    assert (bulk.path_prefix, bulk.rate_limit_rps, bulk.rate_limit_burst) == ("/api/bulk", 50, None)
+    # the same backends and host as the domain's own route
+    assert login.host == bulk.host == main.host and login.backends == main.backends
+    # the same limits again do not move the table
+    await operator.client.put(url, headers=h, json=body)
+    assert (await table()).version == after.version
+    # bad input: 422 each, nothing changed
+    for bad in (
+        {"limits": [{"path_prefix": "/", "rps": 1}]},  # the domain-wide limit has its endpoint
+        {"limits": [{"path_prefix": "login", "rps": 1}]},
+        {"limits": [{"path_prefix": "/a b", "rps": 1}]},
+        {"limits": [{"path_prefix": "/x", "rps": 0}]},
+        {"limits": [{"path_prefix": "/x", "rps": 1, "burst": 0}]},
+        {"limits": [{"path_prefix": "/x", "rps": 1}, {"path_prefix": "/x", "rps": 2}]},
+        {"limits": [{"path_prefix": f"/p{i}", "rps": 1} for i in range(33)]},
+        {"limits": [{"path_prefix": "/x", "rps": 1, "extra": True}]},
+        {},
+    ):
+        assert_problem(await operator.client.put(url, headers=h, json=bad), 422)
+    assert_problem(await operator.client.put(url, headers=proxy, json={"limits": []}), 403)
+    assert_problem(
+        await operator.client.put(
+            f"/api/v1/domains/{uuid.uuid4()}/path-rate-limits", headers=h, json={"limits": []}
+        ),
+        404,
+    )
+    assert len((await table()).routes) == 3
+    got = await operator.client.get(f"/api/v1/domains/{domain['id']}", headers=h)
+    assert len(got.json()["path_rate_limits"]) == 2
+    # [] removes them: back to the one route
+    r = await operator.client.put(url, headers=h, json={"limits": []})
+    assert r.status_code == 200 and r.json()["path_rate_limits"] == []
+    assert [route.path_prefix for route in (await table()).routes] == ["/"]

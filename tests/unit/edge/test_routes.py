@@ -155,3 +155,37 @@ def test_route_policy_from_the_operator_sets_cors_and_headers() -> None:
     assert shop.quota.rps == 3  # the route's rate limit keeps the domain's policy
     assert shop.security.config.hsts_max_age == DEFAULT.security.config.hsts_max_age
     assert "plain.test" not in routes.domains  # no policy, no limit: the global one
+
+
+async def test_path_routes_build_on_their_domain_and_match_whole_segments() -> None:
+    from zeitwork.wire.routes import CorsOverride, EdgePolicyOverride
+
+    policy = EdgePolicy(
+        default=DEFAULT,
+        limiter=RateLimiter(),
+        has_certificate=lambda h: False,
+        challenge_answer=lambda t: None,
+        https_port=443,
+        clock=lambda: 0.0,
+    )
+    cors = EdgePolicyOverride(cors=CorsOverride(origins=["https://app.test"]))
+    # the path route comes first in this table: it still inherits the domain's CORS policy
+    table = RouteTable(
+        version=1,
+        routes=[
+            _route("shop.test", "/login", rps=1, burst=1),
+            _route("shop.test", rps=1000).model_copy(update={"policy": cors}),
+        ],
+    )
+    watch = RouteWatch(source=Source([]), policy=policy, static={}, on_hosts=lambda h: None)
+    watch.apply(table)
+    (prefix, login), *_ = policy.prefixes["shop.test"]
+    assert prefix == "/login" and login.cors is not None and login.quota.rps == 1
+    client = ClientInfo(peer_ip="1.1.1.1", client_ip="1.1.1.1", tls=True)
+    assert policy.on_request(_head("shop.test", "/login"), client) is None
+    for path in ("/login", "/login/step2"):
+        limited = policy.on_request(_head("shop.test", path), client)
+        assert limited is not None and limited.status == 429, path
+    # /loginx is another path (segment boundary), and the rest of the host has its own bucket
+    for path in ("/loginx", "/", "/cart"):
+        assert policy.on_request(_head("shop.test", path), client) is None, path

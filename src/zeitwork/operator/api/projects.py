@@ -28,7 +28,7 @@ from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.domains import record_name
 from zeitwork.wire.common import ResourcesModel
-from zeitwork.wire.routes import EdgePolicyOverride
+from zeitwork.wire.routes import EdgePolicyOverride, PathRateLimit
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 HOSTNAME = re.compile(
@@ -115,6 +115,21 @@ class DomainRateLimit(BaseModel):
         return self
 
 
+class DomainPathRateLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limits: list[PathRateLimit] = Field(
+        max_length=32, description="per path prefix; [] removes them all"
+    )
+
+    @model_validator(mode="after")
+    def _distinct_prefixes(self) -> DomainPathRateLimits:
+        prefixes = [limit.path_prefix for limit in self.limits]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("each path_prefix may appear once")
+        return self
+
+
 class DnsRecord(BaseModel):
     type: str = "TXT"
     name: str
@@ -131,6 +146,7 @@ class DomainOut(BaseModel):
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     edge_policy: EdgePolicyOverride | None = None
+    path_rate_limits: list[PathRateLimit] = Field(default_factory=list)
     verification_record: DnsRecord | None = Field(
         default=None, description="the TXT record that verifies the domain (until it is verified)"
     )
@@ -155,6 +171,7 @@ class DomainOut(BaseModel):
             rate_limit_rps=d.rate_limit_rps,
             rate_limit_burst=d.rate_limit_burst,
             edge_policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
+            path_rate_limits=[PathRateLimit.model_validate(x) for x in d.path_rate_limits or ()],
             created_at=d.created_at,
             updated_at=d.updated_at,
         )
@@ -300,6 +317,16 @@ def router(deps: Deps) -> APIRouter:
         return DomainOut.of(
             await store.set_domain_rate_limit(domain_id, body.rate_limit_rps, body.rate_limit_burst)
         )
+
+    @domains.put("/{domain_id}/path-rate-limits", dependencies=[Depends(admin)])
+    async def set_domain_path_rate_limits(
+        domain_id: uuid.UUID, body: DomainPathRateLimits
+    ) -> DomainOut:
+        """Per-client limits for path prefixes of this host at every edge (``/login`` at 1
+        per second while the rest of the host keeps its own limit); ``{"limits": []}``
+        removes them."""
+        limits = [limit.model_dump(mode="json") for limit in body.limits] or None
+        return DomainOut.of(await store.set_domain_path_rate_limits(domain_id, limits))
 
     @domains.delete("/{domain_id}", status_code=204, dependencies=[Depends(admin)])
     async def delete_domain(domain_id: uuid.UUID) -> Response:

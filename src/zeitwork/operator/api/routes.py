@@ -1,8 +1,10 @@
 """``GET /api/v1/routes``: the route table of load balancers and edges (long-poll).
 
 A route is a live domain bound to a deployment; its backends are that deployment's running
-instances (``ip_address:port``). ``default_backends`` are all running instances. The
-version changes whenever a domain binding or a running instance (state, address) changes.
+instances (``ip_address:port``). A domain with path rate limits has one more route per path
+prefix (same backends, that prefix's limit), after its ``/`` route. ``default_backends`` are
+all running instances. The version changes whenever a domain binding or a running instance
+(state, address) changes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from zeitwork.operator.db.routes import RouteRows, RunningInstance
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
-from zeitwork.wire.routes import Backend, EdgePolicyOverride, Route, RouteTable
+from zeitwork.wire.routes import Backend, EdgePolicyOverride, PathRateLimit, Route, RouteTable
 
 
 def _backend(instance: RunningInstance) -> Backend | None:
@@ -43,22 +45,30 @@ def route_table(rows: RouteRows) -> RouteTable:
         backends.append(backend)
         if instance.deployment_id is not None:
             by_deployment.setdefault(instance.deployment_id, []).append(backend)
-    return RouteTable(
-        version=rows.version,
-        routes=[
-            Route(
-                host=d.host,
-                deployment_id=d.deployment_id,
-                backends=by_deployment.get(d.deployment_id, []),
-                rate_limit_rps=d.rate_limit_rps,
-                rate_limit_burst=d.rate_limit_burst,
-                verified=d.verified,
-                policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
+    routes: list[Route] = []
+    for d in rows.domains:
+        route = Route(
+            host=d.host,
+            deployment_id=d.deployment_id,
+            backends=by_deployment.get(d.deployment_id, []),
+            rate_limit_rps=d.rate_limit_rps,
+            rate_limit_burst=d.rate_limit_burst,
+            verified=d.verified,
+            policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
+        )
+        routes.append(route)
+        for raw in d.path_rate_limits or ():
+            limit = PathRateLimit.model_validate(raw)
+            routes.append(
+                route.model_copy(
+                    update={
+                        "path_prefix": limit.path_prefix,
+                        "rate_limit_rps": limit.rps,
+                        "rate_limit_burst": limit.burst,
+                    }
+                )
             )
-            for d in rows.domains
-        ],
-        default_backends=backends,
-    )
+    return RouteTable(version=rows.version, routes=routes, default_backends=backends)
 
 
 def router(deps: Deps) -> APIRouter:

@@ -46,6 +46,7 @@ class Domain:
     rate_limit_burst: int | None = None
     edge_policy: dict[str, Any] | None = None
     verification_token: str | None = field(default=None, repr=False)
+    path_rate_limits: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class Deployment:
 _P_COLUMNS = "id, name, slug, github_repo, default_branch, created_at, updated_at"
 _D_COLUMNS = (
     "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at, "
-    "rate_limit_rps, rate_limit_burst, edge_policy, verification_token"
+    "rate_limit_rps, rate_limit_burst, edge_policy, verification_token, path_rate_limits"
 )
 _DEP_COLUMNS = (
     "id, project_id, image_id, state, state_changed_at, replicas, default_port, vcpu_millis, "
@@ -244,11 +245,24 @@ class ProjectStore:
             current = await self.get_domain(domain_id, conn=c)
             return await self._update_routed(c, current, edge_policy=policy)
 
+    async def set_domain_path_rate_limits(
+        self,
+        domain_id: uuid.UUID,
+        limits: list[dict[str, Any]] | None,
+        *,
+        conn: Conn | None = None,
+    ) -> Domain:
+        """Rate limits for path prefixes of this host (None: none), validated by the caller;
+        each becomes a route of its own in the route table."""
+        async with self._db.transaction(conn) as c:
+            current = await self.get_domain(domain_id, conn=c)
+            return await self._update_routed(c, current, path_rate_limits=limits)
+
     async def _update_routed(self, c: Conn, current: Domain, **columns: Any) -> Domain:
         """Set columns of a domain that the route table carries, bumping its version only
         when a value changes."""
         assignments = ", ".join(f"{name} = %s" for name in columns)
-        values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
+        values = [Jsonb(v) if isinstance(v, dict | list) else v for v in columns.values()]
         row = await _one(
             c,
             f"UPDATE domains SET {assignments} WHERE id = %s RETURNING {_D_COLUMNS}",

@@ -21,6 +21,7 @@ class DomainBinding:
     rate_limit_burst: int | None = None
     verified: bool = False
     edge_policy: dict[str, Any] | None = None
+    path_rate_limits: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ class RouteStore:
             version = await changes.version(c, changes.ROUTES)
             cur = await c.execute(
                 "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst, verified, "
-                "edge_policy "
+                "edge_policy, path_rate_limits "
                 "FROM domains "
                 "WHERE deleted_at IS NULL AND deployment_id IS NOT NULL ORDER BY name"
             )
@@ -66,6 +67,7 @@ class RouteStore:
                     rate_limit_burst=r[3],
                     verified=r[4],
                     edge_policy=r[5],
+                    path_rate_limits=r[6],
                 )
                 for r in await cur.fetchall()
             ]
