@@ -346,12 +346,14 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         assert r.status_code == 200, r.text
         await _until(lambda: served(p.url("http")), within=20, what="the limit lifted", platform=p)
 
-        # a path rate limit: /login limited at the edge while the rest of the host is not
-        paths_url = f"/api/v1/domains/{bound['id']}/path-rate-limits"
-        r = await api.put(
-            paths_url, json={"limits": [{"path_prefix": "/login", "rps": 0.2, "burst": 2}]}
+        # a path rate limit (set with the CLI): /login limited at the edge, the rest of the
+        # host not
+        said = await _cli(
+            cli_env, "domains", "limit", domain, "--path", "/login", "--rps", "0.2", "--burst", "2"
         )
-        assert r.status_code == 200, r.text
+        assert "/login 0.2/s (burst 2)" in said, said
+        listed = await _cli(cli_env, "domains", "ls")
+        assert "/login 0.2/s (burst 2)" in listed, listed
 
         async def login_limited() -> bool:
             answer = await web.get(p.url("http") + "/login", headers={"Host": domain})
@@ -359,8 +361,8 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
 
         await _until(login_limited, within=20, what="the path's rate limit", platform=p)
         assert await served(p.url("http"))  # "/" keeps its own (global) limit
-        r = await api.put(paths_url, json={"limits": []})
-        assert r.status_code == 200, r.text
+        said = await _cli(cli_env, "domains", "limit", domain, "--path", "/login", "--clear")
+        assert said.strip().endswith(": -"), said
 
         # a per-domain CORS policy set on the operator: the edge answers the preflight
         origin = "https://ui.example.test"

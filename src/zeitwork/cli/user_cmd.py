@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zeitwork.cli.config import CliSettings, TokenMissing
-from zeitwork.clients.admin import AdminClient, DeploymentInfo, DomainInfo
+from zeitwork.clients.admin import AdminClient, DeploymentInfo, DomainInfo, PathLimitInfo
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.settings import load_settings
 
@@ -58,6 +58,17 @@ def _size(value: int | None) -> str:
     if value is None:
         return "-"
     return f"{value / (1024 * 1024):.1f} MiB"
+
+
+def _limits_text(domain: DomainInfo) -> str:
+    """``20/s (burst 40), /login 1/s``; ``-`` when the edges' global limit applies."""
+
+    def one(rps: float, burst: int | None) -> str:
+        return f"{rps:g}/s" + (f" (burst {burst})" if burst is not None else "")
+
+    parts = [one(domain.rate_limit_rps, domain.rate_limit_burst)] if domain.rate_limit_rps else []
+    parts += [f"{x.path_prefix} {one(x.rps, x.burst)}" for x in domain.path_rate_limits]
+    return ", ".join(parts) or "-"
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
@@ -250,12 +261,13 @@ def register(app: typer.Typer) -> None:
 
         found = run_with_client(lambda c: c.domains())
         _table(
-            ("NAME", "VERIFIED", "DEPLOYMENT", "TO VERIFY: TXT RECORD"),
+            ("NAME", "VERIFIED", "DEPLOYMENT", "RATE LIMITS", "TO VERIFY: TXT RECORD"),
             [
                 (
                     d.name,
                     "yes" if d.verified else "no",
                     str(d.deployment_id)[:8] if d.deployment_id else "-",
+                    _limits_text(d),
                     f"{r.name} {r.value}" if (r := d.verification_record) else "-",
                 )
                 for d in found
@@ -274,6 +286,38 @@ def register(app: typer.Typer) -> None:
 
         done = run_with_client(action)
         typer.echo(f"domain {done.name}: verified")
+
+    @domains.command("limit")
+    def domains_limit(
+        name: Annotated[str, typer.Argument(help="the domain name")],
+        rps: Annotated[
+            float | None, typer.Option(help="requests per second per client", min=0.001)
+        ] = None,
+        burst: Annotated[int | None, typer.Option(help="burst (default 2 x rps)", min=1)] = None,
+        path: Annotated[
+            str | None, typer.Option(help="only requests under this path prefix, e.g. /login")
+        ] = None,
+        clear: Annotated[bool, typer.Option("--clear", help="remove the limit")] = False,
+    ) -> None:
+        """Set the edge's per-client rate limit of a domain, or of one of its path prefixes."""
+        if clear == (rps is not None):
+            raise _fail("give --rps, or --clear", code=2)
+        if burst is not None and rps is None:
+            raise _fail("--burst needs --rps", code=2)
+
+        async def action(client: AdminClient) -> DomainInfo:
+            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
+            if match is None:
+                raise _fail(f"no domain {name}")
+            if path is None:
+                return await client.set_domain_rate_limit(match.id, rps, burst)
+            kept = [x for x in match.path_rate_limits if x.path_prefix != path]
+            if rps is not None:
+                kept.append(PathLimitInfo(path_prefix=path, rps=rps, burst=burst))
+            return await client.set_domain_path_rate_limits(match.id, kept)
+
+        done = run_with_client(action)
+        typer.echo(f"domain {done.name}: {_limits_text(done)}")
 
     app.add_typer(domains, name="domains")
 

@@ -88,6 +88,12 @@ class DnsRecordInfo(_Model):
     value: str
 
 
+class PathLimitInfo(_Model):
+    path_prefix: str
+    rps: float
+    burst: int | None = None
+
+
 class DomainInfo(_Model):
     id: uuid.UUID
     name: str
@@ -95,6 +101,9 @@ class DomainInfo(_Model):
     deployment_id: uuid.UUID | None = None
     verified: bool = False
     verification_record: DnsRecordInfo | None = None
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
+    path_rate_limits: list[PathLimitInfo] = []
 
 
 class NewToken(_Model):
@@ -271,6 +280,22 @@ class AdminClient:
 
     async def verify_domain(self, domain_id: uuid.UUID) -> DomainInfo:
         response = await self._request("POST", f"/api/v1/domains/{domain_id}/verify")
+        return _parse(DomainInfo, response)
+
+    async def set_domain_rate_limit(
+        self, domain_id: uuid.UUID, rps: float | None, burst: int | None
+    ) -> DomainInfo:
+        body = {"rate_limit_rps": rps, "rate_limit_burst": burst}
+        response = await self._request("PUT", f"/api/v1/domains/{domain_id}/rate-limit", json=body)
+        return _parse(DomainInfo, response)
+
+    async def set_domain_path_rate_limits(
+        self, domain_id: uuid.UUID, limits: list[PathLimitInfo]
+    ) -> DomainInfo:
+        body = {"limits": [limit.model_dump(mode="json") for limit in limits]}
+        response = await self._request(
+            "PUT", f"/api/v1/domains/{domain_id}/path-rate-limits", json=body
+        )
         return _parse(DomainInfo, response)
 
 
