@@ -4,11 +4,11 @@ A TCP (layer 4) load balancer in front of the edge cannot add ``X-Forwarded-For`
 encrypted traffic; it names the client in a PROXY v1/v2 header sent before the TLS
 ClientHello instead. The event loop's TLS server starts the handshake with the first byte, so
 with the option on the HTTPS socket is served as plain TCP first: from a trusted proxy a
-buffered protocol reads exactly the header (it hands the transport buffers no larger than
-what is still missing of the header, so no byte of the ClientHello is taken), from any other
-peer nothing; then ``loop.start_tls`` upgrades the same transport and the edge's usual client
-protocol takes over with the client's address. With the option off the HTTPS listener is
-the loop's own TLS server.
+buffered protocol reads the header, from any other peer nothing; then ``loop.start_tls``
+upgrades the same transport, the bytes read past the header (the start of the ClientHello)
+are handed to the TLS layer before anything else, and the edge's usual client protocol takes
+over with the client's address. With the option off the HTTPS listener is the loop's own TLS
+server.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import asyncio
 import ssl
 from typing import Any, cast
 
-from zeitwork.edge.client_ip import PROXY_V2_SIGNATURE, ProxyProtocolError, parse_proxy_header
+from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.engine import EdgeProxy
 from zeitwork.observability import get_logger
 from zeitwork.proxy.server import ClientProtocol
@@ -25,8 +25,7 @@ from zeitwork.proxy.server import ClientProtocol
 log = get_logger("zeitwork.edge.proxied_tls")
 
 _HEADER_MAX = 536  # the PROXY v2 limit for TCP with TLVs we accept
-_V1_MAX = 107
-_SHORTEST = 15  # "PROXY UNKNOWN\r\n"; a v2 header has at least 16 bytes
+_READ_SIZE = 4096  # a header and the ClientHello that follows usually come in one read
 
 
 class _Handover:
@@ -82,13 +81,19 @@ class _Handover:
 
 
 class _HeaderReader(asyncio.BufferedProtocol):
-    """Plain TCP until TLS: reads a PROXY header from a trusted peer, byte-exact."""
+    """Plain TCP until TLS: reads a PROXY header from a trusted peer, nothing from others.
+
+    Bytes that arrive after the header (the ClientHello, often in the same segment) are kept
+    and handed to the TLS layer first, in order, when it takes the transport over
+    (``ProxiedTlsListener._feed``). That also covers uvloop, which starts reading right after
+    ``connection_made`` returns, so that a pause made there (for a peer that sends no
+    header) does not hold: whatever it reads before TLS takes over is kept the same way."""
 
     def __init__(self, listener: ProxiedTlsListener) -> None:
         self._listener = listener
-        self._buf = bytearray(_HEADER_MAX)
-        self._have = 0
-        self._want = _SHORTEST
+        self._buf = bytearray(_READ_SIZE)
+        self._data = b""  # read so far, while the header is incomplete
+        self._early: list[bytes] | None = None  # set once TLS is starting: bytes for it
         self._transport: asyncio.Transport | None = None
         self._peer = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -102,45 +107,46 @@ class _HeaderReader(asyncio.BufferedProtocol):
         listener = self._listener
         listener.proxy.handshakes.started += 1
         if not listener.proxy.trusted.trusts(self._peer):
-            self._upgrade("")  # no header expected from anyone else
+            self._upgrade("", b"")  # no header expected from anyone else
             return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(listener.header_timeout, self._expire)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self._buf)[self._have : self._want]
+        return memoryview(self._buf)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._have += nbytes
-        if self._have < self._want:
+        chunk = bytes(self._buf[:nbytes])
+        if self._early is not None:  # TLS is starting: these bytes are its
+            self._early.append(chunk)
             return
-        data = bytes(self._buf[: self._have])
-        if data[:1] == PROXY_V2_SIGNATURE[:1]:
-            if self._have < 16:
-                self._want = 16
-                return
-            total = 16 + int.from_bytes(data[14:16], "big")
-            if total > _HEADER_MAX:
-                self._reject("PROXY v2 header too long")
-                return
-            if self._have < total:
-                self._want = total
-                return
-        elif not data.endswith(b"\r\n"):
-            if self._have >= _V1_MAX or not data.startswith(b"PROXY "):
-                self._reject("no PROXY v1 header end")
-                return
-            self._want = self._have + 1  # a v1 line ends at CRLF: one byte at a time
-            return
+        data = self._data + chunk
         try:
             header = parse_proxy_header(data)
         except ProxyProtocolError as exc:
             self._reject(str(exc))
             return
-        if header is None or header.length != len(data):
-            self._reject("incomplete PROXY header")
+        if header is None:
+            if len(data) > _HEADER_MAX:
+                self._reject("no end of the PROXY header")
+                return
+            self._data = data
             return
-        self._upgrade(header.source or self._peer)
+        if header.length > _HEADER_MAX:
+            self._reject("PROXY header too long")
+            return
+        self._data = b""
+        self._upgrade(header.source or self._peer, data[header.length :])
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def take_early(self) -> list[bytes]:
+        """The bytes read past the header, for the TLS layer (once)."""
+        early = self._early or []
+        self._early = []
+        return early
 
     def eof_received(self) -> bool | None:
         return None  # closed before TLS: let the transport close
@@ -163,12 +169,13 @@ class _HeaderReader(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _upgrade(self, source: str) -> None:
+    def _upgrade(self, source: str, rest: bytes) -> None:
         self._cancel_timer()
         transport = self._transport
         assert transport is not None
-        transport.pause_reading()  # nothing more is read until TLS owns the transport
-        self._listener.start_tls(transport, source)
+        self._early = [rest] if rest else []
+        transport.pause_reading()  # until TLS owns the transport (see the class docstring)
+        self._listener.start_tls(transport, source, self)
 
 
 class ProxiedTlsListener:
@@ -194,12 +201,45 @@ class ProxiedTlsListener:
 
         return factory
 
-    def start_tls(self, transport: asyncio.Transport, source: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._start_tls(transport, source))
+    def start_tls(self, transport: asyncio.Transport, source: str, reader: _HeaderReader) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._start_tls(transport, source))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # runs right after the task's first step, in which start_tls puts its TLS protocol on
+        # the transport (paused, before that protocol's connection_made and resume_reading,
+        # which it schedules in turn)
+        loop.call_soon(self._feed, transport, reader)
+
+    @staticmethod
+    def _feed(transport: asyncio.Transport, reader: _HeaderReader) -> None:
+        """Hand the TLS layer the bytes the header reader took past the header, first."""
+        early = reader.take_early()
+        if not early or transport.is_closing():
+            return
+        tls_side = transport.get_protocol()
+        # uvloop's TLS protocol is buffered by duck typing (not an asyncio.BufferedProtocol)
+        get_buffer = getattr(tls_side, "get_buffer", None)
+        buffer_updated = getattr(tls_side, "buffer_updated", None)
+        if tls_side is reader or get_buffer is None or buffer_updated is None:
+            log.warning("edge.tls_takeover_missed", peer=reader.peer)
+            transport.abort()
+            return
+        for chunk in early:
+            view = memoryview(chunk)
+            while view:
+                buf = memoryview(get_buffer(len(view))).cast("B")
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                buffer_updated(n)
+                view = view[n:]
 
     async def _start_tls(self, transport: asyncio.Transport, source: str) -> None:
+        if transport.is_closing():
+            # gone before TLS could start (a peer that connects and closes at once). start_tls
+            # would still arm its handshake timer on the dead connection, holding it until the
+            # timeout: a cheap way to pile up memory
+            return
         loop = asyncio.get_running_loop()
         handover = _Handover()
         try:
@@ -210,12 +250,12 @@ class ProxiedTlsListener:
                 server_side=True,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, EOFError) as exc:
+        except (OSError, ssl.SSLError, TimeoutError, EOFError, RuntimeError) as exc:
             # counted as started and never completed; the transport is closed
             log.debug("edge.handshake_failed", error=str(exc) or type(exc).__name__)
             transport.abort()
             return
-        if tls is None:  # the connection went away during the handshake
+        if tls is None or tls.is_closing():  # the connection went away during the handshake
             transport.abort()
             return
         client = self.proxy.proxied_tls_client(source)

@@ -111,6 +111,34 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
         _reap(proc)
 
 
+async def test_direct_clients_on_a_proxy_protocol_listener_under_uvloop(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """uvloop starts reading right after ``connection_made`` (a pause there is undone), so the
+    ClientHello of a peer that sends no PROXY header can arrive before TLS takes over; it must
+    still reach the handshake. A client that sends its hello at once, many times over."""
+    from tests.integration.edge.test_edge import _tls_over
+
+    proc = _edge_process(
+        upstream, tmp_path, EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES="192.0.2.0/24"
+    )
+    log: list[str] = []
+    try:
+        https = int(_wait_line(proc, r"edge.started.*https=(\d+)", log).group(1))
+        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
+        request = b"GET /direct HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        for _ in range(30):
+            response = await asyncio.to_thread(
+                _tls_over, https, b"", ctx, "app.test", request, split=False
+            )
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+            assert upstream.seen[-1][b"x-forwarded-for"] == b"127.0.0.1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)
+
+
 async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_path: Path) -> None:
     """The PROXY-then-TLS path as production runs it (the process uses uvloop; the in-process
     tests use asyncio's loop): start_tls and the protocol hand-over on uvloop's transports."""
