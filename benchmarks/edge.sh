@@ -11,6 +11,9 @@
 #     also counts full and resumed handshakes, printed per run as a check. A minimal uvloop
 #     TLS proxy (benchmarks/edge/minimal_tls_proxy.py) runs beside them as a reference for
 #     what Python's TLS layer costs by itself (in the keep-alive runs too).
+#   - the HTTPS listener with EDGE_PROXY_PROTOCOL on (the compiled edge), for clients that
+#     connect directly (no header): resumed handshakes per second and socket errors, beside
+#     the plain TLS listener
 #   - the rate limiter's cost per decision with a million distinct keys
 # Every figure is given as throughput and per CPU-second of the server (user + system time
 # from /proc): the machine has 2 cores, so wrk and the server each have about one.
@@ -44,7 +47,8 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT KA_PORT <<<"$(free_ports 10)"
+read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT KA_PORT \
+  PP_HTTP PP_HTTPS PP_ADMIN <<<"$(free_ports 13)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -110,10 +114,15 @@ if [ -z "$NO_COMPILED" ]; then
     { echo "edge.sh: the wheel's proxy core is not compiled" >&2; exit 1; }
 fi
 
-start_edge() { # kind variant(c|py) -> sets EDGE_PID (c) or PY_PID (py)
-  local http=$EDGE_HTTP https=$EDGE_HTTPS admin=$EDGE_ADMIN pypath="$WORK/site"
+start_edge() { # kind variant(c|py|pp) -> sets EDGE_PID (c), PY_PID (py) or PP_PID (pp: the
+  # compiled build, if any, with EDGE_PROXY_PROTOCOL on; wrk is not a trusted proxy, so it
+  # connects the way direct clients do, without a header)
+  local http=$EDGE_HTTP https=$EDGE_HTTPS admin=$EDGE_ADMIN pypath="$WORK/site" pp=false
   if [ "$2" = py ]; then http=$PY_HTTP; https=$PY_HTTPS; admin=$PY_ADMIN; pypath=; fi
+  if [ "$2" = pp ]; then http=$PP_HTTP; https=$PP_HTTPS; admin=$PP_ADMIN; pp=true; fi
+  [ -n "$NO_COMPILED" ] && [ "$2" = pp ] && pypath=
   env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$pypath" HOST=127.0.0.1 PORT="$http" \
+    EDGE_PROXY_PROTOCOL="$pp" EDGE_TRUSTED_PROXIES=192.0.2.0/24 \
     EDGE_HTTPS_PORT="$https" EDGE_ADMIN_PORT="$admin" LOAD_BALANCER_URL="http://127.0.0.1:$UP_PORT" \
     SSL_CERT_PATH="$WORK/$1.crt" SSL_KEY_PATH="$WORK/$1.key" RATE_LIMIT_RPS=1000000000 \
     EDGE_MAX_CONNECTIONS_PER_IP=100000 EDGE_WORKERS=1 LOG_LEVEL=warn \
@@ -121,7 +130,7 @@ start_edge() { # kind variant(c|py) -> sets EDGE_PID (c) or PY_PID (py)
   local pid=$!
   PIDS+=("$pid")
   wait_port "$https"
-  if [ "$2" = py ]; then PY_PID=$pid; else EDGE_PID=$pid; fi
+  case $2 in py) PY_PID=$pid ;; pp) PP_PID=$pid ;; *) EDGE_PID=$pid ;; esac
 }
 
 start_haproxy() { # kind
@@ -173,7 +182,7 @@ wrk_run() { # label port pid -> prints a line; echoes "req/s req-per-cpu-second"
   echo "$rps $per_cpu"
 }
 
-handshakes() { # port pid full|resumed -> "connections/s connections-per-server-CPU-second resumed%"
+handshakes() { # port pid full|resumed -> "connections/s per-server-CPU-second resumed% errors"
   # wrk with "Connection: close": every request is a new TCP connection and TLS handshake,
   # HTTP/1.1 so every proxy keeps its upstream pooled.
   local out before after resume=1
@@ -187,12 +196,13 @@ handshakes() { # port pid full|resumed -> "connections/s connections-per-server-
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
   counts=$(grep -o 'full=[0-9]* resumed=[0-9]*' "$WORK/wrk-tls.err" | tail -1)
+  errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
   "$PY" -c "
 import sys
 rps, n, a, b, counts = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 full, resumed = (int(kv.split('=')[1]) for kv in counts.split())
-print(rps, f'{n / max(b - a, 1e-9):.0f}', f'{100 * resumed / max(full + resumed, 1):.0f}')
-" "$rps" "$total" "$before" "$after" "$counts"
+print(rps, f'{n / max(b - a, 1e-9):.0f}', f'{100 * resumed / max(full + resumed, 1):.0f}', sys.argv[6] or 0)
+" "$rps" "$total" "$before" "$after" "$counts" "${errors:-0}"
 }
 
 ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
@@ -265,7 +275,7 @@ for kind in ec rsa; do
           min) port=$MIN_PORT pid=$MIN_PID ;;
           *) port=$(port_of "$who") pid=$(pid_of "$who") ;;
         esac
-        read -r r c u <<<"$(handshakes "$port" "$pid" "$mode")"
+        read -r r c u _ <<<"$(handshakes "$port" "$pid" "$mode")"
         h_rps[$who]+="$r "; h_cpu[$who]+="$c "; h_reused[$who]="$u"
       done
     done
@@ -286,6 +296,24 @@ for kind in ec rsa; do
     echo "$line"
   done
 done
+
+echo "== HTTPS listener with EDGE_PROXY_PROTOCOL on (direct clients, no header), ECDSA, resumed; best of 2 =="
+for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
+stop_pid "$HA_PID"
+stop_pid "$MIN_PID"
+plain=${VARIANTS[0]}
+start_edge ec "$plain"
+start_edge ec pp
+declare -A pp_rps=() pp_cpu=() pp_err=()
+for round in 1 2; do
+  for who in plain pp; do
+    if [ "$who" = pp ]; then port=$PP_HTTPS pid=$PP_PID; else port=$(port_of "$plain") pid=$(pid_of "$plain"); fi
+    read -r r c _ e <<<"$(handshakes "$port" "$pid" resumed)"
+    pp_rps[$who]+="$r "; pp_cpu[$who]+="$c "; pp_err[$who]=$(( ${pp_err[$who]:-0} + e ))
+  done
+done
+# shellcheck disable=SC2086
+echo "$(label "$plain") with the PROXY-protocol listener: $(best ${pp_rps[pp]})/s ($(best ${pp_cpu[pp]}) per CPU-s, ${pp_err[pp]} socket errors) vs the plain TLS listener $(best ${pp_rps[plain]})/s ($(best ${pp_cpu[plain]}) per CPU-s, ${pp_err[plain]} socket errors), ratio $(ratio "$(best ${pp_rps[pp]})" "$(best ${pp_rps[plain]})")"
 
 echo "== rate limiter =="
 if [ -z "$NO_COMPILED" ]; then
