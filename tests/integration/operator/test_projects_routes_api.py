@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from tests.integration.operator.conftest import Operator
@@ -234,8 +235,22 @@ async def test_concurrent_deployments_neither_deadlock_nor_over_commit(
         assert await allocated(operator, node) == (4000, 2048)
 
 
-async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator) -> None:
-    _nodes = await ready_node(operator)
+@dataclass
+class RoutedDomain:
+    """A domain bound to a one-instance deployment, with admin and proxy headers."""
+
+    domain: dict[str, Any]
+    admin: dict[str, str]
+    proxy: dict[str, str]
+    operator: Operator
+
+    async def table(self) -> RouteTable:
+        got = await self.operator.client.get("/api/v1/routes", headers=self.proxy)
+        return RouteTable.model_validate(got.json())
+
+
+async def routed_domain(operator: Operator, name: str) -> RoutedDomain:
+    await ready_node(operator)
     image = await ready_image(operator)
     p = await project(operator)
     dep = (await deploy(operator, p["id"], image, 1)).json()
@@ -243,15 +258,17 @@ async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator)
     r = await operator.client.post(
         "/api/v1/domains",
         headers=h,
-        json={"name": "api.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
+        json={"name": name, "project_id": p["id"], "deployment_id": dep["id"]},
     )
-    domain = r.json()
-    assert (domain["rate_limit_rps"], domain["rate_limit_burst"]) == (None, None)
+    assert r.status_code == 201, r.text
     proxy = operator.headers(await operator.token(Scope.PROXY))
+    return RoutedDomain(r.json(), h, proxy, operator)
 
-    async def table() -> RouteTable:
-        got = await operator.client.get("/api/v1/routes", headers=proxy)
-        return RouteTable.model_validate(got.json())
+
+async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator) -> None:
+    routed = await routed_domain(operator, "api.example.com")
+    domain, h, proxy, table = routed.domain, routed.admin, routed.proxy, routed.table
+    assert (domain["rate_limit_rps"], domain["rate_limit_burst"]) == (None, None)
 
     before = await table()
     url = f"/api/v1/domains/{domain['id']}/rate-limit"
@@ -292,23 +309,8 @@ async def test_domain_rate_limit_goes_out_in_the_route_table(operator: Operator)
 
 
 async def test_domain_edge_policy_goes_out_in_the_route_table(operator: Operator) -> None:
-    await ready_node(operator)
-    image = await ready_image(operator)
-    p = await project(operator)
-    dep = (await deploy(operator, p["id"], image, 1)).json()
-    h = operator.headers()
-    domain = (
-        await operator.client.post(
-            "/api/v1/domains",
-            headers=h,
-            json={"name": "web.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
-        )
-    ).json()
-    proxy = operator.headers(await operator.token(Scope.PROXY))
-
-    async def table() -> RouteTable:
-        got = await operator.client.get("/api/v1/routes", headers=proxy)
-        return RouteTable.model_validate(got.json())
+    routed = await routed_domain(operator, "web.example.com")
+    domain, h, proxy, table = routed.domain, routed.admin, routed.proxy, routed.table
 
     before = await table()
     assert before.routes[0].policy is None
@@ -345,24 +347,9 @@ async def test_domain_edge_policy_goes_out_in_the_route_table(operator: Operator
 
 
 async def test_domain_path_rate_limits_become_routes_of_their_own(operator: Operator) -> None:
-    await ready_node(operator)
-    image = await ready_image(operator)
-    p = await project(operator)
-    dep = (await deploy(operator, p["id"], image, 1)).json()
-    h = operator.headers()
-    domain = (
-        await operator.client.post(
-            "/api/v1/domains",
-            headers=h,
-            json={"name": "shop.example.com", "project_id": p["id"], "deployment_id": dep["id"]},
-        )
-    ).json()
+    routed = await routed_domain(operator, "shop.example.com")
+    domain, h, proxy, table = routed.domain, routed.admin, routed.proxy, routed.table
     assert domain["path_rate_limits"] == []
-    proxy = operator.headers(await operator.token(Scope.PROXY))
-
-    async def table() -> RouteTable:
-        got = await operator.client.get("/api/v1/routes", headers=proxy)
-        return RouteTable.model_validate(got.json())
 
     before = await table()
     url = f"/api/v1/domains/{domain['id']}/path-rate-limits"

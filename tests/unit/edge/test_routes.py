@@ -48,6 +48,17 @@ def test_policies_for_routes() -> None:
     assert prefixes[1][1].quota.burst == 1 and prefixes[1][1].limit_key == "|b.test/api"
 
 
+def _edge_policy() -> EdgePolicy:
+    return EdgePolicy(
+        default=DEFAULT,
+        limiter=RateLimiter(),
+        has_certificate=lambda h: False,
+        challenge_answer=lambda t: None,
+        https_port=443,
+        clock=lambda: 0.0,
+    )
+
+
 def _head(host: str, path: str) -> RequestHead:
     return RequestHead(
         method=b"GET", target=path.encode(), path=path, host=host, http_version="1.1", headers=[]
@@ -70,14 +81,7 @@ class Source:
 
 
 async def test_route_watch_applies_overrides_and_hosts() -> None:
-    policy = EdgePolicy(
-        default=DEFAULT,
-        limiter=RateLimiter(),
-        has_certificate=lambda h: False,
-        challenge_answer=lambda t: None,
-        https_port=443,
-        clock=lambda: 0.0,
-    )
+    policy = _edge_policy()
     seen: list[frozenset[str]] = []
     table = RouteTable(
         version=1, routes=[_route("b.test", "/api", rps=1, burst=1), _route("a.test")]
@@ -160,14 +164,7 @@ def test_route_policy_from_the_operator_sets_cors_and_headers() -> None:
 async def test_path_routes_build_on_their_domain_and_match_whole_segments() -> None:
     from zeitwork.wire.routes import CorsOverride, EdgePolicyOverride
 
-    policy = EdgePolicy(
-        default=DEFAULT,
-        limiter=RateLimiter(),
-        has_certificate=lambda h: False,
-        challenge_answer=lambda t: None,
-        https_port=443,
-        clock=lambda: 0.0,
-    )
+    policy = _edge_policy()
     cors = EdgePolicyOverride(cors=CorsOverride(origins=["https://app.test"]))
     # the path route comes first in this table: it still inherits the domain's CORS policy
     table = RouteTable(
