@@ -61,7 +61,10 @@ class PathRateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path_prefix: str = Field(
-        min_length=2, max_length=256, pattern=r"^/[\x21-\x7e]*$", description="not '/' itself"
+        min_length=2,
+        max_length=256,
+        pattern=r"^/[\x21\x22\x24-\x3e\x40-\x7e]*$",  # printable ASCII, no "?" or "#"
+        description="a path (no query), not '/' itself",
     )
     rps: float = Field(gt=0, le=1_000_000, description="requests per second per client")
     burst: int | None = Field(default=None, ge=1, le=1_000_000, description="default 2 x rps")

@@ -378,6 +378,7 @@ async def test_domain_path_rate_limits_become_routes_of_their_own(operator: Oper
         {"limits": [{"path_prefix": "/", "rps": 1}]},  # the domain-wide limit has its endpoint
         {"limits": [{"path_prefix": "login", "rps": 1}]},
         {"limits": [{"path_prefix": "/a b", "rps": 1}]},
+        {"limits": [{"path_prefix": "/search?q=x", "rps": 1}]},  # a path, not a query
         {"limits": [{"path_prefix": "/x", "rps": 0}]},
         {"limits": [{"path_prefix": "/x", "rps": 1, "burst": 0}]},
         {"limits": [{"path_prefix": "/x", "rps": 1}, {"path_prefix": "/x", "rps": 2}]},
