@@ -364,12 +364,11 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         said = await _cli(cli_env, "domains", "limit", domain, "--path", "/login", "--clear")
         assert said.strip().endswith(": -"), said
 
-        # a per-domain CORS policy set on the operator: the edge answers the preflight
+        # a per-domain CORS policy set on the operator (with the CLI): the edge answers the
+        # preflight
         origin = "https://ui.example.test"
-        r = await api.put(
-            f"/api/v1/domains/{bound['id']}/edge-policy", json={"cors": {"origins": [origin]}}
-        )
-        assert r.status_code == 200, r.text
+        said = await _cli(cli_env, "domains", "policy", domain, "--cors-origin", origin)
+        assert origin in said, said
 
         async def preflight() -> bool:
             answer = await web.options(

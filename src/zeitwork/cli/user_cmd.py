@@ -6,13 +6,14 @@ or the operator's ``$ZEITWORK_DATA_DIR/admin-token``; tables are printed with ri
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -318,6 +319,54 @@ def register(app: typer.Typer) -> None:
 
         done = run_with_client(action)
         typer.echo(f"domain {done.name}: {_limits_text(done)}")
+
+    @domains.command("policy")
+    def domains_policy(
+        name: Annotated[str, typer.Argument(help="the domain name")],
+        *,
+        cors_origin: Annotated[
+            list[str] | None,
+            typer.Option(help="an origin allowed by CORS (repeat; https://*.example.com too)"),
+        ] = None,
+        cors_credentials: Annotated[
+            bool, typer.Option("--cors-credentials", help="allow credentials (cookies)")
+        ] = False,
+        csp: Annotated[str | None, typer.Option(help="Content-Security-Policy value")] = None,
+        frame_options: Annotated[str | None, typer.Option(help="DENY, SAMEORIGIN, or off")] = None,
+        hsts_max_age: Annotated[
+            int | None, typer.Option(help="seconds; 0 switches HSTS off", min=0)
+        ] = None,
+        clear: Annotated[
+            bool, typer.Option("--clear", help="back to the edges' global policy")
+        ] = False,
+    ) -> None:
+        """Set the domain's CORS and security headers at every edge (replaces what was set;
+        an option left out keeps the edges' global value)."""
+        policy: dict[str, Any] = {}
+        if cors_origin:
+            policy["cors"] = {"origins": cors_origin, "credentials": cors_credentials}
+        elif cors_credentials:
+            raise _fail("--cors-credentials needs --cors-origin", code=2)
+        headers: dict[str, Any] = {}
+        if csp is not None:
+            headers["content_security_policy"] = csp
+        if frame_options is not None:
+            headers["frame_options"] = "" if frame_options.lower() == "off" else frame_options
+        if hsts_max_age is not None:
+            headers["hsts_max_age"] = hsts_max_age
+        if headers:
+            policy["headers"] = headers
+        if clear == bool(policy):
+            raise _fail("give --clear, or at least one policy option", code=2)
+
+        async def action(client: AdminClient) -> DomainInfo:
+            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
+            if match is None:
+                raise _fail(f"no domain {name}")
+            return await client.set_domain_edge_policy(match.id, policy)
+
+        done = run_with_client(action)
+        typer.echo(f"domain {done.name}: edge policy {json.dumps(done.edge_policy or {})}")
 
     app.add_typer(domains, name="domains")
 

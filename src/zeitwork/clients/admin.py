@@ -104,6 +104,7 @@ class DomainInfo(_Model):
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     path_rate_limits: list[PathLimitInfo] = []
+    edge_policy: dict[str, Any] | None = None
 
 
 class NewToken(_Model):
@@ -287,6 +288,15 @@ class AdminClient:
     ) -> DomainInfo:
         body = {"rate_limit_rps": rps, "rate_limit_burst": burst}
         response = await self._request("PUT", f"/api/v1/domains/{domain_id}/rate-limit", json=body)
+        return _parse(DomainInfo, response)
+
+    async def set_domain_edge_policy(
+        self, domain_id: uuid.UUID, policy: dict[str, Any]
+    ) -> DomainInfo:
+        """CORS and security headers of the domain at the edges (``{}`` clears them)."""
+        response = await self._request(
+            "PUT", f"/api/v1/domains/{domain_id}/edge-policy", json=policy
+        )
         return _parse(DomainInfo, response)
 
     async def set_domain_path_rate_limits(

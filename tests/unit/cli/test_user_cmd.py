@@ -83,3 +83,22 @@ def test_domains_limit_checks_its_options_before_calling(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["a.test"], "give --clear, or at least one policy option"),
+        (["a.test", "--clear", "--csp", "default-src 'self'"], "give --clear"),
+        (["a.test", "--cors-credentials"], "--cors-credentials needs --cors-origin"),
+    ],
+)
+def test_domains_policy_checks_its_options_before_calling(
+    env: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.setenv("ZEITWORK_TOKEN", "zw_x")
+    monkeypatch.setenv("OPERATOR_URL", f"http://127.0.0.1:{_closed_port()}")
+    result = CliRunner().invoke(app, ["domains", "policy", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
