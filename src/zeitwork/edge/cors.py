@@ -16,12 +16,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from zeitwork.core.web_policy import check_cors, parse_origin
+
 Header = tuple[bytes, bytes]
 
 DEFAULT_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HOST_LABELS = re.compile(rb"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-_ORIGIN_FORM = re.compile(r"^(https?)://([a-z0-9.*-]+)(:[0-9]{1,5})?$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 VARY_ORIGIN: Header = (b"vary", b"Origin")
 
@@ -64,36 +64,25 @@ class CorsPolicy:
         exact: set[bytes] = set()
         wildcards: list[tuple[bytes, bytes]] = []
         allow_any = False
+        check_cors(
+            origins=config.origins,
+            methods=config.methods,
+            headers=(*config.headers, *config.expose_headers),
+            credentials=config.credentials,
+            max_age=config.max_age,
+        )
         for raw in config.origins:
-            origin = raw.strip().lower().rstrip("/")
-            if origin == "*":
-                if config.credentials:
-                    raise ValueError(
-                        "CORS: '*' cannot be combined with credentials "
-                        "(that would let any website read logged-in users' data)"
-                    )
+            parsed = parse_origin(raw)
+            if parsed is None:
                 allow_any = True
                 continue
-            match = _ORIGIN_FORM.match(origin)
-            if match is None:
-                raise ValueError(f"CORS: {raw!r} is not an origin like https://app.example.com")
-            scheme, host, port = match.group(1), match.group(2), match.group(3) or ""
+            scheme, host, port = parsed
             if "*" in host:
-                if not host.startswith("*.") or "*" in host[2:] or host.count(".") < 2:
-                    raise ValueError(f"CORS: wildcard {raw!r} must look like https://*.example.com")
                 prefix = f"{scheme}://".encode()
                 suffix = f"{host[1:]}{port}".encode()  # ".example.com[:port]"
                 wildcards.append((prefix, suffix))
             else:
-                exact.add(origin.encode())
-        for method in config.methods:
-            if not _TOKEN.match(method):
-                raise ValueError(f"CORS: {method!r} is not an HTTP method")
-        for name in (*config.headers, *config.expose_headers):
-            if name != "*" and not _TOKEN.match(name):
-                raise ValueError(f"CORS: {name!r} is not a header name")
-        if config.max_age < 0:
-            raise ValueError("CORS: max-age must not be negative")
+                exact.add(f"{scheme}://{host}{port}".encode())
         self._exact = frozenset(exact)
         self._wildcards = tuple(wildcards)
         self._allow_any = allow_any

@@ -98,9 +98,12 @@ def policies_for(
             verified.add(host)
         if route.policy is not None and route.path_prefix == "/":
             base = domains.get(host, default)
-            domains[host] = override_policy(
-                host, route.policy, base=base, global_security=default.security
-            )
+            try:
+                domains[host] = override_policy(
+                    host, route.policy, base=base, global_security=default.security
+                )
+            except ValueError as exc:  # the operator checks policies; never trust it blindly
+                log.warning("routes.bad_policy", host=host, error=str(exc))
         if route.rate_limit_rps is None:
             continue
         rps = route.rate_limit_rps

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-Header = tuple[bytes, bytes]
+from zeitwork.core.web_policy import check_frame_options, check_header_value
 
-_FRAME_OPTIONS = ("DENY", "SAMEORIGIN")
+Header = tuple[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,6 @@ class SecurityHeadersConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _check_value(name: str, value: str) -> bytes:
-    if any(ch in value for ch in "\r\n\x00") or not value.isprintable():
-        raise ValueError(f"security headers: {name} value has control characters")
-    return value.encode("latin-1")
-
-
 class SecurityHeaders:
     """Applies one security-header policy to response header lists in place."""
 
@@ -49,26 +43,23 @@ class SecurityHeaders:
         if config.content_type_options:
             common.append((b"x-content-type-options", b"nosniff"))
         if config.frame_options is not None:
-            value = config.frame_options.upper()
-            if value not in _FRAME_OPTIONS:
-                raise ValueError(f"X-Frame-Options must be DENY or SAMEORIGIN, not {value!r}")
-            common.append((b"x-frame-options", value.encode()))
+            common.append((b"x-frame-options", check_frame_options(config.frame_options).encode()))
         if config.referrer_policy:
             common.append(
-                (b"referrer-policy", _check_value("Referrer-Policy", config.referrer_policy))
+                (b"referrer-policy", check_header_value("Referrer-Policy", config.referrer_policy))
             )
         if config.permissions_policy:
             common.append(
                 (
                     b"permissions-policy",
-                    _check_value("Permissions-Policy", config.permissions_policy),
+                    check_header_value("Permissions-Policy", config.permissions_policy),
                 )
             )
         if config.content_security_policy:
             common.append(
                 (
                     b"content-security-policy",
-                    _check_value("Content-Security-Policy", config.content_security_policy),
+                    check_header_value("Content-Security-Policy", config.content_security_policy),
                 )
             )
         https = list(common)

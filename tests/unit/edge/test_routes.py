@@ -186,3 +186,22 @@ async def test_path_routes_build_on_their_domain_and_match_whole_segments() -> N
     # /loginx is another path (segment boundary), and the rest of the host has its own bucket
     for path in ("/loginx", "/", "/cart"):
         assert policy.on_request(_head("shop.test", path), client) is None, path
+
+
+def test_a_bad_policy_in_the_table_is_skipped_not_fatal() -> None:
+    from zeitwork.wire.routes import EdgePolicyOverride, HeadersOverride
+
+    bad = EdgePolicyOverride.model_construct(  # as if an older operator had let it through
+        headers=HeadersOverride.model_construct(frame_options="ALLOWALL")
+    )
+    table = RouteTable(
+        version=1,
+        routes=[
+            _route("bad.test").model_copy(update={"policy": bad}),
+            _route("good.test", rps=3),
+        ],
+    )
+    routes = policies_for(table, default=DEFAULT, static={})
+    assert routes.hosts == {"bad.test", "good.test"}
+    assert "bad.test" not in routes.domains  # the edge's global policy for it
+    assert routes.domains["good.test"].quota.rps == 3
