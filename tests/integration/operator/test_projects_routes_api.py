@@ -336,6 +336,12 @@ async def test_domain_edge_policy_goes_out_in_the_route_table(operator: Operator
         {"headers": {"hsts_max_age": -5}},
         {"rate_limit": {"rps": 1}},  # rate limits have their own endpoint
         {"unknown": {}},
+        # what the edges would refuse is refused here
+        {"headers": {"frame_options": "ALLOWALL"}},
+        {"headers": {"content_security_policy": "default-src 'self'\r\nSet-Cookie: x=1"}},
+        {"cors": {"origins": ["*"], "credentials": True}},
+        {"cors": {"origins": ["not-an-origin"]}},
+        {"cors": {"origins": ["https://app.example.com"], "methods": ["GE T"]}},
     ):
         assert_problem(await operator.client.put(url, headers=h, json=bad), 422)
     assert_problem(await operator.client.put(url, headers=proxy, json={}), 403)

@@ -18,7 +18,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from zeitwork.core.errors import InvalidInput
 from zeitwork.core.states import DeploymentState
+from zeitwork.core.web_policy import check_cors, check_frame_options, check_header_value
 from zeitwork.operator.api.instances import InstanceOut, check_environment, spec_of
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
@@ -113,6 +115,31 @@ class DomainRateLimit(BaseModel):
         if self.rate_limit_burst is not None and self.rate_limit_rps is None:
             raise ValueError("rate_limit_burst needs rate_limit_rps")
         return self
+
+
+def check_edge_policy(policy: EdgePolicyOverride) -> None:
+    """The edges' own rules (``zeitwork.core.web_policy``): a policy they would refuse is a
+    422 here, not a domain left on the global policy at every edge."""
+    try:
+        if (c := policy.cors) is not None:
+            check_cors(
+                origins=c.origins,
+                methods=c.methods,
+                headers=(*c.headers, *c.expose_headers),
+                credentials=c.credentials,
+                max_age=c.max_age,
+            )
+        if (h := policy.headers) is not None:
+            if h.frame_options:  # "" switches the header off
+                check_frame_options(h.frame_options)
+            for name in ("referrer_policy", "permissions_policy", "content_security_policy"):
+                value = getattr(h, name)
+                if value:
+                    check_header_value(name, value)
+            for header in h.override or ():
+                check_header_value("override", header)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 class DomainPathRateLimits(BaseModel):
@@ -309,6 +336,7 @@ def router(deps: Deps) -> APIRouter:
     @domains.put("/{domain_id}/edge-policy", dependencies=[Depends(admin)])
     async def set_domain_edge_policy(domain_id: uuid.UUID, body: EdgePolicyOverride) -> DomainOut:
         """CORS and security headers for this host at every edge; ``{}`` clears it."""
+        check_edge_policy(body)
         policy = body.model_dump(exclude_none=True, mode="json") or None
         return DomainOut.of(await store.set_domain_edge_policy(domain_id, policy))
 
