@@ -175,7 +175,14 @@ class RouteWatch:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
-            delay = 0.5
             self.last_error = None
             if table.version != self.version:
-                self.apply(table)
+                try:
+                    self.apply(table)
+                except Exception as exc:  # a bug must not end the watch: retry, backing off
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("routes.apply_failed", version=table.version, retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._retry_max)
+                    continue
+            delay = 0.5

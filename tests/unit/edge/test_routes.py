@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from zeitwork.core.errors import ServiceUnavailable
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
@@ -205,3 +207,32 @@ def test_a_bad_policy_in_the_table_is_skipped_not_fatal() -> None:
     assert routes.hosts == {"bad.test", "good.test"}
     assert "bad.test" not in routes.domains  # the edge's global policy for it
     assert routes.domains["good.test"].quota.rps == 3
+
+
+async def test_route_watch_survives_a_table_it_cannot_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import zeitwork.edge.routes as routes_module
+
+    policy = _edge_policy()
+    seen: list[frozenset[str]] = []
+    good = RouteTable(version=2, routes=[_route("a.test")])
+    source = Source([RouteTable(version=1, routes=[_route("boom.test")]), good])
+    real = routes_module.policies_for
+
+    def flaky(table: RouteTable, **kwargs: object) -> object:
+        if table.version == 1:
+            raise RuntimeError("a bug")
+        return real(table, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(routes_module, "policies_for", flaky)
+    watch = RouteWatch(
+        source=source, policy=policy, static={}, on_hosts=seen.append, retry_max=0.01
+    )
+    task = asyncio.create_task(watch.run())
+    async with asyncio.timeout(5):
+        while watch.version != 2:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    assert seen == [frozenset({"a.test"})]
+    assert watch.last_error is None
