@@ -61,6 +61,13 @@ def _size(value: int | None) -> str:
     return f"{value / (1024 * 1024):.1f} MiB"
 
 
+async def _find_domain(client: AdminClient, name: str) -> DomainInfo:
+    match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
+    if match is None:
+        raise _fail(f"no domain {name}")
+    return match
+
+
 def _limits_text(domain: DomainInfo) -> str:
     """``20/s (burst 40), /login 1/s``; ``-`` when the edges' global limit applies."""
 
@@ -280,9 +287,7 @@ def register(app: typer.Typer) -> None:
         """Check the domain's TXT record now (ACME certificates need a verified domain)."""
 
         async def action(client: AdminClient) -> DomainInfo:
-            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
-            if match is None:
-                raise _fail(f"no domain {name}")
+            match = await _find_domain(client, name)
             return await client.verify_domain(match.id)
 
         done = run_with_client(action)
@@ -307,9 +312,7 @@ def register(app: typer.Typer) -> None:
             raise _fail("--burst needs --rps", code=2)
 
         async def action(client: AdminClient) -> DomainInfo:
-            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
-            if match is None:
-                raise _fail(f"no domain {name}")
+            match = await _find_domain(client, name)
             if path is None:
                 return await client.set_domain_rate_limit(match.id, rps, burst)
             kept = [x for x in match.path_rate_limits if x.path_prefix != path]
@@ -360,9 +363,7 @@ def register(app: typer.Typer) -> None:
             raise _fail("give --clear, or at least one policy option", code=2)
 
         async def action(client: AdminClient) -> DomainInfo:
-            match = {d.name: d for d in await client.domains()}.get(name.strip().lower())
-            if match is None:
-                raise _fail(f"no domain {name}")
+            match = await _find_domain(client, name)
             return await client.set_domain_edge_policy(match.id, policy)
 
         done = run_with_client(action)

@@ -69,36 +69,20 @@ def test_demo_against_no_platform_is_one_line(env: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["a.test"], "give --rps, or --clear"),
-        (["a.test", "--rps", "5", "--clear"], "give --rps, or --clear"),
-        (["a.test", "--clear", "--burst", "3"], "--burst needs --rps"),
+        (["limit", "a.test"], "give --rps, or --clear"),
+        (["limit", "a.test", "--rps", "5", "--clear"], "give --rps, or --clear"),
+        (["limit", "a.test", "--clear", "--burst", "3"], "--burst needs --rps"),
+        (["policy", "a.test"], "give --clear, or at least one policy option"),
+        (["policy", "a.test", "--clear", "--csp", "default-src 'self'"], "give --clear"),
+        (["policy", "a.test", "--cors-credentials"], "--cors-credentials needs --cors-origin"),
     ],
 )
-def test_domains_limit_checks_its_options_before_calling(
+def test_domain_verbs_check_their_options_before_calling(
     env: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
 ) -> None:
     monkeypatch.setenv("ZEITWORK_TOKEN", "zw_x")
     monkeypatch.setenv("OPERATOR_URL", f"http://127.0.0.1:{_closed_port()}")
-    result = CliRunner().invoke(app, ["domains", "limit", *args])
-    assert result.exit_code == 2
-    assert message in result.output
-    assert "Traceback" not in result.output
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["a.test"], "give --clear, or at least one policy option"),
-        (["a.test", "--clear", "--csp", "default-src 'self'"], "give --clear"),
-        (["a.test", "--cors-credentials"], "--cors-credentials needs --cors-origin"),
-    ],
-)
-def test_domains_policy_checks_its_options_before_calling(
-    env: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
-) -> None:
-    monkeypatch.setenv("ZEITWORK_TOKEN", "zw_x")
-    monkeypatch.setenv("OPERATOR_URL", f"http://127.0.0.1:{_closed_port()}")
-    result = CliRunner().invoke(app, ["domains", "policy", *args])
+    result = CliRunner().invoke(app, ["domains", *args])
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
