@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.edge.conftest import Conn, Upstream, client_context
@@ -111,6 +114,25 @@ async def test_two_workers_serve_and_drain(upstream: Upstream, tmp_path: Path) -
         _reap(proc)
 
 
+@contextlib.contextmanager
+def _proxy_protocol_edge(
+    upstream: Upstream, tmp_path: Path, *, trusted: str
+) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """The edge process with EDGE_PROXY_PROTOCOL on: (its HTTPS port, a client context);
+    on leaving, SIGTERM must end it cleanly."""
+    proc = _edge_process(
+        upstream, tmp_path, EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES=trusted
+    )
+    log: list[str] = []
+    try:
+        https = int(_wait_line(proc, r"edge.started.*https=(\d+)", log).group(1))
+        yield https, client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)
+
+
 async def test_direct_clients_on_a_proxy_protocol_listener_under_uvloop(
     upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -119,24 +141,14 @@ async def test_direct_clients_on_a_proxy_protocol_listener_under_uvloop(
     still reach the handshake. A client that sends its hello at once, many times over."""
     from tests.integration.edge.test_edge import _tls_over
 
-    proc = _edge_process(
-        upstream, tmp_path, EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES="192.0.2.0/24"
-    )
-    log: list[str] = []
-    try:
-        https = int(_wait_line(proc, r"edge.started.*https=(\d+)", log).group(1))
-        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
-        request = b"GET /direct HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    request = b"GET /direct HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    with _proxy_protocol_edge(upstream, tmp_path, trusted="192.0.2.0/24") as (https, ctx):
         for _ in range(30):
             response = await asyncio.to_thread(
                 _tls_over, https, b"", ctx, "app.test", request, split=False
             )
             assert response.startswith(b"HTTP/1.1 200"), response[:200]
             assert upstream.seen[-1][b"x-forwarded-for"] == b"127.0.0.1"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        _reap(proc)
 
 
 async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_path: Path) -> None:
@@ -145,17 +157,11 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
     from tests.integration.edge.test_edge import _tls_over
     from zeitwork.edge.client_ip import PROXY_V2_SIGNATURE
 
-    proc = _edge_process(
-        upstream, tmp_path, EDGE_PROXY_PROTOCOL="true", EDGE_TRUSTED_PROXIES="127.0.0.1/32"
+    request = b"GET /uv HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    v2 = PROXY_V2_SIGNATURE + bytes(
+        [0x21, 0x11, 0, 12, 192, 0, 2, 77, 198, 51, 100, 1, 1, 0, 1, 187]
     )
-    log: list[str] = []
-    try:
-        https = int(_wait_line(proc, r"edge.started.*https=(\d+)", log).group(1))
-        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
-        request = b"GET /uv HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
-        v2 = PROXY_V2_SIGNATURE + bytes(
-            [0x21, 0x11, 0, 12, 192, 0, 2, 77, 198, 51, 100, 1, 1, 0, 1, 187]
-        )
+    with _proxy_protocol_edge(upstream, tmp_path, trusted="127.0.0.1/32") as (https, ctx):
         for split in (False, True):
             response = await asyncio.to_thread(
                 _tls_over, https, v2, ctx, "app.test", request, split=split
@@ -168,7 +174,3 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
         )
         assert response.startswith(b"HTTP/1.1 200")
         assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.78"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        _reap(proc)
