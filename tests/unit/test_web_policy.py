@@ -8,6 +8,7 @@ from zeitwork.core.web_policy import (
     check_header_value,
     parse_origin,
 )
+from zeitwork.edge.cors import CorsConfig
 
 
 def test_origins_are_normalized_or_refused() -> None:
@@ -21,15 +22,16 @@ def test_origins_are_normalized_or_refused() -> None:
 
 
 def test_cors_rules() -> None:
-    check_cors(origins=["*"], methods=["GET"], headers=["*"], credentials=False, max_age=0)
-    with pytest.raises(ValueError, match="credentials"):
-        check_cors(origins=["*"], methods=[], headers=[], credentials=True, max_age=0)
-    with pytest.raises(ValueError, match="HTTP method"):
-        check_cors(origins=[], methods=["GE T"], headers=[], credentials=False, max_age=0)
-    with pytest.raises(ValueError, match="header name"):
-        check_cors(origins=[], methods=[], headers=["X:Y"], credentials=False, max_age=0)
-    with pytest.raises(ValueError, match="max-age"):
-        check_cors(origins=[], methods=[], headers=[], credentials=False, max_age=-1)
+    check_cors(CorsConfig(origins=("*",), headers=("*",), max_age=0))
+    bad = [
+        (CorsConfig(origins=("*",), credentials=True), "credentials"),
+        (CorsConfig(methods=("GE T",)), "HTTP method"),
+        (CorsConfig(expose_headers=("X:Y",)), "header name"),
+        (CorsConfig(max_age=-1), "max-age"),
+    ]
+    for config, message in bad:
+        with pytest.raises(ValueError, match=message):
+            check_cors(config)
 
 
 def test_security_header_values() -> None:

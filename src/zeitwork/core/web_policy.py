@@ -5,7 +5,8 @@ any edge receives it. Pure: strings in, normalized strings out or ``ValueError``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Protocol
 
 ORIGIN_FORM = re.compile(r"^(https?)://([a-z0-9.*-]+)(:[0-9]{1,5})?$")
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -27,28 +28,38 @@ def parse_origin(raw: str) -> tuple[str, str, str] | None:
     return scheme, host, port
 
 
-def check_cors(
-    *,
-    origins: Iterable[str],
-    methods: Iterable[str],
-    headers: Iterable[str],
-    credentials: bool,
-    max_age: int,
-) -> None:
-    """Every rule of a CORS policy (``headers``: allowed and exposed header names)."""
-    for raw in origins:
-        if parse_origin(raw) is None and credentials:
+class CorsFields(Protocol):
+    """The fields of a CORS policy: the edge's ``CorsConfig``, the operator's ``CorsOverride``."""
+
+    @property
+    def origins(self) -> Sequence[str]: ...
+    @property
+    def methods(self) -> Sequence[str]: ...
+    @property
+    def headers(self) -> Sequence[str]: ...
+    @property
+    def expose_headers(self) -> Sequence[str]: ...
+    @property
+    def credentials(self) -> bool: ...
+    @property
+    def max_age(self) -> int: ...
+
+
+def check_cors(policy: CorsFields) -> None:
+    """Every rule of a CORS policy; ValueError naming the first one broken."""
+    for raw in policy.origins:
+        if parse_origin(raw) is None and policy.credentials:
             raise ValueError(
                 "CORS: '*' cannot be combined with credentials "
                 "(that would let any website read logged-in users' data)"
             )
-    for method in methods:
+    for method in policy.methods:
         if not TOKEN.match(method):
             raise ValueError(f"CORS: {method!r} is not an HTTP method")
-    for name in headers:
+    for name in (*policy.headers, *policy.expose_headers):
         if name != "*" and not TOKEN.match(name):
             raise ValueError(f"CORS: {name!r} is not a header name")
-    if max_age < 0:
+    if policy.max_age < 0:
         raise ValueError("CORS: max-age must not be negative")
 
 

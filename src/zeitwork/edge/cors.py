@@ -64,13 +64,7 @@ class CorsPolicy:
         exact: set[bytes] = set()
         wildcards: list[tuple[bytes, bytes]] = []
         allow_any = False
-        check_cors(
-            origins=config.origins,
-            methods=config.methods,
-            headers=(*config.headers, *config.expose_headers),
-            credentials=config.credentials,
-            max_age=config.max_age,
-        )
+        check_cors(config)
         for raw in config.origins:
             parsed = parse_origin(raw)
             if parsed is None:

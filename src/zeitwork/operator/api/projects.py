@@ -121,14 +121,8 @@ def check_edge_policy(policy: EdgePolicyOverride) -> None:
     """The edges' own rules (``zeitwork.core.web_policy``): a policy they would refuse is a
     422 here, not a domain left on the global policy at every edge."""
     try:
-        if (c := policy.cors) is not None:
-            check_cors(
-                origins=c.origins,
-                methods=c.methods,
-                headers=(*c.headers, *c.expose_headers),
-                credentials=c.credentials,
-                max_age=c.max_age,
-            )
+        if policy.cors is not None:
+            check_cors(policy.cors)
         if (h := policy.headers) is not None:
             if h.frame_options:  # "" switches the header off
                 check_frame_options(h.frame_options)
