@@ -11,11 +11,14 @@ native subclass keeps the core's fast method calls, an interpreted subclass woul
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.policy import as_html, wants_html
+from zeitwork.edge.tls_listener import admitting_tls_factory
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
@@ -194,11 +197,34 @@ class EdgeProxy(Proxy):
                 return kind(self, tls=False)
 
             return plain
-        handshakes = self.handshakes
 
-        def factory() -> ClientProtocol:
-            # called when asyncio accepts the TCP connection, before the handshake
-            handshakes.started += 1
+        def client() -> ClientProtocol:
             return _TlsCountingProtocol(self, tls=True)
 
-        return factory
+        return client
+
+    async def serve(
+        self,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+        backlog: int = 1024,
+    ) -> asyncio.Server:
+        """Plain HTTP as the core serves it; HTTPS with every connection admitted under the
+        connection caps when TCP accepts it, before its handshake (``tls_listener``)."""
+        loop = asyncio.get_running_loop()
+        if ssl_context is None:
+            factory = self.protocol_factory(tls=False)
+        else:
+            factory = admitting_tls_factory(
+                loop=loop,
+                context=ssl_context,
+                handshake_timeout=ssl_handshake_timeout,
+                limiter=self.limiter,
+                make_client=self.protocol_factory(tls=True),
+                on_admitted=self.handshakes.start,
+            )
+        server = await loop.create_server(factory, sock=sock, backlog=backlog)
+        self.listening(server)
+        return server

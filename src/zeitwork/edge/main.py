@@ -285,6 +285,7 @@ class Edge:
             policy=self.policy,
             limiter=self.limiter,
             handshakes=self.handshakes,
+            caps=self.caps,
             expiries=self.tls.expiries,
             stats_dir=self.stats_dir,
             index=self.index,
@@ -301,7 +302,7 @@ class Edge:
                 handshake_timeout=s.handshake_timeout,
                 header_timeout=s.header_timeout,
             )
-            self.proxy.servers.append(
+            self.proxy.listening(
                 await loop.create_server(proxied.protocol_factory(), sock=tls_sock, backlog=1024)
             )
         else:
@@ -378,7 +379,9 @@ class Edge:
         assert self.stats_dir is not None and self.policy is not None
         while True:
             publish(
-                self.stats_dir, self.index, snapshot(self.policy, self.limiter, self.handshakes)
+                self.stats_dir,
+                self.index,
+                snapshot(self.policy, self.limiter, self.handshakes, self.caps),
             )
             await asyncio.sleep(2.0)
 

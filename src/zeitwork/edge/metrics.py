@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,6 +29,9 @@ class HandshakeCounter:
         self.started = 0
         self.completed = 0
 
+    def start(self) -> None:
+        self.started += 1
+
 
 @dataclass
 class Snapshot:
@@ -39,6 +43,8 @@ class Snapshot:
     entries: int = 0
     handshakes: int = 0
     completed: int = 0
+    open_connections: int = 0
+    refused: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -49,6 +55,8 @@ class Snapshot:
                 "entries": self.entries,
                 "handshakes": self.handshakes,
                 "completed": self.completed,
+                "open_connections": self.open_connections,
+                "refused": self.refused,
             }
         )
 
@@ -62,6 +70,8 @@ class Snapshot:
             entries=int(data["entries"]),
             handshakes=int(data["handshakes"]),
             completed=int(data["completed"]),
+            open_connections=int(data.get("open_connections", 0)),
+            refused=int(data.get("refused", 0)),
         )
 
     def add(self, other: Snapshot) -> None:
@@ -72,9 +82,23 @@ class Snapshot:
         self.entries += other.entries
         self.handshakes += other.handshakes
         self.completed += other.completed
+        self.open_connections += other.open_connections
+        self.refused += other.refused
 
 
-def snapshot(policy: EdgePolicy, limiter: RateLimiter, handshakes: HandshakeCounter) -> Snapshot:
+class ConnectionCounts(Protocol):
+    """What the connection caps count (``engine.ConnectionCaps``)."""
+
+    open: int
+    refused: int
+
+
+def snapshot(
+    policy: EdgePolicy,
+    limiter: RateLimiter,
+    handshakes: HandshakeCounter,
+    caps: ConnectionCounts | None = None,
+) -> Snapshot:
     return Snapshot(
         requests=dict(policy.requests),
         limited=limiter.limited,
@@ -82,6 +106,8 @@ def snapshot(policy: EdgePolicy, limiter: RateLimiter, handshakes: HandshakeCoun
         entries=len(limiter),
         handshakes=handshakes.started,
         completed=handshakes.completed,
+        open_connections=caps.open if caps is not None else 0,
+        refused=caps.refused if caps is not None else 0,
     )
 
 
@@ -114,12 +140,14 @@ class _EdgeCollector(Collector):
         policy: EdgePolicy,
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
+        caps: ConnectionCounts | None,
         expiries: Callable[[], dict[str, datetime]],
         stats_dir: Path | None,
         index: int,
         failing: Callable[[], dict[str, int]],
     ) -> None:
         self._failing = failing
+        self._caps = caps
         self._policy = policy
         self._limiter = limiter
         self._handshakes = handshakes
@@ -129,7 +157,9 @@ class _EdgeCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snap = merged(
-            snapshot(self._policy, self._limiter, self._handshakes), self._stats_dir, self._index
+            snapshot(self._policy, self._limiter, self._handshakes, self._caps),
+            self._stats_dir,
+            self._index,
         )
         requests = CounterMetricFamily(
             "zeitwork_edge_requests",
@@ -151,6 +181,17 @@ class _EdgeCollector(Collector):
             "zeitwork_edge_rate_limit_entries",
             "Clients tracked by the rate limiters (all workers)",
             value=snap.entries,
+        )
+        yield GaugeMetricFamily(
+            "zeitwork_edge_connections",
+            "Client connections held under the connection caps, HTTPS ones from TCP accept "
+            "(their handshake included)",
+            value=snap.open_connections,
+        )
+        yield CounterMetricFamily(
+            "zeitwork_edge_connections_refused",
+            "Connections refused by EDGE_MAX_CONNECTIONS_PER_IP or EDGE_MAX_CONNECTIONS",
+            value=snap.refused,
         )
         yield CounterMetricFamily(
             "zeitwork_edge_tls_handshakes", "TLS handshakes started", value=snap.handshakes
@@ -196,6 +237,7 @@ class EdgeMetrics:
         policy: EdgePolicy,
         limiter: RateLimiter,
         handshakes: HandshakeCounter,
+        caps: ConnectionCounts | None = None,
         expiries: Callable[[], dict[str, datetime]],
         stats_dir: Path | None = None,
         index: int = 0,
@@ -206,6 +248,7 @@ class EdgeMetrics:
                 policy=policy,
                 limiter=limiter,
                 handshakes=handshakes,
+                caps=caps,
                 expiries=expiries,
                 stats_dir=stats_dir,
                 index=index,

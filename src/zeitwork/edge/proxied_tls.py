@@ -20,7 +20,7 @@ from typing import Any, cast
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.engine import EdgeProxy
 from zeitwork.observability import get_logger
-from zeitwork.proxy.server import ClientProtocol
+from zeitwork.proxy.server import ClientProtocol, peer_address
 
 log = get_logger("zeitwork.edge.proxied_tls")
 
@@ -100,12 +100,9 @@ class _HeaderReader(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._peer = peer[0] if isinstance(peer, tuple) else ""
-        if self._peer.startswith("::ffff:"):
-            self._peer = self._peer[7:]
+        self._peer = peer_address(transport)
         listener = self._listener
-        listener.proxy.handshakes.started += 1
+        listener.proxy.handshakes.start()
         if not listener.proxy.trusted.trusts(self._peer):
             self._upgrade("", b"")  # no header expected from anyone else
             return

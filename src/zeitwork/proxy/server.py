@@ -194,6 +194,14 @@ _NO_PARSER = httptools.HttpRequestParser(_Sink())
 _NO_CLIENT = ClientInfo(peer_ip="", client_ip="")
 
 
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The socket peer's address (IPv4-mapped IPv6 as plain IPv4); a Unix socket's peer
+    has none and counts as 127.0.0.1."""
+    peer = transport.get_extra_info("peername")
+    ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
 class OutputFlusher:
     """Hands the output queued during one event-loop iteration to the transports at its end.
 
@@ -256,6 +264,9 @@ class ClientProtocol:
         # set before connection_made when the client's address came from elsewhere (a PROXY
         # protocol header read before the TLS handshake): used instead of the socket peer
         self.forced_peer = ""
+        # set when whoever accepted the connection already counted it with the proxy's
+        # limiter (and releases it): this protocol then neither acquires nor releases
+        self.preadmitted = False
         self.trusted_peer = False
         self.sni: str | None = None
         self.ex: Exchange | None = None
@@ -285,12 +296,13 @@ class ClientProtocol:
         if self.forced_peer:
             self.peer_ip = self.forced_peer
         else:
-            peer = transport.get_extra_info("peername")
-            self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        if self.peer_ip.startswith("::ffff:"):
-            self.peer_ip = self.peer_ip[7:]
+            self.peer_ip = peer_address(transport)
         proxy = self.proxy
-        if proxy.limiter is not None and not proxy.limiter.acquire(self.peer_ip):
+        if (
+            not self.preadmitted
+            and proxy.limiter is not None
+            and not proxy.limiter.acquire(self.peer_ip)
+        ):
             self.transport.abort()
             return
         self.admitted = True
@@ -321,7 +333,7 @@ class ClientProtocol:
         self.parser = _NO_PARSER  # break the protocol <-> parser cycle: freed at once
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
-        if proxy.limiter is not None:
+        if proxy.limiter is not None and not self.preadmitted:
             proxy.limiter.release(self.peer_ip)
         if self.tunnel is not None:
             up, self.tunnel = self.tunnel, None
@@ -1210,7 +1222,6 @@ class Proxy:
     ) -> asyncio.Server:
         """Serve HTTP (or HTTPS when ``ssl_context`` is given) on an already bound socket."""
         loop = asyncio.get_running_loop()
-        self._loop = loop
         server = await loop.create_server(
             self.protocol_factory(tls=ssl_context is not None),
             sock=sock,
@@ -1218,10 +1229,17 @@ class Proxy:
             ssl_handshake_timeout=ssl_handshake_timeout if ssl_context is not None else None,
             backlog=backlog,
         )
+        self.listening(server)
+        return server
+
+    def listening(self, server: asyncio.Server) -> None:
+        """Track a listener whose connections this engine serves (``drain`` closes it) and
+        start the deadline sweep; ``serve`` calls it, a subclass serving a socket its own way
+        calls it too."""
+        loop = self._loop = asyncio.get_running_loop()
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.call_later(0.25, self._sweep)
-        return server
 
     def _sweep(self) -> None:
         loop = self._loop

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -267,6 +269,113 @@ async def test_slow_clients_and_connection_caps(make_edge: EdgeFactory) -> None:
     await extra.close()
     for c in conns:
         await c.close()
+
+
+def metric(text: bytes, name: str) -> float:
+    """The value of an unlabelled sample ``name`` in a Prometheus text page."""
+    for line in text.splitlines():
+        if line.startswith(name.encode() + b" "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+async def check_https_caps_count_handshakes(
+    https: int, ctx: ssl.SSLContext, host: str, metrics: Callable[[], Awaitable[bytes]]
+) -> None:
+    """With EDGE_MAX_CONNECTIONS_PER_IP=3 (and no connection open yet): HTTPS connections
+    hold their address's places from TCP accept, while still in (or never starting) their
+    handshake; the places come back when they end, handshake completed or not."""
+
+    async def held() -> float:
+        return metric(await metrics(), "zeitwork_edge_connections")
+
+    async def tls_request() -> int:
+        conn = await Conn.open(https, tls=ctx, sni=host)
+        try:
+            return (await conn.request("/", host=host)).status
+        finally:
+            await conn.close()
+
+    refused_before = metric(await metrics(), "zeitwork_edge_connections_refused_total")
+    silent = [await asyncio.open_connection("127.0.0.1", https) for _ in range(3)]
+    await wait_for(lambda: _equals(held, 3))
+    # a fourth connection from the address is refused before its handshake
+    with pytest.raises(OSError):  # ssl.SSLError or ConnectionError, by timing
+        await tls_request()
+    page = await metrics()
+    assert metric(page, "zeitwork_edge_connections_refused_total") == refused_before + 1
+    # a handshake that fails gives its place back
+    silent[0][1].close()
+    await wait_for(lambda: _equals(held, 2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", https)
+    writer.write(b"\x16\x03\x01\x00\x05not a ClientHello at all\r\n\r\n")
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # the TLS layer gave up and closed
+    writer.close()
+    await wait_for(lambda: _equals(held, 2))
+    # and so does a connection that ends without a handshake
+    for _, w in silent[1:]:
+        w.close()
+    await wait_for(lambda: _equals(held, 0))
+    conns = [await Conn.open(https, tls=ctx, sni=host) for _ in range(3)]
+    for conn in conns:
+        assert (await conn.request("/", host=host)).status == 200
+    assert await held() == 3
+    for conn in conns:
+        await conn.close()
+    await wait_for(lambda: _equals(held, 0))
+    assert await tls_request() == 200
+
+
+async def _equals(probe: Callable[[], Awaitable[float]], value: float) -> bool:
+    return await probe() == value
+
+
+async def test_https_connection_caps_count_connections_in_their_handshake(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(
+        EDGE_DOMAINS="app.test", EDGE_MAX_CONNECTIONS_PER_IP=3, EDGE_HANDSHAKE_TIMEOUT=30
+    )
+
+    async def metrics() -> bytes:
+        status, body = await admin_get(edge, "/metrics")
+        assert status == 200
+        return body
+
+    ctx = client_context(_ca(tmp_path / "data"))
+    await check_https_caps_count_handshakes(edge.ports["https"], ctx, "app.test", metrics)
+
+
+async def test_https_connections_are_freed_without_the_cycle_collector(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """Each HTTPS connection's TLS layer holds a 256 KiB read buffer: one kept alive by a
+    reference cycle until the cycle collector runs costs memory and allocator time."""
+    import gc
+
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    ctx = client_context(_ca(tmp_path / "data"))
+
+    def tls_layers() -> int:
+        return sum(type(o).__name__ == "AdmittingTlsProtocol" for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
+            assert (await conn.request("/", host="app.test")).status == 200
+            await conn.close()
+        await wait_for(lambda: _no_connections(edge))
+        await asyncio.sleep(0.1)  # connection_lost callbacks run
+        assert tls_layers() <= 1  # at most the last one, still being torn down
+    finally:
+        gc.enable()
+
+
+async def _no_connections(edge: Any) -> bool:
+    return not edge.proxy.connections
 
 
 async def test_health_follows_load_balancer(make_edge: EdgeFactory, upstream: Upstream) -> None:

@@ -174,3 +174,34 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
         )
         assert response.startswith(b"HTTP/1.1 200")
         assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.78"
+
+
+async def test_https_caps_count_connections_in_their_handshake_under_uvloop(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """The pre-handshake admission subclasses the loop's own TLS protocol class: uvloop's in
+    the process (the in-process test covers asyncio's)."""
+    from tests.integration.edge.test_edge import check_https_caps_count_handshakes
+
+    proc = _edge_process(
+        upstream, tmp_path, EDGE_MAX_CONNECTIONS_PER_IP="3", EDGE_HANDSHAKE_TIMEOUT="30"
+    )
+    log: list[str] = []
+    try:
+        started = _wait_line(proc, r"edge.started.*", log).group(0)
+        admin = int(re.search(r"admin=(\d+)", started).group(1))  # type: ignore[union-attr]
+        https = int(re.search(r"https=(\d+)", started).group(1))  # type: ignore[union-attr]
+
+        async def metrics() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return data.partition(b"\r\n\r\n")[2]
+
+        ctx = client_context(tmp_path / "data" / "edge" / "ca" / "ca.crt")
+        await check_https_caps_count_handshakes(https, ctx, "app.test", metrics)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)

@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from zeitwork.proxy.backends import Backend
-from zeitwork.proxy.server import ClientProtocol, OutputFlusher, Proxy
+from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher, Proxy
+from zeitwork.proxy.types import ClientInfo, RequestHead
 from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol
 
 
@@ -168,8 +169,11 @@ async def test_a_backend_write_failure_reaches_the_exchange() -> None:
     up = UpstreamProtocol(Backend("127.0.0.1:1"), proxy.flusher)
     transport = RecordingTransport(fail=True)
     up.connection_made(transport)  # type: ignore[arg-type]
-    marker = object()
-    up.ex = marker  # type: ignore[assignment]
+    head = RequestHead(
+        method=b"GET", target=b"/", path="/", host="a", http_version="1.1", headers=[]
+    )
+    marker = Exchange(head, ClientInfo(peer_ip="127.0.0.1", client_ip="127.0.0.1"))
+    up.ex = marker
     up.write(b"GET / HTTP/1.1\r\n\r\n")
     await _next_iteration()
     # aborted, but the exchange is kept so that connection_lost reports the loss (502/retry)
