@@ -318,7 +318,10 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         edge = await web.get(p.url("http") + "/", headers={"Host": domain})
         assert edge.headers["x-content-type-options"] == "nosniff"  # the edge's policy ran
 
-        ca_file = p.data_dir / "edge" / "ca" / "ca.crt"
+        # the internal CA the edge shares through the operator, as the CLI prints it
+        ca_file = p.data_dir.parent / "zeitwork-ca.crt"
+        ca_file.write_text(await _cli(cli_env, "domains", "ca"))
+        assert ca_file.read_text() == (p.data_dir / "edge" / "ca" / "ca.crt").read_text()
 
         async def served_tls() -> bool:
             with contextlib.suppress(OSError, ssl.SSLError, TimeoutError, IndexError):

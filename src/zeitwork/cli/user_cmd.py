@@ -293,6 +293,12 @@ def register(app: typer.Typer) -> None:
         done = run_with_client(action)
         typer.echo(f"domain {done.name}: verified")
 
+    @domains.command("ca")
+    def domains_ca() -> None:
+        """Print the internal CA certificate (PEM) that edges in internal TLS mode issue with:
+        trust it to reach the domains over HTTPS (``curl --cacert``)."""
+        typer.echo(run_with_client(lambda client: client.internal_ca_certificate()), nl=False)
+
     @domains.command("limit")
     def domains_limit(
         name: Annotated[str, typer.Argument(help="the domain name")],

@@ -279,6 +279,11 @@ class AdminClient:
     async def domains(self) -> list[DomainInfo]:
         return await self._list(DomainInfo, "/api/v1/domains", {})
 
+    async def internal_ca_certificate(self) -> str:
+        """The internal CA's certificate (PEM) the edges issue with in internal TLS mode."""
+        response = await self._request("GET", "/api/v1/internal-ca")
+        return str(response.json()["cert_pem"])
+
     async def verify_domain(self, domain_id: uuid.UUID) -> DomainInfo:
         response = await self._request("POST", f"/api/v1/domains/{domain_id}/verify")
         return _parse(DomainInfo, response)

@@ -160,3 +160,13 @@ class CertificateClient:
         with map_http_errors("operator"):
             response = await self._http.put("/api/v1/acme/account", json=asdict(account))
         raise_for_status(response)
+
+    async def offer_internal_ca(self, cert_pem: str, key_pem: str) -> tuple[str, str]:
+        """The internal CA every edge shares: the stored one, or this one if none is yet."""
+        with map_http_errors("operator"):
+            response = await self._http.post(
+                "/api/v1/internal-ca", json={"cert_pem": cert_pem, "key_pem": key_pem}
+            )
+        raise_for_status(response)
+        data = response.json()
+        return str(data["cert_pem"]), str(data["key_pem"])

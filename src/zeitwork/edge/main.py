@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
+from zeitwork.core.errors import ZeitworkError
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
@@ -252,7 +253,7 @@ class Edge:
             self._reload_static()
         elif mode == "internal":
             if self.index == 0:  # only worker 0 issues; the others serve what it stored
-                ca = InternalCA.load_or_create(s.data_dir / "edge" / "ca")
+                ca = await self._internal_ca(store)
         else:
             load, save = account_bridge(store, loop)
             issuer = AcmeIssuer(
@@ -343,6 +344,17 @@ class Edge:
         if self.index == 0:
             log.info("proxy.core", compiled=core_compiled())
         log.info("edge.started", tls_mode=mode, **self.ports)
+
+    async def _internal_ca(self, store: CertificateStore) -> InternalCA:
+        """The CA to issue with: the one every edge shares through ``store`` (the operator),
+        or, while the operator cannot be reached at start, this edge's own (logged)."""
+        directory = self.settings.data_dir / "edge" / "ca"
+        try:
+            async with asyncio.timeout(10):
+                return await InternalCA.shared(directory, store)
+        except (ZeitworkError, TimeoutError) as exc:
+            log.warning("internal_ca.not_shared", error=str(exc) or type(exc).__name__)
+            return InternalCA.load_or_create(directory)
 
     def _reload_static(self) -> None:
         assert self._static is not None

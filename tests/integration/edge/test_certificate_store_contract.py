@@ -14,7 +14,7 @@ import pytest
 from zeitwork.clients.certificates import AcmeAccount, CertificateClient, CertificateRecord
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.store import CertificateStore, LocalStore
-from zeitwork.edge.certificates.x509 import key_pem, new_key
+from zeitwork.edge.certificates.x509 import key_pem, new_key, self_signed_ca
 
 HAS_OPERATOR = importlib.util.find_spec("zeitwork.operator.api.certificates") is not None
 
@@ -123,3 +123,32 @@ async def test_certificate_store_contract(store: CertificateStore, tmp_path: Pat
     )
     await store.put_account(account)
     assert await store.get_account(directory) == account
+
+    # the internal CA: a shared store keeps the first offer, the local store is one edge's
+    first, second = self_signed_ca("edge 1 CA"), self_signed_ca("edge 2 CA")
+    assert await store.offer_internal_ca(*first) == first
+    kept = await store.offer_internal_ca(*second)
+    assert kept == (first if isinstance(store, CertificateClient) else second)
+
+
+async def test_edges_share_the_internal_ca_through_the_store(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """Two edges' data directories, one operator: the second edge gives up its own CA for the
+    first one's (files replaced), and what either issues chains to that CA."""
+    if not HAS_OPERATOR:
+        pytest.skip("the operator's certificate endpoints are not in this tree yet")
+    async for client in _operator_store(migrated_database, tmp_path):
+        one = await InternalCA.shared(tmp_path / "edge-1" / "ca", client)
+        own = InternalCA.load_or_create(tmp_path / "edge-2" / "ca")
+        assert own.cert_pem != one.cert_pem
+        two = await InternalCA.shared(tmp_path / "edge-2" / "ca", client)
+        assert two.cert_pem == one.cert_pem
+        assert (tmp_path / "edge-2" / "ca" / "ca.crt").read_text() == one.cert_pem
+        assert (tmp_path / "edge-2" / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+        chain = two.issue("b.test").cert_pem
+        from cryptography import x509
+
+        leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+        ca_cert = x509.load_pem_x509_certificate(one.cert_pem.encode())
+        leaf.verify_directly_issued_by(ca_cert)  # raises if not signed by the shared CA

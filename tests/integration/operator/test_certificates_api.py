@@ -151,3 +151,49 @@ async def test_acme_account(operator: Operator) -> None:
     r = await operator.client.put(url, headers=proxy, json={**body, "key_pem": "nope"})
     assert_problem(r, 422)
     assert_problem(await operator.client.get(url, headers=proxy), 422)
+
+
+async def test_internal_ca_first_offer_wins(operator: Operator) -> None:
+    from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    url = "/api/v1/internal-ca"
+    assert_problem(await operator.client.get(url, headers=proxy), 404)
+    offers = [self_signed_ca(f"edge {i} CA") for i in range(6)]
+    # edges starting together: every one gets the same CA, one of the offers
+    answers = await asyncio.gather(
+        *(
+            operator.client.post(url, headers=proxy, json={"cert_pem": c, "key_pem": k})
+            for c, k in offers
+        )
+    )
+    assert {r.status_code for r in answers} == {200}
+    winners = {(r.json()["cert_pem"], r.json()["key_pem"]) for r in answers}
+    assert len(winners) == 1 and winners <= set(offers)
+    ((cert, _),) = winners
+    # later offers change nothing; the certificate alone is readable for clients to trust
+    late = self_signed_ca("late CA")
+    r = await operator.client.post(
+        url, headers=proxy, json=dict(zip(("cert_pem", "key_pem"), late, strict=True))
+    )
+    assert r.json()["cert_pem"] == cert
+    r = await operator.client.get(url, headers=proxy)
+    assert r.status_code == 200 and r.json() == {"cert_pem": cert}
+    # what is not a CA with its key is refused
+    leaf, leaf_key = issue_leaf(["a.test"], ca_cert_pem=late[0], ca_key_pem=late[1])
+    other_key = self_signed_ca("other")[1]
+    for body in (
+        {"cert_pem": "nope", "key_pem": late[1]},
+        {
+            "cert_pem": leaf.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n",
+            "key_pem": leaf_key,
+        },
+        {"cert_pem": late[0], "key_pem": other_key},
+        {"cert_pem": late[0], "key_pem": "nope"},
+        {"cert_pem": late[0] + late[0], "key_pem": late[1]},
+        {"cert_pem": late[0]},
+    ):
+        assert_problem(await operator.client.post(url, headers=proxy, json=body), 422)
+    # other scopes may not read it
+    join = operator.headers(await operator.token(Scope.JOIN))
+    assert (await operator.client.get(url, headers=join)).status_code == 403

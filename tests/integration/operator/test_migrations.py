@@ -122,6 +122,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
     },
     "certificate_leases": {"domain", "holder", "expires_at"},
     "acme_accounts": {"directory", "key_pem", "account_url"},
+    "internal_ca": {"cert_pem", "key_pem"},  # 0011
     "change_versions": {"topic", "version"},
 }
 
@@ -146,6 +147,7 @@ EXPECTED_INDEXES = {
     "certificates_domain_live_key",
     "certificate_leases_domain_key",
     "acme_accounts_directory_live_key",
+    "internal_ca_live_key",  # 0011: one live CA
     "change_versions_topic_key",
     "regions_code_live_key",
     "projects_slug_live_key",

@@ -1,8 +1,10 @@
 """The internal CA: created once, kept in the data directory, issues a leaf per domain.
 
 It is the default in development: every domain the platform serves gets a certificate at
-once, trusted by whoever trusts ``ca.crt`` (``curl --cacert``). The CA key is written 0600 in
-a 0700 directory.
+once, trusted by whoever trusts ``ca.crt`` (``curl --cacert``, or ``zeitwork edge ca`` from
+the operator). The CA key is written 0600 in a 0700 directory. With the operator as the
+certificate store the CA is shared (``shared``): the first edge's CA is stored there and
+every other edge issues with it, so one ``ca.crt`` is trusted for all of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 
 from zeitwork.clients.certificates import CertificateRecord
+from zeitwork.edge.certificates.store import CertificateStore, write_private
 from zeitwork.edge.certificates.x509 import inspect, issue_leaf, self_signed_ca
 
 
@@ -33,6 +36,20 @@ class InternalCA:
         with os.fdopen(fd, "w") as handle:
             handle.write(key)
         cert_path.write_text(cert)
+        return cls(cert_pem=cert, key_pem=key, leaf_days=leaf_days)
+
+    @classmethod
+    async def shared(
+        cls, directory: Path, store: CertificateStore, *, leaf_days: int = 90
+    ) -> InternalCA:
+        """This edge's CA offered to ``store``; the one the store keeps (maybe another
+        edge's) replaces the local files when it differs."""
+        own = cls.load_or_create(directory, leaf_days=leaf_days)
+        cert, key = await store.offer_internal_ca(own.cert_pem, own._key_pem)
+        if cert == own.cert_pem:
+            return own
+        write_private(directory / "ca.key", key)
+        (directory / "ca.crt").write_text(cert)
         return cls(cert_pem=cert, key_pem=key, leaf_days=leaf_days)
 
     def issue(self, domain: str) -> CertificateRecord:

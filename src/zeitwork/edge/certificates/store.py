@@ -38,8 +38,15 @@ class CertificateStore(Protocol):
 
     async def put_account(self, account: AcmeAccount) -> None: ...
 
+    async def offer_internal_ca(self, cert_pem: str, key_pem: str) -> tuple[str, str]:
+        """The internal CA (certificate, key) for issuing: a store shared by several edges
+        keeps the first CA offered and returns it to every edge; the local store (one
+        edge's own) returns the offer."""
+        ...
 
-def _write_private(path: Path, text: str) -> None:
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) atomically: a temporary file, then rename."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -84,7 +91,7 @@ class LocalStore:
     async def put(self, record: CertificateRecord) -> None:
         self._records[record.domain] = record
         if self._dir is not None:
-            _write_private(
+            write_private(
                 self._dir / f"cert-{record.domain}.json", json.dumps(record_to_json(record))
             )
 
@@ -104,10 +111,13 @@ class LocalStore:
     async def get_account(self, directory: str) -> AcmeAccount | None:
         return self._accounts.get(directory)
 
+    async def offer_internal_ca(self, cert_pem: str, key_pem: str) -> tuple[str, str]:
+        return cert_pem, key_pem  # this edge's alone: its own CA (kept by InternalCA)
+
     async def put_account(self, account: AcmeAccount) -> None:
         self._accounts[account.directory] = account
         if self._dir is not None:
-            _write_private(
+            write_private(
                 self._dir / "acme-accounts.json",
                 json.dumps([asdict(a) for a in self._accounts.values()]),
             )

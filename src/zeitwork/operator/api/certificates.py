@@ -6,7 +6,11 @@
   ``not_after`` are read from the leaf certificate;
 - ``POST /certificates/{domain}/lease`` ``{holder, ttl_seconds <= 600}``: 200 when free,
   expired or already held by ``holder``, else 409; ``DELETE ...?holder=H`` releases;
-- ``GET|PUT /acme/account?directory=URL``.
+- ``GET|PUT /acme/account?directory=URL``;
+- ``POST /internal-ca`` ``{cert_pem, key_pem}``: the edges' shared internal CA, the stored one
+  or this one when there is none yet (the first offer wins; every caller gets the winner);
+  ``GET /internal-ca``: its certificate only (for clients to trust), 404 before any edge
+  made one.
 
 Private keys are stored in PostgreSQL: protect the database accordingly.
 """
@@ -93,6 +97,43 @@ class AcmeAccount(BaseModel):
     directory: str = Field(min_length=1, max_length=2000)
     key_pem: str = Field(min_length=1, max_length=MAX_PEM)
     account_url: str | None = Field(default=None, max_length=2000)
+
+
+class InternalCaOffer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert_pem: str = Field(min_length=1, max_length=MAX_PEM)
+    key_pem: str = Field(min_length=1, max_length=MAX_PEM)
+
+
+class InternalCaCertificate(BaseModel):
+    cert_pem: str
+
+
+class InternalCaOut(InternalCaCertificate):
+    key_pem: str
+
+
+def checked_ca(body: InternalCaOffer) -> None:
+    """A self-contained CA: one certificate that may sign others, and its key."""
+    try:
+        certs = x509.load_pem_x509_certificates(body.cert_pem.encode())
+    except ValueError as exc:
+        raise InvalidInput("cert_pem is not a PEM certificate") from exc
+    if len(certs) != 1:
+        raise InvalidInput("cert_pem must hold exactly one certificate")
+    try:
+        constraints = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise InvalidInput("cert_pem is not a CA certificate (basicConstraints CA:TRUE)")
+    try:
+        key = serialization.load_pem_private_key(body.key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("key_pem is not an unencrypted PEM private key") from exc
+    if _spki(certs[0]) != _spki(key):
+        raise InvalidInput("cert_pem and key_pem do not belong together")
 
 
 def _spki(key: object) -> bytes:
@@ -197,5 +238,15 @@ def router(deps: Deps) -> APIRouter:
         return AcmeAccount(
             directory=row.directory, key_pem=row.key_pem, account_url=row.account_url
         )
+
+    @api.post("/internal-ca")
+    async def offer_internal_ca(body: InternalCaOffer) -> InternalCaOut:
+        checked_ca(body)
+        cert_pem, key_pem = await store.offer_internal_ca(body.cert_pem, body.key_pem)
+        return InternalCaOut(cert_pem=cert_pem, key_pem=key_pem)
+
+    @api.get("/internal-ca")
+    async def internal_ca() -> InternalCaCertificate:
+        return InternalCaCertificate(cert_pem=await store.internal_ca_certificate())
 
     return api

@@ -1,4 +1,5 @@
-"""Certificates (one live row per domain), their issuance leases, and ACME accounts.
+"""Certificates (one live row per domain), their issuance leases, ACME accounts, and the
+internal CA the edges share.
 
 Private keys are stored in PostgreSQL in clear: protect the database (and its backups)
 like the keys themselves.
@@ -173,3 +174,29 @@ class CertificateStore:
             row = await cur.fetchone()
         assert row is not None
         return AcmeAccountRow(**row)
+
+    async def offer_internal_ca(
+        self, cert_pem: str, key_pem: str, *, conn: Conn | None = None
+    ) -> tuple[str, str]:
+        """The internal CA (certificate, key): the stored one, or this one stored now when
+        there is none yet. Concurrent offers all get the one that was stored first."""
+        async with self._db.connection(conn) as c:
+            await c.execute(
+                "INSERT INTO internal_ca (cert_pem, key_pem) VALUES (%s, %s) "
+                "ON CONFLICT ((true)) WHERE deleted_at IS NULL DO NOTHING",
+                (cert_pem, key_pem),
+            )
+            cur = await c.execute(
+                "SELECT cert_pem, key_pem FROM internal_ca WHERE deleted_at IS NULL"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return str(row[0]), str(row[1])
+
+    async def internal_ca_certificate(self, *, conn: Conn | None = None) -> str:
+        async with self._db.connection(conn) as c:
+            cur = await c.execute("SELECT cert_pem FROM internal_ca WHERE deleted_at IS NULL")
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound("no internal CA yet: an edge in internal TLS mode creates it")
+        return str(row[0])
