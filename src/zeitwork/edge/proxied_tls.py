@@ -96,12 +96,21 @@ class _HeaderReader(asyncio.BufferedProtocol):
         self._early: list[bytes] | None = None  # set once TLS is starting: bytes for it
         self._transport: asyncio.Transport | None = None
         self._peer = ""
+        self._held = ""  # the address whose place under the connection caps this holds
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._peer = peer_address(transport)
         listener = self._listener
+        limiter = listener.proxy.limiter
+        if limiter is not None:
+            # a place under the caps from TCP accept until TLS is up (or failed): then the
+            # client protocol takes one for the client the header named
+            if not limiter.acquire(self._peer):
+                self._transport.abort()
+                return
+            self._held = self._peer
         listener.proxy.handshakes.start()
         if not listener.proxy.trusted.trusts(self._peer):
             self._upgrade("", b"")  # no header expected from anyone else
@@ -150,6 +159,14 @@ class _HeaderReader(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self.release_place()  # closed before TLS took the connection over
+
+    def release_place(self) -> None:
+        if self._held:
+            limiter = self._listener.proxy.limiter
+            assert limiter is not None
+            limiter.release(self._held)
+            self._held = ""
 
     def _expire(self) -> None:
         self._timer = None
@@ -200,7 +217,7 @@ class ProxiedTlsListener:
 
     def start_tls(self, transport: asyncio.Transport, source: str, reader: _HeaderReader) -> None:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._start_tls(transport, source))
+        task = loop.create_task(self._start_tls(transport, source, reader))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # runs right after the task's first step, in which start_tls puts its TLS protocol on
@@ -231,7 +248,9 @@ class ProxiedTlsListener:
                 buffer_updated(n)
                 view = view[n:]
 
-    async def _start_tls(self, transport: asyncio.Transport, source: str) -> None:
+    async def _start_tls(
+        self, transport: asyncio.Transport, source: str, reader: _HeaderReader
+    ) -> None:
         if transport.is_closing():
             # gone before TLS could start (a peer that connects and closes at once). start_tls
             # would still arm its handshake timer on the dead connection, holding it until the
@@ -252,6 +271,10 @@ class ProxiedTlsListener:
             log.debug("edge.handshake_failed", error=str(exc) or type(exc).__name__)
             transport.abort()
             return
+        finally:
+            # TLS owns the connection now (the reader sees no connection_lost): give the
+            # place back here; the client protocol takes its own in connection_made
+            reader.release_place()
         if tls is None or tls.is_closing():  # the connection went away during the handshake
             transport.abort()
             return

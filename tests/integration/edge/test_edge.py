@@ -331,11 +331,18 @@ async def _equals(probe: Callable[[], Awaitable[float]], value: float) -> bool:
     return await probe() == value
 
 
+@pytest.mark.parametrize("proxy_protocol", [False, True], ids=["plain", "proxy-protocol"])
 async def test_https_connection_caps_count_connections_in_their_handshake(
-    make_edge: EdgeFactory, tmp_path: Path
+    make_edge: EdgeFactory, tmp_path: Path, proxy_protocol: bool
 ) -> None:
+    """Both HTTPS listeners: the loop's TLS protocol admitted at accept, and the one that
+    reads a PROXY header first (here from direct clients, none trusted)."""
     edge = await make_edge(
-        EDGE_DOMAINS="app.test", EDGE_MAX_CONNECTIONS_PER_IP=3, EDGE_HANDSHAKE_TIMEOUT=30
+        EDGE_DOMAINS="app.test",
+        EDGE_MAX_CONNECTIONS_PER_IP=3,
+        EDGE_HANDSHAKE_TIMEOUT=30,
+        EDGE_PROXY_PROTOCOL=str(proxy_protocol).lower(),
+        EDGE_TRUSTED_PROXIES="192.0.2.0/24",
     )
 
     async def metrics() -> bytes:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.integration.edge.conftest import Conn, Upstream, client_context
 
 
@@ -176,15 +178,22 @@ async def test_proxy_protocol_before_tls_under_uvloop(upstream: Upstream, tmp_pa
         assert upstream.seen[-1][b"x-forwarded-for"] == b"192.0.2.78"
 
 
+@pytest.mark.parametrize("proxy_protocol", ["false", "true"], ids=["plain", "proxy-protocol"])
 async def test_https_caps_count_connections_in_their_handshake_under_uvloop(
-    upstream: Upstream, tmp_path: Path
+    upstream: Upstream, tmp_path: Path, proxy_protocol: str
 ) -> None:
-    """The pre-handshake admission subclasses the loop's own TLS protocol class: uvloop's in
-    the process (the in-process test covers asyncio's)."""
+    """The pre-handshake admission subclasses the loop's own TLS protocol class (or, with
+    the PROXY protocol, holds the place until start_tls is done): on uvloop in the process
+    (the in-process test covers asyncio's loop)."""
     from tests.integration.edge.test_edge import check_https_caps_count_handshakes
 
     proc = _edge_process(
-        upstream, tmp_path, EDGE_MAX_CONNECTIONS_PER_IP="3", EDGE_HANDSHAKE_TIMEOUT="30"
+        upstream,
+        tmp_path,
+        EDGE_MAX_CONNECTIONS_PER_IP="3",
+        EDGE_HANDSHAKE_TIMEOUT="30",
+        EDGE_PROXY_PROTOCOL=proxy_protocol,
+        EDGE_TRUSTED_PROXIES="192.0.2.0/24",
     )
     log: list[str] = []
     try:
