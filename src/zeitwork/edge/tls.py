@@ -70,8 +70,9 @@ def offered_alpn(message: bytes) -> list[bytes] | None:
 
 
 class DirectSSLObject(ssl.SSLObject):
-    """``ssl.SSLObject`` whose ``read``, ``write``, ``pending`` and ``do_handshake`` are the
-    C methods of the underlying ``_ssl`` object.
+    """``ssl.SSLObject`` whose ``read``, ``write``, ``pending`` and ``do_handshake`` (and
+    ``getpeercert``, ``cipher``, ``compression`` and ``unwrap``) are the C methods of the
+    underlying ``_ssl`` object.
 
     ``ssl.SSLObject`` implements them as Python functions that only forward to that object;
     uvloop calls them several times for every record it reads or writes (a ``read`` that
@@ -97,6 +98,11 @@ class DirectSSLObject(ssl.SSLObject):
             write=inner.write,
             pending=inner.pending,
             do_handshake=inner.do_handshake,
+            # called once per connection (uvloop's handshake completion and shutdown)
+            getpeercert=inner.getpeercert,
+            cipher=inner.cipher,
+            compression=inner.compression,
+            unwrap=inner.shutdown,
         )
         return obj
 

@@ -232,7 +232,8 @@ def test_server_ssl_objects_call_the_c_methods_directly() -> None:
     server = tls.server_context.wrap_bio(s_in, s_out, server_side=True)
     assert isinstance(server, DirectSSLObject) and isinstance(server, ssl.SSLObject)
     # no Python frame between uvloop and OpenSSL: the bound methods are the _ssl object's
-    for name in ("read", "write", "pending", "do_handshake"):
+    bound = ("read", "write", "pending", "do_handshake", "getpeercert", "cipher", "compression")
+    for name in (*bound, "unwrap"):
         assert type(getattr(server, name)).__name__ == "builtin_function_or_method", name
     for _ in range(10):
         for obj in (client, server):
@@ -254,3 +255,12 @@ def test_server_ssl_objects_call_the_c_methods_directly() -> None:
     assert server.write(b"HTTP/1.1 200 OK\r\n\r\n") == 19
     c_in.write(s_out.read())
     assert client.read(1024) == b"HTTP/1.1 200 OK\r\n\r\n"
+    # what uvloop reads once the handshake is done, and its close_notify
+    assert server.getpeercert() is None and server.compression() is None
+    assert server.cipher()[1] == "TLSv1.3"  # type: ignore[index]
+    with pytest.raises(ssl.SSLWantReadError):
+        server.unwrap()  # close_notify sent; the client's is still to come
+    c_in.write(s_out.read())
+    client.unwrap()  # had the server's: answers with its own
+    s_in.write(c_out.read())
+    server.unwrap()  # both sides closed
