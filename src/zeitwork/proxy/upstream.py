@@ -137,6 +137,19 @@ class UpstreamProtocol:
         finally:
             self._skip = False
 
+    def eof_received(self) -> bool | None:
+        """The backend closed its sending side. In a tunnel the client gets the half-close
+        and the other direction stays open; otherwise the transport closes and
+        ``connection_lost`` ends the exchange (a close-delimited body is then complete)."""
+        peer = self.tunnel
+        if peer is not None:
+            transport = peer.transport
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                peer.flush()
+                transport.write_eof()
+                return True
+        return None
+
     def pause_writing(self) -> None:
         if self.client is not None:
             self.client.pause_reading_for(2)

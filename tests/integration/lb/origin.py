@@ -25,6 +25,7 @@ class Origin:
         self.health_hits = 0
         self.connections = 0
         self.app_connections = 0
+        self.after_half_close: list[bytes] = []  # /ws-half-close: read after its own EOF
         self.fail_status: int | None = None
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -99,6 +100,17 @@ class Origin:
             await self._echo(reader, writer, chunked, length)
             return True
         body = await self._read_body(reader, chunked, length)
+        if path == "/ws-half-close":
+            # a tunnel whose backend says goodbye and half-closes, then still listens
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n\r\nbye"
+            )
+            await writer.drain()
+            writer.write_eof()
+            while data := await reader.read(65536):
+                self.after_half_close.append(data)
+            return False
         if path == "/ws":
             key = headers.get("sec-websocket-key", "").encode()
             accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())

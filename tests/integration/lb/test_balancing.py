@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from tests.integration.lb.conftest import (
     MakeLB,
     MakeOrigin,
@@ -165,7 +167,7 @@ async def test_response_connection_headers_are_rebuilt(
 
 
 async def test_head_and_backend_close_and_until_close_bodies(
-    make_origin: MakeOrigin, make_lb: MakeLB
+    make_origin: MakeOrigin, make_lb: MakeLB, caplog: pytest.LogCaptureFixture
 ) -> None:
     o = await make_origin("o")
     lb = await make_lb(backends=o.address)
@@ -182,6 +184,8 @@ async def test_head_and_backend_close_and_until_close_bodies(
         assert r.body == b"until-close body"
         writer.write(b"GET /who HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await read_response(reader)).body == b"o"
+    # the backends' FINs are ordinary: nothing logged as an error
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 async def test_pipelined_requests_answer_in_order(make_origin: MakeOrigin, make_lb: MakeLB) -> None:

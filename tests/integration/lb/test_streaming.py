@@ -5,6 +5,8 @@ import base64
 import hashlib
 import os
 
+import pytest
+
 from tests.integration.lb.conftest import MakeLB, MakeOrigin, connection, read_response
 from tests.integration.lb.origin import WS_GUID
 
@@ -98,6 +100,29 @@ async def test_websocket_upgrade_is_tunnelled(make_origin: MakeOrigin, make_lb: 
         big = os.urandom(1 << 20)
         writer.write(big)
         assert await asyncio.wait_for(reader.readexactly(len(big)), 5) == big
+
+
+async def test_a_backend_half_close_in_a_tunnel_reaches_the_client(
+    make_origin: MakeOrigin, make_lb: MakeLB, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backend's FIN becomes the client's EOF; the client can still send (TCP half-close
+    through the tunnel), and nothing is logged as an error."""
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(
+            b"GET /ws-half-close HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n"
+        )
+        r = await asyncio.wait_for(read_response(reader, head_only=True), 3)
+        assert r.status == 101
+        assert await asyncio.wait_for(reader.read(), 3) == b"bye"  # then EOF
+        writer.write(b"still here")
+        await writer.drain()
+        async with asyncio.timeout(3):
+            while b"".join(o.after_half_close) != b"still here":
+                await asyncio.sleep(0.02)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 async def test_upgrade_refused_by_backend_is_a_normal_answer(
