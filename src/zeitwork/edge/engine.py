@@ -17,7 +17,7 @@ from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.metrics import HandshakeCounter
-from zeitwork.edge.policy import as_html, wants_html
+from zeitwork.edge.policy import as_html, html_page, wants_html
 from zeitwork.edge.tls_listener import admitting_tls_factory
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
@@ -78,8 +78,9 @@ class ConnectionCaps:
 
 
 class _EdgeClient(ClientProtocol):
-    """The core's client protocol; the core's own error answers (502, 503, 413, ...) become
-    a small HTML page when the request prefers HTML (``Accept``), as the edge's are."""
+    """The core's client protocol; the core's own error answers (502, 503, 413, ..., and
+    400/431/408 for input it could not parse) become a small HTML page when the request
+    prefers HTML (``Accept``), as the edge's are."""
 
     def _send_local(self, ex: Any, local: LocalResponse) -> None:
         if (
@@ -89,6 +90,12 @@ class _EdgeClient(ClientProtocol):
         ):
             local = as_html(local)
         super()._send_local(ex, local)
+
+    def _error_body(self, status: int, detail: str) -> tuple[bytes, bytes]:
+        # malformed input or a head that never completed: the headers read so far decide
+        if wants_html(self._headers):
+            return b"text/html; charset=utf-8", html_page(status, detail)
+        return super()._error_body(status, detail)
 
 
 class _TlsCountingProtocol(_EdgeClient):

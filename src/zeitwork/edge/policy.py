@@ -46,7 +46,8 @@ def wants_html(headers: Headers) -> bool:
     return b"text/html" in accept and b"json" not in accept
 
 
-def _html_page(status: int, detail: str) -> bytes:
+def html_page(status: int, detail: str) -> bytes:
+    """A small error page naming the status and ``detail`` (escaped)."""
     title = (
         escape(HTTPStatus(status).phrase) if status in HTTPStatus._value2member_map_ else "Error"
     )
@@ -70,7 +71,7 @@ def as_html(local: LocalResponse) -> LocalResponse:
     return LocalResponse(
         status=local.status,
         headers=headers,
-        body=_html_page(local.status, detail),
+        body=html_page(local.status, detail),
         close=local.close,
     )
 
@@ -82,7 +83,7 @@ def error_response(
     title = HTTPStatus(status).phrase
     out: Headers = list(extra or [])
     if wants_html(headers):
-        body = _html_page(status, detail)
+        body = html_page(status, detail)
         out.append((b"content-type", b"text/html; charset=utf-8"))
     else:
         body = json.dumps(

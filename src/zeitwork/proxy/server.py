@@ -1146,11 +1146,17 @@ class ClientProtocol:
         self.closing = True
         if self.transport is None:
             return
-        headers: Headers = [(b"content-type", b"application/problem+json")]
-        self._write(serialize_response(status, headers, problem_body(status, detail), close=close))
+        content_type, body = self._error_body(status, detail)
+        headers: Headers = [(b"content-type", content_type)]
+        self._write(serialize_response(status, headers, body, close=close))
         self.proxy.observer.request_done("-", "-", status, 0.0)
         if close:
             self.linger_close()
+
+    def _error_body(self, status: int, detail: str) -> tuple[bytes, bytes]:
+        """The content type and body of an answer outside any exchange: an RFC 9457 problem.
+        A subclass may choose by the headers read so far (``_headers``)."""
+        return b"application/problem+json", problem_body(status, detail)
 
     def linger_close(self) -> None:
         """Send what is queued, shut our side, discard input for a moment, then close.

@@ -478,6 +478,24 @@ async def test_bad_input_over_tls_is_refused(make_edge: EdgeFactory, tmp_path: P
             line = await conn.reader.readline()
         assert line.startswith(b"HTTP/1.1 %d" % status), (raw[:40], line)
         await conn.close()
+    # answers to input the core could not parse follow the Accept header read so far
+    for accept, content_type in (
+        (b"text/html,*/*;q=0.8", b"text/html; charset=utf-8"),
+        (b"application/json", b"application/problem+json"),
+    ):
+        for raw, status in cases[:2]:
+            asked = raw.replace(
+                b"Host: app.test\r\n", b"Host: app.test\r\nAccept: " + accept + b"\r\n"
+            )
+            conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
+            conn.writer.write(asked)
+            async with asyncio.timeout(10):
+                answer = await conn.reader.read()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d" % status), head
+            assert b"\r\ncontent-type: " + content_type + b"\r\n" in head.lower() + b"\r\n"
+            assert body.startswith(b"<!doctype html>") == content_type.startswith(b"text/html")
+            await conn.close()
     # normal traffic keeps flowing
     conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
     assert (await conn.request("/after")).status == 200
