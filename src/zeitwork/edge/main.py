@@ -16,7 +16,7 @@ import signal
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -245,6 +245,7 @@ class Edge:
         mode = s.effective_tls_mode
         issuer: AcmeIssuer | None = None
         ca: InternalCA | None = None
+        share_ca: Callable[[], Awaitable[InternalCA]] | None = None
         if mode == "static":
             assert s.ssl_cert_path is not None and s.ssl_key_path is not None
             self._static = StaticFiles(cert_path=s.ssl_cert_path, key_path=s.ssl_key_path)
@@ -253,7 +254,7 @@ class Edge:
             self._reload_static()
         elif mode == "internal":
             if self.index == 0:  # only worker 0 issues; the others serve what it stored
-                ca = await self._internal_ca(store)
+                ca, share_ca = await self._internal_ca(store)
         else:
             load, save = account_bridge(store, loop)
             issuer = AcmeIssuer(
@@ -274,6 +275,7 @@ class Edge:
             domains=self.domains,
             holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             internal_ca=ca,
+            share_ca=share_ca,
             issuer=issuer,
             on_order=lambda source, result: self.metrics.certificate_orders.labels(
                 source, result
@@ -345,16 +347,24 @@ class Edge:
             log.info("proxy.core", compiled=core_compiled())
         log.info("edge.started", tls_mode=mode, **self.ports)
 
-    async def _internal_ca(self, store: CertificateStore) -> InternalCA:
-        """The CA to issue with: the one every edge shares through ``store`` (the operator),
-        or, while the operator cannot be reached at start, this edge's own (logged)."""
+    async def _internal_ca(
+        self, store: CertificateStore
+    ) -> tuple[InternalCA, Callable[[], Awaitable[InternalCA]] | None]:
+        """The CA to issue with: the one every edge shares through ``store`` (the operator).
+        While the operator cannot be reached, this edge's own, and how to get the shared one
+        (the certificate manager tries again every pass, then re-issues what its own CA
+        signed)."""
         directory = self.settings.data_dir / "edge" / "ca"
+
+        async def shared() -> InternalCA:
+            return await InternalCA.shared(directory, store)
+
         try:
             async with asyncio.timeout(10):
-                return await InternalCA.shared(directory, store)
+                return await shared(), None
         except (ZeitworkError, TimeoutError) as exc:
             log.warning("internal_ca.not_shared", error=str(exc) or type(exc).__name__)
-            return InternalCA.load_or_create(directory)
+            return InternalCA.load_or_create(directory), shared
 
     def _reload_static(self) -> None:
         assert self._static is not None

@@ -119,3 +119,55 @@ async def test_order_rechecks_the_store_under_the_lease(tmp_path: Path) -> None:
     await manager._order("a.test", None)
     assert issuer.calls == [] and orders == []
     assert tls.has_certificate("a.test")
+
+
+async def test_internal_mode_adopts_the_shared_ca_later_and_reissues(tmp_path: Path) -> None:
+    """The operator was unreachable at start: the edge issued with its own CA. Once the
+    shared CA can be had, it is adopted and what the own CA signed is issued again."""
+    from zeitwork.core.errors import ServiceUnavailable
+
+    store = LocalStore()
+    own = InternalCA.load_or_create(tmp_path / "own")
+    shared = InternalCA.load_or_create(tmp_path / "shared")
+    reachable = [False]
+
+    async def share() -> InternalCA:
+        if not reachable[0]:
+            raise ServiceUnavailable("operator is unreachable")
+        return shared
+
+    orders: list[tuple[str, str]] = []
+    manager = CertificateManager(
+        store=store,
+        tls=TlsTerminator(),
+        mode="internal",
+        domains=lambda: ["a.test"],
+        holder="edge-1",
+        internal_ca=own,
+        share_ca=share,
+        on_order=lambda source, result: orders.append((source, result)),
+    )
+    await manager.sync_once()
+    first = await store.get("a.test")
+    assert first is not None and first.cert_pem is not None and own.issued(first.cert_pem)
+    await manager.sync_once()  # still unreachable: nothing new
+    assert orders == [("internal", "issued")]
+    reachable[0] = True
+    await manager.sync_once()
+    second = await store.get("a.test")
+    assert second is not None and second.cert_pem is not None
+    assert shared.issued(second.cert_pem) and not own.issued(second.cert_pem)
+    await manager.sync_once()  # the shared CA's certificate is not due: nothing more
+    assert orders == [("internal", "issued"), ("internal", "issued")]
+
+
+async def test_internal_mode_reissues_what_another_ca_signed(tmp_path: Path) -> None:
+    store = LocalStore()
+    other = InternalCA.load_or_create(tmp_path / "other")
+    await store.put(other.issue("a.test"))  # valid for 90 days: not due by its dates
+    manager, tls, _, orders = _manager(tmp_path, store, mode="internal")
+    await manager.sync_once()
+    record = await store.get("a.test")
+    assert record is not None and record.cert_pem is not None
+    assert not other.issued(record.cert_pem)
+    assert ("internal", "issued") in orders and tls.has_certificate("a.test")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
 from zeitwork.clients.certificates import CertificateRecord
 from zeitwork.edge.certificates.store import CertificateStore, write_private
 from zeitwork.edge.certificates.x509 import inspect, issue_leaf, self_signed_ca
@@ -22,6 +25,24 @@ class InternalCA:
         self.cert_pem = cert_pem
         self._key_pem = key_pem
         self._leaf_days = leaf_days
+        self._cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        self._checked: dict[str, bool] = {}  # chain PEM -> issued by this CA
+
+    def issued(self, chain_pem: str) -> bool:
+        """Whether the leaf of ``chain_pem`` was signed by this CA (remembered per chain)."""
+        known = self._checked.get(chain_pem)
+        if known is not None:
+            return known
+        try:
+            leaf = x509.load_pem_x509_certificates(chain_pem.encode())[0]
+            leaf.verify_directly_issued_by(self._cert)
+            mine = True
+        except (ValueError, TypeError, IndexError, InvalidSignature):
+            mine = False
+        if len(self._checked) >= 10_000:
+            self._checked.clear()
+        self._checked[chain_pem] = mine
+        return mine
 
     @classmethod
     def load_or_create(cls, directory: Path, *, leaf_days: int = 90) -> InternalCA:

@@ -2,7 +2,8 @@
 
 Each pass: load every issued certificate from the store into the terminator (so a
 certificate ordered by another edge is served here too), then order what is due (missing,
-failed after its back-off, or at two thirds of its lifetime). ACME orders take the store's
+failed after its back-off, or at two thirds of its lifetime; in internal mode also one
+another CA issued). ACME orders take the store's
 lease first, so one edge orders a given certificate at a time; a failure is written back
 with its error, attempt count and next attempt time, and counted in metrics.
 """
@@ -10,11 +11,12 @@ with its error, attempt count and next attempt time, and counted in metrics.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
 from zeitwork.clients.certificates import AcmeAccount, CertificateRecord
+from zeitwork.core.errors import ZeitworkError
 from zeitwork.edge.certificates.acme import AcmeError, AcmeIssuer
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.renewal import failed, is_due
@@ -39,6 +41,7 @@ class CertificateManager:
         domains: Callable[[], Iterable[str]],
         holder: str,
         internal_ca: InternalCA | None = None,
+        share_ca: Callable[[], Awaitable[InternalCA]] | None = None,
         issuer: AcmeIssuer | None = None,
         on_order: OrderResult | None = None,
         retry_base: float = 60.0,
@@ -52,6 +55,9 @@ class CertificateManager:
         self._domains = domains
         self._holder = holder
         self._ca = internal_ca
+        # set while the internal CA is this edge's own because the shared one could not be
+        # had (the operator was unreachable): tried again on every pass
+        self._share_ca = share_ca
         self._issuer = issuer
         self._on_order = on_order or (lambda source, result: None)
         self._retry_base = retry_base
@@ -71,10 +77,42 @@ class CertificateManager:
             self._install(record)
         if self._mode == "static" or not self._orders:
             return
+        if self._share_ca is not None:
+            await self._adopt_shared_ca()
         now = self._clock()
         for domain in sorted(set(self._domains())):
-            if is_due(records.get(domain), now):
+            if self._due(records.get(domain), now):
                 await self._order(domain, records.get(domain))
+
+    def _due(self, record: CertificateRecord | None, now: datetime) -> bool:
+        """Missing, failed, or at two thirds of its lifetime; in internal mode also a
+        certificate another CA issued (an edge's own CA before the shared one was adopted,
+        or from before the CA was shared at all): clients trust the shared CA only."""
+        if is_due(record, now):
+            return True
+        ca = self._ca
+        return (
+            self._mode == "internal"
+            and ca is not None
+            and record is not None
+            and record.source == "internal"
+            and record.cert_pem is not None
+            and not ca.issued(record.cert_pem)
+        )
+
+    async def _adopt_shared_ca(self) -> None:
+        share = self._share_ca
+        assert share is not None
+        try:
+            async with asyncio.timeout(10):
+                ca = await share()
+        except (ZeitworkError, TimeoutError) as exc:
+            log.warning("internal_ca.not_shared", error=str(exc) or type(exc).__name__)
+            return
+        self._share_ca = None
+        if self._ca is None or ca.cert_pem != self._ca.cert_pem:
+            log.info("internal_ca.adopted")
+        self._ca = ca
 
     def _install(self, record: CertificateRecord) -> None:
         if record.status != "issued" or not record.cert_pem:
@@ -97,7 +135,7 @@ class CertificateManager:
             # Another edge may have finished an order since the list was read: check again
             # now that this edge holds the lease.
             current = await self._store.get(domain)
-            if not is_due(current, self._clock()):
+            if not self._due(current, self._clock()):
                 if current is not None:
                     self._install(current)
                 return
