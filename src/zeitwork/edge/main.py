@@ -43,6 +43,7 @@ from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch, override_policy
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
 from zeitwork.edge.settings import EdgeSettings
+from zeitwork.edge.steering import steer_by_source
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
@@ -148,7 +149,8 @@ class Edge:
     registry: CollectorRegistry = field(default_factory=new_registry)
     store: CertificateStore | None = None
     index: int = 0  # worker number; worker 0 orders certificates and serves the admin port
-    listen_ports: tuple[int, int] | None = None  # (http, https) reserved by the supervisor
+    # (http, https) listening sockets the supervisor made for this worker (else made here)
+    listen_socks: tuple[socket.socket, socket.socket] | None = None
     stats_dir: Path | None = None  # where workers publish counters for worker 0's /metrics
 
     def __post_init__(self) -> None:
@@ -207,10 +209,11 @@ class Edge:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        http_port, https_port_bind = self.listen_ports or (s.port, s.https_port)
-        many = s.worker_count > 1
-        plain_sock = reuse_port_socket(s.host, http_port, reuse_port=many)
-        tls_sock = reuse_port_socket(s.host, https_port_bind, reuse_port=many)
+        if self.listen_socks is not None:
+            plain_sock, tls_sock = self.listen_socks
+        else:
+            plain_sock = reuse_port_socket(s.host, s.port, reuse_port=False)
+            tls_sock = reuse_port_socket(s.host, s.https_port, reuse_port=False)
         https_port = s.public_https_port or tls_sock.getsockname()[1]
         self.policy = build_policy(
             s,
@@ -486,11 +489,11 @@ async def run(
     settings: EdgeSettings,
     *,
     index: int = 0,
-    listen_ports: tuple[int, int] | None = None,
+    listen_socks: tuple[socket.socket, socket.socket] | None = None,
     stats_dir: Path | None = None,
 ) -> None:
     """Run one edge worker until SIGTERM/SIGINT, then drain."""
-    edge = Edge(settings, index=index, listen_ports=listen_ports, stats_dir=stats_dir)
+    edge = Edge(settings, index=index, listen_socks=listen_socks, stats_dir=stats_dir)
     await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -507,21 +510,42 @@ async def run(
     await edge.stop()
 
 
-def _reserve(host: str, port: int) -> socket.socket:
-    """Bind without listening so that port 0 becomes one concrete port all workers share."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+def _worker_sockets(settings: EdgeSettings) -> list[tuple[socket.socket, socket.socket]]:
+    """Every worker's (http, https) listening sockets, made in worker order before forking so
+    that worker i is index i of both SO_REUSEPORT groups; with no trusted proxies, each
+    client address is steered to one worker (``steering``)."""
+    count = settings.worker_count
+    plain = [reuse_port_socket(settings.host, settings.port)]
+    tls = [reuse_port_socket(settings.host, settings.https_port)]
+    ports = (plain[0].getsockname()[1], tls[0].getsockname()[1])
+    for _ in range(count - 1):
+        plain.append(reuse_port_socket(settings.host, ports[0]))
+        tls.append(reuse_port_socket(settings.host, ports[1]))
+    if settings.trusted_proxies:
+        # clients behind a proxy arrive from its address: steering by address would send
+        # all of them to one worker; the kernel's spreading is kept (limits per worker)
+        log.info("edge.steering", by="connection", reason="trusted proxies in front")
+    else:
+        try:
+            steer_by_source(plain[0], count)
+            steer_by_source(tls[0], count)
+            log.info("edge.steering", by="client address")
+        except OSError as exc:
+            log.warning("edge.steering_unavailable", error=str(exc))
+    return list(zip(plain, tls, strict=True))
 
 
-def _worker(settings: EdgeSettings, index: int, ports: tuple[int, int], stats_dir: Path) -> None:
+def _worker(
+    settings: EdgeSettings,
+    index: int,
+    socks: tuple[socket.socket, socket.socket],
+    stats_dir: Path,
+) -> None:
     import uvloop
 
     code = 0
     try:
-        uvloop.run(run(settings, index=index, listen_ports=ports, stats_dir=stats_dir))
+        uvloop.run(run(settings, index=index, listen_socks=socks, stats_dir=stats_dir))
     except BaseException:
         log.exception("edge.worker_crashed", worker=index)
         code = 1
@@ -549,11 +573,8 @@ def serve_workers(settings: EdgeSettings) -> int:
     if count <= 1:
         uvloop.run(run(settings))
         return 0
-    reserved = [
-        _reserve(settings.host, settings.port),
-        _reserve(settings.host, settings.https_port),
-    ]
-    ports = (reserved[0].getsockname()[1], reserved[1].getsockname()[1])
+    socks = _worker_sockets(settings)
+    ports = (socks[0][0].getsockname()[1], socks[0][1].getsockname()[1])
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-edge-stats-"))
     children: dict[int, int] = {}
     for index in range(count):
@@ -561,10 +582,15 @@ def serve_workers(settings: EdgeSettings) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            for sock in reserved:
-                sock.close()
-            _worker(settings, index, ports, stats_dir)
+            for other, pair in enumerate(socks):
+                if other != index:
+                    for sock in pair:
+                        sock.close()
+            _worker(settings, index, socks[index], stats_dir)
         children[pid] = index
+    for pair in socks:  # each lives on in its worker only
+        for sock in pair:
+            sock.close()
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -589,7 +615,5 @@ def serve_workers(settings: EdgeSettings) -> int:
             if not stopping:
                 log.error("edge.worker_exited", worker=index, status=code)
                 forward(signal.SIGTERM, None)
-    for sock in reserved:
-        sock.close()
     shutil.rmtree(stats_dir, ignore_errors=True)
     return status

@@ -214,3 +214,58 @@ async def test_https_caps_count_connections_in_their_handshake_under_uvloop(
         assert proc.wait(timeout=15) == 0
     finally:
         _reap(proc)
+
+
+def _statuses(port: int, source: str, count: int) -> list[int]:
+    """``count`` requests from ``source``, each on a new connection."""
+    import socket
+
+    out = []
+    for _ in range(count):
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
+        ) as s:
+            s.sendall(b"GET /r HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        out.append(int(data.split(b" ", 2)[1]))
+    return out
+
+
+@pytest.mark.parametrize("trusted", ["", "192.0.2.0/24"], ids=["steered", "behind-proxies"])
+async def test_one_client_address_meets_one_worker(
+    upstream: Upstream, tmp_path: Path, trusted: str
+) -> None:
+    """Two workers, a burst of 3 per address: with no trusted proxies every connection of an
+    address reaches the same worker, so the address gets its 3 and no more (spread over two
+    workers it would get up to 6); another address has its own 3. With trusted proxies in
+    front the kernel's spreading is kept, and the limits combine per worker as documented."""
+    proc = _edge_process(
+        upstream,
+        tmp_path,
+        EDGE_WORKERS="2",
+        RATE_LIMIT_RPS="0.001",
+        RATE_LIMIT_BURST="3",
+        EDGE_HTTPS_REDIRECT="false",
+        EDGE_TRUSTED_PROXIES=trusted,
+    )
+    log: list[str] = []
+    try:
+        match = _wait_line(proc, r"edge.workers_started.*http=(\d+)", log)
+        http = int(match.group(1))
+        for _ in range(2):
+            _wait_line(proc, r"edge.started", log)
+        steering = "".join(line for line in log if "edge.steering" in line)
+        if trusted:
+            assert "connection" in steering and "client address" not in steering, steering
+            return
+        assert "client address" in steering, steering
+        first = await asyncio.to_thread(_statuses, http, "127.0.0.1", 12)
+        assert sorted(first) == [200] * 3 + [429] * 9, first
+        second = await asyncio.to_thread(_statuses, http, "127.0.0.2", 5)
+        assert sorted(second) == [200] * 3 + [429] * 2, second
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)
