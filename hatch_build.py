@@ -43,6 +43,7 @@ COMPILED = (
     # the edge: its client protocols and engine (native subclasses of the core's), and its
     # per-request policy: rate limiter, security headers, CORS, redirects
     "zeitwork/edge/engine.py",
+    "zeitwork/edge/tls_transport.py",
     "zeitwork/edge/policy.py",
     "zeitwork/edge/rate_limit.py",
     "zeitwork/edge/security_headers.py",

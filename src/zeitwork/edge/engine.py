@@ -18,7 +18,7 @@ from typing import Any
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.policy import as_html, html_page, wants_html
-from zeitwork.edge.tls_listener import admitting_tls_factory
+from zeitwork.edge.tls_transport import tls_factory
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
@@ -218,14 +218,13 @@ class EdgeProxy(Proxy):
         ssl_handshake_timeout: float | None = None,
         backlog: int = 1024,
     ) -> asyncio.Server:
-        """Plain HTTP as the core serves it; HTTPS with every connection admitted under the
-        connection caps when TCP accepts it, before its handshake (``tls_listener``)."""
+        """Plain HTTP as the core serves it; HTTPS through the edge's own TLS layer, every
+        connection admitted under the connection caps when TCP accepts it (``tls_transport``)."""
         loop = asyncio.get_running_loop()
         if ssl_context is None:
             factory = self.protocol_factory(tls=False)
         else:
-            factory = admitting_tls_factory(
-                loop=loop,
+            factory = tls_factory(
                 context=ssl_context,
                 handshake_timeout=ssl_handshake_timeout,
                 limiter=self.limiter,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,10 +49,27 @@ class Upstream:
                     k, _, v = h.partition(b":")
                     headers[k.strip().lower()] = v.strip()
                 length = int(headers.get(b"content-length", b"0"))
-                if length:
-                    await reader.readexactly(length)
+                uploaded = await reader.readexactly(length) if length else b""
                 self.seen.append(headers)
                 target = line.split()[1]
+                if target.startswith(b"/big/"):  # a download of N bytes, in 64 KiB writes
+                    size = int(target[5:])
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+                    block = bytes(range(256)) * 256
+                    for start in range(0, size, len(block)):
+                        writer.write(block[: min(len(block), size - start)])
+                        await writer.drain()
+                    continue
+                if target == b"/upload":  # answers the body's length and SHA-256
+                    digest = b"%d %s" % (
+                        len(uploaded),
+                        hashlib.sha256(uploaded).hexdigest().encode(),
+                    )
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(digest), digest)
+                    )
+                    await writer.drain()
+                    continue
                 if target == b"/ws" and headers.get(b"upgrade", b"").lower() == b"websocket":
                     writer.write(
                         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
@@ -125,6 +143,9 @@ class Conn:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await self.writer.drain()
+        return await self.read_response(method)
+
+    async def read_response(self, method: str = "GET") -> Response:
         async with asyncio.timeout(10):
             status_line = await self.reader.readline()
             if not status_line:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -310,7 +312,8 @@ async def check_https_caps_count_handshakes(
     reader, writer = await asyncio.open_connection("127.0.0.1", https)
     writer.write(b"\x16\x03\x01\x00\x05not a ClientHello at all\r\n\r\n")
     async with asyncio.timeout(5):
-        assert await reader.read() == b""  # the TLS layer gave up and closed
+        ended = await reader.read()  # the TLS layer gave up (an alert at most) and closed
+    assert ended == b"" or ended.startswith(b"\x15\x03"), ended
     writer.close()
     await wait_for(lambda: _equals(held, 2))
     # and so does a connection that ends without a handshake
@@ -365,7 +368,7 @@ async def test_https_connections_are_freed_without_the_cycle_collector(
     ctx = client_context(_ca(tmp_path / "data"))
 
     def tls_layers() -> int:
-        return sum(type(o).__name__ == "AdmittingTlsProtocol" for o in gc.get_objects())
+        return sum(type(o).__name__ == "TlsTransport" for o in gc.get_objects())
 
     gc.collect()
     gc.disable()
@@ -500,6 +503,60 @@ async def test_bad_input_over_tls_is_refused(make_edge: EdgeFactory, tmp_path: P
     conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
     assert (await conn.request("/after")).status == 200
     await conn.close()
+
+
+async def test_https_streams_both_ways_with_back_pressure_and_pipelining(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """The edge's TLS layer under load: a large download read slowly, a large upload, and
+    pipelined requests on one connection, then the client's close_notify."""
+    import hashlib
+
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    ctx = client_context(_ca(tmp_path / "data"))
+    size = 8 * 1024 * 1024
+    conn = await Conn.open(edge.ports["https"], tls=ctx, sni="app.test")
+    conn.writer.write(b"GET /big/%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % size)
+    async with asyncio.timeout(30):
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: %d" % size in head
+        got = hashlib.sha256()
+        left = size
+        while left:
+            chunk = await conn.reader.read(min(left, 256 * 1024))
+            assert chunk, "the download stopped short"
+            got.update(chunk)
+            left -= len(chunk)
+            if left > size // 2:
+                await asyncio.sleep(0.002)  # a slow reader for the first half
+    block = bytes(range(256)) * 256
+    want = hashlib.sha256()
+    for start in range(0, size, len(block)):
+        want.update(block[: min(len(block), size - start)])
+    assert got.hexdigest() == want.hexdigest()
+    # a large upload on the same connection
+    body = os.urandom(6 * 1024 * 1024)
+    conn.writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    conn.writer.write(body)
+    async with asyncio.timeout(30):
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        answer = await conn.reader.readexactly(length)
+    assert answer == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
+    # three pipelined requests in one write, answered in order
+    conn.writer.write(
+        b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(3))
+    )
+    for i in range(3):
+        response = await conn.read_response()
+        assert response.status == 200 and response.body == b"ok /p%d" % i
+    # the client's close_notify ends the connection cleanly
+    conn.writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await conn.writer.wait_closed()
+    await wait_for(lambda: _no_connections(edge))
 
 
 def _tls_over(

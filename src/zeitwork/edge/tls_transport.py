@@ -1,0 +1,312 @@
+"""The HTTPS listener's TLS layer: OpenSSL through two memory BIOs, between the TCP transport
+and the edge's client protocol.
+
+The event loop's own TLS layer (``create_server(ssl=...)``, uvloop's ``SSLProtocol``) is a
+general one: an application transport object on top of a protocol object, a handshake timer
+and a waiter future per connection, extra information gathered after the handshake, flow
+control in both directions, and a shutdown that waits for the peer's close_notify under a
+timer of its own. Measured on new connections, that machinery cost about as much as the
+handshake work in OpenSSL for a resumed session. This layer does only what the edge needs:
+
+- it is the TCP connection's protocol and the client protocol's transport at once;
+- a connection is admitted under the connection caps when TCP accepts it, before the
+  handshake (one over a cap is aborted before OpenSSL sees a byte of it), and gives its
+  place back when the TCP connection ends, handshake completed or not;
+- ``EDGE_HANDSHAKE_TIMEOUT`` is one timer, cancelled when the handshake completes;
+- decrypted data goes to the client protocol as it comes, while it does not pause reading;
+  what it writes is encrypted and handed to TCP in one write per call (the core calls once
+  per event-loop iteration); TCP's back-pressure reaches the client protocol as is;
+- ``close`` sends close_notify and closes TCP once written, without waiting for the peer's
+  (as HAProxy and nginx do); a peer's close_notify or FIN is the client's end of input.
+
+The SNI callback (``edge.tls``) receives the ``_ssl`` object itself and may switch its
+context. Compiled with the proxy core (``hatch_build.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from zeitwork.proxy.server import ClientProtocol, peer_address
+from zeitwork.proxy.types import ConnectionLimiter
+
+_READ_SIZE = 65536
+
+
+class TlsTransport:
+    """One HTTPS connection: protocol of the TCP transport, transport of ``client``."""
+
+    def __init__(
+        self,
+        client: ClientProtocol,
+        context: ssl.SSLContext,
+        *,
+        handshake_timeout: float,
+        limiter: ConnectionLimiter | None,
+        on_admitted: Callable[[], None],
+    ) -> None:
+        self.client: ClientProtocol | None = client  # None once the connection is over
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        # the _ssl object itself, no ssl.SSLObject wrapper: the SNI callback gets it as is
+        self.tls: Any = context._wrap_bio(  # type: ignore[attr-defined]
+            self.incoming, self.outgoing, True, None
+        )
+        self.handshake_timeout = handshake_timeout
+        self.limiter = limiter
+        self.on_admitted = on_admitted
+        self.tcp: asyncio.Transport | None = None
+        self.held = ""  # the address whose place under the caps this connection holds
+        self.ready = False  # handshake done, client protocol attached
+        self.closing = False
+        self.reading_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- protocol of the TCP transport -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]
+        self.tcp = tcp
+        ip = peer_address(tcp)
+        limiter = self.limiter
+        if limiter is not None:
+            if not limiter.acquire(ip):
+                tcp.abort()  # before the handshake: nothing of TLS has run
+                return
+            self.held = ip
+        client = self.client
+        assert client is not None
+        client.forced_peer = ip
+        client.preadmitted = True
+        self.on_admitted()
+        self.timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.write(data)
+        if not self.ready and not self._handshake():
+            return
+        if not self.reading_paused:
+            self._deliver()
+        self._send_pending()
+
+    def eof_received(self) -> bool | None:
+        client = self.client
+        if not self.ready or client is None:
+            return None  # gone during the handshake: close
+        return bool(client.eof_received())  # a half-closed client may still get its answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.held:
+            limiter = self.limiter
+            assert limiter is not None
+            limiter.release(self.held)
+            self.held = ""
+        client, self.client = self.client, None  # it holds this transport: no cycle left
+        if self.ready and client is not None:
+            self.ready = False
+            client.connection_lost(exc)
+        self.tcp = None
+
+    def pause_writing(self) -> None:
+        if self.ready and self.client is not None:
+            self.client.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.ready and self.client is not None:
+            self.client.resume_writing()
+
+    # -- TLS --------------------------------------------------------------------------------
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once it is done and the client is attached."""
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_pending()
+            return False
+        except (ssl.SSLError, OSError, ValueError):
+            # refused version, unknown name, garbage: counted as started, never completed
+            self._send_pending()  # the alert, if OpenSSL made one
+            self._abort_tcp()
+            return False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        client = self.client
+        if client is None:
+            return False
+        self.ready = True
+        client.connection_made(self)  # type: ignore[arg-type]
+        return True
+
+    def _deliver(self) -> None:
+        """Hand the client protocol what can be decrypted now."""
+        tls = self.tls
+        incoming = self.incoming
+        client = self.client
+        if client is None:
+            return
+        while self.ready and not self.reading_paused:
+            if not incoming.pending and not tls.pending():
+                return  # nothing buffered: spare the exception a read would raise
+            try:
+                chunk: bytes = tls.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                return  # a record not complete yet
+            except ssl.SSLZeroReturnError:
+                self._peer_finished()
+                return
+            except (ssl.SSLError, OSError, ValueError):
+                self._abort_tcp()
+                return
+            if not chunk:
+                self._peer_finished()
+                return
+            client.data_received(chunk)
+
+    def _peer_finished(self) -> None:
+        """The peer's close_notify: the end of its input."""
+        if self.client is not None and self.client.eof_received():
+            return  # the client protocol answers what it has, then closes
+        self.close()
+
+    def _send_pending(self) -> None:
+        tcp = self.tcp
+        if self.outgoing.pending and tcp is not None and not tcp.is_closing():
+            tcp.write(self.outgoing.read())
+
+    def _expire(self) -> None:
+        self.timer = None
+        if not self.ready:
+            self._abort_tcp()
+
+    def _abort_tcp(self) -> None:
+        self.closing = True
+        if self.tcp is not None:
+            self.tcp.abort()
+
+    # -- transport of the client protocol ----------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closing or self.tcp is None:
+            return
+        try:
+            self.tls.write(data)
+        except (ssl.SSLError, OSError, ValueError):
+            self._abort_tcp()
+            return
+        self._send_pending()
+
+    def writelines(self, pieces: Any) -> None:
+        if self.closing or self.tcp is None:
+            return
+        tls = self.tls
+        try:
+            for piece in pieces:
+                if piece:
+                    tls.write(piece)
+        except (ssl.SSLError, OSError, ValueError):
+            self._abort_tcp()
+            return
+        self._send_pending()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        tcp = self.tcp
+        if tcp is None:
+            return
+        if self.ready:
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self.tls.shutdown()  # close_notify; the peer's is not waited for
+            if self.outgoing.pending and not tcp.is_closing():
+                tcp.write(self.outgoing.read())
+        tcp.close()
+
+    def abort(self) -> None:
+        self._abort_tcp()
+
+    def is_closing(self) -> bool:
+        return self.closing or self.tcp is None or self.tcp.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close of its own: close sends close_notify
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot half-close")
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            if self.tcp is not None:
+                self.tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.tcp is not None and not self.tcp.is_closing():
+                self.tcp.resume_reading()
+                # what was decrypted-to-be while paused: deliver it on the next iteration
+                asyncio.get_running_loop().call_soon(self._resume_delivery)
+
+    def _resume_delivery(self) -> None:
+        if self.ready and not self.reading_paused:
+            self._deliver()
+            self._send_pending()
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
+
+    def get_write_buffer_size(self) -> int:
+        return self.tcp.get_write_buffer_size() if self.tcp is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.tcp is not None:
+            self.tcp.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self.tls
+        if name == "sslcontext":
+            return self.tls.context
+        if name == "peercert":
+            return None
+        if name == "cipher":
+            return self.tls.cipher()
+        tcp = self.tcp
+        return tcp.get_extra_info(name, default) if tcp is not None else default
+
+    def set_protocol(self, protocol: Any) -> None:
+        raise NotImplementedError("the edge's client protocol stays for the connection")
+
+    def get_protocol(self) -> Any:
+        return self.client
+
+
+def tls_factory(
+    *,
+    make_client: Callable[[], ClientProtocol],
+    context: ssl.SSLContext,
+    handshake_timeout: float | None,
+    limiter: ConnectionLimiter | None,
+    on_admitted: Callable[[], None],
+) -> Callable[[], TlsTransport]:
+    """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS."""
+    timeout = handshake_timeout if handshake_timeout is not None else 60.0
+
+    def factory() -> TlsTransport:
+        return TlsTransport(
+            make_client(),
+            context,
+            handshake_timeout=timeout,
+            limiter=limiter,
+            on_admitted=on_admitted,
+        )
+
+    return factory
