@@ -188,14 +188,6 @@ class EdgeProxy(Proxy):
         self.handshakes = handshakes
         self.proxy_protocol = proxy_protocol
 
-    def proxied_tls_client(self, source: str) -> ClientProtocol:
-        """The client protocol for a connection ``ProxiedTlsListener`` upgraded to TLS (it
-        counted the handshake as started): ``source`` is the client named by a PROXY
-        header ("" = the socket peer)."""
-        client = _TlsCountingProtocol(self, tls=True)
-        client.forced_peer = source
-        return client
-
     def protocol_factory(self, *, tls: bool = False) -> Any:
         if not tls:
             kind = _ProxyProtocolClient if self.proxy_protocol else _EdgeClient

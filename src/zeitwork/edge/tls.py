@@ -69,47 +69,8 @@ def offered_alpn(message: bytes) -> list[bytes] | None:
     return None
 
 
-class DirectSSLObject(ssl.SSLObject):
-    """``ssl.SSLObject`` whose ``read``, ``write``, ``pending`` and ``do_handshake`` (and
-    ``getpeercert``, ``cipher``, ``compression`` and ``unwrap``) are the C methods of the
-    underlying ``_ssl`` object.
-
-    ``ssl.SSLObject`` implements them as Python functions that only forward to that object;
-    uvloop calls them several times for every record it reads or writes (a ``read`` that
-    finds no more data raises through the Python frame). Binding the C methods on the
-    instance gives the same behaviour without the interpreted frames on the data path."""
-
-    @classmethod
-    def _create(  # noqa: PLR0917 - ssl's private signature
-        cls,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        session: ssl.SSLSession | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> DirectSSLObject:
-        obj: DirectSSLObject = super()._create(  # type: ignore[misc]
-            incoming, outgoing, server_side, server_hostname, session, context
-        )
-        inner = obj._sslobj  # type: ignore[attr-defined]
-        vars(obj).update(
-            read=inner.read,
-            write=inner.write,
-            pending=inner.pending,
-            do_handshake=inner.do_handshake,
-            # called once per connection (uvloop's handshake completion and shutdown)
-            getpeercert=inner.getpeercert,
-            cipher=inner.cipher,
-            compression=inner.compression,
-            unwrap=inner.shutdown,
-        )
-        return obj
-
-
 def _base_context(alpn: list[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.sslobject_class = DirectSSLObject
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(TLS12_CIPHERS)

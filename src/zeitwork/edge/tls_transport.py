@@ -68,9 +68,13 @@ class TlsTransport:
 
     # -- protocol of the TCP transport -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.attach(transport, peer_address(transport))
+
+    def attach(self, transport: asyncio.BaseTransport, ip: str) -> None:
+        """Take the TCP connection of client ``ip`` (the socket peer, or the client a PROXY
+        header named): admit it under the caps or abort it, and wait for the handshake."""
         tcp: asyncio.Transport = transport  # type: ignore[assignment]
         self.tcp = tcp
-        ip = peer_address(tcp)
         limiter = self.limiter
         if limiter is not None:
             if not limiter.acquire(ip):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import ssl
 
 import pytest
@@ -217,50 +216,3 @@ def test_tls_alpn_challenge_reaches_the_other_workers(tmp_path: object) -> None:
     # names that are not host names never become paths
     publisher.publish_tls_alpn("../x", *tls_alpn_certificate("x.test", "t.t"))
     assert list((shared / "tls-alpn").iterdir()) == []
-
-
-def test_server_ssl_objects_call_the_c_methods_directly() -> None:
-    from zeitwork.edge.tls import DirectSSLObject
-
-    tls = TlsTerminator()
-    tls.install("a.test", *_pair("a.test"))
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.check_hostname = False
-    client_ctx.verify_mode = ssl.CERT_NONE
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="a.test")
-    server = tls.server_context.wrap_bio(s_in, s_out, server_side=True)
-    assert isinstance(server, DirectSSLObject) and isinstance(server, ssl.SSLObject)
-    # no Python frame between uvloop and OpenSSL: the bound methods are the _ssl object's
-    bound = ("read", "write", "pending", "do_handshake", "getpeercert", "cipher", "compression")
-    for name in (*bound, "unwrap"):
-        assert type(getattr(server, name)).__name__ == "builtin_function_or_method", name
-    for _ in range(10):
-        for obj in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                obj.do_handshake()
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-    assert server.version() == "TLSv1.3" and server.selected_alpn_protocol() is None
-    client.write(b"GET / HTTP/1.1\r\n\r\n")
-    s_in.write(c_out.read())
-    assert server.pending() == 0  # nothing decrypted until read
-    assert server.read(1024) == b"GET / HTTP/1.1\r\n\r\n"
-    buf = bytearray(8)
-    client.write(b"abc")
-    s_in.write(c_out.read())
-    assert server.read(8, buf) == 3 and bytes(buf[:3]) == b"abc"
-    with pytest.raises(ssl.SSLWantReadError):
-        server.read(1024)
-    assert server.write(b"HTTP/1.1 200 OK\r\n\r\n") == 19
-    c_in.write(s_out.read())
-    assert client.read(1024) == b"HTTP/1.1 200 OK\r\n\r\n"
-    # what uvloop reads once the handshake is done, and its close_notify
-    assert server.getpeercert() is None and server.compression() is None
-    assert server.cipher()[1] == "TLSv1.3"  # type: ignore[index]
-    with pytest.raises(ssl.SSLWantReadError):
-        server.unwrap()  # close_notify sent; the client's is still to come
-    c_in.write(s_out.read())
-    client.unwrap()  # had the server's: answers with its own
-    s_in.write(c_out.read())
-    server.unwrap()  # both sides closed
