@@ -26,7 +26,6 @@ context. Compiled with the proxy core (``hatch_build.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -227,8 +226,10 @@ class TlsTransport:
         if tcp is None:
             return
         if self.ready:
-            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            try:  # noqa: SIM105 - once per connection: no context manager object for it
                 self.tls.shutdown()  # close_notify; the peer's is not waited for
+            except (ssl.SSLError, OSError, ValueError):
+                pass
             if self.outgoing.pending and not tcp.is_closing():
                 tcp.write(self.outgoing.read())
         tcp.close()
