@@ -33,7 +33,7 @@ from typing import Any
 from zeitwork.proxy.server import ClientProtocol, peer_address
 from zeitwork.proxy.types import ConnectionLimiter
 
-_READ_SIZE = 65536
+_READ_SIZE = 16384  # one TLS record at most per read: a larger buffer is only allocated and shrunk
 
 
 class TlsTransport:
