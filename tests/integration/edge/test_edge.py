@@ -443,6 +443,52 @@ async def test_proxy_protocol_from_trusted_proxy(
     await conn.close()
 
 
+async def test_https_behind_a_proxy_caps_the_named_client_before_its_handshake(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """With the PROXY protocol on HTTPS, the per-address cap applies to the client the header
+    names from the moment the header is read, not once its handshake is done; the proxy's own
+    address is not capped per address."""
+    edge = await make_edge(
+        EDGE_DOMAINS="app.test",
+        EDGE_PROXY_PROTOCOL="true",
+        EDGE_TRUSTED_PROXIES="127.0.0.1/32",
+        EDGE_MAX_CONNECTIONS_PER_IP=1,
+        EDGE_HANDSHAKE_TIMEOUT=30,
+    )
+    port = edge.ports["https"]
+
+    def header(last_octet: int) -> bytes:
+        return f"PROXY TCP4 192.0.2.{last_octet} 198.51.100.1 40000 443\r\n".encode()
+
+    # client .5 with a header and no ClientHello yet: it holds .5's one place
+    _, silent = await asyncio.open_connection("127.0.0.1", port)
+    silent.write(header(5))
+    await silent.drain()
+
+    async def metric_value(name: str) -> float:
+        status, body = await admin_get(edge, "/metrics")
+        assert status == 200
+        return metric(body, name)
+
+    await wait_for(lambda: _equals(lambda: metric_value("zeitwork_edge_connections"), 1))
+    refused = await metric_value("zeitwork_edge_connections_refused_total")
+    handshakes = await metric_value("zeitwork_edge_tls_handshakes_total")
+    ctx = client_context(_ca(tmp_path / "data"))
+    request = b"GET /named HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    # a second connection for .5 is refused at once, before any TLS
+    with pytest.raises(OSError):
+        await asyncio.to_thread(_tls_over, port, header(5), ctx, "app.test", request, split=False)
+    assert await metric_value("zeitwork_edge_connections_refused_total") == refused + 1
+    assert await metric_value("zeitwork_edge_tls_handshakes_total") == handshakes  # no TLS
+    # .6 is another client: served, though it comes from the same proxy
+    answer = await asyncio.to_thread(
+        _tls_over, port, header(6), ctx, "app.test", request, split=False
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    silent.close()
+
+
 async def test_websocket_upgrade_through_tls(make_edge: EdgeFactory, tmp_path: Path) -> None:
     edge = await make_edge(EDGE_DOMAINS="app.test")
     conn = await Conn.open(
