@@ -155,7 +155,7 @@ class TlsTransport:
         client = self.client
         if client is None:
             return
-        while self.ready and not self.reading_paused:
+        while self.ready and not self.reading_paused and not self.closing:
             if not incoming.pending and not tls.pending():
                 return  # nothing buffered: spare the exception a read would raise
             try:
