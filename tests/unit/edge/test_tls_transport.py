@@ -1,0 +1,192 @@
+"""The edge's TLS layer against an in-memory TLS client, with a recording TCP transport and a
+recording client protocol: admission, handshake, reading paused and resumed, close_notify
+both ways, refusal, and a handshake that never completes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+from zeitwork.edge.tls import TlsTerminator
+from zeitwork.edge.tls_transport import TlsTransport
+
+CA, CA_KEY = self_signed_ca("test CA")
+
+
+class FakeTcp:
+    def __init__(self) -> None:
+        self.sent = b""
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("192.0.2.7", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class FakeClient:
+    """Stands in for the edge's client protocol (the attributes the layer sets)."""
+
+    def __init__(self) -> None:
+        self.forced_peer = ""
+        self.preadmitted = False
+        self.transport: Any = None
+        self.got = b""
+        self.eof = 0
+        self.lost: list[Exception | None] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+
+    def eof_received(self) -> bool | None:
+        self.eof += 1
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+class Caps:
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.held: list[str] = []
+
+    def acquire(self, ip: str) -> bool:
+        if len(self.held) >= self.room:
+            return False
+        self.held.append(ip)
+        return True
+
+    def release(self, ip: str) -> None:
+        self.held.remove(ip)
+
+
+def _layer(
+    caps: Caps, timeout: float = 30.0
+) -> tuple[TlsTransport, FakeClient, FakeTcp, list[int]]:
+    terminator = TlsTerminator()
+    terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
+    client, tcp, admitted = FakeClient(), FakeTcp(), []
+    layer = TlsTransport(
+        client,  # type: ignore[arg-type]
+        terminator.server_context,
+        handshake_timeout=timeout,
+        limiter=caps,
+        on_admitted=lambda: admitted.append(1),
+    )
+    layer.connection_made(tcp)  # type: ignore[arg-type]
+    return layer, client, tcp, admitted
+
+
+def _client_side() -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    ctx = ssl.create_default_context(cadata=CA)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    return ctx.wrap_bio(inc, out, server_hostname="a.test"), inc, out
+
+
+def _shake(layer: TlsTransport, tcp: FakeTcp) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    tls, inc, out = _client_side()
+    for _ in range(5):
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:
+            break
+        finally:
+            if out.pending:
+                layer.data_received(out.read())
+            inc.write(tcp.sent)
+            tcp.sent = b""
+    return tls, inc, out
+
+
+async def test_admits_shakes_hands_and_delivers_in_order() -> None:
+    caps = Caps(room=1)
+    layer, client, tcp, admitted = _layer(caps)
+    assert caps.held == ["192.0.2.7"] and admitted == [1]
+    assert client.forced_peer == "192.0.2.7" and client.preadmitted
+    tls, inc, out = _shake(layer, tcp)
+    assert client.transport is layer and tls.version() == "TLSv1.3"
+    tls.write(b"GET / HTTP/1.1\r\n\r\n")
+    layer.data_received(out.read())
+    assert client.got == b"GET / HTTP/1.1\r\n\r\n"
+    # paused: records are kept, not delivered, until reading resumes
+    layer.pause_reading()
+    assert not tcp.reading
+    tls.write(b"second")
+    tls.write(b" third")
+    layer.data_received(out.read())
+    assert client.got == b"GET / HTTP/1.1\r\n\r\n"
+    layer.resume_reading()
+    assert tcp.reading
+    await asyncio.sleep(0)  # delivery resumes on the next iteration
+    assert client.got.endswith(b"second third")
+    # answers are encrypted into one TCP write per call
+    layer.writelines([b"HTTP/1.1 200 OK\r\n", b"content-length: 0\r\n\r\n"])
+    inc.write(tcp.sent)
+    tcp.sent = b""
+    assert tls.read(1024) + tls.read(1024) == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    # close sends close_notify, closes TCP, and does not wait for the peer's
+    layer.close()
+    assert tcp.closed
+    inc.write(tcp.sent)
+    assert tls.read(1024) == b""  # the server's close_notify (ssl reads it as the end)
+    layer.connection_lost(None)
+    assert client.lost == [None] and caps.held == []
+
+
+async def test_a_peer_close_notify_is_the_end_of_input() -> None:
+    layer, client, tcp, _ = _layer(Caps(room=5))
+    tls, _, out = _shake(layer, tcp)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.unwrap()  # sends the client's close_notify
+    layer.data_received(out.read())
+    assert client.eof == 1 and tcp.closed  # the client protocol did not keep it open
+
+
+async def test_over_the_cap_is_aborted_before_tls() -> None:
+    caps = Caps(room=0)
+    layer, client, tcp, admitted = _layer(caps)
+    assert tcp.aborted and admitted == [] and caps.held == []
+    assert client.forced_peer == ""  # never handed to the client protocol
+    layer.connection_lost(None)
+    assert client.lost == [] and caps.held == []
+
+
+async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
+    caps = Caps(room=5)
+    layer, client, tcp, _ = _layer(caps)
+    layer.data_received(b"\x16\x03\x01\x00\x05hello, not TLS at all\r\n")
+    assert tcp.aborted and client.transport is None
+    layer.connection_lost(None)
+    assert caps.held == [] and client.lost == []
+    layer, client, tcp, _ = _layer(caps, timeout=0.01)
+    await asyncio.sleep(0.05)
+    assert tcp.aborted  # the handshake timeout
+    layer.connection_lost(None)
+    assert caps.held == []
