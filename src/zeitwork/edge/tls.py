@@ -21,6 +21,7 @@ import ssl
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from zeitwork.edge.certificates.x509 import CertificateError, CertInfo, inspect
 
@@ -208,9 +209,9 @@ class TlsTerminator:
         _, _, parent = name.partition(".")
         return self._wildcards.get(parent, self._default)
 
-    def _pick(
-        self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
-    ) -> int | None:
+    def _pick(self, sslobj: Any, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        # sslobj: the _ssl object of the handshake (the edge's TLS layer passes no wrapper);
+        # assigning its ``context`` switches the certificate for this handshake
         acme = False
         if self._challenges:
             key = id(sslobj)
