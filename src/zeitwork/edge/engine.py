@@ -222,6 +222,7 @@ class EdgeProxy(Proxy):
                 limiter=self.limiter,
                 make_client=self.protocol_factory(tls=True),
                 on_admitted=self.handshakes.start,
+                on_failed=self.handshakes.fail,
             )
         server = await loop.create_server(factory, sock=sock, backlog=backlog)
         self.listening(server)

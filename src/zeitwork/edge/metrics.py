@@ -19,18 +19,26 @@ from prometheus_client.registry import Collector
 from zeitwork.edge.policy import EdgePolicy
 from zeitwork.edge.rate_limit import RateLimiter
 
+HANDSHAKE_FAILURES = ("error", "timeout", "closed")
+
 
 class HandshakeCounter:
-    """TLS connections accepted (handshake started) and handshakes completed."""
+    """TLS handshakes started (on admitted connections), completed, and failed by reason:
+    ``error`` (refused version, unknown name, not TLS), ``timeout``
+    (``EDGE_HANDSHAKE_TIMEOUT``), ``closed`` (the peer went away first)."""
 
-    __slots__ = ("completed", "started")
+    __slots__ = ("completed", "failed", "started")
 
     def __init__(self) -> None:
         self.started = 0
         self.completed = 0
+        self.failed = dict.fromkeys(HANDSHAKE_FAILURES, 0)
 
     def start(self) -> None:
         self.started += 1
+
+    def fail(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Snapshot:
     entries: int = 0
     handshakes: int = 0
     completed: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
     open_connections: int = 0
     refused: int = 0
 
@@ -55,6 +64,7 @@ class Snapshot:
                 "entries": self.entries,
                 "handshakes": self.handshakes,
                 "completed": self.completed,
+                "failed": self.failed,
                 "open_connections": self.open_connections,
                 "refused": self.refused,
             }
@@ -70,6 +80,7 @@ class Snapshot:
             entries=int(data["entries"]),
             handshakes=int(data["handshakes"]),
             completed=int(data["completed"]),
+            failed={str(k): int(v) for k, v in dict(data.get("failed", {})).items()},
             open_connections=int(data.get("open_connections", 0)),
             refused=int(data.get("refused", 0)),
         )
@@ -82,6 +93,8 @@ class Snapshot:
         self.entries += other.entries
         self.handshakes += other.handshakes
         self.completed += other.completed
+        for reason, count in other.failed.items():
+            self.failed[reason] = self.failed.get(reason, 0) + count
         self.open_connections += other.open_connections
         self.refused += other.refused
 
@@ -106,6 +119,7 @@ def snapshot(
         entries=len(limiter),
         handshakes=handshakes.started,
         completed=handshakes.completed,
+        failed=dict(handshakes.failed),
         open_connections=caps.open if caps is not None else 0,
         refused=caps.refused if caps is not None else 0,
     )
@@ -196,11 +210,19 @@ class _EdgeCollector(Collector):
         yield CounterMetricFamily(
             "zeitwork_edge_tls_handshakes", "TLS handshakes started", value=snap.handshakes
         )
-        yield CounterMetricFamily(
+        failures = CounterMetricFamily(
             "zeitwork_edge_tls_handshake_failures",
-            "TLS handshakes that did not complete (refused version, bad SNI, timeout; "
-            "includes the few in progress at scrape time)",
-            value=max(0, snap.handshakes - snap.completed),
+            "TLS handshakes that failed, by reason: error (refused version, unknown name, "
+            "not TLS), timeout, closed (the peer went away first)",
+            labels=["reason"],
+        )
+        for reason in sorted(set(HANDSHAKE_FAILURES) | set(snap.failed)):
+            failures.add_metric([reason], snap.failed.get(reason, 0))
+        yield failures
+        yield GaugeMetricFamily(
+            "zeitwork_edge_tls_handshakes_in_progress",
+            "TLS handshakes started and not yet completed or failed",
+            value=max(0, snap.handshakes - snap.completed - sum(snap.failed.values())),
         )
         expiry = GaugeMetricFamily(
             "zeitwork_edge_certificate_expiry_seconds",

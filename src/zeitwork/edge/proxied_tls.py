@@ -153,6 +153,7 @@ class ProxiedTlsListener:
             handshake_timeout=handshake_timeout,
             limiter=proxy.limiter,
             on_admitted=proxy.handshakes.start,
+            on_failed=proxy.handshakes.fail,
         )
 
     def protocol_factory(self) -> Callable[[], _HeaderReader]:

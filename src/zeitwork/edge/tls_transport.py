@@ -47,6 +47,7 @@ class TlsTransport:
         handshake_timeout: float,
         limiter: ConnectionLimiter | None,
         on_admitted: Callable[[], None],
+        on_failed: Callable[[str], None],
     ) -> None:
         self.client: ClientProtocol | None = client  # None once the connection is over
         self.incoming = ssl.MemoryBIO()
@@ -58,6 +59,8 @@ class TlsTransport:
         self.handshake_timeout = handshake_timeout
         self.limiter = limiter
         self.on_admitted = on_admitted
+        self.on_failed = on_failed
+        self.shaking = False  # admitted, handshake neither completed nor failed yet
         self.tcp: asyncio.Transport | None = None
         self.held = ""  # the address whose place under the caps this connection holds
         self.ready = False  # handshake done, client protocol attached
@@ -84,6 +87,7 @@ class TlsTransport:
         assert client is not None
         client.forced_peer = ip
         client.preadmitted = True
+        self.shaking = True
         self.on_admitted()
         self.timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._expire)
 
@@ -111,6 +115,8 @@ class TlsTransport:
             assert limiter is not None
             limiter.release(self.held)
             self.held = ""
+        if self.shaking:
+            self._failed("closed")
         client, self.client = self.client, None  # it holds this transport: no cycle left
         if self.ready and client is not None:
             self.ready = False
@@ -134,7 +140,8 @@ class TlsTransport:
             self._send_pending()
             return False
         except (ssl.SSLError, OSError, ValueError):
-            # refused version, unknown name, garbage: counted as started, never completed
+            # refused version, unknown name, garbage
+            self._failed("error")
             self._send_pending()  # the alert, if OpenSSL made one
             self._abort_tcp()
             return False
@@ -144,6 +151,7 @@ class TlsTransport:
         client = self.client
         if client is None:
             return False
+        self.shaking = False
         self.ready = True
         client.connection_made(self)  # type: ignore[arg-type]
         return True
@@ -187,7 +195,13 @@ class TlsTransport:
     def _expire(self) -> None:
         self.timer = None
         if not self.ready:
+            self._failed("timeout")
             self._abort_tcp()
+
+    def _failed(self, reason: str) -> None:
+        if self.shaking:
+            self.shaking = False
+            self.on_failed(reason)
 
     def _abort_tcp(self) -> None:
         self.closing = True
@@ -301,6 +315,7 @@ def tls_factory(
     handshake_timeout: float | None,
     limiter: ConnectionLimiter | None,
     on_admitted: Callable[[], None],
+    on_failed: Callable[[str], None],
 ) -> Callable[[], TlsTransport]:
     """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS."""
     timeout = handshake_timeout if handshake_timeout is not None else 60.0
@@ -312,6 +327,7 @@ def tls_factory(
             handshake_timeout=timeout,
             limiter=limiter,
             on_admitted=on_admitted,
+            on_failed=on_failed,
         )
 
     return factory

@@ -12,6 +12,9 @@ def test_snapshots_round_trip_and_merge(tmp_path: Path) -> None:
         entries=5,
         handshakes=4,
         completed=3,
+        failed={"error": 1},
+        open_connections=2,
+        refused=1,
     )
     two = Snapshot(
         requests={("a.test", 200): 7},
@@ -20,6 +23,8 @@ def test_snapshots_round_trip_and_merge(tmp_path: Path) -> None:
         entries=1,
         handshakes=2,
         completed=2,
+        failed={"error": 2, "timeout": 1},
+        open_connections=1,
     )
     assert Snapshot.from_json(one.to_json()) == one
     publish(tmp_path, 0, one)  # worker 0's own file is ignored: it counts itself live
@@ -29,4 +34,6 @@ def test_snapshots_round_trip_and_merge(tmp_path: Path) -> None:
     assert total.requests == {("a.test", 200): 10, ("other", 404): 1}
     assert (total.limited, total.evicted_live, total.entries) == (3, 1, 6)
     assert (total.handshakes, total.completed) == (6, 5)
+    assert total.failed == {"error": 3, "timeout": 1}
+    assert (total.open_connections, total.refused) == (3, 1)
     assert merged(one, None, 0) == one

@@ -85,6 +85,9 @@ class Caps:
         self.held.remove(ip)
 
 
+FAILED: list[str] = []
+
+
 def _layer(
     caps: Caps, timeout: float = 30.0
 ) -> tuple[TlsTransport, FakeClient, FakeTcp, list[int]]:
@@ -97,6 +100,7 @@ def _layer(
         handshake_timeout=timeout,
         limiter=caps,
         on_admitted=lambda: admitted.append(1),
+        on_failed=FAILED.append,
     )
     layer.connection_made(tcp)  # type: ignore[arg-type]
     return layer, client, tcp, admitted
@@ -179,6 +183,8 @@ async def test_over_the_cap_is_aborted_before_tls() -> None:
 
 
 async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
+    """... and each failed handshake is counted once, with its reason."""
+    FAILED.clear()
     caps = Caps(room=5)
     layer, client, tcp, _ = _layer(caps)
     layer.data_received(b"\x16\x03\x01\x00\x05hello, not TLS at all\r\n")
@@ -190,3 +196,12 @@ async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
     assert tcp.aborted  # the handshake timeout
     layer.connection_lost(None)
     assert caps.held == []
+    layer, client, tcp, _ = _layer(caps)
+    layer.connection_lost(ConnectionResetError())  # the peer left mid-handshake
+    assert FAILED == ["error", "timeout", "closed"]
+    # a completed handshake and a refused connection count no failure
+    layer, client, tcp, _ = _layer(caps)
+    _shake(layer, tcp)
+    layer.connection_lost(None)
+    _layer(Caps(room=0))[0].connection_lost(None)
+    assert FAILED == ["error", "timeout", "closed"]
