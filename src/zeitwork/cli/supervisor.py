@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -18,18 +17,13 @@ from typing import TextIO
 
 from zeitwork.cli.dev_plan import ChildSpec
 from zeitwork.clients.admin import probe
+from zeitwork.core.process import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 _COLOURS = ("36", "33", "35", "32", "34")
 
 
 class ChildFailed(Exception):
     """A child exited (or never became ready); ``str(exc)`` says which and how."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -98,7 +92,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # runs in the child between fork and exec
             limit=1024 * 1024,
         )
         assert process.stdout is not None

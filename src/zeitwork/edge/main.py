@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.core.process import die_with_parent
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
@@ -582,6 +583,9 @@ def serve_workers(settings: EdgeSettings) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent()  # a supervisor killed outright takes its workers with it
+            if os.getppid() == 1:  # it died before the line above
+                os._exit(1)
             for other, pair in enumerate(socks):
                 if other != index:
                     for sock in pair:

@@ -25,6 +25,7 @@ from typing import Any
 import uvloop
 
 from zeitwork.clients.routes import RoutesClient
+from zeitwork.core.process import die_with_parent
 from zeitwork.lb.admin import AdminPolicy, NoRoutes
 from zeitwork.lb.metrics import LBMetrics, Snapshot
 from zeitwork.lb.route_sync import RouteSync
@@ -321,6 +322,9 @@ def _supervise(settings: LBSettings) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent()  # a supervisor killed outright takes its workers with it
+            if os.getppid() == 1:  # it died before the line above
+                os._exit(1)
             data_res.close()
             admin_res.close()
             _worker_main(settings, index, port, admin_port, stats_dir)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import multiprocessing
-import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,6 +25,7 @@ import uvloop
 
 from zeitwork.core.clock import SystemClock
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.core.process import die_with_parent
 from zeitwork.observability import configure_logging, new_registry
 from zeitwork.operator.app import create_app
 from zeitwork.operator.db import migrate
@@ -237,9 +236,7 @@ async def _supervise_workers(
 
 def _worker_main(settings: OperatorSettings, spec: WorkerSpec) -> None:
     """Entry point of an extra HTTP worker process (spawned, so nothing is inherited)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the primary
+    die_with_parent()
     configure_logging(
         service="operator", environment=settings.environment.value, level=settings.log_level.value
     )

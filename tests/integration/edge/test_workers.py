@@ -269,3 +269,33 @@ async def test_one_client_address_meets_one_worker(
         assert proc.wait(timeout=15) == 0
     finally:
         _reap(proc)
+
+
+def test_workers_end_with_a_supervisor_killed_outright(upstream: Upstream, tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) on the supervisor: its workers get SIGTERM from the kernel
+    (PR_SET_PDEATHSIG), drain and exit, instead of serving on unsupervised."""
+    proc = _edge_process(upstream, tmp_path, EDGE_WORKERS="2", EDGE_DRAIN_TIMEOUT="1")
+    log: list[str] = []
+    try:
+        _wait_line(proc, r"edge.workers_started", log)
+        for _ in range(2):
+            _wait_line(proc, r"edge.started", log)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2, children
+        proc.kill()
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 15
+        alive = children
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        assert not alive, f"workers {alive} outlived their supervisor"
+    finally:
+        _reap(proc)
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True

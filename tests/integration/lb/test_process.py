@@ -187,3 +187,37 @@ async def test_several_workers_share_the_port(make_origin: MakeOrigin, lb_proces
         await asyncio.sleep(0.1)
     assert await total() == 40
     assert lb.stop() == 0
+
+
+async def test_workers_end_with_a_supervisor_killed_outright(
+    make_origin: MakeOrigin, lb_process: StartLB
+) -> None:
+    """SIGKILL on the supervisor: the kernel sends its workers SIGTERM (PR_SET_PDEATHSIG), so
+    they drain and exit instead of serving on unsupervised."""
+    from pathlib import Path
+
+    from tests.integration.lb.conftest import children
+
+    a = await make_origin("a")
+    lb = await asyncio.to_thread(lb_process, LB_BACKENDS=a.address, LB_WORKERS="2")
+    workers = children(lb.proc.pid)
+    assert len(workers) == 2
+    lb.proc.kill()
+    await asyncio.to_thread(lb.proc.wait, 5)
+
+    def alive() -> list[int]:
+        out = []
+        for pid in workers:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(pid)
+        return out
+
+    for _ in range(150):
+        if not alive():
+            break
+        await asyncio.sleep(0.1)
+    assert not alive(), f"workers {alive()} outlived their supervisor"
