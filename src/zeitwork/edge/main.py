@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry
 
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
-from zeitwork.core.errors import ZeitworkError
 from zeitwork.core.process import die_with_parent
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
@@ -258,7 +257,13 @@ class Edge:
             self._reload_static()
         elif mode == "internal":
             if self.index == 0:  # only worker 0 issues; the others serve what it stored
-                ca, share_ca = await self._internal_ca(store)
+                # this edge's own CA until the manager has the one every edge shares
+                # through the store (its first pass, or a later one if the operator is down)
+                directory = s.data_dir / "edge" / "ca"
+                ca = InternalCA.load_or_create(directory)
+
+                async def share_ca() -> InternalCA:
+                    return await InternalCA.shared(directory, store)
         else:
             load, save = account_bridge(store, loop)
             issuer = AcmeIssuer(
@@ -350,25 +355,6 @@ class Edge:
         if self.index == 0:
             log.info("proxy.core", compiled=core_compiled())
         log.info("edge.started", tls_mode=mode, **self.ports)
-
-    async def _internal_ca(
-        self, store: CertificateStore
-    ) -> tuple[InternalCA, Callable[[], Awaitable[InternalCA]] | None]:
-        """The CA to issue with: the one every edge shares through ``store`` (the operator).
-        While the operator cannot be reached, this edge's own, and how to get the shared one
-        (the certificate manager tries again every pass, then re-issues what its own CA
-        signed)."""
-        directory = self.settings.data_dir / "edge" / "ca"
-
-        async def shared() -> InternalCA:
-            return await InternalCA.shared(directory, store)
-
-        try:
-            async with asyncio.timeout(10):
-                return await shared(), None
-        except (ZeitworkError, TimeoutError) as exc:
-            log.warning("internal_ca.not_shared", error=str(exc) or type(exc).__name__)
-            return InternalCA.load_or_create(directory), shared
 
     def _reload_static(self) -> None:
         assert self._static is not None

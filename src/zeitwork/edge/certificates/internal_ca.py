@@ -1,8 +1,8 @@
 """The internal CA: created once, kept in the data directory, issues a leaf per domain.
 
 It is the default in development: every domain the platform serves gets a certificate at
-once, trusted by whoever trusts ``ca.crt`` (``curl --cacert``, or ``zeitwork edge ca`` from
-the operator). The CA key is written 0600 in a 0700 directory. With the operator as the
+once, trusted by whoever trusts ``ca.crt`` (``curl --cacert``, or ``zeitwork domains ca``
+from the operator). The CA key is written 0600 in a 0700 directory. With the operator as the
 certificate store the CA is shared (``shared``): the first edge's CA is stored there and
 every other edge issues with it, so one ``ca.crt`` is trusted for all of them.
 """

@@ -55,8 +55,8 @@ class CertificateManager:
         self._domains = domains
         self._holder = holder
         self._ca = internal_ca
-        # set while the internal CA is this edge's own because the shared one could not be
-        # had (the operator was unreachable): tried again on every pass
+        # how to get the internal CA every edge shares: tried on every pass until it
+        # answers (the first, unless the operator is unreachable); until then ``internal_ca``
         self._share_ca = share_ca
         self._issuer = issuer
         self._on_order = on_order or (lambda source, result: None)
