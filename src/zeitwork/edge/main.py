@@ -564,14 +564,13 @@ def serve_workers(settings: EdgeSettings) -> int:
     ports = (socks[0][0].getsockname()[1], socks[0][1].getsockname()[1])
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-edge-stats-"))
     children: dict[int, int] = {}
+    supervisor = os.getpid()
     for index in range(count):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            die_with_parent()  # a supervisor killed outright takes its workers with it
-            if os.getppid() == 1:  # it died before the line above
-                os._exit(1)
+            die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
             for other, pair in enumerate(socks):
                 if other != index:
                     for sock in pair:

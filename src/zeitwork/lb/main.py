@@ -316,15 +316,14 @@ def _supervise(settings: LBSettings) -> int:
     admin_port = admin_res.getsockname()[1]
     children: dict[int, int] = {}
     stopping = False
+    supervisor = os.getpid()
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            die_with_parent()  # a supervisor killed outright takes its workers with it
-            if os.getppid() == 1:  # it died before the line above
-                os._exit(1)
+            die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
             data_res.close()
             admin_res.close()
             _worker_main(settings, index, port, admin_port, stats_dir)
