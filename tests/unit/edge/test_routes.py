@@ -82,6 +82,17 @@ class Source:
         return item
 
 
+async def _run_until_version(watch: RouteWatch, version: int) -> None:
+    """Run the watch until it has applied table ``version`` (5 s at most), then stop it."""
+    task = asyncio.create_task(watch.run())
+    try:
+        async with asyncio.timeout(5):
+            while watch.version != version:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+
+
 async def test_route_watch_applies_overrides_and_hosts() -> None:
     policy = _edge_policy()
     seen: list[frozenset[str]] = []
@@ -92,11 +103,7 @@ async def test_route_watch_applies_overrides_and_hosts() -> None:
     watch = RouteWatch(
         source=source, policy=policy, static={}, on_hosts=seen.append, retry_max=0.01
     )
-    task = asyncio.create_task(watch.run())
-    async with asyncio.timeout(5):
-        while watch.version != 1:
-            await asyncio.sleep(0.01)
-    task.cancel()
+    await _run_until_version(watch, 1)
     assert seen == [frozenset({"a.test", "b.test"})]
     assert {"a.test", "b.test"} <= policy.known_hosts
     client = ClientInfo(peer_ip="1.1.1.1", client_ip="1.1.1.1", tls=True)
@@ -229,10 +236,6 @@ async def test_route_watch_survives_a_table_it_cannot_apply(
     watch = RouteWatch(
         source=source, policy=policy, static={}, on_hosts=seen.append, retry_max=0.01
     )
-    task = asyncio.create_task(watch.run())
-    async with asyncio.timeout(5):
-        while watch.version != 2:
-            await asyncio.sleep(0.01)
-    task.cancel()
+    await _run_until_version(watch, 2)
     assert seen == [frozenset({"a.test"})]
     assert watch.last_error is None
