@@ -18,7 +18,7 @@ from typing import Any
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.policy import as_html, html_page, wants_html
-from zeitwork.edge.tls_transport import tls_factory
+from zeitwork.edge.tls_transport import TlsTransport, tls_factory
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
@@ -99,12 +99,20 @@ class _EdgeClient(ClientProtocol):
 
 
 class _TlsCountingProtocol(_EdgeClient):
-    """Counts completed handshakes: asyncio calls ``connection_made`` after the handshake."""
+    """The HTTPS client protocol: counts completed handshakes (the TLS layer calls
+    ``connection_made`` after the handshake) and corks the TLS layer on close, so that the
+    last response and the close_notify leave in one TCP write."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         handshakes: HandshakeCounter = self.proxy.handshakes  # type: ignore[attr-defined]
         handshakes.completed += 1
         super().connection_made(transport)
+
+    def close(self) -> None:
+        transport: object = self.transport
+        if isinstance(transport, TlsTransport):
+            transport.corked = True  # the core flushes, then closes the transport
+        super().close()
 
 
 _PROXY_HEADER_MAX = 536  # the PROXY v2 limit for TCP with TLVs we accept

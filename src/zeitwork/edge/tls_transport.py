@@ -12,12 +12,18 @@ handshake work in OpenSSL for a resumed session. This layer does only what the e
 - a connection is admitted under the connection caps when TCP accepts it, before the
   handshake (one over a cap is aborted before OpenSSL sees a byte of it), and gives its
   place back when the TCP connection ends, handshake completed or not;
-- ``EDGE_HANDSHAKE_TIMEOUT`` is one timer, cancelled when the handshake completes;
+- ``EDGE_HANDSHAKE_TIMEOUT``: one ``HandshakeClock`` per listener sweeps the connections still
+  shaking hands (a set add and discard per connection instead of a timer each);
 - decrypted data goes to the client protocol as it comes, while it does not pause reading;
   what it writes is encrypted and handed to TCP in one write per call (the core calls once
   per event-loop iteration); TCP's back-pressure reaches the client protocol as is;
 - ``close`` sends close_notify and closes TCP once written, without waiting for the peer's
-  (as HAProxy and nginx do); a peer's close_notify or FIN is the client's end of input.
+  (as HAProxy and nginx do); a peer's close_notify or FIN is the client's end of input;
+- fewer TCP writes per connection: TLS 1.3 session tickets, which OpenSSL makes when the
+  handshake completes and which no client waits for, leave with the first response instead
+  of in a write of their own; and a response written just before ``close`` (``corked``, set
+  by the edge's client protocol) leaves in one write with the close_notify. A new
+  connection answered with ``Connection: close`` thus costs two TCP writes instead of four.
 
 The SNI callback (``edge.tls``) receives the ``_ssl`` object itself and may switch its
 context. Compiled with the proxy core (``hatch_build.py``).
@@ -36,6 +42,38 @@ from zeitwork.proxy.types import ConnectionLimiter
 _READ_SIZE = 16384  # one TLS record at most per read: a larger buffer is only allocated and shrunk
 
 
+class HandshakeClock:
+    """The handshake deadlines of one listener's connections, on one timer that runs only while
+    some connection is shaking hands: a connection is aborted between ``timeout`` and
+    ``timeout`` plus a quarter of it (at most a second) after it was admitted."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(1.0, timeout / 4)
+        self.shaking: set[TlsTransport] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, layer: TlsTransport) -> None:
+        loop = asyncio.get_running_loop()
+        layer.deadline = loop.time() + self.timeout
+        self.shaking.add(layer)
+        if self.timer is None:
+            self.timer = loop.call_later(self.tick, self._sweep)
+
+    def done(self, layer: TlsTransport) -> None:
+        self.shaking.discard(layer)
+
+    def _sweep(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for layer in [layer for layer in self.shaking if layer.deadline <= now]:
+            self.shaking.discard(layer)
+            layer.expire()
+        if self.shaking:
+            self.timer = loop.call_later(self.tick, self._sweep)
+
+
 class TlsTransport:
     """One HTTPS connection: protocol of the TCP transport, transport of ``client``."""
 
@@ -44,7 +82,7 @@ class TlsTransport:
         client: ClientProtocol,
         context: ssl.SSLContext,
         *,
-        handshake_timeout: float,
+        clock: HandshakeClock,
         limiter: ConnectionLimiter | None,
         on_admitted: Callable[[], None],
         on_failed: Callable[[str], None],
@@ -56,7 +94,8 @@ class TlsTransport:
         self.tls: Any = context._wrap_bio(  # type: ignore[attr-defined]
             self.incoming, self.outgoing, True, None
         )
-        self.handshake_timeout = handshake_timeout
+        self.clock = clock
+        self.deadline = 0.0  # of the handshake (the clock's time)
         self.limiter = limiter
         self.on_admitted = on_admitted
         self.on_failed = on_failed
@@ -66,7 +105,8 @@ class TlsTransport:
         self.ready = False  # handshake done, client protocol attached
         self.closing = False
         self.reading_paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.tickets_held = False  # TLS 1.3 tickets wait in ``outgoing`` for the first write
+        self.corked = False  # writes only encrypt: ``close`` sends them with close_notify
 
     # -- protocol of the TCP transport -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,7 +129,7 @@ class TlsTransport:
         client.preadmitted = True
         self.shaking = True
         self.on_admitted()
-        self.timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._expire)
+        self.clock.start(self)
 
     def data_received(self, data: bytes) -> None:
         self.incoming.write(data)
@@ -97,7 +137,8 @@ class TlsTransport:
             return
         if not self.reading_paused:
             self._deliver()
-        self._send_pending()
+        if not self.tickets_held:
+            self._send_pending()
 
     def eof_received(self) -> bool | None:
         client = self.client
@@ -107,9 +148,8 @@ class TlsTransport:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.shaking:
+            self.clock.done(self)
         if self.held:
             limiter = self.limiter
             assert limiter is not None
@@ -141,18 +181,20 @@ class TlsTransport:
             return False
         except (ssl.SSLError, OSError, ValueError):
             # refused version, unknown name, garbage
+            self.clock.done(self)
             self._failed("error")
             self._send_pending()  # the alert, if OpenSSL made one
             self._abort_tcp()
             return False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.clock.done(self)
         client = self.client
         if client is None:
             return False
         self.shaking = False
         self.ready = True
+        # TLS 1.2 ends with the server's Finished, which the client waits for; TLS 1.3 ends
+        # with the client's, and what OpenSSL has made since (tickets) can wait
+        self.tickets_held = self.tls.version() == "TLSv1.3"
         client.connection_made(self)  # type: ignore[arg-type]
         return True
 
@@ -192,8 +234,8 @@ class TlsTransport:
         if self.outgoing.pending and tcp is not None and not tcp.is_closing():
             tcp.write(self.outgoing.read())
 
-    def _expire(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        """The handshake timeout (``HandshakeClock``)."""
         if not self.ready:
             self._failed("timeout")
             self._abort_tcp()
@@ -217,7 +259,9 @@ class TlsTransport:
         except (ssl.SSLError, OSError, ValueError):
             self._abort_tcp()
             return
-        self._send_pending()
+        if not self.corked:
+            self.tickets_held = False
+            self._send_pending()
 
     def writelines(self, pieces: Any) -> None:
         if self.closing or self.tcp is None:
@@ -230,7 +274,9 @@ class TlsTransport:
         except (ssl.SSLError, OSError, ValueError):
             self._abort_tcp()
             return
-        self._send_pending()
+        if not self.corked:
+            self.tickets_held = False
+            self._send_pending()
 
     def close(self) -> None:
         if self.closing:
@@ -277,7 +323,8 @@ class TlsTransport:
     def _resume_delivery(self) -> None:
         if self.ready and not self.reading_paused:
             self._deliver()
-            self._send_pending()
+            if not self.tickets_held:
+                self._send_pending()
 
     def is_reading(self) -> bool:
         return not self.reading_paused
@@ -318,13 +365,13 @@ def tls_factory(
     on_failed: Callable[[str], None],
 ) -> Callable[[], TlsTransport]:
     """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS."""
-    timeout = handshake_timeout if handshake_timeout is not None else 60.0
+    clock = HandshakeClock(handshake_timeout if handshake_timeout is not None else 60.0)
 
     def factory() -> TlsTransport:
         return TlsTransport(
             make_client(),
             context,
-            handshake_timeout=timeout,
+            clock=clock,
             limiter=limiter,
             on_admitted=on_admitted,
             on_failed=on_failed,

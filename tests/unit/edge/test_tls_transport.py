@@ -1,6 +1,7 @@
 """The edge's TLS layer against an in-memory TLS client, with a recording TCP transport and a
-recording client protocol: admission, handshake, reading paused and resumed, close_notify
-both ways, refusal, and a handshake that never completes."""
+recording client protocol (and once with the edge's own client protocol): admission,
+handshake, reading paused and resumed, close_notify both ways, refusal, a handshake that
+never completes, and the TCP writes a new connection costs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import ssl
 from typing import Any
 
 from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
+from zeitwork.edge.engine import EdgeProxy
+from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.tls import TlsTerminator
-from zeitwork.edge.tls_transport import TlsTransport
+from zeitwork.edge.tls_transport import HandshakeClock, TlsTransport, tls_factory
 
 CA, CA_KEY = self_signed_ca("test CA")
 
@@ -19,6 +22,7 @@ CA, CA_KEY = self_signed_ca("test CA")
 class FakeTcp:
     def __init__(self) -> None:
         self.sent = b""
+        self.writes = 0
         self.closed = False
         self.aborted = False
         self.reading = True
@@ -28,6 +32,7 @@ class FakeTcp:
 
     def write(self, data: bytes) -> None:
         self.sent += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return self.closed or self.aborted
@@ -97,7 +102,7 @@ def _layer(
     layer = TlsTransport(
         client,  # type: ignore[arg-type]
         terminator.server_context,
-        handshake_timeout=timeout,
+        clock=HandshakeClock(timeout),
         limiter=caps,
         on_admitted=lambda: admitted.append(1),
         on_failed=FAILED.append,
@@ -106,14 +111,19 @@ def _layer(
     return layer, client, tcp, admitted
 
 
-def _client_side() -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+def _client_side(
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
     ctx = ssl.create_default_context(cadata=CA)
+    ctx.maximum_version = version
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     return ctx.wrap_bio(inc, out, server_hostname="a.test"), inc, out
 
 
-def _shake(layer: TlsTransport, tcp: FakeTcp) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    tls, inc, out = _client_side()
+def _shake(
+    layer: TlsTransport, tcp: FakeTcp, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    tls, inc, out = _client_side(version)
     for _ in range(5):
         try:
             tls.do_handshake()
@@ -136,6 +146,7 @@ async def test_admits_shakes_hands_and_delivers_in_order() -> None:
     assert client.forced_peer == "192.0.2.7" and client.preadmitted
     tls, inc, out = _shake(layer, tcp)
     assert client.transport is layer and tls.version() == "TLSv1.3"
+    assert not layer.clock.shaking  # no deadline once the handshake is done
     tls.write(b"GET / HTTP/1.1\r\n\r\n")
     layer.data_received(out.read())
     assert client.got == b"GET / HTTP/1.1\r\n\r\n"
@@ -192,8 +203,10 @@ async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
     layer.connection_lost(None)
     assert caps.held == [] and client.lost == []
     layer, client, tcp, _ = _layer(caps, timeout=0.01)
+    assert layer.clock.shaking == {layer} and layer.clock.timer is not None
     await asyncio.sleep(0.05)
     assert tcp.aborted  # the handshake timeout
+    assert not layer.clock.shaking and layer.clock.timer is None  # the clock stopped
     layer.connection_lost(None)
     assert caps.held == []
     layer, client, tcp, _ = _layer(caps)
@@ -205,3 +218,76 @@ async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
     layer.connection_lost(None)
     _layer(Caps(room=0))[0].connection_lost(None)
     assert FAILED == ["error", "timeout", "closed"]
+
+
+async def test_tls13_tickets_leave_with_the_first_answer_and_the_last_with_close_notify() -> None:
+    layer, client, tcp, _ = _layer(Caps(room=5))
+    tls, inc, out = _shake(layer, tcp)
+    assert tls.version() == "TLSv1.3"
+    # the client's Finished completed the handshake: the tickets OpenSSL made wait
+    assert tcp.sent == b"" and layer.outgoing.pending
+    tls.write(b"GET / HTTP/1.1\r\n\r\n")
+    layer.data_received(out.read())
+    assert client.got == b"GET / HTTP/1.1\r\n\r\n" and tcp.sent == b""
+    writes = tcp.writes
+    layer.write(b"first answer")
+    assert tcp.writes == writes + 1  # tickets and answer in one write
+    inc.write(tcp.sent)
+    tcp.sent = b""
+    assert tls.read(1024) == b"first answer"
+    assert tls.session is not None and tls.session.has_ticket
+    # corked (the edge's client protocol closing): the last answer waits for close_notify
+    layer.corked = True
+    layer.write(b"last answer")
+    assert tcp.writes == writes + 1 and tcp.sent == b""
+    layer.close()
+    assert tcp.writes == writes + 2 and tcp.closed
+    inc.write(tcp.sent)
+    assert tls.read(1024) == b"last answer"
+    assert tls.read(1024) == b""  # then the close_notify
+
+
+async def test_tls12_handshake_ends_with_the_servers_finished_sent_at_once() -> None:
+    layer, client, tcp, _ = _layer(Caps(room=5))
+    tls, _, _ = _shake(layer, tcp, ssl.TLSVersion.TLSv1_2)  # completes only if it was sent
+    assert tls.version() == "TLSv1.2" and client.transport is layer
+    assert not layer.outgoing.pending and not layer.tickets_held
+
+
+async def test_the_edge_client_protocol_answers_and_closes_in_one_write() -> None:
+    """A new HTTPS connection answered with ``Connection: close`` through the edge's own client
+    protocol: after the server's first flight, one TCP write carries the tickets, the answer
+    and the close_notify."""
+
+    class NoRoute:
+        def resolve(self, host: str, path: str) -> None:
+            return None
+
+    terminator = TlsTerminator()
+    terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
+    proxy = EdgeProxy(handshakes=HandshakeCounter(), router=NoRoute())  # type: ignore[arg-type]
+    tcp = FakeTcp()
+    layer = tls_factory(
+        make_client=proxy.protocol_factory(tls=True),
+        context=terminator.server_context,
+        handshake_timeout=30,
+        limiter=None,
+        on_admitted=proxy.handshakes.start,
+        on_failed=proxy.handshakes.fail,
+    )()
+    layer.connection_made(tcp)  # type: ignore[arg-type]
+    tls, inc, out = _shake(layer, tcp)
+    writes = tcp.writes
+    tls.write(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    layer.data_received(out.read())
+    for _ in range(3):
+        await asyncio.sleep(0)  # the core writes at the end of the loop iteration
+    assert tcp.closed and tcp.writes == writes + 1
+    inc.write(tcp.sent)
+    answer = b""
+    while chunk := tls.read(65536):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 ") and b"connection: close" in answer.lower()
+    assert tls.session is not None and tls.session.has_ticket
+    layer.connection_lost(None)
+    assert proxy.handshakes.completed == 1 and not proxy.connections
