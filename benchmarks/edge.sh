@@ -10,7 +10,9 @@
 #     the session, so each connection resumes with a TLS 1.3 ticket). The preloaded library
 #     also counts full and resumed handshakes, printed per run as a check. A minimal uvloop
 #     TLS proxy (benchmarks/edge/minimal_tls_proxy.py) runs beside them as a reference for
-#     what Python's TLS layer costs by itself (in the keep-alive runs too).
+#     what Python's TLS layer costs by itself (in the keep-alive runs too): "minimal-uvloop"
+#     with uvloop's TLS layer, "minimal-bio" (new connections only) with memory BIOs as the
+#     edge's own layer does it; the gap from minimal-bio to the edge is the edge's own work.
 #   - the HTTPS listener with EDGE_PROXY_PROTOCOL on (the compiled edge), for clients that
 #     connect directly (no header): resumed handshakes per second and socket errors, beside
 #     the plain TLS listener
@@ -48,7 +50,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT KA_PORT \
-  PP_HTTP PP_HTTPS PP_ADMIN <<<"$(free_ports 13)"
+  PP_HTTP PP_HTTPS PP_ADMIN BIO_PORT <<<"$(free_ports 14)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -255,13 +257,20 @@ start_minimal() { # kind
     >"$WORK/minimal-$1.log" 2>&1 &
   MIN_PID=$!
   PIDS+=("$MIN_PID")
+  "$PY" benchmarks/edge/minimal_tls_proxy.py "$BIO_PORT" "$WORK/$1.crt" "$WORK/$1.key" "$UP_PORT" \
+    bio >"$WORK/minimal-bio-$1.log" 2>&1 &
+  BIO_PID=$!
+  PIDS+=("$BIO_PID")
   wait_port "$MIN_PORT"
+  wait_port "$BIO_PORT"
 }
+min_label() { [ "$1" = min ] && echo "minimal-uvloop" || echo "minimal-bio"; }
 for kind in ec rsa; do
   if [ "$kind" = rsa ]; then
     for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
     stop_pid "$HA_PID"
     stop_pid "$MIN_PID"
+    stop_pid "$BIO_PID"
     for v in "${VARIANTS[@]}"; do start_edge rsa "$v"; done
     start_haproxy rsa
   fi
@@ -269,10 +278,11 @@ for kind in ec rsa; do
   for mode in full resumed; do
     declare -A h_rps=() h_cpu=() h_reused=()
     for round in 1 2; do
-      for who in ha "${VARIANTS[@]}" min; do
+      for who in ha "${VARIANTS[@]}" min bio; do
         case $who in
           ha) port=$HA_PORT pid=$HA_PID ;;
           min) port=$MIN_PORT pid=$MIN_PID ;;
+          bio) port=$BIO_PORT pid=$BIO_PID ;;
           *) port=$(port_of "$who") pid=$(pid_of "$who") ;;
         esac
         read -r r c u _ <<<"$(handshakes "$port" "$pid" "$mode")"
@@ -284,9 +294,11 @@ for kind in ec rsa; do
     # shellcheck disable=SC2086
     ha_c=$(best ${h_cpu[ha]})
     line="$kind $mode: haproxy $ha_r/s ($ha_c per CPU-s, ${h_reused[ha]}% resumed)"
-    for who in "${VARIANTS[@]}" min; do
-      name=minimal-uvloop
-      [ "$who" != min ] && name=$(label "$who")
+    for who in "${VARIANTS[@]}" min bio; do
+      case $who in
+        min | bio) name=$(min_label "$who") ;;
+        *) name=$(label "$who") ;;
+      esac
       # shellcheck disable=SC2086
       r=$(best ${h_rps[$who]})
       # shellcheck disable=SC2086
@@ -301,6 +313,7 @@ echo "== HTTPS listener with EDGE_PROXY_PROTOCOL on (direct clients, no header),
 for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
 stop_pid "$HA_PID"
 stop_pid "$MIN_PID"
+stop_pid "$BIO_PID"
 plain=${VARIANTS[0]}
 start_edge ec "$plain"
 start_edge ec pp
