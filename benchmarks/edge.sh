@@ -13,6 +13,11 @@
 #     what Python's TLS layer costs by itself (in the keep-alive runs too): "minimal-uvloop"
 #     with uvloop's TLS layer, "minimal-bio" (new connections only) with memory BIOs as the
 #     edge's own layer does it; the gap from minimal-bio to the edge is the edge's own work.
+#     HAProxy runs twice too: "haproxy", TLS and two response headers (the peer the goals
+#     are measured against), and "haproxy-policy", configured to do per request what the
+#     edge does here (per-address request-rate and connection tracking in a stick table,
+#     X-Forwarded-For/-Proto/-Host, a request id both ways, the edge's five response
+#     headers), to show what that work costs HAProxy.
 #   - the HTTPS listener with EDGE_PROXY_PROTOCOL on (the compiled edge), for clients that
 #     connect directly (no header): resumed handshakes per second and socket errors, beside
 #     the plain TLS listener
@@ -50,7 +55,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 read -r UP_PORT EDGE_HTTP EDGE_HTTPS EDGE_ADMIN HA_PORT PY_HTTP PY_HTTPS PY_ADMIN MIN_PORT KA_PORT \
-  PP_HTTP PP_HTTPS PP_ADMIN BIO_PORT <<<"$(free_ports 14)"
+  PP_HTTP PP_HTTPS PP_ADMIN BIO_PORT HP_PORT <<<"$(free_ports 15)"
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -135,8 +140,29 @@ start_edge() { # kind variant(c|py|pp) -> sets EDGE_PID (c), PY_PID (py) or PP_P
   case $2 in py) PY_PID=$pid ;; pp) PP_PID=$pid ;; *) EDGE_PID=$pid ;; esac
 }
 
-start_haproxy() { # kind
-  cat >"$WORK/haproxy-$1.cfg" <<EOF
+start_haproxy() { # kind: starts "haproxy" (HA_PID) and "haproxy-policy" (HP_PID)
+  local variant port policy
+  for variant in plain policy; do
+    port=$HA_PORT policy=""
+    if [ "$variant" = policy ]; then
+      port=$HP_PORT
+      # what the edge does per request in this benchmark (rate limit and connection cap
+      # set out of reach, as for the edge)
+      policy='  stick-table type ipv6 size 1m expire 60s store conn_cur,http_req_rate(1s)
+  tcp-request connection track-sc0 src
+  tcp-request connection reject if { sc0_conn_cur gt 100000 }
+  http-request deny deny_status 429 if { sc0_http_req_rate gt 1000000000 }
+  unique-id-format %{+X}o%pid%rt%Ts
+  unique-id-header X-Request-Id
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-response set-header X-Request-Id %[unique-id]
+  http-response set-header X-Frame-Options SAMEORIGIN
+  http-response set-header Referrer-Policy strict-origin-when-cross-origin
+  http-response set-header Permissions-Policy "camera=(), microphone=(), geolocation=()"'
+    fi
+    cat >"$WORK/haproxy-$1-$variant.cfg" <<EOF
 global
   nbthread 1
   maxconn 4000
@@ -146,20 +172,23 @@ defaults
   timeout connect 3s
   timeout client 75s
   timeout server 75s
+  timeout http-request 10s
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:$HA_PORT ssl crt $WORK/$1.pem alpn http/1.1
+  bind 127.0.0.1:$port ssl crt $WORK/$1.pem alpn http/1.1
   http-response set-header Strict-Transport-Security "max-age=31536000"
   http-response set-header X-Content-Type-Options nosniff
+$policy
   default_backend be
 backend be
   http-reuse always
   server up 127.0.0.1:$UP_PORT
 EOF
-  haproxy -f "$WORK/haproxy-$1.cfg" -db >"$WORK/haproxy-$1.log" 2>&1 &
-  HA_PID=$!
-  PIDS+=("$HA_PID")
-  wait_port "$HA_PORT"
+    haproxy -f "$WORK/haproxy-$1-$variant.cfg" -db >"$WORK/haproxy-$1-$variant.log" 2>&1 &
+    PIDS+=($!)
+    if [ "$variant" = policy ]; then HP_PID=$!; else HA_PID=$!; fi
+    wait_port "$port"
+  done
 }
 
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
@@ -234,6 +263,8 @@ for round in 1 2 3; do
   rps_of[min]+="$r "; cpu_of[min]+="$c "
   read -r r c <<<"$(wrk_run "haproxy (round $round)" "$HA_PORT" "$HA_PID")"
   rps_of[ha]+="$r "; cpu_of[ha]+="$c "
+  read -r r c <<<"$(wrk_run "haproxy-policy (round $round)" "$HP_PORT" "$HP_PID")"
+  rps_of[hp]+="$r "; cpu_of[hp]+="$c "
 done
 stop_pid "$KA_PID"
 # shellcheck disable=SC2086  # word lists on purpose
@@ -249,6 +280,12 @@ for v in "${VARIANTS[@]}" min; do
   c=$(best ${cpu_of[$v]})
   echo "keep-alive best of 3: $name $r req/s, haproxy $ha_rps req/s, ratio $(ratio "$r" "$ha_rps"); per CPU-second $c vs $ha_cpu, ratio $(ratio "$c" "$ha_cpu")"
 done
+# shellcheck disable=SC2086
+hp_rps=$(best ${rps_of[hp]})
+# shellcheck disable=SC2086
+hp_cpu=$(best ${cpu_of[hp]})
+# shellcheck disable=SC2086
+echo "keep-alive best of 3: haproxy-policy $hp_rps req/s ($hp_cpu per CPU-s), $(ratio "$hp_cpu" "$ha_cpu") of haproxy per CPU-s; $(label "${VARIANTS[0]}") / haproxy-policy: $(ratio "$(best ${rps_of[${VARIANTS[0]}]})" "$hp_rps"), per CPU-s $(ratio "$(best ${cpu_of[${VARIANTS[0]}]})" "$hp_cpu")"
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="
 echo "   full = wrk forgets its session (a full handshake each); resumed = wrk's default (tickets)"
@@ -269,6 +306,7 @@ for kind in ec rsa; do
   if [ "$kind" = rsa ]; then
     for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
     stop_pid "$HA_PID"
+    stop_pid "$HP_PID"
     stop_pid "$MIN_PID"
     stop_pid "$BIO_PID"
     for v in "${VARIANTS[@]}"; do start_edge rsa "$v"; done
@@ -278,9 +316,10 @@ for kind in ec rsa; do
   for mode in full resumed; do
     declare -A h_rps=() h_cpu=() h_reused=()
     for round in 1 2; do
-      for who in ha "${VARIANTS[@]}" min bio; do
+      for who in ha hp "${VARIANTS[@]}" min bio; do
         case $who in
           ha) port=$HA_PORT pid=$HA_PID ;;
+          hp) port=$HP_PORT pid=$HP_PID ;;
           min) port=$MIN_PORT pid=$MIN_PID ;;
           bio) port=$BIO_PORT pid=$BIO_PID ;;
           *) port=$(port_of "$who") pid=$(pid_of "$who") ;;
@@ -306,12 +345,19 @@ for kind in ec rsa; do
       line+=" | $name $r/s ratio $(ratio "$r" "$ha_r"), per CPU-s $c ratio $(ratio "$c" "$ha_c") (${h_reused[$who]}% resumed)"
     done
     echo "$line"
+    # shellcheck disable=SC2086
+    hp_r=$(best ${h_rps[hp]})
+    # shellcheck disable=SC2086
+    hp_c=$(best ${h_cpu[hp]})
+    # shellcheck disable=SC2086
+    echo "   haproxy-policy $hp_r/s ($hp_c per CPU-s, $(ratio "$hp_c" "$ha_c") of haproxy); $(label "${VARIANTS[0]}") / haproxy-policy $(ratio "$(best ${h_rps[${VARIANTS[0]}]})" "$hp_r"), per CPU-s $(ratio "$(best ${h_cpu[${VARIANTS[0]}]})" "$hp_c")"
   done
 done
 
 echo "== HTTPS listener with EDGE_PROXY_PROTOCOL on (direct clients, no header), ECDSA, resumed; best of 2 =="
 for v in "${VARIANTS[@]}"; do stop_pid "$(pid_of "$v")"; done
 stop_pid "$HA_PID"
+stop_pid "$HP_PID"
 stop_pid "$MIN_PID"
 stop_pid "$BIO_PID"
 plain=${VARIANTS[0]}
