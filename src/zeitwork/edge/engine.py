@@ -197,11 +197,20 @@ class EdgeProxy(Proxy):
         self.proxy_protocol = proxy_protocol
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
+        # Each class is named in its own call, not called through a variable: compiled, an
+        # edge protocol class called as a Python object got two HTTP parsers (its __init__
+        # ran twice), and the first, which refers back to the protocol, was never freed: every
+        # plain-HTTP connection leaked (tests/unit/edge/test_engine.py).
+        if not tls and self.proxy_protocol:
+
+            def proxied() -> ClientProtocol:
+                return _ProxyProtocolClient(self, tls=False)
+
+            return proxied
         if not tls:
-            kind = _ProxyProtocolClient if self.proxy_protocol else _EdgeClient
 
             def plain() -> ClientProtocol:
-                return kind(self, tls=False)
+                return _EdgeClient(self, tls=False)
 
             return plain
 

@@ -22,6 +22,7 @@ from zeitwork.edge.proxied_tls import ProxiedTlsListener
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
+from zeitwork.proxy.server import ClientProtocol
 
 
 async def _origin() -> tuple[asyncio.Server, int]:
@@ -97,6 +98,50 @@ def test_proxy_protocol_listener_on_uvloop_keeps_nothing_and_loses_no_byte() -> 
         await proxy.drain(0.1)
         for backend in pool.backends:
             backend.close_idle()
+
+    with ThreadPoolExecutor(max_workers=1) as pool_threads:
+        uvloop.run(scenario(pool_threads))
+
+
+def _http_get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := raw.recv(65536):
+            data += chunk
+        return data
+
+
+def test_plain_listener_on_uvloop_frees_every_connection() -> None:
+    """Plain HTTP with Connection: close, as in production (uvloop, the engine's own protocol
+    factory): no client protocol outlives its connection. The compiled build once kept every
+    one of them (run by the compiled-wheel suite too)."""
+
+    async def scenario(pool_threads: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        origin, origin_port = await _origin()
+        pool = Pool("lb")
+        pool.set_backends([Backend(f"127.0.0.1:{origin_port}")])
+        proxy = EdgeProxy(handshakes=HandshakeCounter(), router=SinglePool(pool))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = await proxy.serve(sock)
+        port = sock.getsockname()[1]
+        try:
+            for _ in range(50):
+                answer = await loop.run_in_executor(pool_threads, _http_get, port)
+                assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer[:99]
+            await asyncio.sleep(0.2)
+            gc.collect()
+            open_ones = len(proxy.connections)
+            kept = sum(isinstance(o, ClientProtocol) for o in gc.get_objects())
+        finally:
+            server.close()
+            origin.close()
+            await proxy.drain(0.1)
+            for backend in pool.backends:
+                backend.close_idle()
+        assert open_ones == 0 and kept == 0, (open_ones, kept)
 
     with ThreadPoolExecutor(max_workers=1) as pool_threads:
         uvloop.run(scenario(pool_threads))

@@ -15,6 +15,7 @@ from zeitwork.edge.engine import EdgeProxy
 from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.edge.tls_transport import HandshakeClock, TlsTransport, tls_factory
+from zeitwork.proxy.server import ClientProtocol, Proxy
 
 CA, CA_KEY = self_signed_ca("test CA")
 
@@ -50,13 +51,17 @@ class FakeTcp:
         self.reading = True
 
 
-class FakeClient:
-    """Stands in for the edge's client protocol (the attributes the layer sets)."""
+class NoRoute:
+    def resolve(self, host: str, path: str) -> None:
+        return None
+
+
+class FakeClient(ClientProtocol):
+    """Stands in for the edge's client protocol: a subclass of the core's, so that the
+    compiled TLS layer (which checks its type) takes it too, recording what it is given."""
 
     def __init__(self) -> None:
-        self.forced_peer = ""
-        self.preadmitted = False
-        self.transport: Any = None
+        super().__init__(Proxy(router=NoRoute()), tls=True)
         self.got = b""
         self.eof = 0
         self.lost: list[Exception | None] = []
@@ -100,7 +105,7 @@ def _layer(
     terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
     client, tcp, admitted = FakeClient(), FakeTcp(), []
     layer = TlsTransport(
-        client,  # type: ignore[arg-type]
+        client,
         terminator.server_context,
         clock=HandshakeClock(timeout),
         limiter=caps,
@@ -258,10 +263,6 @@ async def test_the_edge_client_protocol_answers_and_closes_in_one_write() -> Non
     """A new HTTPS connection answered with ``Connection: close`` through the edge's own client
     protocol: after the server's first flight, one TCP write carries the tickets, the answer
     and the close_notify."""
-
-    class NoRoute:
-        def resolve(self, host: str, path: str) -> None:
-            return None
 
     terminator = TlsTerminator()
     terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
