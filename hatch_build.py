@@ -4,7 +4,7 @@ shared by the load balancer and the edge, and the edge's per-request policy modu
 ``make build``, ``pip wheel .`` and ``scripts/install.sh`` compile the modules listed in
 ``COMPILED`` with mypyc; editable installs (``make bootstrap``, ``pip install -e``) stay pure
 Python. The modules are plain typed Python and behave the same either way (the slow test
-``tests/integration/build`` runs the proxy, edge and load balancer suites against the compiled
+``tests/integration/compiled`` runs the proxy, edge and load balancer suites against the compiled
 wheel); the load balancer is about 1.4x faster compiled (``benchmarks/lb.sh`` and
 ``benchmarks/edge.sh`` measure both).
 
