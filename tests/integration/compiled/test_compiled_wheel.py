@@ -37,7 +37,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
 COMPILED_MODULES = {
     "proxy": ("server", "upstream", "headers", "backends", "balancing", "health", "routing"),
-    "edge": ("engine", "policy", "rate_limit", "security_headers", "cors", "redirect"),
+    "edge": (
+        "engine",
+        "tls_transport",
+        "policy",
+        "rate_limit",
+        "security_headers",
+        "cors",
+        "redirect",
+    ),
 }
 
 
