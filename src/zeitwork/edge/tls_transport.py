@@ -259,9 +259,7 @@ class TlsTransport:
         except (ssl.SSLError, OSError, ValueError):
             self._abort_tcp()
             return
-        if not self.corked:
-            self.tickets_held = False
-            self._send_pending()
+        self._written()
 
     def writelines(self, pieces: Any) -> None:
         if self.closing or self.tcp is None:
@@ -274,6 +272,10 @@ class TlsTransport:
         except (ssl.SSLError, OSError, ValueError):
             self._abort_tcp()
             return
+        self._written()
+
+    def _written(self) -> None:
+        """After the client protocol wrote: send it (with the held tickets) unless corked."""
         if not self.corked:
             self.tickets_held = False
             self._send_pending()

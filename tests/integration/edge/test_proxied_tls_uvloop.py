@@ -41,14 +41,16 @@ async def _origin() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-def _https_get(port: int, prefix: bytes, ctx: ssl.SSLContext) -> bytes:
+def _get(port: int, ctx: ssl.SSLContext | None = None, prefix: bytes = b"") -> bytes:
+    """One ``Connection: close`` GET, over TLS with ``ctx`` (after ``prefix`` in the clear)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         if prefix:
             raw.sendall(prefix)
-        with ctx.wrap_socket(raw, server_hostname="a.test") as tls:
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        conn = raw if ctx is None else ctx.wrap_socket(raw, server_hostname="a.test")
+        with conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
             data = b""
-            while chunk := tls.recv(65536):
+            while chunk := conn.recv(65536):
                 data += chunk
             return data
 
@@ -79,7 +81,7 @@ def test_proxy_protocol_listener_on_uvloop_keeps_nothing_and_loses_no_byte() -> 
         # a peer that sends its ClientHello at once: the bytes uvloop reads before TLS takes
         # over reach the handshake
         for _ in range(20):
-            answer = await loop.run_in_executor(pool_threads, _https_get, port, b"", client)
+            answer = await loop.run_in_executor(pool_threads, _get, port, client)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
 
         # peers that connect and close at once: nothing is kept until the handshake timeout
@@ -103,15 +105,6 @@ def test_proxy_protocol_listener_on_uvloop_keeps_nothing_and_loses_no_byte() -> 
         uvloop.run(scenario(pool_threads))
 
 
-def _http_get(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        raw.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := raw.recv(65536):
-            data += chunk
-        return data
-
-
 def test_plain_listener_on_uvloop_frees_every_connection() -> None:
     """Plain HTTP with Connection: close, as in production (uvloop, the engine's own protocol
     factory): no client protocol outlives its connection. The compiled build once kept every
@@ -129,7 +122,7 @@ def test_plain_listener_on_uvloop_frees_every_connection() -> None:
         port = sock.getsockname()[1]
         try:
             for _ in range(50):
-                answer = await loop.run_in_executor(pool_threads, _http_get, port)
+                answer = await loop.run_in_executor(pool_threads, _get, port)
                 assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer[:99]
             await asyncio.sleep(0.2)
             gc.collect()
