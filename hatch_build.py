@@ -40,6 +40,7 @@ COMPILED = (
     "zeitwork/proxy/balancing.py",
     "zeitwork/proxy/health.py",
     "zeitwork/proxy/routing.py",
+    "zeitwork/proxy/types.py",
     # the edge: its client protocols and engine (native subclasses of the core's), and its
     # per-request policy: rate limiter, security headers, CORS, redirects
     "zeitwork/edge/engine.py",

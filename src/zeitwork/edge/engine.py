@@ -16,9 +16,8 @@ import ssl
 from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
-from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.policy import as_html, html_page, wants_html
-from zeitwork.edge.tls_transport import TlsTransport, tls_factory
+from zeitwork.edge.tls_transport import HandshakeCounter, TlsTransport, tls_factory
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig

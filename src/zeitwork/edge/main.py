@@ -36,7 +36,7 @@ from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
-from zeitwork.edge.metrics import EdgeMetrics, HandshakeCounter, publish, snapshot
+from zeitwork.edge.metrics import EdgeMetrics, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
 from zeitwork.edge.rate_limit import Quota, RateLimiter
@@ -45,6 +45,7 @@ from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfi
 from zeitwork.edge.settings import EdgeSettings
 from zeitwork.edge.steering import steer_by_source
 from zeitwork.edge.tls import TlsTerminator
+from zeitwork.edge.tls_transport import HandshakeCounter
 from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy import core_compiled

@@ -18,27 +18,7 @@ from prometheus_client.registry import Collector
 
 from zeitwork.edge.policy import EdgePolicy
 from zeitwork.edge.rate_limit import RateLimiter
-
-HANDSHAKE_FAILURES = ("error", "timeout", "closed")
-
-
-class HandshakeCounter:
-    """TLS handshakes started (on admitted connections), completed, and failed by reason:
-    ``error`` (refused version, unknown name, not TLS), ``timeout``
-    (``EDGE_HANDSHAKE_TIMEOUT``), ``closed`` (the peer went away first)."""
-
-    __slots__ = ("completed", "failed", "started")
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.completed = 0
-        self.failed = dict.fromkeys(HANDSHAKE_FAILURES, 0)
-
-    def start(self) -> None:
-        self.started += 1
-
-    def fail(self, reason: str) -> None:
-        self.failed[reason] = self.failed.get(reason, 0) + 1
+from zeitwork.edge.tls_transport import HANDSHAKE_FAILURES, HandshakeCounter
 
 
 @dataclass

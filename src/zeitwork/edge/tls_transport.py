@@ -42,6 +42,26 @@ from zeitwork.proxy.types import ConnectionLimiter
 _READ_SIZE = 16384  # one TLS record at most per read: a larger buffer is only allocated and shrunk
 
 
+HANDSHAKE_FAILURES = ("error", "timeout", "closed")
+
+
+class HandshakeCounter:
+    """TLS handshakes started (on admitted connections), completed, and failed by reason:
+    ``error`` (refused version, unknown name, not TLS), ``timeout``
+    (``EDGE_HANDSHAKE_TIMEOUT``), ``closed`` (the peer went away first)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.completed = 0
+        self.failed = dict.fromkeys(HANDSHAKE_FAILURES, 0)
+
+    def start(self) -> None:
+        self.started += 1
+
+    def fail(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+
 class HandshakeClock:
     """The handshake deadlines of one listener's connections, on one timer that runs only while
     some connection is shaking hands: a connection is aborted between ``timeout`` and

@@ -32,8 +32,9 @@ The extension seam (stable names; keep old names working if it ever changes)
     list in place (security headers, CORS).
 
 ``ClientInfo``: ``peer_ip``, ``client_ip`` (effective: from ``X-Forwarded-For`` only when the
-peer is in ``trusted``), ``tls``, ``sni`` (read from ``ssl_object.sni`` if the SNI callback set
-it). ``RequestHead``: ``method``, ``target``, ``path``, ``host`` (lower-case, no port),
+peer is in ``trusted``), ``tls``, ``sni`` (the TLS server name when the TLS layer sets
+``ClientProtocol.sni`` before ``connection_made``; else ``None``). ``RequestHead``:
+``method``, ``target``, ``path``, ``host`` (lower-case, no port),
 ``http_version``, ``headers``, ``keep_alive``, ``request_id``.
 
 ``ConnectionLimiter.acquire(peer_ip) -> bool`` / ``release(peer_ip)``: per-connection admission.

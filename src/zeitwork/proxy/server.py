@@ -268,6 +268,7 @@ class ClientProtocol:
         # limiter (and releases it): this protocol then neither acquires nor releases
         self.preadmitted = False
         self.trusted_peer = False
+        # the TLS server name, set before connection_made by a TLS layer that knows it
         self.sni: str | None = None
         self.ex: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -309,10 +310,6 @@ class ClientProtocol:
         self.trusted_peer = proxy.trusted.trusts(self.peer_ip)
         self.peer_b = self.client_b = self.peer_ip.encode()
         self.scheme = proxy.config.scheme_tls if self.tls else proxy.config.scheme_plain
-        if self.tls:
-            sslobj = transport.get_extra_info("ssl_object")
-            sni = getattr(sslobj, "sni", None) if sslobj is not None else None
-            self.sni = sni if isinstance(sni, str) else None
         self.info = ClientInfo(
             peer_ip=self.peer_ip, client_ip=self.peer_ip, tls=self.tls, sni=self.sni
         )

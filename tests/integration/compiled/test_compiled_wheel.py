@@ -36,7 +36,16 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPILED_MODULES = {
-    "proxy": ("server", "upstream", "headers", "backends", "balancing", "health", "routing"),
+    "proxy": (
+        "server",
+        "upstream",
+        "headers",
+        "backends",
+        "balancing",
+        "health",
+        "routing",
+        "types",
+    ),
     "edge": (
         "engine",
         "tls_transport",
