@@ -6,8 +6,7 @@ path, so implementations should answer in microseconds and never block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Pool
@@ -17,8 +16,29 @@ Headers = list[tuple[bytes, bytes]]
 and upstream response headers alike; local answers are expected to use lower-case names too)."""
 
 
-@dataclass(slots=True)
-class ClientInfo:
+class _Record:
+    """Value semantics for the small records below: equality and repr by their slots.
+
+    They are written out rather than made with ``@dataclass``: the engine builds one or two of
+    them per request, and a dataclass's generated ``__init__`` stays interpreted code even in
+    the compiled build (about 3 µs a call on a new connection), where this one is native."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()  # in declaration order (repr, equality)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+    __hash__ = None  # type: ignore[assignment]  # mutable records: not hashable
+
+
+class ClientInfo(_Record):
     """Who is asking, per request.
 
     ``peer_ip`` is the socket peer; ``client_ip`` is the effective client (the left-most
@@ -26,14 +46,19 @@ class ClientInfo:
     ``tls`` tells whether the client connection is TLS; ``sni`` is the TLS server name if any.
     """
 
-    peer_ip: str
-    client_ip: str
-    tls: bool = False
-    sni: str | None = None
+    __slots__ = ("client_ip", "peer_ip", "sni", "tls")
+    _fields = ("peer_ip", "client_ip", "tls", "sni")
+
+    def __init__(
+        self, peer_ip: str, client_ip: str, tls: bool = False, sni: str | None = None
+    ) -> None:
+        self.peer_ip = peer_ip
+        self.client_ip = client_ip
+        self.tls = tls
+        self.sni = sni
 
 
-@dataclass(slots=True)
-class RequestHead:
+class RequestHead(_Record):
     """A parsed request head. ``host`` is lower-case without port; ``path`` excludes the query.
 
     ``headers`` holds the client's headers (lower-case names) in order; the engine strips
@@ -41,28 +66,69 @@ class RequestHead:
     sees what the client sent. A policy may edit ``headers`` in place (e.g. drop a header).
     """
 
-    method: bytes
-    target: bytes
-    path: str
-    host: str
-    http_version: str
-    headers: Headers
-    keep_alive: bool = True
-    request_id: str = ""
+    __slots__ = (
+        "headers",
+        "host",
+        "http_version",
+        "keep_alive",
+        "method",
+        "path",
+        "request_id",
+        "target",
+    )
+    _fields = (
+        "method",
+        "target",
+        "path",
+        "host",
+        "http_version",
+        "headers",
+        "keep_alive",
+        "request_id",
+    )
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces was
+        self,
+        method: bytes,
+        target: bytes,
+        path: str,
+        host: str,
+        http_version: str,
+        headers: Headers,
+        keep_alive: bool = True,
+        request_id: str = "",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.host = host
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.request_id = request_id
 
 
-@dataclass(slots=True)
-class LocalResponse:
+class LocalResponse(_Record):
     """An answer produced by a policy instead of forwarding (429, 308, CORS preflight, ...).
 
     ``headers`` must not contain Content-Length or Connection: the engine adds them.
     ``close`` asks the engine to close the client connection after the answer.
     """
 
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
-    close: bool = False
+    __slots__ = ("body", "close", "headers", "status")
+    _fields = ("status", "headers", "body", "close")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers: Headers = [] if headers is None else headers
+        self.body = body
+        self.close = close
 
 
 class RequestPolicy(Protocol):
