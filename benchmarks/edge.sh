@@ -18,6 +18,10 @@
 #     edge does here (per-address request-rate and connection tracking in a stick table,
 #     X-Forwarded-For/-Proto/-Host, a request id both ways, the edge's five response
 #     headers), to show what that work costs HAProxy.
+#   - TLS handshakes alone per second, ECDSA and RSA: four `openssl s_time -new` clients (a
+#     full handshake, then close_notify; no HTTP request, no SNI: each server answers with its
+#     only certificate), for HAProxy, the edge and minimal-bio: the handshake rate with none
+#     of the HTTP work in it
 #   - the HTTPS listener with EDGE_PROXY_PROTOCOL on (the compiled edge), for clients that
 #     connect directly (no header): resumed handshakes per second and socket errors, beside
 #     the plain TLS listener
@@ -33,7 +37,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
 NO_COMPILED=${NO_COMPILED:-}
-for tool in wrk haproxy nginx gcc; do
+for tool in wrk haproxy nginx gcc openssl; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
 
@@ -236,6 +240,23 @@ print(rps, f'{n / max(b - a, 1e-9):.0f}', f'{100 * resumed / max(full + resumed,
 " "$rps" "$total" "$before" "$after" "$counts" "${errors:-0}"
 }
 
+handshakes_only() { # port pid -> "handshakes/s per-server-CPU-second": four `openssl s_time`
+  # clients, each connecting, completing a full handshake (-new: no session kept) and closing
+  local before after i n
+  before=$(cpu_seconds "$2")
+  for i in 1 2 3 4; do
+    openssl s_time -connect "127.0.0.1:$1" -new -time "$HANDSHAKE_SECONDS" >"$WORK/s_time-$i.out" 2>&1 &
+  done
+  wait  # the four clients: this runs in a subshell of its own, whose only children they are
+  after=$(cpu_seconds "$2")
+  n=$(awk '/connections in [0-9.]+ real seconds/ {s += $1} END {print s + 0}' "$WORK"/s_time-*.out)
+  "$PY" -c "
+import sys
+n, a, b, t = (float(x) for x in sys.argv[1:5])
+print(f'{n / t:.0f}', f'{n / max(b - a, 1e-9):.0f}')
+" "$n" "$before" "$after" "$HANDSHAKE_SECONDS"
+}
+
 ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
 
 VARIANTS=(py)
@@ -352,6 +373,34 @@ for kind in ec rsa; do
     # shellcheck disable=SC2086
     echo "   haproxy-policy $hp_r/s ($hp_c per CPU-s, $(ratio "$hp_c" "$ha_c") of haproxy); $(label "${VARIANTS[0]}") / haproxy-policy $(ratio "$(best ${h_rps[${VARIANTS[0]}]})" "$hp_r"), per CPU-s $(ratio "$(best ${h_cpu[${VARIANTS[0]}]})" "$hp_c")"
   done
+  # handshakes alone (no HTTP request): HAProxy, the first edge variant, minimal-bio
+  declare -A o_rps=() o_cpu=()
+  for round in 1 2; do
+    for who in ha "${VARIANTS[0]}" bio; do
+      case $who in
+        ha) port=$HA_PORT pid=$HA_PID ;;
+        bio) port=$BIO_PORT pid=$BIO_PID ;;
+        *) port=$(port_of "$who") pid=$(pid_of "$who") ;;
+      esac
+      read -r r c <<<"$(handshakes_only "$port" "$pid")"
+      o_rps[$who]+="$r "; o_cpu[$who]+="$c "
+    done
+  done
+  # shellcheck disable=SC2086
+  ha_r=$(best ${o_rps[ha]})
+  # shellcheck disable=SC2086
+  ha_c=$(best ${o_cpu[ha]})
+  line="$kind handshakes only (4 x openssl s_time -new): haproxy $ha_r/s ($ha_c per CPU-s)"
+  for who in "${VARIANTS[0]}" bio; do
+    name=minimal-bio
+    [ "$who" != bio ] && name=$(label "$who")
+    # shellcheck disable=SC2086
+    r=$(best ${o_rps[$who]})
+    # shellcheck disable=SC2086
+    c=$(best ${o_cpu[$who]})
+    line+=" | $name $r/s ratio $(ratio "$r" "$ha_r"), per CPU-s $c ratio $(ratio "$c" "$ha_c")"
+  done
+  echo "$line"
 done
 
 echo "== HTTPS listener with EDGE_PROXY_PROTOCOL on (direct clients, no header), ECDSA, resumed; best of 2 =="
