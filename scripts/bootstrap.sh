@@ -11,6 +11,7 @@ APT_PACKAGES=(
   pebble                                # a real ACME server for the edge tests
   haproxy nginx-light wrk caddy         # benchmark peers and load generator
   gcc libssl-dev                        # benchmarks/edge/tls_sessions.c (preloaded into wrk)
+  openssl                               # openssl s_time: the edge benchmark's handshake-only clients
   systemd                               # systemd-analyze verify for the unit files
   linux-libc-dev                        # syscall numbers (asm/unistd_64.h) for the units' seccomp test
   curl ca-certificates procps
