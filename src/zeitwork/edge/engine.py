@@ -17,7 +17,12 @@ from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.policy import as_html, html_page, wants_html
-from zeitwork.edge.tls_transport import HandshakeCounter, TlsTransport, tls_factory
+from zeitwork.edge.tls_transport import (
+    HandshakeCounter,
+    ServerNameSlot,
+    TlsTransport,
+    tls_factory,
+)
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
@@ -225,9 +230,11 @@ class EdgeProxy(Proxy):
         ssl_context: ssl.SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         backlog: int = 1024,
+        server_names: ServerNameSlot | None = None,
     ) -> asyncio.Server:
         """Plain HTTP as the core serves it; HTTPS through the edge's own TLS layer, every
-        connection admitted under the connection caps when TCP accepts it (``tls_transport``)."""
+        connection admitted under the connection caps when TCP accepts it (``tls_transport``);
+        ``server_names``: the slot the context's SNI callback fills (``ClientInfo.sni``)."""
         loop = asyncio.get_running_loop()
         if ssl_context is None:
             factory = self.protocol_factory(tls=False)
@@ -239,6 +246,7 @@ class EdgeProxy(Proxy):
                 make_client=self.protocol_factory(tls=True),
                 on_admitted=self.handshakes.start,
                 on_failed=self.handshakes.fail,
+                server_names=server_names,
             )
         server = await loop.create_server(factory, sock=sock, backlog=backlog)
         self.listening(server)

@@ -314,6 +314,7 @@ class Edge:
                 ssl_context=self.tls.server_context,
                 handshake_timeout=s.handshake_timeout,
                 header_timeout=s.header_timeout,
+                server_names=self.tls.server_names,
             )
             self.proxy.listening(
                 await loop.create_server(proxied.protocol_factory(), sock=tls_sock, backlog=1024)
@@ -323,6 +324,7 @@ class Edge:
                 tls_sock,
                 ssl_context=self.tls.server_context,
                 ssl_handshake_timeout=s.handshake_timeout,
+                server_names=self.tls.server_names,
             )
         self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
         if self.index == 0:

@@ -23,7 +23,7 @@ from typing import cast
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.engine import EdgeProxy
-from zeitwork.edge.tls_transport import tls_factory
+from zeitwork.edge.tls_transport import ServerNameSlot, tls_factory
 from zeitwork.observability import get_logger
 from zeitwork.proxy.server import peer_address
 
@@ -144,6 +144,7 @@ class ProxiedTlsListener:
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
         header_timeout: float,
+        server_names: ServerNameSlot | None = None,
     ) -> None:
         self.proxy = proxy
         self.header_timeout = header_timeout
@@ -154,6 +155,7 @@ class ProxiedTlsListener:
             limiter=proxy.limiter,
             on_admitted=proxy.handshakes.start,
             on_failed=proxy.handshakes.fail,
+            server_names=server_names,
         )
 
     def protocol_factory(self) -> Callable[[], _HeaderReader]:

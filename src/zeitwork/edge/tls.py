@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zeitwork.edge.certificates.x509 import CertificateError, CertInfo, inspect
+from zeitwork.edge.tls_transport import ServerNameSlot
 
 ALPN_HTTP1 = "http/1.1"
 ALPN_ACME = "acme-tls/1"
@@ -115,6 +116,8 @@ class TlsTerminator:
         self._expiry: dict[str, datetime] = {}
         self.server_context = _base_context([ALPN_HTTP1])
         self.server_context.sni_callback = self._pick
+        # where ``_pick`` leaves the name it was given, for the TLS layer (ClientInfo.sni)
+        self.server_names = ServerNameSlot()
 
     # -- table ------------------------------------------------------------------------
 
@@ -220,6 +223,8 @@ class TlsTerminator:
         ctx = self.context_for(server_name, acme=acme)
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if server_name is not None:
+            self.server_names.name = server_name.lower().rstrip(".")
         if ctx is not self._default:
             # The server context already carries the default certificate; switching the
             # SSL_CTX (a few microseconds) is needed only for the other hosts.

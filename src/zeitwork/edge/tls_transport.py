@@ -26,7 +26,8 @@ handshake work in OpenSSL for a resumed session. This layer does only what the e
   connection answered with ``Connection: close`` thus costs two TCP writes instead of four.
 
 The SNI callback (``edge.tls``) receives the ``_ssl`` object itself and may switch its
-context. Compiled with the proxy core (``hatch_build.py``).
+context; the name it was given comes back through a ``ServerNameSlot``. Compiled with the
+proxy core (``hatch_build.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ class HandshakeCounter:
 
     def fail(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
+
+
+class ServerNameSlot:
+    """The TLS server name (SNI) of the handshake being advanced right now.
+
+    The SNI callback (``edge.tls``) gets the ``_ssl`` object, which takes no attributes, so it
+    puts the name here instead; the TLS layer empties the slot before each ``do_handshake``
+    call and takes what is in it after, the callback having run within that same call. The
+    name reaches the client protocol before ``connection_made`` (``ClientInfo.sni``)."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
 
 
 class HandshakeClock:
@@ -106,6 +119,7 @@ class TlsTransport:
         limiter: ConnectionLimiter | None,
         on_admitted: Callable[[], None],
         on_failed: Callable[[str], None],
+        server_names: ServerNameSlot | None = None,
     ) -> None:
         self.client: ClientProtocol | None = client  # None once the connection is over
         self.incoming = ssl.MemoryBIO()
@@ -119,6 +133,7 @@ class TlsTransport:
         self.limiter = limiter
         self.on_admitted = on_admitted
         self.on_failed = on_failed
+        self.server_names = server_names
         self.shaking = False  # admitted, handshake neither completed nor failed yet
         self.tcp: asyncio.Transport | None = None
         self.held = ""  # the address whose place under the caps this connection holds
@@ -194,19 +209,28 @@ class TlsTransport:
     # -- TLS --------------------------------------------------------------------------------
     def _handshake(self) -> bool:
         """Advance the handshake; True once it is done and the client is attached."""
+        names = self.server_names
+        if names is not None:
+            names.name = None
         try:
             self.tls.do_handshake()
         except ssl.SSLWantReadError:
+            if names is not None and names.name is not None:
+                self._server_name(names)
             self._send_pending()
             return False
         except (ssl.SSLError, OSError, ValueError):
             # refused version, unknown name, garbage
+            if names is not None:
+                names.name = None
             self.clock.done(self)
             self._failed("error")
             self._send_pending()  # the alert, if OpenSSL made one
             self._abort_tcp()
             return False
         self.clock.done(self)
+        if names is not None and names.name is not None:
+            self._server_name(names)
         client = self.client
         if client is None:
             return False
@@ -217,6 +241,12 @@ class TlsTransport:
         self.tickets_held = self.tls.version() == "TLSv1.3"
         client.connection_made(self)  # type: ignore[arg-type]
         return True
+
+    def _server_name(self, names: ServerNameSlot) -> None:
+        """The name the SNI callback just left: the client protocol's ``sni``."""
+        if self.client is not None:
+            self.client.sni = names.name
+        names.name = None
 
     def _deliver(self) -> None:
         """Hand the client protocol what can be decrypted now."""
@@ -385,8 +415,10 @@ def tls_factory(
     limiter: ConnectionLimiter | None,
     on_admitted: Callable[[], None],
     on_failed: Callable[[str], None],
+    server_names: ServerNameSlot | None = None,
 ) -> Callable[[], TlsTransport]:
-    """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS."""
+    """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS;
+    ``server_names``: the slot the context's SNI callback fills (``ClientInfo.sni``)."""
     clock = HandshakeClock(handshake_timeout if handshake_timeout is not None else 60.0)
 
     def factory() -> TlsTransport:
@@ -397,6 +429,7 @@ def tls_factory(
             limiter=limiter,
             on_admitted=on_admitted,
             on_failed=on_failed,
+            server_names=server_names,
         )
 
     return factory

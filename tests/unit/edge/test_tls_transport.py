@@ -1,7 +1,8 @@
 """The edge's TLS layer against an in-memory TLS client, with a recording TCP transport and a
 recording client protocol (and once with the edge's own client protocol): admission,
 handshake, reading paused and resumed, close_notify both ways, refusal, a handshake that
-never completes, and the TCP writes a new connection costs."""
+never completes, the TCP writes a new connection costs, and the SNI name given to the client
+protocol."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import asyncio
 import contextlib
 import ssl
 from typing import Any
+
+import pytest
 
 from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
 from zeitwork.edge.engine import EdgeProxy
@@ -111,24 +114,30 @@ def _layer(
         limiter=caps,
         on_admitted=lambda: admitted.append(1),
         on_failed=FAILED.append,
+        server_names=terminator.server_names,
     )
     layer.connection_made(tcp)  # type: ignore[arg-type]
     return layer, client, tcp, admitted
 
 
 def _client_side(
-    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3, server_hostname: str | None = "a.test"
 ) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
     ctx = ssl.create_default_context(cadata=CA)
     ctx.maximum_version = version
+    if server_hostname != "a.test":  # no name, or one spelled otherwise: not verified here
+        ctx.check_hostname = False
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    return ctx.wrap_bio(inc, out, server_hostname="a.test"), inc, out
+    return ctx.wrap_bio(inc, out, server_hostname=server_hostname), inc, out
 
 
 def _shake(
-    layer: TlsTransport, tcp: FakeTcp, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    layer: TlsTransport,
+    tcp: FakeTcp,
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    server_hostname: str | None = "a.test",
 ) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    tls, inc, out = _client_side(version)
+    tls, inc, out = _client_side(version, server_hostname)
     for _ in range(5):
         try:
             tls.do_handshake()
@@ -178,6 +187,22 @@ async def test_admits_shakes_hands_and_delivers_in_order() -> None:
     assert tls.read(1024) == b""  # the server's close_notify (ssl reads it as the end)
     layer.connection_lost(None)
     assert client.lost == [None] and caps.held == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "seen"),
+    [("a.test", "a.test"), ("A.Test.", "a.test"), (None, None)],
+    ids=["name", "spelled-otherwise", "no-sni"],
+)
+async def test_the_sni_name_reaches_the_client_protocol(sent: str | None, seen: str | None) -> None:
+    layer, client, tcp, _ = _layer(Caps(room=1))
+    slot = layer.server_names
+    assert slot is not None
+    slot.name = "stale.test"  # left by someone else: never taken for this connection's name
+    _shake(layer, tcp, server_hostname=sent)
+    assert client.transport is layer  # connected, with the name set before connection_made
+    assert client.sni == seen
+    assert slot.name is None  # taken, nothing left for the next handshake
 
 
 async def test_a_peer_close_notify_is_the_end_of_input() -> None:
@@ -275,9 +300,12 @@ async def test_the_edge_client_protocol_answers_and_closes_in_one_write() -> Non
         limiter=None,
         on_admitted=proxy.handshakes.start,
         on_failed=proxy.handshakes.fail,
+        server_names=terminator.server_names,
     )()
     layer.connection_made(tcp)  # type: ignore[arg-type]
     tls, inc, out = _shake(layer, tcp)
+    client = layer.get_protocol()
+    assert client.info.sni == "a.test" and client.info.tls  # what policies are given
     writes = tcp.writes
     tls.write(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
     layer.data_received(out.read())
