@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
@@ -223,6 +224,24 @@ class EdgeProxy(Proxy):
 
         return client
 
+    def tls_protocol_factory(
+        self,
+        context: ssl.SSLContext,
+        handshake_timeout: float | None,
+        server_names: ServerNameSlot | None = None,
+    ) -> Callable[[], TlsTransport]:
+        """The edge's TLS layer over this engine's HTTPS client protocol: admitted under the
+        connection caps, handshakes counted (``serve`` and the PROXY-protocol listener)."""
+        return tls_factory(
+            context=context,
+            handshake_timeout=handshake_timeout,
+            limiter=self.limiter,
+            make_client=self.protocol_factory(tls=True),
+            on_admitted=self.handshakes.start,
+            on_failed=self.handshakes.fail,
+            server_names=server_names,
+        )
+
     async def serve(
         self,
         sock: socket.socket,
@@ -239,15 +258,7 @@ class EdgeProxy(Proxy):
         if ssl_context is None:
             factory = self.protocol_factory(tls=False)
         else:
-            factory = tls_factory(
-                context=ssl_context,
-                handshake_timeout=ssl_handshake_timeout,
-                limiter=self.limiter,
-                make_client=self.protocol_factory(tls=True),
-                on_admitted=self.handshakes.start,
-                on_failed=self.handshakes.fail,
-                server_names=server_names,
-            )
+            factory = self.tls_protocol_factory(ssl_context, ssl_handshake_timeout, server_names)
         server = await loop.create_server(factory, sock=sock, backlog=backlog)
         self.listening(server)
         return server

@@ -23,7 +23,7 @@ from typing import cast
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.engine import EdgeProxy
-from zeitwork.edge.tls_transport import ServerNameSlot, tls_factory
+from zeitwork.edge.tls_transport import ServerNameSlot
 from zeitwork.observability import get_logger
 from zeitwork.proxy.server import peer_address
 
@@ -148,15 +148,7 @@ class ProxiedTlsListener:
     ) -> None:
         self.proxy = proxy
         self.header_timeout = header_timeout
-        self.new_tls = tls_factory(
-            make_client=proxy.protocol_factory(tls=True),
-            context=ssl_context,
-            handshake_timeout=handshake_timeout,
-            limiter=proxy.limiter,
-            on_admitted=proxy.handshakes.start,
-            on_failed=proxy.handshakes.fail,
-            server_names=server_names,
-        )
+        self.new_tls = proxy.tls_protocol_factory(ssl_context, handshake_timeout, server_names)
 
     def protocol_factory(self) -> Callable[[], _HeaderReader]:
         def factory() -> _HeaderReader:

@@ -209,28 +209,24 @@ class TlsTransport:
     # -- TLS --------------------------------------------------------------------------------
     def _handshake(self) -> bool:
         """Advance the handshake; True once it is done and the client is attached."""
-        names = self.server_names
-        if names is not None:
-            names.name = None
+        if self.server_names is not None:
+            self.server_names.name = None  # only a name the callback leaves in this call
         try:
             self.tls.do_handshake()
         except ssl.SSLWantReadError:
-            if names is not None and names.name is not None:
-                self._server_name(names)
+            self._take_server_name()
             self._send_pending()
             return False
         except (ssl.SSLError, OSError, ValueError):
             # refused version, unknown name, garbage
-            if names is not None:
-                names.name = None
+            self._take_server_name()
             self.clock.done(self)
             self._failed("error")
             self._send_pending()  # the alert, if OpenSSL made one
             self._abort_tcp()
             return False
         self.clock.done(self)
-        if names is not None and names.name is not None:
-            self._server_name(names)
+        self._take_server_name()
         client = self.client
         if client is None:
             return False
@@ -242,8 +238,12 @@ class TlsTransport:
         client.connection_made(self)  # type: ignore[arg-type]
         return True
 
-    def _server_name(self, names: ServerNameSlot) -> None:
-        """The name the SNI callback just left: the client protocol's ``sni``."""
+    def _take_server_name(self) -> None:
+        """The name the SNI callback left during the last ``do_handshake`` call, if any,
+        becomes the client protocol's ``sni``; the slot is left empty."""
+        names = self.server_names
+        if names is None or names.name is None:
+            return
         if self.client is not None:
             self.client.sni = names.name
         names.name = None

@@ -17,7 +17,7 @@ from zeitwork.edge.certificates.x509 import issue_leaf, self_signed_ca
 from zeitwork.edge.engine import EdgeProxy
 from zeitwork.edge.metrics import HandshakeCounter
 from zeitwork.edge.tls import TlsTerminator
-from zeitwork.edge.tls_transport import HandshakeClock, TlsTransport, tls_factory
+from zeitwork.edge.tls_transport import HandshakeClock, TlsTransport
 from zeitwork.proxy.server import ClientProtocol, Proxy
 
 CA, CA_KEY = self_signed_ca("test CA")
@@ -293,15 +293,7 @@ async def test_the_edge_client_protocol_answers_and_closes_in_one_write() -> Non
     terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
     proxy = EdgeProxy(handshakes=HandshakeCounter(), router=NoRoute())  # type: ignore[arg-type]
     tcp = FakeTcp()
-    layer = tls_factory(
-        make_client=proxy.protocol_factory(tls=True),
-        context=terminator.server_context,
-        handshake_timeout=30,
-        limiter=None,
-        on_admitted=proxy.handshakes.start,
-        on_failed=proxy.handshakes.fail,
-        server_names=terminator.server_names,
-    )()
+    layer = proxy.tls_protocol_factory(terminator.server_context, 30, terminator.server_names)()
     layer.connection_made(tcp)  # type: ignore[arg-type]
     tls, inc, out = _shake(layer, tcp)
     client = layer.get_protocol()
