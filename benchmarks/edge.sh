@@ -27,8 +27,14 @@
 #     the plain TLS listener
 #   - the rate limiter's cost per decision with a million distinct keys
 # Every figure is given as throughput and per CPU-second of the server (user + system time
-# from /proc): the machine has 2 cores, so wrk and the server each have about one.
-# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED.
+# from /proc): the machine has 2 cores, so wrk and the server each have about one. For the
+# new-connection, handshake and PROXY-protocol lines the servers are pinned to the last CPU
+# and the clients (and nginx) to the first (taskset), so that no server shares its core and
+# its caches with the clients' handshake work: the per-CPU figures then repeat within about
+# 2% from run to run, against up to 10% unpinned. The keep-alive lines are not pinned: at
+# HAProxy's keep-alive rate wrk and nginx together need more than one core.
+# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED,
+# NO_PIN=1 (no pinning).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -37,9 +43,22 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
 NO_COMPILED=${NO_COMPILED:-}
-for tool in wrk haproxy nginx gcc openssl; do
+for tool in wrk haproxy nginx gcc openssl taskset; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
+
+# CPU pinning for the new-connection lines: servers on the last CPU, clients on the first
+CLIENT_PIN=()
+SERVER_CPU=
+if [ -z "${NO_PIN:-}" ] && [ "$(nproc)" -ge 2 ]; then
+  SERVER_CPU=$(($(nproc) - 1))
+  CLIENT_PIN=(taskset -c 0)
+fi
+pin_servers() { # pid ... -> each process, all its threads, on the servers' CPU
+  local pid
+  [ -n "$SERVER_CPU" ] || return 0
+  for pid in "$@"; do taskset -a -p -c "$SERVER_CPU" "$pid" >/dev/null; done
+}
 
 WORK=$(mktemp -d /tmp/zeitwork-bench-edge.XXXXXX)
 PIDS=()
@@ -111,7 +130,8 @@ http {
 }
 EOF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
 wait_port "$UP_PORT"
 
 # --- the compiled build: the release wheel, unpacked first on PYTHONPATH ------------------
@@ -224,7 +244,7 @@ handshakes() { # port pid full|resumed -> "connections/s per-server-CPU-second r
   [ "$3" = full ] && resume=0
   before=$(cpu_seconds "$2")
   out=$(ZEITWORK_TLS_RESUME=$resume LD_PRELOAD="$WORK/tls_sessions.so" \
-    wrk -t1 -c16 -d"${HANDSHAKE_SECONDS}s" -H "Connection: close" -H "Host: bench.test" \
+    "${CLIENT_PIN[@]}" wrk -t1 -c16 -d"${HANDSHAKE_SECONDS}s" -H "Connection: close" -H "Host: bench.test" \
     "https://127.0.0.1:$1/" 2>"$WORK/wrk-tls.err")
   after=$(cpu_seconds "$2")
   local total rps counts
@@ -245,7 +265,7 @@ handshakes_only() { # port pid -> "handshakes/s per-server-CPU-second": four `op
   local before after i n
   before=$(cpu_seconds "$2")
   for i in 1 2 3 4; do
-    openssl s_time -connect "127.0.0.1:$1" -new -time "$HANDSHAKE_SECONDS" >"$WORK/s_time-$i.out" 2>&1 &
+    "${CLIENT_PIN[@]}" openssl s_time -connect "127.0.0.1:$1" -new -time "$HANDSHAKE_SECONDS" >"$WORK/s_time-$i.out" 2>&1 &
   done
   wait  # the four clients: this runs in a subshell of its own, whose only children they are
   after=$(cpu_seconds "$2")
@@ -309,6 +329,10 @@ hp_cpu=$(best ${cpu_of[hp]})
 echo "keep-alive best of 3: haproxy-policy $hp_rps req/s ($hp_cpu per CPU-s), $(ratio "$hp_cpu" "$ha_cpu") of haproxy per CPU-s; $(label "${VARIANTS[0]}") / haproxy-policy: $(ratio "$(best ${rps_of[${VARIANTS[0]}]})" "$hp_rps"), per CPU-s $(ratio "$(best ${cpu_of[${VARIANTS[0]}]})" "$hp_cpu")"
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="
+if [ -n "$SERVER_CPU" ]; then
+  for pid in "$NGINX_PID" $(pgrep -P "$NGINX_PID"); do taskset -a -p -c 0 "$pid" >/dev/null; done
+  echo "   pinned: servers on CPU $SERVER_CPU, clients and nginx on CPU 0 (NO_PIN=1: not pinned)"
+fi
 echo "   full = wrk forgets its session (a full handshake each); resumed = wrk's default (tickets)"
 start_minimal() { # kind
   "$PY" benchmarks/edge/minimal_tls_proxy.py "$MIN_PORT" "$WORK/$1.crt" "$WORK/$1.key" "$UP_PORT" \
@@ -334,6 +358,8 @@ for kind in ec rsa; do
     start_haproxy rsa
   fi
   start_minimal "$kind"
+  pin_servers "$HA_PID" "$HP_PID" "$MIN_PID" "$BIO_PID" \
+    "$(pid_of "${VARIANTS[0]}")" "$(pid_of "${VARIANTS[-1]}")"
   for mode in full resumed; do
     declare -A h_rps=() h_cpu=() h_reused=()
     for round in 1 2; do
@@ -412,6 +438,7 @@ stop_pid "$BIO_PID"
 plain=${VARIANTS[0]}
 start_edge ec "$plain"
 start_edge ec pp
+pin_servers "$(pid_of "$plain")" "$PP_PID"
 declare -A pp_rps=() pp_cpu=() pp_err=()
 for round in 1 2; do
   for who in plain pp; do
