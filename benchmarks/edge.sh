@@ -31,8 +31,8 @@
 # new-connection, handshake and PROXY-protocol lines the servers are pinned to the last CPU
 # and the clients (and nginx) to the first (taskset), so that no server shares its core and
 # its caches with the clients' handshake work: the per-CPU figures then repeat within about
-# 2% from run to run on most lines, against up to 10% unpinned. The keep-alive lines are not pinned: at
-# HAProxy's keep-alive rate wrk and nginx together need more than one core.
+# 2% from run to run on most lines, against up to 10% unpinned. The keep-alive lines are not
+# pinned: at HAProxy's keep-alive rate wrk and nginx together need more than one core.
 # Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED,
 # NO_PIN=1 (no pinning).
 set -euo pipefail
