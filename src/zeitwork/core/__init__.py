@@ -22,9 +22,12 @@ from zeitwork.core.ids import new_id, parse_id
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import (
     DeploymentState,
+    HealthState,
     ImageState,
     InstanceState,
     NodeState,
+    ReleaseState,
+    RolloutState,
     check_transition,
     is_allowed,
 )
@@ -35,6 +38,7 @@ __all__ = [
     "Conflict",
     "DeploymentState",
     "FakeClock",
+    "HealthState",
     "ImageState",
     "InstanceState",
     "InsufficientCapacity",
@@ -44,7 +48,9 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "ReleaseState",
     "Resources",
+    "RolloutState",
     "ServiceUnavailable",
     "SystemClock",
     "ZeitworkError",

@@ -48,6 +48,31 @@ class DeploymentState(StrEnum):
     FAILED = "failed"
 
 
+class ReleaseState(StrEnum):
+    """A release (one immutable version of an app's environment)."""
+
+    PENDING = "pending"  # created, its rollout not started yet
+    DEPLOYING = "deploying"  # its rollout runs
+    ACTIVE = "active"  # the environment's current release
+    SUPERSEDED = "superseded"  # was active (or deploying) and a newer release took over
+    FAILED = "failed"  # its rollout failed (reverted) or was refused
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # reverted: the previous release kept serving
+    SUPERSEDED = "superseded"  # a newer deploy to the same environment took over
+
+
+class HealthState(StrEnum):
+    """An instance's health as its agent's checks see it."""
+
+    UNKNOWN = "unknown"  # no result yet (or within the grace period)
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
 _N = NodeState
 NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
     _N.BOOTING: frozenset({_N.READY, _N.ERROR, _N.DOWN, _N.TERMINATED, _N.UNKNOWN}),
@@ -87,13 +112,34 @@ DEPLOYMENT_TRANSITIONS: Mapping[DeploymentState, frozenset[DeploymentState]] = {
     _D.FAILED: frozenset(),
 }
 
-_S = TypeVar("_S", NodeState, InstanceState, ImageState, DeploymentState)
+_R = ReleaseState
+RELEASE_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
+    _R.PENDING: frozenset({_R.DEPLOYING, _R.FAILED, _R.SUPERSEDED}),
+    _R.DEPLOYING: frozenset({_R.ACTIVE, _R.FAILED, _R.SUPERSEDED}),
+    _R.ACTIVE: frozenset({_R.SUPERSEDED}),
+    _R.SUPERSEDED: frozenset(),
+    _R.FAILED: frozenset(),
+}
+
+_O = RolloutState
+ROLLOUT_TRANSITIONS: Mapping[RolloutState, frozenset[RolloutState]] = {
+    _O.RUNNING: frozenset({_O.SUCCEEDED, _O.FAILED, _O.SUPERSEDED}),
+    _O.SUCCEEDED: frozenset(),
+    _O.FAILED: frozenset(),
+    _O.SUPERSEDED: frozenset(),
+}
+
+_S = TypeVar(
+    "_S", NodeState, InstanceState, ImageState, DeploymentState, ReleaseState, RolloutState
+)
 
 _TABLES: Mapping[type[StrEnum], Mapping[object, frozenset[object]]] = {
     NodeState: NODE_TRANSITIONS,  # type: ignore[dict-item]
     InstanceState: INSTANCE_TRANSITIONS,  # type: ignore[dict-item]
     ImageState: IMAGE_TRANSITIONS,  # type: ignore[dict-item]
     DeploymentState: DEPLOYMENT_TRANSITIONS,  # type: ignore[dict-item]
+    ReleaseState: RELEASE_TRANSITIONS,  # type: ignore[dict-item]
+    RolloutState: ROLLOUT_TRANSITIONS,  # type: ignore[dict-item]
 }
 
 

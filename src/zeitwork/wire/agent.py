@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zeitwork.core.states import InstanceState
 from zeitwork.wire.common import CapacityModel, ResourcesModel
+from zeitwork.wire.health import HealthCheck, InstanceHealth
 
 RuntimeName = Literal["oci", "firecracker"]
 RestartPolicy = Literal["always", "on-failure", "never"]
@@ -40,6 +41,13 @@ class NodeRegistration(BaseModel):
     runtime: RuntimeName | None = None
     resources: ResourcesModel
     disk: int | None = Field(default=None, ge=0, description="disk for instances, MiB")
+    agent_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=r"^https?://[^\s/?#]+/?$",
+        description="where the operator reaches this agent's API (logs fan-in), e.g. "
+        "http://10.0.0.5:8081; None: the operator cannot call this agent",
+    )
 
     @field_validator("ip_address")
     @classmethod
@@ -95,6 +103,17 @@ class AssignedInstance(BaseModel):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     restart_policy: RestartPolicy = "always"
     deployment_id: uuid.UUID | None = None
+    release_id: uuid.UUID | None = None
+    command: list[str] | None = Field(
+        default=None, description="overrides the image's entrypoint and command when given"
+    )
+    health_check: HealthCheck | None = Field(
+        default=None,
+        description="checks the agent runs beside the instance; None: tcp on default_port",
+    )
+    stop_timeout: float = Field(
+        default=10.0, ge=0, le=3600, description="seconds between SIGTERM and SIGKILL"
+    )
 
 
 class Peer(BaseModel):
@@ -127,6 +146,9 @@ class InstanceStatus(BaseModel):
     oom_killed: bool = False
     reason: str | None = Field(default=None, max_length=4000)
     log_tail: list[str] = Field(default_factory=list, max_length=50)
+    health: InstanceHealth | None = Field(
+        default=None, description="the agent's checks of this instance (None: not checked)"
+    )
 
 
 class InstanceStatusReport(BaseModel):
@@ -141,6 +163,7 @@ class InstanceStatusReport(BaseModel):
     oom_killed: bool = False
     reason: str | None = Field(default=None, max_length=4000)
     log_tail: list[str] = Field(default_factory=list, max_length=50)
+    health: InstanceHealth | None = None
 
 
 class Heartbeat(BaseModel):

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zeitwork.wire.health import HealthCheck
+
 Algorithm = Literal["round-robin", "least-connections", "ip-hash"]
 
 
@@ -74,12 +76,26 @@ class Backend(BaseModel):
     instance_id: uuid.UUID | None = None
     address: str = Field(description="host:port")
     weight: int = Field(default=1, ge=0, le=1000)
+    release_id: uuid.UUID | None = Field(
+        default=None, description="the release this instance runs (None: not a release's)"
+    )
 
 
 class Route(BaseModel):
     host: str = Field(description="lower-case host name, no port")
     path_prefix: str = "/"
     deployment_id: uuid.UUID | None = None
+    project_environment_id: uuid.UUID | None = Field(
+        default=None, description="the app environment the domain is bound to"
+    )
+    release_id: uuid.UUID | None = Field(
+        default=None, description="the environment's current release"
+    )
+    health_check: HealthCheck | None = Field(
+        default=None,
+        description="the current release's check: what load balancers' active checks use "
+        "(None: their own default)",
+    )
     algorithm: Algorithm | None = None
     backends: list[Backend]
     rate_limit_rps: float | None = None
