@@ -48,6 +48,14 @@ class NodeRegistration(BaseModel):
         description="where the operator reaches this agent's API (logs fan-in), e.g. "
         "http://10.0.0.5:8081; None: the operator cannot call this agent",
     )
+    agent_token: str | None = Field(
+        default=None,
+        min_length=32,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="a secret the agent made; the operator sends it as a Bearer token when it "
+        "calls the agent (never a user's token)",
+    )
 
     @field_validator("ip_address")
     @classmethod

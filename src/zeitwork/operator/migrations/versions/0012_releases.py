@@ -17,7 +17,8 @@ Create Date: 2026-12-07
 - ``domains.project_environment_id``: a domain binds to an environment, so its route follows
   the current release (``deployment_id`` stays for rows not carried over).
 - ``events``: what the platform did and saw, ordered by ``seq`` (the follow cursor).
-- ``nodes.agent_url``: where the operator reaches the node agent's API.
+- ``nodes.agent_url``, ``nodes.agent_token``: where and with which credential (one the agent
+  made and sent at registration) the operator calls the node agent's API (logs fan-in).
 - ``environment_variables.secret``: the value is a ciphertext (``ZEITWORK_SECRETS_KEY``).
 
 Data carried over: every project gets a ``production`` environment when it has none; every
@@ -129,7 +130,8 @@ CREATE INDEX instances_release_id_idx ON instances (release_id);
 ALTER TABLE domains ADD COLUMN project_environment_id uuid REFERENCES project_environments (id);
 CREATE INDEX domains_project_environment_id_idx ON domains (project_environment_id);
 
-ALTER TABLE nodes ADD COLUMN agent_url text CHECK (length(agent_url) <= 2000);
+ALTER TABLE nodes ADD COLUMN agent_url text CHECK (length(agent_url) <= 2000),
+    ADD COLUMN agent_token text CHECK (length(agent_token) <= 200);
 
 ALTER TABLE environment_variables ADD COLUMN secret boolean NOT NULL DEFAULT false;
 
@@ -201,7 +203,7 @@ FROM releases r WHERE r.deployment_id = dm.deployment_id;
 _DOWNGRADE = """
 DROP TABLE events;
 ALTER TABLE environment_variables DROP COLUMN secret;
-ALTER TABLE nodes DROP COLUMN agent_url;
+ALTER TABLE nodes DROP COLUMN agent_url, DROP COLUMN agent_token;
 ALTER TABLE domains DROP COLUMN project_environment_id;
 ALTER TABLE instances DROP COLUMN release_id, DROP COLUMN health, DROP COLUMN health_detail,
     DROP COLUMN healthy_since, DROP COLUMN serving, DROP COLUMN drain_started_at,
