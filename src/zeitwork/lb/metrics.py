@@ -38,7 +38,15 @@ class LBMetrics(Collector):
             registry.register(self)
 
     # -- Observer --------------------------------------------------------------------------------
-    def request_done(self, pool: str, backend: str, status: int, upstream_seconds: float) -> None:
+    def request_done(  # noqa: PLR0917 - the Observer hook, positional on the hot path
+        self,
+        pool: str,
+        backend: str,
+        status: int,
+        upstream_seconds: float,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+    ) -> None:
         key = (pool, backend, status)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1

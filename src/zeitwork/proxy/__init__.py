@@ -38,7 +38,7 @@ peer is in ``trusted``), ``tls``, ``sni`` (the TLS server name when the TLS laye
 ``http_version``, ``headers``, ``keep_alive``, ``request_id``.
 
 ``ConnectionLimiter.acquire(peer_ip) -> bool`` / ``release(peer_ip)``: per-connection admission.
-``Observer.request_done(pool, backend, status, upstream_seconds)`` and
+``Observer.request_done(pool, backend, status, upstream_seconds, bytes_in, bytes_out)`` and
 ``connections_changed(delta)``: metrics hooks.
 
 Subclassing: ``Proxy`` (``protocol_factory``), ``ClientProtocol`` (``connection_made``,

@@ -141,6 +141,7 @@ class Exchange:
         "resp_until_close",
         "response_started",
         "retries",
+        "sent",
         "sent_head",
         "started",
         "status",
@@ -182,6 +183,7 @@ class Exchange:
         self.close_after = False
         self.finished = False
         self.retries = 0
+        self.sent = 0  # response body bytes from the backend to the client (metrics)
         self.started = 0.0
         self.upstream_started = 0.0
 
@@ -911,6 +913,7 @@ class ClientProtocol:
     def upstream_body(self, ex: Exchange, body: bytes) -> None:
         if ex is not self.ex or ex.head_only:
             return
+        ex.sent += len(body)
         if ex.resp_chunked:
             if len(body) < 4096:
                 self._write(b"%x\r\n%s\r\n" % (len(body), body))
@@ -1058,6 +1061,8 @@ class ClientProtocol:
                 backend.address,
                 status,
                 time.perf_counter() - ex.upstream_started,
+                ex.received,
+                ex.sent,
             )
         else:
             self.proxy.observer.request_done(
@@ -1065,6 +1070,8 @@ class ClientProtocol:
                 ex.failed.address if ex.failed is not None else "-",
                 status,
                 0.0,
+                ex.received,
+                ex.sent,
             )
 
     def _finish(self, ex: Exchange) -> None:
@@ -1146,7 +1153,7 @@ class ClientProtocol:
         content_type, body = self._error_body(status, detail)
         headers: Headers = [(b"content-type", content_type)]
         self._write(serialize_response(status, headers, body, close=close))
-        self.proxy.observer.request_done("-", "-", status, 0.0)
+        self.proxy.observer.request_done("-", "-", status, 0.0, 0, 0)
         if close:
             self.linger_close()
 

@@ -162,10 +162,19 @@ class ConnectionLimiter(Protocol):
 
 
 class Observer(Protocol):
-    """Receives one call per finished exchange (metrics); must be cheap."""
+    """Receives one call per finished exchange (metrics); must be cheap.
 
-    def request_done(
-        self, pool: str, backend: str, status: int, upstream_seconds: float
+    ``bytes_in`` counts the request body bytes read from the client, ``bytes_out`` the
+    response body bytes relayed from the backend (heads and local answers not included)."""
+
+    def request_done(  # noqa: PLR0917 - positional on the hot path
+        self,
+        pool: str,
+        backend: str,
+        status: int,
+        upstream_seconds: float,
+        bytes_in: int,
+        bytes_out: int,
     ) -> None: ...
 
     def connections_changed(self, delta: int) -> None: ...
@@ -184,7 +193,15 @@ class NullPolicy:
 
 
 class NullObserver:
-    def request_done(self, pool: str, backend: str, status: int, upstream_seconds: float) -> None:
+    def request_done(  # noqa: PLR0917 - positional on the hot path
+        self,
+        pool: str,
+        backend: str,
+        status: int,
+        upstream_seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
         return None
 
     def connections_changed(self, delta: int) -> None:
