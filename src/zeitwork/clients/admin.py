@@ -1,25 +1,43 @@
 """The CLI's client of the operator's admin API: tokens, images, projects, deployments,
-domains, instances, nodes. One pooled HTTP client per command run.
+domains, instances, nodes, and an app's releases, status, configuration, events and logs.
+One pooled HTTP client per command run.
 
-The models here are the fields the CLI shows; unknown fields are ignored so that an operator
-that grew a field does not break an older CLI. Errors are the ``ZeitworkError`` tree
-(``raise_for_status``), transport failures ``ServiceUnavailable`` naming the operator.
+The models defined here are the fields the CLI shows; unknown fields are ignored so that an
+operator that grew a field does not break an older CLI. Releases, status and events use the
+shared models of ``zeitwork.wire.releases``. Errors are the ``ZeitworkError`` tree
+(``raise_for_status``), transport failures ``ServiceUnavailable`` naming the operator. The
+event and log streams are Server-Sent Events followed across reconnections
+(``clients.sse.follow``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from zeitwork.clients.factory import ClientOptions, http_client, map_http_errors, raise_for_status
+from zeitwork.clients.sse import Backoff, StreamOpener, follow
 from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.wire.releases import (
+    AppStatus,
+    EnvChange,
+    EnvOut,
+    EventOut,
+    ReleaseCreate,
+    ReleaseOut,
+    RollbackRequest,
+    ScaleRequest,
+)
 
 _CHUNK = 1024 * 1024
 
@@ -113,6 +131,42 @@ class NewToken(_Model):
     token: str
 
 
+class LogLine(_Model):
+    """One line of an app's output, labelled by the operator's fan-in."""
+
+    ts: datetime
+    instance_id: uuid.UUID | None = None
+    node_id: uuid.UUID | None = None
+    release: str | None = None
+    stream: str = "stdout"
+    line: str
+
+
+class LogNotice(_Model):
+    """Said inline in a log stream, e.g. ``node X: unreachable, retrying``."""
+
+    notice: str
+
+
+LogRecord = LogLine | LogNotice
+_LOG_RECORD: TypeAdapter[LogRecord] = TypeAdapter(LogRecord)
+
+
+def parse_log_record(text: str) -> LogRecord:
+    """A log stream's JSON object: a line or a notice."""
+    try:
+        return _LOG_RECORD.validate_json(text)
+    except ValidationError as exc:
+        raise ServiceUnavailable(f"operator sent an invalid log record: {text[:200]}") from exc
+
+
+def parse_event(text: str) -> EventOut:
+    try:
+        return EventOut.model_validate_json(text)
+    except ValidationError as exc:
+        raise ServiceUnavailable(f"operator sent an invalid event: {text[:200]}") from exc
+
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -130,6 +184,17 @@ def _parse_list(kind: type[_M], response: httpx.Response) -> list[_M]:
         raise ServiceUnavailable(f"operator sent an invalid {kind.__name__} list: {exc}") from exc
 
 
+def _next_after(response: httpx.Response) -> str | None:
+    """The ``after`` cursor of the ``Link: <...>; rel="next"`` URL."""
+    query = parse_qs(urlsplit(response.links["next"].get("url", "")).query)
+    values = query.get("after")
+    return values[0] if values else None
+
+
+def _environment(environment: str) -> dict[str, str]:
+    return {"environment": environment}
+
+
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -139,8 +204,18 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 class AdminClient:
     """Typed calls of the operator API with an admin token."""
 
-    def __init__(self, *, base_url: str, token: str, connect_timeout: float = 3.0) -> None:
-        self._http: httpx.AsyncClient = http_client(
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str,
+        connect_timeout: float = 3.0,
+        http: httpx.AsyncClient | None = None,
+        stream_backoff: Backoff | None = None,
+    ) -> None:
+        """``http`` replaces the pooled client (tests pass one on a mock transport);
+        ``stream_backoff`` paces reconnections of followed streams."""
+        self._http: httpx.AsyncClient = http or http_client(
             ClientOptions(
                 base_url=base_url.rstrip("/"),
                 token=token,
@@ -149,6 +224,8 @@ class AdminClient:
                 max_connections=4,
             )
         )
+        self._connect_timeout = connect_timeout
+        self._stream_backoff = stream_backoff
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -175,7 +252,7 @@ class AdminClient:
             items.extend(page)
             if "next" not in response.links or not page:
                 return items
-            query["after"] = str(getattr(page[-1], "id", ""))
+            query["after"] = _next_after(response) or str(getattr(page[-1], "id", ""))
 
     # tokens
 
@@ -312,6 +389,194 @@ class AdminClient:
             "PUT", f"/api/v1/domains/{domain_id}/path-rate-limits", json=body
         )
         return _parse(DomainInfo, response)
+
+    async def bind_domain_to_environment(
+        self, name: str, *, project_id: uuid.UUID, environment: str = "production"
+    ) -> DomainInfo:
+        """Route ``name`` to the environment's current release (created if new)."""
+        existing = {d.name: d for d in await self.domains()}.get(name.strip().lower())
+        if existing is None:
+            body: dict[str, Any] = {
+                "name": name,
+                "project_id": str(project_id),
+                "environment": environment,
+            }
+            return _parse(DomainInfo, await self._request("POST", "/api/v1/domains", json=body))
+        response = await self._request(
+            "PUT", f"/api/v1/domains/{existing.id}", json={"environment": environment}
+        )
+        return _parse(DomainInfo, response)
+
+    # apps: releases, status, scale, configuration
+
+    async def create_release(self, project: str, release: ReleaseCreate) -> ReleaseOut:
+        """Deploy: a new release of ``project`` (id or slug), rolled out by the operator."""
+        response = await self._request(
+            "POST",
+            f"/api/v1/projects/{project}/releases",
+            json=release.model_dump(mode="json", exclude_none=True),
+        )
+        return _parse(ReleaseOut, response)
+
+    async def releases(self, project: str, *, environment: str = "production") -> list[ReleaseOut]:
+        """The environment's release history, newest first."""
+        return await self._list(
+            ReleaseOut, f"/api/v1/projects/{project}/releases", _environment(environment)
+        )
+
+    async def release(
+        self, project: str, version: int, *, environment: str = "production"
+    ) -> ReleaseOut:
+        response = await self._request(
+            "GET",
+            f"/api/v1/projects/{project}/releases/{version}",
+            params=_environment(environment),
+        )
+        return _parse(ReleaseOut, response)
+
+    async def rollback(
+        self, project: str, *, version: int | None = None, environment: str = "production"
+    ) -> ReleaseOut:
+        body = RollbackRequest(environment=environment, version=version)
+        response = await self._request(
+            "POST", f"/api/v1/projects/{project}/rollback", json=body.model_dump(mode="json")
+        )
+        return _parse(ReleaseOut, response)
+
+    async def scale(
+        self, project: str, replicas: int, *, environment: str = "production"
+    ) -> AppStatus:
+        body = ScaleRequest(environment=environment, replicas=replicas)
+        response = await self._request(
+            "PUT", f"/api/v1/projects/{project}/scale", json=body.model_dump(mode="json")
+        )
+        return _parse(AppStatus, response)
+
+    async def status(self, project: str, *, environment: str = "production") -> AppStatus:
+        response = await self._request(
+            "GET", f"/api/v1/projects/{project}/status", params=_environment(environment)
+        )
+        return _parse(AppStatus, response)
+
+    async def env(self, project: str, *, environment: str = "production") -> EnvOut:
+        response = await self._request(
+            "GET", f"/api/v1/projects/{project}/env", params=_environment(environment)
+        )
+        return _parse(EnvOut, response)
+
+    async def change_env(self, project: str, change: EnvChange) -> ReleaseOut:
+        """Set, set as secrets, or unset variables: one new release, rolled out."""
+        response = await self._request(
+            "PATCH", f"/api/v1/projects/{project}/env", json=change.model_dump(mode="json")
+        )
+        return _parse(ReleaseOut, response)
+
+    async def drain_node(self, node_id: uuid.UUID) -> NodeInfo:
+        """Move the node's instances elsewhere (health-gated), then stop them there."""
+        return _parse(NodeInfo, await self._request("POST", f"/api/v1/nodes/{node_id}/drain"))
+
+    async def undrain_node(self, node_id: uuid.UUID) -> NodeInfo:
+        return _parse(NodeInfo, await self._request("POST", f"/api/v1/nodes/{node_id}/undrain"))
+
+    # events and logs
+
+    async def events(
+        self, *, filters: dict[str, str] | None = None, after: int | None = None, limit: int = 100
+    ) -> list[EventOut]:
+        """One page of events in ``seq`` order after ``after``; ``filters`` are the query
+        parameters of ``GET /api/v1/events`` (``project``, ``rollout_id``, ``kind``...)."""
+        params = {**(filters or {}), "limit": str(limit)}
+        if after is not None:
+            params["after"] = str(after)
+        response = await self._request("GET", "/api/v1/events", params=params)
+        return _parse_list(EventOut, response)
+
+    async def follow_events(
+        self,
+        *,
+        filters: dict[str, str] | None = None,
+        after: int | None = None,
+        on_retry: Callable[[str, float], None] | None = None,
+        max_failures: int | None = None,
+    ) -> AsyncIterator[EventOut]:
+        """Events as they are recorded, across operator restarts, each once."""
+        params = {**(filters or {}), "follow": "true"}
+        stream = follow(
+            self._sse_opener("/api/v1/events", params),
+            last_event_id=str(after) if after is not None else None,
+            backoff=self._new_backoff(),
+            on_retry=on_retry,
+            max_failures=max_failures,
+        )
+        async for message in stream:
+            yield parse_event(message.data)
+
+    async def logs(self, project: str, *, params: dict[str, str]) -> list[LogRecord]:
+        """The app's recent log lines (``since``, ``instance``, ``release``, ``environment``),
+        merged by time."""
+        response = await self._request("GET", f"/api/v1/projects/{project}/logs", params=params)
+        return _log_records(response)
+
+    async def follow_logs(
+        self,
+        project: str,
+        *,
+        params: dict[str, str],
+        on_retry: Callable[[str, float], None] | None = None,
+    ) -> AsyncIterator[LogRecord]:
+        """The app's log lines as they are written, through restarts and rollouts."""
+        query = {**params, "follow": "true", "format": "sse"}
+        stream = follow(
+            self._sse_opener(f"/api/v1/projects/{project}/logs", query),
+            backoff=self._new_backoff(),
+            on_retry=on_retry,
+        )
+        async for message in stream:
+            yield parse_log_record(message.data)
+
+    def _new_backoff(self) -> Backoff:
+        if self._stream_backoff is None:
+            return Backoff()
+        return Backoff(initial=self._stream_backoff.initial, maximum=self._stream_backoff.maximum)
+
+    def _sse_opener(self, path: str, params: dict[str, str]) -> StreamOpener:
+        @asynccontextmanager
+        async def open_stream(last_event_id: str | None) -> AsyncIterator[AsyncIterator[str]]:
+            headers = {"Accept": "text/event-stream"}
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = last_event_id
+            timeout = httpx.Timeout(_STREAM_READ_TIMEOUT, connect=self._connect_timeout)
+            with map_http_errors("operator"):
+                async with self._http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise_for_status(response)
+                    yield response.aiter_lines()
+
+        return open_stream
+
+
+_STREAM_READ_TIMEOUT = 300.0
+"""Seconds a followed stream may stay silent before it is reopened (resuming)."""
+
+
+def _log_records(response: httpx.Response) -> list[LogRecord]:
+    """A log answer as a JSON list, NDJSON or a finished event stream."""
+    media = response.headers.get("content-type", "").split(";")[0].strip()
+    if media == "application/json":
+        try:
+            items = response.json()
+        except ValueError as exc:
+            raise ServiceUnavailable("operator sent invalid JSON logs") from exc
+        if not isinstance(items, list):
+            raise ServiceUnavailable("operator sent logs that are not a list")
+        return [parse_log_record(json.dumps(item)) for item in items]
+    texts = response.text.splitlines()
+    if media == "text/event-stream":
+        texts = [t.partition(":")[2].removeprefix(" ") for t in texts if t.startswith("data:")]
+    return [parse_log_record(text) for text in texts if text.strip()]
 
 
 async def probe(url: str, *, within: float = 2.0, host: str | None = None) -> int | None:
