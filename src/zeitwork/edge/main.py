@@ -234,6 +234,9 @@ class Edge:
             connect_timeout=s.connect_timeout,
             header_timeout=s.header_timeout,
             idle_timeout=s.idle_timeout,
+            first_byte_timeout=s.first_byte_timeout,
+            stream_idle_timeout=s.stream_idle_timeout,
+            tunnel_idle_timeout=s.tunnel_idle_timeout,
             max_body=s.max_body,
         )
         self.proxy = EdgeProxy(

@@ -140,6 +140,15 @@ class EdgeSettings(ServiceSettings):
     header_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HEADER_TIMEOUT")
     handshake_timeout: float = Field(default=10.0, gt=0, validation_alias="EDGE_HANDSHAKE_TIMEOUT")
     idle_timeout: float = Field(default=75.0, gt=0, validation_alias="EDGE_IDLE_TIMEOUT")
+    first_byte_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="EDGE_FIRST_BYTE_TIMEOUT"
+    )
+    stream_idle_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="EDGE_STREAM_IDLE_TIMEOUT"
+    )
+    tunnel_idle_timeout: float = Field(
+        default=3600.0, gt=0, validation_alias="EDGE_TUNNEL_IDLE_TIMEOUT"
+    )
     connect_timeout: float = Field(default=3.0, gt=0, validation_alias="EDGE_CONNECT_TIMEOUT")
     max_body: int = Field(default=1024**3, ge=0, validation_alias="EDGE_MAX_BODY")
     max_connections_per_ip: int = Field(

@@ -52,7 +52,9 @@ def _config(settings: LBSettings) -> ProxyConfig:
         connect_timeout=settings.connect_timeout,
         header_timeout=settings.header_timeout,
         idle_timeout=settings.idle_timeout,
-        request_timeout=settings.request_timeout,
+        first_byte_timeout=settings.first_byte_timeout,
+        stream_idle_timeout=settings.stream_idle_timeout,
+        tunnel_idle_timeout=settings.tunnel_idle_timeout,
         max_body=settings.max_body,
     )
 

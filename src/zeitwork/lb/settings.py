@@ -25,7 +25,12 @@ class LBSettings(ServiceSettings):
     backends: str = Field(
         default="", validation_alias="LB_BACKENDS", description="static default pool host:port,..."
     )
-    health_path: str = Field(default="/health", validation_alias="LB_HEALTH_PATH")
+    health_path: str | None = Field(
+        default=None,
+        validation_alias="LB_HEALTH_PATH",
+        description="static backends only: GET this path as their check (unset: tcp connect); "
+        "routes from the operator use their release's own check",
+    )
     health_interval: float = Field(
         default=2.0, gt=0, le=3600, validation_alias="LB_HEALTH_INTERVAL"
     )
@@ -38,7 +43,18 @@ class LBSettings(ServiceSettings):
     connect_timeout: float = Field(default=3.0, gt=0, validation_alias="LB_CONNECT_TIMEOUT")
     header_timeout: float = Field(default=10.0, gt=0, validation_alias="LB_HEADER_TIMEOUT")
     idle_timeout: float = Field(default=75.0, gt=0, validation_alias="LB_IDLE_TIMEOUT")
-    request_timeout: float = Field(default=300.0, gt=0, validation_alias="LB_REQUEST_TIMEOUT")
+    first_byte_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("LB_FIRST_BYTE_TIMEOUT", "LB_REQUEST_TIMEOUT"),
+        description="request forwarded -> response head begins (LB_REQUEST_TIMEOUT: former name)",
+    )
+    stream_idle_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="LB_STREAM_IDLE_TIMEOUT"
+    )
+    tunnel_idle_timeout: float = Field(
+        default=3600.0, gt=0, validation_alias="LB_TUNNEL_IDLE_TIMEOUT"
+    )
     drain_timeout: float = Field(default=30.0, ge=0, validation_alias="LB_DRAIN_TIMEOUT")
     max_body: int = Field(
         default=1024 * 1024 * 1024, ge=0, validation_alias="LB_MAX_BODY", description="0: none"
@@ -69,7 +85,9 @@ class LBSettings(ServiceSettings):
 
     @field_validator("health_path")
     @classmethod
-    def _check_path(cls, value: str) -> str:
+    def _check_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith("/") or any(c in value for c in " \r\n"):
             raise ValueError("must start with / and contain no spaces")
         return value

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
+import structlog
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.backends import Backend, Pool
@@ -58,6 +59,16 @@ _PAUSE_UPSTREAM = 2
 _PAUSE_QUEUE = 4
 _PAUSE_WAIT = 8
 
+# what a connection's deadline currently stands for (ClientProtocol.deadline_kind)
+_D_IDLE = 0  # keep-alive between requests: closed quietly
+_D_HEAD = 1  # reading a request head: 408
+_D_STREAM = 2  # an exchange moving bytes: renewed while any byte moves either way
+_D_TUNNEL = 3  # an upgraded connection: renewed while any byte moves either way
+_D_LINGER = 4  # closing after an error answer: aborted
+_D_FIRST_BYTE = 5  # the request is forwarded whole, the response head has not begun: 504
+
+_log = structlog.get_logger("zeitwork.proxy")
+
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _CONNECTION_KEYWORDS = frozenset({b"keep-alive", b"close", b"upgrade"})
@@ -94,12 +105,26 @@ _RESPONSE_KINDS: dict[bytes, int] = {
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
-    """Limits and timeouts of the engine (seconds; bytes)."""
+    """Limits and timeouts of the engine (seconds; bytes).
+
+    Every timeout is one of inactivity or of a single wait; none bounds an exchange's age,
+    so a stream, a long-poll or a slow transfer lasts as long as bytes keep moving.
+
+    - ``header_timeout``: from a request's first byte to the end of its head (408);
+    - ``idle_timeout``: a keep-alive connection with no request (closed quietly);
+    - ``first_byte_timeout``: from the request having been forwarded whole to the start of
+      the backend's response head (504);
+    - ``stream_idle_timeout``: an exchange under way with no byte read or written on either
+      side: before the response started 504 (408 while the client's body is awaited),
+      after it the connection is cut, so the client sees an incomplete response;
+    - ``tunnel_idle_timeout``: the same for an upgraded connection (WebSocket).
+    """
 
     connect_timeout: float = 3.0
     header_timeout: float = 10.0
     idle_timeout: float = 75.0
-    request_timeout: float = 300.0
+    first_byte_timeout: float = 60.0
+    stream_idle_timeout: float = 60.0
     tunnel_idle_timeout: float = 3600.0
     max_body: int = 1024 * 1024 * 1024  # 0: unlimited
     retry_after: int = 5
@@ -279,7 +304,11 @@ class ClientProtocol:
         self.closing = False
         self.paused = 0
         self.deadline = 0.0
-        self.deadline_kind = 0  # 0 idle, 1 header, 2 request, 3 tunnel
+        self.deadline_kind = _D_IDLE
+        # set whenever a byte moves on this connection or its upstream; the deadline sweep
+        # turns it into a later deadline for the kinds that are renewed by activity (one
+        # attribute store per read instead of a clock read)
+        self.active = False
         self.pending_error: tuple[int, str] | None = None
         self.admitted = False
         self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
@@ -410,6 +439,7 @@ class ClientProtocol:
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.active = True
         up = self.tunnel or (self.ex.upstream if self.ex is not None else None)
         if up is not None and up.transport is not None and not up.closed:
             up.transport.resume_reading()
@@ -431,24 +461,83 @@ class ClientProtocol:
     # -- timers ------------------------------------------------------------------------------
     def on_deadline(self) -> None:
         kind = self.deadline_kind
-        if kind == 4:
+        if kind == _D_LINGER:
             self.abort()
             return
         ex = self.ex
-        if kind == 1 and ex is None:
+        if kind == _D_HEAD and ex is None:
             self._send_error(408, "request head not received in time", close=True)
             return
-        if kind == 2 and ex is not None and not ex.response_started:
-            ex.close_after = True
-            self._fail_upstream(ex, 504, "the backend did not answer in time", retry=False)
+        if kind in (_D_FIRST_BYTE, _D_STREAM):
+            self._stalled(ex, kind)
             return
-        self.abort() if kind in (2, 3) else self.close()
+        if kind == _D_TUNNEL:
+            _log.info("proxy.tunnel_idle", peer=self.peer_ip)
+            self.abort()
+            return
+        self.close()
+
+    def _stalled(self, ex: Exchange | None, kind: int) -> None:
+        """Nothing moved in time: answer 504 (408) before the response started, cut after."""
+        if ex is None:
+            self.abort()
+            return
+        waiting_for_client = not ex.body_done and not self.paused & _PAUSE_UPSTREAM
+        if kind == _D_FIRST_BYTE:
+            stage = "first_byte"
+        elif ex.response_started:
+            stage = "response"
+        else:
+            stage = "request_body" if waiting_for_client else "response_head"
+        _log.warning(
+            "proxy.exchange_stalled",
+            stage=stage,
+            request_id=ex.head.request_id,
+            host=ex.head.host,
+            peer=self.peer_ip,
+            timeout=self.proxy.config.first_byte_timeout
+            if kind == _D_FIRST_BYTE
+            else self.proxy.config.stream_idle_timeout,
+        )
+        if ex.response_started:
+            ex.finished = True
+            up = ex.upstream
+            ex.upstream = None
+            if up is not None:
+                up.abort()
+            self._release_backend(ex, status=504)
+            self.abort()
+            return
+        ex.close_after = True
+        if waiting_for_client:
+            ex.finished = True
+            if ex.connect_task is not None:
+                ex.connect_task.cancel()
+            up = ex.upstream
+            ex.upstream = None
+            if up is not None:
+                up.abort()
+            self._release_backend(ex, status=408)
+            self.ex = None
+            self._send_error(408, "the request body stalled", close=True)
+            return
+        self._fail_upstream(ex, 504, "the backend did not answer in time", retry=False)
+
+    def _arm_exchange(self, ex: Exchange, now: float) -> None:
+        """The deadline of an exchange that starts (or whose request just ended)."""
+        config = self.proxy.config
+        if ex.body_done:
+            self.deadline = now + config.first_byte_timeout
+            self.deadline_kind = _D_FIRST_BYTE
+        else:
+            self.deadline = now + config.stream_idle_timeout
+            self.deadline_kind = _D_STREAM
 
     # -- reading -----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.active = True
         if self.tunnel is not None:
             self.tunnel.write(data)
-            self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
             return
         if self.closing:
             return
@@ -509,7 +598,7 @@ class ClientProtocol:
         self._in_message = True
         if self.ex is None:
             self.deadline = self.proxy.now() + self.proxy.config.header_timeout
-            self.deadline_kind = 1
+            self.deadline_kind = _D_HEAD
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -679,8 +768,7 @@ class ClientProtocol:
         self.parsing = ex
         if self.ex is None:
             self.ex = ex
-            self.deadline = now + proxy.config.request_timeout
-            self.deadline_kind = 2
+            self._arm_exchange(ex, now)
             self._start(ex)
         else:
             self.queue.append(ex)
@@ -716,6 +804,8 @@ class ClientProtocol:
         ex.body_done = True
         if ex.finished:
             return
+        if ex is self.ex and not ex.response_started and self.deadline_kind == _D_STREAM:
+            self._arm_exchange(ex, self.proxy.now())  # now waiting for the response head
         up = ex.upstream
         if up is not None and ex.sent_head and ex.chunked:
             up.write(b"0\r\n\r\n")
@@ -872,6 +962,8 @@ class ClientProtocol:
             raise httptools.HttpParserError("unexpected 101 from the backend")
         ex.response_started = True
         ex.status = status
+        self.deadline_kind = _D_STREAM  # renewed by the sweep: self.active is set
+        self.active = True
         close = (
             ex.close_after
             or not head.keep_alive
@@ -963,7 +1055,7 @@ class ClientProtocol:
         self.ex = None
         self.queue.clear()
         self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
-        self.deadline_kind = 3
+        self.deadline_kind = _D_TUNNEL
         if rest:
             self._write(rest)
         if ex.tunnel_buf:
@@ -973,8 +1065,8 @@ class ClientProtocol:
         self.transport.resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
+        self.active = True
         self._write(data)
-        self.deadline = self.proxy.now() + self.proxy.config.tunnel_idle_timeout
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -1097,18 +1189,17 @@ class ClientProtocol:
         if self.queue:
             nxt = self.queue.popleft()
             self.ex = nxt
-            self.deadline = proxy.now() + proxy.config.request_timeout
-            self.deadline_kind = 2
+            self._arm_exchange(nxt, proxy.now())
             if not self.queue:
                 self.resume_reading_for(_PAUSE_QUEUE)
             self._start(nxt)
             return
         if self.parsing is None:
             self.deadline = proxy.now() + proxy.config.idle_timeout
-            self.deadline_kind = 0
+            self.deadline_kind = _D_IDLE
         else:
             self.deadline = proxy.now() + proxy.config.header_timeout
-            self.deadline_kind = 1
+            self.deadline_kind = _D_HEAD
         if self.paused & _PAUSE_WAIT:
             self.resume_reading_for(_PAUSE_WAIT)
 
@@ -1175,7 +1266,7 @@ class ClientProtocol:
         if transport.can_write_eof():
             transport.write_eof()
             self.deadline = self.proxy.now() + 2.0
-            self.deadline_kind = 4
+            self.deadline_kind = _D_LINGER
         else:
             transport.close()
 
@@ -1256,11 +1347,19 @@ class Proxy:
         if loop is None:
             return
         now = loop.time()
+        config = self.config
         for conn in list(self.connections):
+            if conn.active:
+                conn.active = False
+                kind = conn.deadline_kind
+                if kind == _D_STREAM:
+                    conn.deadline = now + config.stream_idle_timeout
+                elif kind == _D_TUNNEL:
+                    conn.deadline = now + config.tunnel_idle_timeout
             if (
                 conn.deadline
                 and now >= conn.deadline
-                and (not conn.closing or conn.deadline_kind == 4)
+                and (not conn.closing or conn.deadline_kind == _D_LINGER)
             ):
                 conn.on_deadline()
             elif self.draining and conn.ex is None and conn.parsing is None and conn.tunnel is None:

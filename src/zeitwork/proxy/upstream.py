@@ -122,6 +122,8 @@ class UpstreamProtocol:
             return
         self.got_bytes = True
         client = self.client
+        if client is not None:
+            client.active = True  # the exchange is moving: its idle deadline is renewed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:

@@ -160,7 +160,7 @@ async def test_backend_that_never_answers_gives_504(
     make_origin: MakeOrigin, make_lb: MakeLB
 ) -> None:
     o = await make_origin("o")
-    lb = await make_lb(backends=o.address, request_timeout=0.5)
+    lb = await make_lb(backends=o.address, first_byte_timeout=0.5)
     started = time.monotonic()
     r = await http(lb.port, path="/slow/5")
     assert r.status == 504

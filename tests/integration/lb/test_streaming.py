@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.integration.lb.conftest import MakeLB, MakeOrigin, connection, read_response
+from tests.integration.lb.conftest import (
+    MakeLB,
+    MakeOrigin,
+    connection,
+    read_response,
+    read_until_closed,
+)
 from tests.integration.lb.origin import WS_GUID
 
 
@@ -164,3 +173,131 @@ async def test_a_client_that_stops_reading_holds_back_the_backend(
             assert chunk
             received += len(chunk)
         assert received == total
+
+
+# -- timeouts by inactivity ----------------------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_origin(handler: Handler) -> AsyncIterator[str]:
+    """A backend written byte by byte (for stalls and trickles the test origin cannot do)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await handler(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+
+
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # an SSE-like stream: one event byte every 0.5 s, seven of them (3.5 s in all)
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    for i in range(7):
+        writer.write(b"1\r\n%d\r\n" % i)
+        await writer.drain()
+        await asyncio.sleep(0.5)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def _stall_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    await writer.drain()
+    await reader.read()  # then nothing, until the balancer gives up
+
+
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read()
+
+
+@pytest.mark.slow
+async def test_a_response_that_keeps_trickling_is_never_cut(make_lb: MakeLB) -> None:
+    # every timeout is 1 s, the stream lasts 3.5 s: only inactivity ends an exchange
+    async with raw_origin(_trickle) as address:
+        lb = await make_lb(
+            backends=address, first_byte_timeout=1.0, stream_idle_timeout=1.0, idle_timeout=1.0
+        )
+        async with connection(lb.port) as (reader, writer):
+            started = time.monotonic()
+            writer.write(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = await asyncio.wait_for(read_response(reader), 10)
+            assert r.status == 200
+            assert r.body == b"0123456"
+            assert time.monotonic() - started > 3.0
+
+
+@pytest.mark.slow
+async def test_a_slow_upload_that_keeps_moving_arrives_whole(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address, first_byte_timeout=1.0, stream_idle_timeout=1.0)
+    payload = b"abcdefg"
+    async with connection(lb.port) as (reader, writer):
+        started = time.monotonic()
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n")
+        for i in range(len(payload)):
+            writer.write(payload[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.4)
+        r = await asyncio.wait_for(read_response(reader), 10)
+        assert r.status == 200
+        assert r.body == payload
+        assert time.monotonic() - started > 2.5
+
+
+async def test_a_backend_that_never_answers_is_cut_with_504(make_lb: MakeLB) -> None:
+    async with raw_origin(_never_answer) as address:
+        lb = await make_lb(backends=address, first_byte_timeout=0.5, eject_failures=100)
+        async with connection(lb.port) as (reader, writer):
+            started = time.monotonic()
+            writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = await asyncio.wait_for(read_response(reader), 5)
+            elapsed = time.monotonic() - started
+        assert r.status == 504
+        assert r.header("content-type") == "application/problem+json"
+        assert 0.4 < elapsed < 2.0
+
+
+async def test_a_body_that_stalls_after_the_head_is_cut(make_lb: MakeLB) -> None:
+    async with raw_origin(_stall_after_head) as address:
+        lb = await make_lb(backends=address, stream_idle_timeout=0.5)
+        async with connection(lb.port) as (reader, writer):
+            started = time.monotonic()
+            writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = await read_until_closed(reader, timeout=5)
+            elapsed = time.monotonic() - started
+        assert data.startswith(b"HTTP/1.1 200")
+        assert b"5\r\nfirst\r\n" in data
+        assert not data.endswith(b"0\r\n\r\n")  # cut: the client sees the truncation
+        assert 0.4 < elapsed < 2.0
+
+
+async def test_a_request_body_that_stalls_is_408(make_lb: MakeLB) -> None:
+    # the backend waits for the whole body (it answers nothing before): the client stalls
+    async with raw_origin(_never_answer) as address:
+        lb = await make_lb(backends=address, stream_idle_timeout=0.5)
+        async with connection(lb.port) as (reader, writer):
+            started = time.monotonic()
+            writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-ten!!")
+            r = await asyncio.wait_for(read_response(reader), 5)
+            elapsed = time.monotonic() - started
+    assert r.status == 408
+    assert r.json()["detail"] == "the request body stalled"
+    assert 0.4 < elapsed < 2.0
