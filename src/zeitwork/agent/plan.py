@@ -7,7 +7,8 @@ Restart policies: ``always`` restarts after any exit, ``on-failure`` after a non
 or an OOM kill, ``never`` does not restart. Restarts wait an exponential back-off
 (``base * 2**n`` up to ``cap``); after ``max_restarts`` consecutive failed runs the instance
 ends ``failed`` with the reason (crash loop). A run that lasted ``stable_after`` seconds
-resets the count.
+resets the count. A running instance that had been healthy and then failed its health
+checks (liveness) is stopped and restarted the same way (``never``: it ends ``failed``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Seen:
     restart_at: float | None = None  # when a scheduled restart is due (monotonic)
     started_at: float | None = None  # when the current run began (monotonic)
     completed: bool = False  # ended by itself under its restart policy: stays ended
+    liveness_failed: bool = False  # it had been healthy, then failed its health checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,16 @@ class MarkStable:
     instance_id: uuid.UUID
 
 
-Action = Start | Stop | Remove | ScheduleRestart | Settle | MarkStable
+@dataclass(frozen=True, slots=True)
+class RestartUnhealthy:
+    """Liveness: stop a running instance that failed its health checks, then start it
+    again (``restart``) or leave it failed (restart policy ``never``)."""
+
+    instance_id: uuid.UUID
+    restart: bool = True
+
+
+Action = Start | Stop | Remove | ScheduleRestart | Settle | MarkStable | RestartUnhealthy
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
@@ -164,6 +175,8 @@ def decide(
         return Stop(instance_id)  # an interrupted stop: finish it, then start again
     if exited:
         return after_exit(instance_id, want, seen, tuning)
+    if seen.state == S.RUNNING and seen.alive and seen.liveness_failed:
+        return RestartUnhealthy(instance_id, restart=want.restart_policy != "never")
     if seen.state == S.RUNNING and seen.alive:
         stable = seen.started_at is not None and now - seen.started_at >= tuning.stable_after
         return MarkStable(instance_id) if stable and seen.restarts > 0 else None

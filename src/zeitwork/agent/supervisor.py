@@ -15,11 +15,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from zeitwork.agent import plan as planning
+from zeitwork.agent.health import HealthMonitor
 from zeitwork.agent.images import NodeImages
-from zeitwork.agent.network import NodeNetwork
 from zeitwork.agent.state_store import StateStore
 from zeitwork.core.errors import (
     InsufficientCapacity,
@@ -35,16 +35,31 @@ from zeitwork.runtime.base import (
     Driver,
     Handle,
     InstanceSpec,
+    NetworkAttachment,
     Phase,
     ProcessSpec,
     SupportsHousekeeping,
 )
 from zeitwork.wire.agent import AssignedInstance, InstanceStatus, InstanceStatusReport
+from zeitwork.wire.health import InstanceHealth
 
 log = get_logger(__name__)
 S = InstanceState
 ACTIVE = (S.STARTING, S.RUNNING, S.STOPPING)
 Reporter = Callable[[uuid.UUID, InstanceStatusReport], None]
+
+
+class InstanceNetwork(Protocol):
+    """What the supervisor needs of the node network (``agent.network.NodeNetwork``; the
+    fake runtime's ``LoopbackNetwork`` in tests without root)."""
+
+    def attachment(self, instance_id: uuid.UUID) -> NetworkAttachment | None: ...
+
+    async def attach(self, instance_id: uuid.UUID) -> NetworkAttachment: ...
+
+    async def detach(self, instance_id: uuid.UUID) -> None: ...
+
+    async def cleanup(self, *, keep: set[uuid.UUID]) -> list[str]: ...
 
 
 @dataclass
@@ -68,6 +83,7 @@ class Record:
     alive: bool = False
     restart_at: float | None = None
     started_at: float | None = None
+    liveness_failed: str | None = None  # why its health checks failed after it was healthy
 
     @property
     def instance_id(self) -> uuid.UUID:
@@ -81,7 +97,8 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "assignment": self.assignment.model_dump(mode="json"),
+            # only the fields that were given: a default (stop_timeout) stays a default
+            "assignment": self.assignment.model_dump(mode="json", exclude_unset=True),
             "state": self.state.value,
             "source": self.source,
             "handle": None
@@ -117,7 +134,14 @@ class Record:
             completed=bool(value.get("completed", False)),
         )
 
-    def status(self) -> InstanceStatus:
+    def stop_timeout(self, default: float) -> float:
+        """Seconds between SIGTERM and SIGKILL: the assignment's when it names one, else
+        the agent's ``ZEITWORK_STOP_GRACE``."""
+        if "stop_timeout" in self.assignment.model_fields_set:
+            return self.assignment.stop_timeout
+        return default
+
+    def status(self, health: InstanceHealth | None = None) -> InstanceStatus:
         return InstanceStatus(
             id=self.instance_id,
             state=self.state,
@@ -127,6 +151,7 @@ class Record:
             oom_killed=self.oom_killed,
             reason=self.reason[:4000] if self.reason else None,
             log_tail=self.log_tail[-50:],
+            health=health if self.state == S.RUNNING else None,
         )
 
 
@@ -135,7 +160,7 @@ class Supervisor:
         self,
         *,
         driver: Driver,
-        network: NodeNetwork,
+        network: InstanceNetwork,
         images: NodeImages,
         store: StateStore,
         capacity: Resources,
@@ -164,6 +189,9 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.starts = 0  # number of driver starts made by this process (tests, metrics)
+        self.health = HealthMonitor(
+            on_change=self._health_changed, on_unhealthy=self._liveness_failed
+        )
 
     # -- desired state ------------------------------------------------------------------
     def desired(self) -> dict[uuid.UUID, AssignedInstance]:
@@ -255,7 +283,10 @@ class Supervisor:
             )
 
     def statuses(self) -> list[InstanceStatus]:
-        return [record.status() for _, record in sorted(self.records.items())]
+        return [self._status(record) for _, record in sorted(self.records.items())]
+
+    def _status(self, record: Record) -> InstanceStatus:
+        return record.status(self.health.health(record.instance_id))
 
     def wake(self) -> None:
         self._wake.set()
@@ -281,6 +312,7 @@ class Supervisor:
         record.oom_killed = oom_killed
         record.log_tail = list(log_tail or [])
         self._persist(record)
+        self._follow_health(record)
         log.info(
             "instance.state",
             instance_id=str(record.instance_id),
@@ -290,7 +322,10 @@ class Supervisor:
             oom_killed=oom_killed,
             ip_address=record.address,
         )
-        status = record.status()
+        self._send_report(record)
+
+    def _send_report(self, record: Record) -> None:
+        status = self._status(record)
         self._report(
             record.instance_id,
             InstanceStatusReport(
@@ -301,8 +336,37 @@ class Supervisor:
                 oom_killed=status.oom_killed,
                 reason=status.reason,
                 log_tail=status.log_tail,
+                health=status.health,
             ),
         )
+
+    # -- health --------------------------------------------------------------------------
+    def _follow_health(self, record: Record) -> None:
+        """Check a running instance (from its start, once per run); forget the others."""
+        instance_id = record.instance_id
+        if record.state != S.RUNNING or record.address is None or not record.alive:
+            self.health.forget(instance_id)
+            record.liveness_failed = None
+            return
+        if not self.health.watching(instance_id):
+            self.health.watch(
+                instance_id,
+                check=record.assignment.health_check,
+                default_port=record.assignment.default_port,
+                address=record.address,
+                started_at=record.started_at if record.started_at is not None else time.monotonic(),
+            )
+
+    def _health_changed(self, instance_id: uuid.UUID, health: InstanceHealth) -> None:
+        record = self.records.get(instance_id)
+        if record is not None and record.state == S.RUNNING:
+            self._send_report(record)  # at once: the operator moves the route on it
+
+    def _liveness_failed(self, instance_id: uuid.UUID, reason: str) -> None:
+        record = self.records.get(instance_id)
+        if record is not None and record.state == S.RUNNING:
+            record.liveness_failed = reason
+            self.wake()
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> list[str]:
@@ -332,6 +396,8 @@ class Supervisor:
                 self.images.adopt(record.assignment.image.digest)
                 if record.state != S.RUNNING:
                     self._transition(record, S.RUNNING, reason="re-adopted after agent restart")
+                else:
+                    self._follow_health(record)
                 log.info("instance.adopted", instance_id=str(record.instance_id))
             elif record.handle is not None:
                 # it died while the agent was away: the driver cleaned it; decide next tick
@@ -383,6 +449,7 @@ class Supervisor:
             was_alive = record.alive
             record.alive = status.phase in (Phase.RUNNING, Phase.CREATED)
             if was_alive and not record.alive:
+                self.health.forget(record.instance_id)
                 record.exit_code = status.exit_code
                 record.oom_killed = status.oom_killed
                 record.reason = status.message
@@ -407,6 +474,7 @@ class Supervisor:
                 restart_at=record.restart_at,
                 started_at=record.started_at,
                 completed=record.completed,
+                liveness_failed=record.liveness_failed is not None,
             )
             for instance_id, record in self.records.items()
         }
@@ -447,6 +515,8 @@ class Supervisor:
         elif isinstance(action, planning.MarkStable):
             record.restarts = 0
             self._persist(record)
+        elif isinstance(action, planning.RestartUnhealthy):
+            self._spawn(record, self._restart_unhealthy(record, action), "restart")
 
     def _spawn(self, record: Record, work: Any, what: str) -> None:
         record.busy = True
@@ -482,6 +552,7 @@ class Supervisor:
         if record.state != S.STARTING:
             self._transition(record, S.STARTING)
         record.restart_at = None
+        record.liveness_failed = None
         try:
             self._check_capacity(instance_id, record.resources)
             if record.handle is not None:  # an earlier run's leftovers
@@ -492,6 +563,7 @@ class Supervisor:
             image_done = time.perf_counter()
             try:
                 process = image.process(assignment.environment_variables)
+                argv = list(assignment.command) if assignment.command else list(process.argv)
                 attachment = self.network.attachment(instance_id) or await self.network.attach(
                     instance_id
                 )
@@ -502,7 +574,7 @@ class Supervisor:
                     image_digest=assignment.image.digest,
                     rootfs=image.rootfs,
                     process=ProcessSpec(
-                        argv=list(process.argv),
+                        argv=argv,
                         env=dict(process.env),
                         cwd=process.cwd,
                         user=process.user,
@@ -602,7 +674,9 @@ class Supervisor:
         oom = False
         lines: list[str] = []
         if record.handle is not None:
-            status = await self.driver.stop(record.handle, grace_seconds=self.stop_grace)
+            status = await self.driver.stop(
+                record.handle, grace_seconds=record.stop_timeout(self.stop_grace)
+            )
             exit_code, oom = status.exit_code, status.oom_killed
             lines = await self._last_lines(record.handle)
             await self._discard_workload(record)
@@ -644,6 +718,63 @@ class Supervisor:
             record,
             S.STARTING,
             reason=f"{what}; restart {action.attempt} in {action.delay:.1f}s",
+            exit_code=exit_code,
+            oom_killed=oom,
+            log_tail=lines,
+        )
+
+    async def _restart_unhealthy(self, record: Record, action: planning.RestartUnhealthy) -> None:
+        """Liveness: stop it (SIGTERM, SIGKILL after its stop timeout), give it a fresh
+        network attachment (its old one may be what broke), start it again after the
+        back-off, as after a failed run; or leave it failed (restart policy ``never``)."""
+        reason = record.liveness_failed or "health check failed"
+        record.liveness_failed = None
+        # running -> starting at once (the state machine has no stopping -> starting)
+        record.restart_at = None
+        self._transition(record, S.STARTING, reason=f"restarting: {reason}")
+        exit_code: int | None = None
+        oom = False
+        if record.handle is not None:
+            status = await self.driver.stop(
+                record.handle, grace_seconds=record.stop_timeout(self.stop_grace)
+            )
+            exit_code, oom = status.exit_code, status.oom_killed
+        lines = await self._last_lines(record.handle)
+        await self._discard_workload(record)
+        await self.network.detach(record.instance_id)
+        record.address = None
+        record.alive = False
+        if not action.restart:
+            record.restart_at = None
+            self._transition(
+                record,
+                S.FAILED,
+                reason=f"{reason}; not restarted (restart policy never)",
+                exit_code=exit_code,
+                oom_killed=oom,
+                log_tail=lines,
+            )
+            return
+        record.restarts += 1
+        if record.restarts > self.tuning.max_restarts:
+            record.restart_at = None
+            self._transition(
+                record,
+                S.FAILED,
+                reason=f"crash loop: {reason}; gave up after {record.restarts - 1} restarts",
+                exit_code=exit_code,
+                oom_killed=oom,
+                log_tail=lines,
+            )
+            return
+        delay = planning.backoff(
+            record.restarts, base=self.tuning.backoff_base, cap=self.tuning.backoff_cap
+        )
+        record.restart_at = time.monotonic() + delay
+        self._transition(
+            record,
+            S.STARTING,
+            reason=f"restarted: {reason}; restart {record.restarts} in {delay:.1f}s",
             exit_code=exit_code,
             oom_killed=oom,
             log_tail=lines,
@@ -705,6 +836,7 @@ class Supervisor:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
+        await self.health.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)

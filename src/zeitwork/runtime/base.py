@@ -17,6 +17,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 DriverName = Literal["oci", "firecracker"]
 DriverChoice = Literal["auto", "oci", "firecracker"]
+DriverKind = Literal["oci", "firecracker", "fake"]
+"""Every driver's name: the production ones (``DriverName``) and the test double
+(``runtime/fake.py``), which a node's settings cannot choose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class Handle:
     """Driver state for one instance; ``data`` must be JSON-serialisable."""
 
     instance_id: uuid.UUID
-    driver: DriverName
+    driver: DriverKind
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -91,7 +94,8 @@ class Recovered:
 class Driver(Protocol):
     """What every runtime driver offers. All methods are safe to call twice."""
 
-    name: DriverName
+    @property
+    def name(self) -> DriverKind: ...
 
     async def start(self, spec: InstanceSpec) -> Handle:
         """Create and start the workload; on failure undo every step and raise

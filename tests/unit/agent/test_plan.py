@@ -185,3 +185,17 @@ def test_plan_is_ordered_by_id_and_covers_both_sides() -> None:
         tuning=T,
     )
     assert actions == [p.Remove(c), p.Start(a)]
+
+
+def test_liveness_failure_restarts_a_running_instance_unless_the_policy_is_never() -> None:
+    seen = p.Seen(state=S.RUNNING, alive=True, has_handle=True, liveness_failed=True)
+    assert decide(p.Want("running"), seen) == p.RestartUnhealthy(ID, restart=True)
+    assert decide(p.Want("running", "on-failure"), seen) == p.RestartUnhealthy(ID, restart=True)
+    assert decide(p.Want("running", "never"), seen) == p.RestartUnhealthy(ID, restart=False)
+    # asked to stop or remove: that wins; an exit is handled as an exit; busy: wait
+    assert decide(p.Want("stopped"), seen) == p.Stop(ID)
+    assert decide(None, seen) == p.Remove(ID)
+    exited = p.Seen(state=S.RUNNING, alive=False, has_handle=True, liveness_failed=True)
+    assert isinstance(decide(p.Want("running"), exited), p.ScheduleRestart)
+    busy = p.Seen(state=S.RUNNING, alive=True, has_handle=True, liveness_failed=True, busy=True)
+    assert decide(p.Want("running"), busy) is None
