@@ -27,6 +27,10 @@ _COMMAND_MODULES = (
     "zeitwork.cli.lb_cmd",
     "zeitwork.cli.edge_cmd",
     "zeitwork.cli.dev_cmd",
+    "zeitwork.cli.releases_cmd",
+    "zeitwork.cli.apps_cmd",
+    "zeitwork.cli.logs_cmd",
+    "zeitwork.cli.nodes_cmd",
     "zeitwork.cli.user_cmd",
 )
 

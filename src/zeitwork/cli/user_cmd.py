@@ -1,54 +1,25 @@
-"""User verbs against a running operator: ``images``, ``deploy``, ``instances``, ``nodes``,
-``demo``. They read ``OPERATOR_URL`` (default http://127.0.0.1:8080) and ``ZEITWORK_TOKEN``,
-or the operator's ``$ZEITWORK_DATA_DIR/admin-token``; tables are printed with rich.
+"""User verbs against a running operator: ``images``, ``instances``, ``domains``, ``demo``.
+They read ``OPERATOR_URL`` (default http://127.0.0.1:8080) and ``ZEITWORK_TOKEN``, or the
+operator's ``$ZEITWORK_DATA_DIR/admin-token``; tables are printed with rich. The app verbs
+(``deploy``, ``status``, ``logs``...) are in ``releases_cmd``, ``apps_cmd``, ``logs_cmd`` and
+``nodes_cmd``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from zeitwork.cli.config import CliSettings, TokenMissing
-from zeitwork.clients.admin import AdminClient, DeploymentInfo, DomainInfo, PathLimitInfo
-from zeitwork.core.errors import ZeitworkError
-from zeitwork.settings import load_settings
-
-_T = TypeVar("_T")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"zeitwork: {message}", err=True)
-    return typer.Exit(code)
-
-
-def run_with_client(action: Callable[[AdminClient], Awaitable[_T]]) -> _T:
-    """Run ``action`` with an admin client; errors become one line and exit status 1
-    (2 when no token can be found)."""
-    settings = load_settings(CliSettings)
-    try:
-        token = settings.admin_token()
-    except TokenMissing as exc:
-        raise _fail(str(exc), 2) from None
-
-    async def main() -> _T:
-        async with AdminClient(base_url=settings.operator_url, token=token) as client:
-            return await action(client)
-
-    try:
-        return asyncio.run(main())
-    except ZeitworkError as exc:
-        raise _fail(exc.detail) from None
+from zeitwork.cli.console import fail as _fail
+from zeitwork.cli.console import run_with_client, table
+from zeitwork.clients.admin import AdminClient, DomainInfo, PathLimitInfo
 
 
 def _when(value: datetime | None) -> str:
@@ -79,28 +50,6 @@ def _limits_text(domain: DomainInfo) -> str:
     return ", ".join(parts) or "-"
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    console = Console()
-    if not console.is_terminal:  # piped: full ids on one line, whatever the width
-        console = Console(width=400)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("ID", "DIGEST", "ADDRESS"))
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-
-def _parse_env(pairs: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise _fail(f"--env {pair!r}: expected NAME=VALUE", 2)
-        env[name] = value
-    return env
-
-
 def register(app: typer.Typer) -> None:
     images = typer.Typer(help="OCI images in the operator's store.", no_args_is_help=True)
 
@@ -114,7 +63,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import an OCI image archive (as `buildah push IMAGE oci-archive:FILE` writes it)."""
         image = run_with_client(lambda c: c.import_image(archive, name=name))
-        _table(
+        table(
             ("ID", "NAME", "STATUS", "DIGEST", "SIZE"),
             [(str(image.id), image.name, image.status, image.digest or "-", _size(image.size))],
         )
@@ -123,7 +72,7 @@ def register(app: typer.Typer) -> None:
     def images_ls() -> None:
         """List images."""
         found = run_with_client(lambda c: c.images())
-        _table(
+        table(
             ("ID", "NAME", "STATUS", "DIGEST", "SIZE", "CREATED"),
             [
                 (
@@ -140,66 +89,6 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(images, name="images")
 
-    @app.command("deploy")
-    def deploy(
-        *,
-        image: Annotated[uuid.UUID, typer.Option("--image", help="image id (zeitwork images ls)")],
-        port: Annotated[
-            int, typer.Option("--port", min=1, max=65535, help="the port the app listens on")
-        ] = 8080,
-        replicas: Annotated[int, typer.Option("--replicas", min=1, max=100)] = 1,
-        domain: Annotated[
-            str | None, typer.Option("--domain", help="route this host to the deployment")
-        ] = None,
-        project: Annotated[
-            str, typer.Option("--project", help="project slug (created if missing)")
-        ] = "default",
-        vcpu: Annotated[float, typer.Option("--vcpu", min=0.01)] = 0.25,
-        memory: Annotated[int, typer.Option("--memory", min=16, help="MiB")] = 128,
-        env: Annotated[
-            list[str] | None, typer.Option("--env", help="NAME=VALUE (repeatable)")
-        ] = None,
-    ) -> None:
-        """Deploy an image: REPLICAS instances spread across nodes, optionally behind DOMAIN."""
-        variables = _parse_env(env or [])
-
-        async def action(client: AdminClient) -> tuple[DeploymentInfo, DomainInfo | None]:
-            slug = project.strip().lower()
-            owner = {p.slug: p for p in await client.projects()}.get(slug)
-            if owner is None:
-                owner = await client.create_project(slug)
-            created = await client.create_deployment(
-                project_id=owner.id,
-                image_id=image,
-                port=port,
-                replicas=replicas,
-                vcpu=vcpu,
-                memory=memory,
-                env=variables,
-            )
-            bound: DomainInfo | None = None
-            if domain:
-                existing = {d.name: d for d in await client.domains()}.get(domain.lower())
-                if existing is None:
-                    bound = await client.create_domain(
-                        domain, project_id=owner.id, deployment_id=created.id
-                    )
-                else:
-                    bound = await client.bind_domain(existing.id, created.id)
-            return created, bound
-
-        created, bound = run_with_client(action)
-        typer.echo(f"deployment {created.id} ({created.state}, {created.replicas} replica(s))")
-        for instance_id in created.instance_ids or []:
-            typer.echo(f"  instance {instance_id}")
-        if bound is not None:
-            typer.echo(f"  domain {bound.name} -> deployment {created.id}")
-            if (record := bound.verification_record) is not None:
-                typer.echo(
-                    f"  to verify it (needed for ACME certificates): publish TXT {record.name} "
-                    f'"{record.value}", then: zeitwork domains verify {bound.name}'
-                )
-
     instances = typer.Typer(help="Instances (running copies of images).", no_args_is_help=True)
 
     @instances.command("ls")
@@ -210,7 +99,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List instances (not those marked for termination)."""
         found = run_with_client(lambda c: c.instances(deployment_id=deployment))
-        _table(
+        table(
             ("ID", "STATE", "DESIRED", "ADDRESS", "NODE", "DEPLOYMENT", "REASON"),
             [
                 (
@@ -236,31 +125,6 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(instances, name="instances")
 
-    nodes = typer.Typer(help="Nodes (hosts running a node agent).", no_args_is_help=True)
-
-    @nodes.command("ls")
-    def nodes_ls() -> None:
-        """List nodes."""
-        found = run_with_client(lambda c: c.nodes())
-        _table(
-            ("ID", "HOSTNAME", "ADDRESS", "STATE", "RUNTIME", "VCPU", "MEMORY", "HEARTBEAT"),
-            [
-                (
-                    str(n.id),
-                    n.hostname,
-                    n.ip_address,
-                    n.state,
-                    n.runtime or "-",
-                    f"{n.resources.vcpu:g}",
-                    f"{n.resources.memory} MiB",
-                    _when(n.last_heartbeat_at),
-                )
-                for n in found
-            ],
-        )
-
-    app.add_typer(nodes, name="nodes")
-
     domains = typer.Typer(help="Domains (hosts routed to deployments).", no_args_is_help=True)
 
     @domains.command("ls")
@@ -268,7 +132,7 @@ def register(app: typer.Typer) -> None:
         """List domains; an unverified one shows the TXT record that verifies it."""
 
         found = run_with_client(lambda c: c.domains())
-        _table(
+        table(
             ("NAME", "VERIFIED", "DEPLOYMENT", "RATE LIMITS", "TO VERIFY: TXT RECORD"),
             [
                 (

@@ -1,0 +1,131 @@
+"""``logs`` and ``events``: an app's output and what the platform did.
+
+With ``-f`` both follow their stream across operator restarts (resuming after the last event
+seen, each line once) until Ctrl-C. Log lines go to stdout; the operator's inline notices
+(``node X: unreachable, retrying``) and reconnections go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from zeitwork.cli.console import echo_json, echo_json_line, parsed, run_with_client
+from zeitwork.cli.release_view import event_line, log_text, parse_since, parse_version, rfc3339
+from zeitwork.cli.releases_cmd import EnvironmentOption, JsonOption
+from zeitwork.clients.admin import AdminClient, LogRecord
+from zeitwork.wire.releases import EventOut
+
+FollowOption = Annotated[bool, typer.Option("--follow", "-f", help="keep printing new ones")]
+
+
+def _notice(text: str) -> None:
+    sys.stderr.write(f"zeitwork: {text}\n")
+    sys.stderr.flush()
+
+
+def _reconnecting(cause: str, delay: float) -> None:
+    _notice(f"stream interrupted ({cause}); reconnecting in {delay:.1f} s")
+
+
+def _print_event(event: EventOut, as_json: bool) -> None:
+    if as_json:
+        echo_json_line(event)
+    else:
+        typer.echo(event_line(event))
+
+
+def _print_log(record: LogRecord, as_json: bool) -> None:
+    if as_json:
+        echo_json_line(record)
+        return
+    text, is_notice = log_text(record)
+    if is_notice:
+        _notice(text)
+    else:
+        typer.echo(text)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("events")
+    def events(
+        app_name: Annotated[
+            str | None, typer.Argument(metavar="[APP]", help="only this app's events")
+        ] = None,
+        *,
+        follow: FollowOption = False,
+        kind: Annotated[
+            str | None, typer.Option("--kind", help="only kinds starting so (instance.)")
+        ] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+        as_json: JsonOption = False,
+    ) -> None:
+        """What the platform did and saw: releases, rollouts, instances, nodes."""
+        filters = {k: v for k, v in (("project", app_name), ("kind", kind)) if v}
+
+        async def action(client: AdminClient) -> None:
+            page = await client.events(filters=filters, limit=limit)
+            if as_json and not follow:
+                echo_json(page)
+                return
+            for event in page:
+                _print_event(event, as_json)
+            if not follow:
+                return
+            after = page[-1].seq if page else None
+            async for event in client.follow_events(
+                filters=filters, after=after, on_retry=_reconnecting
+            ):
+                _print_event(event, as_json)
+
+        _until_interrupted(action)
+
+    @app.command("logs")
+    def logs(
+        app_name: Annotated[str, typer.Argument(metavar="APP", help="the app")],
+        *,
+        follow: FollowOption = False,
+        since: Annotated[
+            str | None, typer.Option("--since", help="10m, 2h, or a time (default: recent)")
+        ] = None,
+        instance: Annotated[
+            str | None, typer.Option("--instance", help="only this instance (id)")
+        ] = None,
+        release: Annotated[
+            str | None, typer.Option("--release", help="only this release (vN)")
+        ] = None,
+        environment: EnvironmentOption = "production",
+        as_json: JsonOption = False,
+    ) -> None:
+        """The app's output, merged from its instances on every node, labelled with release
+        and instance."""
+        params = {"environment": environment}
+        if since is not None:
+            params["since"] = rfc3339(parsed(parse_since, since, datetime.now(UTC)))
+        if instance is not None:
+            params["instance"] = instance
+        if release is not None:
+            params["release"] = str(parsed(parse_version, release))
+
+        async def action(client: AdminClient) -> None:
+            if not follow:
+                for record in await client.logs(app_name, params=params):
+                    _print_log(record, as_json)
+                return
+            async for record in client.follow_logs(app_name, params=params, on_retry=_reconnecting):
+                _print_log(record, as_json)
+
+        _until_interrupted(action)
+
+
+def _until_interrupted(action: Callable[[AdminClient], Awaitable[None]]) -> None:
+    """Run a printing action; Ctrl-C, or a reader that closed the pipe (``| head``), ends
+    it with status 0."""
+    try:
+        run_with_client(action)
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise typer.Exit(0) from None

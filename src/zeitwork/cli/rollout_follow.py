@@ -1,0 +1,74 @@
+"""Following a release's rollout until it is over: the rollout's events as they happen, and
+the release and the app's status polled beside them (the only source when the event stream
+is unavailable). ``rollout_watch`` decides what to print and when it is over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, outcome_of
+from zeitwork.clients.admin import AdminClient
+from zeitwork.core.errors import ZeitworkError
+from zeitwork.wire.releases import ReleaseOut
+
+POLL_INTERVAL = 1.0
+"""Seconds between polls of the release and the status (sooner after a rollout event)."""
+
+_STREAM_ATTEMPTS = 3
+_TERMINAL_KINDS = ("rollout.succeeded", "rollout.failed", "rollout.superseded", "release.")
+
+
+async def follow_rollout(
+    client: AdminClient,
+    project: str,
+    release: ReleaseOut,
+    *,
+    say: Callable[[str], None],
+    started: float | None = None,
+) -> tuple[Outcome, ReleaseOut]:
+    """Print the rollout's progress until the release is current, failed or superseded;
+    returns how it ended and the release as it ended."""
+    origin = time.monotonic() if started is None else started
+    watch = RolloutWatch()
+    wake = asyncio.Event()
+
+    def elapsed() -> float:
+        return time.monotonic() - origin
+
+    async def stream() -> None:
+        if release.rollout is None:
+            return
+        filters = {"rollout_id": str(release.rollout.id)}
+        try:
+            async for event in client.follow_events(filters=filters, max_failures=_STREAM_ATTEMPTS):
+                for line in watch.on_event(event, elapsed()):
+                    say(line)
+                if event.kind.startswith(_TERMINAL_KINDS):
+                    wake.set()
+        except ZeitworkError as exc:
+            say(f"{elapsed():6.1f}s  (events unavailable, polling: {exc.detail})")
+
+    async def poll() -> tuple[Outcome, ReleaseOut]:
+        while True:
+            current = await client.release(
+                project, release.version, environment=release.environment
+            )
+            status = await client.status(project, environment=release.environment)
+            for line in watch.on_status(status, elapsed()):
+                say(line)
+            if (outcome := outcome_of(current)) is not None:
+                return outcome, current
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+
+    events = asyncio.create_task(stream(), name="rollout-events")
+    try:
+        return await poll()
+    finally:
+        events.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await events

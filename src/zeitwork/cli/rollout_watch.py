@@ -1,0 +1,167 @@
+"""What ``zeitwork deploy`` prints while a release rolls out, and when it is done. Pure.
+
+Two sources feed it: the rollout's events (as they happen) and snapshots of the app's status
+(polled, and the only source when the event stream is unavailable). Each instance moves
+through ``placed -> starting -> healthy -> serving`` (new ones) and ``draining -> stopping ->
+stopped`` (old ones); a line is printed when an instance reaches a later phase than the one
+last printed, whichever source saw it first, so the two never print a step twice or out of
+order. Failures (unhealthy, exited, failed) print whenever their detail changes. The outcome
+comes from the release itself: active is success, failed or superseded is failure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
+from zeitwork.wire.releases import AppStatus, EventOut, InstanceBrief, ReleaseOut
+
+PHASES = ("placed", "starting", "healthy", "serving", "draining", "stopping", "stopped")
+FAILURES = ("unhealthy", "exited", "failed")
+
+_EVENT_PHASES = {
+    "instance.placed": "placed",
+    "instance.starting": "starting",
+    "instance.started": "starting",
+    "instance.running": "starting",
+    "instance.healthy": "healthy",
+    "instance.serving": "serving",
+    "instance.draining": "draining",
+    "instance.stopping": "stopping",
+    "instance.stopped": "stopped",
+    "instance.terminated": "stopped",
+    "instance.unhealthy": "unhealthy",
+    "instance.exited": "exited",
+    "instance.oom_killed": "exited",
+    "instance.failed": "failed",
+}
+
+
+def phase_of(instance: InstanceBrief) -> tuple[str, str]:
+    """An instance's phase in a status snapshot, and the detail worth printing with it."""
+    state = instance.state
+    if state == InstanceState.PENDING:
+        return "placed", ""
+    if state == InstanceState.STARTING:
+        return "starting", ""
+    if state == InstanceState.STOPPING:
+        return "stopping", ""
+    if state in (InstanceState.STOPPED, InstanceState.TERMINATED):
+        return "stopped", ""
+    if state == InstanceState.FAILED:
+        code = f"exit code {instance.exit_code}" if instance.exit_code is not None else ""
+        return "failed", "; ".join(x for x in (code, instance.reason or "") if x)
+    if instance.draining:
+        return "draining", ""
+    if instance.serving:
+        return "serving", ""
+    if instance.health == HealthState.HEALTHY:
+        return "healthy", ""
+    if instance.health == HealthState.UNHEALTHY:
+        return "unhealthy", instance.last_check.detail if instance.last_check else ""
+    return "starting", ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    summary: str
+
+
+def outcome_of(release: ReleaseOut) -> Outcome | None:
+    """Whether the release's rollout is over, and how; None while it runs."""
+    version = f"v{release.version}"
+    rollout = release.rollout
+    if release.state == ReleaseState.ACTIVE or (
+        rollout is not None and rollout.state == RolloutState.SUCCEEDED
+    ):
+        return Outcome(True, f"{version} is the current release")
+    if release.state == ReleaseState.FAILED or (
+        rollout is not None and rollout.state == RolloutState.FAILED
+    ):
+        cause = release.error or (rollout.error if rollout else None) or "no cause recorded"
+        return Outcome(False, f"{version} failed: {cause}")
+    if release.state == ReleaseState.SUPERSEDED or (
+        rollout is not None and rollout.state == RolloutState.SUPERSEDED
+    ):
+        return Outcome(False, f"{version} was superseded by a newer release")
+    return None
+
+
+@dataclass(slots=True)
+class _Seen:
+    phase: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class RolloutWatch:
+    """Turns events and status snapshots into progress lines; ``elapsed`` is the seconds
+    since the deploy call, printed at the start of each line."""
+
+    versions: dict[uuid.UUID, int | None] = field(default_factory=dict)
+    nodes: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
+    _seen: dict[uuid.UUID, _Seen] = field(default_factory=dict)
+    _events: set[int] = field(default_factory=set)
+
+    def on_event(self, event: EventOut, elapsed: float) -> list[str]:
+        if event.seq in self._events:
+            return []
+        self._events.add(event.seq)
+        phase = _EVENT_PHASES.get(event.kind)
+        if phase is None or event.instance_id is None:
+            return [_line(elapsed, event.message)]
+        if event.node_id is not None:
+            self.nodes.setdefault(event.instance_id, event.node_id)
+        version = event.data.get("version")
+        if isinstance(version, int):
+            self.versions.setdefault(event.instance_id, version)
+        detail = event.message if phase in FAILURES else ""
+        return self._advance(event.instance_id, phase, detail, elapsed)
+
+    def on_status(self, status: AppStatus, elapsed: float) -> list[str]:
+        lines: list[str] = []
+        listed = set()
+        for instance in status.instances:
+            listed.add(instance.id)
+            self.versions.setdefault(instance.id, instance.version)
+            if instance.node_id is not None:
+                self.nodes[instance.id] = instance.node_id
+            phase, detail = phase_of(instance)
+            lines += self._advance(instance.id, phase, detail, elapsed)
+        for instance_id, seen in list(self._seen.items()):
+            if instance_id not in listed and seen.phase not in ("stopped", *FAILURES):
+                lines += self._advance(instance_id, "stopped", "", elapsed)
+        return lines
+
+    def _advance(
+        self, instance_id: uuid.UUID, phase: str, detail: str, elapsed: float
+    ) -> list[str]:
+        if not _is_news(self._seen.get(instance_id), phase, detail):
+            return []
+        self._seen[instance_id] = _Seen(phase, detail)
+        return [_line(elapsed, self._label(instance_id, phase, detail))]
+
+    def _label(self, instance_id: uuid.UUID, phase: str, detail: str) -> str:
+        version = self.versions.get(instance_id)
+        name = f"instance {str(instance_id)[:8]}" + (f" (v{version})" if version else "")
+        node = self.nodes.get(instance_id)
+        where = f" on node {str(node)[:8]}" if phase == "placed" and node else ""
+        return f"{name} {phase}{where}" + (f": {detail}" if detail else "")
+
+
+def _is_news(seen: _Seen | None, phase: str, detail: str) -> bool:
+    """A later phase than the last printed, a new failure detail, or (after a failure) a
+    restart or the instance's end."""
+    if seen is None:
+        return True
+    if phase in FAILURES:
+        return (seen.phase, seen.detail) != (phase, detail)
+    if seen.phase in FAILURES:
+        return phase != "placed"
+    return PHASES.index(phase) > PHASES.index(seen.phase)
+
+
+def _line(elapsed: float, text: str) -> str:
+    return f"{elapsed:6.1f}s  {text}"
