@@ -157,6 +157,9 @@ def lb_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -> 
         "LB_ADMIN_PORT": str(config.ports.lb_admin),
     }
     env.setdefault("LB_WORKERS", "1")
+    # the edge connects from this address: its X-Forwarded-*/Forwarded name the real client
+    # and scheme, so the balancer keeps them (everyone else's are still dropped)
+    env.setdefault("LB_TRUSTED_PROXIES", config.client_host)
     return ChildSpec(
         name=LB,
         argv=(config.python, "-m", "zeitwork", "load-balancer"),

@@ -160,6 +160,8 @@ class _ProxyProtocolClient(_EdgeClient):
         source = header.source
         if source is not None:
             self.peer_ip = source
+            self.peer_port = 0
+            self.for_node = b""
             self.peer_b = self.client_b = source.encode()
             self.trusted_peer = self.proxy.trusted.trusts(source)
             self.info = ClientInfo(peer_ip=source, client_ip=source, tls=self.tls, sni=self.sni)

@@ -180,6 +180,21 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID_OK.match(value) is not None
 
 
+def forwarded_node(ip: str, port: int = 0) -> bytes:
+    """The ``for=`` parameter of an RFC 7239 ``Forwarded`` element naming ``ip`` (and
+    ``port`` when known): ``for=192.0.2.1``, ``for="192.0.2.1:443"``, ``for="[2001:db8::1]"``.
+    An empty address (a Unix socket peer) is ``for=unknown``."""
+    if not ip:
+        return b"for=unknown"
+    v6 = ":" in ip
+    if not port and not v6:
+        return b"for=%s" % ip.encode()
+    node = f"[{ip}]" if v6 else ip
+    if port:
+        node = f"{node}:{port}"
+    return b'for="%s"' % node.encode()
+
+
 class RequestIds:
     """Cheap unique request ids: a random per-process prefix plus a counter."""
 

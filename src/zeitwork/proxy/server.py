@@ -29,6 +29,7 @@ from zeitwork.proxy.headers import (
     RequestIds,
     TrustedProxies,
     connection_value_tokens,
+    forwarded_node,
     lower_name,
     problem_body,
     serialize_response,
@@ -288,6 +289,9 @@ class ClientProtocol:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
+        self.peer_port = 0  # 0: unknown (a PROXY protocol or Unix socket peer)
+        # the RFC 7239 for= node of the peer, made at the first request (see forwarded_node)
+        self.for_node = b""
         # set before connection_made when the client's address came from elsewhere (a PROXY
         # protocol header read before the TLS handshake): used instead of the socket peer
         self.forced_peer = ""
@@ -325,10 +329,16 @@ class ClientProtocol:
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        if self.forced_peer:
-            self.peer_ip = self.forced_peer
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):  # as peer_address, with the port
+            ip: str = peer[0]
+            self.peer_ip = ip[7:] if ip.startswith("::ffff:") else ip
+            self.peer_port = peer[1]
         else:
-            self.peer_ip = peer_address(transport)
+            self.peer_ip = "127.0.0.1"
+        if self.forced_peer and self.forced_peer != self.peer_ip:
+            self.peer_ip = self.forced_peer  # named by a PROXY header: its port is not kept
+            self.peer_port = 0
         proxy = self.proxy
         if (
             not self.preadmitted
@@ -629,6 +639,7 @@ class ClientProtocol:
         xff: bytes | None = None
         xfp: bytes | None = None
         xfh: bytes | None = None
+        fwd: bytes | None = None
         request_id: bytes | None = None
         tokens: frozenset[bytes] | None = None
         upgrade_value: bytes | None = None
@@ -638,6 +649,8 @@ class ClientProtocol:
             if kind is None:
                 parts.append(b"%s: %s\r\n" % (name, value))
             elif kind == _K_HOST:
+                if b'"' in value or b"\\" in value:
+                    raise _Reject(400, "invalid Host header")
                 host = value
                 host_count += 1
                 parts.append(b"host: %s\r\n" % value)
@@ -667,7 +680,11 @@ class ClientProtocol:
                 elif kind == _K_XFP:
                     xfp = value
                 elif kind == _K_XFH:
+                    if b'"' in value or b"\\" in value:
+                        raise _Reject(400, "invalid X-Forwarded-Host header")
                     xfh = value
+                elif name == b"forwarded":
+                    fwd = value if fwd is None else fwd + b", " + value
                 elif kind == _K_FORWARDED:
                     parts.append(b"%s: %s\r\n" % (name, value))
             # hop-by-hop headers and untrusted forwarding headers are dropped
@@ -723,13 +740,29 @@ class ClientProtocol:
         else:
             parts.append(b"x-forwarded-for: %s\r\n" % peer)
         host_name = split_host(host) if host else ""
+        node = self.for_node
+        if not node:
+            node = self.for_node = forwarded_node(self.peer_ip, self.peer_port)
+        # RFC 7239: a trusted hop's elements are kept and this hop's is appended; otherwise
+        # one element names the client as the X-Forwarded-* headers do
+        if fwd is not None:
+            fwd_first, fwd_node, fwd_host, fwd_proto = fwd + b", ", node, host, self.scheme
+        else:
+            fwd_first = b""
+            fwd_node = node if info is self.info else forwarded_node(info.client_ip)
+            fwd_host = xfh if xfh is not None else host
+            fwd_proto = xfp if xfp is not None else self.scheme
         parts.append(
             b"x-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nx-real-ip: %s\r\n"
-            b"x-request-id: %s\r\n"
+            b'forwarded: %s%s;host="%s";proto=%s\r\nx-request-id: %s\r\n'
             % (
                 xfp if xfp is not None else self.scheme,
                 xfh if xfh is not None else host_name.encode("latin-1"),
                 info.client_ip.encode() if info is not self.info else self.client_b,
+                fwd_first,
+                fwd_node,
+                fwd_host,
+                fwd_proto,
                 request_id,
             )
         )

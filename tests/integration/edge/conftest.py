@@ -121,9 +121,15 @@ class Conn:
         *,
         tls: ssl.SSLContext | None = None,
         sni: str | None = None,
+        local: str | None = None,
     ) -> Conn:
+        """``local``: the client's own address (any of 127.0.0.0/8 works on loopback)."""
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls, server_hostname=sni if tls else None
+            "127.0.0.1",
+            port,
+            ssl=tls,
+            server_hostname=sni if tls else None,
+            local_addr=(local, 0) if local else None,
         )
         return cls(reader, writer)
 

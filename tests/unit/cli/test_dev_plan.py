@@ -81,6 +81,7 @@ def test_each_service_gets_its_own_port_url_and_token() -> None:
     assert lb.env["ZEITWORK_PROXY_TOKEN"] == "zw_proxy"
     assert (lb.env["PORT"], lb.env["LB_ADMIN_PORT"]) == ("1082", "2082")
     assert "LB_BACKENDS" not in lb.env
+    assert lb.env["LB_TRUSTED_PROXIES"] == "127.0.0.1"  # the edge's forwarding is kept
     assert lb.ready_url == "http://127.0.0.1:2082/health"
 
     edge = edge_spec(CONFIG, base, proxy_token="zw_proxy")

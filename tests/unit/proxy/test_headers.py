@@ -9,6 +9,7 @@ from zeitwork.proxy.headers import (
     TrustedProxies,
     connection_tokens,
     connection_value_tokens,
+    forwarded_node,
     lower_name,
     parse_networks,
     problem_body,
@@ -139,3 +140,17 @@ async def test_draining_backend_leaves_rotation() -> None:
     a.drain()
     pool.refresh()
     assert all(pool.pick("x") is b for _ in range(4))
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "node"),
+    [
+        ("192.0.2.1", 0, b"for=192.0.2.1"),
+        ("192.0.2.1", 443, b'for="192.0.2.1:443"'),
+        ("2001:db8::1", 0, b'for="[2001:db8::1]"'),
+        ("2001:db8::1", 8443, b'for="[2001:db8::1]:8443"'),
+        ("", 0, b"for=unknown"),
+    ],
+)
+def test_forwarded_node(ip: str, port: int, node: bytes) -> None:
+    assert forwarded_node(ip, port) == node
