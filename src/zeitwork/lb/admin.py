@@ -1,4 +1,5 @@
-"""The admin listener (``LB_ADMIN_HOST:LB_ADMIN_PORT``): ``/health``, ``/backends``, ``/metrics``.
+"""The admin listener (``LB_ADMIN_HOST:LB_ADMIN_PORT``): ``/health``, ``/backends``,
+``/stats/routes`` (per-route request totals as JSON) and ``/metrics`` (Prometheus).
 
 It runs on the same proxy engine with a policy that answers every request locally, so the
 data port keeps every path for the apps and the admin port inherits the engine's hardening.
@@ -33,9 +34,11 @@ class AdminPolicy:
         state: Callable[[], dict[str, Any]],
         backends: Callable[[], list[dict[str, Any]]],
         registry: CollectorRegistry,
+        routes: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._state = state
         self._backends = backends
+        self._routes = routes
         self._registry = registry
 
     def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None:
@@ -48,6 +51,8 @@ class AdminPolicy:
             return LocalResponse(200, [_JSON], json.dumps(self._state()).encode())
         if path == "/backends":
             return LocalResponse(200, [_JSON], json.dumps(self._backends()).encode())
+        if path == "/stats/routes" and self._routes is not None:
+            return LocalResponse(200, [_JSON], json.dumps(self._routes()).encode())
         if path == "/metrics":
             return LocalResponse(
                 200, [(b"content-type", CONTENT_TYPE.encode())], render_metrics(self._registry)

@@ -26,7 +26,9 @@ import uvloop
 
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.process import die_with_parent
+from zeitwork.lb import route_stats
 from zeitwork.lb.admin import AdminPolicy, NoRoutes
+from zeitwork.lb.checks import default_check, static_check
 from zeitwork.lb.metrics import LBMetrics, Snapshot
 from zeitwork.lb.route_sync import RouteSync
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter
@@ -119,10 +121,18 @@ class LoadBalancer:
         self.metrics = LBMetrics(
             registry=self.prom,
             peers=self.peers.metrics if stats_dir is not None and index == 0 else None,
+            route_label=self._route_label,
+        )
+        own_check = default_check(
+            interval=settings.health_interval,
+            timeout=settings.health_timeout,
+            rise=settings.health_rise,
+            fall=settings.health_fall,
         )
         self.backends = BackendRegistry(
             rise=settings.health_rise,
             fall=settings.health_fall,
+            check=own_check,
             ejection=EjectionPolicy(
                 consecutive_failures=settings.eject_failures,
                 base_seconds=settings.eject_seconds,
@@ -135,6 +145,7 @@ class LoadBalancer:
             registry=self.backends,
             algorithm=settings.algorithm,
             static_backends=settings.backend_list,
+            static_check=static_check(own_check, path=settings.health_path),
         )
         self.proxy = Proxy(
             router=self.router,
@@ -156,16 +167,24 @@ class LoadBalancer:
                 wait=settings.watch_wait,
                 full_refresh=settings.full_refresh,
             )
-        self.checker = HealthChecker(
-            backends=self.backends.all,
-            path=settings.health_path,
-            interval=settings.health_interval,
-            timeout=settings.health_timeout,
-        )
+        self.checker = HealthChecker(backends=self.backends.all)
         self.admin: Proxy | None = None
         self.port = 0
         self.admin_port = 0
         self.started = time.time()
+
+    def _route_label(self, pool: str) -> str:
+        return self.router.route_hosts.get(pool, route_stats.OTHER)
+
+    def stats_routes(self) -> dict[str, Any]:
+        """``GET /stats/routes``: per route (domain host), totals since start, all workers."""
+        return {
+            "started_at": round(self.started, 3),
+            "at": round(time.time(), 3),
+            "workers": self.settings.workers,
+            "latency_bounds": list(route_stats.BOUNDS),
+            "routes": route_stats.as_json(self.metrics.route_totals()),
+        }
 
     def _on_health(self, backend: Backend, kind: str, available: bool) -> None:
         self.metrics.health_changed(backend, kind, available)
@@ -215,7 +234,10 @@ class LoadBalancer:
             self.admin = Proxy(
                 router=NoRoutes(),
                 policy=AdminPolicy(
-                    state=self.state, backends=self.backend_rows, registry=self.prom
+                    state=self.state,
+                    backends=self.backend_rows,
+                    routes=self.stats_routes,
+                    registry=self.prom,
                 ),
                 config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
             )

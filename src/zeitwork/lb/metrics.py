@@ -1,8 +1,9 @@
 """Load balancer metrics: plain counters on the hot path, exposed by a Prometheus collector.
 
-``request_done`` costs two dict updates and a bisect; the Prometheus families are built only
-when ``/metrics`` is scraped. With several workers, each worker's ``snapshot()`` is merged at
-scrape time (see ``lb/workers.py``).
+``request_done`` costs a few dict updates and two bisects; the Prometheus families are built
+only when ``/metrics`` is scraped. With several workers, each worker's ``snapshot()`` is
+merged at scrape time (the snapshot files of ``lb/main.py``). Per-route figures (by domain
+host, bounded labels) live in ``lb/route_stats.py``; ``/stats/routes`` serves them as JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from zeitwork.lb import route_stats
 from zeitwork.observability.metrics import LATENCY_BUCKETS
 from zeitwork.proxy.backends import Backend
 
@@ -27,6 +29,7 @@ class LBMetrics(Collector):
         *,
         registry: CollectorRegistry | None = None,
         peers: Callable[[], list[Snapshot]] | None = None,
+        route_label: Callable[[str], str] | None = None,
     ) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list[float]] = {}  # backend -> bucket counts + [sum] at the end
@@ -34,6 +37,8 @@ class LBMetrics(Collector):
         self.transitions: dict[tuple[str, str, str], int] = {}
         self._bounds = list(LATENCY_BUCKETS)
         self._peers = peers
+        self.routes = route_stats.RouteStats()
+        self._route_label = route_label
         if registry is not None:
             registry.register(self)
 
@@ -47,6 +52,8 @@ class LBMetrics(Collector):
         bytes_in: int = 0,
         bytes_out: int = 0,
     ) -> None:
+        label = self._route_label(pool) if self._route_label is not None else route_stats.OTHER
+        self.routes.record(label, status, upstream_seconds, bytes_in, bytes_out)
         key = (pool, backend, status)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -71,7 +78,15 @@ class LBMetrics(Collector):
             "latency": {b: list(c) for b, c in self.latency.items()},
             "open_connections": self.open_connections,
             "transitions": [[b, k, t, n] for (b, k, t), n in self.transitions.items()],
+            "routes": self.routes.snapshot(),
         }
+
+    def route_totals(self) -> route_stats.RouteRows:
+        """Per-route rows of every worker, merged."""
+        snaps = [self.routes.snapshot()]
+        if self._peers is not None:
+            snaps.extend(p.get("routes", {}) for p in self._peers())
+        return route_stats.merge(snaps)
 
     @staticmethod
     def merge(snapshots: list[Snapshot]) -> Snapshot:
@@ -97,6 +112,7 @@ class LBMetrics(Collector):
             "latency": latency,
             "open_connections": open_connections,
             "transitions": [[b, k, t, n] for (b, k, t), n in transitions.items()],
+            "routes": route_stats.merge(s.get("routes", {}) for s in snapshots),
         }
 
     # -- Prometheus collector ----------------------------------------------------------------------
@@ -141,3 +157,34 @@ class LBMetrics(Collector):
         for b, k, t, n in merged["transitions"]:
             transitions.add_metric([b, k, t], n)
         yield transitions
+        yield from self._route_families(merged["routes"])
+
+    @staticmethod
+    def _route_families(rows: route_stats.RouteRows) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "zeitwork_lb_route_requests",
+            "Requests answered per route (domain host; 'other' for the rest), by status class",
+            labels=["route", "class"],
+        )
+        latency = HistogramMetricFamily(
+            "zeitwork_lb_route_upstream_latency_seconds",
+            "Time from sending the request upstream to the end of the response, per route",
+            labels=["route"],
+        )
+        traffic = CounterMetricFamily(
+            "zeitwork_lb_route_bytes",
+            "Body bytes per route: in (request bodies) and out (response bodies)",
+            labels=["route", "direction"],
+        )
+        for route in sorted(rows):
+            row = rows[route]
+            for cls, n in route_stats.classes(row):
+                requests.add_metric([route, cls], n)
+            buckets, total = route_stats.histogram(row)
+            latency.add_metric([route], buckets, total)
+            bytes_in, bytes_out = route_stats.traffic(row)
+            traffic.add_metric([route, "in"], bytes_in)
+            traffic.add_metric([route, "out"], bytes_out)
+        yield requests
+        yield latency
+        yield traffic

@@ -3,8 +3,9 @@
 ``resolve`` is a dict lookup by host (then a short scan of path prefixes when a host has
 more than one route). ``apply`` diffs the new table against the previous one: only routes
 whose content changed are touched, backends are shared by address across routes (one set
-of health checks per address), and a backend that no route names any more is drained:
-no new requests, its in-flight ones finish.
+of health checks per address, by the route's own check: ``lb/checks.py``), and a backend
+that no route names any more is drained: no new requests, its in-flight ones finish, its
+idle upstream connections are closed. A backend the table names is available at once.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from zeitwork.lb.checks import assign as assign_checks
 from zeitwork.proxy.backends import Backend, HealthListener, Pool, parse_address
 from zeitwork.proxy.balancing import AlgorithmName
-from zeitwork.proxy.health import EjectionPolicy
+from zeitwork.proxy.health import CheckSpec, EjectionPolicy
 from zeitwork.proxy.routing import prefix_matches
 from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
@@ -50,15 +52,17 @@ class BackendRegistry:
         fall: int = 2,
         ejection: EjectionPolicy | None = None,
         listener: HealthListener | None = None,
+        check: CheckSpec | None = None,
     ) -> None:
         self._rise = rise
         self._fall = fall
+        self.default_check = check if check is not None else CheckSpec(rise=rise, fall=fall)
         self._ejection = ejection
         self._listener = listener
         self.backends: dict[str, Backend] = {}
         self.on_drain: Callable[[Backend], None] | None = None
 
-    def get(self, address: str, weight: int = 1) -> Backend:
+    def get(self, address: str, weight: int = 1, check: CheckSpec | None = None) -> Backend:
         backend = self.backends.get(address)
         if backend is None:
             backend = Backend(
@@ -68,6 +72,7 @@ class BackendRegistry:
                 fall=self._fall,
                 ejection=self._ejection,
                 listener=self._listener,
+                check=check or self.default_check,
             )
             self.backends[address] = backend
         elif backend.weight != weight:
@@ -106,6 +111,7 @@ class RouteTableRouter:
         registry: BackendRegistry,
         algorithm: AlgorithmName = "round-robin",
         static_backends: Iterable[str] = (),
+        static_check: CheckSpec | None = None,
     ) -> None:
         self.registry = registry
         self.algorithm: AlgorithmName = algorithm
@@ -117,10 +123,15 @@ class RouteTableRouter:
         self._hosts: dict[str, Pool | list[tuple[str, Pool]]] = {}
         self._wild: dict[str, Pool | list[tuple[str, Pool]]] = {}
         self._static = [s for s in static_backends]
+        self._static_check = static_check or registry.default_check
         self.default = Pool(DEFAULT_POOL, algorithm=algorithm)
         self._default_wire: list[WireBackend] | None = None
+        self.route_hosts: dict[str, str] = {}
+        """Pool name -> the host of its route (metrics label them by it)."""
         if self._static:
-            self.default.set_backends(registry.get(a) for a in self._static)
+            self.default.set_backends(
+                registry.get(a, check=self._static_check) for a in self._static
+            )
 
     # -- Router ----------------------------------------------------------------------------------
     def resolve(self, host: str, path: str) -> Pool | None:
@@ -184,8 +195,17 @@ class RouteTableRouter:
                 self.registry.get(b.address, b.weight) for b in _usable(table.default_backends)
             )
         drained = self.registry.collect()
+        self._assign_checks(table)
+        self.route_hosts = {pool.name: key[0] for key, pool in self._pools.items()}
         self.version = table.version
         return ApplyResult(table.version, added, changed, removed, len(drained))
+
+    def _assign_checks(self, table: RouteTable) -> None:
+        assigned = assign_checks(table)
+        static = set(self._static)
+        for address, backend in self.registry.backends.items():
+            fallback = self._static_check if address in static else self.registry.default_check
+            backend.set_check(assigned.get(address, fallback))
 
     def _index_host(self, host: str) -> None:
         entries = sorted(

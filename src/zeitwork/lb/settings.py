@@ -86,7 +86,7 @@ class LBSettings(ServiceSettings):
     @field_validator("health_path")
     @classmethod
     def _check_path(cls, value: str | None) -> str | None:
-        if value is None:
+        if not value:
             return None
         if not value.startswith("/") or any(c in value for c in " \r\n"):
             raise ValueError("must start with / and contain no spaces")

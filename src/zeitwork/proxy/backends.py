@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.balancing import AlgorithmName, Balancer, Candidate, make_balancer
-from zeitwork.proxy.health import ActiveHealth, EjectionPolicy, OutlierDetector
+from zeitwork.proxy.health import ActiveHealth, CheckSpec, EjectionPolicy, OutlierDetector
 
 if TYPE_CHECKING:
     from zeitwork.proxy.upstream import UpstreamProtocol
@@ -50,14 +50,17 @@ class Backend:
         "_pools",
         "active",
         "address",
+        "check",
         "draining",
         "failures",
         "host",
         "idle",
         "in_flight",
         "last_check",
+        "last_check_detail",
         "last_check_ok",
         "max_idle",
+        "next_check",
         "outlier",
         "port",
         "requests",
@@ -75,17 +78,23 @@ class Backend:
         ejection: EjectionPolicy | None = None,
         max_idle: int = 256,
         listener: HealthListener | None = None,
+        check: CheckSpec | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.weight = weight
-        self.active = ActiveHealth(rise=rise, fall=fall, healthy=True)
+        # available at once: whoever names a backend vouches for it (the operator lists only
+        # instances its agents found healthy); the active checks below can take it out
+        self.check = check if check is not None else CheckSpec(rise=rise, fall=fall)
+        self.active = ActiveHealth(rise=self.check.rise, fall=self.check.fall, healthy=True)
+        self.next_check = 0.0  # monotonic time of the next active check (0: at once)
         self.outlier = OutlierDetector(ejection)
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
         self.last_check: float | None = None
         self.last_check_ok: bool | None = None
+        self.last_check_detail = ""
         self.draining = False
         self.max_idle = max_idle
         self.idle: list[UpstreamProtocol] = []
@@ -113,9 +122,21 @@ class Backend:
         if self._listener is not None:
             self._listener(self, kind, self.available)
 
-    def record_check(self, ok: bool) -> None:
+    def set_check(self, check: CheckSpec) -> None:
+        """Switch to another active check; thresholds change, the current state carries over
+        (a check switched off makes the backend healthy as far as active checks go)."""
+        if check == self.check:
+            return
+        self.check = check
+        self.active.configure(rise=check.rise, fall=check.fall)
+        self.next_check = 0.0
+        if check.kind == "none" and self.active.reset():
+            self._changed("active")
+
+    def record_check(self, ok: bool, detail: str = "") -> None:
         self.last_check = time.time()
         self.last_check_ok = ok
+        self.last_check_detail = detail
         if self.active.record(ok):
             self._changed("active")
 
@@ -193,8 +214,10 @@ class Backend:
             "requests": self.requests,
             "failures": self.failures,
             "idle_connections": len(self.idle),
+            "check": self.check.kind,
             "last_check": self.last_check,
             "last_check_ok": self.last_check_ok,
+            "last_check_detail": self.last_check_detail,
         }
 
 

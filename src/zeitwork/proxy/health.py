@@ -1,4 +1,5 @@
-"""Health as pure thresholds: active-check rise/fall and passive outlier ejection.
+"""Health as pure decisions: what an active check is (``CheckSpec``) and whether an answer
+passes it, active-check rise/fall thresholds, and passive outlier ejection.
 
 No I/O and no clock reads: callers pass ``now`` (monotonic seconds). The active checker loop
 (``checker.py``) and the engine feed results in; the pool reads ``available``.
@@ -7,6 +8,69 @@ No I/O and no clock reads: callers pass ``now`` (monotonic seconds). The active 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+CheckKind = Literal["http", "tcp", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """One backend's active check.
+
+    ``http``: ``GET path`` (``Host: host``, or the backend's address) must answer a status in
+    ``[status_min, status_max]`` within ``timeout``; ``tcp``: a connection opens within
+    ``timeout``; ``none``: no active check (passive ejection still applies). ``port`` (None:
+    the backend's own) is where the check connects. Every ``interval`` seconds; ``rise``
+    passes in a row bring an unhealthy backend back, ``fall`` failures take it out.
+    """
+
+    kind: CheckKind = "tcp"
+    path: str = "/"
+    host: str | None = None
+    port: int | None = None
+    status_min: int = 200
+    status_max: int = 399
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 2
+
+    def __post_init__(self) -> None:
+        if self.rise < 1 or self.fall < 1:
+            raise ValueError("rise and fall must be at least 1")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        if self.status_min > self.status_max:
+            raise ValueError("status_min must not exceed status_max")
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            raise ValueError("path must start with / and contain no spaces or line breaks")
+        if self.host is not None and any(c in self.host for c in " \r\n"):
+            raise ValueError("host must contain no spaces or line breaks")
+
+    @property
+    def limit(self) -> float:
+        """How long one check may take: its timeout, never more than its interval."""
+        return min(self.timeout, self.interval)
+
+    def request(self, default_host: str) -> bytes:
+        """The HTTP check's request bytes."""
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host or default_host}\r\n"
+            "User-Agent: zeitwork-health\r\nConnection: close\r\n\r\n"
+        ).encode()
+
+    def passes(self, status: int) -> bool:
+        return self.status_min <= status <= self.status_max
+
+
+def status_of(line: bytes) -> int | None:
+    """The status code of an HTTP/1.x status line; None when it is not one."""
+    parts = line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+        return None
+    if not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 class ActiveHealth:
@@ -26,6 +90,21 @@ class ActiveHealth:
         self.healthy = healthy
         self._successes = 0
         self._failures = 0
+
+    def configure(self, *, rise: int, fall: int) -> None:
+        """New thresholds; the current state and streaks carry over."""
+        if rise < 1 or fall < 1:
+            raise ValueError("rise and fall must be at least 1")
+        self.rise = rise
+        self.fall = fall
+
+    def reset(self) -> bool:
+        """Healthy again with no streak (its checks were switched off); True when changed."""
+        changed = not self.healthy
+        self.healthy = True
+        self._successes = 0
+        self._failures = 0
+        return changed
 
     def record(self, ok: bool) -> bool:
         """Record one check result; return True when ``healthy`` changed."""

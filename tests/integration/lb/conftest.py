@@ -47,6 +47,7 @@ def lb_settings(tmp_path: Path, **overrides: Any) -> LBSettings:
         "backends": "",
         "operator_url": None,
         "token": None,
+        "health_path": "/health",  # static backends: the origin's /health (explicit override)
         "health_interval": 0.2,
         "health_timeout": 0.2,
         "health_rise": 2,

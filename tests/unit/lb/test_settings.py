@@ -7,14 +7,21 @@ from zeitwork.settings import SettingsError, parse_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    for name in ("PORT", "LB_BACKENDS", "OPERATOR_URL", "LB_WORKERS", "LB_ALGORITHM"):
+    for name in (
+        "PORT",
+        "LB_BACKENDS",
+        "OPERATOR_URL",
+        "LB_WORKERS",
+        "LB_ALGORITHM",
+        "LB_HEALTH_PATH",
+    ):
         monkeypatch.delenv(name, raising=False)
     s = parse_settings(LBSettings)
     assert s.port == 8082
     assert s.admin_host == "127.0.0.1"
     assert s.admin_port == 9082
     assert s.algorithm == "round-robin"
-    assert s.health_path == "/health"
+    assert s.health_path is None  # static backends: tcp; routes: their release's check
     assert s.workers >= 1
 
 
@@ -48,3 +55,10 @@ def test_backend_list_and_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     s = parse_settings(LBSettings)
     assert s.backend_list == ["10.0.0.1:80", "[::1]:81"]
     assert str(s.route_cache).startswith(str(tmp_path))
+
+
+def test_health_path_is_an_explicit_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LB_HEALTH_PATH", "/healthz")
+    assert parse_settings(LBSettings).health_path == "/healthz"
+    monkeypatch.setenv("LB_HEALTH_PATH", "")
+    assert parse_settings(LBSettings).health_path is None
