@@ -22,12 +22,12 @@ from typing import Any
 import uvicorn
 
 from zeitwork import __version__
-from zeitwork.agent import hostinfo
+from zeitwork.agent import agent_token, hostinfo
 from zeitwork.agent.api import create_app
 from zeitwork.agent.images import NodeImages
 from zeitwork.agent.network import NodeNetwork, PeerRoute
 from zeitwork.agent.plan import Tuning
-from zeitwork.agent.reporter import CredentialFile, OperatorLink
+from zeitwork.agent.reporter import CredentialFile, OperatorLink, agent_url_for
 from zeitwork.agent.settings import DEFAULT_NODE_SUBNET, AgentSettings
 from zeitwork.agent.state_store import StateStore, atomic_write_json
 from zeitwork.agent.supervisor import Supervisor
@@ -116,7 +116,15 @@ async def serve(
     ]
     stopping = asyncio.Event()
     subnet_file = data / "subnet.json"
+    try:
+        own_token = agent_token.load_or_create(data / "agent_token")
+    except (InvalidInput, OSError) as exc:
+        raise StartupError(f"agent token: {getattr(exc, 'detail', exc)}") from exc
     async with AsyncExitStack() as stack:
+        # listening first: the port (PORT=0 picks one) goes into the registration
+        sock = _listen(settings.host, settings.port)
+        stack.callback(sock.close)
+        host, port = sock.getsockname()[:2]
         client: OperatorClient | None = None
         if settings.operator_url:
             client = OperatorClient(base_url=settings.operator_url)
@@ -159,6 +167,8 @@ async def serve(
                 resync_interval=settings.resync_interval,
                 assignment_wait=settings.assignment_wait,
                 subnet=settings.node_subnet or _stored_subnet(subnet_file),
+                agent_url=settings.advertise_url or agent_url_for(ip_address, port),
+                agent_token=own_token,
             )
         subnet = await _node_subnet(settings, link, subnet_file)
         network = NodeNetwork(
@@ -209,7 +219,7 @@ async def serve(
         stack.push_async_callback(supervisor.close)
 
         def tokens() -> list[str]:
-            found = []
+            found = [own_token]
             if link is not None and link.node_token:
                 found.append(link.node_token)
             if settings.agent_token is not None:
@@ -261,9 +271,6 @@ async def serve(
             registry=new_registry(),
             readiness=[("operator", operator_ready)],
         )
-        sock = _listen(settings.host, settings.port)
-        stack.callback(sock.close)
-        host, port = sock.getsockname()[:2]
         atomic_write_json(data / "listen.json", {"host": host, "port": port})
         server = QuietServer(
             uvicorn.Config(

@@ -9,6 +9,7 @@ exponential back-off; reports queue up (in order, per instance, bounded) until i
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import uuid
 from collections import deque
@@ -77,6 +78,12 @@ def next_delay(current: float, *, base: float = 1.0, cap: float = 30.0) -> float
     return base if current <= 0 else min(cap, current * 2)
 
 
+def agent_url_for(ip_address: str, port: int) -> str:
+    """The agent API's URL at the node's address (``ZEITWORK_AGENT_ADVERTISE_URL`` unset)."""
+    host = f"[{ip_address}]" if ipaddress.ip_address(ip_address).version == 6 else ip_address
+    return f"http://{host}:{port}"
+
+
 def _capacity(resources: Resources) -> CapacityModel:
     return CapacityModel(
         vcpu=resources.vcpu, memory=resources.memory_mib, disk=max(0, resources.disk_mib)
@@ -104,8 +111,12 @@ class OperatorLink:
         assignment_wait: int = 30,
         retry_base: float = 1.0,
         subnet: str | None = None,
+        agent_url: str | None = None,
+        agent_token: str | None = None,
     ) -> None:
         self.client = client
+        self.agent_url = agent_url
+        self.agent_token = agent_token
         self.credentials = credentials
         self.join_token = join_token
         self.configured_node_id = node_id
@@ -146,6 +157,8 @@ class OperatorLink:
             ),
             disk=self.capacity.disk_mib,
             subnet=self.subnet,
+            agent_url=self.agent_url,
+            agent_token=self.agent_token,
         )
 
     async def register(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,12 @@ class AgentSettings(ServiceSettings):
         default=None,
         validation_alias="ZEITWORK_AGENT_TOKEN",
         description="an extra admin token for the agent API (besides the node credential)",
+    )
+    advertise_url: str | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_AGENT_ADVERTISE_URL",
+        description="where the operator reaches this agent's API (sent at registration); "
+        "unset: http://<node ip>:<port the agent listens on>",
     )
     node_id: uuid.UUID | None = Field(default=None, validation_alias="NODE_ID")
     node_ip: str | None = Field(default=None, validation_alias="NODE_IP")
@@ -115,6 +122,16 @@ class AgentSettings(ServiceSettings):
 
         for item in filter(None, (part.strip() for part in value.split(","))):
             PeerRoute.parse(item)
+        return value
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/?#]+", value):
+            raise ValueError("ZEITWORK_AGENT_ADVERTISE_URL must be http(s)://HOST[:PORT] (no path)")
         return value
 
     @field_validator("operator_url")

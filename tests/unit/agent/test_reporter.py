@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from zeitwork.agent.reporter import Credential, CredentialFile, OperatorLink
+from zeitwork.agent.reporter import Credential, CredentialFile, OperatorLink, agent_url_for
 from zeitwork.clients.operator import OperatorClient
 from zeitwork.core.errors import AuthenticationRequired, Conflict, ServiceUnavailable
 from zeitwork.core.resources import Resources
@@ -193,3 +193,26 @@ def test_unreadable_credential_file_is_an_error(tmp_path: Path, bad: str) -> Non
     (tmp_path / "node.json").write_text(bad)
     with pytest.raises(Exception, match="unreadable"):
         CredentialFile(tmp_path / "node.json").load()
+
+
+async def test_registration_carries_the_agent_url_and_token_every_time(tmp_path: Path) -> None:
+    fake = FakeOperator()
+    token = "t" * 43
+    link = _link(tmp_path, fake, agent_url="http://10.0.0.5:8081", agent_token=token)
+    await link.register()
+    again = _link(
+        tmp_path, fake, join_token=None, agent_url="http://10.0.0.5:8081", agent_token=token
+    )
+    await again.register()
+    assert [(r.agent_url, r.agent_token) for r, _ in fake.registrations] == [
+        ("http://10.0.0.5:8081", token),
+        ("http://10.0.0.5:8081", token),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "url"),
+    [("10.0.0.5", 8081, "http://10.0.0.5:8081"), ("fd00::5", 9000, "http://[fd00::5]:9000")],
+)
+def test_agent_url_for(ip: str, port: int, url: str) -> None:
+    assert agent_url_for(ip, port) == url

@@ -38,6 +38,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("OPERATOR_URL", "ftp://x", "OPERATOR_URL"),
         ("ZEITWORK_PEER_ROUTES", "10.1.0.0/24", "ZEITWORK_PEER_ROUTES"),
         ("ZEITWORK_HEARTBEAT_INTERVAL", "0", "ZEITWORK_HEARTBEAT_INTERVAL"),
+        ("ZEITWORK_AGENT_ADVERTISE_URL", "10.0.0.5:8081", "ZEITWORK_AGENT_ADVERTISE_URL"),
+        ("ZEITWORK_AGENT_ADVERTISE_URL", "http://h:1/api", "ZEITWORK_AGENT_ADVERTISE_URL"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_variable(
@@ -55,3 +57,10 @@ def test_peer_routes_and_operator_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPERATOR_URL", "http://operator:8080/")
     settings = parse_settings(AgentSettings)
     assert settings.operator_url == "http://operator:8080"
+
+
+def test_advertise_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZEITWORK_AGENT_ADVERTISE_URL", raising=False)
+    assert parse_settings(AgentSettings).advertise_url is None
+    monkeypatch.setenv("ZEITWORK_AGENT_ADVERTISE_URL", "https://node-1.internal:8443/")
+    assert parse_settings(AgentSettings).advertise_url == "https://node-1.internal:8443"
