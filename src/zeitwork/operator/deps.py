@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from zeitwork.core.clock import Clock
 from zeitwork.images import ImageStore as ArchiveStore
 from zeitwork.operator.auth import Authenticator
+from zeitwork.operator.db.app_refs import AppRefs
 from zeitwork.operator.db.certificates import CertificateStore
 from zeitwork.operator.db.database import Database
+from zeitwork.operator.db.events import EventStore
 from zeitwork.operator.db.images import ImageStore
 from zeitwork.operator.db.instances import InstanceStore
 from zeitwork.operator.db.listener import ChangeListener
@@ -25,6 +27,7 @@ from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
 from zeitwork.operator.services.deployments import DeploymentService
 from zeitwork.operator.services.domains import DnsTxt, DomainVerifier
+from zeitwork.operator.services.events import EventFeed
 from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.nodes import NodeService
@@ -59,6 +62,9 @@ class Deps:
     images: ImageStore
     image_service: ImageService
     domain_verifier: DomainVerifier
+    app_refs: AppRefs
+    events: EventStore
+    event_feed: EventFeed
 
 
 def build_deps(
@@ -79,6 +85,9 @@ def build_deps(
     instance_service = InstanceService(db=db, instances=instances)
     projects = ProjectStore(db=db)
     images = ImageStore(db=db)
+    app_refs = AppRefs(db=db)
+    events = EventStore(db=db)
+    watcher = Watcher(db=db, listener=listener, stopping=stopping)
     return Deps(
         settings=settings,
         clock=clock,
@@ -102,7 +111,7 @@ def build_deps(
         instances=instances,
         instance_service=instance_service,
         listener=listener,
-        watcher=Watcher(db=db, listener=listener, stopping=stopping),
+        watcher=watcher,
         routes=RouteStore(db=db),
         projects=projects,
         deployment_service=DeploymentService(
@@ -118,4 +127,7 @@ def build_deps(
         domain_verifier=DomainVerifier(
             projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))
         ),
+        app_refs=app_refs,
+        events=events,
+        event_feed=EventFeed(store=events, refs=app_refs, watcher=watcher, stopping=stopping),
     )

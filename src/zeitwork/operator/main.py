@@ -34,6 +34,7 @@ from zeitwork.operator.db.embedded import EmbeddedPostgres
 from zeitwork.operator.deps import Deps, build_deps
 from zeitwork.operator.node_watch import NodeWatch
 from zeitwork.operator.principal import Scope
+from zeitwork.operator.services.events import EventPruner
 from zeitwork.operator.services.reschedule import Rescheduler
 from zeitwork.operator.settings import OperatorSettings
 from zeitwork.webapi.serving import QuietServer, listen_tcp, on_stop_signals
@@ -195,6 +196,12 @@ async def serve(
             tasks.create_task(http(), name="http")
             if primary:
                 tasks.create_task(watch.run(stopping), name="node-watch")
+                pruner = EventPruner(
+                    store=deps.events,
+                    max_age=settings.events_max_age,
+                    max_count=settings.events_max_count,
+                )
+                tasks.create_task(pruner.run(stopping), name="events-prune")
             if primary and settings.workers > 1:
                 spec = WorkerSpec(url=url, port=int(address[1]))
                 tasks.create_task(_supervise_workers(settings, spec, stopping), name="http-workers")

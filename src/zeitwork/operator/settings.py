@@ -27,6 +27,20 @@ class OperatorSettings(ServiceSettings):
     image_max_bytes: int = Field(
         default=2 * 1024 * MIB, ge=MIB, validation_alias="ZEITWORK_IMAGE_MAX_BYTES"
     )
+    events_max_age: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        le=10 * 365 * 86400.0,
+        validation_alias="ZEITWORK_EVENTS_MAX_AGE",
+        description="seconds an event is kept (default 7 days)",
+    )
+    events_max_count: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        validation_alias="ZEITWORK_EVENTS_MAX_COUNT",
+        description="events kept at most (the oldest beyond it are pruned)",
+    )
     node_heartbeat_timeout: float = Field(
         default=30.0, gt=0, le=3600, validation_alias="ZEITWORK_NODE_HEARTBEAT_TIMEOUT"
     )

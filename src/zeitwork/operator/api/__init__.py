@@ -24,6 +24,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
     from zeitwork.operator.api import (
         agents,
         certificates,
+        events,
         images,
         instances,
         nodes,
@@ -44,6 +45,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         certificates,
         regions,
         tokens,
+        events,
     )
     return [module.router(deps) for module in modules]
 

@@ -65,6 +65,8 @@ def router(deps: Deps) -> APIRouter:
             memory_mib=body.resources.memory,
             disk_mib=body.disk or 0,
             subnet=body.subnet,
+            agent_url=body.agent_url.rstrip("/") if body.agent_url else None,
+            agent_token=body.agent_token,
         )
         done = await deps.node_service.register(spec, issue_token=principal.scope is Scope.JOIN)
         if not done.created:

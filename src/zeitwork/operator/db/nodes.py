@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,16 @@ class Peer:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """Where and with which credential the operator calls a node's agent (logs fan-in)."""
+
+    node_id: uuid.UUID
+    hostname: str
+    url: str | None
+    token: str | None = field(repr=False)  # a secret: never in a repr, a log or a response
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """What a registration declares."""
 
@@ -68,6 +79,8 @@ class NodeSpec:
     runtime: str | None = None
     id: uuid.UUID | None = None
     subnet: str | None = None
+    agent_url: str | None = None
+    agent_token: str | None = None  # a secret: stored, never returned by the API nor logged
 
 
 COLUMNS = (
@@ -143,6 +156,8 @@ class NodeStore:
             "vcpu": spec.vcpu_millis,
             "mem": spec.memory_mib,
             "disk": spec.disk_mib,
+            "agent_url": spec.agent_url,
+            "agent_token": spec.agent_token,
         }
         async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
             if spec.id is not None:
@@ -150,7 +165,8 @@ class NodeStore:
                     "UPDATE nodes SET hostname = %(hostname)s, ip_address = %(ip)s, "
                     "region_id = coalesce(%(region)s, region_id), "
                     "runtime = coalesce(%(runtime)s, runtime), vcpu_millis = %(vcpu)s, "
-                    "memory_mib = %(mem)s, disk_mib = %(disk)s "
+                    "memory_mib = %(mem)s, disk_mib = %(disk)s, "
+                    "agent_url = %(agent_url)s, agent_token = %(agent_token)s "
                     f"WHERE id = %(id)s AND deleted_at IS NULL RETURNING {COLUMNS}",
                     params,
                 )
@@ -160,14 +176,17 @@ class NodeStore:
                     return _node(row), False
             await cur.execute(
                 "INSERT INTO nodes (id, hostname, ip_address, region_id, runtime, vcpu_millis, "
-                "memory_mib, disk_mib) VALUES (coalesce(%(id)s, gen_random_uuid()), "
-                "%(hostname)s, %(ip)s, %(region)s, %(runtime)s, %(vcpu)s, %(mem)s, %(disk)s) "
+                "memory_mib, disk_mib, agent_url, agent_token) "
+                "VALUES (coalesce(%(id)s, gen_random_uuid()), %(hostname)s, %(ip)s, "
+                "%(region)s, %(runtime)s, %(vcpu)s, %(mem)s, %(disk)s, %(agent_url)s, "
+                "%(agent_token)s) "
                 "ON CONFLICT (hostname) WHERE deleted_at IS NULL DO UPDATE SET "
                 "ip_address = EXCLUDED.ip_address, "
                 "region_id = coalesce(EXCLUDED.region_id, nodes.region_id), "
                 "runtime = coalesce(EXCLUDED.runtime, nodes.runtime), "
                 "vcpu_millis = EXCLUDED.vcpu_millis, memory_mib = EXCLUDED.memory_mib, "
-                "disk_mib = EXCLUDED.disk_mib "
+                "disk_mib = EXCLUDED.disk_mib, agent_url = EXCLUDED.agent_url, "
+                "agent_token = EXCLUDED.agent_token "
                 f"RETURNING {COLUMNS}, (xmax = 0) AS created",
                 params,
             )
@@ -390,6 +409,24 @@ class NodeStore:
             )
             rows = await cur.fetchall()
         return version, [Peer(node_id=r[0], subnet=r[1], ip_address=r[2]) for r in rows]
+
+    async def agent_endpoints(
+        self, node_ids: Iterable[uuid.UUID], *, conn: Conn | None = None
+    ) -> dict[uuid.UUID, AgentEndpoint]:
+        """The agent API address and credential of each of ``node_ids`` that exists."""
+        wanted = sorted(set(node_ids))
+        if not wanted:
+            return {}
+        async with self._db.connection(conn) as c:
+            cur = await c.execute(
+                "SELECT id, hostname, agent_url, agent_token FROM nodes "
+                "WHERE id = ANY(%s) AND deleted_at IS NULL",
+                (wanted,),
+            )
+            rows = await cur.fetchall()
+        return {
+            r[0]: AgentEndpoint(node_id=r[0], hostname=r[1], url=r[2], token=r[3]) for r in rows
+        }
 
     async def delete(self, node_id: uuid.UUID, *, conn: Conn | None = None) -> list[str]:
         """Soft-delete a node (state terminated) and revoke its tokens (returns their hashes,

@@ -82,183 +82,55 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
 
-from zeitwork.core.states import HealthState, InstanceState
+from zeitwork.operator.reconcile.rollout_instance import (
+    backoff_until,
+    by_age,
+    ended_phrase,
+    failure_cause,
+    has_ended,
+    in_route,
+    is_healthy,
+    is_leaving,
+    is_live,
+    plural,
+    ready_at,
+    short_id,
+)
+from zeitwork.operator.reconcile.rollout_view import (
+    Action,
+    EnvironmentView,
+    Fail,
+    InstanceView,
+    Place,
+    Promote,
+    ReleaseView,
+    Serve,
+    Stop,
+    Strategy,
+    StrategyType,
+    Unserve,
+    Wait,
+    resolve_count,
+)
 
-if TYPE_CHECKING:
-    from zeitwork.wire.releases import RolloutStrategy
-
-StrategyType = Literal["rolling", "bluegreen", "immediate"]
-
-BACKOFF_CAP = 60.0  # s: the longest wait before placing again after failures
-FAILURE_WINDOW = 600.0  # s: failures older than this do not count for the back-off
-LOG_LINES = 20  # log lines of a failed instance quoted in the cause
-
-
-@dataclass(frozen=True, slots=True)
-class Strategy:
-    """``RolloutStrategy`` (wire) with counts already resolved against the replica count."""
-
-    type: StrategyType = "rolling"
-    max_surge: int = 1
-    max_unavailable: int = 0
-    min_healthy_time: float = 5.0
-    drain_timeout: float = 30.0
-    progress_deadline: float = 300.0
-    healthy_deadline: float = 120.0
-    auto_revert: bool = True
-
-    @classmethod
-    def from_wire(cls, strategy: RolloutStrategy, replicas: int) -> Strategy:
-        """The wire strategy with ``max_surge`` / ``max_unavailable`` resolved against
-        ``replicas`` (see ``resolve_count``)."""
-        return cls(
-            type=strategy.type,
-            max_surge=resolve_count(strategy.max_surge, replicas, round_up=True),
-            max_unavailable=resolve_count(strategy.max_unavailable, replicas, round_up=False),
-            min_healthy_time=strategy.min_healthy_time,
-            drain_timeout=strategy.drain_timeout,
-            progress_deadline=strategy.progress_deadline,
-            healthy_deadline=strategy.healthy_deadline,
-            auto_revert=strategy.auto_revert,
-        )
-
-
-def resolve_count(value: int | str, replicas: int, *, round_up: bool) -> int:
-    """``max_surge`` / ``max_unavailable`` as a number of instances: an int as it is, a
-    percentage of ``replicas`` rounded up (surge) or down (unavailable), as Kubernetes does."""
-    if isinstance(value, int):
-        return value
-    percent = int(value.strip().removesuffix("%"))
-    scaled = replicas * percent
-    return -(-scaled // 100) if round_up else scaled // 100
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseView:
-    id: uuid.UUID
-    version: int
-    strategy: Strategy
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceView:
-    id: uuid.UUID
-    release_id: uuid.UUID | None
-    node_id: uuid.UUID | None
-    state: InstanceState
-    desired_state: str  # running | stopped | terminated
-    health: HealthState
-    created_at: float  # seconds (same clock as EnvironmentView.now)
-    healthy_since: float | None = None
-    serving: bool = False
-    drain_started_at: float | None = None
-    node_schedulable: bool = True  # False: its node is draining or down
-    exit_code: int | None = None
-    oom_killed: bool = False
-    reason: str | None = None
-    last_check: str | None = None  # the last health check's detail
-    log_tail: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class EnvironmentView:
-    environment_id: uuid.UUID
-    now: float
-    replicas: int  # the environment's desired count
-    current: ReleaseView | None
-    target: ReleaseView | None = None
-    rollout_id: uuid.UUID | None = None
-    rollout_started_at: float | None = None
-    instances: tuple[InstanceView, ...] = ()
-    """every instance of the environment that is not terminated (any release)"""
-    recent_failures: tuple[float, ...] = field(default=())
-    """when instances of the current release failed, the last ten minutes"""
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Create ``count`` new instances of ``release_id`` (the scheduler picks nodes)."""
-
-    release_id: uuid.UUID
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Serve:
-    """Join the route (``serving = true``, ``drain_started_at = null``: a draining
-    instance rejoins)."""
-
-    instance_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Unserve:
-    """Leave the route (``serving = false``) and start draining (``drain_started_at = now``)."""
-
-    instance_id: uuid.UUID
-    drain: bool = True  # False: no drain, a Stop of the instance follows in the same pass
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Desired ``terminated``: the agent stops it (SIGTERM, SIGKILL after the stop
-    timeout) and its reservation is released."""
-
-    instance_id: uuid.UUID
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Promote:
-    release_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    release_id: uuid.UUID
-    cause: str
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Nothing more to do now; ``until`` when a timer (min_healthy_time, drain, back-off)
-    will make progress possible (None: waiting on an outside change)."""
-
-    reason: str
-    until: float | None = None
-
-
-Action = Place | Serve | Unserve | Stop | Promote | Fail | Wait
-
-
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait before placing again after ``failures`` recent failures:
-    ``1, 2, 4, ... 60`` (0 without failures)."""
-    if failures <= 0:
-        return 0.0
-    return min(BACKOFF_CAP, 2.0 ** min(failures - 1, 16))
-
-
-def backoff_until(failures: tuple[float, ...], now: float) -> float | None:
-    """When placing may resume after the failures of the last ten minutes (None: now)."""
-    recent = [t for t in failures if now - FAILURE_WINDOW <= t <= now]
-    if not recent:
-        return None
-    until = max(recent) + backoff_delay(len(recent))
-    return until if until > now else None
-
-
-def failure_cause(instance: InstanceView, version: int, *, healthy_deadline: float) -> str:
-    """Why ``instance`` fails its release, readable, followed by up to the last 20 log lines."""
-    head = f"instance {_short(instance)} of v{version}"
-    if _ended(instance):
-        what = _ended_phrase(instance)
-    else:
-        what = f"not healthy {healthy_deadline:g} s after it was placed ({_last_check(instance)})"
-    return _with_logs(f"{head} {what}", instance.log_tail)
+__all__ = [
+    "Action",
+    "EnvironmentView",
+    "Fail",
+    "InstanceView",
+    "Place",
+    "Promote",
+    "ReleaseView",
+    "Serve",
+    "Stop",
+    "Strategy",
+    "StrategyType",
+    "Unserve",
+    "Wait",
+    "plan",
+    "resolve_count",
+]
 
 
 def plan(view: EnvironmentView) -> list[Action]:
@@ -273,90 +145,6 @@ def plan(view: EnvironmentView) -> list[Action]:
     return p.actions()
 
 
-# --- instance predicates ---------------------------------------------------------------
-
-_NOT_LIVE = frozenset({InstanceState.FAILED, InstanceState.STOPPED, InstanceState.TERMINATED})
-_ENDED = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
-_OUR_KILL_CODES = frozenset({137, 143})  # SIGKILL / SIGTERM after a failed liveness check
-
-
-def _live(i: InstanceView) -> bool:
-    return i.desired_state == "running" and i.state not in _NOT_LIVE
-
-
-def _ended(i: InstanceView) -> bool:
-    """Wanted running but ended for good (the agent reports failed/stopped once its
-    restart policy gave up)."""
-    return i.desired_state == "running" and i.state in _ENDED
-
-
-def _healthy(i: InstanceView) -> bool:
-    return i.state == InstanceState.RUNNING and i.health == HealthState.HEALTHY
-
-
-def _in_route(i: InstanceView) -> bool:
-    """Listed by the route table: serving, running, healthy, not draining."""
-    return i.serving and i.drain_started_at is None and _healthy(i)
-
-
-def _leaving(i: InstanceView) -> bool:
-    """On a node that takes no new work (an instance not on a node yet is not)."""
-    return i.node_id is not None and not i.node_schedulable
-
-
-def _ready_at(i: InstanceView, min_healthy_time: float) -> float | None:
-    """When ``i`` has been healthy for ``min_healthy_time`` (None: not healthy)."""
-    if not _healthy(i) or i.healthy_since is None:
-        return None
-    return i.healthy_since + min_healthy_time
-
-
-def _order(i: InstanceView) -> tuple[float, str]:
-    return (i.created_at, str(i.id))
-
-
-def _newest_first(i: InstanceView) -> tuple[float, str]:
-    return (-i.created_at, str(i.id))
-
-
-def _last_check(i: InstanceView) -> str:
-    if i.last_check:
-        return f"last check: {i.last_check}"
-    return f"{i.state.value}, no health check result yet"
-
-
-def _ended_phrase(i: InstanceView) -> str:
-    failed_check = i.health == HealthState.UNHEALTHY and bool(i.last_check)
-    if i.oom_killed:
-        phrase = "was killed: out of memory"
-    elif failed_check and (i.exit_code is None or i.exit_code in _OUR_KILL_CODES):
-        phrase = f"failed its health check: {i.last_check}"
-    elif i.exit_code is not None:
-        phrase = f"exited with code {i.exit_code}"
-    elif i.reason:
-        return f"failed: {i.reason}"
-    else:
-        phrase = "failed" if i.state == InstanceState.FAILED else "stopped by itself"
-    if i.reason and i.reason not in phrase:
-        phrase = f"{phrase} ({i.reason})"
-    return phrase
-
-
-def _with_logs(text: str, log_tail: tuple[str, ...]) -> str:
-    lines = log_tail[-LOG_LINES:]
-    if not lines:
-        return text
-    return text + "\nlast log lines:\n" + "\n".join(lines)
-
-
-def _short(i: InstanceView) -> str:
-    return str(i.id)[:8]
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 # --- one pass --------------------------------------------------------------------------
 
 
@@ -366,7 +154,7 @@ class _Pass:
     def __init__(self, view: EnvironmentView) -> None:
         self.view = view
         self.now = view.now
-        self.instances = sorted(view.instances, key=_order)
+        self.instances = sorted(view.instances, key=by_age)
         self._serve: list[Serve] = []
         self._unserve: list[Unserve] = []
         self._stop: list[Stop] = []
@@ -385,7 +173,7 @@ class _Pass:
             i
             for i in self.instances
             if i.id not in self._touched
-            and _live(i)
+            and is_live(i)
             and (i.drain_started_at is not None) == draining
             and (release_id is None or i.release_id == release_id)
         ]
@@ -432,10 +220,9 @@ class _Pass:
     def _cleanup(self) -> None:
         """Instances that are not live any more: out of the route, ended ones stopped."""
         for i in self.instances:
-            if _ended(i):
-                why = "failed" if i.state == InstanceState.FAILED else "stopped by itself"
-                self.stop(i, f"{why}: {_ended_phrase(i)}")
-            elif not _live(i):
+            if has_ended(i):
+                self.stop(i, f"failed: {ended_phrase(i)}")
+            elif not is_live(i):
                 if i.serving:
                     self._unserve.append(Unserve(i.id, drain=False))
                 self._touched.add(i.id)
@@ -479,7 +266,7 @@ def _leave_route(
     for i in candidates:
         if not i.serving:
             p.stop(i, reason)
-        elif not _in_route(i):
+        elif not in_route(i):
             p.unserve(i)
         elif budget > 0:
             p.unserve(i)
@@ -491,7 +278,7 @@ def _leave_route(
 
 
 def _is_ready(i: InstanceView, min_healthy_time: float, now: float) -> bool:
-    at = _ready_at(i, min_healthy_time)
+    at = ready_at(i, min_healthy_time)
     return at is not None and now >= at
 
 
@@ -504,16 +291,17 @@ def _serve_ready(
         if i.serving:
             serving.append(i)
             continue
-        ready = _ready_at(i, strategy.min_healthy_time)
+        ready = ready_at(i, strategy.min_healthy_time)
         if ready is not None and p.now >= ready:
             p.serve(i)
             serving.append(i)
         elif ready is not None:
             p.timer(
-                ready, f"{label}: instance {_short(i)} healthy for {strategy.min_healthy_time:g} s"
+                ready,
+                f"{label}: instance {short_id(i)} healthy for {strategy.min_healthy_time:g} s",
             )
         else:
-            p.waiting(f"{label}: waiting for instance {_short(i)} to become healthy")
+            p.waiting(f"{label}: waiting for instance {short_id(i)} to become healthy")
     return serving
 
 
@@ -535,9 +323,9 @@ def _rollout(p: _Pass, target: ReleaseView) -> None:
     if view.rollout_started_at is not None:
         p.timer(view.rollout_started_at + s.progress_deadline, f"{label}: progress deadline")
     for i in tgt:
-        if not i.serving and _leaving(i):
+        if not i.serving and is_leaving(i):
             p.stop(i, "its node takes no new work")
-        elif not i.serving and not _healthy(i):
+        elif not i.serving and not is_healthy(i):
             p.timer(i.created_at + s.healthy_deadline, f"{label}: healthy deadline")
     tgt = [i for i in tgt if p.untouched(i)]
     if s.type == "bluegreen":
@@ -551,17 +339,17 @@ def _rollout(p: _Pass, target: ReleaseView) -> None:
 def _rollout_failure(p: _Pass, target: ReleaseView, tgt: list[InstanceView]) -> str | None:
     s = target.strategy
     for i in p.instances:
-        if i.release_id == target.id and _ended(i):
+        if i.release_id == target.id and has_ended(i):
             return failure_cause(i, target.version, healthy_deadline=s.healthy_deadline)
     for i in tgt:
-        if not i.serving and not _healthy(i) and p.now >= i.created_at + s.healthy_deadline:
+        if not i.serving and not is_healthy(i) and p.now >= i.created_at + s.healthy_deadline:
             return failure_cause(i, target.version, healthy_deadline=s.healthy_deadline)
     started = p.view.rollout_started_at
     if started is not None and p.now >= started + s.progress_deadline:
         serving = sum(1 for i in tgt if i.serving)
         return (
             f"rollout to v{target.version} did not finish within {s.progress_deadline:g} s: "
-            f"{serving} of {_plural(p.view.replicas, 'instance')} serving"
+            f"{serving} of {plural(p.view.replicas, 'instance')} serving"
         )
     return None
 
@@ -584,7 +372,7 @@ def _fail(p: _Pass, target: ReleaseView, cause: str) -> None:
     for i in sorted(p.live(current.id, draining=True), key=_recently_drained):
         if room <= 0:
             break
-        if _healthy(i) and not _leaving(i):
+        if is_healthy(i) and not is_leaving(i):
             p.serve(i)
             room -= 1
 
@@ -597,9 +385,9 @@ def _old_first(
 
     def key(i: InstanceView) -> tuple[bool, bool, bool, float, str]:
         return (
-            _in_route(i),
+            in_route(i),
             i.release_id == current_id,
-            not _leaving(i),
+            not is_leaving(i),
             i.created_at,
             str(i.id),
         )
@@ -614,11 +402,11 @@ def _rolling(
     replicas = view.replicas
     surge = s.max_surge if s.max_surge > 0 or s.max_unavailable > 0 else 1
     serving = _serve_ready(p, tgt, s, f"v{target.version}")
-    in_route = sum(1 for i in serving if _healthy(i)) + sum(1 for i in old if _in_route(i))
+    routed = sum(1 for i in serving if is_healthy(i)) + sum(1 for i in old if in_route(i))
     floor = max(0, replicas - s.max_unavailable)
     current_id = view.current.id if view.current is not None else None
     ordered = sorted(old, key=_old_first(current_id))
-    _, kept = _leave_route(p, ordered, in_route - floor, f"replaced by v{target.version}")
+    _, kept = _leave_route(p, ordered, routed - floor, f"replaced by v{target.version}")
     live = len(tgt) + len(kept)
     p.place(target.id, min(replicas + surge - live, replicas - len(tgt)))
 
@@ -635,10 +423,10 @@ def _bluegreen(
     ready = [i for i in tgt if i.serving or _is_ready(i, s.min_healthy_time, p.now)]
     if len(tgt) < replicas or len(ready) < replicas:
         for i in tgt:
-            at = _ready_at(i, s.min_healthy_time)
+            at = ready_at(i, s.min_healthy_time)
             if at is not None and at > p.now:
-                p.timer(at, f"{label}: instance {_short(i)} healthy for {s.min_healthy_time:g} s")
-        p.waiting(f"{label}: {len(ready)} of {_plural(replicas, 'instance')} ready")
+                p.timer(at, f"{label}: instance {short_id(i)} healthy for {s.min_healthy_time:g} s")
+        p.waiting(f"{label}: {len(ready)} of {plural(replicas, 'instance')} ready")
         return
     for i in ready[:replicas]:
         if not i.serving:
@@ -670,8 +458,8 @@ def _steady(p: _Pass) -> None:
     s, replicas = current.strategy, view.replicas
     label = f"v{current.version}"
     cur = p.live(current.id)
-    good = [i for i in cur if not _leaving(i)]
-    leaving = [i for i in cur if _leaving(i)]
+    good = [i for i in cur if not is_leaving(i)]
+    leaving = [i for i in cur if is_leaving(i)]
     if len(good) > replicas:
         extras = sorted(good, key=_scale_down_first)[: len(good) - replicas]
         for i in extras:
@@ -685,7 +473,7 @@ def _steady(p: _Pass) -> None:
     for i in sorted(p.live(current.id, draining=True), key=_recently_drained):
         if rejoined >= room:
             break
-        if _healthy(i) and not _leaving(i):
+        if is_healthy(i) and not is_leaving(i):
             p.serve(i)
             rejoined += 1
     missing = room - rejoined
@@ -696,21 +484,21 @@ def _steady(p: _Pass) -> None:
         else:
             p.timer(until, f"{label}: back-off after recent failures")
     serving = _serve_ready(p, good, s, label)
-    in_route = (
-        sum(1 for i in serving if _healthy(i))
+    routed = (
+        sum(1 for i in serving if is_healthy(i))
         + rejoined
-        + sum(1 for i in leaving if _in_route(i))
-        + sum(1 for i in p.others(current.id) if _in_route(i))
+        + sum(1 for i in leaving if in_route(i))
+        + sum(1 for i in p.others(current.id) if in_route(i))
     )
-    budget = in_route - replicas
+    budget = routed - replicas
     others = sorted(p.others(current.id), key=_old_first(current.id))
     budget, _ = _leave_route(p, others, budget, "not of the current release")
-    _leave_route(p, sorted(leaving, key=_order), budget, "its node takes no new work")
+    _leave_route(p, sorted(leaving, key=by_age), budget, "its node takes no new work")
 
 
 def _scale_down_first(i: InstanceView) -> tuple[bool, float, str]:
     """Not in the route first, then newest first."""
-    return (_in_route(i), -i.created_at, str(i.id))
+    return (in_route(i), -i.created_at, str(i.id))
 
 
 def _recently_drained(i: InstanceView) -> tuple[float, str]:
