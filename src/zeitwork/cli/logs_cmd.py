@@ -61,25 +61,26 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[
             str | None, typer.Option("--kind", help="only kinds starting so (instance.)")
         ] = None,
-        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+        limit: Annotated[
+            int, typer.Option("--limit", min=1, max=1000, help="how many of the newest")
+        ] = 100,
         as_json: JsonOption = False,
     ) -> None:
         """What the platform did and saw: releases, rollouts, instances, nodes."""
         filters = {k: v for k, v in (("project", app_name), ("kind", kind)) if v}
 
         async def action(client: AdminClient) -> None:
-            page = await client.events(filters=filters, limit=limit)
-            if as_json and not follow:
-                echo_json(page)
+            if follow:  # the newest LIMIT first, then what comes
+                async for event in client.follow_events(
+                    filters=filters, backlog=limit, on_retry=_reconnecting
+                ):
+                    _print_event(event, as_json)
                 return
-            for event in page:
-                _print_event(event, as_json)
-            if not follow:
+            found = await client.recent_events(filters=filters, count=limit)
+            if as_json:
+                echo_json(found)
                 return
-            after = page[-1].seq if page else None
-            async for event in client.follow_events(
-                filters=filters, after=after, on_retry=_reconnecting
-            ):
+            for event in found:
                 _print_event(event, as_json)
 
         _until_interrupted(action)

@@ -13,6 +13,7 @@ event and log streams are Server-Sent Events followed across reconnections
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,7 @@ from zeitwork.wire.releases import (
 )
 
 _CHUNK = 1024 * 1024
+_PAGE = 1000
 
 
 class _Model(BaseModel):
@@ -419,10 +421,18 @@ class AdminClient:
         return _parse(ReleaseOut, response)
 
     async def releases(self, project: str, *, environment: str = "production") -> list[ReleaseOut]:
-        """The environment's release history, newest first."""
-        return await self._list(
-            ReleaseOut, f"/api/v1/projects/{project}/releases", _environment(environment)
-        )
+        """The environment's release history, newest first (pages of versions ``before``)."""
+        found: list[ReleaseOut] = []
+        query = {**_environment(environment), "limit": str(_PAGE)}
+        while True:
+            response = await self._request(
+                "GET", f"/api/v1/projects/{project}/releases", params=query
+            )
+            page = _parse_list(ReleaseOut, response)
+            found.extend(page)
+            if len(page) < _PAGE or page[-1].version <= 1:
+                return found
+            query["before"] = str(page[-1].version)
 
     async def release(
         self, project: str, version: int, *, environment: str = "production"
@@ -491,16 +501,32 @@ class AdminClient:
         response = await self._request("GET", "/api/v1/events", params=params)
         return _parse_list(EventOut, response)
 
+    async def recent_events(
+        self, *, filters: dict[str, str] | None = None, count: int = 100
+    ) -> list[EventOut]:
+        """The newest ``count`` matching events, oldest first (reads every page: the list
+        is in ``seq`` order from the start)."""
+        kept: collections.deque[EventOut] = collections.deque(maxlen=count)
+        after = 0
+        while True:
+            page = await self.events(filters=filters, after=after, limit=_PAGE)
+            kept.extend(page)
+            if len(page) < _PAGE:
+                return list(kept)
+            after = page[-1].seq
+
     async def follow_events(
         self,
         *,
         filters: dict[str, str] | None = None,
         after: int | None = None,
+        backlog: int = 100,
         on_retry: Callable[[str, float], None] | None = None,
         max_failures: int | None = None,
     ) -> AsyncIterator[EventOut]:
-        """Events as they are recorded, across operator restarts, each once."""
-        params = {**(filters or {}), "follow": "true"}
+        """Events as they are recorded, across operator restarts, each once: after
+        ``after``, else starting with the newest ``backlog`` matching ones."""
+        params = {**(filters or {}), "follow": "true", "limit": str(backlog)}
         stream = follow(
             self._sse_opener("/api/v1/events", params),
             last_event_id=str(after) if after is not None else None,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from tests.unit.cli.wire_factories import release
 from zeitwork.clients.admin import AdminClient, LogLine, LogNotice
 from zeitwork.clients.sse import Backoff
 from zeitwork.core.errors import NotFound
@@ -100,7 +101,7 @@ async def test_follow_events_resumes_after_a_drop_and_a_restart() -> None:
                 break
     assert seen == [1, 2, 3]
     assert [c[0] for c in calls] == [None, "2", "2", "2"]
-    assert calls[0][1] == {"project": "web", "follow": "true"}
+    assert calls[0][1] == {"project": "web", "follow": "true", "limit": "100"}
 
 
 async def test_follow_events_raises_a_refusal() -> None:
@@ -135,19 +136,35 @@ async def test_logs_read_every_answer_format(media: str, body: str) -> None:
     assert records[1] == LogNotice(notice="n")
 
 
-async def test_list_follows_the_next_link_cursor() -> None:
-    afters: list[str | None] = []
+async def test_releases_page_down_by_version() -> None:
+    queries: list[dict[str, str]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        afters.append(request.url.params.get("after"))
-        if len(afters) == 1:
-            return httpx.Response(
-                200,
-                json=[],
-                headers={"Link": '<http://op/api/v1/projects/web/releases?after=7>; rel="next"'},
-            )
-        return httpx.Response(200, json=[])
+        queries.append(dict(request.url.params))
+        top = int(request.url.params.get("before", "1002")) - 1
+        versions = range(top, max(top - 1000, 0), -1)
+        body = "[" + ",".join(release(v).model_dump_json() for v in versions) + "]"
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 
     async with _client(handler) as client:
-        assert await client.releases("web") == []
-    assert afters == [None]  # an empty page ends the listing even with a next link
+        found = await client.releases("web", environment="staging")
+    assert [r.version for r in found] == list(range(1001, 0, -1))
+    assert queries == [
+        {"environment": "staging", "limit": "1000"},
+        {"environment": "staging", "limit": "1000", "before": "2"},
+    ]
+
+
+async def test_recent_events_keep_the_newest() -> None:
+    afters: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        after = int(request.url.params["after"])
+        afters.append(str(after))
+        seqs = range(after + 1, min(after + 1000, 1500) + 1)
+        return httpx.Response(200, json=[_event(n) for n in seqs])
+
+    async with _client(handler) as client:
+        found = await client.recent_events(filters={"project": "web"}, count=3)
+    assert [e.seq for e in found] == [1498, 1499, 1500]
+    assert afters == ["0", "1000"]
