@@ -65,7 +65,7 @@ class CheckSpec:
 
 def status_of(line: bytes) -> int | None:
     """The status code of an HTTP/1.x status line; None when it is not one."""
-    parts = line.split(b" ", 2)
+    parts = line.rstrip(b"\r\n").split(b" ", 2)  # the reason phrase is optional
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
         return None
     if not parts[1].isdigit():

@@ -48,3 +48,29 @@ def test_worker_snapshots_are_merged() -> None:
     assert 'zeitwork_lb_requests_total{backend="b:1",route="default",status="200"} 3.0' in text
     assert 'zeitwork_lb_upstream_latency_seconds_count{backend="b:1"} 3.0' in text
     assert "zeitwork_lb_open_connections 5.0" in text
+
+
+def test_per_route_series_use_the_route_label_and_merge_across_workers() -> None:
+    hosts = {"app.test": "app.test", "app.test/api": "app.test"}
+
+    def label(pool: str) -> str:
+        return hosts.get(pool, "other")
+
+    other = LBMetrics(route_label=label)
+    other.request_done("app.test/api", "b:1", 201, 0.01, 7, 9)
+    registry = CollectorRegistry()
+    own = LBMetrics(registry=registry, peers=lambda: [other.snapshot()], route_label=label)
+    own.request_done("app.test", "b:1", 200, 0.01, 3, 1)
+    own.request_done("default", "c:1", 502, 0.02, 0, 0)  # an unknown host
+    own.request_done("-", "-", 400, 0.0, 0, 0)  # refused before routing
+    text = generate_latest(registry).decode()
+    assert 'zeitwork_lb_route_requests_total{class="2xx",route="app.test"} 2.0' in text
+    assert 'zeitwork_lb_route_requests_total{class="5xx",route="other"} 1.0' in text
+    assert 'zeitwork_lb_route_requests_total{class="4xx",route="other"} 1.0' in text
+    assert 'zeitwork_lb_route_bytes_total{direction="in",route="app.test"} 10.0' in text
+    assert 'zeitwork_lb_route_bytes_total{direction="out",route="app.test"} 10.0' in text
+    assert 'zeitwork_lb_route_upstream_latency_seconds_count{route="app.test"} 2.0' in text
+    totals = own.route_totals()
+    assert set(totals) == {"app.test", "other"}
+    merged = LBMetrics.merge([own.snapshot(), other.snapshot()])
+    assert merged["routes"] == totals

@@ -115,3 +115,78 @@ def test_a_bad_backend_address_is_skipped_not_fatal() -> None:
     assert result.version == 3
     assert addresses(router.resolve("app.example.com", "/")) == ["10.0.0.1:80"]
     assert addresses(router.resolve("other.example.com", "/")) == ["10.0.0.9:80"]
+
+
+def test_backends_get_their_route_check_and_follow_a_change() -> None:
+    from zeitwork.lb.checks import from_wire
+    from zeitwork.proxy.health import CheckSpec
+    from zeitwork.wire.health import HealthCheck
+
+    own = CheckSpec(kind="tcp", interval=2)
+    static = CheckSpec(kind="http", path="/health")
+    registry = BackendRegistry(check=own)
+    router = RouteTableRouter(
+        registry=registry, static_backends=["10.1.0.1:80"], static_check=static
+    )
+    ready = HealthCheck(type="http", path="/ready", port=9000)
+    app = route("app.test", "10.0.0.1:80", "10.1.0.1:80").model_copy(update={"health_check": ready})
+    router.apply(
+        RouteTable(
+            version=1,
+            routes=[app, route("plain.test", "10.0.0.2:80")],
+        )
+    )
+    checks = {a: b.check for a, b in registry.backends.items()}
+    assert checks == {
+        "10.0.0.1:80": from_wire(ready),
+        "10.1.0.1:80": from_wire(ready),  # a route's check wins over the static one
+        "10.0.0.2:80": own,
+    }
+    # the release changes its check: the same backends switch
+    router.apply(
+        RouteTable(
+            version=2,
+            routes=[app.model_copy(update={"health_check": HealthCheck(type="none")})],
+        )
+    )
+    assert registry.backends["10.0.0.1:80"].check.kind == "none"
+    assert registry.backends["10.1.0.1:80"].check.kind == "none"
+    router.apply(RouteTable(version=3, routes=[]))
+    assert registry.backends["10.1.0.1:80"].check == static  # back to LB_HEALTH_PATH
+    assert set(registry.backends) == {"10.1.0.1:80"}
+
+
+def test_a_backend_in_the_table_takes_traffic_at_once() -> None:
+    registry = BackendRegistry(rise=5, fall=5)
+    router = RouteTableRouter(registry=registry)
+    router.apply(RouteTable(version=1, routes=[route("app.test", "10.0.0.1:80")]))
+    pool = router.resolve("app.test", "/")
+    assert pool is not None
+    picked = pool.pick("1.2.3.4")
+    assert picked is not None and picked.address == "10.0.0.1:80"
+    assert picked.last_check is None  # no check has run
+
+
+def test_removed_backend_is_drained_and_route_hosts_follow_the_table() -> None:
+    registry = BackendRegistry()
+    router = RouteTableRouter(registry=registry)
+    router.apply(
+        RouteTable(
+            version=1,
+            routes=[
+                route("app.test", "10.0.0.1:80"),
+                route("app.test", "10.0.0.1:80", prefix="/api"),
+                route("*.preview.test", "10.0.0.2:80"),
+            ],
+        )
+    )
+    assert router.route_hosts == {
+        "app.test": "app.test",
+        "app.test/api": "app.test",
+        "*.preview.test": "*.preview.test",
+    }
+    old = registry.backends["10.0.0.2:80"]
+    result = router.apply(RouteTable(version=2, routes=[route("app.test", "10.0.0.1:80")]))
+    assert result.drained == 1 and result.removed == 2
+    assert old.draining and not old.available
+    assert router.route_hosts == {"app.test": "app.test"}
