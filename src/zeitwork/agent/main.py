@@ -175,7 +175,7 @@ async def serve(
             bridge=settings.bridge,
             subnet=subnet,
             state_dir=data / "network",
-            nft_table=settings.nft_table,
+            nft_table=settings.nft_table_name,
             peer_routes=peer_routes,
             nat=settings.egress_nat,
         )

@@ -13,8 +13,15 @@ from pydantic import Field, SecretStr, field_validator
 from zeitwork.runtime.base import DriverChoice
 from zeitwork.settings import ServiceSettings
 
+DEFAULT_BRIDGE = "zwbr0"
 DEFAULT_NODE_SUBNET = "10.88.0.0/24"
 """The node subnet of an agent without an operator and without ZEITWORK_NODE_SUBNET."""
+
+
+def nft_table_for(bridge: str) -> str:
+    """The agent's nftables table when ZEITWORK_NFT_TABLE is unset: named after its bridge
+    (``zeitwork`` for the default bridge, as before)."""
+    return "zeitwork" if bridge == DEFAULT_BRIDGE else "zeitwork_" + bridge.replace("-", "_")
 
 
 class AgentSettings(ServiceSettings):
@@ -51,7 +58,9 @@ class AgentSettings(ServiceSettings):
     )
 
     bridge: str = Field(
-        default="zwbr0", pattern=r"^[A-Za-z0-9_-]{1,15}$", validation_alias="ZEITWORK_BRIDGE"
+        default=DEFAULT_BRIDGE,
+        pattern=r"^[A-Za-z0-9_-]{1,15}$",
+        validation_alias="ZEITWORK_BRIDGE",
     )
     node_subnet: str | None = Field(
         default=None,
@@ -64,8 +73,13 @@ class AgentSettings(ServiceSettings):
         validation_alias="ZEITWORK_PEER_ROUTES",
         description="other nodes' subnets: SUBNET=NODE_IP, comma separated",
     )
-    nft_table: str = Field(
-        default="zeitwork", pattern=r"^[A-Za-z0-9_]{1,32}$", validation_alias="ZEITWORK_NFT_TABLE"
+    nft_table: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_]{1,32}$",
+        validation_alias="ZEITWORK_NFT_TABLE",
+        description="the nftables table the agent owns; unset: one named after the bridge "
+        "(``zeitwork`` for the default bridge zwbr0), so agents on different bridges of "
+        "one host never replace each other's rules",
     )
     egress_nat: bool = Field(default=True, validation_alias="ZEITWORK_EGRESS_NAT")
 
@@ -123,6 +137,15 @@ class AgentSettings(ServiceSettings):
         for item in filter(None, (part.strip() for part in value.split(","))):
             PeerRoute.parse(item)
         return value
+
+    @field_validator("nft_table", mode="before")
+    @classmethod
+    def _table(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def nft_table_name(self) -> str:
+        return self.nft_table or nft_table_for(self.bridge)
 
     @field_validator("advertise_url")
     @classmethod

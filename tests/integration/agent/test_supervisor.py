@@ -69,7 +69,13 @@ class Node:
         return assignment
 
     def states(self, instance_id: uuid.UUID) -> list[str]:
-        return [r.state.value for i, r in self.reports if i == instance_id]
+        """The reported states in order; a report that only updates a running instance's
+        health (running after running) is not a transition and is left out."""
+        states: list[str] = []
+        for i, report in self.reports:
+            if i == instance_id and not (report.state == S.RUNNING and states[-1:] == ["running"]):
+                states.append(report.state.value)
+        return states
 
     def last(self, instance_id: uuid.UUID) -> InstanceStatusReport:
         return [r for i, r in self.reports if i == instance_id][-1]

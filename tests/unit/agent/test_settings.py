@@ -64,3 +64,23 @@ def test_advertise_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_settings(AgentSettings).advertise_url is None
     monkeypatch.setenv("ZEITWORK_AGENT_ADVERTISE_URL", "https://node-1.internal:8443/")
     assert parse_settings(AgentSettings).advertise_url == "https://node-1.internal:8443"
+
+
+@pytest.mark.parametrize(
+    ("bridge", "table", "expected"),
+    [
+        ("zwbr0", None, "zeitwork"),
+        ("zwt-ab12", None, "zeitwork_zwt_ab12"),
+        ("zwdev0", "", "zeitwork_zwdev0"),
+        ("zwdev0", "mine", "mine"),
+    ],
+)
+def test_the_nft_table_follows_the_bridge_unless_set(
+    monkeypatch: pytest.MonkeyPatch, bridge: str, table: str | None, expected: str
+) -> None:
+    monkeypatch.setenv("ZEITWORK_BRIDGE", bridge)
+    if table is None:
+        monkeypatch.delenv("ZEITWORK_NFT_TABLE", raising=False)
+    else:
+        monkeypatch.setenv("ZEITWORK_NFT_TABLE", table)
+    assert parse_settings(AgentSettings).nft_table_name == expected

@@ -6,6 +6,11 @@ console log as stdout/stderr. The agent process is a child subreaper, so a conta
 is re-parented to it when runc exits, and its exit status (and an OOM kill, read from the
 cgroup) can be reported. Containers re-adopted after an agent restart are no longer its
 children: their exit code is reported as unknown.
+
+Ownership: several agents may share one host, one runc root and one cgroup parent (for
+example ``zeitwork dev`` beside a real node). A container is this driver's only when its
+bundle is a directory under this driver's ``state_dir``; ``recover`` removes nothing else
+(another agent's containers and cgroups are left alone, whatever their names).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from zeitwork.core.errors import InvalidInput, RuntimeFailure
 from zeitwork.observability import get_logger
@@ -319,9 +325,9 @@ class OciDriver:
         await self.runc.delete(container_id, force=True)
         if pid is not None:
             self._reap(int(pid))
+        cgroups.remove(self._cgroups_path(container_id))  # before its directory: see recover
         directory = self._dir(container_id)
         await asyncio.to_thread(self._remove_dir, directory)
-        cgroups.remove(self._cgroups_path(container_id))
         if pid is not None:
             self._exits.pop(int(pid), None)
         log.info("oci.destroyed", container_id=container_id)
@@ -347,16 +353,30 @@ class OciDriver:
             ):
                 yield line
 
+    def owns_bundle(self, bundle: object) -> bool:
+        """Whether a container's bundle path is one of this driver's directories."""
+        if not isinstance(bundle, str) or not bundle:
+            return False
+        path = Path(bundle).resolve()
+        return path.parent == self.state_dir.resolve() and path.name.startswith(CONTAINER_PREFIX)
+
     async def recover(self, handles: Sequence[Handle]) -> Recovered:
-        listed = {str(entry.get("id")): entry for entry in await self.runc.list()}
+        listed: dict[str, dict[str, Any]] = {}
+        foreign: set[str] = set()
+        for entry in await self.runc.list():
+            container_id = str(entry.get("id"))
+            if self.owns_bundle(entry.get("bundle")):
+                listed[container_id] = entry
+            else:
+                foreign.add(container_id)
         running: list[Handle] = []
         cleaned: list[str] = []
         kept: set[str] = set()
         for handle in handles:
             container_id = str(handle.data.get("container_id", ""))
-            entry = listed.get(container_id)
-            if entry is not None and entry.get("status") in _RUNNING | {"created"}:
-                pid = int(entry.get("pid") or handle.data.get("pid") or 0) or None
+            found = listed.get(container_id)
+            if found is not None and found.get("status") in _RUNNING | {"created"}:
+                pid = int(found.get("pid") or handle.data.get("pid") or 0) or None
                 if self._pid_alive(pid):
                     running.append(handle)
                     kept.add(container_id)
@@ -367,12 +387,23 @@ class OciDriver:
             if container_id.startswith(CONTAINER_PREFIX) and container_id not in kept:
                 await self.runc.delete(container_id, force=True)
                 cleaned.append(f"container {container_id} (unknown to the agent)")
+        # a cgroup is ours only if its container is (destroy removes the cgroup first)
+        ours = (
+            {d.name for d in self.state_dir.iterdir()}
+            | set(listed)
+            | {str(h.data.get("container_id", "")) for h in handles}
+        )
         for directory in sorted(self.state_dir.iterdir()):
             if directory.name.startswith(CONTAINER_PREFIX) and directory.name not in kept:
                 await asyncio.to_thread(self._remove_dir, directory)
                 cleaned.append(f"directory {directory.name}")
         for name in sorted(cgroups.children(self.cgroup_parent)):
-            stray = name.startswith(CONTAINER_PREFIX) and name not in kept
+            stray = (
+                name.startswith(CONTAINER_PREFIX)
+                and name not in kept
+                and name not in foreign
+                and name in ours
+            )
             if stray and cgroups.remove(self._cgroups_path(name)):
                 cleaned.append(f"cgroup {name}")
         for item in cleaned:
