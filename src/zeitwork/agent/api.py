@@ -26,6 +26,7 @@ from zeitwork.core.states import InstanceState
 from zeitwork.webapi import install_common
 from zeitwork.wire.agent import AssignedInstance
 from zeitwork.wire.common import CapacityModel
+from zeitwork.wire.health import InstanceHealth
 
 
 class InstanceView(BaseModel):
@@ -44,6 +45,7 @@ class InstanceView(BaseModel):
     vcpu: float
     memory: int
     log_tail: list[str]
+    health: InstanceHealth | None = None
 
 
 class StateChange(BaseModel):
@@ -92,6 +94,9 @@ def _view(supervisor: Supervisor, record: Record) -> InstanceView:
         vcpu=record.assignment.resources.vcpu,
         memory=record.assignment.resources.memory,
         log_tail=record.log_tail,
+        health=supervisor.health.health(record.instance_id)
+        if record.state == InstanceState.RUNNING
+        else None,
     )
 
 

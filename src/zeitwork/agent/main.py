@@ -341,9 +341,7 @@ async def serve(
                 task.cancel()
         # let a start or stop that is under way finish (bounded), so nothing is left half done
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                supervisor.settle_tasks(), timeout=settings.stop_grace_seconds + 5
-            )
+            await asyncio.wait_for(supervisor.settle_tasks(), timeout=supervisor.longest_stop() + 5)
         if drain:
             await supervisor.drain()
             if link is not None:

@@ -103,7 +103,13 @@ class AgentSettings(ServiceSettings):
     instance_log_max_bytes: int = Field(
         default=10 * 1024 * 1024, ge=4096, validation_alias="ZEITWORK_INSTANCE_LOG_MAX_BYTES"
     )
-    stop_grace_seconds: float = Field(default=10.0, ge=0, validation_alias="ZEITWORK_STOP_GRACE")
+    stop_grace_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        validation_alias="ZEITWORK_STOP_GRACE",
+        description="an upper bound on every instance's stop timeout (seconds between SIGTERM "
+        "and SIGKILL); unset: each instance's own stop_timeout (10 s unless its release says)",
+    )
     max_restarts: int = Field(default=5, ge=0, validation_alias="ZEITWORK_MAX_RESTARTS")
     restart_backoff_seconds: float = Field(
         default=1.0, gt=0, validation_alias="ZEITWORK_RESTART_BACKOFF"

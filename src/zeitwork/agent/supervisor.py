@@ -97,8 +97,7 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            # only the fields that were given: a default (stop_timeout) stays a default
-            "assignment": self.assignment.model_dump(mode="json", exclude_unset=True),
+            "assignment": self.assignment.model_dump(mode="json"),
             "state": self.state.value,
             "source": self.source,
             "handle": None
@@ -134,12 +133,11 @@ class Record:
             completed=bool(value.get("completed", False)),
         )
 
-    def stop_timeout(self, default: float) -> float:
-        """Seconds between SIGTERM and SIGKILL: the assignment's when it names one, else
-        the agent's ``ZEITWORK_STOP_GRACE``."""
-        if "stop_timeout" in self.assignment.model_fields_set:
-            return self.assignment.stop_timeout
-        return default
+    def stop_timeout(self, bound: float | None) -> float:
+        """Seconds between SIGTERM and SIGKILL: the assignment's ``stop_timeout``, at most
+        ``bound`` (the agent's ``ZEITWORK_STOP_GRACE``, when set)."""
+        timeout = self.assignment.stop_timeout
+        return timeout if bound is None else min(timeout, bound)
 
     def status(self, health: InstanceHealth | None = None) -> InstanceStatus:
         return InstanceStatus(
@@ -166,7 +164,7 @@ class Supervisor:
         capacity: Resources,
         report: Reporter,
         tuning: planning.Tuning | None = None,
-        stop_grace: float = 10.0,
+        stop_grace: float | None = None,
         tick: float = 1.0,
         ready_timeout: float = 30.0,
         log_tail_lines: int = 20,
@@ -830,6 +828,13 @@ class Supervisor:
                 finally:
                     record.busy = False
         await self.store.flush()
+
+    def longest_stop(self) -> float:
+        """The longest stop timeout of this node's instances (how long a stop may take)."""
+        return max(
+            (r.stop_timeout(self.stop_grace) for r in self.records.values()),
+            default=self.stop_grace if self.stop_grace is not None else 10.0,
+        )
 
     async def settle_tasks(self) -> None:
         while self._tasks:

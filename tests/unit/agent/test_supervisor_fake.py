@@ -249,7 +249,7 @@ async def test_command_overrides_the_image_and_its_exit_is_reported(node: Node) 
 
 
 async def test_the_instance_stop_timeout_bounds_the_stop(node: Node) -> None:
-    # the agent default (stop_grace) is 10 s here; this instance asks for 0.2 s
+    # the agent bound (stop_grace) is 10 s here; this instance asks for 0.2 s
     assignment = node.assign(["sleep"], health_check={"type": "none"}, stop_timeout=0.2)
     await node.wait_report(assignment.id, lambda r: r.state == S.RUNNING)
     began = time.monotonic()
