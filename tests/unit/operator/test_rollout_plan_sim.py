@@ -197,8 +197,11 @@ class Sim:
             self._evolve(i, self.apps[i.release_id])
 
     def _evolve(self, i: rp.InstanceView, app: App) -> None:
-        if i.node_id is None:
-            return
+        if i.node_id is None:  # the scheduler tries again
+            node = self._pick_node()
+            if node is None:
+                return
+            self._set(i.id, node_id=node)
         age = self.now - i.created_at
         if i.state == S.PENDING and age >= app.start_after:
             self._set(i.id, state=S.RUNNING)
