@@ -51,23 +51,25 @@ async def follow_rollout(
         except ZeitworkError as exc:
             say(f"{elapsed():6.1f}s  (events unavailable, polling: {exc.detail})")
 
-    async def poll() -> tuple[Outcome, ReleaseOut]:
+    async def check() -> tuple[Outcome, ReleaseOut] | None:
+        current = await client.release(project, release.version, environment=release.environment)
+        status = await client.status(project, environment=release.environment)
+        for line in watch.on_status(status, elapsed()):
+            say(line)
+        outcome = outcome_of(current)
+        return None if outcome is None else (outcome, current)
+
+    # a first look before the events: what serves now, with each instance's version
+    if (over := await check()) is not None:
+        return over
+    events = asyncio.create_task(stream(), name="rollout-events")
+    try:
         while True:
-            current = await client.release(
-                project, release.version, environment=release.environment
-            )
-            status = await client.status(project, environment=release.environment)
-            for line in watch.on_status(status, elapsed()):
-                say(line)
-            if (outcome := outcome_of(current)) is not None:
-                return outcome, current
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
-
-    events = asyncio.create_task(stream(), name="rollout-events")
-    try:
-        return await poll()
+            if (over := await check()) is not None:
+                return over
     finally:
         events.cancel()
         with contextlib.suppress(asyncio.CancelledError):

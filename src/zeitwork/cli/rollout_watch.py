@@ -104,6 +104,7 @@ class RolloutWatch:
     nodes: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
     _seen: dict[uuid.UUID, _Seen] = field(default_factory=dict)
     _events: set[int] = field(default_factory=set)
+    _listed: set[uuid.UUID] = field(default_factory=set)
 
     def on_event(self, event: EventOut, elapsed: float) -> list[str]:
         if event.seq in self._events:
@@ -122,7 +123,7 @@ class RolloutWatch:
 
     def on_status(self, status: AppStatus, elapsed: float) -> list[str]:
         lines: list[str] = []
-        listed = set()
+        listed: set[uuid.UUID] = set()
         for instance in status.instances:
             listed.add(instance.id)
             self.versions.setdefault(instance.id, instance.version)
@@ -130,9 +131,12 @@ class RolloutWatch:
                 self.nodes[instance.id] = instance.node_id
             phase, detail = phase_of(instance)
             lines += self._advance(instance.id, phase, detail, elapsed)
-        for instance_id, seen in list(self._seen.items()):
-            if instance_id not in listed and seen.phase not in ("stopped", *FAILURES):
+        # gone from the status (terminated): stopped; only those an earlier snapshot listed,
+        # since a snapshot asked for before an event was recorded can arrive after it
+        for instance_id in sorted(self._listed - listed):
+            if self._seen[instance_id].phase not in ("stopped", *FAILURES):
                 lines += self._advance(instance_id, "stopped", "", elapsed)
+        self._listed |= listed
         return lines
 
     def _advance(

@@ -25,6 +25,9 @@ StreamOpener = Callable[[str | None], AbstractAsyncContextManager[AsyncIterator[
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
+    """One message; ``id`` is the id it carried itself (None: it had no ``id`` line, and
+    the stream's last event id stays what it was)."""
+
     data: str
     id: str | None = None
     event: str = "message"
@@ -38,6 +41,7 @@ class SseParser:
     retry_ms: int | None = None
     _data: list[str] = field(default_factory=list)
     _event: str = ""
+    _own_id: str | None = None
 
     def feed(self, line: str) -> SseEvent | None:
         if line == "":
@@ -53,17 +57,17 @@ class SseParser:
             self._event = value
         elif name == "id":
             if "\0" not in value:
-                self.last_event_id = value
+                self.last_event_id = self._own_id = value
         elif name == "retry" and value.isdigit():
             self.retry_ms = int(value)
         return None
 
     def _dispatch(self) -> SseEvent | None:
-        data, event = self._data, self._event
-        self._data, self._event = [], ""
+        data, event, own_id = self._data, self._event, self._own_id
+        self._data, self._event, self._own_id = [], "", None
         if not data:
             return None
-        return SseEvent(data="\n".join(data), id=self.last_event_id, event=event or "message")
+        return SseEvent(data="\n".join(data), id=own_id, event=event or "message")
 
 
 @dataclass(slots=True)

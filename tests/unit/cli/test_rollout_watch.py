@@ -142,3 +142,13 @@ def test_an_event_without_instance_prints_its_message() -> None:
 )
 def test_outcome_of(made: object, expected: Outcome | None) -> None:
     assert outcome_of(made) == expected  # type: ignore[arg-type]
+
+
+def test_a_snapshot_older_than_an_event_does_not_stop_the_instance() -> None:
+    watch = RolloutWatch()
+    placed = watch.on_event(event(1, "instance.placed", "placed", instance_n=9, version=5), 0.1)
+    assert len(placed) == 1
+    assert watch.on_status(status([]), 0.2) == []  # asked for before the placement committed
+    later = watch.on_status(status([instance(9, 5, S.STARTING)]), 0.3)
+    assert _texts(later) == [f"instance {str(rid(9))[:8]} (v5) starting"]
+    assert _texts(watch.on_status(status([]), 0.4)) == [f"instance {str(rid(9))[:8]} (v5) stopped"]

@@ -42,9 +42,10 @@ def test_only_one_leading_space_is_stripped_and_a_bare_field_is_empty() -> None:
     assert [e.data for e in events] == [" two", ""]
 
 
-def test_an_id_with_nul_is_ignored_and_the_id_carries_over() -> None:
-    events, _ = _parse(["id: 1", "data: a", "", "id: x\0y", "data: b", ""])
-    assert [e.id for e in events] == ["1", "1"]
+def test_an_id_with_nul_is_ignored_and_the_last_id_carries_over() -> None:
+    events, parser = _parse(["id: 1", "data: a", "", "id: x\0y", "data: b", ""])
+    assert [e.id for e in events] == ["1", None]
+    assert parser.last_event_id == "1"
 
 
 @pytest.mark.parametrize(
@@ -112,15 +113,15 @@ async def _take(server: _Server, count: int, **kwargs: object) -> list[str]:
 async def test_a_dropped_stream_resumes_after_the_last_id_without_duplicates() -> None:
     server = _Server(
         [
-            [*_frames(1, 2), "!drop"],
+            [*_frames(1, 2), "data: a notice without id", "", "!drop"],
             ServiceUnavailable("operator is unreachable: connection refused"),
             _frames(2, 3),  # a server that replays the last event it sent
             _frames(4),
         ]
     )
     retries: list[str] = []
-    seen = await _take(server, 4, on_retry=lambda cause, delay: retries.append(cause))
-    assert seen == ['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}']
+    seen = await _take(server, 5, on_retry=lambda cause, delay: retries.append(cause))
+    assert seen == ['{"n": 1}', '{"n": 2}', "a notice without id", '{"n": 3}', '{"n": 4}']
     assert server.resumed_after == [None, "2", "2", "3"]
     assert retries == [
         "operator is unreachable: connection reset",
