@@ -157,7 +157,7 @@ class Edge:
     def __post_init__(self) -> None:
         s = self.settings
         self.handshakes = HandshakeCounter()
-        self.tls = TlsTerminator()
+        self.tls = TlsTerminator(default_domain=s.default_domain)
         shared = s.data_dir / "edge" / "challenges" if s.worker_count > 1 else None
         self.challenges = Challenges(tls=self.tls, directory=shared)
         self.limiter = RateLimiter(capacity=s.rate_limit_capacity)

@@ -78,6 +78,11 @@ class EdgeSettings(ServiceSettings):
     domains: str = Field(
         default="", validation_alias="EDGE_DOMAINS", description="comma-separated host names"
     )
+    default_domain: str | None = Field(
+        default=None,
+        validation_alias="EDGE_DEFAULT_DOMAIN",
+        description="whose certificate TLS clients without SNI (or naming an unknown host) get",
+    )
     acme_directory: str = Field(
         default="https://acme-v02.api.letsencrypt.org/directory",
         validation_alias="EDGE_ACME_DIRECTORY",

@@ -103,16 +103,21 @@ def host_context(chain_pem: str, key_pem: str, *, alpn: list[str] | None = None)
 
 
 class TlsTerminator:
-    """The certificate table and the server ``SSLContext`` that consults it."""
+    """The certificate table and the server ``SSLContext`` that consults it.
 
-    def __init__(self) -> None:
+    A handshake without SNI, or naming a host with no certificate of its own, gets the
+    default certificate: the one ``set_default`` gave, the static certificate's first name,
+    or ``default_domain``'s once installed. With none of those it fails (alert
+    ``unrecognized_name``): such a client never gets another app's certificate."""
+
+    def __init__(self, *, default_domain: str | None = None) -> None:
         self._hosts: dict[str, ssl.SSLContext] = {}
         self._wildcards: dict[str, ssl.SSLContext] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
         # ids of the SSL objects whose ClientHello offered acme-tls/1 (while challenges exist)
         self._acme_offers: set[int] = set()
         self._default: ssl.SSLContext | None = None
-        self._default_name: str | None = None
+        self._default_name = default_domain.lower().rstrip(".") if default_domain else None
         self._expiry: dict[str, datetime] = {}
         self.server_context = _base_context([ALPN_HTTP1])
         self.server_context.sni_callback = self._pick
@@ -133,7 +138,7 @@ class TlsTerminator:
         else:
             self._hosts[domain] = ctx
         self._expiry[domain] = info.not_after
-        if default or self._default is None or domain == self._default_name:
+        if default or domain == self._default_name:
             self._default = ctx
             self._default_name = domain
             # The base context itself also needs a certificate: some clients send no SNI.

@@ -222,6 +222,35 @@ _NO_PARSER = httptools.HttpRequestParser(_Sink())
 _NO_CLIENT = ClientInfo(peer_ip="", client_ip="")
 
 
+def _lf_request_line(data: bytes) -> bytes:
+    """``data`` with a CR put before the LF that ends its first line when that LF is bare
+    (RFC 9112 2.2 lets a recipient accept it; llhttp refuses it on the request line)."""
+    nl = data.find(b"\n")
+    if nl > 0 and data[nl - 1] != 13:
+        return data[:nl] + b"\r" + data[nl:]
+    return data
+
+
+def absolute_target(url: bytes) -> tuple[bytes, bytes]:
+    """``http://a.example:8080/x?y`` -> (``a.example:8080``, ``/x?y``); raises _Reject for
+    an empty authority or one with user information."""
+    rest = url[url.find(b"://") + 3 :]
+    end = len(rest)
+    for sep in (b"/", b"?"):
+        at = rest.find(sep)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end]
+    if not authority or b"@" in authority or b'"' in authority or b"\\" in authority:
+        raise _Reject(400, "invalid authority in the request target")
+    path = rest[end:]
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    return authority, path
+
+
 def peer_address(transport: asyncio.BaseTransport) -> str:
     """The socket peer's address (IPv4-mapped IPv6 as plain IPv4); a Unix socket's peer
     has none and counts as 127.0.0.1."""
@@ -288,6 +317,9 @@ class ClientProtocol:
         self.tls = tls
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        # RFC 9112 2.2: a bare LF ends a header line as CRLF does (a bare CR stays an error);
+        # llhttp applies this to header lines, and _lf_request_line to the request line
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self.peer_ip = ""
         self.peer_port = 0  # 0: unknown (a PROXY protocol or Unix socket peer)
         # the RFC 7239 for= node of the peer, made at the first request (see forwarded_node)
@@ -325,6 +357,7 @@ class ClientProtocol:
         self._headers: Headers = []
         self._hbytes = 0
         self._in_message = False
+        self._at_start = True  # the next byte fed starts a request (its request line)
 
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -551,6 +584,8 @@ class ClientProtocol:
             return
         if self.closing:
             return
+        if self._at_start:
+            data = _lf_request_line(data)
         try:
             self.parser.feed_data(data)
             if self._in_message and self._hbytes > MAX_HEADER_BYTES:
@@ -602,6 +637,7 @@ class ClientProtocol:
         self.pause_reading_for(_PAUSE_QUEUE)
 
     def on_message_begin(self) -> None:
+        self._at_start = False
         self._url = b""
         self._headers = []
         self._hbytes = 0
@@ -630,7 +666,8 @@ class ClientProtocol:
         method = parser.get_method()
         version = parser.get_http_version()
         trusted = self.trusted_peer
-        parts: list[bytes] = [b""]  # the request line goes first, once the target is known
+        # the request line and Host go first, once the target is known
+        parts: list[bytes] = [b"", b""]
         host = b""
         host_count = 0
         content_length = -1
@@ -653,7 +690,6 @@ class ClientProtocol:
                     raise _Reject(400, "invalid Host header")
                 host = value
                 host_count += 1
-                parts.append(b"host: %s\r\n" % value)
             elif kind == _K_LENGTH:
                 if not value.isdigit():
                     raise _Reject(400, "invalid Content-Length")
@@ -690,8 +726,6 @@ class ClientProtocol:
             # hop-by-hop headers and untrusted forwarding headers are dropped
         if host_count > 1:
             raise _Reject(400, "more than one Host header")
-        if version == "1.1" and host_count == 0:
-            raise _Reject(400, "missing Host header")
         chunked = False
         if te is not None:
             if content_length >= 0:
@@ -707,17 +741,21 @@ class ClientProtocol:
         if method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
         url = self._url
+        if b"#" in url:
+            raise _Reject(400, "a fragment (#) is not allowed in the request target")
         if url[:1] != b"/":
-            if url.startswith((b"http://", b"https://")):
-                # absolute-form: its authority is the host; forward origin-form
-                rest = url.split(b"://", 1)[1]
-                slash = rest.find(b"/")
-                host = rest if slash < 0 else rest[:slash]
-                url = b"/" if slash < 0 else rest[slash:]
-                if host_count == 0:
-                    parts.append(b"host: %s\r\n" % host)
+            if url[:8].lower().startswith((b"http://", b"https://")):
+                # absolute-form (RFC 9112 3.2.2): its authority is the host; origin-form on
+                authority, url = absolute_target(url)
+                if host and split_host(host) != split_host(authority):
+                    raise _Reject(400, "the Host header does not match the request target")
+                host = authority
             elif not (url == b"*" and method == b"OPTIONS"):
                 raise _Reject(400, "invalid request target")
+        if not host:
+            # HTTP/1.0 without Host too: nothing to route by, and never forwarded without one
+            raise _Reject(400, "missing Host header")
+        parts[1] = b"host: %s\r\n" % host
         q = url.find(b"?")
         path = (url if q < 0 else url[:q]).decode("latin-1")
         # llhttp sets its upgrade flag only after this callback: decide here, the same way
@@ -830,6 +868,7 @@ class ClientProtocol:
                 self.pause_reading_for(_PAUSE_BUFFER)
 
     def on_message_complete(self) -> None:
+        self._at_start = True
         ex = self.parsing
         self.parsing = None
         if ex is None:

@@ -245,4 +245,5 @@ async def test_acme_issue_renew_fail_and_tls_alpn(
     ).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert names.value.get_values_for_type(x509.DNSName) == ["alpn.test"]
     # the challenge certificate is withdrawn afterwards
-    assert edge.tls.context_for("alpn.test") is not edge.tls._challenges.get("alpn.test")
+    assert edge.tls._challenges.get("alpn.test") is None
+    assert edge.tls.context_for("alpn.test", acme=True) is None  # not installed, no default

@@ -76,6 +76,57 @@ async def test_tls_versions_alpn_and_sni(make_edge: EdgeFactory, tmp_path: Path)
     assert lines and float(lines[0].split()[1]) >= 1, metrics
 
 
+async def test_a_client_without_sni_never_gets_another_apps_certificate(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="a.test,b.test")
+    port = edge.ports["https"]
+    ctx = client_context(_ca(tmp_path / "data"))
+    ctx.check_hostname = False  # no name sent, nothing to check it against
+    for sni in (None, "unknown.test"):  # no default configured: the handshake fails
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await Conn.open(port, tls=ctx, sni=sni)
+    conn = await Conn.open(port, tls=client_context(_ca(tmp_path / "data")), sni="a.test")
+    assert _peer_names(conn) == ["a.test"]  # the named hosts are served as before
+    await conn.close()
+
+
+async def test_the_configured_default_certificate_serves_clients_without_sni(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="a.test,b.test", EDGE_DEFAULT_DOMAIN="b.test")
+    ctx = client_context(_ca(tmp_path / "data"))
+    ctx.check_hostname = False
+    conn = await Conn.open(edge.ports["https"], tls=ctx, sni=None)
+    assert _peer_names(conn) == ["b.test"]
+    response = await conn.request("/v", host="b.test")
+    assert response.status == 200
+    await conn.close()
+
+
+async def test_request_targets_at_the_edge(make_edge: EdgeFactory, upstream: Upstream) -> None:
+    # the same rules as the load balancer's (one core): answered with 400, never forwarded
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_HTTPS_REDIRECT="false")
+    seen = len(upstream.seen)
+    for raw in (
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET http://a.example/x HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET /x#f HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET / HTTP/1.1\rHost: app.test\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["http"])
+        writer.write(raw)
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        assert data.startswith(b"HTTP/1.1 400 "), (raw, data[:200])
+    conn = await Conn.open(edge.ports["http"])
+    conn.writer.write(b"GET http://app.test/abs HTTP/1.1\nHost: app.test\n\n")  # LF only
+    response = await conn.read_response()
+    await conn.close()
+    assert response.status == 200 and response.body == b"ok /abs"
+    assert len(upstream.seen) == seen + 1
+
+
 async def test_static_certificate_reload_keeps_open_connections(
     make_edge: EdgeFactory, tmp_path: Path
 ) -> None:

@@ -57,6 +57,18 @@ async def send_raw(port: int, raw: bytes) -> tuple[int, bytes]:
         ),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (b"POST / HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n", 400),
+        # request targets (RFC 9112 3.2)
+        (b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n", 400),
+        (b"GET http://user@a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n", 400),
+        (b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /x#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\n\r\n", 400),  # HTTP/1.0 without Host is not forwarded either
+        (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+        (b'GET / HTTP/1.1\r\nHost: a"b\r\n\r\n', 400),
+        # a bare CR is never a line ending (only a bare LF is, RFC 9112 2.2)
+        (b"GET / HTTP/1.1\rHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\rX-A: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n", 400),
     ],
 )
 async def test_malformed_requests_get_4xx_and_the_connection_closes(
@@ -180,3 +192,38 @@ async def test_client_connection_close_is_honoured(
         data = await read_until_closed(reader)
     assert data.count(b"HTTP/1.1 200") == 1
     assert b"connection: close" in data
+
+
+@pytest.mark.parametrize(
+    ("raw", "target", "host"),
+    [
+        # absolute-form routes by its authority; the app gets origin-form and that Host
+        (
+            b"GET http://app.test/headers?q=1 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+            "/headers?q=1",
+            "app.test",
+        ),
+        (
+            b"GET HTTP://App.Test:8080/headers HTTP/1.1\r\nHost: app.test\r\n\r\n",
+            "/headers",
+            "App.Test:8080",
+        ),
+        (b"GET http://app.test/headers HTTP/1.1\r\n\r\n", "/headers", "app.test"),
+        (b"GET http://app.test/headers HTTP/1.0\r\n\r\n", "/headers", "app.test"),
+        # LF-only line endings (RFC 9112 2.2), on the request line and the header lines
+        (b"GET /headers HTTP/1.1\nHost: app.test\nX-A: 1\n\n", "/headers", "app.test"),
+        (b"GET /headers HTTP/1.1\r\nHost: app.test\nX-A: 1\r\n\n", "/headers", "app.test"),
+    ],
+)
+async def test_request_targets_and_line_endings_that_are_accepted(
+    make_origin: MakeOrigin, make_lb: MakeLB, raw: bytes, target: str, host: str
+) -> None:
+    o = await make_origin("o")
+    lb = await make_lb(backends=o.address)
+    async with connection(lb.port) as (reader, writer):
+        writer.write(raw)
+        r = await asyncio.wait_for(read_response(reader), 5)
+    assert r.status == 200, r.body
+    seen = r.json()
+    assert seen["target"] == target
+    assert seen["headers"]["host"] == host

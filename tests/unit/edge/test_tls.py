@@ -35,8 +35,10 @@ def test_install_pick_wildcard_and_remove() -> None:
     assert wild is not None and wild is not a
     assert tls.has_certificate("a.test") and tls.has_certificate("x.apps.test")
     assert not tls.has_certificate("y.x.apps.test") and not tls.has_certificate("b.test")
-    assert tls.context_for("unknown.test") is a  # the first certificate is the default
-    assert tls.context_for(None) is a
+    # no default configured: a client without SNI, or naming an unknown host, gets none
+    # (the handshake fails) rather than another app's certificate
+    assert tls.context_for("unknown.test") is None
+    assert tls.context_for(None) is None
     assert set(tls.domains()) == {"a.test", "*.apps.test"}
     old = a
     tls.install("a.test", *_pair("a.test"))
@@ -57,7 +59,7 @@ def test_bad_material_is_refused_and_keeps_the_old() -> None:
 
 
 def test_challenge_context_only_for_acme_clients_until_cleared() -> None:
-    tls = TlsTerminator()
+    tls = TlsTerminator(default_domain="a.test")
     tls.install("a.test", *_pair("a.test"))
     normal = tls.context_for("a.test")
     tls.set_challenge("a.test", *_pair("a.test"))
@@ -180,8 +182,20 @@ def test_set_default_serves_clients_without_sni() -> None:
     assert tls.domains() == ["a.test"]  # the default alone adds no metric label
 
 
+def test_the_configured_default_domain_serves_clients_without_sni() -> None:
+    tls = TlsTerminator(default_domain="B.test.")
+    tls.install("a.test", *_pair("a.test"))
+    assert tls.context_for(None) is None  # b.test has no certificate yet
+    tls.install("b.test", *_pair("b.test"))
+    b = tls.context_for("b.test")
+    assert b is not None
+    assert tls.context_for(None) is b
+    assert tls.context_for("unknown.test") is b
+    assert tls.context_for("a.test") is not b
+
+
 def test_reinstalling_the_default_host_updates_the_default() -> None:
-    tls = TlsTerminator()
+    tls = TlsTerminator(default_domain="a.test")
     tls.install("a.test", *_pair("a.test"))
     tls.install("b.test", *_pair("b.test"))
     tls.install("a.test", *_pair("a.test"))  # renewal of the default host

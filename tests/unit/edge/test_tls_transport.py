@@ -104,7 +104,7 @@ FAILED: list[str] = []
 def _layer(
     caps: Caps, timeout: float = 30.0
 ) -> tuple[TlsTransport, FakeClient, FakeTcp, list[int]]:
-    terminator = TlsTerminator()
+    terminator = TlsTerminator(default_domain="a.test")  # clients without SNI get a.test
     terminator.install("a.test", *issue_leaf(["a.test"], ca_cert_pem=CA, ca_key_pem=CA_KEY))
     client, tcp, admitted = FakeClient(), FakeTcp(), []
     layer = TlsTransport(
