@@ -1,6 +1,7 @@
 """The supervisor in-process over the real oci driver, real network and real image cache:
 transitions and reports, crash restarts with back-off, OOM, bad images, runtime errors,
-capacity."""
+capacity, health checks of real busybox containers (tcp, an http 500, one that never
+listens, one whose network is removed)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from typing import Any, cast
 import pytest
 
 from tests.contract.runtime.harness import make_network, wait_http
-from tests.images import BuiltImage, build_image
+from tests.images import BuiltImage, Entry, app_entries, build_image
 from zeitwork.agent.images import NodeImages
-from zeitwork.agent.network import NodeNetwork
+from zeitwork.agent.network import NodeNetwork, links
+from zeitwork.agent.network.node import veth_name
 from zeitwork.agent.plan import Tuning
 from zeitwork.agent.state_store import StateStore
 from zeitwork.agent.supervisor import Supervisor
 from zeitwork.clients.operator import OperatorClient
 from zeitwork.core.errors import InsufficientCapacity
 from zeitwork.core.resources import Resources
-from zeitwork.core.states import InstanceState
+from zeitwork.core.states import HealthState, InstanceState
 from zeitwork.images import ImageCache
 from zeitwork.runtime.oci import OciDriver, RuncCli, become_subreaper, cgroups
 from zeitwork.wire.agent import AssignedInstance, InstanceStatusReport
@@ -262,3 +264,107 @@ async def test_the_bundle_holding_environment_values_is_private(
     [config] = (tmp_path / "oci").glob("*/config.json")
     assert "hunter2" in config.read_text()
     assert config.stat().st_mode & 0o777 == 0o600
+
+
+def _health(report: InstanceStatusReport) -> HealthState | None:
+    return report.health.state if report.health is not None else None
+
+
+async def _report_where(
+    node: Node,
+    instance_id: uuid.UUID,
+    predicate: Callable[[InstanceStatusReport], bool],
+    timeout: float = 20.0,
+) -> InstanceStatusReport:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for i, report in node.reports:
+            if i == instance_id and predicate(report):
+                return report
+        seen = [(r.state.value, _health(r)) for i, r in node.reports if i == instance_id]
+        assert loop.time() < deadline, f"reports so far: {seen}"
+        await asyncio.sleep(0.02)
+
+
+FAST_CHECK = {"interval": 0.2, "timeout": 1.0, "grace_period": 0, "unhealthy_threshold": 2}
+
+
+async def test_a_listening_container_turns_healthy_on_the_default_tcp_check(
+    node: Node, busybox_image: BuiltImage
+) -> None:
+    assignment = node.assign(busybox_image)
+    report = await _report_where(node, assignment.id, lambda r: _health(r) == HealthState.HEALTHY)
+    assert report.state == S.RUNNING
+    assert report.health is not None and report.health.last is not None
+    assert report.health.last.detail == "connected to :8080"
+    assert report.health.last.latency_ms is not None
+
+
+async def test_an_http_check_answered_500_is_unhealthy_with_the_status(
+    node: Node, tmp_path: Path
+) -> None:
+    cgi = (
+        "#!/bin/sh\n"
+        'printf "HTTP/1.1 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n'
+        '\\r\\nbroken\\n"\n'
+    )
+    image = build_image(
+        tmp_path / "cgi.tar",
+        layers=[
+            [
+                *app_entries(),
+                Entry("www/cgi-bin", mode=0o755),
+                Entry("www/cgi-bin/fail", cgi.encode(), mode=0o755),
+            ]
+        ],
+    )
+    check = {"type": "http", "path": "/cgi-bin/fail", **FAST_CHECK}
+    assignment = node.assign(image, health_check=check)
+    report = await _report_where(node, assignment.id, lambda r: _health(r) == HealthState.UNHEALTHY)
+    assert report.state == S.RUNNING
+    assert report.health is not None and report.health.last is not None
+    assert report.health.last.detail == "GET /cgi-bin/fail -> 500"
+    assert report.health.last.status_code == 500
+    # never healthy: not restarted by the agent (the operator's deadline decides)
+    assert node.supervisor.starts == 1
+
+
+async def test_a_container_that_never_listens_is_unhealthy(
+    node: Node, busybox_image: BuiltImage
+) -> None:
+    node.supervisor.ready_timeout = 1.0  # the start waits this long for a listener
+    assignment = node.assign(
+        busybox_image, command=["sleep", "600"], health_check={"type": "tcp", **FAST_CHECK}
+    )
+    report = await _report_where(node, assignment.id, lambda r: _health(r) == HealthState.UNHEALTHY)
+    assert report.health is not None and report.health.last is not None
+    assert report.health.last.detail == "connection refused on :8080"
+    assert node.supervisor.starts == 1
+
+
+async def test_a_container_whose_network_is_removed_is_restarted_and_serves_again(
+    node: Node, busybox_image: BuiltImage
+) -> None:
+    assignment = node.assign(busybox_image, health_check={"type": "tcp", **FAST_CHECK})
+    await _report_where(node, assignment.id, lambda r: _health(r) == HealthState.HEALTHY)
+    # what another agent's clean-up did to an instance (issue 16): its veth is gone
+    await asyncio.to_thread(links.delete_link, veth_name(assignment.id))
+    restarted = await _report_where(
+        node, assignment.id, lambda r: "restarted: health check failed" in (r.reason or "")
+    )
+    assert restarted.state == S.STARTING
+    assert restarted.reason is not None and "timed out after 1 s" in restarted.reason
+    after = len(node.reports)
+    healthy = await _report_where(
+        node,
+        assignment.id,
+        lambda r: (
+            _health(r) == HealthState.HEALTHY
+            and any(r is later for _, later in node.reports[after:])
+        ),
+    )
+    assert node.supervisor.starts == 2
+    assert healthy.ip_address is not None
+    status, _ = await wait_http(f"http://{healthy.ip_address}:8080/", timeout=5)
+    assert status == 200

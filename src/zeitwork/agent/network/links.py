@@ -119,6 +119,14 @@ def attach_instance(
             if index is None:
                 raise OSError(errno.ENODEV, f"veth {host_ifname} vanished after creation")
             ipr.link("set", index=index, master=bridge_index, state="up")
+            # the host may still hold the MAC of an earlier instance at this address (a
+            # restart on a fresh attachment): without this, packets go to that MAC until
+            # the neighbour entry times out (seconds)
+            try:
+                ipr.neigh("del", dst=address, ifindex=bridge_index)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.ESRCH):
+                    raise
     finally:
         os.close(ns_fd)
     with netns.entered(netns_path), IPRoute() as inner:
