@@ -1,5 +1,5 @@
-"""Following a release's rollout until it is over: the rollout's events as they happen, and
-the release and the app's status polled beside them (the only source when the event stream
+"""Following a release's rollout until it is over: its events as they happen, and the
+release and the app's status polled beside them (the only source when the event stream
 is unavailable). ``rollout_watch`` decides what to print and when it is over."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, outcome_of
+from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, concerns, outcome_of
 from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.wire.releases import ReleaseOut
@@ -18,6 +18,7 @@ POLL_INTERVAL = 1.0
 """Seconds between polls of the release and the status (sooner after a rollout event)."""
 
 _STREAM_ATTEMPTS = 3
+_BACKLOG = 200
 _TERMINAL_KINDS = ("rollout.succeeded", "rollout.failed", "rollout.superseded", "release.")
 
 
@@ -32,18 +33,22 @@ async def follow_rollout(
     """Print the rollout's progress until the release is current, failed or superseded;
     returns how it ended and the release as it ended."""
     origin = time.monotonic() if started is None else started
-    watch = RolloutWatch()
+    watch = RolloutWatch(release_versions={release.id: release.version})
     wake = asyncio.Event()
 
     def elapsed() -> float:
         return time.monotonic() - origin
 
     async def stream() -> None:
-        if release.rollout is None:
-            return
-        filters = {"rollout_id": str(release.rollout.id)}
+        # the environment's events (an instance's own reports carry its release but not the
+        # rollout), the newest few first: those from before the release are left out
+        filters = {"project": str(release.project_id), "environment": release.environment}
         try:
-            async for event in client.follow_events(filters=filters, max_failures=_STREAM_ATTEMPTS):
+            async for event in client.follow_events(
+                filters=filters, backlog=_BACKLOG, max_failures=_STREAM_ATTEMPTS
+            ):
+                if not concerns(event, release):
+                    continue
                 for line in watch.on_event(event, elapsed()):
                     say(line)
                 if event.kind.startswith(_TERMINAL_KINDS):

@@ -38,6 +38,22 @@ _EVENT_PHASES = {
 }
 
 
+def concerns(event: EventOut, release: ReleaseOut) -> bool:
+    """Whether an event of the app's environment is about ``release``'s rollout: recorded
+    with or after the release, and of its rollout, of it, or of the release it replaces
+    (an instance's own reports carry its release, not the rollout)."""
+    if event.created_at < release.created_at:
+        return False
+    rollout = release.rollout
+    if rollout is not None and event.rollout_id == rollout.id:
+        return True
+    if event.release_id is None:
+        return False
+    return event.release_id == release.id or (
+        rollout is not None and event.release_id == rollout.from_release_id
+    )
+
+
 def phase_of(instance: InstanceBrief) -> tuple[str, str]:
     """An instance's phase in a status snapshot, and the detail worth printing with it."""
     state = instance.state
@@ -101,6 +117,9 @@ class RolloutWatch:
     since the deploy call, printed at the start of each line."""
 
     versions: dict[uuid.UUID, int | None] = field(default_factory=dict)
+    """instance id -> its release's version"""
+    release_versions: dict[uuid.UUID, int] = field(default_factory=dict)
+    """release id -> version, as status snapshots and the followed release tell"""
     nodes: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
     _seen: dict[uuid.UUID, _Seen] = field(default_factory=dict)
     _events: set[int] = field(default_factory=set)
@@ -116,6 +135,8 @@ class RolloutWatch:
         if event.node_id is not None:
             self.nodes.setdefault(event.instance_id, event.node_id)
         version = event.data.get("version")
+        if event.release_id is not None and event.release_id in self.release_versions:
+            version = self.release_versions[event.release_id]
         if isinstance(version, int):
             self.versions.setdefault(event.instance_id, version)
         detail = event.message if phase in FAILURES else ""
@@ -127,6 +148,8 @@ class RolloutWatch:
         for instance in status.instances:
             listed.add(instance.id)
             self.versions.setdefault(instance.id, instance.version)
+            if instance.release_id is not None and instance.version is not None:
+                self.release_versions[instance.release_id] = instance.version
             if instance.node_id is not None:
                 self.nodes[instance.id] = instance.node_id
             phase, detail = phase_of(instance)

@@ -50,6 +50,15 @@ def _limits_text(domain: DomainInfo) -> str:
     return ", ".join(parts) or "-"
 
 
+def _target_text(domain: DomainInfo) -> str:
+    """``environment 1a2b3c4d`` (its current release), ``deployment 5e6f7a8b``, or ``-``."""
+    if domain.project_environment_id is not None:
+        return f"environment {str(domain.project_environment_id)[:8]}"
+    if domain.deployment_id is not None:
+        return f"deployment {str(domain.deployment_id)[:8]}"
+    return "-"
+
+
 def register(app: typer.Typer) -> None:
     images = typer.Typer(help="OCI images in the operator's store.", no_args_is_help=True)
 
@@ -125,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(instances, name="instances")
 
-    domains = typer.Typer(help="Domains (hosts routed to deployments).", no_args_is_help=True)
+    domains = typer.Typer(help="Domains (hosts routed to apps).", no_args_is_help=True)
 
     @domains.command("ls")
     def domains_ls() -> None:
@@ -133,12 +142,12 @@ def register(app: typer.Typer) -> None:
 
         found = run_with_client(lambda c: c.domains())
         table(
-            ("NAME", "VERIFIED", "DEPLOYMENT", "RATE LIMITS", "TO VERIFY: TXT RECORD"),
+            ("NAME", "VERIFIED", "ROUTED TO", "RATE LIMITS", "TO VERIFY: TXT RECORD"),
             [
                 (
                     d.name,
                     "yes" if d.verified else "no",
-                    str(d.deployment_id)[:8] if d.deployment_id else "-",
+                    _target_text(d),
                     _limits_text(d),
                     f"{r.name} {r.value}" if (r := d.verification_record) else "-",
                 )

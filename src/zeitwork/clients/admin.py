@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from zeitwork.clients.factory import ClientOptions, http_client, map_http_errors, raise_for_status
 from zeitwork.clients.sse import Backoff, StreamOpener, follow
-from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.core.errors import Conflict, ServiceUnavailable
 from zeitwork.wire.releases import (
     AppStatus,
     EnvChange,
@@ -119,6 +119,7 @@ class DomainInfo(_Model):
     name: str
     project_id: uuid.UUID | None = None
     deployment_id: uuid.UUID | None = None
+    project_environment_id: uuid.UUID | None = None
     verified: bool = False
     verification_record: DnsRecordInfo | None = None
     rate_limit_rps: float | None = None
@@ -404,6 +405,8 @@ class AdminClient:
                 "environment": environment,
             }
             return _parse(DomainInfo, await self._request("POST", "/api/v1/domains", json=body))
+        if existing.project_id is not None and existing.project_id != project_id:
+            raise Conflict(f"domain {existing.name} belongs to another app; remove it there first")
         response = await self._request(
             "PUT", f"/api/v1/domains/{existing.id}", json={"environment": environment}
         )

@@ -22,15 +22,18 @@ from zeitwork.operator.db.listener import ChangeListener
 from zeitwork.operator.db.nodes import NodeStore
 from zeitwork.operator.db.projects import ProjectStore
 from zeitwork.operator.db.regions import RegionStore
+from zeitwork.operator.db.releases import ReleaseStore
 from zeitwork.operator.db.routes import RouteStore
 from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
+from zeitwork.operator.secret_box import SecretBox, load_secret_box
 from zeitwork.operator.services.deployments import DeploymentService
 from zeitwork.operator.services.domains import DnsTxt, DomainVerifier
 from zeitwork.operator.services.events import EventFeed
 from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.nodes import NodeService
+from zeitwork.operator.services.releases import ReleaseService
 from zeitwork.operator.services.tokens import TokenService
 from zeitwork.operator.services.watch import Watcher
 from zeitwork.operator.settings import OperatorSettings, parse_dns_servers
@@ -62,15 +65,26 @@ class Deps:
     images: ImageStore
     image_service: ImageService
     domain_verifier: DomainVerifier
+    releases: ReleaseStore
+    release_service: ReleaseService
+    secret_box: SecretBox
     app_refs: AppRefs
     events: EventStore
     event_feed: EventFeed
 
 
 def build_deps(
-    *, settings: OperatorSettings, db: Database, clock: Clock, stopping: asyncio.Event
+    *,
+    settings: OperatorSettings,
+    db: Database,
+    clock: Clock,
+    stopping: asyncio.Event,
+    secret_box: SecretBox | None = None,
 ) -> Deps:
-    """Wire stores and services onto one pool (the one place that news them up)."""
+    """Wire stores and services onto one pool (the one place that news them up).
+
+    Without ``secret_box`` the key is loaded here (a small file read; ``main`` loads it in
+    a thread and passes it in)."""
     tokens = TokenStore(db=db)
     auth = Authenticator(
         tokens=tokens,
@@ -85,6 +99,8 @@ def build_deps(
     instance_service = InstanceService(db=db, instances=instances)
     projects = ProjectStore(db=db)
     images = ImageStore(db=db)
+    box = secret_box if secret_box is not None else load_secret_box(settings)[0]
+    releases = ReleaseStore(db=db)
     app_refs = AppRefs(db=db)
     events = EventStore(db=db)
     watcher = Watcher(db=db, listener=listener, stopping=stopping)
@@ -127,6 +143,16 @@ def build_deps(
         domain_verifier=DomainVerifier(
             projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))
         ),
+        releases=releases,
+        release_service=ReleaseService(
+            db=db,
+            releases=releases,
+            projects=projects,
+            images=images,
+            instances=instances,
+            box=box,
+        ),
+        secret_box=box,
         app_refs=app_refs,
         events=events,
         event_feed=EventFeed(store=events, refs=app_refs, watcher=watcher, stopping=stopping),

@@ -34,6 +34,10 @@ from zeitwork.operator.db.embedded import EmbeddedPostgres
 from zeitwork.operator.deps import Deps, build_deps
 from zeitwork.operator.node_watch import NodeWatch
 from zeitwork.operator.principal import Scope
+from zeitwork.operator.reconcile.leader import LeaderLock
+from zeitwork.operator.reconcile.loop import ReconcileLoop, Reconciler
+from zeitwork.operator.reconcile.releases import ReleaseReconciler
+from zeitwork.operator.secret_box import load_secret_box
 from zeitwork.operator.services.events import EventPruner
 from zeitwork.operator.services.reschedule import Rescheduler
 from zeitwork.operator.settings import OperatorSettings
@@ -125,7 +129,12 @@ async def serve(
         )
         await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
         stack.push_async_callback(db.close)
-        deps = build_deps(settings=settings, db=db, clock=SystemClock(), stopping=stopping)
+        box, made = await asyncio.to_thread(load_secret_box, settings)
+        if made is not None:
+            log.warning("operator.secrets_key_created", path=str(made))
+        deps = build_deps(
+            settings=settings, db=db, clock=SystemClock(), stopping=stopping, secret_box=box
+        )
         stack.push_async_callback(deps.listener.close)
         if primary:
             await _bootstrap_admin(deps)
@@ -167,21 +176,7 @@ async def serve(
             finally:
                 stopping.set()
 
-        rescheduler = (
-            Rescheduler(
-                db=deps.db,
-                instances=deps.instances,
-                instance_service=deps.instance_service,
-                grace_seconds=settings.reschedule_after,
-            )
-            if settings.reschedule_after > 0
-            else None
-        )
-        watch = NodeWatch(
-            nodes=deps.nodes,
-            timeout_seconds=settings.node_heartbeat_timeout,
-            rescheduler=rescheduler,
-        )
+        loop = build_reconcile_loop(deps)
         address = sock.getsockname()
         log.info(
             "operator.started" if primary else "operator.worker_started",
@@ -195,7 +190,7 @@ async def serve(
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(http(), name="http")
             if primary:
-                tasks.create_task(watch.run(stopping), name="node-watch")
+                tasks.create_task(loop.run(stopping), name="reconcile")
                 pruner = EventPruner(
                     store=deps.events,
                     max_age=settings.events_max_age,
@@ -206,6 +201,45 @@ async def serve(
                 spec = WorkerSpec(url=url, port=int(address[1]))
                 tasks.create_task(_supervise_workers(settings, spec, stopping), name="http-workers")
     log.info("operator.stopped" if primary else "operator.worker_stopped")
+
+
+def build_reconcile_loop(deps: Deps) -> ReconcileLoop:
+    """The reconcile loop with its reconcilers in order: nodes, reschedule, releases."""
+    settings = deps.settings
+    watch = NodeWatch(nodes=deps.nodes, timeout_seconds=settings.node_heartbeat_timeout, db=deps.db)
+
+    async def nodes() -> float | None:
+        await watch.sweep()
+        return None
+
+    reconcilers = [Reconciler("nodes", nodes)]
+    if settings.reschedule_after > 0:
+        rescheduler = Rescheduler(
+            db=deps.db,
+            instances=deps.instances,
+            instance_service=deps.instance_service,
+            grace_seconds=settings.reschedule_after,
+            locked=False,
+        )
+
+        async def reschedule() -> float | None:
+            await rescheduler.sweep()
+            return None
+
+        reconcilers.append(Reconciler("reschedule", reschedule))
+    releases = ReleaseReconciler(
+        db=deps.db,
+        releases=deps.releases,
+        instances=deps.instances,
+        instance_service=deps.instance_service,
+    )
+    reconcilers.append(Reconciler("releases", releases.sweep))
+    return ReconcileLoop(
+        leader=LeaderLock(db=deps.db),
+        watcher=deps.watcher,
+        reconcilers=reconcilers,
+        interval=min(settings.reconcile_interval, max(0.5, settings.node_heartbeat_timeout / 3)),
+    )
 
 
 async def _supervise_workers(

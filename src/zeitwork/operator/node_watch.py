@@ -1,8 +1,9 @@
 """The node-down detector: nodes whose heartbeats stop for the timeout go ``down``; down
 nodes that heartbeat again go ``ready``; with a rescheduler, instances of nodes down for
 longer than its grace period are replaced elsewhere (``services.reschedule``). Runs every
-few seconds as a named task (in every operator; the rescheduling part acts in one at a
-time, under an advisory lock)."""
+few seconds: as the reconcile loop's first reconciler (``reconcile/loop.py``, under the
+leader lock), or on its own with ``run``. With ``db`` it records ``node.down`` /
+``node.back`` events."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import uuid
 import structlog
 
 from zeitwork.core.errors import ServiceUnavailable
+from zeitwork.operator.db import events
+from zeitwork.operator.db.database import Database
 from zeitwork.operator.db.nodes import NodeStore
 from zeitwork.operator.services.reschedule import Rescheduler
 
@@ -26,7 +29,9 @@ class NodeWatch:
         nodes: NodeStore,
         timeout_seconds: float,
         rescheduler: Rescheduler | None = None,
+        db: Database | None = None,
     ) -> None:
+        self._db = db
         self._nodes = nodes
         self._timeout = timeout_seconds
         self._rescheduler = rescheduler
@@ -40,6 +45,18 @@ class NodeWatch:
         ready = await self._nodes.mark_alive_ready(self._timeout)
         for node_id in ready:
             log.info("node.back", node_id=str(node_id))
+        if self._db is not None and (down or ready):
+            async with self._db.transaction() as tx:
+                for node_id in down:
+                    await events.record(
+                        tx,
+                        "node.down",
+                        f"no heartbeat for {self._timeout:g} s",
+                        level="warning",
+                        node_id=node_id,
+                    )
+                for node_id in ready:
+                    await events.record(tx, "node.back", "heartbeats resumed", node_id=node_id)
         if self._rescheduler is not None:
             await self._rescheduler.sweep()
         return down, ready

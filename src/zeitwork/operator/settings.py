@@ -83,6 +83,19 @@ class OperatorSettings(ServiceSettings):
     token_cache_seconds: float = Field(
         default=5.0, ge=0, le=300, validation_alias="ZEITWORK_TOKEN_CACHE_SECONDS"
     )
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_SECRETS_KEY",
+        description="Fernet key (urlsafe base64 of 32 bytes) that encrypts app secrets at "
+        "rest; unset: one made once in the data dir (secrets.key, mode 0600)",
+    )
+    reconcile_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        validation_alias="ZEITWORK_RECONCILE_INTERVAL",
+        description="seconds between passes of the reconcile loop (changes wake it sooner)",
+    )
     dns_servers: str = Field(
         default="",
         validation_alias="ZEITWORK_DNS_SERVERS",

@@ -9,7 +9,15 @@ from enum import StrEnum
 import psycopg
 import pytest
 
-from zeitwork.core.states import DeploymentState, ImageState, InstanceState, NodeState
+from zeitwork.core.states import (
+    DeploymentState,
+    HealthState,
+    ImageState,
+    InstanceState,
+    NodeState,
+    ReleaseState,
+    RolloutState,
+)
 from zeitwork.operator.db import migrate
 from zeitwork.operator.principal import Scope
 
@@ -21,7 +29,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
     "regions": {"name", "code", "country"},
     "organisations": {"name", "slug"},
     "projects": {"organisation_id", "name", "slug", "github_repo", "default_branch"},
-    "project_environments": {"project_id", "name"},
+    "project_environments": {"project_id", "name", "current_release_id", "replicas"},  # 0012
     "images": {
         "name",
         "status",
@@ -49,6 +57,8 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "allocated_memory_mib",  # 0002
         "subnet",  # 0005
         "state_before_down",  # 0007
+        "agent_url",  # 0012
+        "agent_token",  # 0012
     },
     "deployments": {
         "project_id",
@@ -84,6 +94,15 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "log_tail",
         "lost_at",  # 0006
         "replaced_by",  # 0006
+        "release_id",  # 0012
+        "health",
+        "health_detail",
+        "healthy_since",
+        "serving",
+        "drain_started_at",
+        "command",
+        "health_check",
+        "stop_timeout",
     },
     "deployment_instances": {"deployment_id", "instance_id"},
     "domains": {
@@ -97,8 +116,65 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "rate_limit_burst",  # 0008
         "edge_policy",  # 0009
         "path_rate_limits",  # 0010
+        "project_environment_id",  # 0012
     },
-    "environment_variables": {"project_id", "project_environment_id", "name", "value"},
+    "environment_variables": {
+        "project_id",
+        "project_environment_id",
+        "name",
+        "value",
+        "secret",  # 0012
+    },
+    "releases": {  # 0012
+        "project_id",
+        "project_environment_id",
+        "version",
+        "image_id",
+        "image_digest",
+        "image_ref",
+        "command",
+        "port",
+        "env",
+        "secrets",
+        "vcpu_millis",
+        "memory_mib",
+        "replicas",
+        "health_check",
+        "restart_policy",
+        "strategy",
+        "reason",
+        "description",
+        "created_by",
+        "source_release_id",
+        "deployment_id",
+        "state",
+        "state_changed_at",
+        "error",
+    },
+    "rollouts": {  # 0012
+        "release_id",
+        "from_release_id",
+        "project_environment_id",
+        "strategy",
+        "state",
+        "state_changed_at",
+        "deadline_at",
+        "finished_at",
+        "error",
+    },
+    "events": {  # 0012
+        "seq",
+        "project_id",
+        "project_environment_id",
+        "release_id",
+        "rollout_id",
+        "instance_id",
+        "node_id",
+        "kind",
+        "level",
+        "message",
+        "data",
+    },
     "api_tokens": {
         "name",
         "scope",
@@ -152,6 +228,16 @@ EXPECTED_INDEXES = {
     "regions_code_live_key",
     "projects_slug_live_key",
     "project_environments_name_live_key",
+    "releases_version_live_key",  # 0012
+    "releases_project_id_idx",
+    "releases_state_idx",
+    "rollouts_one_running_key",
+    "rollouts_release_id_idx",
+    "instances_release_id_idx",
+    "domains_project_environment_id_idx",
+    "events_seq_key",
+    "events_project_id_seq_idx",
+    "events_created_at_idx",
 }
 
 STATE_CHECKS: dict[str, list[str]] = {
@@ -163,6 +249,12 @@ STATE_CHECKS: dict[str, list[str]] = {
     "api_tokens_scope_check": [s.value for s in Scope],
     "certificates_status_check": ["pending", "issued", "failed"],
     "certificates_source_check": ["acme", "internal", "static"],
+    "releases_state_check": [s.value for s in ReleaseState],  # 0012
+    "rollouts_state_check": [s.value for s in RolloutState],
+    "rollouts_strategy_check": ["rolling", "bluegreen", "immediate"],
+    "releases_reason_check": ["deploy", "rollback", "config", "migration"],
+    "instances_health_check": [s.value for s in HealthState],
+    "events_level_check": ["info", "warning", "error"],
 }
 
 

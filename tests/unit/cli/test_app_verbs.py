@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from zeitwork.cli.main import app
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.releases import EnvOut
 
+EARLIER = T0 - timedelta(hours=1)
 H = HealthState
 S = InstanceState
 IMAGE = "6f1c2b8e-0000-4000-8000-000000000000"
@@ -59,13 +61,39 @@ def _rolling_v1_to_v2(fake: FakeOperator) -> None:
             *(
                 (str(e.seq), e.model_dump_json())
                 for e in (
-                    event(1, "release.created", "v2 created (deploy)"),
-                    event(2, "instance.placed", "placed", instance_n=2, version=2, node=NODE_B),
-                    event(3, "instance.healthy", "healthy", instance_n=2),
-                    event(4, "instance.serving", "joined the route", instance_n=2),
-                    event(5, "instance.draining", "left the route", instance_n=1),
-                    event(6, "instance.stopped", "stopped", instance_n=1),
-                    event(7, "rollout.succeeded", "v2 serves: 1 of 1 instances"),
+                    event(
+                        1, "instance.healthy", "an hour ago", instance_n=1, release_v=1, at=EARLIER
+                    ),
+                    event(2, "release.created", "v2 created (deploy)", release_v=2),
+                    event(
+                        3,
+                        "instance.placed",
+                        "placed",
+                        instance_n=2,
+                        release_v=2,
+                        rollout_v=2,
+                        node=NODE_B,
+                    ),
+                    event(4, "instance.healthy", "healthy", instance_n=2, release_v=2),
+                    event(5, "instance.healthy", "another app's", instance_n=8, release_v=7),
+                    event(
+                        6,
+                        "instance.serving",
+                        "joined the route",
+                        instance_n=2,
+                        release_v=2,
+                        rollout_v=2,
+                    ),
+                    event(
+                        7,
+                        "instance.draining",
+                        "left the route",
+                        instance_n=1,
+                        release_v=1,
+                        rollout_v=2,
+                    ),
+                    event(8, "instance.stopped", "stopped", instance_n=1, release_v=1),
+                    event(9, "rollout.succeeded", "v2 is current", release_v=2, rollout_v=2),
                 )
             )
         )
@@ -93,13 +121,14 @@ def test_deploy_creates_the_app_binds_the_domain_and_follows_until_current(
     assert fake.calls("POST", "/api/v1/domains") == [
         ({}, {"name": "web.test", "project_id": str(PROJECT_ID), "environment": "production"})
     ]
-    assert {"rollout_id": str(release(2).rollout.id), "follow": "true", "limit": "100"} in [  # type: ignore[union-attr]
-        q for q, _ in fake.calls("GET", "/api/v1/events")
-    ]
+    follow = {"project": str(PROJECT_ID), "environment": "production", "follow": "true"}
+    assert {**follow, "limit": "200"} in [q for q, _ in fake.calls("GET", "/api/v1/events")]
     texts = [line.split("s  ", 1)[-1] for line in out.splitlines()]
     new, old = f"instance {str(rid(2))[:8]} (v2)", f"instance {str(rid(1))[:8]} (v1)"
+    assert "an hour ago" not in out and "another app's" not in out
     for expected in (
         "v2 created (deploy)",
+        "v2 is current",
         f"{new} placed on node bbbbbbbb",
         f"{new} healthy",
         f"{new} serving",

@@ -3,10 +3,12 @@ events or status snapshots, never twice nor backwards; the outcome from the rele
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
-from tests.unit.cli.wire_factories import NODE_B, event, instance, release, rid, status
-from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, outcome_of, phase_of
+from tests.unit.cli.wire_factories import NODE_B, T0, event, instance, release, rid, status
+from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, concerns, outcome_of, phase_of
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.health import HealthResult
 
@@ -152,3 +154,28 @@ def test_a_snapshot_older_than_an_event_does_not_stop_the_instance() -> None:
     later = watch.on_status(status([instance(9, 5, S.STARTING)]), 0.3)
     assert _texts(later) == [f"instance {str(rid(9))[:8]} (v5) starting"]
     assert _texts(watch.on_status(status([]), 0.4)) == [f"instance {str(rid(9))[:8]} (v5) stopped"]
+
+
+def test_concerns_the_release_its_rollout_and_the_release_it_replaces() -> None:
+    v3 = release(3)  # its rollout replaces v2
+    earlier = T0 - timedelta(seconds=1)
+    assert concerns(event(1, "rollout.step", "s", rollout_v=3), v3)
+    assert concerns(event(2, "instance.healthy", "h", instance_n=1, release_v=3), v3)
+    assert concerns(event(3, "instance.stopped", "s", instance_n=1, release_v=2), v3)
+    assert not concerns(event(4, "instance.healthy", "h", instance_n=1, release_v=1), v3)
+    assert not concerns(event(5, "node.down", "n"), v3)
+    assert not concerns(event(6, "instance.healthy", "h", release_v=3, at=earlier), v3)
+    assert not concerns(
+        event(7, "instance.stopped", "s", release_v=2), release(3, with_rollout=None)
+    )
+
+
+def test_an_instance_event_takes_its_version_from_the_release_it_carries() -> None:
+    watch = RolloutWatch(release_versions={rid(103): 3})
+    watch.on_status(status([instance(1, 2, health=H.HEALTHY, serving=True)]), 0)
+    lines = watch.on_event(event(1, "instance.placed", "p", instance_n=5, release_v=3), 0.5)
+    lines += watch.on_event(event(2, "instance.draining", "d", instance_n=6, release_v=2), 0.6)
+    assert _texts(lines) == [
+        f"instance {str(rid(5))[:8]} (v3) placed",
+        f"instance {str(rid(6))[:8]} (v2) draining",
+    ]

@@ -30,6 +30,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         nodes,
         projects,
         regions,
+        releases,
         routes,
         tokens,
     )
@@ -41,6 +42,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         instances,
         images,
         projects,
+        releases,
         routes,
         certificates,
         regions,

@@ -4,23 +4,39 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from zeitwork.core.errors import PermissionDenied
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db import changes
+from zeitwork.operator.db.instances import AssignedRow
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
+from zeitwork.operator.secret_box import SecretBox
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
 from zeitwork.wire.agent import AssignedInstance, Assignments, Heartbeat, ImageRef, Peer
 from zeitwork.wire.common import ResourcesModel
+from zeitwork.wire.health import HealthCheck
 
 
 def _own_node(principal: Principal, node_id: uuid.UUID) -> None:
     if not principal.may_act_for_node(node_id):
         raise PermissionDenied("a node token may only act for its own node")
+
+
+def _environment(row: AssignedRow, box: SecretBox) -> dict[str, str]:
+    """The instance's variables with its release's secrets opened (only the agent that
+    runs it ever sees the plaintexts)."""
+    env = dict(row.instance.environment_variables)
+    for name, sealed in (row.secrets or {}).items():
+        env[name] = box.open(sealed)
+    return env
+
+
+def _check(raw: dict[str, Any] | None) -> HealthCheck | None:
+    return None if raw is None else HealthCheck.model_validate(raw)
 
 
 def router(deps: Deps) -> APIRouter:
@@ -79,9 +95,13 @@ def router(deps: Deps) -> APIRouter:
                         vcpu=r.instance.vcpu_millis / 1000, memory=r.instance.memory_mib
                     ),
                     default_port=r.instance.default_port,
-                    environment_variables=r.instance.environment_variables,
+                    environment_variables=_environment(r, deps.secret_box),
                     restart_policy=r.instance.restart_policy,  # type: ignore[arg-type]
                     deployment_id=r.instance.deployment_id,
+                    release_id=r.instance.release_id,
+                    command=r.instance.command,
+                    health_check=_check(r.instance.health_check),
+                    stop_timeout=r.instance.stop_timeout,
                 )
                 for r in rows
             ],

@@ -97,4 +97,15 @@ def router(deps: Deps) -> APIRouter:
         node = await deps.node_service.set_state(node_id, body.state, expected=body.expected_state)
         return NodeOut.of(node)
 
+    @api.post("/{node_id}/drain", dependencies=[Depends(admin)])
+    async def drain_node(node_id: uuid.UUID) -> NodeOut:
+        """No new instances here; each release instance on it is replaced elsewhere (the
+        replacement serves first), then drained and stopped."""
+        return NodeOut.of(await deps.node_service.drain(node_id))
+
+    @api.post("/{node_id}/undrain", dependencies=[Depends(admin)])
+    async def undrain_node(node_id: uuid.UUID) -> NodeOut:
+        """A draining node takes instances again (409 when it is not draining)."""
+        return NodeOut.of(await deps.node_service.drain(node_id, draining=False))
+
     return api

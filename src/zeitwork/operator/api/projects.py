@@ -30,6 +30,7 @@ from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.domains import record_name
 from zeitwork.wire.common import ResourcesModel
+from zeitwork.wire.releases import ENVIRONMENT_PATTERN
 from zeitwork.wire.routes import EdgePolicyOverride, PathRateLimit
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -87,17 +88,50 @@ class DomainCreate(BaseModel):
     name: str = Field(min_length=1, max_length=253)
     project_id: uuid.UUID
     deployment_id: uuid.UUID | None = None
+    project_environment_id: uuid.UUID | None = Field(
+        default=None, description="route the host to this environment's current release"
+    )
+    environment: str | None = Field(
+        default=None, pattern=ENVIRONMENT_PATTERN, description="the same, by name (production)"
+    )
 
     @field_validator("name")
     @classmethod
     def _host(cls, value: str) -> str:
         return check_hostname(value)
 
+    @model_validator(mode="after")
+    def _one_target(self) -> DomainCreate:
+        _one_binding(self.deployment_id, self.project_environment_id, self.environment)
+        return self
+
 
 class DomainBind(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    deployment_id: uuid.UUID | None = Field(description="route the host here; null unbinds")
+    deployment_id: uuid.UUID | None = Field(
+        default=None, description="route the host to this deployment (rows from before releases)"
+    )
+    project_environment_id: uuid.UUID | None = Field(
+        default=None, description="route the host to this environment's current release"
+    )
+    environment: str | None = Field(
+        default=None,
+        pattern=ENVIRONMENT_PATTERN,
+        description="the same, by name in the domain's project; all three null unbinds",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DomainBind:
+        _one_binding(self.deployment_id, self.project_environment_id, self.environment)
+        return self
+
+
+def _one_binding(
+    deployment_id: uuid.UUID | None, environment_id: uuid.UUID | None, environment: str | None
+) -> None:
+    if sum(x is not None for x in (deployment_id, environment_id, environment)) > 1:
+        raise ValueError("give one of deployment_id, project_environment_id, environment")
 
 
 class DomainRateLimit(BaseModel):
@@ -162,6 +196,7 @@ class DomainOut(BaseModel):
     name: str
     project_id: uuid.UUID | None
     deployment_id: uuid.UUID | None
+    project_environment_id: uuid.UUID | None = None
     verified: bool
     verified_at: datetime | None
     rate_limit_rps: float | None = None
@@ -187,6 +222,7 @@ class DomainOut(BaseModel):
             name=d.name,
             project_id=d.project_id,
             deployment_id=d.deployment_id,
+            project_environment_id=d.project_environment_id,
             verified=d.verified,
             verified_at=d.verified_at,
             rate_limit_rps=d.rate_limit_rps,
@@ -306,10 +342,15 @@ def router(deps: Deps) -> APIRouter:
 
     @domains.post("", status_code=201, dependencies=[Depends(admin)])
     async def create_domain(body: DomainCreate) -> DomainOut:
+        environment_id = body.project_environment_id
+        if body.environment is not None:
+            env = await deps.releases.environment(body.project_id, body.environment, create=True)
+            environment_id = env.id
         domain = await store.create_domain(
             name=body.name,
             project_id=body.project_id,
             deployment_id=body.deployment_id,
+            project_environment_id=environment_id,
             verification_token=secrets.token_urlsafe(24),
         )
         return DomainOut.of(domain)
@@ -320,7 +361,18 @@ def router(deps: Deps) -> APIRouter:
 
     @domains.put("/{domain_id}", dependencies=[Depends(admin)])
     async def bind_domain(domain_id: uuid.UUID, body: DomainBind) -> DomainOut:
-        return DomainOut.of(await store.bind_domain(domain_id, body.deployment_id))
+        environment_id = body.project_environment_id
+        if body.environment is not None:
+            current = await store.get_domain(domain_id)
+            if current.project_id is None:
+                raise InvalidInput("the domain belongs to no project; bind it by id")
+            env = await deps.releases.environment(current.project_id, body.environment, create=True)
+            environment_id = env.id
+        return DomainOut.of(
+            await store.bind_domain(
+                domain_id, body.deployment_id, project_environment_id=environment_id
+            )
+        )
 
     @domains.post("/{domain_id}/verify", dependencies=[Depends(admin)])
     async def verify_domain(domain_id: uuid.UUID) -> DomainOut:

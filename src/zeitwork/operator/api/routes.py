@@ -1,7 +1,12 @@
 """``GET /api/v1/routes``: the route table of load balancers and edges (long-poll).
 
-A route is a live domain bound to a deployment; its backends are that deployment's running
-instances (``ip_address:port``). A domain with path rate limits has one more route per path
+A route is a live domain bound to an app environment or (rows from before releases) to a
+deployment. An environment's backends are its instances that are in the route (``serving``),
+``running`` and ``healthy`` on a serving node, whatever their release (during a rollout old
+and new ones serve side by side); the route carries the current release's id and health
+check. A deployment's backends are its running instances (``ip_address:port``).
+
+A domain with path rate limits has one more route per path
 prefix (same backends, that prefix's limit), after its ``/`` route. ``default_backends`` are
 all running instances. The version changes whenever a domain binding or a running instance
 (state, address) changes.
@@ -10,9 +15,10 @@ all running instances. The version changes whenever a domain binding or a runnin
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import ValidationError
 
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db import changes
@@ -20,7 +26,17 @@ from zeitwork.operator.db.routes import RouteRows, RunningInstance
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
+from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.routes import Backend, EdgePolicyOverride, PathRateLimit, Route, RouteTable
+
+
+def _check(raw: dict[str, Any] | None) -> HealthCheck | None:
+    if raw is None:
+        return None
+    try:
+        return HealthCheck.model_validate(raw)
+    except ValidationError:  # stored by this operator, validated then; never fail the table
+        return None
 
 
 def _backend(instance: RunningInstance) -> Backend | None:
@@ -31,12 +47,17 @@ def _backend(instance: RunningInstance) -> Backend | None:
     except ValueError:
         return None
     host = f"[{address}]" if address.version == 6 else str(address)
-    return Backend(instance_id=instance.id, address=f"{host}:{instance.port}")
+    return Backend(
+        instance_id=instance.id,
+        address=f"{host}:{instance.port}",
+        release_id=instance.release_id,
+    )
 
 
 def route_table(rows: RouteRows) -> RouteTable:
     """Pure: rows of one snapshot -> the wire table."""
     by_deployment: dict[object, list[Backend]] = {}
+    by_environment: dict[object, list[Backend]] = {}
     backends: list[Backend] = []
     for instance in rows.instances:
         backend = _backend(instance)
@@ -45,12 +66,21 @@ def route_table(rows: RouteRows) -> RouteTable:
         backends.append(backend)
         if instance.deployment_id is not None:
             by_deployment.setdefault(instance.deployment_id, []).append(backend)
+        if instance.project_environment_id is not None and instance.routable:
+            by_environment.setdefault(instance.project_environment_id, []).append(backend)
     routes: list[Route] = []
     for d in rows.domains:
+        if d.project_environment_id is not None:
+            listed = by_environment.get(d.project_environment_id, [])
+        else:
+            listed = by_deployment.get(d.deployment_id, [])
         route = Route(
             host=d.host,
             deployment_id=d.deployment_id,
-            backends=by_deployment.get(d.deployment_id, []),
+            project_environment_id=d.project_environment_id,
+            release_id=d.release_id,
+            health_check=_check(d.health_check),
+            backends=listed,
             rate_limit_rps=d.rate_limit_rps,
             rate_limit_burst=d.rate_limit_burst,
             verified=d.verified,

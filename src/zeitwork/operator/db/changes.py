@@ -15,6 +15,9 @@ from zeitwork.operator.db.database import Conn
 
 CHANNEL = "zeitwork_changes"
 ROUTES = "routes"
+RELEASES = "releases"
+"""Wakes the reconcile loop: deploys, scale and drain changes, and every state or health
+change of an instance of a release."""
 PEERS = "peers"
 """Other nodes' subnets and addresses (agents' peer routes); bumped by a trigger on
 ``nodes`` (migration 0005), part of every node's assignments version."""

@@ -23,8 +23,13 @@ from psycopg.types.json import Jsonb
 
 from zeitwork.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from zeitwork.core.resources import Resources
-from zeitwork.core.states import INSTANCE_TRANSITIONS, InstanceState, check_transition
-from zeitwork.operator.db import changes
+from zeitwork.core.states import (
+    INSTANCE_TRANSITIONS,
+    HealthState,
+    InstanceState,
+    check_transition,
+)
+from zeitwork.operator.db import changes, instance_events
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, PageRequest
 from zeitwork.operator.scheduler.placement import Candidate
@@ -57,6 +62,17 @@ class Instance:
     lost_at: datetime | None = None
     """Set when the instance was lost with its node (its reservation is released then)."""
     replaced_by: uuid.UUID | None = None
+    release_id: uuid.UUID | None = None
+    health: HealthState = HealthState.UNKNOWN
+    health_detail: dict[str, Any] | None = None
+    """The agent's last check (``HealthResult`` as JSON)."""
+    healthy_since: datetime | None = None
+    serving: bool = False
+    """In the route (listed while also running and healthy)."""
+    drain_started_at: datetime | None = None
+    command: list[str] | None = None
+    health_check: dict[str, Any] | None = None
+    stop_timeout: float = 10.0
 
     def spec(self) -> InstanceSpec:
         """What a replacement of this instance needs."""
@@ -68,6 +84,10 @@ class Instance:
             environment_variables=self.environment_variables,
             deployment_id=self.deployment_id,
             restart_policy=self.restart_policy,
+            release_id=self.release_id,
+            command=self.command,
+            health_check=self.health_check,
+            stop_timeout=self.stop_timeout,
         )
 
 
@@ -82,6 +102,10 @@ class InstanceSpec:
     environment_variables: dict[str, str]
     deployment_id: uuid.UUID | None = None
     restart_policy: str = "always"
+    release_id: uuid.UUID | None = None
+    command: list[str] | None = None
+    health_check: dict[str, Any] | None = None
+    stop_timeout: float = 10.0
 
     @property
     def resources(self) -> Resources:
@@ -99,6 +123,9 @@ class StatusUpdate:
     oom_killed: bool = False
     reason: str | None = None
     log_tail: tuple[str, ...] = ()
+    health: HealthState | None = None
+    """None: the report says nothing of health (the stored health stays)."""
+    health_detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +134,16 @@ class AssignedRow:
     image_name: str
     image_digest: str | None
     image_size: int | None
+    secrets: dict[str, str] | None = None
+    """The instance's release's secrets, as stored (ciphertexts)."""
 
 
 COLUMNS = (
     "id, node_id, image_id, deployment_id, state, desired_state, state_changed_at, "
     "vcpu_millis, memory_mib, disk_mib, default_port, environment_variables, restart_policy, "
     "ip_address, port, exit_code, oom_killed, reason, log_tail, created_at, updated_at, "
-    "deleted_at, lost_at, replaced_by"
+    "deleted_at, lost_at, replaced_by, release_id, health, health_detail, healthy_since, "
+    "serving, drain_started_at, command, health_check, stop_timeout"
 )
 _I_COLUMNS = ", ".join(f"i.{c.strip()}" for c in COLUMNS.split(","))
 _LOG_LINE_MAX = 1000
@@ -133,10 +163,45 @@ def reachable(current: InstanceState, target: InstanceState) -> bool:
     return False
 
 
-def _instance(row: dict[str, Any]) -> Instance:
+def health_after(current: Instance, update: StatusUpdate) -> HealthState:
+    """The health stored after ``update``: what the agent reported, and never healthy for
+    an instance that is not running (a restart starts from unknown)."""
+    if update.state is not InstanceState.RUNNING:
+        return HealthState.UNKNOWN
+    return update.health if update.health is not None else current.health
+
+
+def routable(instance: Instance) -> bool:
+    """Whether the route table lists the instance (for a domain bound to an environment;
+    its node's state aside): in the route, running and healthy, not being removed."""
+    return (
+        instance.serving
+        and instance.state is InstanceState.RUNNING
+        and instance.health is HealthState.HEALTHY
+        and instance.deleted_at is None
+    )
+
+
+def _seen(instance: Instance) -> instance_events.Seen:
+    return instance_events.Seen(
+        state=instance.state,
+        health=instance.health,
+        exit_code=instance.exit_code,
+        oom_killed=instance.oom_killed,
+        reason=instance.reason,
+        health_detail=instance.health_detail,
+    )
+
+
+def instance_of(row: dict[str, Any]) -> Instance:
+    """An ``instances`` row (all of ``COLUMNS``) as an Instance."""
     values = {name: row[name] for name in Instance.__dataclass_fields__}
     values["state"] = InstanceState(row["state"])
+    values["health"] = HealthState(row["health"])
     return Instance(**values)
+
+
+_instance = instance_of
 
 
 def _candidate(row: dict[str, Any]) -> Candidate:
@@ -169,9 +234,10 @@ WITH node AS (
     RETURNING id
 ), inst AS (
     INSERT INTO instances (node_id, image_id, deployment_id, vcpu_millis, memory_mib,
-                           default_port, environment_variables, restart_policy)
+                           default_port, environment_variables, restart_policy, release_id,
+                           command, health_check, stop_timeout)
     SELECT node.id, %(image)s, %(deployment)s, %(vcpu)s, %(mem)s, %(port)s, %(env)s,
-           %(restart)s FROM node
+           %(restart)s, %(release)s, %(command)s, %(check)s, %(stop)s FROM node
     RETURNING {COLUMNS}
 ), link AS (
     INSERT INTO deployment_instances (deployment_id, instance_id)
@@ -282,18 +348,27 @@ class InstanceStore:
         request: Resources,
         *,
         deployment_id: uuid.UUID | None = None,
+        release_id: uuid.UUID | None = None,
         feasible_only: bool = True,
         limit: int | None = 32,
         conn: Conn | None = None,
     ) -> list[Candidate]:
         """Ready nodes (with enough free capacity when ``feasible_only``), tightest first;
-        with ``deployment_id`` each carries how many of its replicas it already runs."""
-        replicas = (
-            "(SELECT count(*) FROM instances i WHERE i.node_id = n.id "
-            "AND i.deployment_id = %(dep)s AND i.state <> 'terminated')"
-            if deployment_id is not None
-            else "0"
-        )
+        with ``release_id`` (else ``deployment_id``) each carries how many of its replicas
+        it already runs (live ones)."""
+        if release_id is not None:
+            replicas = (
+                "(SELECT count(*) FROM instances i WHERE i.node_id = n.id "
+                "AND i.release_id = %(rel)s AND i.state <> 'terminated' "
+                "AND i.desired_state = 'running')"
+            )
+        elif deployment_id is not None:
+            replicas = (
+                "(SELECT count(*) FROM instances i WHERE i.node_id = n.id "
+                "AND i.deployment_id = %(dep)s AND i.state <> 'terminated')"
+            )
+        else:
+            replicas = "0"
         where = "n.state = 'ready' AND n.deleted_at IS NULL"
         if feasible_only:
             where += (
@@ -311,6 +386,7 @@ class InstanceStore:
             "vcpu": request.millicpu,
             "mem": request.memory_mib,
             "dep": deployment_id,
+            "rel": release_id,
             "limit": limit,
         }
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
@@ -351,6 +427,10 @@ class InstanceStore:
             "port": spec.default_port,
             "env": Jsonb(spec.environment_variables),
             "restart": spec.restart_policy,
+            "release": spec.release_id,
+            "command": None if spec.command is None else Jsonb(spec.command),
+            "check": None if spec.health_check is None else Jsonb(spec.health_check),
+            "stop": spec.stop_timeout,
         }
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
             await cur.execute(_PLACE_WAIT if wait_for_lock else _PLACE_SKIP, params)
@@ -407,7 +487,12 @@ class InstanceStore:
                 "ELSE now() END, "
                 "ip_address = coalesce(%(ip)s, ip_address), port = coalesce(%(port)s, port), "
                 "exit_code = %(exit)s, oom_killed = %(oom)s, reason = %(reason)s, "
-                "log_tail = CASE WHEN %(has_log)s THEN %(log)s ELSE log_tail END "
+                "log_tail = CASE WHEN %(has_log)s THEN %(log)s ELSE log_tail END, "
+                "health = %(health)s, "
+                "health_detail = CASE WHEN %(has_detail)s THEN %(detail)s "
+                "ELSE health_detail END, "
+                "healthy_since = CASE WHEN %(health)s <> 'healthy' THEN NULL "
+                "WHEN health = 'healthy' THEN coalesce(healthy_since, now()) ELSE now() END "
                 f"WHERE id = %(id)s RETURNING {COLUMNS}",
                 {
                     "id": instance_id,
@@ -419,6 +504,9 @@ class InstanceStore:
                     "reason": update.reason,
                     "has_log": bool(log_tail),
                     "log": Jsonb(log_tail),
+                    "health": health_after(current, update).value,
+                    "has_detail": update.health_detail is not None,
+                    "detail": Jsonb(update.health_detail),
                 },
             )
             updated_row = await cur.fetchone()
@@ -443,24 +531,39 @@ class InstanceStore:
                 current.ip_address,
                 current.port,
             )
-            if (current.state is running) != (updated.state is running) or (
-                updated.state is running and address_moved
+            if (
+                (current.state is running) != (updated.state is running)
+                or (updated.state is running and address_moved)
+                or routable(current) != routable(updated)
             ):
                 await changes.bump(c, changes.ROUTES)
+            if updated.release_id is not None and (
+                current.state is not updated.state or current.health is not updated.health
+            ):
+                await changes.bump(c, changes.RELEASES)
+            await instance_events.record_change(
+                c,
+                _seen(current),
+                _seen(updated),
+                instance_id=updated.id,
+                node_id=updated.node_id,
+                release_id=updated.release_id,
+            )
         return updated
 
     async def states_on(
         self, node_id: uuid.UUID, *, conn: Conn | None = None
-    ) -> dict[uuid.UUID, tuple[InstanceState, str | None, int | None]]:
-        """(state, ip_address, port) of every instance on the node that is not terminated."""
+    ) -> dict[uuid.UUID, tuple[InstanceState, str | None, int | None, HealthState]]:
+        """(state, ip_address, port, health) of every instance on the node that is not
+        terminated."""
         async with self._db.connection(conn) as c:
             cur = await c.execute(
-                "SELECT id, state, ip_address, port FROM instances "
+                "SELECT id, state, ip_address, port, health FROM instances "
                 "WHERE node_id = %s AND state <> 'terminated'",
                 (node_id,),
             )
             rows = await cur.fetchall()
-        return {r[0]: (InstanceState(r[1]), r[2], r[3]) for r in rows}
+        return {r[0]: (InstanceState(r[1]), r[2], r[3], HealthState(r[4])) for r in rows}
 
     async def terminate(self, instance_id: uuid.UUID, *, conn: Conn | None = None) -> Instance:
         """Mark for termination: desired ``terminated`` and soft-deleted; its node's agent
@@ -518,14 +621,16 @@ class InstanceStore:
         return lost
 
     async def unreplaced(self, *, limit: int = 100, conn: Conn | None = None) -> list[Instance]:
-        """Lost instances of live deployments without a replacement yet (oldest first),
+        """Lost instances of live deployments without a replacement yet (oldest first; a
+        release's instances are the releases reconciler's to replace),
         locked for this transaction (SKIP LOCKED: another pass may hold some)."""
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_I_COLUMNS} FROM instances i JOIN deployments d "
                 "ON d.id = i.deployment_id AND d.deleted_at IS NULL "
                 "WHERE i.lost_at IS NOT NULL AND i.replaced_by IS NULL "
-                "AND i.deployment_id IS NOT NULL ORDER BY i.lost_at, i.id LIMIT %s "
+                "AND i.deployment_id IS NOT NULL AND i.release_id IS NULL "
+                "ORDER BY i.lost_at, i.id LIMIT %s "
                 "FOR UPDATE OF i SKIP LOCKED",
                 (limit,),
             )
@@ -564,7 +669,9 @@ class InstanceStore:
             async with c.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     f"SELECT {_I_COLUMNS}, m.name AS image_name, m.digest AS image_digest, "
-                    "m.size AS image_size FROM instances i JOIN images m ON m.id = i.image_id "
+                    "m.size AS image_size, r.secrets AS secrets "
+                    "FROM instances i JOIN images m ON m.id = i.image_id "
+                    "LEFT JOIN releases r ON r.id = i.release_id "
                     "WHERE i.node_id = %s AND i.state <> 'terminated' ORDER BY i.id",
                     (node_id,),
                 )
@@ -575,6 +682,7 @@ class InstanceStore:
                 image_name=r["image_name"],
                 image_digest=r["image_digest"],
                 image_size=r["image_size"],
+                secrets=r["secrets"] or None,
             )
             for r in rows
         ]

@@ -47,6 +47,7 @@ class Domain:
     edge_policy: dict[str, Any] | None = None
     verification_token: str | None = field(default=None, repr=False)
     path_rate_limits: list[dict[str, Any]] | None = None
+    project_environment_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class Deployment:
 _P_COLUMNS = "id, name, slug, github_repo, default_branch, created_at, updated_at"
 _D_COLUMNS = (
     "id, name, project_id, deployment_id, verified, verified_at, created_at, updated_at, "
-    "rate_limit_rps, rate_limit_burst, edge_policy, verification_token, path_rate_limits"
+    "rate_limit_rps, rate_limit_burst, edge_policy, verification_token, path_rate_limits, "
+    "project_environment_id"
 )
 _DEP_COLUMNS = (
     "id, project_id, image_id, state, state_changed_at, replicas, default_port, vcpu_millis, "
@@ -128,6 +130,23 @@ class ProjectStore:
             raise NotFound(f"project {project_id} does not exist")
         return Project(**row)
 
+    async def project_by_ref(self, ref: str, *, conn: Conn | None = None) -> Project:
+        """A project by its id or its slug (NotFound for neither)."""
+        try:
+            return await self.get_project(uuid.UUID(ref), conn=conn)
+        except ValueError:
+            pass
+        async with self._db.connection(conn) as c:
+            row = await _one(
+                c,
+                f"SELECT {_P_COLUMNS} FROM projects WHERE slug = %s AND deleted_at IS NULL "
+                "ORDER BY created_at LIMIT 1",
+                (ref,),
+            )
+        if row is None:
+            raise NotFound(f"project {ref[:100]!r} does not exist")
+        return Project(**row)
+
     async def list_projects(self, page: PageRequest, *, conn: Conn | None = None) -> Page[Project]:
         async with self._db.connection(conn) as c:
             rows = await _all(
@@ -150,9 +169,10 @@ class ProjectStore:
                 raise NotFound(f"project {project_id} does not exist")
             live = await _one(
                 c,
-                "SELECT count(*) AS n FROM instances i JOIN deployments d "
-                "ON d.id = i.deployment_id WHERE d.project_id = %s AND i.state <> 'terminated'",
-                (project_id,),
+                "SELECT count(*) AS n FROM instances i LEFT JOIN deployments d "
+                "ON d.id = i.deployment_id LEFT JOIN releases r ON r.id = i.release_id "
+                "WHERE (d.project_id = %s OR r.project_id = %s) AND i.state <> 'terminated'",
+                (project_id, project_id),
             )
             if live and live["n"]:
                 raise Conflict(
@@ -162,12 +182,17 @@ class ProjectStore:
                 )
             cur = await c.execute(
                 "UPDATE domains SET deleted_at = now() WHERE project_id = %s "
-                "AND deleted_at IS NULL RETURNING deployment_id",
+                "AND deleted_at IS NULL RETURNING coalesce(deployment_id, project_environment_id)",
                 (project_id,),
             )
             unbound = [r for r in await cur.fetchall() if r[0] is not None]
             await c.execute(
                 "UPDATE deployments SET deleted_at = now() WHERE project_id = %s "
+                "AND deleted_at IS NULL",
+                (project_id,),
+            )
+            await c.execute(
+                "UPDATE project_environments SET deleted_at = now() WHERE project_id = %s "
                 "AND deleted_at IS NULL",
                 (project_id,),
             )
@@ -192,6 +217,21 @@ class ProjectStore:
         if project_id is not None and row["project_id"] != project_id:
             raise InvalidInput(f"deployment {deployment_id} belongs to another project")
 
+    async def _check_environment(
+        self, c: Conn, project_id: uuid.UUID | None, environment_id: uuid.UUID | None
+    ) -> None:
+        if environment_id is None:
+            return
+        row = await _one(
+            c,
+            "SELECT project_id FROM project_environments WHERE id = %s AND deleted_at IS NULL",
+            (environment_id,),
+        )
+        if row is None:
+            raise InvalidInput(f"environment {environment_id} does not exist")
+        if project_id is not None and row["project_id"] != project_id:
+            raise InvalidInput(f"environment {environment_id} belongs to another project")
+
     async def create_domain(
         self,
         *,
@@ -199,29 +239,44 @@ class ProjectStore:
         project_id: uuid.UUID,
         deployment_id: uuid.UUID | None,
         verification_token: str,
+        project_environment_id: uuid.UUID | None = None,
         conn: Conn | None = None,
     ) -> Domain:
         async with self._db.transaction(conn) as c:
             await self.get_project(project_id, conn=c)
             await self._check_binding(c, project_id, deployment_id)
+            await self._check_environment(c, project_id, project_environment_id)
             row = await _one(
                 c,
-                "INSERT INTO domains (name, project_id, deployment_id, verification_token) "
-                f"VALUES (%s, %s, %s, %s) RETURNING {_D_COLUMNS}",
-                (name, project_id, deployment_id, verification_token),
+                "INSERT INTO domains (name, project_id, deployment_id, verification_token, "
+                f"project_environment_id) VALUES (%s, %s, %s, %s, %s) RETURNING {_D_COLUMNS}",
+                (name, project_id, deployment_id, verification_token, project_environment_id),
             )
-            if deployment_id is not None:
+            if deployment_id is not None or project_environment_id is not None:
                 await changes.bump(c, changes.ROUTES)
         assert row is not None
         return Domain(**row)
 
     async def bind_domain(
-        self, domain_id: uuid.UUID, deployment_id: uuid.UUID | None, *, conn: Conn | None = None
+        self,
+        domain_id: uuid.UUID,
+        deployment_id: uuid.UUID | None,
+        *,
+        project_environment_id: uuid.UUID | None = None,
+        conn: Conn | None = None,
     ) -> Domain:
+        """Route the domain to an environment (its current release) or, as before
+        releases, to a deployment; both None unbinds."""
         async with self._db.transaction(conn) as c:
             current = await self.get_domain(domain_id, conn=c)
             await self._check_binding(c, current.project_id, deployment_id)
-            return await self._update_routed(c, current, deployment_id=deployment_id)
+            await self._check_environment(c, current.project_id, project_environment_id)
+            return await self._update_routed(
+                c,
+                current,
+                deployment_id=deployment_id,
+                project_environment_id=project_environment_id,
+            )
 
     async def set_domain_rate_limit(
         self,
@@ -323,7 +378,7 @@ class ProjectStore:
         async with self._db.transaction(conn) as c:
             cur = await c.execute(
                 "UPDATE domains SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL "
-                "RETURNING deployment_id",
+                "RETURNING coalesce(deployment_id, project_environment_id)",
                 (domain_id,),
             )
             row = await cur.fetchone()

@@ -15,13 +15,22 @@ SERVING_NODE_STATES = "('ready', 'draining')"
 
 @dataclass(frozen=True, slots=True)
 class DomainBinding:
+    """A live domain bound to an environment (its current release serves it) or, for rows
+    from before releases, to a deployment."""
+
     host: str
-    deployment_id: uuid.UUID
+    deployment_id: uuid.UUID | None
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     verified: bool = False
     edge_policy: dict[str, Any] | None = None
     path_rate_limits: list[dict[str, Any]] | None = None
+    project_environment_id: uuid.UUID | None = None
+    release_id: uuid.UUID | None = None
+    """the environment's current release"""
+    health_check: dict[str, Any] | None = None
+    """the current release's check"""
+    release_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,10 @@ class RunningInstance:
     deployment_id: uuid.UUID | None
     ip_address: str
     port: int
+    project_environment_id: uuid.UUID | None = None
+    release_id: uuid.UUID | None = None
+    routable: bool = False
+    """in its environment's route: serving, running and healthy"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +57,8 @@ class RouteStore:
         self._db = db
 
     async def rows(self, *, conn: Conn | None = None) -> RouteRows:
-        """Live domains bound to a deployment, and every running instance with an address
+        """Live domains bound to an environment (with its current release's id and health
+        check) or to a deployment, and every running instance with an address
         that is not marked for termination and whose node serves (``ready`` or
         ``draining``: a draining node keeps serving what it runs until it is moved off;
         a ``down``, ``error``, ``unknown``, ``booting`` or ``terminated`` node's instances
@@ -54,33 +68,53 @@ class RouteStore:
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = await changes.version(c, changes.ROUTES)
             cur = await c.execute(
-                "SELECT name, deployment_id, rate_limit_rps, rate_limit_burst, verified, "
-                "edge_policy, path_rate_limits "
-                "FROM domains "
-                "WHERE deleted_at IS NULL AND deployment_id IS NOT NULL ORDER BY name"
+                "SELECT d.name, d.deployment_id, d.rate_limit_rps, d.rate_limit_burst, "
+                "d.verified, d.edge_policy, d.path_rate_limits, d.project_environment_id, "
+                "e.current_release_id, r.health_check, r.port "
+                "FROM domains d "
+                "LEFT JOIN project_environments e ON e.id = d.project_environment_id "
+                "AND e.deleted_at IS NULL "
+                "LEFT JOIN releases r ON r.id = e.current_release_id "
+                "WHERE d.deleted_at IS NULL "
+                "AND (d.deployment_id IS NOT NULL OR e.id IS NOT NULL) ORDER BY d.name"
             )
             domains = [
                 DomainBinding(
                     host=r[0],
-                    deployment_id=r[1],
+                    deployment_id=None if r[7] is not None else r[1],
                     rate_limit_rps=r[2],
                     rate_limit_burst=r[3],
                     verified=r[4],
                     edge_policy=r[5],
                     path_rate_limits=r[6],
+                    project_environment_id=r[7],
+                    release_id=r[8],
+                    health_check=r[9],
+                    release_port=r[10],
                 )
                 for r in await cur.fetchall()
             ]
             cur = await c.execute(
-                "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port) "
+                "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port), "
+                "r.project_environment_id, i.release_id, "
+                "(i.serving AND i.health = 'healthy') AS routable "
                 "FROM instances i JOIN nodes n ON n.id = i.node_id "
+                "LEFT JOIN releases r ON r.id = i.release_id "
                 "WHERE i.state = 'running' AND i.deleted_at IS NULL "
                 "AND i.ip_address IS NOT NULL "
                 f"AND n.state IN {SERVING_NODE_STATES} AND n.deleted_at IS NULL "
                 "ORDER BY i.id"
             )
             instances = [
-                RunningInstance(id=r[0], deployment_id=r[1], ip_address=r[2], port=r[3])
+                RunningInstance(
+                    id=r[0],
+                    deployment_id=r[1],
+                    ip_address=r[2],
+                    port=r[3],
+                    project_environment_id=r[4],
+                    release_id=r[5],
+                    routable=bool(r[6]),
+                )
                 for r in await cur.fetchall()
             ]
         return RouteRows(version=version, domains=domains, instances=instances)

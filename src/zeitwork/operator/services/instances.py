@@ -33,7 +33,7 @@ _ROUNDS = 4
 _TRIES_PER_ROUND = 8
 
 
-def _no_fit(decision: NoFit) -> InsufficientCapacity:
+def no_fit_error(decision: NoFit) -> InsufficientCapacity:
     extra: dict[str, object] = {
         "requested": {"vcpu": decision.request.vcpu, "memory": decision.request.memory_mib},
         "ready_nodes": decision.ready_nodes,
@@ -58,6 +58,7 @@ def status_update(report: InstanceStatus | InstanceStatusReport) -> StatusUpdate
             address = str(ipaddress.ip_address(address))
         except ValueError as exc:
             raise InvalidInput(f"ip_address {address[:100]!r} is not an IP address") from exc
+    health = report.health
     return StatusUpdate(
         state=report.state,
         ip_address=address,
@@ -66,6 +67,10 @@ def status_update(report: InstanceStatus | InstanceStatusReport) -> StatusUpdate
         oom_killed=report.oom_killed,
         reason=report.reason,
         log_tail=tuple(report.log_tail),
+        health=None if health is None else health.state,
+        health_detail=(
+            None if health is None or health.last is None else health.last.model_dump(mode="json")
+        ),
     )
 
 
@@ -116,7 +121,7 @@ class InstanceService:
         node = await self._instances.node_candidate(node_id, conn=conn)  # NotFound
         decision = place([node], spec.resources, strategy=self._strategy)
         if isinstance(decision, NoFit):
-            raise _no_fit(decision)
+            raise no_fit_error(decision)
         raise Conflict(
             f"node {node_id} is not ready to take instances",
             extra={"node_id": str(node_id)},
@@ -179,7 +184,7 @@ class InstanceService:
         )
         decision = place(everything, request, strategy=self._strategy)
         if isinstance(decision, NoFit):
-            raise _no_fit(decision)
+            raise no_fit_error(decision)
 
     async def create_replicas(
         self, spec: InstanceSpec, count: int, *, conn: Conn | None = None
@@ -192,13 +197,14 @@ class InstanceService:
             candidates = await self._instances.candidates(
                 request,
                 deployment_id=spec.deployment_id,
+                release_id=spec.release_id,
                 feasible_only=False,
                 limit=None,
                 conn=tx,
             )
             chosen = place_replicas(candidates, request, count, strategy=self._strategy)
             if isinstance(chosen, NoFit):
-                raise _no_fit(chosen)
+                raise no_fit_error(chosen)
             placed: list[Instance] = []
             # nodes are locked in one global order, so that two deployments placed at the
             # same time cannot deadlock on each other's node rows
@@ -233,13 +239,18 @@ class InstanceService:
             current = known.get(status.id)
             if current is None:
                 continue  # not ours, or terminated already
-            state, ip, port = current
+            state, ip, port, health = current
             moved = status.state is not state
             readdressed = status.state is InstanceState.RUNNING and (
                 (status.ip_address and status.ip_address != ip)
                 or (status.port and status.port != port)
             )
-            if not (moved or readdressed):
+            rechecked = (
+                status.state is InstanceState.RUNNING
+                and status.health is not None
+                and status.health.state is not health
+            )
+            if not (moved or readdressed or rechecked):
                 continue
             try:
                 update = status_update(status)

@@ -11,6 +11,7 @@ import structlog
 from zeitwork.core.errors import Conflict
 from zeitwork.core.states import NodeState
 from zeitwork.operator.auth import Authenticator
+from zeitwork.operator.db import changes, events
 from zeitwork.operator.db.database import Database
 from zeitwork.operator.db.nodes import Node, NodeSpec, NodeStore
 from zeitwork.operator.db.tokens import TokenStore
@@ -98,6 +99,31 @@ class NodeService:
         revoked = await self._nodes.delete(node_id)
         self._auth.forget(revoked)
         log.info("node.deleted", node_id=str(node_id))
+
+    async def drain(self, node_id: uuid.UUID, *, draining: bool = True) -> Node:
+        """Drain (``draining``: no new instances; the releases reconciler replaces every
+        instance on it elsewhere, health-gated, before stopping them) or undrain
+        (``ready``), with its event, waking the reconcile loop."""
+        target = NodeState.DRAINING if draining else NodeState.READY
+        async with self._db.transaction() as conn:
+            before = await self._nodes.get(node_id, conn=conn)
+            if before.state is target:
+                return before
+            if not draining and before.state is not NodeState.DRAINING:
+                raise Conflict(
+                    f"node {node_id} is {before.state.value}, not draining",
+                    extra={"state": before.state.value},
+                )
+            node = await self._nodes.set_state(node_id, target, expected=before.state, conn=conn)
+            await events.record(
+                conn,
+                "node.drained" if draining else "node.undrained",
+                "node drains: its instances move elsewhere" if draining else "node takes work",
+                node_id=node_id,
+            )
+            await changes.bump(conn, changes.RELEASES)
+        log.info("node.drain" if draining else "node.undrain", node_id=str(node_id))
+        return node
 
     async def set_state(
         self, node_id: uuid.UUID, target: NodeState, *, expected: NodeState | None = None

@@ -52,20 +52,24 @@ class Rescheduler:
         instances: InstanceStore,
         instance_service: InstanceService,
         grace_seconds: float,
+        locked: bool = True,
     ) -> None:
+        """``locked`` False: the caller holds the leader lock (the reconcile loop)."""
         self._db = db
         self._instances = instances
         self._service = instance_service
         self.grace = grace_seconds
+        self._locked = locked
 
     async def sweep(self) -> Pass:
         done = Pass()
         async with self._db.transaction() as tx:
-            cur = await tx.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,))
-            row = await cur.fetchone()
-            if row is None or not row[0]:
-                done.leader = False
-                return done
+            if self._locked:
+                cur = await tx.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,))
+                row = await cur.fetchone()
+                if row is None or not row[0]:
+                    done.leader = False
+                    return done
             # the node rows stay locked until commit: a heartbeat reviving one waits, and
             # then finds it ready with its instances already lost
             cur = await tx.execute(

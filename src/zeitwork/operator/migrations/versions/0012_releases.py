@@ -149,6 +149,8 @@ CREATE TABLE events ({_COMMON},
     message text NOT NULL CHECK (length(message) <= 4000),
     data jsonb NOT NULL DEFAULT '{{}}'::jsonb
 );
+CREATE TRIGGER events_touch BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION zeitwork_touch_updated_at();
 CREATE UNIQUE INDEX events_seq_key ON events (seq);
 CREATE INDEX events_project_id_seq_idx ON events (project_id, seq);
 CREATE INDEX events_created_at_idx ON events (created_at);
