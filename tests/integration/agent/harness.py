@@ -53,6 +53,11 @@ class AgentHost:
     process: subprocess.Popen[bytes] | None = None
     port: int | None = None
     starts: int = 0
+    # shared with other agents on this host (tests of ownership): a runc root's parent and
+    # a cgroup parent; ``own_nft_table=False`` leaves the table to the agent's default
+    shared_run_dir: Path | None = None
+    shared_cgroup_parent: str | None = None
+    own_nft_table: bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -60,7 +65,7 @@ class AgentHost:
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run"
+        return self.shared_run_dir or self.root / "run"
 
     @property
     def bridge(self) -> str:
@@ -68,11 +73,15 @@ class AgentHost:
 
     @property
     def nft_table(self) -> str:
+        if not self.own_nft_table:
+            from zeitwork.agent.settings import nft_table_for
+
+            return nft_table_for(self.bridge)
         return f"zwt_{self.suffix}"
 
     @property
     def cgroup_parent(self) -> str:
-        return f"zwtest-{self.suffix}"
+        return self.shared_cgroup_parent or f"zwtest-{self.suffix}"
 
     @property
     def log_path(self) -> Path:
@@ -88,7 +97,7 @@ class AgentHost:
             "ZEITWORK_RUN_DIR": str(self.run_dir),
             "ZEITWORK_RUNTIME": "oci",
             "ZEITWORK_BRIDGE": self.bridge,
-            "ZEITWORK_NFT_TABLE": self.nft_table,
+            "ZEITWORK_NFT_TABLE": self.nft_table if self.own_nft_table else "",
             "ZEITWORK_CGROUP_PARENT": self.cgroup_parent,
             "ZEITWORK_AGENT_TOKEN": TOKEN,
             "ZEITWORK_STOP_GRACE": "1",
