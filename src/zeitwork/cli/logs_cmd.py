@@ -32,6 +32,16 @@ def _reconnecting(cause: str, delay: float) -> None:
     _notice(f"stream interrupted ({cause}); reconnecting in {delay:.1f} s")
 
 
+def since_param(text: str) -> str:
+    """``--since`` as sent: a whole duration as given (the operator's clock counts back), any
+    other accepted value as an RFC 3339 time."""
+    moment = parsed(parse_since, text, datetime.now(UTC))
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in ("s", "m", "h", "d"):
+        return value
+    return rfc3339(moment)
+
+
 def _print_event(event: EventOut, as_json: bool) -> None:
     if as_json:
         echo_json_line(event)
@@ -99,18 +109,21 @@ def register(app: typer.Typer) -> None:
         release: Annotated[
             str | None, typer.Option("--release", help="only this release (vN)")
         ] = None,
+        tail: Annotated[
+            int, typer.Option("--tail", min=0, max=10000, help="earlier lines per instance")
+        ] = 100,
         environment: EnvironmentOption = "production",
         as_json: JsonOption = False,
     ) -> None:
         """The app's output, merged from its instances on every node, labelled with release
         and instance."""
-        params = {"environment": environment}
+        params = {"environment": environment, "tail": str(tail)}
         if since is not None:
-            params["since"] = rfc3339(parsed(parse_since, since, datetime.now(UTC)))
+            params["since"] = since_param(since)
         if instance is not None:
             params["instance"] = instance
         if release is not None:
-            params["release"] = str(parsed(parse_version, release))
+            params["release"] = f"v{parsed(parse_version, release)}"
 
         async def action(client: AdminClient) -> None:
             if not follow:

@@ -22,6 +22,7 @@ from tests.unit.cli.wire_factories import (
     rid,
     status,
 )
+from zeitwork.cli.logs_cmd import since_param
 from zeitwork.cli.main import app
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.releases import EnvOut
@@ -357,8 +358,17 @@ def test_logs_follow_resumes_after_a_drop_without_duplicates(fake: FakeOperator)
     assert err.splitlines()[-1].endswith("token revoked")
     assert fake.last_event_ids == [None, "2", "3"]
     query = fake.calls("GET", "/projects/web/logs")[0][0]
-    assert (query["follow"], query["format"], query["release"]) == ("true", "sse", "3")
-    assert query["since"].endswith("Z")
+    assert (query["follow"], query["format"], query["release"]) == ("true", "sse", "v3")
+    assert (query["since"], query["tail"]) == ("10m", "100")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [("10m", "10m"), ("90s", "90s"), ("2026-12-07T02:00:00", "2026-12-07T02:00:00.000000Z")],
+)
+def test_since_is_sent_as_the_operator_reads_it(given: str, sent: str) -> None:
+    assert since_param(given) == sent
+    assert since_param("1.5m").endswith("Z")
 
 
 def test_events_json_and_follow(fake: FakeOperator) -> None:
