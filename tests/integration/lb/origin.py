@@ -1,6 +1,7 @@
 """A small real HTTP/1.1 origin server for the load balancer tests (asyncio streams).
 
-Paths: /health (200, or 503 when ``healthy`` is False), /headers (JSON of request headers),
+Paths: /health (200, or 503 when ``healthy`` is False), /ready... (``ready_status``; each
+request's path and Host recorded in ``checks``), /headers (JSON of request headers),
 /echo (streams the body back), /download/N (N bytes), /chunked, /slow/S, /status/N,
 /garbage, /ws (WebSocket handshake, then echo), /close, /nolength; anything else answers
 the origin's name.
@@ -23,6 +24,8 @@ class Origin:
         self.healthy = True
         self.hits = 0
         self.health_hits = 0
+        self.ready_status = 200
+        self.checks: list[tuple[str, str]] = []  # (target, Host) of /ready... requests
         self.connections = 0
         self.app_connections = 0
         self.after_half_close: list[bytes] = []  # /ws-half-close: read after its own EOF
@@ -33,6 +36,10 @@ class Origin:
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
+    def open_connections(self) -> int:
+        return len(self._writers)
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -40,6 +47,12 @@ class Origin:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
+
+    def refuse_new(self) -> None:
+        """Stop listening (new connections are refused); open ones keep being served, as by
+        an app that got SIGTERM and finishes what it has."""
+        if self.server is not None:
+            self.server.close()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -75,6 +88,11 @@ class Origin:
                 k, v = line.split(":", 1)
                 headers[k.strip().lower()] = v.strip()
         path = target.split("?", 1)[0]
+        if path.startswith("/ready"):
+            self.checks.append((target, headers.get("host", "")))
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 0\r\n\r\n" % self.ready_status)
+            await writer.drain()
+            return True
         if path == "/health":
             self.health_hits += 1
             status = 200 if self.healthy else 503
