@@ -1,7 +1,9 @@
 """One contract for every runtime driver: start, inspect, logs, stop, destroy, recover.
 
 Runs for real (root, real runtime, real namespaces on a real bridge); drivers that cannot
-run on this host are skipped with the reason (see conftest.DRIVER_FACTORIES)."""
+run on this host are skipped with the reason (see conftest.DRIVER_FACTORIES). The fake
+driver runs it too, without root, except the isolation tests (user, capabilities,
+namespaces), which only a driver that isolates can pass."""
 
 from __future__ import annotations
 
@@ -11,20 +13,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.runtime.conftest import DriverMaker
+from tests.contract.runtime.conftest import DriverMaker, Program, Workloads
 from tests.contract.runtime.harness import http_server_spec, wait_http, wait_until
-from zeitwork.agent.network import NodeNetwork
+from zeitwork.agent.supervisor import InstanceNetwork
 from zeitwork.core.errors import RuntimeFailure
 from zeitwork.runtime.base import Driver, InstanceSpec, Phase
 
 
-async def _spec(network: NodeNetwork, image_tree: Path, **process: object) -> InstanceSpec:
+async def _spec(
+    network: InstanceNetwork, image_tree: Path, program: Program | None = None, **process: object
+) -> InstanceSpec:
     instance_id = uuid.uuid4()
     attachment = await network.attach(instance_id)
     spec = http_server_spec(instance_id=instance_id, rootfs=image_tree, network=attachment)
+    if program is not None and program.argv is not None:
+        process = {"argv": list(program.argv), **process}
+    if program is not None and program.env:
+        process = {"env": {**spec.process.env, **program.env}, **process}
     if process:
         spec = dataclasses.replace(spec, process=dataclasses.replace(spec.process, **process))  # type: ignore[arg-type]
     return spec
+
+
+def _isolating(workloads: Workloads) -> None:
+    if not workloads.isolates:
+        pytest.skip("this driver does not isolate (the fake runs workloads in-process)")
 
 
 async def _log_lines(driver: Driver, handle: object, tail: int = 50) -> list[str]:
@@ -32,9 +45,9 @@ async def _log_lines(driver: Driver, handle: object, tail: int = 50) -> list[str
 
 
 async def test_start_serves_http_and_inspect_says_running(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(node_network, image_tree)
+    spec = await _spec(node_network, image_tree, workloads.serve)
     handle = await driver.start(spec)
     status, body = await wait_http(f"http://{spec.network.address}:{spec.port}/")
     assert (status, body) == (200, "hello from zeitwork\n")
@@ -47,9 +60,9 @@ async def test_start_serves_http_and_inspect_says_running(
 
 
 async def test_logs_tail_and_follow(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(node_network, image_tree)
+    spec = await _spec(node_network, image_tree, workloads.serve)
     handle = await driver.start(spec)
     await wait_http(f"http://{spec.network.address}:{spec.port}/")
 
@@ -66,9 +79,9 @@ async def test_logs_tail_and_follow(
 
 
 async def test_stop_then_destroy_leaves_nothing(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(node_network, image_tree, argv=["sleep", "600"])
+    spec = await _spec(node_network, image_tree, workloads.sleep)
     handle = await driver.start(spec)
     assert (await driver.inspect(handle)).phase is Phase.RUNNING
     stopped = await driver.stop(handle, grace_seconds=0.3)  # pid 1 ignores TERM: KILL follows
@@ -82,9 +95,9 @@ async def test_stop_then_destroy_leaves_nothing(
 
 
 async def test_exit_code_is_reported(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(node_network, image_tree, argv=["sh", "-c", "echo bye; exit 3"])
+    spec = await _spec(node_network, image_tree, workloads.exit_3)
     handle = await driver.start(spec)
 
     async def exited() -> bool:
@@ -98,11 +111,9 @@ async def test_exit_code_is_reported(
 
 
 async def test_oom_kill_is_reported(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(
-        node_network, image_tree, argv=["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"]
-    )
+    spec = await _spec(node_network, image_tree, workloads.oom)
     spec = dataclasses.replace(spec, memory_mib=16)
     handle = await driver.start(spec)
 
@@ -116,9 +127,9 @@ async def test_oom_kill_is_reported(
 
 
 async def test_failed_start_raises_runtime_message_and_leaves_nothing(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
-    spec = await _spec(node_network, image_tree, argv=["/no/such/program"])
+    spec = await _spec(node_network, image_tree, workloads.missing)
     with pytest.raises(RuntimeFailure) as caught:
         await driver.start(spec)
     assert "/no/such/program" in caught.value.detail
@@ -128,12 +139,12 @@ async def test_failed_start_raises_runtime_message_and_leaves_nothing(
 
 
 async def test_recover_keeps_running_and_cleans_dead_and_strays(
-    driver_maker: DriverMaker, node_network: NodeNetwork, image_tree: Path
+    driver_maker: DriverMaker, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
     first = driver_maker()
-    alive_spec = await _spec(node_network, image_tree)
-    dead_spec = await _spec(node_network, image_tree, argv=["true"])
-    stray_spec = await _spec(node_network, image_tree, argv=["sleep", "600"])
+    alive_spec = await _spec(node_network, image_tree, workloads.serve)
+    dead_spec = await _spec(node_network, image_tree, workloads.exit_0)
+    stray_spec = await _spec(node_network, image_tree, workloads.sleep)
     alive = await first.start(alive_spec)
     dead = await first.start(dead_spec)
     await first.start(stray_spec)
@@ -160,8 +171,9 @@ async def test_recover_keeps_running_and_cleans_dead_and_strays(
 
 
 async def test_runs_as_the_image_user_without_extra_capabilities(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
+    _isolating(workloads)
     spec = await _spec(
         node_network,
         image_tree,
@@ -182,8 +194,9 @@ async def test_runs_as_the_image_user_without_extra_capabilities(
 
 
 async def test_a_non_root_app_may_bind_a_low_port(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
+    _isolating(workloads)
     spec = await _spec(
         node_network, image_tree, argv=["sh", "-c", "id; httpd -p 80 -h /www; echo rc=$?"]
     )
@@ -199,8 +212,9 @@ async def test_a_non_root_app_may_bind_a_low_port(
 
 
 async def test_namespaces_and_mounts_cannot_be_created_inside(
-    driver: Driver, node_network: NodeNetwork, image_tree: Path
+    driver: Driver, node_network: InstanceNetwork, image_tree: Path, workloads: Workloads
 ) -> None:
+    _isolating(workloads)
     script = (
         "/bin/busybox unshare -U -r true && echo userns-allowed || echo userns-denied; "
         "/bin/busybox unshare -n true && echo netns-allowed || echo netns-denied; "
