@@ -25,6 +25,7 @@ from zeitwork.cli.release_view import (
 )
 from zeitwork.cli.rollout_follow import follow_rollout
 from zeitwork.clients.admin import AdminClient, DomainInfo
+from zeitwork.core.errors import NotFound
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.releases import ReleaseCreate, ReleaseOut, RolloutStrategy
@@ -127,7 +128,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
         strategy: Annotated[
             Strategy | None,
-            typer.Option("--strategy", help="rolling (default), bluegreen, immediate"),
+            typer.Option(
+                "--strategy",
+                help="rolling (default), bluegreen, immediate; other settings as now",
+            ),
         ] = None,
         env: Annotated[
             list[str] | None, typer.Option("--env", help="NAME=VALUE (repeatable)")
@@ -156,7 +160,6 @@ def register(app: typer.Typer) -> None:
                 env=variables or None,
                 resources=resources,
                 health_check=check,
-                strategy=RolloutStrategy(type=strategy) if strategy else None,
             )
         except ValidationError as exc:
             raise fail(_first_error(exc), 2) from None
@@ -166,7 +169,13 @@ def register(app: typer.Typer) -> None:
             owner = {p.slug: p for p in await client.projects()}.get(slug)
             if owner is None:
                 owner = await client.create_project(slug)
-            created = await client.create_release(str(owner.id), body)
+            release = body
+            if strategy is not None:
+                base = await _current_strategy(client, str(owner.id), environment)
+                release = body.model_copy(
+                    update={"strategy": base.model_copy(update={"type": strategy})}
+                )
+            created = await client.create_release(str(owner.id), release)
             bound = None
             if domain:
                 bound = await client.bind_domain_to_environment(
@@ -216,6 +225,16 @@ def register(app: typer.Typer) -> None:
             lambda c: c.rollback(app_name, version=number, environment=environment)
         )
         release_or_exit(created, app_name, detach=detach, as_json=as_json, started=started)
+
+
+async def _current_strategy(client: AdminClient, project: str, environment: str) -> RolloutStrategy:
+    """The current release's strategy (``--strategy`` changes only its type), else the
+    defaults."""
+    try:
+        current = (await client.status(project, environment=environment)).current_release
+    except NotFound:
+        return RolloutStrategy()
+    return current.strategy if current is not None else RolloutStrategy()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -25,7 +25,7 @@ from tests.unit.cli.wire_factories import (
 from zeitwork.cli.logs_cmd import since_param
 from zeitwork.cli.main import app
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
-from zeitwork.wire.releases import EnvOut
+from zeitwork.wire.releases import EnvOut, RolloutStrategy
 
 EARLIER = T0 - timedelta(hours=1)
 H = HealthState
@@ -49,7 +49,8 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 
 def _rolling_v1_to_v2(fake: FakeOperator) -> None:
-    current = release(1, ReleaseState.ACTIVE, current=True, with_rollout=None)
+    tuned = RolloutStrategy(min_healthy_time=0, drain_timeout=1)
+    current = release(1, ReleaseState.ACTIVE, current=True, with_rollout=None, strategy=tuned)
     old = instance(1, 1, health=H.HEALTHY, serving=True)
     fake.created = release(2)
     fake.release_after_polls = [release(2), release(2, ReleaseState.ACTIVE, current=True)]
@@ -117,7 +118,8 @@ def test_deploy_creates_the_app_binds_the_domain_and_follows_until_current(
     assert body["env"] == {"A": "1"}
     assert body["health_check"]["type"] == "http"
     assert body["health_check"]["path"] == "/healthz"
-    assert body["strategy"]["type"] == "bluegreen"
+    tuned = {"min_healthy_time": 0.0, "drain_timeout": 1.0, "type": "bluegreen"}
+    assert body["strategy"] == {**RolloutStrategy().model_dump(mode="json"), **tuned}
     assert "replicas" not in body  # as now
     assert fake.calls("POST", "/api/v1/domains") == [
         ({}, {"name": "web.test", "project_id": str(PROJECT_ID), "environment": "production"})
