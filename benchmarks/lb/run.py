@@ -279,6 +279,7 @@ def main() -> int:
                 "LB_ADMIN_PORT": str(admin_port),
                 "LB_WORKERS": str(args.workers),
                 "LB_BACKENDS": ",".join(f"127.0.0.1:{p}" for p in backends),
+                "LB_HEALTH_PATH": "/health",  # HTTP checks, as HAProxy's and Caddy's
                 "LOG_LEVEL": "warn",
                 "ZEITWORK_DATA_DIR": str(tmp),
             }
