@@ -367,7 +367,8 @@ def check_applied(
     else:
         strategy = before.current.strategy if before.current else rp.Strategy()
         floor = before.replicas
-    if strategy.type != "immediate" or before.target is None:
+    serves_a_release = before.current is not None or before.target is not None
+    if serves_a_release and (strategy.type != "immediate" or before.target is None):
         was = sum(1 for i in before.instances if in_route(i))
         now = sum(1 for i in after.instances if in_route(i))
         assert now >= min(was, floor), f"in the route {was} -> {now}, floor {floor}: {actions}"
