@@ -47,8 +47,9 @@ Subclassing: ``Proxy`` (``protocol_factory``), ``ClientProtocol`` (``connection_
 interpreted subclasses in the optional mypyc build (``hatch_build.py``).
 
 Pure parts: ``balancing`` (round-robin, least-connections, ip-hash with consistent hashing),
-``health`` (rise/fall thresholds, passive ejection with back-off), ``headers``.
-``checker.HealthChecker`` runs active HTTP checks against backends.
+``health`` (``CheckSpec``: an http / tcp / none check; rise/fall thresholds, passive
+ejection with back-off), ``headers``. ``checker.HealthChecker`` runs each backend's
+``Backend.check`` on its own interval.
 """
 
 from __future__ import annotations
