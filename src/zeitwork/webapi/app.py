@@ -21,8 +21,15 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zeitwork.observability.metrics import CONTENT_TYPE, HttpMetrics, render_metrics
-from zeitwork.webapi.problems import install_problem_handlers, problem_response
-from zeitwork.wire.problem import Problem
+from zeitwork.webapi import unsafe_text
+from zeitwork.webapi.problems import (
+    install_problem_handlers,
+    internal_error_response,
+    problem_response,
+)
+from zeitwork.wire.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
+
+log = structlog.get_logger("zeitwork.webapi")
 
 HealthCheck = Callable[[], Awaitable[str | None]]
 """A readiness probe: returns None when ready, or a short reason when not."""
@@ -53,30 +60,64 @@ class _CommonMiddleware:
         status_holder = {"status": 500}
         start = time.perf_counter()
 
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                await self._too_large(scope, receive, send, limit, request_id)
-                self._observe(scope, 413, start)
+        async def reply(response: Response) -> None:
+            response.headers["x-request-id"] = request_id
+            await response(scope, receive, send)
+            status_holder["status"] = response.status_code
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and _too_big(declared, limit):
+                await reply(_too_large(scope, limit))
                 return
+            unsafe = unsafe_text.in_path(path) + unsafe_text.in_query(
+                scope.get("query_string", b"")
+            )
+            if unsafe:
+                await reply(_unsafe(scope, unsafe))
+                return
+            app_receive = _limited(receive, limit)
+            if _scans_body(headers.get(b"content-type"), limit):
+                try:
+                    body = await _read_body(app_receive)
+                except _BodyTooLarge:
+                    await reply(_too_large(scope, limit))
+                    return
+                if body is None:  # the client went away mid-body
+                    status_holder["status"] = 499
+                    return
+                unsafe = unsafe_text.in_json_body(body)
+                if unsafe:
+                    await reply(_unsafe(scope, unsafe))
+                    return
+                app_receive = _replay(body, receive)
+            await self._call_app(
+                scope,
+                app_receive,
+                send,
+                request_id=request_id,
+                status_holder=status_holder,
+                limit=limit,
+            )
+        finally:
+            self._observe(scope, status_holder["status"], start)
 
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
+    async def _call_app(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        request_id: str,
+        status_holder: dict[str, int],
+        limit: int,
+    ) -> None:
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status_holder["status"] = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
@@ -85,12 +126,17 @@ class _CommonMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except _BodyTooLarge:
-            await self._too_large(scope, receive, send, limit, request_id)
-            status_holder["status"] = 413
-        finally:
-            self._observe(scope, status_holder["status"], start)
+            if not started:
+                await _too_large(scope, limit)(scope, receive, send_with_id)
+        except Exception as exc:
+            # Logged here, once, as one event (uvicorn would log a second traceback if it
+            # saw the exception); the client gets a problem+json 500 unless the response
+            # had already started, in which case the connection is closed by the server.
+            log.error("request.unhandled_error", path=scope["path"], exc_info=exc)
+            if not started:
+                await internal_error_response(scope["path"])(scope, receive, send_with_id)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
         self.metrics.observe(
@@ -100,25 +146,95 @@ class _CommonMiddleware:
             seconds=time.perf_counter() - start,
         )
 
-    @staticmethod
-    async def _too_large(
-        scope: Scope, receive: Receive, send: Send, limit: int, request_id: str
-    ) -> None:
-        problem = Problem.of(
-            code="payload-too-large",
-            title="Payload too large",
-            status=413,
-            detail=f"the request body exceeds the limit of {limit} bytes",
-            instance=scope["path"],
-        )
-        response = problem_response(
-            problem, headers={"x-request-id": request_id, "connection": "close"}
-        )
-        await response(scope, receive, send)
-
 
 class _BodyTooLarge(Exception):
     pass
+
+
+_JSON_SCAN_MAX = 16 * 1024 * 1024
+"""Bodies without a content type are scanned (FastAPI parses them as JSON) only on routes
+whose body limit is at most this: the JSON routes, not an image upload."""
+
+
+def _too_big(declared: bytes, limit: int) -> bool:
+    try:
+        return int(declared) > limit
+    except ValueError:
+        return False
+
+
+def _scans_body(content_type: bytes | None, limit: int) -> bool:
+    if content_type is None:
+        return limit <= _JSON_SCAN_MAX
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+        return message
+
+    return limited_receive
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client disconnected before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the real channel."""
+    pending = True
+
+    async def replay_receive() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
+
+
+def _too_large(scope: Scope, limit: int) -> Response:
+    problem = Problem.of(
+        code="payload-too-large",
+        title="Payload too large",
+        status=413,
+        detail=f"the request body exceeds the limit of {limit} bytes",
+        instance=scope["path"],
+    )
+    return problem_response(problem, headers={"connection": "close"})
+
+
+def _unsafe(scope: Scope, found: list[unsafe_text.UnsafeText]) -> Response:
+    errors = [FieldError(field=item.field, message=item.message) for item in found]
+    problem = Problem.of(
+        code="invalid-input",
+        title="Invalid input",
+        status=422,
+        detail="; ".join(f"{fe.field}: {fe.message}" for fe in errors),
+        instance=unsafe_text.printable(scope["path"]),
+        errors=errors,
+    )
+    return problem_response(problem)
 
 
 def _route_template(scope: Scope) -> str:
@@ -152,6 +268,7 @@ def install_common(
 ) -> HttpMetrics:
     """Install error handlers, the request middleware and the health/metrics routes."""
     install_problem_handlers(app)
+    _document_problems(app)
     metrics = HttpMetrics(registry=registry)
     app.add_middleware(_CommonMiddleware, metrics=metrics, body_limit=body_limit, service=service)
 
@@ -187,3 +304,30 @@ def install_common(
         return Response(render_metrics(registry), media_type=CONTENT_TYPE)
 
     return metrics
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make /openapi.json say what a 422 really is: problem+json, not FastAPI's default
+    ``HTTPValidationError`` (``{"detail": [...]}``), which no Zeitwork API sends."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem.pop("$defs", {}))
+        components["Problem"] = problem
+        content = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                invalid = operation.get("responses", {}).get("422")
+                if invalid is not None:
+                    invalid["content"] = content
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

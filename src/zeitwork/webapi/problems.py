@@ -110,16 +110,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, headers=dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request.unhandled_error", path=request.url.path, exc_info=exc)
+def internal_error_response(path: str) -> JSONResponse:
+    """The 500 answer: says nothing about the cause (that is in the log, once)."""
     problem = Problem.of(
         code="internal",
         title="Internal error",
         status=500,
         detail="an unexpected error occurred; it has been logged",
-        instance=request.url.path,
+        instance=path,
     )
     return problem_response(problem)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Only reached for an error in the common middleware itself: that middleware catches
+    # every error of the routes (see webapi.app) so uvicorn never logs a second traceback.
+    log.error("request.unhandled_error", path=request.url.path, exc_info=exc)
+    return internal_error_response(request.url.path)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
