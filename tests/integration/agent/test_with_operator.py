@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.contract.runtime.harness import wait_http
@@ -22,6 +23,18 @@ from tests.integration.agent.operator_process import (
 )
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
+
+
+async def _agent_contact(database_url: str, node_id: str) -> tuple[str | None, str | None]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute(
+            "SELECT agent_url, agent_token FROM nodes WHERE id = %s", (node_id,)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return row[0], row[1]
 
 
 @pytest.fixture
@@ -63,6 +76,20 @@ async def test_operator_places_instance_agent_runs_reports_and_readopts(
         assert stat.S_IMODE(credential.stat().st_mode) == 0o600
         assert json.loads(credential.read_text())["node_id"] == node["id"]
         assert node["runtime"] == "oci"
+        # the operator learnt where and with which credential to call this agent
+        agent_url, agent_token = await _agent_contact(migrated_database, node["id"])
+        own_token = (host.data_dir / "agent" / "agent_token").read_text().strip()
+        assert agent_token == own_token
+        assert agent_url == f"http://127.0.0.1:{host.port}"
+        async with httpx.AsyncClient(base_url=agent_url, timeout=5) as direct:
+            called = await direct.get(
+                "/instances", headers={"Authorization": f"Bearer {agent_token}"}
+            )
+            assert called.status_code == 200, called.text
+            refused = await direct.get(
+                "/instances", headers={"Authorization": "Bearer " + "x" * 40}
+            )
+            assert refused.status_code == 401
 
         created = await op.post(
             "/api/v1/instances",
