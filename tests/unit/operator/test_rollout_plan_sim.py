@@ -55,8 +55,10 @@ class Sim:
         nodes: int = 3,
         now: float = 1000.0,
         check: bool = True,
+        capacity: int | None = None,
     ) -> None:
         self.now = now
+        self.capacity = capacity  # instances per node (None: no limit)
         self.replicas = replicas
         self.check = check
         self._ids = (uuid.UUID(int=n) for n in itertools.count(1))
@@ -128,9 +130,15 @@ class Sim:
         for _ in self.nodes:
             node = self.nodes[self._next_node % len(self.nodes)]
             self._next_node += 1
-            if self.schedulable[node]:
+            if self.schedulable[node] and self._has_room(node):
                 return node
         return None
+
+    def _has_room(self, node: uuid.UUID) -> bool:
+        if self.capacity is None:
+            return True
+        held = sum(1 for i in self.instances.values() if i.node_id == node)
+        return held < self.capacity
 
     def apply(self, actions: list[rp.Action]) -> None:
         for a in actions:
@@ -737,3 +745,52 @@ def test_the_same_view_gives_the_same_actions_in_any_order() -> None:
 
 def _wire(**kw: Any) -> RolloutStrategy:
     return RolloutStrategy(**kw)
+
+
+def test_no_room_for_a_surge_proceeds_with_max_unavailable() -> None:
+    strategy = rolling(max_surge=1, max_unavailable=1)
+    sim = Sim(replicas=3, strategy=rolling(), nodes=3, capacity=1)
+    v2 = sim.deploy(strategy)
+    while sim.target is not None:
+        sim.step()
+        assert len(sim.in_route()) >= 2
+        assert len(sim.instances) <= 3 + 2  # placed ones wait for room without a node
+    assert_promoted_and_clean(sim, v2)
+
+
+def test_no_room_for_a_surge_without_max_unavailable_fails_and_v1_keeps_serving() -> None:
+    strategy = rp.Strategy(progress_deadline=30.0, healthy_deadline=60.0)
+    sim = Sim(replicas=3, strategy=rolling(), nodes=3, capacity=1)
+    v1 = sim.current
+    sim.deploy(strategy)
+    while sim.target is not None:
+        sim.step()
+        assert len(sim.in_route(v1)) == 3
+    ((_, cause),) = sim.outcome.failed
+    assert cause == "rollout to v2 did not finish within 30 s: 0 of 3 instances serving"
+    sim.settle()
+    assert len(sim.in_route(v1)) == 3 and len(sim.instances) == 3
+
+
+@pytest.mark.parametrize("new_replicas", [1, 5])
+def test_scaling_during_a_rollout(new_replicas: int) -> None:
+    sim = Sim(replicas=3, strategy=rolling())
+    v2 = sim.deploy(rolling())
+    while not sim.in_route(v2):
+        sim.step()
+    sim.replicas = new_replicas
+    while sim.target is not None:
+        sim.step()
+        assert len(sim.in_route()) >= min(3, new_replicas)
+    assert_promoted_and_clean(sim, v2)
+
+
+def test_a_three_replica_rolling_update_takes_three_health_waits() -> None:
+    """Surge 1: one new instance at a time, each 1 s to start, 1 s to its first healthy
+    check and ``min_healthy_time`` (2 s) before it serves."""
+    sim = Sim(replicas=3, strategy=rolling())
+    sim.deploy(rolling())
+    start = sim.now
+    sim.run_rollout()
+    assert sim.outcome.promoted
+    assert sim.now - start == pytest.approx(3 * (1 + 1 + 2), abs=1.0)

@@ -53,7 +53,8 @@ How the rules are applied, where the rules above leave a choice:
 - A pass lists ``Serve``, then ``Unserve``, then ``Stop``, then ``Place``, then the release's
   ``Promote`` or ``Fail``; or it is one ``Wait`` alone (``until`` the earliest timer that
   can change the plan, always in the future, or None). At most one action per instance,
-  except ``Unserve(drain=False)`` followed by ``Stop`` for a serving instance stopped at once.
+  except ``Unserve(drain=False)`` followed by ``Stop`` for a serving instance stopped at once
+  (an instance no longer wanted running that still serves only gets the ``Unserve``).
 - ``Serve`` puts an instance in the route and ends its drain (``drain_started_at = None``):
   a draining instance that rejoins. ``Unserve`` clears ``serving``.
 - "In the route" counts serving, running, healthy instances that do not drain. An instance

@@ -118,7 +118,7 @@ class Unserve:
     """Leave the route (``serving = false``) and start draining (``drain_started_at = now``)."""
 
     instance_id: uuid.UUID
-    drain: bool = True  # False: no drain, a Stop of the instance follows in the same pass
+    drain: bool = True  # False: no drain; the same pass stops it (or it is stopping already)
 
 
 @dataclass(frozen=True, slots=True)
