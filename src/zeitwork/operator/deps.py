@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from zeitwork.clients.agent import AgentClients
 from zeitwork.core.clock import Clock
 from zeitwork.images import ImageStore as ArchiveStore
 from zeitwork.operator.auth import Authenticator
@@ -32,6 +33,7 @@ from zeitwork.operator.services.domains import DnsTxt, DomainVerifier
 from zeitwork.operator.services.events import EventFeed
 from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
+from zeitwork.operator.services.logs import LogFanIn
 from zeitwork.operator.services.nodes import NodeService
 from zeitwork.operator.services.releases import ReleaseService
 from zeitwork.operator.services.tokens import TokenService
@@ -71,6 +73,9 @@ class Deps:
     app_refs: AppRefs
     events: EventStore
     event_feed: EventFeed
+    agent_clients: AgentClients
+    """Pooled clients of the node agents (``main`` closes them)."""
+    log_fan_in: LogFanIn
 
 
 def build_deps(
@@ -103,6 +108,7 @@ def build_deps(
     releases = ReleaseStore(db=db)
     app_refs = AppRefs(db=db)
     events = EventStore(db=db)
+    agent_clients = AgentClients()
     watcher = Watcher(db=db, listener=listener, stopping=stopping)
     return Deps(
         settings=settings,
@@ -156,4 +162,6 @@ def build_deps(
         app_refs=app_refs,
         events=events,
         event_feed=EventFeed(store=events, refs=app_refs, watcher=watcher, stopping=stopping),
+        agent_clients=agent_clients,
+        log_fan_in=LogFanIn(refs=app_refs, nodes=nodes, clients=agent_clients, clock=clock),
     )

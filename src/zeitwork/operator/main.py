@@ -136,6 +136,7 @@ async def serve(
             settings=settings, db=db, clock=SystemClock(), stopping=stopping, secret_box=box
         )
         stack.push_async_callback(deps.listener.close)
+        stack.push_async_callback(deps.agent_clients.aclose)
         if primary:
             await _bootstrap_admin(deps)
             await deps.image_service.clean_temp()  # uploads a crash left behind

@@ -27,6 +27,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         events,
         images,
         instances,
+        logs,
         nodes,
         projects,
         regions,
@@ -48,6 +49,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         regions,
         tokens,
         events,
+        logs,
     )
     return [module.router(deps) for module in modules]
 

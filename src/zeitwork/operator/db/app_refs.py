@@ -31,6 +31,7 @@ class LogSource:
     version: int | None
     state: InstanceState
     created_at: datetime
+    state_changed_at: datetime
 
 
 _EVENT_WHERE = (
@@ -119,7 +120,8 @@ class AppRefs:
         """The app's instances that are placed and not terminated, oldest first."""
         async with self._db.connection(conn) as c:
             cur = await c.execute(
-                "SELECT i.id, i.node_id, i.release_id, r.version, i.state, i.created_at "
+                "SELECT i.id, i.node_id, i.release_id, r.version, i.state, i.created_at, "
+                "i.state_changed_at "
                 "FROM instances i "
                 "LEFT JOIN releases r ON r.id = i.release_id "
                 "LEFT JOIN deployments d ON d.id = i.deployment_id "
@@ -147,6 +149,7 @@ class AppRefs:
                 version=r[3],
                 state=InstanceState(r[4]),
                 created_at=r[5],
+                state_changed_at=r[6],
             )
             for r in rows
         ]

@@ -1,0 +1,460 @@
+"""An app's logs, fanned in from the node agents of its instances.
+
+Agents keep each instance's output in size-capped rotated files and serve it per instance
+(tail, follow). The operator reads every instance of the app (filtered by environment,
+release, instance), labels each line with its instance, node and release and the time the
+operator read it (agents do not timestamp lines), and merges them by that time.
+
+Following re-reads the instance list every ``LIST_SECONDS``: a new instance (a rollout's,
+a replacement) is read from its first line, a removed one is read until its output ends
+(at most ``REMOVED_GRACE_SECONDS``), and an instance that restarts is read again from the
+start of its new output. A stream that breaks while the same workload runs is reopened with
+its last ``OVERLAP`` lines and the part already sent is skipped (``OverlapSkipper``). A node
+that cannot be reached is said inline (``{"notice": "node X: unreachable, retrying"}``) and
+retried with back-off; never dropped silently.
+
+Memory is bounded: readers put records into one queue of ``QUEUE_RECORDS`` records; when the
+client is slow the queue fills, the readers wait and the agents' streams wait with them (TCP
+flow control), and the client is cut off by the stream response's send timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import re
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from zeitwork.clients.agent import MAX_TAIL, AgentClient, AgentClients
+from zeitwork.core.clock import Clock
+from zeitwork.core.errors import (
+    AuthenticationRequired,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from zeitwork.core.states import InstanceState
+from zeitwork.operator.db.app_refs import AppRefs, LogSource
+from zeitwork.operator.db.nodes import AgentEndpoint, NodeStore
+
+log = structlog.get_logger("zeitwork.operator.logs")
+
+LIST_SECONDS = 1.0
+REMOVED_GRACE_SECONDS = 15.0
+OVERLAP = 200
+QUEUE_RECORDS = 1000
+BATCH_RECORDS = 256
+RETRY_INITIAL = 0.5
+RETRY_MAX = 5.0
+_DURATION = re.compile(r"^([0-9]{1,9})(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LIVE = (InstanceState.PENDING, InstanceState.STARTING, InstanceState.RUNNING)
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    ts: datetime
+    instance_id: uuid.UUID
+    node_id: uuid.UUID
+    release: str | None
+    line: str
+    stream: str = "stdout"  # agents keep stdout and stderr in one file
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "ts": rfc3339(self.ts),
+                "instance_id": str(self.instance_id),
+                "node_id": str(self.node_id),
+                "release": self.release,
+                "stream": self.stream,
+                "line": self.line,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    notice: str
+
+    def to_json(self) -> str:
+        return json.dumps({"notice": self.notice}, ensure_ascii=False, separators=(",", ":"))
+
+
+Record = LogLine | Notice
+
+
+# -- pure decisions ------------------------------------------------------------------------
+
+
+def rfc3339(ts: datetime) -> str:
+    """UTC with microseconds and a ``Z``: ``2026-12-07T03:04:05.123456Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def release_label(version: int | None) -> str | None:
+    return None if version is None else f"v{version}"
+
+
+def parse_since(text: str, *, now: datetime) -> datetime:
+    """``10m``/``30s``/``2h``/``7d`` before ``now``, or an RFC 3339 time."""
+    value = text.strip()
+    match = _DURATION.match(value)
+    if match is not None:
+        return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"since must be a duration such as 10m or an RFC 3339 time, got {value[:40]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidInput("since needs a time zone (2026-12-07T10:00:00Z)")
+    return parsed
+
+
+def merge(batches: Sequence[Sequence[LogLine]]) -> list[LogLine]:
+    """Lines of several instances in time order; lines of one instance keep their order
+    and, at equal times, earlier batches come first (pure, stable)."""
+    keyed = [
+        [(line.ts, index, position, line) for position, line in enumerate(batch)]
+        for index, batch in enumerate(batches)
+    ]
+    return [item[3] for item in heapq.merge(*keyed, key=lambda item: item[:3])]
+
+
+def wanted_sources(sources: Sequence[LogSource], *, since: datetime | None) -> list[LogSource]:
+    """Instances worth reading: live ones, and ended ones that ended after ``since``."""
+    return [s for s in sources if since is None or s.state in _LIVE or s.state_changed_at >= since]
+
+
+@dataclass(slots=True)
+class OverlapSkipper:
+    """Skips what a reopened stream repeats. The stream starts with the last lines of the
+    same output, some of which were already sent (``seen``, oldest first): the longest
+    prefix of the stream that is a suffix of ``seen`` is dropped, the rest passes. Lines are
+    held (at most ``len(seen)``) only until that is decided (pure)."""
+
+    seen: Sequence[str]
+    _held: list[str] = field(default_factory=list)
+    _active: list[int] = field(default_factory=list)  # where in seen a match may start
+    _best: int = 0  # the longest overlap found complete so far
+    _decided: bool = False
+
+    def __post_init__(self) -> None:
+        self._active = list(range(len(self.seen)))
+        self._decided = not self.seen
+
+    def feed(self, line: str) -> list[str]:
+        """The lines that pass now (in order)."""
+        if self._decided:
+            return [line]
+        offset = len(self._held)
+        self._held.append(line)
+        still: list[int] = []
+        for start in self._active:
+            if self.seen[start + offset] != line:
+                continue
+            if start + offset + 1 == len(self.seen):
+                self._best = max(self._best, offset + 1)
+            else:
+                still.append(start)
+        self._active = still
+        if still and len(self.seen) - min(still) > self._best:
+            return []  # a longer overlap may still complete
+        self._decided = True
+        passed = self._held[self._best :]
+        self._held, self._active = [], []
+        return passed
+
+    def flush(self) -> list[str]:
+        """The stream ended undecided: what it held matched old output; nothing passes."""
+        self._decided = True
+        self._held, self._active = [], []
+        return []
+
+
+def notice_for(hostname: str, problem: str) -> Notice:
+    return Notice(f"node {hostname}: {problem}")
+
+
+# -- the fan-in ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogScope:
+    project_id: uuid.UUID
+    environment_id: uuid.UUID | None
+    version: int | None = None
+    instance_id: uuid.UUID | None = None
+    since: datetime | None = None
+
+
+class LogFanIn:
+    def __init__(
+        self,
+        *,
+        refs: AppRefs,
+        nodes: NodeStore,
+        clients: AgentClients,
+        clock: Clock,
+        list_seconds: float = LIST_SECONDS,
+    ) -> None:
+        self._refs = refs
+        self._nodes = nodes
+        self._clients = clients
+        self._clock = clock
+        self._list_seconds = list_seconds
+
+    async def _sources(
+        self, scope: LogScope
+    ) -> tuple[list[LogSource], dict[uuid.UUID, AgentEndpoint]]:
+        listed = await self._refs.log_sources(
+            scope.project_id,
+            environment_id=scope.environment_id,
+            version=scope.version,
+            instance_id=scope.instance_id,
+        )
+        sources = wanted_sources(listed, since=scope.since)
+        endpoints = await self._nodes.agent_endpoints(s.node_id for s in sources)
+        return sources, endpoints
+
+    async def _client(self, endpoint: AgentEndpoint) -> AgentClient | None:
+        if not endpoint.url or not endpoint.token:
+            return None
+        return await self._clients.get(endpoint.node_id, url=endpoint.url, token=endpoint.token)
+
+    async def history(self, scope: LogScope, *, tail: int) -> list[Record]:
+        """The last ``tail`` lines of each instance, merged; notices first."""
+        sources, endpoints = await self._sources(scope)
+
+        async def read(source: LogSource) -> list[LogLine] | Notice:
+            endpoint = endpoints.get(source.node_id)
+            hostname = endpoint.hostname if endpoint else str(source.node_id)
+            client = await self._client(endpoint) if endpoint else None
+            if client is None:
+                return notice_for(hostname, "the node's agent registered no API address")
+            try:
+                lines = await client.log_tail(source.instance_id, tail=tail)
+            except NotFound:
+                return []
+            except (AuthenticationRequired, PermissionDenied):
+                return notice_for(hostname, "the agent refused the operator's credential")
+            except ServiceUnavailable:
+                return notice_for(hostname, "unreachable")
+            now = self._clock.now()
+            label = release_label(source.version)
+            return [LogLine(now, source.instance_id, source.node_id, label, text) for text in lines]
+
+        results = await asyncio.gather(*(read(s) for s in sources))
+        notices: list[Record] = []
+        for item in results:
+            if isinstance(item, Notice) and item not in notices:
+                notices.append(item)
+        merged = merge([item for item in results if not isinstance(item, Notice)])
+        return [*notices, *merged]
+
+    async def follow(
+        self, scope: LogScope, *, tail: int, keepalive: float
+    ) -> AsyncIterator[list[Record]]:
+        """Batches of records as they come, for ever; an empty batch after ``keepalive``
+        seconds without any (the caller writes a keep-alive). ``tail`` lines of history
+        first from the instances there at the start."""
+        follow = _Follow(fan_in=self, scope=scope, tail=tail)
+        async for batch in follow.run(keepalive=keepalive):
+            yield batch
+
+    # used by _Follow
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def list_seconds(self) -> float:
+        return self._list_seconds
+
+
+@dataclass(slots=True)
+class _Reader:
+    source: LogSource
+    task: asyncio.Task[None]
+    removed_at: float | None = None
+
+
+class _Follow:
+    """One follower's readers and queue (see the module doc)."""
+
+    def __init__(self, *, fan_in: LogFanIn, scope: LogScope, tail: int) -> None:
+        self._fan_in = fan_in
+        self._scope = scope
+        self._tail = tail
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=QUEUE_RECORDS)
+        self._readers: dict[uuid.UUID, _Reader] = {}
+        self._endpoints: dict[uuid.UUID, AgentEndpoint] = {}
+        self._down: set[uuid.UUID] = set()  # nodes said to be unreachable
+
+    async def run(self, *, keepalive: float) -> AsyncIterator[list[Record]]:
+        lister = asyncio.create_task(self._list_loop(), name="logs-list")
+        getter: asyncio.Future[Record] | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, lister}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                    if lister in done:
+                        lister.result()  # raises what stopped it
+                        return
+                    yield []
+                    continue
+                batch = [getter.result()]
+                while len(batch) < BATCH_RECORDS and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                yield batch
+        finally:
+            if getter is not None:
+                getter.cancel()
+            lister.cancel()
+            tasks: list[asyncio.Future[Any]] = [lister, *(r.task for r in self._readers.values())]
+            if getter is not None:
+                tasks.append(getter)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _list_loop(self) -> None:
+        first = True
+        database_down = False
+        while True:
+            try:
+                sources, endpoints = await self._fan_in._sources(self._scope)
+            except ServiceUnavailable:
+                if not database_down:
+                    await self._queue.put(
+                        Notice("the operator's database is unavailable, retrying")
+                    )
+                database_down = True
+                await asyncio.sleep(self._fan_in.list_seconds)
+                continue
+            database_down = False
+            self._endpoints.update(endpoints)
+            now = self._fan_in.clock.monotonic()
+            listed = {s.instance_id: s for s in sources}
+            for instance_id, source in listed.items():
+                reader = self._readers.get(instance_id)
+                if reader is not None:
+                    reader.removed_at = None
+                    continue
+                # history from the instances there at the start; all of a new one's output
+                tail = self._tail if first else MAX_TAIL
+                task = asyncio.create_task(
+                    self._read(source, tail=tail), name=f"logs-{instance_id}"
+                )
+                self._readers[instance_id] = _Reader(source=source, task=task)
+            for instance_id, reader in list(self._readers.items()):
+                if instance_id in listed:
+                    continue
+                if reader.task.done():
+                    del self._readers[instance_id]
+                elif reader.removed_at is None:
+                    reader.removed_at = now
+                elif now - reader.removed_at > REMOVED_GRACE_SECONDS:
+                    reader.task.cancel()
+                    del self._readers[instance_id]
+            first = False
+            await asyncio.sleep(self._fan_in.list_seconds)
+
+    def _endpoint(self, node_id: uuid.UUID) -> AgentEndpoint | None:
+        return self._endpoints.get(node_id)
+
+    async def _say_down(self, node_id: uuid.UUID, hostname: str, problem: str) -> None:
+        if node_id not in self._down:
+            self._down.add(node_id)
+            log.info("logs.node_unreachable", node_id=str(node_id), problem=problem)
+            await self._queue.put(notice_for(hostname, problem))
+
+    async def _say_up(self, node_id: uuid.UUID, hostname: str) -> None:
+        if node_id in self._down:
+            self._down.discard(node_id)
+            await self._queue.put(notice_for(hostname, "reachable again"))
+
+    async def _read(self, source: LogSource, *, tail: int) -> None:
+        """Follow one instance through reconnections and restarts, until cancelled."""
+        label = release_label(source.version)
+        seen: deque[str] = deque(maxlen=OVERLAP)
+        restarts: int | None = None
+        delay = RETRY_INITIAL
+        clock = self._fan_in.clock
+
+        async def emit(text: str) -> None:
+            seen.append(text)
+            await self._queue.put(
+                LogLine(clock.now(), source.instance_id, source.node_id, label, text)
+            )
+
+        while True:
+            endpoint = self._endpoint(source.node_id)
+            hostname = endpoint.hostname if endpoint else str(source.node_id)
+            client = await self._fan_in._client(endpoint) if endpoint else None
+            if client is None:
+                await self._say_down(
+                    source.node_id, hostname, "the node's agent registered no API address"
+                )
+                await asyncio.sleep(RETRY_MAX)
+                continue
+            try:
+                view = await client.instance(source.instance_id)
+                if restarts is None:
+                    skipper = OverlapSkipper(seen=())
+                    want = tail
+                elif view.restarts != restarts:  # a new workload writes a new file
+                    seen.clear()
+                    skipper = OverlapSkipper(seen=())
+                    want = MAX_TAIL
+                else:  # the same output: skip what was sent
+                    skipper = OverlapSkipper(seen=tuple(seen))
+                    want = len(seen)
+                restarts = view.restarts
+                await self._say_up(source.node_id, hostname)
+                delivered = False
+                async with client.follow_logs(source.instance_id, tail=want) as lines:
+                    async for text in lines:
+                        for passed in skipper.feed(text):
+                            delivered = True
+                            await emit(passed)
+                for passed in skipper.flush():
+                    delivered = True
+                    await emit(passed)
+                delay = RETRY_INITIAL
+                if not delivered:  # ended at once (the workload is not running): poll
+                    await asyncio.sleep(self._fan_in.list_seconds)
+            except NotFound:  # not (yet, or no longer) on the node
+                await asyncio.sleep(self._fan_in.list_seconds)
+            except (AuthenticationRequired, PermissionDenied):
+                await self._say_down(
+                    source.node_id, hostname, "the agent refused the operator's credential"
+                )
+                await asyncio.sleep(RETRY_MAX)
+            except ServiceUnavailable:
+                await self._say_down(source.node_id, hostname, "unreachable, retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)

@@ -1,0 +1,337 @@
+"""``GET /api/v1/projects/{project}/logs`` on a real PostgreSQL and a real operator: bad
+input, node registration keeping the agent's address and credential, and (as root) the
+fan-in from a real node agent running runc containers: lines of several instances labelled
+and in order per instance, history and follow, a new instance joining a followed stream, a
+restarted instance followed again, an unreachable node said inline, and no upstream stream
+left open once the client goes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.images import BuiltImage, build_image
+from tests.integration.agent.harness import TOKEN, AgentHost, instance_body, preload
+from tests.integration.operator.conftest import Operator
+from tests.integration.operator.fleet import PROBLEM
+from tests.integration.operator.live_server import live_operator
+from zeitwork.operator.principal import Scope
+
+AGENT_TOKEN = "a" * 43  # the shape NodeRegistration.agent_token allows
+
+
+async def _app(op: Operator, slug: str = "shop") -> tuple[uuid.UUID, uuid.UUID]:
+    rows = await op.sql(
+        "WITH p AS (INSERT INTO projects (name, slug) VALUES (%s, %s) RETURNING id) "
+        "INSERT INTO project_environments (project_id, name) "
+        "SELECT id, 'production' FROM p RETURNING project_id, id",
+        (slug, slug),
+    )
+    return rows[0][0], rows[0][1]
+
+
+async def _release(op: Operator, project: uuid.UUID, env: uuid.UUID, version: int) -> uuid.UUID:
+    digest = "sha256:" + uuid.uuid4().hex * 2
+    rows = await op.sql(
+        "WITH i AS (INSERT INTO images (name, status, digest, size) "
+        "VALUES ('app', 'ready', %s, 1) RETURNING id) "
+        "INSERT INTO releases (project_id, project_environment_id, version, image_id, port, "
+        "vcpu_millis, memory_mib, replicas, state) "
+        "SELECT %s, %s, %s, id, 8080, 250, 64, 1, 'active' FROM i RETURNING id",
+        (digest, project, env, version),
+    )
+    return rows[0][0]
+
+
+async def _node(op: Operator, hostname: str, url: str | None, token: str | None) -> uuid.UUID:
+    rows = await op.sql(
+        "INSERT INTO nodes (hostname, ip_address, vcpu_millis, memory_mib, state, agent_url, "
+        "agent_token) VALUES (%s, '127.0.0.1', 4000, 8192, 'ready', %s, %s) RETURNING id",
+        (hostname, url, token),
+    )
+    return rows[0][0]
+
+
+async def _instance(
+    op: Operator, instance_id: uuid.UUID, node: uuid.UUID, release: uuid.UUID
+) -> None:
+    await op.sql(
+        "INSERT INTO instances (id, node_id, image_id, release_id, state, vcpu_millis, "
+        "memory_mib, default_port) SELECT %s, %s, image_id, id, 'running', 250, 64, 8080 "
+        "FROM releases WHERE id = %s",
+        (instance_id, node, release),
+    )
+
+
+# -- without root ----------------------------------------------------------------------------
+
+
+async def test_registration_keeps_the_agent_address_and_never_shows_its_token(
+    operator: Operator,
+) -> None:
+    join = await operator.token(Scope.JOIN)
+    body = {
+        "hostname": "n1",
+        "ip_address": "10.0.0.5",
+        "resources": {"vcpu": 2, "memory": 2048},
+        "agent_url": "http://10.0.0.5:8081/",
+        "agent_token": AGENT_TOKEN,
+    }
+    r = await operator.client.post("/api/v1/nodes", json=body, headers=operator.headers(join))
+    assert r.status_code == 201, r.text
+    assert AGENT_TOKEN not in r.text
+    node_id = r.json()["node_id"]
+    rows = await operator.sql("SELECT agent_url, agent_token FROM nodes WHERE id = %s", (node_id,))
+    assert rows == [("http://10.0.0.5:8081", AGENT_TOKEN)]
+    listed = await operator.client.get("/api/v1/nodes", headers=operator.headers())
+    one = await operator.client.get(f"/api/v1/nodes/{node_id}", headers=operator.headers())
+    assert AGENT_TOKEN not in listed.text and AGENT_TOKEN not in one.text
+    # registering again with a new credential replaces it
+    again = {**body, "id": node_id, "agent_token": "b" * 43}
+    r = await operator.client.post("/api/v1/nodes", json=again, headers=operator.headers())
+    assert r.status_code == 200, r.text
+    rows = await operator.sql("SELECT agent_token FROM nodes WHERE id = %s", (node_id,))
+    assert rows == [("b" * 43,)]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/api/v1/projects/nope/logs", {}, 404),
+        (f"/api/v1/projects/{uuid.uuid4()}/logs", {}, 404),
+        ("/api/v1/projects/shop/logs", {"environment": "staging"}, 404),
+        ("/api/v1/projects/shop/logs", {"release": "v7"}, 404),
+        ("/api/v1/projects/shop/logs", {"instance": str(uuid.uuid4())}, 404),
+        ("/api/v1/projects/shop/logs", {"release": "seven"}, 422),
+        ("/api/v1/projects/shop/logs", {"since": "yesterday"}, 422),
+        ("/api/v1/projects/shop/logs", {"format": "xml"}, 422),
+        ("/api/v1/projects/shop/logs", {"tail": "-1"}, 422),
+    ],
+)
+async def test_bad_requests_are_clear_problems(
+    operator: Operator, path: str, params: dict[str, str], status: int
+) -> None:
+    await _app(operator)
+    r = await operator.client.get(path, params=params, headers=operator.headers())
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_an_app_without_instances_has_no_lines(operator: Operator) -> None:
+    await _app(operator)
+    r = await operator.client.get("/api/v1/projects/shop/logs", headers=operator.headers())
+    assert r.status_code == 200 and r.text == ""
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+
+
+async def test_a_node_without_an_agent_address_is_said_not_skipped(operator: Operator) -> None:
+    project, env = await _app(operator)
+    release = await _release(operator, project, env, 1)
+    node = await _node(operator, "old-agent", None, None)
+    await _instance(operator, uuid.uuid4(), node, release)
+    r = await operator.client.get("/api/v1/projects/shop/logs", headers=operator.headers())
+    assert [json.loads(x) for x in r.text.splitlines()] == [
+        {"notice": "node old-agent: the node's agent registered no API address"}
+    ]
+
+
+# -- with a real agent and runc ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
+    made: list[AgentHost] = []
+
+    def make(**kwargs: Any) -> AgentHost:
+        host = AgentHost(root=tmp_path / f"host{len(made)}", **kwargs)
+        made.append(host)
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in made:
+            await host.cleanup()
+
+
+@pytest.fixture
+def _subreaper() -> Iterator[None]:
+    from tests.contract.runtime.harness import stop_being_subreaper
+
+    yield
+    stop_being_subreaper()
+
+
+CHATTY = (
+    "httpd -p 8080 -h /www; r=$RANDOM; i=0; "
+    'while true; do echo "$NAME $r $i"; i=$((i+1)); sleep 0.05; done'
+)
+
+
+@pytest.fixture(scope="module")
+def chatty_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """Serves :8080 (busybox httpd in the background) and writes ``NAME RUN N`` 20 times a
+    second (RUN: random per start, N: 0, 1, 2, ...)."""
+    return build_image(
+        tmp_path_factory.mktemp("chatty") / "chatty.tar",
+        entrypoint=["/bin/sh", "-c", CHATTY],
+        cmd=None,
+    )
+
+
+async def _start(client: httpx.AsyncClient, image: BuiltImage, name: str) -> uuid.UUID:
+    body = instance_body(image, environment_variables={"NAME": name})
+    body["image"]["digest"] = image.digest
+    r = await client.post("/instances", json=body)
+    assert r.status_code == 201, r.text
+    instance_id = r.json()["id"]
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await client.get(f"/instances/{instance_id}")).json()["state"] != "running":
+        assert asyncio.get_running_loop().time() < deadline, "instance not running"
+        await asyncio.sleep(0.05)
+    return uuid.UUID(instance_id)
+
+
+class Lines:
+    """Log records of a followed stream, checked as they come."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.notices: list[str] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        if "notice" in record:
+            self.notices.append(record["notice"])
+        else:
+            self.lines.append(record)
+
+    def of(self, name: str) -> list[tuple[str, int]]:
+        """(run, n) of the lines an instance called ``name`` wrote."""
+        out = []
+        for record in self.lines:
+            words = record["line"].split()
+            if len(words) == 3 and words[0] == name:
+                out.append((words[1], int(words[2])))
+        return out
+
+
+def assert_in_order_without_gaps(runs: list[tuple[str, int]]) -> None:
+    """Per run (one start of the workload), n grows by exactly one: none lost, none twice."""
+    by_run: dict[str, list[int]] = {}
+    for run, n in runs:
+        by_run.setdefault(run, []).append(n)
+    for run, numbers in by_run.items():
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (run, numbers)
+
+
+async def _follow_until(
+    lines: AsyncIterator[str], seen: Lines, done: Callable[[], bool], timeout: float = 30
+) -> None:
+    async with asyncio.timeout(timeout):
+        async for line in lines:
+            if line.startswith("data: "):
+                seen.add(json.loads(line[6:]))
+                if done():
+                    return
+
+
+@pytest.mark.requires_root
+@pytest.mark.slow
+@pytest.mark.usefixtures("_subreaper")
+async def test_fan_in_from_a_real_agent(
+    operator: Operator, agent: Callable[..., AgentHost], chatty_image: BuiltImage
+) -> None:
+    host = agent()
+    await preload(host.data_dir, chatty_image)
+    host.start()
+    await host.wait_ready()
+    project, env = await _app(operator)
+    v1 = await _release(operator, project, env, 1)
+    node = await _node(operator, "real-node", host.api_url(), TOKEN)
+    dead = await _node(operator, "dead-node", "http://127.0.0.1:9", AGENT_TOKEN)
+    async with host.client() as agent_api:
+        a = await _start(agent_api, chatty_image, "a")
+        b = await _start(agent_api, chatty_image, "b")
+        await _instance(operator, a, node, v1)
+        await _instance(operator, b, node, v1)
+        await _instance(operator, uuid.uuid4(), dead, v1)
+
+        # history: both instances' last lines, labelled, and the dead node said inline
+        r = await operator.client.get(
+            "/api/v1/projects/shop/logs", params={"tail": 5}, headers=operator.headers()
+        )
+        assert r.status_code == 200, r.text
+        history = Lines()
+        for text in r.text.splitlines():
+            history.add(json.loads(text))
+        assert history.notices == ["node dead-node: unreachable"]
+        assert len(history.of("a")) == 5 and len(history.of("b")) == 5
+        assert_in_order_without_gaps(history.of("a"))
+        first = history.lines[0]
+        assert set(first) == {"ts", "instance_id", "node_id", "release", "stream", "line"}
+        assert first["node_id"] == str(node) and first["release"] == "v1"
+        assert first["stream"] == "stdout" and first["ts"].endswith("Z")
+        assert {x["instance_id"] for x in history.lines} == {str(a), str(b)}
+
+        async with live_operator(operator) as url, httpx.AsyncClient(base_url=url) as client:
+            params = {"follow": "true", "format": "sse", "tail": "3"}
+            seen = Lines()
+            async with client.stream(
+                "GET", "/api/v1/projects/shop/logs", params=params, headers=operator.headers()
+            ) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                await _follow_until(
+                    lines,
+                    seen,
+                    lambda: len(seen.of("a")) > 20 and len(seen.of("b")) > 20 and seen.notices,
+                )
+                assert seen.notices == ["node dead-node: unreachable, retrying"]
+
+                # a rollout's new instance joins the stream from its first line
+                v2 = await _release(operator, project, env, 2)
+                c = await _start(agent_api, chatty_image, "c")
+                await _instance(operator, c, node, v2)
+                await _follow_until(lines, seen, lambda: len(seen.of("c")) > 10)
+                assert seen.of("c")[0][1] == 0
+                assert {x["release"] for x in seen.lines if x["instance_id"] == str(c)} == {"v2"}
+
+                # a restart: the new run is followed too
+                runs_before = {run for run, _ in seen.of("a")}
+                stop = await agent_api.put(f"/instances/{a}/state", json={"state": "stopped"})
+                assert stop.status_code == 200, stop.text
+                start = await agent_api.put(f"/instances/{a}/state", json={"state": "running"})
+                assert start.status_code == 200, start.text
+                await _follow_until(
+                    lines,
+                    seen,
+                    lambda: (
+                        len({run for run, _ in seen.of("a")} - runs_before) == 1
+                        and len(seen.of("a")) > 60
+                    ),
+                )
+            for name in ("a", "b", "c"):
+                assert_in_order_without_gaps(seen.of(name))
+
+            # the client went: every stream to the agent is closed
+            deadline = asyncio.get_running_loop().time() + 10
+            while _busy_agent_connections(operator) > 0:
+                assert asyncio.get_running_loop().time() < deadline, "agent streams left open"
+                await asyncio.sleep(0.05)
+    await operator.deps.agent_clients.aclose()
+
+
+def _busy_agent_connections(op: Operator) -> int:
+    """Connections the operator's agent clients hold that are not idle (httpcore's pool)."""
+    busy = 0
+    for _key, client in op.deps.agent_clients._clients.values():
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        busy += sum(1 for conn in pool.connections if not conn.is_idle())
+    return busy

@@ -1,0 +1,168 @@
+"""The pure parts of the logs fan-in: merging by time, skipping what a reopened stream
+repeats, ``since``, which instances are read, line splitting and record encoding."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from zeitwork.clients.agent import split_lines
+from zeitwork.core.errors import InvalidInput
+from zeitwork.core.states import InstanceState
+from zeitwork.operator.api.logs import _Ids
+from zeitwork.operator.db.app_refs import LogSource
+from zeitwork.operator.services.logs import (
+    LogLine,
+    Notice,
+    OverlapSkipper,
+    merge,
+    parse_since,
+    release_label,
+    rfc3339,
+    wanted_sources,
+)
+
+T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+A, B, NODE = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+
+def _line(instance: uuid.UUID, seconds: float, text: str) -> LogLine:
+    return LogLine(T0 + timedelta(seconds=seconds), instance, NODE, "v1", text)
+
+
+def test_merge_orders_by_time_and_keeps_each_instance_in_order() -> None:
+    a = [_line(A, 0, "a0"), _line(A, 2, "a2"), _line(A, 2, "a2b")]
+    b = [_line(B, 1, "b1"), _line(B, 2, "b2"), _line(B, 3, "b3")]
+    assert [x.line for x in merge([a, b])] == ["a0", "b1", "a2", "a2b", "b2", "b3"]
+    assert [x.line for x in merge([b, a])] == ["a0", "b1", "b2", "a2", "a2b", "b3"]
+
+
+def test_merge_of_nothing() -> None:
+    assert merge([]) == []
+    assert merge([[], []]) == []
+
+
+def test_merge_keeps_an_instances_order_even_when_its_times_go_back() -> None:
+    # a stable merge never reorders one batch (a clock step back on the operator)
+    a = [_line(A, 5, "first"), _line(A, 1, "second")]
+    assert [x.line for x in merge([a])] == ["first", "second"]
+
+
+def _skip(seen: list[str], stream: list[str], *, end: bool = True) -> list[str]:
+    skipper = OverlapSkipper(seen=seen)
+    out = [passed for line in stream for passed in skipper.feed(line)]
+    return out + (skipper.flush() if end else [])
+
+
+@pytest.mark.parametrize(
+    ("seen", "stream", "passed"),
+    [
+        ([], ["a", "b"], ["a", "b"]),  # nothing seen: everything passes
+        (["a", "b", "c"], ["a", "b", "c", "d"], ["d"]),  # all seen were re-sent
+        (["a", "b", "c"], ["b", "c", "d", "e"], ["d", "e"]),  # one scrolled out of the tail
+        (["a", "b", "c"], ["x", "y"], ["x", "y"]),  # more was written than the tail holds
+        (["a", "b", "c"], ["a", "b", "c"], []),  # nothing new
+        (["x", "a", "a"], ["a", "a", "a"], ["a"]),  # repeats: the longest overlap wins
+        (["a", "a", "a"], ["a", "a", "a", "a"], ["a"]),
+        (["a", "b"], ["b", "b"], ["b"]),
+        (["a", "b", "a"], ["b", "a", "c"], ["c"]),
+    ],
+)
+def test_overlap_skipper(seen: list[str], stream: list[str], passed: list[str]) -> None:
+    assert _skip(seen, stream) == passed
+
+
+def test_overlap_skipper_passes_lines_as_soon_as_it_is_decided() -> None:
+    skipper = OverlapSkipper(seen=["a", "b", "c"])
+    assert skipper.feed("b") == []
+    assert skipper.feed("c") == []  # "b c" is the longest overlap still possible: complete
+    assert skipper.feed("d") == ["d"]
+    assert skipper.feed("e") == ["e"]
+
+
+def test_overlap_skipper_holds_at_most_what_was_seen() -> None:
+    seen = [f"l{i}" for i in range(50)]
+    skipper = OverlapSkipper(seen=seen)
+    held = [skipper.feed(line) for line in seen[:49]]
+    assert all(not h for h in held)
+    assert skipper.feed("l49") == []
+    assert skipper.feed("new") == ["new"]
+
+
+def test_an_undecided_stream_that_ends_passes_nothing() -> None:
+    assert _skip(["a", "b", "c"], ["a", "b"]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "delta"),
+    [("10m", 600), ("30s", 30), ("2h", 7200), ("7d", 7 * 86400), (" 1m ", 60)],
+)
+def test_since_durations(text: str, delta: int) -> None:
+    assert parse_since(text, now=T0) == T0 - timedelta(seconds=delta)
+
+
+def test_since_times() -> None:
+    assert parse_since("2026-12-07T01:00:00Z", now=T0) == datetime(2026, 12, 7, 1, tzinfo=UTC)
+    assert parse_since("2026-12-07T03:00:00+02:00", now=T0) == datetime(2026, 12, 7, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["", "10", "10 minutes", "-5m", "yesterday", "2026-12-07T01:00"])
+def test_bad_since(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_since(text, now=T0)
+
+
+def _source(state: InstanceState, changed: float) -> LogSource:
+    return LogSource(
+        instance_id=uuid.uuid4(),
+        node_id=NODE,
+        release_id=None,
+        version=1,
+        state=state,
+        created_at=T0,
+        state_changed_at=T0 + timedelta(seconds=changed),
+    )
+
+
+def test_since_leaves_out_instances_that_ended_before_it() -> None:
+    live = _source(InstanceState.RUNNING, -3600)
+    ended_late = _source(InstanceState.STOPPED, -10)
+    ended_early = _source(InstanceState.FAILED, -3600)
+    sources = [live, ended_late, ended_early]
+    assert wanted_sources(sources, since=None) == sources
+    assert wanted_sources(sources, since=T0 - timedelta(minutes=1)) == [live, ended_late]
+
+
+def test_split_lines() -> None:
+    assert split_lines(b"", b"a\nb\r\nc", max_bytes=10) == ([b"a", b"b"], b"c")
+    assert split_lines(b"c", b"d\n", max_bytes=10) == ([b"cd"], b"")
+    assert split_lines(b"", b"x" * 25, max_bytes=10) == ([b"x" * 10, b"x" * 10], b"x" * 5)
+    assert split_lines(b"", b"y" * 12 + b"\n", max_bytes=10) == ([b"y" * 10, b"yy"], b"")
+
+
+def test_records_as_json() -> None:
+    line = LogLine(T0, A, NODE, "v3", 'say "hi" ✓')
+    assert json.loads(line.to_json()) == {
+        "ts": "2026-12-07T03:00:00.000000Z",
+        "instance_id": str(A),
+        "node_id": str(NODE),
+        "release": "v3",
+        "stream": "stdout",
+        "line": 'say "hi" ✓',
+    }
+    assert json.loads(Notice("node n1: unreachable, retrying").to_json()) == {
+        "notice": "node n1: unreachable, retrying"
+    }
+    assert release_label(None) is None and release_label(7) == "v7"
+    assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == "2026-01-02T03:04:05.000006Z"
+
+
+def test_sse_ids_grow_even_at_equal_times() -> None:
+    ids = _Ids()
+    first = ids.next(_line(A, 0, "x"))
+    second = ids.next(_line(B, 0, "y"))
+    assert first is not None and second is not None and int(second) == int(first) + 1
+    assert ids.next(Notice("n")) is None
