@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
+from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.routes import Backend, Route, RouteTable
 
 TOKEN = "proxy-token-for-tests"
@@ -182,3 +183,28 @@ async def test_wrong_token_is_reported_not_crashing(
     assert operator.unauthorized >= 1
     r = await http(lb.port, path="/", host="app.test")
     assert r.status == 503
+
+
+async def test_the_routes_health_check_arrives_with_the_table(
+    make_origin: MakeOrigin, make_lb: MakeLB, make_operator: MakeOperator
+) -> None:
+    app = await make_origin("app")
+    operator = await make_operator()
+    check = HealthCheck(type="http", path="/ready/v2", interval=0.1, unhealthy_threshold=1)
+    operator.publish([route("app.test", app.address).model_copy(update={"health_check": check})])
+    lb = await make_lb(operator_url=operator.url, token=TOKEN)
+    await eventually(lambda: lb.router.version == operator.table.version)
+    await eventually(lambda: ("/ready/v2", app.address) in app.checks)
+    app.ready_status = 500
+    backend = lb.backends.backends[app.address]
+    await eventually(lambda: not backend.available, timeout=3)
+    # the next release checks with tcp: the same instance is back at the next pass
+    operator.publish(
+        [
+            route("app.test", app.address).model_copy(
+                update={"health_check": HealthCheck(type="tcp", interval=0.1)}
+            )
+        ]
+    )
+    await eventually(lambda: backend.available, timeout=3)
+    assert backend.check.kind == "tcp"

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import uuid
 
+from zeitwork.lb.checks import from_wire
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter
+from zeitwork.proxy.health import CheckSpec
+from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
 
@@ -118,10 +121,6 @@ def test_a_bad_backend_address_is_skipped_not_fatal() -> None:
 
 
 def test_backends_get_their_route_check_and_follow_a_change() -> None:
-    from zeitwork.lb.checks import from_wire
-    from zeitwork.proxy.health import CheckSpec
-    from zeitwork.wire.health import HealthCheck
-
     own = CheckSpec(kind="tcp", interval=2)
     static = CheckSpec(kind="http", path="/health")
     registry = BackendRegistry(check=own)
