@@ -1,6 +1,6 @@
 """``/api/v1/images``: import a real OCI archive (201, then 200 for the same digest),
 corrupt and truncated archives (4xx, nothing left), size limit (413), download by node
-tokens with the digest header, delete (409 while used), and 501 for builds."""
+tokens with the digest header, delete (409 while used), and 422 for builds."""
 
 from __future__ import annotations
 
@@ -118,12 +118,13 @@ async def test_import_limits_and_input_errors(
     assert_problem(r, 403)
 
 
-async def test_build_path_is_501(operator: Operator) -> None:
+async def test_build_path_is_422_pointing_at_the_import(operator: Operator) -> None:
     r = await operator.client.post(
         API, headers=operator.headers(), json={"github_repo": "zeitwork/example"}
     )
-    body = assert_problem(r, 501)
-    assert "not implemented" in body["detail"]
+    body = assert_problem(r, 422)
+    assert "builds from source are not available yet" in body["detail"]
+    assert "POST /api/v1/images/import" in body["detail"]
     assert_problem(await operator.client.post(API, headers=operator.headers(), json={}), 422)
 
 

@@ -7,7 +7,7 @@ is already catalogued (whatever its name). A corrupt archive gets a 422 problem 
 nothing behind. ``GET /images/{id}/archive`` streams the stored archive with ``Digest`` and
 ``ETag`` headers to an admin, or to a node token whose node has a (not terminated) instance
 of that image assigned (else 403). ``POST /images`` (builds from a GitHub repository) is a later
-issue and answers 501.
+issue: until then it answers 422 pointing at the import route.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from zeitwork.core.errors import NotImplementedYet, PermissionDenied
+from zeitwork.core.errors import InvalidInput, PermissionDenied
 from zeitwork.core.states import ImageState
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
@@ -126,10 +126,12 @@ def router(deps: Deps) -> APIRouter:
 
     @api.post("", status_code=201, dependencies=[Depends(admin)])
     async def build_image(body: ImageBuild) -> ImageOut:
-        raise NotImplementedYet(
-            "building images from a GitHub repository is not implemented yet; build the "
-            "image yourself (buildah push IMAGE oci-archive:FILE) and POST it to "
-            "/api/v1/images/import?name=NAME",
+        # A client error, not a 501: the request is refused for what it asks, the server
+        # is not broken, and a client (or a fuzzer) should not retry it.
+        raise InvalidInput(
+            "builds from source are not available yet; import an archive with "
+            "POST /api/v1/images/import?name=NAME (build it yourself with "
+            "`buildah push IMAGE oci-archive:FILE`)",
             extra={"github_repo": body.github_repo},
         )
 
