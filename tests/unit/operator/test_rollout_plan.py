@@ -194,6 +194,22 @@ LOGS = tuple(f"log {k}" for k in range(25))
             "exited with code 2",
         ),
         ({"reason": "image not found"}, "failed: image not found"),
+        (
+            {"exit_code": 1, "reason": "crash loop: exited with code 1; gave up after 5 restarts"},
+            "exited with code 1 (crash loop: gave up after 5 restarts)",
+        ),
+        (
+            {
+                "oom_killed": True,
+                "reason": "crash loop: killed: out of memory (OOM); gave up after 2 restarts",
+            },
+            "was killed: out of memory (crash loop: gave up after 2 restarts)",
+        ),
+        ({"exit_code": 1, "reason": "exited with code 1"}, "exited with code 1"),
+        (
+            {"oom_killed": True, "reason": "killed: out of memory (OOM)"},
+            "was killed: out of memory",
+        ),
         ({}, "failed"),
         ({"state": S.STOPPED}, "stopped by itself"),
     ],
@@ -217,6 +233,15 @@ def test_cause_of_an_instance_never_healthy_names_its_last_check() -> None:
         "instance 1a2b3c4d of v4 not healthy 120.5 s after it was placed "
         "(last check: connection refused on :8080)"
     )
+
+
+def test_the_stop_of_an_ended_instance_says_why() -> None:
+    checked = inst(1, state=S.FAILED, health=H.UNHEALTHY, last_check="GET / -> 500", serving=False)
+    unknown = inst(2, state=S.FAILED, reason="image not found", serving=False)
+    assert rp.plan(view(checked, unknown, replicas=0)) == [
+        rp.Stop(iid(1), "failed its health check: GET / -> 500"),
+        rp.Stop(iid(2), "failed: image not found"),
+    ]
 
 
 def test_cause_quotes_the_last_twenty_log_lines() -> None:

@@ -103,9 +103,17 @@ def ended_phrase(i: InstanceView) -> str:
         return f"failed: {i.reason}"
     else:
         phrase = "failed" if i.state == InstanceState.FAILED else "stopped by itself"
-    if i.reason and i.reason not in phrase:
-        phrase = f"{phrase} ({i.reason})"
-    return phrase
+    extra = _beyond(i.reason or "", phrase)
+    return f"{phrase} ({extra})" if extra else phrase
+
+
+def _beyond(reason: str, phrase: str) -> str:
+    """What the agent's ``reason`` says beyond ``phrase`` (its own wording of the exit
+    taken out): ``crash loop: exited with code 1; gave up after 5 restarts`` -> ``crash
+    loop: gave up after 5 restarts``."""
+    for said in (phrase, "killed: out of memory (OOM)"):
+        reason = reason.replace(f"{said}; ", "").replace(said, "")
+    return reason.strip(" ;:")
 
 
 def with_logs(text: str, log_tail: tuple[str, ...]) -> str:

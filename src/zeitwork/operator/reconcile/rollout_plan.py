@@ -222,7 +222,8 @@ class _Pass:
         """Instances that are not live any more: out of the route, ended ones stopped."""
         for i in self.instances:
             if has_ended(i):
-                self.stop(i, f"failed: {ended_phrase(i)}")
+                phrase = ended_phrase(i)
+                self.stop(i, phrase if phrase.startswith("failed") else f"failed: {phrase}")
             elif not is_live(i):
                 if i.serving:
                     self._unserve.append(Unserve(i.id, drain=False))
