@@ -4,6 +4,7 @@ the route table's invariants checked at every step."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,16 @@ Verdict = Callable[[dict[str, Any]], str]
 
 def always_healthy(_instance: dict[str, Any]) -> str:
     return "healthy"
+
+
+@dataclass
+class ByRelease:
+    """Verdicts per release id (default healthy)."""
+
+    verdicts: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, instance: dict[str, Any]) -> str:
+        return self.verdicts.get(str(instance.get("release_id")), "healthy")
 
 
 @dataclass
@@ -106,6 +117,7 @@ class Platform:
     project: dict[str, Any]
     proxy: dict[str, str]
     loop: ReconcileLoop
+    verdicts: ByRelease
     steps: int = 0
 
     async def routes(self) -> RouteTable:
@@ -162,12 +174,21 @@ class Platform:
         host: str | None = None,
         max_steps: int = 40,
         min_backends: int = 1,
+        seconds: float = 0.0,
     ) -> list[list[str]]:
         """Step until ``done``; with ``host`` check at every step that its route lists at
         least ``min_backends`` backends, each running and healthy. Returns the route's
-        backends (release ids) seen at each step."""
+        backends (release ids) seen at each step. With ``seconds``, steps keep coming
+        (0.1 s apart) until that much time has passed, for rules that wait on the clock
+        (deadlines, back-off)."""
         seen: list[list[str]] = []
-        for _ in range(max_steps):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        steps = 0
+        while steps < max_steps or loop.time() < until:
+            steps += 1
+            if steps > max_steps:
+                await asyncio.sleep(0.1)  # a clock rule: let PostgreSQL's now() move on
             await self.step()
             if host is not None:
                 listed = await self.backends(host)
@@ -176,7 +197,7 @@ class Platform:
                 await self.check_listed_healthy(host)
             if await done():
                 return seen
-        raise AssertionError(f"did not converge in {max_steps} steps: {await self.status()}")
+        raise AssertionError(f"did not converge in {steps} steps: {await self.status()}")
 
     async def check_listed_healthy(self, host: str) -> None:
         table = await self.routes()
@@ -200,9 +221,12 @@ class Platform:
 
 async def platform(op: Operator, *, nodes: int = 2, vcpu: float = 4) -> Platform:
     agents = []
+    verdicts = ByRelease()
     for number in range(nodes):
         node_id, token = await ready_node(op, vcpu=vcpu)
-        agents.append(FakeAgent(op=op, node_id=node_id, token=token, number=number))
+        agents.append(
+            FakeAgent(op=op, node_id=node_id, token=token, number=number, verdict=verdicts)
+        )
     image = await ready_image(op)
     r = await op.client.post(
         "/api/v1/projects", headers=op.headers(), json={"name": f"app {uuid.uuid4().hex[:6]}"}
@@ -216,6 +240,7 @@ async def platform(op: Operator, *, nodes: int = 2, vcpu: float = 4) -> Platform
         project=r.json(),
         proxy=proxy,
         loop=build_reconcile_loop(op.deps),
+        verdicts=verdicts,
     )
 
 

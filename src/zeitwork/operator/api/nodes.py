@@ -105,7 +105,8 @@ def router(deps: Deps) -> APIRouter:
 
     @api.post("/{node_id}/undrain", dependencies=[Depends(admin)])
     async def undrain_node(node_id: uuid.UUID) -> NodeOut:
-        """A draining node takes instances again (409 when it is not draining)."""
+        """A draining node takes instances again (409 when it is neither draining nor
+        ready)."""
         return NodeOut.of(await deps.node_service.drain(node_id, draining=False))
 
     return api
