@@ -95,7 +95,9 @@ class EdgeSettings(ServiceSettings):
         default=30.0, gt=0, validation_alias="EDGE_CERT_CHECK_INTERVAL"
     )
 
-    rate_limit_rps: float = Field(default=100.0, gt=0, validation_alias="RATE_LIMIT_RPS")
+    # per client address; high enough for a browser on HTTP/2 or a benchmark against a fresh
+    # app (docs/edge-proxy.md, "Limits"), low enough to stop one address flooding an app
+    rate_limit_rps: float = Field(default=1000.0, gt=0, validation_alias="RATE_LIMIT_RPS")
     rate_limit_burst: int | None = Field(default=None, ge=1, validation_alias="RATE_LIMIT_BURST")
     rate_limit_capacity: int = Field(
         default=200_000, ge=1, validation_alias="EDGE_RATE_LIMIT_CAPACITY"
@@ -157,7 +159,7 @@ class EdgeSettings(ServiceSettings):
     connect_timeout: float = Field(default=3.0, gt=0, validation_alias="EDGE_CONNECT_TIMEOUT")
     max_body: int = Field(default=1024**3, ge=0, validation_alias="EDGE_MAX_BODY")
     max_connections_per_ip: int = Field(
-        default=256, ge=1, validation_alias="EDGE_MAX_CONNECTIONS_PER_IP"
+        default=1024, ge=1, validation_alias="EDGE_MAX_CONNECTIONS_PER_IP"
     )
     max_connections: int = Field(default=20_000, ge=1, validation_alias="EDGE_MAX_CONNECTIONS")
     admin_host: str = Field(default="127.0.0.1", validation_alias="EDGE_ADMIN_HOST")

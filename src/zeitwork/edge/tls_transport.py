@@ -137,6 +137,7 @@ class TlsTransport:
         self.shaking = False  # admitted, handshake neither completed nor failed yet
         self.tcp: asyncio.Transport | None = None
         self.held = ""  # the address whose place under the caps this connection holds
+        self.refusing = False  # over the caps: holds a refusal place (answered 503)
         self.ready = False  # handshake done, client protocol attached
         self.closing = False
         self.reading_paused = False
@@ -153,13 +154,18 @@ class TlsTransport:
         tcp: asyncio.Transport = transport  # type: ignore[assignment]
         self.tcp = tcp
         limiter = self.limiter
-        if limiter is not None:
-            if not limiter.acquire(ip):
-                tcp.abort()  # before the handshake: nothing of TLS has run
-                return
-            self.held = ip
         client = self.client
         assert client is not None
+        if limiter is not None:
+            if limiter.acquire(ip):
+                self.held = ip
+            elif client.proxy.claim_refusal():
+                # over the caps, and room to say so: the handshake, then 503 to its request
+                self.refusing = True
+                client.refused = True
+            else:
+                tcp.abort()  # before the handshake: nothing of TLS has run
+                return
         client.forced_peer = ip
         client.preadmitted = True
         self.shaking = True
@@ -190,6 +196,11 @@ class TlsTransport:
             assert limiter is not None
             limiter.release(self.held)
             self.held = ""
+        if self.refusing:
+            self.refusing = False
+            client = self.client
+            if client is not None:
+                client.proxy.release_refusal()
         if self.shaking:
             self._failed("closed")
         client, self.client = self.client, None  # it holds this transport: no cycle left

@@ -127,6 +127,11 @@ class ProxyConfig:
     first_byte_timeout: float = 60.0
     stream_idle_timeout: float = 60.0
     tunnel_idle_timeout: float = 3600.0
+    # connections over the limiter's caps are answered 503 with Retry-After after their
+    # request head instead of being closed silently: at most this many at once (more are
+    # aborted at accept), each for at most refusal_timeout (or header_timeout) seconds
+    max_refusing: int = 64
+    refusal_timeout: float = 3.0
     max_body: int = 1024 * 1024 * 1024  # 0: unlimited
     retry_after: int = 5
     scheme_tls: bytes = b"https"
@@ -330,6 +335,10 @@ class ClientProtocol:
         # set when whoever accepted the connection already counted it with the proxy's
         # limiter (and releases it): this protocol then neither acquires nor releases
         self.preadmitted = False
+        # over the caps: the request head is read (within refusal_timeout) and answered 503;
+        # set by connection_made, or before it by a TLS layer that holds the refusal place
+        self.refused = False
+        self._holds_refusal = False
         self.trusted_peer = False
         # the TLS server name, set before connection_made by a TLS layer that knows it
         self.sni: str | None = None
@@ -378,8 +387,10 @@ class ClientProtocol:
             and proxy.limiter is not None
             and not proxy.limiter.acquire(self.peer_ip)
         ):
-            self.transport.abort()
-            return
+            if not proxy.claim_refusal():
+                self.transport.abort()
+                return
+            self.refused = self._holds_refusal = True
         self.admitted = True
         self.trusted_peer = proxy.trusted.trusts(self.peer_ip)
         self.peer_b = self.client_b = self.peer_ip.encode()
@@ -392,6 +403,10 @@ class ClientProtocol:
         self.deadline = proxy.now() + proxy.config.idle_timeout
         if proxy.draining:
             self.deadline = proxy.now() + proxy.config.header_timeout
+        if self.refused:
+            config = proxy.config
+            self.deadline = proxy.now() + min(config.refusal_timeout, config.header_timeout)
+            self.deadline_kind = _D_LINGER  # no answer in time: aborted
 
     def connection_lost(self, exc: Exception | None) -> None:
         proxy = self.proxy
@@ -404,7 +419,10 @@ class ClientProtocol:
         self.parser = _NO_PARSER  # break the protocol <-> parser cycle: freed at once
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
-        if proxy.limiter is not None and not self.preadmitted:
+        if self._holds_refusal:
+            self._holds_refusal = False
+            proxy.release_refusal()
+        elif proxy.limiter is not None and not self.preadmitted and not self.refused:
             proxy.limiter.release(self.peer_ip)
         if self.tunnel is not None:
             up, self.tunnel = self.tunnel, None
@@ -642,7 +660,7 @@ class ClientProtocol:
         self._headers = []
         self._hbytes = 0
         self._in_message = True
-        if self.ex is None:
+        if self.ex is None and not self.refused:
             self.deadline = self.proxy.now() + self.proxy.config.header_timeout
             self.deadline_kind = _D_HEAD
 
@@ -663,6 +681,8 @@ class ClientProtocol:
         proxy = self.proxy
         if self._hbytes > MAX_HEADER_BYTES:
             raise _Reject(431, "request headers exceed 64 KiB")
+        if self.refused:
+            raise _Reject(503, "too many open connections from this address")
         method = parser.get_method()
         version = parser.get_http_version()
         trusted = self.trusted_peer
@@ -1315,6 +1335,8 @@ class ClientProtocol:
             return
         content_type, body = self._error_body(status, detail)
         headers: Headers = [(b"content-type", content_type)]
+        if status in (429, 503):
+            headers.append((b"retry-after", b"%d" % self.proxy.config.retry_after))
         self._write(serialize_response(status, headers, body, close=close))
         self.proxy.observer.request_done("-", "-", status, 0.0, 0, 0)
         if close:
@@ -1369,6 +1391,7 @@ class Proxy:
         self.connections: set[ClientProtocol] = set()
         self.servers: list[asyncio.Server] = []
         self.draining = False
+        self.refusing = 0  # connections over the caps, waiting for their 503
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_event: asyncio.Event | None = None
@@ -1437,6 +1460,16 @@ class Proxy:
             elif self.draining and conn.ex is None and conn.parsing is None and conn.tunnel is None:
                 conn.close()
         self._sweeper = loop.call_later(0.25, self._sweep)
+
+    def claim_refusal(self) -> bool:
+        """A place for one connection over the caps to get its 503 (``max_refusing``)."""
+        if self.refusing >= self.config.max_refusing:
+            return False
+        self.refusing += 1
+        return True
+
+    def release_refusal(self) -> None:
+        self.refusing -= 1
 
     def connection_closed(self) -> None:
         if self._idle_event is not None and not self.connections:

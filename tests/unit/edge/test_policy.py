@@ -126,7 +126,8 @@ def test_preflight_and_response_headers() -> None:
 def test_settings_defaults_and_errors() -> None:
     s = parse_settings(EdgeSettings)
     assert (s.port, s.https_port, s.admin_host, s.admin_port) == (8083, 8443, "127.0.0.1", 9083)
-    assert s.rate_limit_rps == 100 and s.burst == 200
+    assert s.rate_limit_rps == 1000 and s.burst == 2000
+    assert s.max_connections_per_ip == 1024
     assert s.effective_tls_mode == "internal"
     with pytest.raises(SettingsError, match="LOAD_BALANCER_URL"):
         parse_settings(EdgeSettings, LOAD_BALANCER_URL="https://lb")

@@ -214,13 +214,34 @@ async def test_a_peer_close_notify_is_the_end_of_input() -> None:
     assert client.eof == 1 and tcp.closed  # the client protocol did not keep it open
 
 
-async def test_over_the_cap_is_aborted_before_tls() -> None:
+async def test_over_the_cap_is_let_through_to_be_refused_with_a_status() -> None:
     caps = Caps(room=0)
     layer, client, tcp, admitted = _layer(caps)
-    assert tcp.aborted and admitted == [] and caps.held == []
+    # no place under the caps, but a refusal place: the handshake runs, the request is 503
+    assert not tcp.aborted and admitted == [1] and caps.held == []
+    assert client.refused and client.proxy.refusing == 1
+    layer.connection_lost(None)
+    assert client.proxy.refusing == 0 and caps.held == []
+
+
+async def test_over_the_cap_with_no_refusal_place_is_aborted_before_tls() -> None:
+    caps = Caps(room=0)
+    client = FakeClient()
+    client.proxy.refusing = client.proxy.config.max_refusing  # every refusal place taken
+    layer = TlsTransport(
+        client,
+        TlsTerminator().server_context,
+        clock=HandshakeClock(30.0),
+        limiter=caps,
+        on_admitted=lambda: None,
+        on_failed=FAILED.append,
+    )
+    tcp = FakeTcp()
+    layer.connection_made(tcp)  # type: ignore[arg-type]
+    assert tcp.aborted and caps.held == [] and not client.refused
     assert client.forced_peer == ""  # never handed to the client protocol
     layer.connection_lost(None)
-    assert client.lost == [] and caps.held == []
+    assert client.lost == [] and client.proxy.refusing == client.proxy.config.max_refusing
 
 
 async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
@@ -242,12 +263,14 @@ async def test_garbage_and_a_silent_peer_give_their_place_back() -> None:
     layer, client, tcp, _ = _layer(caps)
     layer.connection_lost(ConnectionResetError())  # the peer left mid-handshake
     assert FAILED == ["error", "timeout", "closed"]
-    # a completed handshake and a refused connection count no failure
+    # a completed handshake counts no failure; one over the caps shakes hands too (to be
+    # answered 503), so its leaving mid-handshake counts as any other's
     layer, client, tcp, _ = _layer(caps)
     _shake(layer, tcp)
     layer.connection_lost(None)
-    _layer(Caps(room=0))[0].connection_lost(None)
     assert FAILED == ["error", "timeout", "closed"]
+    _layer(Caps(room=0))[0].connection_lost(None)
+    assert FAILED == ["error", "timeout", "closed", "closed"]
 
 
 async def test_tls13_tickets_leave_with_the_first_answer_and_the_last_with_close_notify() -> None:
