@@ -103,6 +103,14 @@ async def probe(check: HealthCheck, address: str, port: int) -> HealthResult:
     return result(ok, rules.http_detail(check.path, status), status)
 
 
+def _loud(task: asyncio.Task[None]) -> None:
+    """A check loop that crashed is a bug: say so (the instance's health stops moving)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "instance.health_loop_crashed", task=task.get_name(), error=repr(task.exception())
+        )
+
+
 OnChange = Callable[[uuid.UUID, InstanceHealth], None]
 OnUnhealthy = Callable[[uuid.UUID, str], None]
 
@@ -166,6 +174,7 @@ class HealthMonitor:
             watch.task = asyncio.create_task(
                 self._loop(instance_id, watch), name=f"health-{instance_id.hex[:8]}"
             )
+            watch.task.add_done_callback(_loud)
 
     def forget(self, instance_id: uuid.UUID) -> None:
         watch = self._watches.pop(instance_id, None)

@@ -231,6 +231,7 @@ async def serve(
                 "node_id": str(link.node_id) if link and link.node_id else None,
                 "hostname": hostname,
                 "ip_address": ip_address,
+                "agent_url": link.agent_url if link is not None else None,
                 "runtime": {"name": choice.name, "reason": choice.reason},
                 "versions": {"zeitwork": __version__, "runtime": runtime_version},
                 "capacity": {

@@ -129,8 +129,12 @@ async def _answer(workload: Workload, writer: asyncio.StreamWriter) -> None:
     await writer.drain()
 
 
-def _listen_address(address: str) -> str:
-    return address if ipaddress.ip_address(address).is_loopback else "127.0.0.1"
+def _listen_on(address: str, port: int) -> tuple[str, int]:
+    """The instance's own address and port when it is a loopback one, else 127.0.0.1 on a
+    port the kernel picks (the handle's ``address``/``port`` say where)."""
+    if ipaddress.ip_address(address).is_loopback:
+        return address, port
+    return "127.0.0.1", 0
 
 
 class FakeDriver:
@@ -207,13 +211,11 @@ class FakeDriver:
             finally:
                 writer.close()
 
-        address = _listen_address(workload.address)
+        address, port = _listen_on(workload.address, workload.port)
         try:
-            server = await asyncio.start_server(handle, address, workload.port)
+            server = await asyncio.start_server(handle, address, port)
         except OSError as exc:
-            raise RuntimeFailure(
-                f"serve: cannot listen on {address}:{workload.port}: {exc}"
-            ) from exc
+            raise RuntimeFailure(f"serve: cannot listen on {address}:{port}: {exc}") from exc
         workload.address, workload.port = server.sockets[0].getsockname()[:2]
         return server
 
