@@ -142,6 +142,35 @@ async def test_a_node_without_an_agent_address_is_said_not_skipped(operator: Ope
     ]
 
 
+async def test_an_app_made_before_environments_shows_its_deployments_instances(
+    operator: Operator,
+) -> None:
+    rows = await operator.sql(
+        "WITH p AS (INSERT INTO projects (name, slug) VALUES ('old', 'old') RETURNING id), "
+        "i AS (INSERT INTO images (name, status, digest, size) "
+        "VALUES ('app', 'ready', %s, 1) RETURNING id) "
+        "INSERT INTO deployments (project_id, image_id, state) "
+        "SELECT p.id, i.id, 'active' FROM p, i RETURNING id, image_id",
+        ("sha256:" + "c" * 64,),
+    )
+    deployment, image = rows[0]
+    node = await _node(operator, "old-agent", None, None)
+    await operator.sql(
+        "INSERT INTO instances (node_id, image_id, deployment_id, state, vcpu_millis, "
+        "memory_mib, default_port) VALUES (%s, %s, %s, 'running', 250, 64, 8080)",
+        (node, image, deployment),
+    )
+    r = await operator.client.get("/api/v1/projects/old/logs", headers=operator.headers())
+    assert r.status_code == 200, r.text
+    assert "old-agent" in r.text
+    named = await operator.client.get(
+        "/api/v1/projects/old/logs",
+        params={"environment": "production"},
+        headers=operator.headers(),
+    )
+    assert named.status_code == 404  # asked by name: it does not exist
+
+
 # -- with a real agent and runc ----------------------------------------------------------------
 
 

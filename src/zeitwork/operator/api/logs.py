@@ -1,7 +1,8 @@
 """``GET /api/v1/projects/{project}/logs``: an app's output from every instance, labelled and
 merged (``{project}`` is the app's id or slug).
 
-Query: ``environment`` (default ``production``), ``release`` (``v3``), ``instance`` (an id),
+Query: ``environment`` (default ``production``, or every instance for an app made before
+environments), ``release`` (``v3``), ``instance`` (an id),
 ``since`` (``10m`` or an RFC 3339 time: instances that ended before it are left out),
 ``tail`` (lines of history per instance, default 100), ``follow`` (keep streaming through
 restarts and rollouts), ``format`` ``ndjson`` (default) or ``sse``.
@@ -16,6 +17,7 @@ a reconnection with ``Last-Event-ID`` skips the history it already had.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Literal
@@ -24,6 +26,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from zeitwork.clients.agent import MAX_TAIL
+from zeitwork.core.errors import NotFound
 from zeitwork.operator.api.security import require
 from zeitwork.operator.api.streaming import (
     KEEPALIVE_SECONDS,
@@ -71,7 +74,7 @@ def router(deps: Deps) -> APIRouter:
     async def app_logs(
         project: str,
         *,
-        environment: Annotated[str, Query(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "production",
+        environment: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = None,
         release: Annotated[str | None, Query(max_length=20, description="v3")] = None,
         instance: uuid.UUID | None = None,
         since: Annotated[str | None, Query(max_length=40, description="10m or RFC 3339")] = None,
@@ -83,8 +86,13 @@ def router(deps: Deps) -> APIRouter:
         version = parse_version(release) if release is not None else None
         start = parse_since(since, now=deps.clock.now()) if since is not None else None
         app = await deps.app_refs.project(project)
-        env_id = await deps.app_refs.environment(app.id, environment)
-        if version is not None:
+        env_id: uuid.UUID | None = None
+        if environment is not None or version is not None:
+            env_id = await deps.app_refs.environment(app.id, environment or "production")
+        else:  # production by default; an app made before environments has none
+            with contextlib.suppress(NotFound):
+                env_id = await deps.app_refs.environment(app.id, "production")
+        if version is not None and env_id is not None:
             await deps.app_refs.release(env_id, version)
         if instance is not None:
             await deps.app_refs.instance_of(app.id, instance)

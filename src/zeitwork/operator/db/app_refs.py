@@ -128,8 +128,9 @@ class AppRefs:
                 "WHERE i.deleted_at IS NULL AND i.node_id IS NOT NULL "
                 "AND i.state <> 'terminated' "
                 "AND coalesce(r.project_id, d.project_id) = %(project)s "
+                # instances of deployments made before environments belong to every one
                 "AND (%(env)s::uuid IS NULL OR coalesce(r.project_environment_id, "
-                "d.project_environment_id) = %(env)s::uuid) "
+                "d.project_environment_id, %(env)s::uuid) = %(env)s::uuid) "
                 "AND (%(version)s::integer IS NULL OR r.version = %(version)s::integer) "
                 "AND (%(instance)s::uuid IS NULL OR i.id = %(instance)s::uuid) "
                 "ORDER BY i.created_at, i.id",
