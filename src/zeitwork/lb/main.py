@@ -118,11 +118,6 @@ class LoadBalancer:
         self.log = get_logger("zeitwork.lb").bind(worker=index)
         self.prom = new_registry()
         self.peers = _Peers(stats_dir, index)
-        self.metrics = LBMetrics(
-            registry=self.prom,
-            peers=self.peers.metrics if stats_dir is not None and index == 0 else None,
-            route_label=self._route_label,
-        )
         own_check = default_check(
             interval=settings.health_interval,
             timeout=settings.health_timeout,
@@ -146,6 +141,10 @@ class LoadBalancer:
             algorithm=settings.algorithm,
             static_backends=settings.backend_list,
             static_check=static_check(own_check, path=settings.health_path),
+        )
+        self.metrics = LBMetrics(
+            registry=self.prom,
+            peers=self.peers.metrics if stats_dir is not None and index == 0 else None,
         )
         self.proxy = Proxy(
             router=self.router,
@@ -172,9 +171,6 @@ class LoadBalancer:
         self.port = 0
         self.admin_port = 0
         self.started = time.time()
-
-    def _route_label(self, pool: str) -> str:
-        return self.router.route_hosts.get(pool, route_stats.OTHER)
 
     def stats_routes(self) -> dict[str, Any]:
         """``GET /stats/routes``: per route (domain host), totals since start, all workers."""
@@ -304,6 +300,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # SIGHUP is not fatal: routes follow the operator already, settings need a restart
+    loop.add_signal_handler(signal.SIGHUP, lambda: lb.log.info("lb.reloaded", routes="live"))
     await lb.run(stop)
 
 
@@ -347,6 +345,7 @@ def _supervise(settings: LBSettings) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it
             die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
             data_res.close()
             admin_res.close()
@@ -360,8 +359,14 @@ def _supervise(settings: LBSettings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def hangup(signum: int, _frame: Any) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hangup)
     for i in range(settings.workers):
         spawn(i)
     status = 0

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from zeitwork.lb import route_stats
+from zeitwork.lb.router import route_of_pool
 from zeitwork.observability.metrics import LATENCY_BUCKETS
 from zeitwork.proxy.backends import Backend
 
@@ -29,7 +30,6 @@ class LBMetrics(Collector):
         *,
         registry: CollectorRegistry | None = None,
         peers: Callable[[], list[Snapshot]] | None = None,
-        route_label: Callable[[str], str] | None = None,
     ) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list[float]] = {}  # backend -> bucket counts + [sum] at the end
@@ -37,8 +37,8 @@ class LBMetrics(Collector):
         self.transitions: dict[tuple[str, str, str], int] = {}
         self._bounds = list(LATENCY_BUCKETS)
         self._peers = peers
-        self.routes = route_stats.RouteStats()
-        self._route_label = route_label
+        self.pools = route_stats.RouteStats()  # per pool; the views add them up per route
+        self._pool_rows = self.pools.rows
         if registry is not None:
             registry.register(self)
 
@@ -52,8 +52,10 @@ class LBMetrics(Collector):
         bytes_in: int = 0,
         bytes_out: int = 0,
     ) -> None:
-        label = self._route_label(pool) if self._route_label is not None else route_stats.OTHER
-        self.routes.record(label, status, upstream_seconds, bytes_in, bytes_out)
+        row = self._pool_rows.get(pool)
+        if row is None:
+            row = self.pools.row(pool)
+        route_stats.add(row, status, upstream_seconds, bytes_in, bytes_out)
         key = (pool, backend, status)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -78,12 +80,12 @@ class LBMetrics(Collector):
             "latency": {b: list(c) for b, c in self.latency.items()},
             "open_connections": self.open_connections,
             "transitions": [[b, k, t, n] for (b, k, t), n in self.transitions.items()],
-            "routes": self.routes.snapshot(),
+            "routes": self.pools.by_route(route_of_pool),
         }
 
     def route_totals(self) -> route_stats.RouteRows:
         """Per-route rows of every worker, merged."""
-        snaps = [self.routes.snapshot()]
+        snaps = [self.pools.by_route(route_of_pool)]
         if self._peers is not None:
             snaps.extend(p.get("routes", {}) for p in self._peers())
         return route_stats.merge(snaps)

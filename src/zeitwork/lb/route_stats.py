@@ -1,10 +1,11 @@
 """Request figures per route (domain host): counts by status class, upstream latency
 histogram, bytes in and out. Plain lists on the hot path; pure merge and views.
 
-Labels are bounded: a request counts under its route's host only when that host is in the
-route table (the router's ``route_hosts``); everything else (unknown hosts served by the
-default pool, requests refused before routing) counts as ``other``, and past
-``MAX_ROUTES`` distinct hosts new ones count as ``other`` too. Totals run since the worker
+The hot path counts per pool, the name the engine reports; the views add pools up by the
+route host each stands for (``router.route_of_pool``). Labels are bounded: pools exist only
+for the routes of the table, so only hosts in the table get a label; everything else
+(unknown hosts served by the default pool, requests refused before routing) counts as
+``other``, and so does every pool past ``MAX_ROUTES``. Totals run since the worker
 started; the operator samples ``GET /stats/routes`` and takes differences for rates
 (a total that went down means a restart, as with Prometheus counters).
 """
@@ -12,7 +13,7 @@ started; the operator samples ``GET /stats/routes`` and takes differences for ra
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from zeitwork.observability.metrics import LATENCY_BUCKETS
@@ -38,30 +39,42 @@ def status_class(status: int) -> int:
     return min(max(status // 100, 1), 5) - 1
 
 
+def add(row: list[float], status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+    """Count one request into a route's row."""
+    cls = status // 100 - 1
+    row[cls if 0 <= cls < _IN else (0 if cls < 0 else _IN - 1)] += 1
+    row[_IN] += bytes_in
+    row[_OUT] += bytes_out
+    if seconds > 0.0:
+        row[_HIST + bisect.bisect_left(_BOUNDS, seconds)] += 1
+        row[_SUM] += seconds
+
+
 class RouteStats:
     def __init__(self, *, max_routes: int = MAX_ROUTES) -> None:
         self.rows: RouteRows = {}
         self.max_routes = max_routes
 
-    def record(
-        self, route: str, status: int, seconds: float, bytes_in: int, bytes_out: int
-    ) -> None:
-        row = self.rows.get(route)
+    def row(self, key: str) -> list[float]:
+        """The row that counts ``key``'s requests (``other``'s past ``max_routes``)."""
+        row = self.rows.get(key)
         if row is None:
             if len(self.rows) >= self.max_routes:
-                route = OTHER
-                row = self.rows.get(route)
+                key = OTHER
+                row = self.rows.get(key)
             if row is None:
-                row = self.rows[route] = [0.0] * _WIDTH
-        row[status_class(status)] += 1
-        row[_IN] += bytes_in
-        row[_OUT] += bytes_out
-        if seconds > 0.0:
-            row[_HIST + bisect.bisect_left(_BOUNDS, seconds)] += 1
-            row[_SUM] += seconds
+                row = self.rows[key] = [0.0] * _WIDTH
+        return row
+
+    def record(self, key: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        add(self.row(key), status, seconds, bytes_in, bytes_out)
 
     def snapshot(self) -> RouteRows:
-        return {route: list(row) for route, row in self.rows.items()}
+        return {key: list(row) for key, row in self.rows.items()}
+
+    def by_route(self, route_of: Callable[[str], str | None]) -> RouteRows:
+        """Rows added up by route: ``route_of(key)`` names a key's route, None is ``other``."""
+        return merge({route_of(k) or OTHER: r} for k, r in self.rows.items())
 
 
 def merge(snapshots: Iterable[RouteRows]) -> RouteRows:

@@ -24,6 +24,20 @@ from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
 
 DEFAULT_POOL = "default"
+NO_POOL = "-"  # what the engine reports for requests refused before routing
+
+
+def pool_name(host: str, prefix: str) -> str:
+    """A route's pool name: its host, then its path prefix unless that is ``/``."""
+    return host if prefix == "/" else f"{host}{prefix}"
+
+
+def route_of_pool(name: str) -> str | None:
+    """The route host a pool name stands for; None for the default pool and no pool."""
+    if name in (DEFAULT_POOL, NO_POOL):
+        return None
+    return name.split("/", 1)[0]
+
 
 log = structlog.get_logger("zeitwork.lb.router")
 
@@ -126,8 +140,6 @@ class RouteTableRouter:
         self._static_check = static_check or registry.default_check
         self.default = Pool(DEFAULT_POOL, algorithm=algorithm)
         self._default_wire: list[WireBackend] | None = None
-        self.route_hosts: dict[str, str] = {}
-        """Pool name -> the host of its route (metrics label them by it)."""
         if self._static:
             self.default.set_backends(
                 registry.get(a, check=self._static_check) for a in self._static
@@ -166,7 +178,7 @@ class RouteTableRouter:
             pool = self._pools.get(key)
             algorithm = route.algorithm or self.algorithm
             if pool is None:
-                pool = Pool(f"{key[0]}{'' if key[1] == '/' else key[1]}", algorithm=algorithm)
+                pool = Pool(pool_name(key[0], key[1]), algorithm=algorithm)
                 self._pools[key] = pool
                 self._by_host.setdefault(key[0], {})[key[1]] = pool
                 added += 1
@@ -196,7 +208,6 @@ class RouteTableRouter:
             )
         drained = self.registry.collect()
         self._assign_checks(table)
-        self.route_hosts = {pool.name: key[0] for key, pool in self._pools.items()}
         self.version = table.version
         return ApplyResult(table.version, added, changed, removed, len(drained))
 

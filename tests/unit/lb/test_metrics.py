@@ -50,16 +50,11 @@ def test_worker_snapshots_are_merged() -> None:
     assert "zeitwork_lb_open_connections 5.0" in text
 
 
-def test_per_route_series_use_the_route_label_and_merge_across_workers() -> None:
-    hosts = {"app.test": "app.test", "app.test/api": "app.test"}
-
-    def label(pool: str) -> str:
-        return hosts.get(pool, "other")
-
-    other = LBMetrics(route_label=label)
-    other.request_done("app.test/api", "b:1", 201, 0.01, 7, 9)
+def test_per_route_series_add_pools_up_by_host_and_merge_across_workers() -> None:
+    other = LBMetrics()
+    other.request_done("app.test/api", "b:1", 201, 0.01, 7, 9)  # a path-prefix route's pool
     registry = CollectorRegistry()
-    own = LBMetrics(registry=registry, peers=lambda: [other.snapshot()], route_label=label)
+    own = LBMetrics(registry=registry, peers=lambda: [other.snapshot()])
     own.request_done("app.test", "b:1", 200, 0.01, 3, 1)
     own.request_done("default", "c:1", 502, 0.02, 0, 0)  # an unknown host
     own.request_done("-", "-", 400, 0.0, 0, 0)  # refused before routing
@@ -70,6 +65,8 @@ def test_per_route_series_use_the_route_label_and_merge_across_workers() -> None
     assert 'zeitwork_lb_route_bytes_total{direction="in",route="app.test"} 10.0' in text
     assert 'zeitwork_lb_route_bytes_total{direction="out",route="app.test"} 10.0' in text
     assert 'zeitwork_lb_route_upstream_latency_seconds_count{route="app.test"} 2.0' in text
+    route_lines = [line for line in text.splitlines() if line.startswith("zeitwork_lb_route_")]
+    assert route_lines and not [line for line in route_lines if 'route="default"' in line]
     totals = own.route_totals()
     assert set(totals) == {"app.test", "other"}
     merged = LBMetrics.merge([own.snapshot(), other.snapshot()])

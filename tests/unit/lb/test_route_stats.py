@@ -79,3 +79,16 @@ def test_histogram_is_cumulative() -> None:
     assert buckets[-1] == ("+Inf", 2.0)
     assert buckets[-2][1] == 1.0
     assert total == pytest.approx(100.001)
+
+
+def test_pools_add_up_by_route() -> None:
+    stats = RouteStats()
+    stats.record("app.test", 200, 0.01, 1, 1)
+    stats.record("app.test/api", 500, 0.01, 1, 1)
+    stats.record("default", 200, 0.01, 0, 0)
+    routes = {"app.test": "app.test", "app.test/api": "app.test"}
+    rows = as_json(stats.by_route(routes.get))
+    assert set(rows) == {"app.test", OTHER}
+    assert rows["app.test"]["requests"] == 2
+    assert rows["app.test"]["bytes_in"] == 2
+    assert rows[OTHER]["requests"] == 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from zeitwork.lb.checks import from_wire
-from zeitwork.lb.router import BackendRegistry, RouteTableRouter
+from zeitwork.lb.router import BackendRegistry, RouteTableRouter, pool_name, route_of_pool
 from zeitwork.proxy.health import CheckSpec
 from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.routes import Backend as WireBackend
@@ -166,7 +166,7 @@ def test_a_backend_in_the_table_takes_traffic_at_once() -> None:
     assert picked.last_check is None  # no check has run
 
 
-def test_removed_backend_is_drained_and_route_hosts_follow_the_table() -> None:
+def test_removed_backend_is_drained_and_pools_are_named_by_route() -> None:
     registry = BackendRegistry()
     router = RouteTableRouter(registry=registry)
     router.apply(
@@ -179,13 +179,13 @@ def test_removed_backend_is_drained_and_route_hosts_follow_the_table() -> None:
             ],
         )
     )
-    assert router.route_hosts == {
-        "app.test": "app.test",
-        "app.test/api": "app.test",
-        "*.preview.test": "*.preview.test",
-    }
+    names = sorted(p.name for p in router.pools())
+    assert names == ["*.preview.test", "app.test", "app.test/api", "default"]
+    assert [route_of_pool(n) for n in names] == ["*.preview.test", "app.test", "app.test", None]
+    assert route_of_pool("-") is None  # refused before routing
     old = registry.backends["10.0.0.2:80"]
     result = router.apply(RouteTable(version=2, routes=[route("app.test", "10.0.0.1:80")]))
     assert result.drained == 1 and result.removed == 2
     assert old.draining and not old.available
-    assert router.route_hosts == {"app.test": "app.test"}
+    assert pool_name("app.test", "/") == "app.test"
+    assert pool_name("app.test", "/api") == "app.test/api"
