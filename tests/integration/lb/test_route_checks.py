@@ -122,3 +122,17 @@ async def test_static_backends_get_a_tcp_check_without_lb_health_path(
     assert backend.check.kind == "tcp" and backend.available
     assert a.health_hits == 0
     assert (await http(lb.port, path="/who")).body == b"a"
+
+
+async def test_each_route_is_checked_on_its_own_interval(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    fast, slow = await make_origin("fast"), await make_origin("slow")
+    lb = await make_lb()
+    publish(
+        lb,
+        route("fast.test", fast, check=HealthCheck(type="http", path="/ready", interval=0.1)),
+        route("slow.test", slow, check=HealthCheck(type="http", path="/ready", interval=30)),
+    )
+    await eventually(lambda: len(fast.checks) >= 5)
+    assert len(slow.checks) == 1  # its first check, at once; the next one is 30 s away
