@@ -97,6 +97,20 @@ class Node:
             await asyncio.sleep(0.01)
 
 
+async def checks_seen(
+    node: Node, instance_id: uuid.UUID, count: int, timeout: float = 10.0
+) -> None:
+    """Until the monitor has folded ``count`` more check results for the instance."""
+    seen: set[float] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only {len(seen)} checks seen"
+        health = node.supervisor.health.health(instance_id)
+        if health is not None and health.last is not None and health.last.checked_at:
+            seen.add(health.last.checked_at)
+        await asyncio.sleep(0.01)
+
+
 def health_is(state: HealthState) -> Callable[[InstanceStatusReport], bool]:
     return lambda r: r.health is not None and r.health.state == state
 
@@ -158,7 +172,7 @@ async def test_http_500_is_reported_unhealthy_and_not_restarted_before_it_was_he
     assert report.health is not None and report.health.last is not None
     assert report.health.last.detail == "GET /health -> 500"
     assert report.health.last.status_code == 500
-    await asyncio.sleep(0.3)  # many more failed checks: still the same run, no restart
+    await checks_seen(node, assignment.id, 4)  # more failed checks: same run, no restart
     assert node.supervisor.starts == 1
     assert node.supervisor.records[assignment.id].state == S.RUNNING
 
@@ -228,7 +242,7 @@ async def test_failures_in_the_grace_period_do_not_count(node: Node) -> None:
     check = {"type": "tcp", "interval": 0.1, "unhealthy_threshold": 1, "grace_period": 30}
     assignment = node.assign(["sleep"], health_check=check)
     await node.wait_report(assignment.id, lambda r: r.state == S.RUNNING)
-    await asyncio.sleep(0.4)  # several refused checks, all within the grace period
+    await checks_seen(node, assignment.id, 4)  # refused checks, all within the grace period
     health = node.supervisor.health.health(assignment.id)
     assert health is not None and health.state == H.UNKNOWN
     assert health.last is not None and health.last.detail == "connection refused on :8080"
