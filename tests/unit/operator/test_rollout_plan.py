@@ -542,3 +542,22 @@ def test_instances_of_a_superseded_rollout_leave_first() -> None:
         rp.Stop(iid(8), "replaced by v2"),
         rp.Place(V2.id, 1),
     ]
+
+
+def test_an_instance_on_a_down_node_leaves_at_once_and_is_replaced() -> None:
+    lost = inst(1, node_down=True, node_schedulable=False)
+    assert rp.plan(view(lost, inst(2))) == [rp.Unserve(iid(1)), rp.Place(V1.id, 1)]
+    idle = dataclasses.replace(lost, serving=False)
+    assert rp.plan(view(idle, inst(2))) == [
+        rp.Stop(iid(1), "its node takes no new work"),
+        rp.Place(V1.id, 1),
+    ]
+
+
+def test_a_target_instance_on_a_down_node_is_stopped_even_serving() -> None:
+    lost = inst(3, V2, node_down=True, node_schedulable=False)
+    assert rp.plan(rollout(inst(1), inst(2), lost)) == [
+        rp.Unserve(iid(3), drain=False),
+        rp.Stop(iid(3), "its node is down"),
+        rp.Place(V2.id, 1),
+    ]

@@ -59,6 +59,7 @@ def instances(draw: st.DrawFn, n: int) -> rp.InstanceView:
         serving=draw(st.booleans()),
         drain_started_at=draw(st.sampled_from([None, None, NOW - 40.0, NOW - 1.0, NOW])),
         node_schedulable=draw(st.booleans()),
+        node_down=draw(st.booleans()),
         exit_code=draw(st.sampled_from([None, 0, 1, 137])),
         oom_killed=draw(st.booleans()),
         reason=draw(st.sampled_from([None, "crash loop: 5 restarts"])),
@@ -186,7 +187,7 @@ def test_serving_instances_never_drop_below_the_floor(view: rp.EnvironmentView) 
 faults = st.lists(
     st.tuples(
         st.floats(0, 60, allow_nan=False),
-        st.sampled_from(["crash", "unhealthy", "drain_node", "scale", "undrain_node"]),
+        st.sampled_from(["crash", "unhealthy", "drain_node", "scale", "undrain_node", "down_node"]),
         st.integers(0, 100),
     ),
     max_size=4,
@@ -223,11 +224,12 @@ def test_a_rollout_always_ends_and_the_environment_settles(
     if sim.outcome.failed:
         (_, cause) = sim.outcome.failed[0]
         assert cause.startswith(("instance ", "rollout to v2 did not finish"))
-    for node in sim.nodes:  # the faults are over: nodes take work again
+    sim.down.clear()  # the faults are over: nodes are back and take work again
+    for node in sim.nodes:
         sim.schedulable[node] = True
         for i in list(sim.instances.values()):
             if i.node_id == node:
-                sim.instances[i.id] = dataclasses.replace(i, node_schedulable=True)
+                sim.instances[i.id] = dataclasses.replace(i, node_schedulable=True, node_down=False)
     if kind != "good" and sim.outcome.promoted:
         return  # a bad release with no replicas to prove it bad: nothing settles
     sim.settle(limit=900)
@@ -249,7 +251,9 @@ def _inject(sim: Sim, what: str, pick: int) -> None:
         )
     elif what == "drain_node":
         sim.drain_node(pick % len(sim.nodes))
-    elif what == "undrain_node":
+    elif what == "down_node" and not sim.down:
+        sim.down_node(pick % len(sim.nodes))
+    elif what == "undrain_node" and sim.nodes[pick % len(sim.nodes)] not in sim.down:
         node = sim.nodes[pick % len(sim.nodes)]
         sim.schedulable[node] = True
         for i in list(sim.instances.values()):

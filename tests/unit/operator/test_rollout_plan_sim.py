@@ -64,6 +64,7 @@ class Sim:
         self._ids = (uuid.UUID(int=n) for n in itertools.count(1))
         self.nodes = [uuid.UUID(int=10**6 + n) for n in range(nodes)]
         self.schedulable = {n: True for n in self.nodes}
+        self.down: set[uuid.UUID] = set()
         self._next_node = 0
         self.apps: dict[uuid.UUID, App] = {}
         self.versions = itertools.count(1)
@@ -182,6 +183,16 @@ class Sim:
                 self._set(i.id, node_schedulable=False)
         return node
 
+    def down_node(self, index: int) -> uuid.UUID:
+        """The node stops reporting: what it runs is frozen as last seen."""
+        node = self.nodes[index]
+        self.schedulable[node] = False
+        self.down.add(node)
+        for i in list(self.instances.values()):
+            if i.node_id == node:
+                self._set(i.id, node_schedulable=False, node_down=True)
+        return node
+
     def crash(self, instance_id: uuid.UUID, *, code: int = 1) -> None:
         i = self.instances[instance_id]
         self._set(
@@ -197,6 +208,8 @@ class Sim:
     def advance(self, dt: float) -> None:
         self.now += dt
         for i in list(self.instances.values()):
+            if i.node_id in self.down:
+                continue  # nothing more is heard of it
             if i.desired_state != "running":
                 del self.instances[i.id]  # the agent stops it; terminated ones leave the view
                 continue
@@ -307,6 +320,7 @@ def in_route(i: rp.InstanceView) -> bool:
         and i.state == S.RUNNING
         and i.health == H.HEALTHY
         and i.desired_state == "running"
+        and not i.node_down
     )
 
 
@@ -352,7 +366,8 @@ def check_pass(view: rp.EnvironmentView, actions: list[rp.Action]) -> None:
         for a in acts:
             if isinstance(a, rp.Serve):
                 assert inst.state == S.RUNNING and inst.health == H.HEALTHY
-                assert inst.desired_state == "running" and inst.node_schedulable
+                assert inst.desired_state == "running" and not inst.node_down
+                assert inst.node_schedulable or inst.node_id is None
                 assert not inst.serving or inst.drain_started_at is not None
             if isinstance(a, rp.Unserve):
                 assert inst.serving
@@ -794,3 +809,22 @@ def test_a_three_replica_rolling_update_takes_three_health_waits() -> None:
     sim.run_rollout()
     assert sim.outcome.promoted
     assert sim.now - start == pytest.approx(3 * (1 + 1 + 2), abs=1.0)
+
+
+def test_a_node_down_mid_rollout() -> None:
+    sim = Sim(replicas=3, strategy=rolling(), nodes=4)
+    v1 = sim.current
+    v2 = sim.deploy(rolling())
+    while not sim.in_route(v2):
+        sim.step()
+    lost = sim.in_route(v2)[0]
+    assert lost.node_id is not None
+    node = sim.down_node(sim.nodes.index(lost.node_id))
+    while sim.target is not None:
+        sim.step()
+        assert len(sim.in_route()) >= 1
+    assert sim.outcome.promoted == [v2.id]
+    sim.run_for(60)
+    assert len(sim.in_route(v2)) == 3
+    assert all(i.node_id != node for i in sim.live())
+    assert not [i for i in sim.live(v1)]

@@ -38,6 +38,12 @@ def failure_cause(instance: InstanceView, version: int, *, healthy_deadline: flo
     head = f"instance {short_id(instance)} of v{version}"
     if has_ended(instance):
         what = ended_phrase(instance)
+    elif instance.exit_code is not None or instance.oom_killed:
+        # it ran and exited, and its agent keeps restarting it (a crash loop in progress)
+        what = (
+            f"not healthy {healthy_deadline:g} s after it was placed: it keeps exiting; "
+            f"its last run {ended_phrase(instance)}"
+        )
     else:
         what = (
             f"not healthy {healthy_deadline:g} s after it was placed ({last_check_text(instance)})"
@@ -61,7 +67,8 @@ def has_ended(i: InstanceView) -> bool:
 
 
 def is_healthy(i: InstanceView) -> bool:
-    return i.state == InstanceState.RUNNING and i.health == HealthState.HEALTHY
+    """Running and healthy as last reported (never on a node that is down)."""
+    return i.state == InstanceState.RUNNING and i.health == HealthState.HEALTHY and not i.node_down
 
 
 def in_route(i: InstanceView) -> bool:
@@ -71,7 +78,7 @@ def in_route(i: InstanceView) -> bool:
 
 def is_leaving(i: InstanceView) -> bool:
     """On a node that takes no new work (an instance not on a node yet is not)."""
-    return i.node_id is not None and not i.node_schedulable
+    return i.node_id is not None and (i.node_down or not i.node_schedulable)
 
 
 def ready_at(i: InstanceView, min_healthy_time: float) -> float | None:

@@ -76,6 +76,9 @@ How the rules are applied, where the rules above leave a choice:
   above then apply to what is left exactly as after a revert.
 - Scale down removes instances not in the route before those in it, newest first.
 - An instance with no node yet (``node_id`` None) is never "on a node taking no new work".
+- An instance on a node that is down (``node_down``) is not healthy, whatever its last
+  report says: it leaves the route without costing anything and is replaced like one on a
+  draining node (a target instance there is stopped at once).
 - ``max_surge`` 0 with ``max_unavailable`` 0 cannot make progress; it is taken as surge 1.
 """
 
@@ -325,7 +328,9 @@ def _rollout(p: _Pass, target: ReleaseView) -> None:
     if view.rollout_started_at is not None:
         p.timer(view.rollout_started_at + s.progress_deadline, f"{label}: progress deadline")
     for i in tgt:
-        if not i.serving and is_leaving(i):
+        if i.node_down:
+            p.stop(i, "its node is down")
+        elif not i.serving and is_leaving(i):
             p.stop(i, "its node takes no new work")
         elif not i.serving and not is_healthy(i):
             p.timer(i.created_at + s.healthy_deadline, f"{label}: healthy deadline")

@@ -75,6 +75,7 @@ class InstanceView:
     serving: bool = False
     drain_started_at: float | None = None
     node_schedulable: bool = True  # False: its node is draining or down
+    node_down: bool = False  # its node stopped reporting: its health is stale, it serves nothing
     exit_code: int | None = None
     oom_killed: bool = False
     reason: str | None = None
