@@ -4,10 +4,11 @@ environment are serialised; the releases reconciler takes the same lock per pass
 
 Rules:
 
-- A release is immutable; a deploy takes unset fields from the current release (port,
-  environment and secrets, resources, health check, strategy, restart policy), else the
-  defaults (the image's exposed port or 8080, 1 vCPU / 256 MiB, ``tcp`` on the port,
-  ``rolling``, ``always``), and the environment's replica count.
+- A release is immutable; a deploy takes unset fields from the release being rolled out,
+  else the current release (port, environment and secrets, resources, health check,
+  strategy, restart policy), else the defaults (the image's exposed port or 8080, 1 vCPU /
+  256 MiB, ``tcp`` on the port, ``rolling``, ``always``), and the environment's replica
+  count.
 - The image is checked before anything is written: unknown 404, not ready 422.
 - A deploy while a rollout runs supersedes it: that rollout and its release become
   ``superseded`` and the new rollout starts from the current release (what serves); the
@@ -19,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,13 @@ from zeitwork.operator.scheduler.placement import NoFit, place_replicas
 from zeitwork.operator.secret_box import SecretBox
 from zeitwork.operator.services.instances import no_fit_error
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.releases import EnvChange, ReleaseCreate, RollbackRequest, RolloutStrategy
+from zeitwork.wire.releases import (
+    ENV_NAME_PATTERN,
+    EnvChange,
+    ReleaseCreate,
+    RollbackRequest,
+    RolloutStrategy,
+)
 
 log = structlog.get_logger("zeitwork.operator.releases")
 
@@ -130,27 +138,34 @@ class ReleaseService:
                 if env.current_release_id is None
                 else await self._releases.get(env.current_release_id, conn=tx)
             )
+            # defaults: the release being rolled out (the user's latest word), else the current
+            running = await self._releases.running_rollout(env.id, conn=tx)
+            base = (
+                current
+                if running is None
+                else await self._releases.get(running.release_id, conn=tx)
+            )
             if body.replicas is not None and body.replicas != env.replicas:
                 await self._releases.set_replicas(env.id, body.replicas, conn=tx)
                 env = await self._releases.environment_by_id(env.id, conn=tx)
-            port = body.port or (current.port if current else None)
+            port = body.port or (base.port if base else None)
             port = port or exposed_port(image.config) or DEFAULT_PORT
             strategy = body.strategy or (
-                RolloutStrategy.model_validate(current.strategy) if current else RolloutStrategy()
+                RolloutStrategy.model_validate(base.strategy) if base else RolloutStrategy()
             )
             check = body.health_check or (
-                HealthCheck.model_validate(current.health_check) if current else HealthCheck()
+                HealthCheck.model_validate(base.health_check) if base else HealthCheck()
             )
             if body.resources is not None:
                 vcpu = max(1, round(body.resources.vcpu * 1000))
                 memory = body.resources.memory
-            elif current is not None:
-                vcpu, memory = current.vcpu_millis, current.memory_mib
+            elif base is not None:
+                vcpu, memory = base.vcpu_millis, base.memory_mib
             else:
                 vcpu, memory = DEFAULT_VCPU_MILLIS, DEFAULT_MEMORY_MIB
-            plain = dict(current.env) if current else {}
+            plain = dict(base.env) if base else {}
             plain.update(body.env or {})
-            secrets = dict(current.secrets) if current else {}
+            secrets = dict(base.secrets) if base else {}
             for name in body.env or {}:
                 secrets.pop(name, None)
             new = NewRelease(
@@ -167,8 +182,7 @@ class ReleaseService:
                 memory_mib=memory,
                 replicas=env.replicas,
                 health_check=check.model_dump(mode="json"),
-                restart_policy=body.restart_policy
-                or (current.restart_policy if current else "always"),
+                restart_policy=body.restart_policy or (base.restart_policy if base else "always"),
                 strategy=strategy.model_dump(mode="json"),
                 reason="deploy",
                 description=body.description,
@@ -332,6 +346,14 @@ class ReleaseService:
         overlap = (set(body.set) & set(body.secrets)) | (
             (set(body.set) | set(body.secrets)) & set(body.unset)
         )
+        bad = [
+            n for n in (*body.set, *body.secrets, *body.unset) if not re.match(ENV_NAME_PATTERN, n)
+        ]
+        if bad:
+            raise InvalidInput(
+                f"invalid environment variable name {bad[0][:60]!r}",
+                extra={"errors": [{"field": "set", "message": "invalid name"}]},
+            )
         if overlap:
             raise InvalidInput(
                 "a name may appear once among set, secrets and unset: "
@@ -340,11 +362,21 @@ class ReleaseService:
         async with self._db.transaction() as tx:
             _project, env = await self.locate(project_ref, body.environment, conn=tx)
             env = await self._releases.environment_by_id(env.id, lock=True, conn=tx)
-            if env.current_release_id is None:
+            current = (
+                None
+                if env.current_release_id is None
+                else await self._releases.get(env.current_release_id, conn=tx)
+            )
+            running = await self._releases.running_rollout(env.id, conn=tx)
+            base = (
+                current
+                if running is None
+                else await self._releases.get(running.release_id, conn=tx)
+            )
+            if base is None:
                 raise Conflict("the environment has no release yet; deploy an image first")
-            current = await self._releases.get(env.current_release_id, conn=tx)
-            plain = dict(current.env)
-            sealed = dict(current.secrets)
+            plain = dict(base.env)
+            sealed = dict(base.secrets)
             for name, value in body.set.items():
                 plain[name] = value
                 sealed.pop(name, None)
@@ -359,33 +391,36 @@ class ReleaseService:
                 sealed.pop(name, None)
             changed = sorted(set(body.set) | set(body.secrets) | set(body.unset))
             new = NewRelease(
-                project_id=current.project_id,
+                project_id=base.project_id,
                 project_environment_id=env.id,
-                image_id=current.image_id,
-                image_digest=current.image_digest,
-                image_ref=current.image_ref,
-                command=current.command,
-                port=current.port,
+                image_id=base.image_id,
+                image_digest=base.image_digest,
+                image_ref=base.image_ref,
+                command=base.command,
+                port=base.port,
                 env=plain,
                 secrets=sealed,
-                vcpu_millis=current.vcpu_millis,
-                memory_mib=current.memory_mib,
+                vcpu_millis=base.vcpu_millis,
+                memory_mib=base.memory_mib,
                 replicas=env.replicas,
-                health_check=current.health_check,
-                restart_policy=current.restart_policy,
-                strategy=current.strategy,
+                health_check=base.health_check,
+                restart_policy=base.restart_policy,
+                strategy=base.strategy,
                 reason="config",
                 description="config: " + ", ".join(changed)[:1900],
             )
             return await self._roll_out(tx, env, current, new)
 
     async def env(self, project_ref: str, environment: str) -> tuple[dict[str, str], list[str]]:
-        """The current release's plain variables and its secrets' names."""
+        """The plain variables and the secrets' names of the release being rolled out, else
+        of the current one."""
         _project, env = await self.locate(project_ref, environment)
-        if env.current_release_id is None:
+        running = await self._releases.running_rollout(env.id)
+        release_id = env.current_release_id if running is None else running.release_id
+        if release_id is None:
             return {}, []
-        current = await self._releases.get(env.current_release_id)
-        return dict(current.env), sorted(current.secrets)
+        latest = await self._releases.get(release_id)
+        return dict(latest.env), sorted(latest.secrets)
 
     # -- scale ---------------------------------------------------------------------------
 
