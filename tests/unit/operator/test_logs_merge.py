@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from zeitwork.clients.agent import split_lines
+from zeitwork.clients.agent import MAX_TAIL, split_lines
 from zeitwork.core.errors import InvalidInput
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.logs import _Ids
@@ -18,8 +18,10 @@ from zeitwork.operator.services.logs import (
     LogLine,
     Notice,
     OverlapSkipper,
+    ReaderPlan,
     merge,
     parse_since,
+    plan_readers,
     release_label,
     rfc3339,
     wanted_sources,
@@ -166,3 +168,36 @@ def test_sse_ids_grow_even_at_equal_times() -> None:
     second = ids.next(_line(B, 0, "y"))
     assert first is not None and second is not None and int(second) == int(first) + 1
     assert ids.next(Notice("n")) is None
+
+
+def _listed(*sources: LogSource) -> list[LogSource]:
+    return list(sources)
+
+
+def test_the_first_listing_reads_history_later_ones_read_new_instances_whole() -> None:
+    one, two = _source(InstanceState.RUNNING, 0), _source(InstanceState.RUNNING, 0)
+    plan = plan_readers(_listed(one), {}, now=0, first=True, tail=7)
+    assert plan.start == ((one, 7),) and plan.cancel == () and plan.removed_at == {}
+    plan = plan_readers(_listed(one, two), {one.instance_id: None}, now=1, first=False, tail=7)
+    assert plan.start == ((two, MAX_TAIL),)
+
+
+def test_a_removed_instance_is_read_for_the_grace_period_then_cancelled() -> None:
+    one = _source(InstanceState.RUNNING, 0)
+    readers: dict[uuid.UUID, float | None] = {one.instance_id: None}
+    plan = plan_readers([], readers, now=10, first=False, tail=1, grace=15)
+    assert plan.removed_at == {one.instance_id: 10} and plan.cancel == ()
+    readers = {one.instance_id: 10}
+    assert plan_readers([], readers, now=24.9, first=False, tail=1, grace=15).cancel == ()
+    assert plan_readers([], readers, now=25, first=False, tail=1, grace=15).cancel == (
+        one.instance_id,
+    )
+
+
+def test_an_instance_listed_again_keeps_its_reader() -> None:
+    one = _source(InstanceState.RUNNING, 0)
+    plan = plan_readers([one], {one.instance_id: 10}, now=12, first=False, tail=1)
+    assert plan.start == () and plan.removed_at == {one.instance_id: None}
+    assert plan_readers([one], {one.instance_id: None}, now=12, first=False, tail=1) == (
+        ReaderPlan()
+    )

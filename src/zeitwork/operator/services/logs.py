@@ -189,6 +189,43 @@ class OverlapSkipper:
         return []
 
 
+@dataclass(frozen=True, slots=True)
+class ReaderPlan:
+    """What a follower changes after listing the app's instances."""
+
+    start: tuple[tuple[LogSource, int], ...] = ()  # new readers: (instance, tail)
+    removed_at: dict[uuid.UUID, float | None] = field(default_factory=dict)
+    cancel: tuple[uuid.UUID, ...] = ()
+
+
+def plan_readers(
+    listed: Sequence[LogSource],
+    readers: dict[uuid.UUID, float | None],
+    *,
+    now: float,
+    first: bool,
+    tail: int,
+    grace: float = REMOVED_GRACE_SECONDS,
+) -> ReaderPlan:
+    """``readers``: the instances read now, each with when it left the listing (None: it
+    is listed). A listed instance without a reader gets one: with ``tail`` lines of history
+    on the first listing, else from its first line (it is new). One no longer listed keeps
+    its reader for ``grace`` seconds (its last lines), then it is cancelled (pure)."""
+    listed_ids = {s.instance_id for s in listed}
+    start = tuple((s, tail if first else MAX_TAIL) for s in listed if s.instance_id not in readers)
+    removed_at: dict[uuid.UUID, float | None] = {}
+    cancel: list[uuid.UUID] = []
+    for instance_id, since in readers.items():
+        if instance_id in listed_ids:
+            if since is not None:
+                removed_at[instance_id] = None  # listed again
+        elif since is None:
+            removed_at[instance_id] = now
+        elif now - since >= grace:
+            cancel.append(instance_id)
+    return ReaderPlan(start=start, removed_at=removed_at, cancel=tuple(cancel))
+
+
 def notice_for(hostname: str, problem: str) -> Notice:
     return Notice(f"node {hostname}: {problem}")
 
@@ -356,30 +393,26 @@ class _Follow:
                 await asyncio.sleep(self._fan_in.list_seconds)
                 continue
             database_down = False
+            for reader in self._readers.values():
+                if reader.task.done() and not reader.task.cancelled():
+                    reader.task.result()  # a reader ends only by a bug: stop loudly
             self._endpoints.update(endpoints)
-            now = self._fan_in.clock.monotonic()
-            listed = {s.instance_id: s for s in sources}
-            for instance_id, source in listed.items():
-                reader = self._readers.get(instance_id)
-                if reader is not None:
-                    reader.removed_at = None
-                    continue
-                # history from the instances there at the start; all of a new one's output
-                tail = self._tail if first else MAX_TAIL
+            plan = plan_readers(
+                sources,
+                {i: r.removed_at for i, r in self._readers.items()},
+                now=asyncio.get_running_loop().time(),
+                first=first,
+                tail=self._tail,
+            )
+            for source, tail in plan.start:
                 task = asyncio.create_task(
-                    self._read(source, tail=tail), name=f"logs-{instance_id}"
+                    self._read(source, tail=tail), name=f"logs-{source.instance_id}"
                 )
-                self._readers[instance_id] = _Reader(source=source, task=task)
-            for instance_id, reader in list(self._readers.items()):
-                if instance_id in listed:
-                    continue
-                if reader.task.done():
-                    del self._readers[instance_id]
-                elif reader.removed_at is None:
-                    reader.removed_at = now
-                elif now - reader.removed_at > REMOVED_GRACE_SECONDS:
-                    reader.task.cancel()
-                    del self._readers[instance_id]
+                self._readers[source.instance_id] = _Reader(source=source, task=task)
+            for instance_id, removed_at in plan.removed_at.items():
+                self._readers[instance_id].removed_at = removed_at
+            for instance_id in plan.cancel:
+                self._readers.pop(instance_id).task.cancel()
             first = False
             await asyncio.sleep(self._fan_in.list_seconds)
 
