@@ -18,12 +18,13 @@ from zeitwork.operator.app import create_app
 
 
 @contextlib.asynccontextmanager
-async def live_operator(op: Operator) -> AsyncIterator[str]:
-    """Serve ``op``'s deps on 127.0.0.1; yields the base URL once ``/health`` answers."""
+async def live_operator(op: Operator, *, port: int = 0) -> AsyncIterator[str]:
+    """Serve ``op``'s deps on 127.0.0.1 (``port``, 0: any); yields the base URL once
+    ``/health`` answers."""
     app = create_app(deps=op.deps, registry=new_registry())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(64)
     port = sock.getsockname()[1]
     server = uvicorn.Server(

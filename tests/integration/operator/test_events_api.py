@@ -14,9 +14,11 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.operator.conftest import Operator
+from tests.integration.operator.conftest import Operator, OperatorFactory
 from tests.integration.operator.fleet import PROBLEM
 from tests.integration.operator.live_server import live_operator
+from zeitwork.clients.admin import AdminClient
+from zeitwork.clients.sse import Backoff
 from zeitwork.operator.db import events
 from zeitwork.operator.services.events import EventPruner
 
@@ -210,3 +212,32 @@ async def test_prune_keeps_recent_events_within_the_count(operator: Operator) ->
     assert await pruner.prune_once() == 2  # e0 by age, e1 by count
     rows = await operator.sql("SELECT message FROM events ORDER BY seq")
     assert [r[0] for r in rows] == ["e2", "e3", "e4"]
+
+
+async def test_a_follower_survives_an_operator_restart_without_duplicates(
+    operator_factory: OperatorFactory,
+) -> None:
+    """The CLI's client follows, the operator drains and a new one starts on the same port
+    and database: the client resumes with Last-Event-ID and gets each event once."""
+    first = await operator_factory()
+    app = await _project(first, "shop")
+    before = [await _record(first, "release.created", f"b{n}", project_id=app) for n in (1, 2)]
+    got: list[int] = []
+    async with live_operator(first) as url:
+        port = int(url.rsplit(":", 1)[1])
+        client = AdminClient(
+            base_url=url, token=first.admin_token, stream_backoff=Backoff(initial=0.05)
+        )
+        stream = client.follow_events(filters={"project": "shop"}, after=0)
+        async with asyncio.timeout(10):
+            got += [(await anext(stream)).seq for _ in before]
+        first.deps.stopping.set()  # drains: the stream ends, the client starts reconnecting
+    during = [await _record(first, "instance.started", f"d{n}", project_id=app) for n in (1, 2)]
+    second = await operator_factory()
+    async with live_operator(second, port=port):
+        after = await _record(second, "instance.healthy", "a1", project_id=app)
+        async with asyncio.timeout(15):
+            got += [(await anext(stream)).seq for _ in range(3)]
+        await stream.aclose()
+        await client.aclose()
+    assert got == [*before, *during, after]
