@@ -272,3 +272,46 @@ async def test_the_instance_stop_timeout_bounds_the_stop(node: Node) -> None:
     assert time.monotonic() - began < 2.0
     assert stopped.exit_code == 137  # it ignored SIGTERM: killed after the stop timeout
     assert stopped.health is None
+
+
+async def test_the_agent_api_takes_command_and_check_and_shows_health(node: Node) -> None:
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    from zeitwork.agent.api import create_app
+
+    async def info() -> dict[str, Any]:
+        return {}
+
+    app = create_app(
+        supervisor=node.supervisor,
+        tokens=lambda: ["own-token"],
+        node_info=info,
+        registry=CollectorRegistry(),
+    )
+    image_id = uuid.uuid4()
+    node.archives.files[image_id] = node.image.path
+    body = {
+        "image": {"id": str(image_id), "name": "app", "digest": node.image.digest, "size": 1},
+        "resources": {"vcpu": 0.25, "memory": 64},
+        "default_port": 8080,
+        "command": ["serve", "503"],
+        "health_check": {"type": "http", "path": "/ready", "unhealthy_threshold": 1, **FAST},
+        "stop_timeout": 0.5,
+    }
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": "Bearer own-token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://a", headers=headers) as api:
+        created = await api.post("/instances", json=body)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        deadline = time.monotonic() + 10
+        while True:
+            view = (await api.get(f"/instances/{instance_id}")).json()
+            if view["health"] and view["health"]["state"] == "unhealthy":
+                break
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.02)
+    assert view["state"] == "running"
+    assert view["health"]["last"]["detail"] == "GET /ready -> 503"
+    assert node.supervisor.records[uuid.UUID(instance_id)].assignment.stop_timeout == 0.5
