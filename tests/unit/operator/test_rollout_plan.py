@@ -561,3 +561,13 @@ def test_a_target_instance_on_a_down_node_is_stopped_even_serving() -> None:
         rp.Stop(iid(3), "its node is down"),
         rp.Place(V2.id, 1),
     ]
+
+
+def test_rolling_takes_old_instances_on_draining_nodes_out_first() -> None:
+    away = inst(2, node_schedulable=False)
+    ready = inst(3, V2, serving=False, healthy_since=NOW - 5, created_at=NOW - 9)
+    assert rp.plan(rollout(inst(1), away, ready)) == [
+        rp.Serve(iid(3)),
+        rp.Unserve(iid(2)),
+        rp.Place(V2.id, 1),
+    ]

@@ -59,8 +59,8 @@ How the rules are applied, where the rules above leave a choice:
   a draining instance that rejoins. ``Unserve`` clears ``serving``.
 - "In the route" counts serving, running, healthy instances that do not drain. An instance
   that serves but is not healthy (the route table skips it) may leave at any time: it
-  costs nothing against ``max_unavailable``. Old instances leave unhealthy first, then
-  those of neither release, then those on nodes taking no new work, then oldest first.
+  costs nothing against ``max_unavailable``. Of the old instances in the route, those of
+  neither release leave first, then those on nodes taking no new work, then the oldest.
 - Failed or stopped-by-itself instances (state ``failed``/``stopped`` while wanted
   ``running``: the agent gave up on them) are stopped (their reservation is released) and
   no longer count; of the current release they are replaced with the back-off. During a
@@ -386,13 +386,12 @@ def _fail(p: _Pass, target: ReleaseView, cause: str) -> None:
 
 def _old_first(
     current_id: uuid.UUID | None,
-) -> Callable[[InstanceView], tuple[bool, bool, bool, float, str]]:
-    """Old instances in the order they leave: not in the route, of neither release, on a
-    node that takes no new work, oldest."""
+) -> Callable[[InstanceView], tuple[bool, bool, float, str]]:
+    """Old instances in the order they leave the route: of neither release, on a node that
+    takes no new work, oldest (those not in the route leave anyway, see ``_leave_route``)."""
 
-    def key(i: InstanceView) -> tuple[bool, bool, bool, float, str]:
+    def key(i: InstanceView) -> tuple[bool, bool, float, str]:
         return (
-            in_route(i),
             i.release_id == current_id,
             not is_leaving(i),
             i.created_at,
