@@ -119,6 +119,7 @@ class Platform:
     loop: ReconcileLoop
     verdicts: ByRelease
     steps: int = 0
+    drive_loop: bool = True
 
     async def routes(self) -> RouteTable:
         r = await self.op.client.get("/api/v1/routes", headers=self.proxy)
@@ -161,9 +162,11 @@ class Platform:
         return out
 
     async def step(self) -> None:
-        """One reconcile pass, then every agent syncs."""
+        """One reconcile pass (unless an operator process runs its own loop), then every
+        agent syncs."""
         self.steps += 1
-        await self.loop.run_once()
+        if self.drive_loop:
+            await self.loop.run_once()
         for agent in self.agents:
             await agent.sync()
 
