@@ -144,9 +144,9 @@ class AgentSettings(ServiceSettings):
             PeerRoute.parse(item)
         return value
 
-    @field_validator("nft_table", mode="before")
+    @field_validator("nft_table", "stop_grace_seconds", mode="before")
     @classmethod
-    def _table(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
