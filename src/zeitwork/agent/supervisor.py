@@ -46,6 +46,7 @@ from zeitwork.wire.health import InstanceHealth
 log = get_logger(__name__)
 S = InstanceState
 ACTIVE = (S.STARTING, S.RUNNING, S.STOPPING)
+_TELL_NOT_LISTENING_AFTER = 1.0  # s: then a starting instance reports why it waits
 Reporter = Callable[[uuid.UUID, InstanceStatusReport], None]
 
 
@@ -643,12 +644,25 @@ class Supervisor:
         address, port = record.address, record.assignment.default_port
         if address is None or record.handle is None:
             return
-        deadline = time.monotonic() + self.ready_timeout
+        began = time.monotonic()
+        deadline = began + self.ready_timeout
         delay = 0.005
+        told = False
         while time.monotonic() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 1.0)
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError) as exc:
+                if not told and time.monotonic() - began >= _TELL_NOT_LISTENING_AFTER:
+                    # say why it is not running yet (the operator's rollout shows it)
+                    told = True
+                    why = (
+                        "connection refused"
+                        if isinstance(exc, ConnectionRefusedError)
+                        else ("timed out" if isinstance(exc, TimeoutError) else str(exc))
+                    )
+                    record.reason = f"not listening on port {port} yet ({why})"
+                    self._persist(record)
+                    self._send_report(record)
                 status = await self.driver.inspect(record.handle)
                 if status.phase not in (Phase.RUNNING, Phase.CREATED):
                     # exited before it listened: the next tick decides (restart policy)

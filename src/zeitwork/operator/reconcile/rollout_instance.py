@@ -95,6 +95,8 @@ def by_age(i: InstanceView) -> tuple[float, str]:
 def last_check_text(i: InstanceView) -> str:
     if i.last_check:
         return f"last check: {i.last_check}"
+    if i.reason:
+        return f"{i.state.value}: {i.reason}"
     return f"{i.state.value}, no health check result yet"
 
 
