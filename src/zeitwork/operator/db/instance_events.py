@@ -1,10 +1,10 @@
 """Events of an instance's reported changes: which ones a change is (pure, ``describe``)
 and their rows, written in the transaction of the change (``record_change``).
 
-Kinds: ``instance.started`` (now running), ``instance.healthy``, ``instance.unhealthy``
-(with the check's detail), ``instance.exited`` (with its code), ``instance.oom_killed``,
-``instance.failed`` (failed for any other reason), ``instance.stopped`` (stopped or
-terminated without an exit code of note).
+Kinds: ``instance.starting`` (a warning when it restarts), ``instance.started`` (running),
+``instance.healthy``, ``instance.unhealthy`` (with the check's detail), ``instance.exited``
+(with its code), ``instance.oom_killed``, ``instance.failed`` (failed for any other
+reason), ``instance.stopped`` (stopped or terminated without an exit code of note).
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ def describe(before: Seen, after: Seen) -> list[Note]:
     """The events of the change ``before -> after`` (none when nothing of note moved)."""
     notes: list[Note] = []
     moved = before.state is not after.state
+    if moved and after.state is InstanceState.STARTING:
+        restart = before.state is not InstanceState.PENDING
+        notes.append(
+            Note(
+                "instance.starting",
+                "instance restarts" if restart else "instance is starting",
+                "warning" if restart else "info",
+            )
+        )
     if moved and after.state is InstanceState.RUNNING:
         notes.append(Note("instance.started", "instance is running"))
     if moved and after.state in (InstanceState.FAILED, InstanceState.STOPPED):
