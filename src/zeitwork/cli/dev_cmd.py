@@ -29,6 +29,7 @@ import typer
 from zeitwork.cli.demo import DemoFailed, demo_commands, run_demo
 from zeitwork.cli.dev_plan import (
     AGENT,
+    RELOAD_ON_HUP,
     STOP_ORDER,
     DevConfig,
     DevPorts,
@@ -233,8 +234,13 @@ async def run_dev(
             sup.hurry.set()
         stop.set()
 
+    def on_hangup() -> None:
+        sent = sup.reload(RELOAD_ON_HUP)
+        _say("dev: SIGHUP: reloading " + (", ".join(sent) or "nothing (not started yet)"))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     status = 0
     credentials: list[str] = []
     revoke: list[uuid.UUID] = []
@@ -266,7 +272,7 @@ async def run_dev(
         if credentials and revoke:
             await _revoke(config, credentials[0], revoke)
         codes.update(await sup.stop_all(STOP_ORDER[-1:]))
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     unclean = {n: c for n, c in codes.items() if c not in (0, None)}
     if unclean:

@@ -12,6 +12,7 @@ from pathlib import Path
 OPERATOR, AGENT, LB, EDGE = "operator", "node-agent", "load-balancer", "edge-proxy"
 START_ORDER = (OPERATOR, AGENT, LB, EDGE)
 STOP_ORDER = tuple(reversed(START_ORDER))  # edge, LB, agent (drains), operator
+RELOAD_ON_HUP = (LB, EDGE)  # the services that reload on SIGHUP (dev passes its own on)
 
 # variables that dev sets per child: the parent's values must not leak into the wrong service
 _PER_CHILD = (

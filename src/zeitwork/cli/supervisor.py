@@ -1,7 +1,8 @@
 """Child processes of ``zeitwork dev``: started with an argv list (no shell), each in its own
 process group (a terminal's Ctrl-C reaches only ``dev``, which stops them in order), killed by
 the kernel if ``dev`` itself dies (PR_SET_PDEATHSIG), their output prefixed line by line with
-the service name.
+the service name. SIGHUP is a reload, never a failure: ``reload`` passes it to the services
+that reload on it, and a child that ends on a SIGHUP anyway is started again.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Supervisor:
                 self._out.write(prefix + text + "\n")
                 self._out.flush()
 
-    async def start(self, spec: ChildSpec) -> Child:
+    async def start(self, spec: ChildSpec, *, replace: int | None = None) -> Child:
+        """Start ``spec``'s process (as child number ``replace``: a restart)."""
         process = await asyncio.create_subprocess_exec(
             *spec.argv,
             env=dict(spec.env),
@@ -96,12 +98,15 @@ class Supervisor:
             limit=1024 * 1024,
         )
         assert process.stdout is not None
-        index = len(self.children)
+        index = len(self.children) if replace is None else replace
         pump = asyncio.create_task(
             self._pump(index, spec, process.stdout), name=f"dev.pump.{spec.name}"
         )
         child = Child(spec=spec, process=process, pump=pump)
-        self.children.append(child)
+        if replace is None:
+            self.children.append(child)
+        else:
+            self.children[replace] = child
         watcher = asyncio.create_task(self._watch(child), name=f"dev.watch.{spec.name}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -109,8 +114,30 @@ class Supervisor:
 
     async def _watch(self, child: Child) -> None:
         await child.process.wait()
-        if not child.stopping:
-            self.exited.set()
+        if child.stopping:
+            return
+        if child.process.returncode == -signal.SIGHUP and child in self.children:
+            # a hang-up (someone's kill -HUP) is a request to reload: start it again
+            self._note(f"dev: {child.name} ended on SIGHUP; starting it again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.pump, 2.0)
+            try:
+                await self.start(child.spec, replace=self.children.index(child))
+            except OSError as exc:
+                self._note(f"dev: {child.name} could not be started again: {exc}")
+                self.exited.set()
+            return
+        self.exited.set()
+
+    def reload(self, names: tuple[str, ...]) -> list[str]:
+        """Send SIGHUP to the running children named (they reload); the names sent to."""
+        sent: list[str] = []
+        for child in self.children:
+            if child.name in names and child.running and not child.stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGHUP)
+                    sent.append(child.name)
+        return sent
 
     def crashed(self) -> list[Child]:
         return [c for c in self.children if not c.running and not c.stopping]

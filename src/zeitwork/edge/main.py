@@ -36,6 +36,7 @@ from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
+from zeitwork.edge.handoff import Handoff, socket_inode
 from zeitwork.edge.metrics import EdgeMetrics, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
@@ -153,6 +154,8 @@ class Edge:
     # (http, https) listening sockets the supervisor made for this worker (else made here)
     listen_socks: tuple[socket.socket, socket.socket] | None = None
     stats_dir: Path | None = None  # where workers publish counters for worker 0's /metrics
+    # the inodes of every listening socket of this edge's workers (a handoff skips them)
+    generation: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -175,6 +178,7 @@ class Edge:
         self.route_verified: frozenset[str] = frozenset()
         self.route_watch: RouteWatch | None = None
         self._routes_client: RoutesClient | None = None
+        self._listening: tuple[socket.socket, ...] = ()
 
     def domains(self) -> list[str]:
         """Hosts to hold certificates for: ``EDGE_DOMAINS`` and the routed hosts; with ACME,
@@ -213,8 +217,12 @@ class Edge:
         if self.listen_socks is not None:
             plain_sock, tls_sock = self.listen_socks
         else:
-            plain_sock = reuse_port_socket(s.host, s.port, reuse_port=False)
-            tls_sock = reuse_port_socket(s.host, s.https_port, reuse_port=False)
+            # SO_REUSEPORT with one worker too: a successor can listen beside this edge
+            # before it stops (handoff.py)
+            plain_sock = reuse_port_socket(s.host, s.port)
+            tls_sock = reuse_port_socket(s.host, s.https_port)
+        self._listening = (plain_sock, tls_sock)
+        self.generation = self.generation | {socket_inode(plain_sock), socket_inode(tls_sock)}
         https_port = s.public_https_port or tls_sock.getsockname()[1]
         self.policy = build_policy(
             s,
@@ -331,7 +339,9 @@ class Edge:
             )
         self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
         if self.index == 0:
-            self._admin = await asyncio.start_server(self._admin_client, s.admin_host, s.admin_port)
+            self._admin = await asyncio.start_server(
+                self._admin_client, s.admin_host, s.admin_port, reuse_port=True
+            )
             self.ports["admin"] = self._admin.sockets[0].getsockname()[1]
         # workers other than 0 only pick up what worker 0 (or another edge) stored: poll often
         interval = s.cert_check_interval if self.index == 0 else min(s.cert_check_interval, 2.0)
@@ -454,6 +464,40 @@ class Edge:
         finally:
             writer.close()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the certificate files and the certificate store now. Open
+        connections are untouched; new handshakes get what was reloaded. (Settings come
+        from the environment, read once: change them with a restart, see ``hand_off``.)"""
+        static = "unchanged"
+        if self._static is not None:
+            try:
+                self._reload_static()
+                static = "checked"
+            except (OSError, ValueError) as exc:
+                static = "unusable"
+                log.warning("certificate.static_unusable", error=str(exc))
+        if self.manager is not None:
+            self.manager.wake.set()  # its next pass loads every stored certificate
+        log.info("edge.reloaded", worker=self.index, static=static, domains=len(self.tls.domains()))
+
+    async def hand_off(self) -> bool:
+        """SIGTERM: before the listeners close, wait up to ``EDGE_HANDOFF_TIMEOUT`` s for a
+        successor listening on the same ports and steer new connections to it, so that no
+        connection is refused (handoff.py). True when one took over."""
+        handoff = Handoff(socks=self._listening, own=self.generation)
+        split = await handoff.find_successor(self.settings.handoff_timeout)
+        if split is None:
+            log.info("edge.no_successor", worker=self.index, waited=self.settings.handoff_timeout)
+            return False
+        try:
+            handoff.steer_away(split)
+        except OSError as exc:
+            log.warning("edge.handoff_failed", worker=self.index, error=str(exc))
+            return False
+        left = await handoff.wait_accepted()
+        log.info("edge.handed_off", worker=self.index, successor_sockets=split, still_queued=left)
+        return True
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -484,14 +528,22 @@ async def run(
     index: int = 0,
     listen_socks: tuple[socket.socket, socket.socket] | None = None,
     stats_dir: Path | None = None,
+    generation: frozenset[int] = frozenset(),
 ) -> None:
-    """Run one edge worker until SIGTERM/SIGINT, then drain."""
-    edge = Edge(settings, index=index, listen_socks=listen_socks, stats_dir=stats_dir)
+    """Run one edge worker until SIGTERM/SIGINT, then hand off and drain; SIGHUP reloads."""
+    edge = Edge(
+        settings,
+        index=index,
+        listen_socks=listen_socks,
+        stats_dir=stats_dir,
+        generation=generation,
+    )
     await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, edge.reload)
     stopper: asyncio.Task[bool] = asyncio.create_task(stop.wait(), name="edge.signal")
     waiters: list[asyncio.Task[None] | asyncio.Task[bool]] = [*edge._tasks, stopper]
     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -500,6 +552,8 @@ async def run(
             log.error("edge.loop_crashed", task=task.get_name(), error=str(task.exception()))
     log.info("edge.stopping")
     stopper.cancel()
+    if stop.is_set():
+        await edge.hand_off()
     await edge.stop()
 
 
@@ -533,12 +587,21 @@ def _worker(
     index: int,
     socks: tuple[socket.socket, socket.socket],
     stats_dir: Path,
+    generation: frozenset[int],
 ) -> None:
     import uvloop
 
     code = 0
     try:
-        uvloop.run(run(settings, index=index, listen_socks=socks, stats_dir=stats_dir))
+        uvloop.run(
+            run(
+                settings,
+                index=index,
+                listen_socks=socks,
+                stats_dir=stats_dir,
+                generation=generation,
+            )
+        )
     except BaseException:
         log.exception("edge.worker_crashed", worker=index)
         code = 1
@@ -567,6 +630,7 @@ def serve_workers(settings: EdgeSettings) -> int:
         uvloop.run(run(settings))
         return 0
     socks = _worker_sockets(settings)
+    generation = frozenset(socket_inode(sock) for pair in socks for sock in pair)
     ports = (socks[0][0].getsockname()[1], socks[0][1].getsockname()[1])
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-edge-stats-"))
     children: dict[int, int] = {}
@@ -576,12 +640,13 @@ def serve_workers(settings: EdgeSettings) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop handles it (reload)
             die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
             for other, pair in enumerate(socks):
                 if other != index:
                     for sock in pair:
                         sock.close()
-            _worker(settings, index, socks[index], stats_dir)
+            _worker(settings, index, socks[index], stats_dir, generation)
         children[pid] = index
     for pair in socks:  # each lives on in its worker only
         for sock in pair:
@@ -595,8 +660,14 @@ def serve_workers(settings: EdgeSettings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, _frame: object) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     log.info("edge.workers_started", workers=count, http=ports[0], https=ports[1])
     status = 0
     while children:

@@ -166,6 +166,13 @@ class EdgeSettings(ServiceSettings):
     admin_port: int = Field(default=9083, ge=0, le=65535, validation_alias="EDGE_ADMIN_PORT")
     workers: int = Field(default=1, ge=0, validation_alias="EDGE_WORKERS")
     drain_timeout: float = Field(default=20.0, ge=0, validation_alias="EDGE_DRAIN_TIMEOUT")
+    handoff_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        validation_alias="EDGE_HANDOFF_TIMEOUT",
+        description="seconds SIGTERM waits for a successor on the same ports before closing them",
+    )
 
     @field_validator("domain_policies")
     @classmethod

@@ -53,7 +53,25 @@ def source_program(groups: int) -> bytes:
 def steer_by_source(sock: socket.socket, groups: int) -> None:
     """Attach the program to ``sock``'s SO_REUSEPORT group (for every socket of it).
     Raises OSError when the kernel refuses it."""
-    program = source_program(groups)
+    attach(sock, source_program(groups))
+
+
+_ADD_K = 0x04  # BPF_ALU | BPF_ADD | BPF_K
+
+
+def handoff_program(first: int, groups: int) -> bytes:
+    """The filter that sends every new connection to the sockets from index ``first`` on
+    (a successor's ``groups`` sockets, by source address as ``source_program``), so that
+    the sockets before them get none while they finish their accept queues."""
+    if first < 0:
+        raise ValueError("first must not be negative")
+    steer = source_program(groups)
+    return steer[:-8] + _insn(_ADD_K, 0, 0, first) + steer[-8:]
+
+
+def attach(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF ``program`` to ``sock``'s SO_REUSEPORT group (replacing the
+    group's program). Raises OSError when the kernel refuses it."""
     buffer = ctypes.create_string_buffer(program, len(program))
     # struct sock_fprog {unsigned short len; struct sock_filter *filter;}
     fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -141,3 +143,47 @@ async def test_output_gone_still_drains_children() -> None:
     child = await sup.start(_spec("chatty", chatty))
     assert await asyncio.wait_for(child.process.wait(), 20) == 0
     assert await sup.stop(child) == 0
+
+
+RELOADS = """
+import signal, sys, time
+signal.signal(signal.SIGHUP, lambda *a: print("reloaded", flush=True))
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+print("up", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+HANGS_UP = """
+import sys, time
+print("up", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_sighup_is_a_reload_and_never_a_failure() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out=out, colour=False)
+    reloads = await sup.start(_spec("lb", RELOADS))
+    plain = await sup.start(_spec("op", HANGS_UP))
+    await _until(lambda: out.getvalue().count("| up") == 2)
+    # dev passes its SIGHUP on to the services that reload on it
+    assert sup.reload(("lb",)) == ["lb"]
+    await _until(lambda: "lb           | reloaded" in out.getvalue())
+    # a child that dies of a SIGHUP is started again, not reported as a crash
+    first_pid = plain.process.pid
+    plain.process.send_signal(signal.SIGHUP)
+    await _until(lambda: sup.children[1].process.pid != first_pid)
+    await _until(lambda: out.getvalue().count("op           | up") == 2)
+    assert "dev: op ended on SIGHUP; starting it again" in out.getvalue()
+    assert not sup.exited.is_set() and reloads.running and sup.children[1].running
+    codes = await sup.stop_all(("op", "lb"))
+    assert codes == {"op": -signal.SIGTERM, "lb": 0}

@@ -1,0 +1,142 @@
+"""Handing the listening ports to a successor on SIGTERM: a restart or an upgrade that
+refuses no connection.
+
+Every listening socket of the edge has SO_REUSEPORT, so a second edge (the new version, or
+the same one restarted) can listen on the same ports while the first still runs; the kernel
+then spreads new connections over both. On SIGTERM the old edge looks for such a successor
+(``EDGE_HANDOFF_TIMEOUT`` seconds at most, in /proc/net/tcp: a listening socket on the same
+address and port that is not one of its own generation's). When one listens on every port,
+the old edge attaches a reuseport program that sends every new connection to the
+successor's sockets (``steering.handoff_program``), keeps accepting until its own accept
+queues are empty, and only then closes its listeners and drains. Closing a listener with
+connections still queued on it would reset them (unless ``net.ipv4.tcp_migrate_req`` is set).
+Without a successor it closes at once, as before.
+
+The table parsing is pure (``listeners``); ``Handoff`` reads the tables (off the event loop)
+and attaches the program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from zeitwork.edge.steering import attach, handoff_program
+
+_LISTEN = "0A"
+_QUEUE_WAIT = 1.0  # at most this long for the accept queues to empty after steering away
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    address: str  # as the table spells it: hex address and port, e.g. 0100007F:1F90
+    inode: int
+    queued: int  # connections in the accept queue
+
+
+def listeners(table: str, port: int) -> list[Listener]:
+    """The listening sockets on ``port`` in a /proc/net/tcp or tcp6 table."""
+    found: list[Listener] = []
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != _LISTEN:
+            continue
+        address = fields[1]
+        _, _, hex_port = address.rpartition(":")
+        try:
+            if int(hex_port, 16) != port:
+                continue
+            queued = int(fields[4].partition(":")[2], 16)
+            found.append(Listener(address=address, inode=int(fields[9]), queued=queued))
+        except ValueError:
+            continue
+    return found
+
+
+def group_split(table: Iterable[Listener], *, own: frozenset[int], inode: int) -> tuple[int, int]:
+    """(sockets of ``own``, others) listening on the same address as socket ``inode``."""
+    rows = list(table)
+    mine = next((row for row in rows if row.inode == inode), None)
+    if mine is None:
+        return 0, 0
+    same = [row for row in rows if row.address == mine.address]
+    ours = sum(1 for row in same if row.inode in own)
+    return ours, len(same) - ours
+
+
+def socket_inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def _read_table(family: int) -> str:
+    name = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
+    with open(name, encoding="ascii") as handle:
+        return handle.read()
+
+
+class Handoff:
+    """One worker's part of a handoff: its listening ``socks``; ``own`` is the inodes of
+    every listening socket of this edge's generation (all workers')."""
+
+    def __init__(
+        self,
+        *,
+        socks: Sequence[socket.socket],
+        own: frozenset[int],
+        read_table: Callable[[int], str] = _read_table,
+    ) -> None:
+        self.socks = [sock for sock in socks if sock.fileno() >= 0]
+        self.inodes = [socket_inode(sock) for sock in self.socks]
+        self.own = own | frozenset(self.inodes)
+        self.read_table = read_table
+
+    async def _tables(self) -> list[list[Listener]]:
+        out: list[list[Listener]] = []
+        for sock in self.socks:
+            table = await asyncio.to_thread(self.read_table, sock.family)
+            out.append(listeners(table, sock.getsockname()[1]))
+        return out
+
+    async def find_successor(self, wait: float) -> list[tuple[int, int]] | None:
+        """Per listening socket, (this generation's sockets, the successor's) in its group,
+        once a successor listens on every port (polled every 0.1 s for up to ``wait``
+        s); None when none came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            tables = await self._tables()
+            split = [
+                group_split(rows, own=self.own, inode=inode)
+                for rows, inode in zip(tables, self.inodes, strict=True)
+            ]
+            if split and all(others for _, others in split):
+                return split
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
+
+    def steer_away(self, split: Sequence[tuple[int, int]]) -> None:
+        """New connections go to the successor's sockets, which follow this generation's
+        in each SO_REUSEPORT group (a group numbers its sockets in the order they joined)."""
+        for sock, (ours, others) in zip(self.socks, split, strict=True):
+            attach(sock, handoff_program(ours, others))
+
+    async def wait_accepted(self) -> int:
+        """Poll until this worker's accept queues are empty (at most 1 s); the number of
+        connections still queued when it gave up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _QUEUE_WAIT
+        while True:
+            await asyncio.sleep(0.05)  # requests in their TCP handshake finish meanwhile
+            tables = await self._tables()
+            queued = sum(
+                row.queued
+                for rows, inode in zip(tables, self.inodes, strict=True)
+                for row in rows
+                if row.inode == inode
+            )
+            if queued == 0 or loop.time() >= deadline:
+                return queued
