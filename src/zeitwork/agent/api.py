@@ -8,6 +8,8 @@ an operator). ``/health``, ``/health/ready`` and ``/metrics`` need no token.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +47,11 @@ class InstanceView(BaseModel):
     vcpu: float
     memory: int
     log_tail: list[str]
+    workload: str | None = Field(
+        default=None,
+        description="identifies the current run of the workload (another after each start); "
+        "None when none exists. The operator's log fan-in tells a new output from the same",
+    )
     health: InstanceHealth | None = None
 
 
@@ -97,7 +104,15 @@ def _view(supervisor: Supervisor, record: Record) -> InstanceView:
         health=supervisor.health.health(record.instance_id)
         if record.state == InstanceState.RUNNING
         else None,
+        workload=_workload_id(record),
     )
+
+
+def _workload_id(record: Record) -> str | None:
+    if record.handle is None:
+        return None
+    data = json.dumps(dict(record.handle.data), sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def create_app(

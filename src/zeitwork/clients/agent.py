@@ -35,6 +35,7 @@ class AgentInstance(BaseModel):
     state: InstanceState
     restarts: int = 0
     exit_code: int | None = None
+    workload: str | None = None  # changes with every start (None: none runs, or an old agent)
 
 
 def split_lines(pending: bytes, chunk: bytes, *, max_bytes: int) -> tuple[list[bytes], bytes]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from zeitwork.clients.agent import MAX_TAIL, split_lines
+from zeitwork.clients.agent import MAX_TAIL, AgentInstance, split_lines
 from zeitwork.core.errors import InvalidInput
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.logs import _Ids
@@ -19,6 +19,7 @@ from zeitwork.operator.services.logs import (
     Notice,
     OverlapSkipper,
     ReaderPlan,
+    is_new_output,
     merge,
     parse_since,
     plan_readers,
@@ -201,3 +202,19 @@ def test_an_instance_listed_again_keeps_its_reader() -> None:
     assert plan_readers([one], {one.instance_id: None}, now=12, first=False, tail=1) == (
         ReaderPlan()
     )
+
+
+def _view(workload: str | None, restarts: int = 0) -> AgentInstance:
+    return AgentInstance(id=A, state=InstanceState.RUNNING, restarts=restarts, workload=workload)
+
+
+def test_a_new_run_is_told_by_the_agents_workload_id() -> None:
+    assert is_new_output(_view("w1"), _view("w2"))
+    assert not is_new_output(_view("w1", restarts=2), _view("w1", restarts=0))  # reset: same run
+    assert not is_new_output(_view("w1"), _view("w1"))
+
+
+def test_without_workload_ids_a_grown_restart_count_means_a_new_run() -> None:
+    assert is_new_output(_view(None, 1), _view(None, 2))
+    assert not is_new_output(_view(None, 2), _view(None, 0))  # reset after a stable run
+    assert not is_new_output(_view(None, 0), _view("w1", 0))  # the first run got its handle

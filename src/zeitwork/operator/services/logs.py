@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from zeitwork.clients.agent import MAX_TAIL, AgentClient, AgentClients
+from zeitwork.clients.agent import MAX_TAIL, AgentClient, AgentClients, AgentInstance
 from zeitwork.core.clock import Clock
 from zeitwork.core.errors import (
     AuthenticationRequired,
@@ -224,6 +224,16 @@ def plan_readers(
         elif now - since >= grace:
             cancel.append(instance_id)
     return ReaderPlan(start=start, removed_at=removed_at, cancel=tuple(cancel))
+
+
+def is_new_output(before: AgentInstance, now: AgentInstance) -> bool:
+    """Whether the instance's output is another run's than when its stream was opened
+    (pure): the agent names each run (``workload``); an agent that does not is taken at
+    its restart count (a restart that it resets after a stable run is missed: the
+    overlap skipping then keeps duplicates out)."""
+    if before.workload is not None and now.workload is not None:
+        return before.workload != now.workload
+    return now.restarts > before.restarts
 
 
 def notice_for(hostname: str, problem: str) -> Notice:
@@ -434,7 +444,7 @@ class _Follow:
         """Follow one instance through reconnections and restarts, until cancelled."""
         label = release_label(source.version)
         seen: deque[str] = deque(maxlen=OVERLAP)
-        restarts: int | None = None
+        last: AgentInstance | None = None  # the agent's view when the stream was last opened
         delay = RETRY_INITIAL
         clock = self._fan_in.clock
 
@@ -456,17 +466,14 @@ class _Follow:
                 continue
             try:
                 view = await client.instance(source.instance_id)
-                if restarts is None:
-                    skipper = OverlapSkipper(seen=())
-                    want = tail
-                elif view.restarts != restarts:  # a new workload writes a new file
+                if last is None:
+                    skipper, want = OverlapSkipper(seen=()), tail
+                elif is_new_output(last, view):  # a new run writes a new file: all of it
                     seen.clear()
-                    skipper = OverlapSkipper(seen=())
-                    want = MAX_TAIL
+                    skipper, want = OverlapSkipper(seen=()), MAX_TAIL
                 else:  # the same output: skip what was sent
-                    skipper = OverlapSkipper(seen=tuple(seen))
-                    want = len(seen)
-                restarts = view.restarts
+                    skipper, want = OverlapSkipper(seen=tuple(seen)), len(seen)
+                last = view
                 await self._say_up(source.node_id, hostname)
                 delivered = False
                 async with client.follow_logs(source.instance_id, tail=want) as lines:
