@@ -788,3 +788,32 @@ async def test_proxy_protocol_listener_takes_no_header_from_untrusted_peers(
             request,
             split=False,
         )
+
+
+@pytest.mark.slow
+async def test_the_edge_times_out_by_inactivity_not_by_age(make_edge: EdgeFactory) -> None:
+    # the same inactivity timeouts as the load balancer's (EDGE_*): a stream trickling for
+    # 3.5 s passes 1 s timeouts whole; a backend that never answers is 504 after 1 s
+    from tests.integration.lb.conftest import read_response
+    from tests.integration.lb.test_streaming import _never_answer, _trickle, raw_origin
+
+    loop = asyncio.get_running_loop()
+    for handler, expect in ((_trickle, b"200"), (_never_answer, b"504")):
+        async with raw_origin(handler) as address:
+            edge = await make_edge(
+                LOAD_BALANCER_URL=f"http://{address}",
+                EDGE_HTTPS_REDIRECT="false",
+                EDGE_FIRST_BYTE_TIMEOUT=1,
+                EDGE_STREAM_IDLE_TIMEOUT=1,
+            )
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["http"])
+            started = loop.time()
+            writer.write(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            response = await asyncio.wait_for(read_response(reader), 10)
+            elapsed = loop.time() - started
+            writer.close()
+        assert str(response.status).encode() == expect
+        if expect == b"200":
+            assert response.body == b"0123456" and elapsed > 3.0
+        else:
+            assert 0.9 < elapsed < 2.5
