@@ -221,8 +221,14 @@ def env_rows(env: EnvOut) -> list[Row]:
 
 
 def event_line(event: EventOut) -> str:
+    """``time kind [LEVEL] [instance 1a2b3c4d | node 5e6f7a8b]: message`` (time in UTC)."""
     level = "" if event.level == "info" else f" {event.level.upper()}"
-    return f"{when(event.created_at)} {event.kind}{level}: {event.message}"
+    subject = ""
+    if event.instance_id is not None:
+        subject = f" instance {short(event.instance_id)}"
+    elif event.node_id is not None:
+        subject = f" node {short(event.node_id)}"
+    return f"{when(event.created_at)} {event.kind}{level}{subject}: {event.message}"
 
 
 def log_text(record: LogRecord) -> tuple[str, bool]:

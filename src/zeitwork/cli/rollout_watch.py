@@ -184,10 +184,18 @@ def _is_news(seen: _Seen | None, phase: str, detail: str) -> bool:
     if seen is None:
         return True
     if phase in FAILURES:
-        return (seen.phase, seen.detail) != (phase, detail)
+        if seen.phase in ("stopping", "stopped"):
+            return False  # an instance being stopped: how it ends is not news
+        return seen.phase != phase or not _same_detail(seen.detail, detail)
     if seen.phase in FAILURES:
         return phase != "placed"
     return PHASES.index(phase) > PHASES.index(seen.phase)
+
+
+def _same_detail(one: str, other: str) -> bool:
+    """The same check result told by an event (``health check fails: GET / -> 500``) and
+    by a status snapshot (``GET / -> 500``)."""
+    return one == other or one.endswith(other) or other.endswith(one)
 
 
 def _line(elapsed: float, text: str) -> str:

@@ -147,12 +147,19 @@ def test_env_rows_never_show_a_secret() -> None:
     assert view.env_rows(env) == [("A", "1"), ("B", "2"), ("KEY", "(secret)")]
 
 
-def test_event_line_marks_warnings_and_errors() -> None:
+def test_event_line_marks_warnings_and_errors_and_names_the_subject() -> None:
     assert view.event_line(event(1, "instance.placed", "placed on a")) == (
         "2026-12-07 03:00:00 instance.placed: placed on a"
     )
     assert view.event_line(event(2, "rollout.failed", "v4 failed", level="error")) == (
         "2026-12-07 03:00:00 rollout.failed ERROR: v4 failed"
+    )
+    exited = event(3, "instance.exited", "exited with code 1", instance_n=4, node=NODE_B)
+    assert view.event_line(exited) == (
+        "2026-12-07 03:00:00 instance.exited instance 00000004: exited with code 1"
+    )
+    assert view.event_line(event(4, "node.down", "no heartbeat", node=NODE_B)) == (
+        "2026-12-07 03:00:00 node.down node bbbbbbbb: no heartbeat"
     )
 
 

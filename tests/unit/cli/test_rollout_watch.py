@@ -179,3 +179,22 @@ def test_an_instance_event_takes_its_version_from_the_release_it_carries() -> No
         f"instance {str(rid(5))[:8]} (v3) placed",
         f"instance {str(rid(6))[:8]} (v2) draining",
     ]
+
+
+def test_one_check_result_told_twice_prints_once_and_a_stopping_instance_fails_quietly() -> None:
+    watch = RolloutWatch()
+    check = HealthResult(ok=False, detail="GET /healthz -> 404")
+    unhealthy = instance(3, 3, health=H.UNHEALTHY, check=check)
+    name = f"instance {str(rid(3))[:8]} (v3)"
+    lines = watch.on_event(
+        event(1, "instance.unhealthy", "health check fails: GET /healthz -> 404", instance_n=3),
+        1,
+    )
+    lines += watch.on_status(status([unhealthy]), 2)
+    lines += watch.on_status(status([instance(3, 3, S.STOPPING)]), 3)
+    lines += watch.on_status(status([unhealthy]), 4)  # a snapshot asked for earlier
+    lines += watch.on_event(event(2, "instance.exited", "exited with code 137", instance_n=3), 5)
+    assert _texts(lines) == [
+        f"instance {str(rid(3))[:8]} unhealthy: health check fails: GET /healthz -> 404",
+        f"{name} stopping",
+    ]
