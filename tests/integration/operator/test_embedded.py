@@ -4,22 +4,19 @@ one that does not start stops the operator with its cause."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.operator.live_operator import OperatorProcess
 from zeitwork.core.errors import ServiceUnavailable
 from zeitwork.operator.db.embedded import EmbeddedPostgres
 
@@ -49,8 +46,6 @@ def test_a_data_dir_too_long_for_the_socket_is_refused_as_root(
 
 # --- the operator's lifecycle with its embedded PostgreSQL: real processes, real signals ---
 
-ADMIN = "zw_embedded-lifecycle-admin-0123456789abcdef"
-
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
@@ -60,66 +55,6 @@ def data_dir() -> Iterator[Path]:
     yield base / "data"
     _stop_leftover(base / "data" / "postgres")
     shutil.rmtree(base, ignore_errors=True)
-
-
-class OperatorProcess:
-    """``zeitwork operator`` in its own process, logging JSON lines to a file."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        env = {
-            **os.environ,
-            "ZEITWORK_DATA_DIR": str(data_dir),
-            "PORT": "0",
-            "HOST": "127.0.0.1",
-            "ENVIRONMENT": "production",
-            "ZEITWORK_ADMIN_TOKEN": ADMIN,
-            "ZEITWORK_AUTO_MIGRATE": "1",
-        }
-        env.pop("DATABASE_URL", None)
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "zeitwork", "operator"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-        return found
-
-    def wait_started(self, within: float = 60.0) -> int:
-        """The port, once ``operator.started`` is logged and /health answers."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            started = [e for e in self.events() if e.get("event") == "operator.started"]
-            if started:
-                port = int(started[0]["port"])
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success:
-                        return port
-            time.sleep(0.1)  # polling the probe, not waiting for it
-        raise AssertionError("the operator did not start:\n" + self.log.read_text())
-
-    def wait_exit(self, within: float = 60.0) -> int:
-        try:
-            return self.process.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError(
-                "the operator is still running:\n" + self.log.read_text()
-            ) from None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:

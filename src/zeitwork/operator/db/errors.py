@@ -60,7 +60,12 @@ def translate(exc: psycopg.Error | PoolTimeout | TooManyRequests) -> ZeitworkErr
         return Conflict(f"the row is still referenced ({name})")
     if isinstance(exc, pg.CheckViolation | pg.NotNullViolation):
         return InvalidInput(f"the value is not allowed ({_constraint(exc)})")
-    if isinstance(exc, pg.InvalidTextRepresentation | pg.DataException):
+    if isinstance(exc, pg.NumericValueOutOfRange):
+        return InvalidInput("a number is outside the range the database holds for it")
+    # psycopg.DataError, not pg.DataException: every SQLSTATE class 22 error subclasses
+    # the former (pg.DataException is only the bare 22000 code), and so does a client-side
+    # refusal (a NUL character psycopg will not send)
+    if isinstance(exc, psycopg.DataError):
         return InvalidInput("a value has the wrong form for the database")
     if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.LockNotAvailable):
         return Conflict("a concurrent change won; retry the request")
