@@ -3,11 +3,14 @@ rollout's first step needs, the port an image exposes, a stored strategy for the
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from zeitwork.core.states import HealthState, InstanceState
 from zeitwork.operator.db.instance_events import Seen, describe
-from zeitwork.operator.reconcile.releases import strategy_of
+from zeitwork.operator.reconcile import rollout_plan as rp
+from zeitwork.operator.reconcile.releases import step_summary, strategy_of
 from zeitwork.operator.services.releases import exposed_port, surge_needed
 from zeitwork.wire.releases import RolloutStrategy
 
@@ -98,3 +101,15 @@ def test_a_stored_strategy_resolves_its_percentages_against_the_replicas() -> No
     resolved = strategy_of(stored, 5)
     assert (resolved.max_surge, resolved.max_unavailable) == (2, 2)
     assert resolved.min_healthy_time == 5.0 and resolved.auto_revert
+
+
+def test_a_pass_is_summed_up_by_kind_of_action() -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    actions: list[rp.Action] = [
+        rp.Place(ids[0], 2),
+        rp.Serve(ids[1]),
+        rp.Unserve(ids[2]),
+        rp.Wait("min_healthy_time", 10.0),
+    ]
+    assert step_summary(actions) == {"place": 2, "serve": 1, "unserve": 1}
+    assert step_summary([rp.Wait("nothing")]) == {}

@@ -35,6 +35,8 @@ log = structlog.get_logger("zeitwork.operator.reconcile.releases")
 Planner = Callable[[rp.EnvironmentView], list[rp.Action]]
 
 FAILURE_WINDOW_SECONDS = 600.0
+SERVING_NODES = ("ready", "draining")
+"""node states whose instances' reports count (the route table lists their instances)"""
 FAILURE_KINDS = ("instance.failed", "instance.exited", "instance.oom_killed")
 
 
@@ -78,6 +80,18 @@ def instance_spec(release: Release) -> InstanceSpec:
         health_check=release.health_check,
         stop_timeout=stop_timeout,
     )
+
+
+def step_summary(actions: list[rp.Action]) -> dict[str, int]:
+    """How many of each kind of action a pass takes (waits left out), for the
+    ``rollout.step`` event: ``{"place": 1, "serve": 1, "unserve": 1}``."""
+    counts: dict[str, int] = {}
+    for action in actions:
+        if isinstance(action, rp.Wait):
+            continue
+        kind = type(action).__name__.lower()
+        counts[kind] = counts.get(kind, 0) + (action.count if isinstance(action, rp.Place) else 1)
+    return counts
 
 
 @dataclass
@@ -143,6 +157,15 @@ class ReleaseReconciler:
                 await self._apply(
                     tx, action, view=view, releases=releases, rollout=rollout, done=done
                 )
+            moves = step_summary(done.actions)
+            if rollout is not None and target is not None and moves:
+                await events.record(
+                    tx,
+                    "rollout.step",
+                    ", ".join(f"{kind} {count}" for kind, count in moves.items()),
+                    **self._ids(target, rollout),
+                    data=moves,
+                )
         for action in done.actions:
             if not isinstance(action, rp.Wait):
                 log.info("rollout.action", environment_id=str(environment_id), action=repr(action))
@@ -182,6 +205,7 @@ class ReleaseReconciler:
                 serving=r["serving"],
                 drain_started_at=_epoch(r["drain_started_at"]),
                 node_schedulable=r["node_state"] == "ready",
+                node_down=r["node_id"] is not None and r["node_state"] not in SERVING_NODES,
                 exit_code=r["exit_code"],
                 oom_killed=r["oom_killed"],
                 reason=r["reason"],
