@@ -15,10 +15,12 @@ from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.logs import _Ids
 from zeitwork.operator.db.app_refs import LogSource
 from zeitwork.operator.services.logs import (
+    HISTORY_LINES,
     LogLine,
     Notice,
     OverlapSkipper,
     ReaderPlan,
+    history_tail,
     is_new_output,
     merge,
     parse_since,
@@ -218,3 +220,10 @@ def test_without_workload_ids_a_grown_restart_count_means_a_new_run() -> None:
     assert is_new_output(_view(None, 1), _view(None, 2))
     assert not is_new_output(_view(None, 2), _view(None, 0))  # reset after a stable run
     assert not is_new_output(_view(None, 0), _view("w1", 0))  # the first run got its handle
+
+
+def test_history_is_shared_out_within_its_bound() -> None:
+    assert history_tail(100, 3) == 100
+    assert history_tail(10_000, 4) == HISTORY_LINES // 4
+    assert history_tail(10_000, 10**6) == 1
+    assert history_tail(50, 0) == 50

@@ -53,6 +53,8 @@ LIST_SECONDS = 1.0
 REMOVED_GRACE_SECONDS = 15.0
 OVERLAP = 200
 QUEUE_RECORDS = 1000
+HISTORY_LINES = 20_000
+"""The most lines one answer without ``follow`` holds (its memory bound)."""
 BATCH_RECORDS = 256
 RETRY_INITIAL = 0.5
 RETRY_MAX = 5.0
@@ -105,6 +107,14 @@ Record = LogLine | Notice
 def rfc3339(ts: datetime) -> str:
     """UTC with microseconds and a ``Z``: ``2026-12-07T03:04:05.123456Z``."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def history_tail(tail: int, instances: int) -> int:
+    """Lines per instance for an answer: ``tail``, shared out when ``instances * tail``
+    would pass ``HISTORY_LINES`` (pure)."""
+    if instances <= 0:
+        return tail
+    return min(tail, max(1, HISTORY_LINES // instances))
 
 
 def release_label(version: int | None) -> str | None:
@@ -287,8 +297,10 @@ class LogFanIn:
         return await self._clients.get(endpoint.node_id, url=endpoint.url, token=endpoint.token)
 
     async def history(self, scope: LogScope, *, tail: int) -> list[Record]:
-        """The last ``tail`` lines of each instance, merged; notices first."""
+        """The last ``tail`` lines of each instance (fewer when many instances would pass
+        ``HISTORY_LINES`` in all), merged; notices first."""
         sources, endpoints = await self._sources(scope)
+        tail = history_tail(tail, len(sources))
 
         async def read(source: LogSource) -> list[LogLine] | Notice:
             endpoint = endpoints.get(source.node_id)
