@@ -5,12 +5,14 @@ import base64
 import contextlib
 import hashlib
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from tests.integration.lb.conftest import (
+    LBProcess,
     MakeLB,
     MakeOrigin,
     connection,
@@ -301,3 +303,27 @@ async def test_a_request_body_that_stalls_is_408(make_lb: MakeLB) -> None:
     assert r.status == 408
     assert r.json()["detail"] == "the request body stalled"
     assert 0.4 < elapsed < 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sighup_neither_stops_the_balancer_nor_cuts_a_stream(
+    lb_process: Callable[..., LBProcess], workers: str
+) -> None:
+    async with raw_origin(_trickle) as address:
+        lb = await asyncio.to_thread(lb_process, LB_BACKENDS=address, LB_WORKERS=workers)
+        async with connection(lb.port) as (reader, writer):
+            writer.write(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the stream is open
+            lb.proc.send_signal(signal.SIGHUP)
+            body = b""
+            while True:  # the rest of the chunked stream, across the reload
+                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).strip(), 16)
+                if size == 0:
+                    break
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        assert len(body) == 7  # every event, the first ones before the SIGHUP too
+        assert lb.proc.poll() is None
+        log = lb.log.read_text()
+        assert log.count('"lb.reloaded"') == int(workers), log
