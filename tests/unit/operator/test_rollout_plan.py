@@ -571,3 +571,9 @@ def test_rolling_takes_old_instances_on_draining_nodes_out_first() -> None:
         rp.Unserve(iid(2)),
         rp.Place(V2.id, 1),
     ]
+
+
+def test_a_rejoined_instance_counts_for_the_current_release_standing() -> None:
+    old = rp.ReleaseView(uuid.UUID(int=0xA0), 0, rp.Strategy())
+    left = inst(2, serving=False, drain_started_at=NOW - 1)
+    assert rp.plan(view(inst(1), left, inst(5, old))) == [rp.Serve(iid(2)), rp.Unserve(iid(5))]
