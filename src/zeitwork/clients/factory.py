@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class ClientOptions:
     token: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    verify: bool | str = True
+    verify: bool | str | ssl.SSLContext = True
     max_connections: int = 20
     extra_headers: dict[str, str] = field(default_factory=dict)
 
