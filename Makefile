@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 .PHONY: bootstrap build build-local check lint format typecheck imports test test-unit \
         test-kvm migrate migration run-operator run-node-agent run-load-balancer \
-        run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge clean
+        run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge \
+        bench-deploy clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -91,6 +92,10 @@ bench-lb: bootstrap
 
 bench-edge: bootstrap
 	bash benchmarks/edge.sh
+
+# Releases under load through the edge (as root): deploy, rollback, revert of a failing release.
+bench-deploy: bootstrap
+	$(PY) benchmarks/deploy.py
 
 clean:
 	rm -rf dist build .mypy_cache .ruff_cache .pytest_cache
