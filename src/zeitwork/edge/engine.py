@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
-from zeitwork.edge.policy import as_html, html_page, wants_html
+from zeitwork.edge.policy import html_page, wants_html
 from zeitwork.edge.tls_transport import (
     HandshakeCounter,
     ServerNameSlot,
@@ -30,7 +30,7 @@ from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
 from zeitwork.proxy.types import (
     ClientInfo,
     ConnectionLimiter,
-    LocalResponse,
+    Headers,
     Observer,
     RequestPolicy,
     Router,
@@ -85,22 +85,12 @@ class ConnectionCaps:
 class _EdgeClient(ClientProtocol):
     """The core's client protocol; the core's own error answers (502, 503, 413, ..., and
     400/431/408 for input it could not parse) become a small HTML page when the request
-    prefers HTML (``Accept``), as the edge's are."""
+    prefers HTML (``Accept``), as the edge's are (the core's error-renderer hook)."""
 
-    def _send_local(self, ex: Any, local: LocalResponse) -> None:
-        if (
-            local.body
-            and (b"content-type", b"application/problem+json") in local.headers
-            and wants_html(ex.head.headers)
-        ):
-            local = as_html(local)
-        super()._send_local(ex, local)
-
-    def _error_body(self, status: int, detail: str) -> tuple[bytes, bytes]:
-        # malformed input or a head that never completed: the headers read so far decide
-        if wants_html(self._headers):
+    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
+        if wants_html(headers):
             return b"text/html; charset=utf-8", html_page(status, detail)
-        return super()._error_body(status, detail)
+        return super().render_error(status, detail, headers)
 
 
 class _TlsCountingProtocol(_EdgeClient):

@@ -7,7 +7,6 @@ redirect, CORS preflight; everything else is forwarded. On every response: secur
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from zeitwork.edge.cors import CorsPolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.redirect import ACME_CHALLENGE_PREFIX, https_location
 from zeitwork.edge.security_headers import SecurityHeaders
+from zeitwork.proxy.headers import problem_body
 from zeitwork.proxy.routing import prefix_matches
 from zeitwork.proxy.types import ClientInfo, Headers, LocalResponse, RequestHead
 
@@ -58,37 +58,16 @@ def html_page(status: int, detail: str) -> bytes:
     ).encode()
 
 
-def as_html(local: LocalResponse) -> LocalResponse:
-    """The same answer as a small HTML page (from a problem+json answer)."""
-    try:
-        detail = str(json.loads(local.body).get("detail") or "")
-    except (ValueError, AttributeError):
-        detail = ""
-    headers = [
-        (b"content-type", b"text/html; charset=utf-8") if name == b"content-type" else (name, value)
-        for name, value in local.headers
-    ]
-    return LocalResponse(
-        status=local.status,
-        headers=headers,
-        body=html_page(local.status, detail),
-        close=local.close,
-    )
-
-
 def error_response(
     status: int, detail: str, headers: Headers, *, extra: Headers | None = None
 ) -> LocalResponse:
     """A small HTML page or an RFC 9457 problem, by the request's ``Accept``."""
-    title = HTTPStatus(status).phrase
     out: Headers = list(extra or [])
     if wants_html(headers):
         body = html_page(status, detail)
         out.append((b"content-type", b"text/html; charset=utf-8"))
     else:
-        body = json.dumps(
-            {"type": "about:blank", "title": title, "status": status, "detail": detail}
-        ).encode()
+        body = problem_body(status, detail)
         out.append((b"content-type", b"application/problem+json"))
     return LocalResponse(status=status, headers=out, body=body)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from itertools import count
 
+from zeitwork.core import problems
 from zeitwork.proxy.types import Headers
 
 HOP_BY_HOP = frozenset(
@@ -227,32 +228,12 @@ def status_line(status: int) -> bytes:
     return line
 
 
-PROBLEM_TITLES = {
-    400: ("bad-request", "Bad request"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    408: ("request-timeout", "Request timeout"),
-    413: ("payload-too-large", "Payload too large"),
-    414: ("uri-too-long", "URI too long"),
-    429: ("rate-limited", "Too many requests"),
-    431: ("headers-too-large", "Request header fields too large"),
-    501: ("not-implemented", "Not implemented"),
-    502: ("bad-gateway", "Bad gateway"),
-    503: ("service-unavailable", "Service unavailable"),
-    504: ("gateway-timeout", "Gateway timeout"),
-}
-
-
 def problem_body(status: int, detail: str) -> bytes:
-    code, title = PROBLEM_TITLES.get(status, ("error", "Error"))
+    """An RFC 9457 body of the status's problem type from the one vocabulary
+    (``core.problems``), the same types the operator's API answers with."""
+    kind = problems.for_status(status)
     return json.dumps(
-        {
-            "type": f"https://zeitwork.dev/problems/{code}",
-            "title": title,
-            "status": status,
-            "detail": detail,
-        },
+        {"type": kind.uri, "title": kind.title, "status": status, "detail": detail},
         separators=(",", ":"),
     ).encode()
 

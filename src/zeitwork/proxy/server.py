@@ -1320,13 +1320,12 @@ class ClientProtocol:
         retry_after: bool = False,
         backend: Backend | None = None,
     ) -> None:
-        headers: Headers = [(b"content-type", b"application/problem+json")]
+        content_type, body = self.render_error(status, detail, ex.head.headers)
+        headers: Headers = [(b"content-type", content_type)]
         if retry_after or status == 503:
             headers.append((b"retry-after", str(self.proxy.config.retry_after).encode()))
         ex.failed = backend or ex.failed
-        self._send_local(
-            ex, LocalResponse(status=status, headers=headers, body=problem_body(status, detail))
-        )
+        self._send_local(ex, LocalResponse(status=status, headers=headers, body=body))
 
     def _send_error(self, status: int, detail: str, *, close: bool) -> None:
         """An answer outside any exchange (malformed input, head timeout)."""
@@ -1343,8 +1342,15 @@ class ClientProtocol:
             self.linger_close()
 
     def _error_body(self, status: int, detail: str) -> tuple[bytes, bytes]:
-        """The content type and body of an answer outside any exchange: an RFC 9457 problem.
-        A subclass may choose by the headers read so far (``_headers``)."""
+        """The content type and body of an answer outside any exchange, rendered from the
+        headers read so far (``_headers``)."""
+        return self.render_error(status, detail, self._headers)
+
+    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
+        """The error-renderer hook: the content type and body of one of the core's own
+        answers (502, 503, 413, 400, ...) from its status, a one-line detail and the
+        request's headers. An RFC 9457 problem of the one vocabulary here; a subclass (the
+        edge) may render HTML for a browser, without re-parsing this JSON."""
         return b"application/problem+json", problem_body(status, detail)
 
     def linger_close(self) -> None:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from zeitwork.core import problems
 from zeitwork.observability.metrics import CONTENT_TYPE, HttpMetrics, render_metrics
 from zeitwork.webapi import unsafe_text
 from zeitwork.webapi.problems import (
@@ -214,10 +215,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _too_large(scope: Scope, limit: int) -> Response:
-    problem = Problem.of(
-        code="payload-too-large",
-        title="Payload too large",
-        status=413,
+    problem = Problem.of_type(
+        problems.PAYLOAD_TOO_LARGE,
         detail=f"the request body exceeds the limit of {limit} bytes",
         instance=scope["path"],
     )
@@ -226,10 +225,8 @@ def _too_large(scope: Scope, limit: int) -> Response:
 
 def _unsafe(scope: Scope, found: list[unsafe_text.UnsafeText]) -> Response:
     errors = [FieldError(field=item.field, message=item.message) for item in found]
-    problem = Problem.of(
-        code="invalid-input",
-        title="Invalid input",
-        status=422,
+    problem = Problem.of_type(
+        problems.INVALID_INPUT,
         detail="; ".join(f"{fe.field}: {fe.message}" for fe in errors),
         instance=unsafe_text.printable(scope["path"]),
         errors=errors,
@@ -287,10 +284,8 @@ def install_common(
             if reason is not None:
                 reasons[name] = reason
         if reasons:
-            problem = Problem.of(
-                code="not-ready",
-                title="Not ready",
-                status=503,
+            problem = Problem.of_type(
+                problems.NOT_READY,
                 detail="; ".join(f"{k}: {v}" for k, v in reasons.items()),
                 checks=reasons,
             )

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zeitwork.core import errors as e
+from zeitwork.core import problems
 from zeitwork.wire.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
 
 log = structlog.get_logger("zeitwork.webapi")
@@ -78,17 +79,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     malformed = any(err.get("type") == "json_invalid" for err in exc.errors())
-    status = 400 if malformed else 422
-    title = "Malformed JSON" if malformed else "Invalid input"
     detail = (
         "the request body is not valid JSON"
         if malformed
         else "; ".join(f"{fe.field}: {fe.message}" for fe in errors)
     )
-    problem = Problem.of(
-        code="malformed-json" if malformed else "invalid-input",
-        title=title,
-        status=status,
+    problem = Problem.of_type(
+        problems.MALFORMED_JSON if malformed else problems.INVALID_INPUT,
         detail=detail,
         instance=request.url.path,
         errors=errors,
@@ -99,25 +96,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-    problem = Problem.of(
-        code=f"http-{exc.status_code}",
-        title=title,
-        status=exc.status_code,
-        detail=detail,
-        instance=request.url.path,
+    problem = Problem.of_type(
+        problems.for_status(exc.status_code), detail=detail, instance=request.url.path
     )
     return problem_response(problem, headers=dict(exc.headers or {}))
 
 
 def internal_error_response(path: str) -> JSONResponse:
     """The 500 answer: says nothing about the cause (that is in the log, once)."""
-    problem = Problem.of(
-        code="internal",
-        title="Internal error",
-        status=500,
-        detail="an unexpected error occurred; it has been logged",
-        instance=path,
+    problem = Problem.of_type(
+        problems.INTERNAL, detail="an unexpected error occurred; it has been logged", instance=path
     )
     return problem_response(problem)
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from zeitwork.core.problems import PROBLEM_TYPE_BASE, ProblemType
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-PROBLEM_TYPE_BASE = "https://zeitwork.dev/problems/"
+__all__ = ["PROBLEM_CONTENT_TYPE", "PROBLEM_TYPE_BASE", "FieldError", "Problem"]
 
 
 class FieldError(BaseModel):
@@ -34,3 +36,8 @@ class Problem(BaseModel):
         return cls(
             type=PROBLEM_TYPE_BASE + code, title=title, status=status, detail=detail, **extra
         )
+
+    @classmethod
+    def of_type(cls, kind: ProblemType, *, detail: str | None = None, **extra: Any) -> Problem:
+        """A problem of one of the vocabulary's types (``core.problems``)."""
+        return cls.of(code=kind.code, title=kind.title, status=kind.status, detail=detail, **extra)
