@@ -244,6 +244,18 @@ def test_the_stop_of_an_ended_instance_says_why() -> None:
     ]
 
 
+def test_cause_of_an_instance_never_healthy_quotes_its_agent_without_a_check() -> None:
+    i = dataclasses.replace(
+        pending(0x1A2B3C4D << 96, age=120),
+        state=S.STARTING,
+        reason="not listening on port 8080 yet: connection refused",
+    )
+    assert failure_cause(i, 4, healthy_deadline=120) == (
+        "instance 1a2b3c4d of v4 not healthy 120 s after it was placed "
+        "(starting: not listening on port 8080 yet: connection refused)"
+    )
+
+
 def test_cause_quotes_the_last_twenty_log_lines() -> None:
     i = dataclasses.replace(inst(1, V2, state=S.FAILED, exit_code=1), log_tail=LOGS)
     lines = failure_cause(i, 2, healthy_deadline=1).splitlines()
