@@ -817,3 +817,25 @@ async def test_the_edge_times_out_by_inactivity_not_by_age(make_edge: EdgeFactor
             assert response.body == b"0123456" and elapsed > 3.0
         else:
             assert 0.9 < elapsed < 2.5
+
+
+async def test_the_default_limits_do_not_throttle_a_benchmark_from_one_address(
+    make_edge: EdgeFactory,
+) -> None:
+    # what `h2load -n 2000 -c 10` does over HTTP/1.1: 2,000 requests on 10 keep-alive
+    # connections from one address, as fast as they go; the former defaults (100/s, burst
+    # 200) answered 1,791 of them 429
+    edge = await make_edge(EDGE_HTTPS_REDIRECT="false")
+    statuses: list[int] = []
+
+    async def one_connection() -> None:
+        conn = await Conn.open(edge.ports["http"])
+        try:
+            for _ in range(200):
+                statuses.append((await conn.request("/bench", host="app.test")).status)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(10)))
+    assert len(statuses) == 2000
+    assert set(statuses) == {200}
