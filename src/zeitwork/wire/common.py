@@ -10,7 +10,9 @@ class ResourcesModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    vcpu: float = Field(gt=0, le=1024, description="virtual CPUs (0.25 steps allowed)")
+    # at least one millicpu: the database stores millicpus, and a smaller value would be
+    # stored as 0, which this model then refuses to answer with (a 500)
+    vcpu: float = Field(ge=0.001, le=1024, description="virtual CPUs (0.25 steps allowed)")
     memory: int = Field(gt=0, le=16 * 1024 * 1024, description="memory in MiB")
 
 

@@ -150,3 +150,17 @@ async def test_a_number_beyond_its_column_is_422_not_500(operator: Operator, dis
     )
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_less_than_a_millicpu_is_422_not_500(operator: Operator) -> None:
+    join = await operator.token(Scope.JOIN)
+    r = await operator.client.post(
+        "/api/v1/nodes",
+        headers=operator.headers(join),
+        json={
+            "hostname": f"node-{uuid.uuid4().hex[:8]}",
+            "ip_address": "10.0.0.10",
+            "resources": {"vcpu": 0.0001, "memory": 2048},  # stored in millicpus: 0
+        },
+    )
+    assert r.status_code == 422, r.text
