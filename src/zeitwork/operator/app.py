@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from zeitwork import __version__
 from zeitwork.operator.api import API_PREFIX, build_routers
+from zeitwork.operator.console.inprocess import InProcessApi
+from zeitwork.operator.console.routes import router as console_router
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.gauges import DomainGauges
 from zeitwork.webapi import install_common
@@ -39,6 +41,7 @@ def create_app(*, deps: Deps, registry: CollectorRegistry) -> FastAPI:
     )
     for router in build_routers(deps):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(console_router(deps=deps, api=InProcessApi(app=app)))
     _declare_bearer_auth(app)
     return app
 

@@ -6,6 +6,8 @@ Use in a router: ``admin = require(deps, Scope.ADMIN)`` then either
 The OpenAPI document declares the bearer scheme for every ``/api/v1`` operation
 (``app.py``); the dependency reads the header itself, which is cheaper per request.
 Admins pass every check. 401 without or with a bad token, 403 for a wrong scope.
+A GET without the header may carry the web console's session cookie instead (its pages'
+event and log streams: ``EventSource`` cannot send headers).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import structlog
 from fastapi import Request
 
 from zeitwork.operator.auth import check_scope
+from zeitwork.operator.console import console_authorization
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
 
@@ -25,7 +28,10 @@ def require(deps: Deps, *scopes: Scope) -> Callable[..., Awaitable[Principal]]:
     auth = deps.auth
 
     async def authenticated(request: Request) -> Principal:
-        principal = await auth.authenticate(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        if authorization is None:  # the console's pages and streams: its session cookie
+            authorization = console_authorization(request.method, request.cookies)
+        principal = await auth.authenticate(authorization)
         check_scope(principal, allowed)
         structlog.contextvars.bind_contextvars(
             scope=principal.scope.value,
