@@ -239,3 +239,24 @@ async def test_an_operator_restarted_mid_rollout_resumes_from_the_rows(
         "WHERE r.version = 2"
     )
     assert placed == [(3,)]  # none placed twice, none lost
+
+
+async def test_a_node_going_down_mid_rollout_does_not_stop_it(operator: Operator) -> None:
+    p = await serving_v1(operator)
+    v2 = await p.deploy()
+    await p.step()
+    dead = p.agents[0]
+    await operator.sql(
+        "UPDATE nodes SET last_heartbeat_at = now() - interval '1 hour' WHERE id = %s",
+        (dead.node_id,),
+    )
+    p.agents = p.agents[1:]  # its agent is gone with it
+    await p.converge(lambda: is_state(p, 2, "active"), host="app.example.com", seconds=5)
+    assert await p.backends("app.example.com") == [v2["id"]] * 2
+    rows = await operator.sql("SELECT state FROM nodes WHERE id = %s", (dead.node_id,))
+    assert rows == [("down",)]
+    on_live = await operator.sql(
+        "SELECT count(*) FROM instances WHERE release_id = %s AND serving AND node_id = %s",
+        (v2["id"], p.agents[0].node_id),
+    )
+    assert on_live == [(2,)]
