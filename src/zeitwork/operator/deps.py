@@ -22,6 +22,7 @@ from zeitwork.operator.db.instances import InstanceStore
 from zeitwork.operator.db.listener import ChangeListener
 from zeitwork.operator.db.nodes import NodeStore
 from zeitwork.operator.db.projects import ProjectStore
+from zeitwork.operator.db.proxy_stats import ProxyStatsStore
 from zeitwork.operator.db.regions import RegionStore
 from zeitwork.operator.db.releases import ReleaseStore
 from zeitwork.operator.db.routes import RouteStore
@@ -35,6 +36,7 @@ from zeitwork.operator.services.images import ImageService
 from zeitwork.operator.services.instances import InstanceService
 from zeitwork.operator.services.logs import LogFanIn
 from zeitwork.operator.services.nodes import NodeService
+from zeitwork.operator.services.proxy_stats import ProxyStatsService
 from zeitwork.operator.services.releases import ReleaseService
 from zeitwork.operator.services.tokens import TokenService
 from zeitwork.operator.services.watch import Watcher
@@ -76,6 +78,8 @@ class Deps:
     agent_clients: AgentClients
     """Pooled clients of the node agents (``main`` closes them)."""
     log_fan_in: LogFanIn
+    proxy_stats: ProxyStatsService
+    """Load balancers' pushed request totals and the apps' figures from them."""
 
 
 def build_deps(
@@ -164,4 +168,5 @@ def build_deps(
         event_feed=EventFeed(store=events, refs=app_refs, watcher=watcher, stopping=stopping),
         agent_clients=agent_clients,
         log_fan_in=LogFanIn(refs=app_refs, nodes=nodes, clients=agent_clients, clock=clock),
+        proxy_stats=ProxyStatsService(store=ProxyStatsStore(db=db)),
     )

@@ -200,6 +200,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
     "acme_accounts": {"directory", "key_pem", "account_url"},
     "internal_ca": {"cert_pem", "key_pem"},  # 0011
     "change_versions": {"topic", "version"},
+    "proxy_stats": {"lb_id", "at", "started_at", "latency_bounds", "routes"},  # 0013
 }
 
 # Every filter the API offers, and every natural key, has an index.
@@ -238,6 +239,8 @@ EXPECTED_INDEXES = {
     "events_seq_key",
     "events_project_id_seq_idx",
     "events_created_at_idx",
+    "proxy_stats_lb_id_at_key",  # 0013
+    "proxy_stats_created_at_idx",
 }
 
 STATE_CHECKS: dict[str, list[str]] = {

@@ -207,6 +207,7 @@ def router(deps: Deps) -> APIRouter:
                 for i in instances
             ],
             domains=domains,
+            metrics=await deps.proxy_stats.app_metrics(domains),
         )
 
     return api
