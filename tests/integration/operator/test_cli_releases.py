@@ -6,8 +6,10 @@ status, rollback, releases, status, env, scale, events, node drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.fleet import heartbeat_body
 from tests.integration.operator.live_server import live_operator
 from tests.integration.operator.releases_kit import Platform, bind, platform
+from zeitwork.observability import new_registry
+from zeitwork.operator.app import create_app
+from zeitwork.operator.db import events
 
 pytestmark = pytest.mark.slow
 
@@ -38,30 +44,35 @@ class Cli:
     url: str
     data_dir: Path
 
+    def env(self) -> dict[str, str]:
+        kept = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("OPERATOR_URL", "ZEITWORK_TOKEN", "ZEITWORK_DATA_DIR")
+        }
+        return kept | {
+            "OPERATOR_URL": self.url,
+            "ZEITWORK_TOKEN": self.p.op.admin_token,
+            "ZEITWORK_DATA_DIR": str(self.data_dir),
+        }
+
+    async def start(self, *args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "zeitwork",
+            *args,
+            env=self.env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
     async def run(
         self, *args: str, drive: bool = True, deadline: float = 60.0
     ) -> tuple[int, str, str]:
         """Run ``zeitwork ARGS`` to its end; with ``drive``, step the platform meanwhile
         (the reconcile loop, the agents' syncs and heartbeats)."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("OPERATOR_URL", "ZEITWORK_TOKEN", "ZEITWORK_DATA_DIR")
-        }
-        env |= {
-            "OPERATOR_URL": self.url,
-            "ZEITWORK_TOKEN": self.p.op.admin_token,
-            "ZEITWORK_DATA_DIR": str(self.data_dir),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "zeitwork",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await self.start(*args)
         done = asyncio.ensure_future(proc.communicate())
         loop = asyncio.get_running_loop()
         until = loop.time() + deadline
@@ -218,3 +229,88 @@ async def test_env_scale_events_nodes_and_refusals(cli: Cli) -> None:
     code, out, err = await cli.run("deploy", "--app", slug, "--image", "no-such-image")
     assert code == 1
     assert len(err.splitlines()) == 1 and "no-such-image" in err, err
+
+
+@contextlib.asynccontextmanager
+async def _serving_on(op: Operator, port: int) -> AsyncIterator[int]:
+    """The operator app on 127.0.0.1:``port`` (0: any) until the block ends; yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(deps=op.deps, registry=new_registry()),
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not server.started:
+            assert asyncio.get_running_loop().time() < deadline, "operator did not start"
+            await asyncio.sleep(0.02)
+        yield int(sock.getsockname()[1])
+    finally:
+        op.deps.stopping.set()  # as on SIGTERM: followed streams end, their clients resume
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+        op.deps.stopping.clear()
+
+
+async def _tick(op: Operator, project_id: str, n: int) -> None:
+    async with op.deps.db.connection() as conn:
+        await events.record(conn, "test.tick", f"tick {n}", project_id=project_id)  # type: ignore[arg-type]
+
+
+def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+
+
+async def test_events_follow_survives_an_operator_restart_without_duplicates(
+    operator: Operator, tmp_path: Path
+) -> None:
+    p = await platform(operator)
+    project = p.project["id"]
+    for n in (1, 2):
+        await _tick(operator, project, n)
+    first = _serving_on(operator, 0)
+    port = await first.__aenter__()
+    cli = Cli(p=p, url=f"http://127.0.0.1:{port}", data_dir=tmp_path)
+    proc = await cli.start("events", p.project["slug"], "-f", "--json", "--kind", "test.")
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    seen: list[str] = []
+
+    async def read_until(message: str) -> None:
+        while message not in seen:
+            line = await asyncio.wait_for(stdout.readline(), 30)
+            assert line, "the follow ended"
+            seen.append(json.loads(line)["message"])
+
+    try:
+        try:
+            await read_until("tick 2")
+            await _tick(operator, project, 3)
+            await read_until("tick 3")
+        finally:
+            await first.__aexit__(None, None, None)  # the operator stops
+        await _tick(operator, project, 4)  # while nothing answers
+        async with _serving_on(operator, port):
+            await _tick(operator, project, 5)
+            try:
+                await read_until("tick 5")
+            finally:
+                _stop(proc)  # before the operator stops: no stream left open
+    finally:
+        _stop(proc)
+    _, err = await proc.communicate()
+    assert seen == [f"tick {n}" for n in range(1, 6)]
+    assert "reconnecting in" in err.decode()
+    assert "Traceback" not in err.decode()
