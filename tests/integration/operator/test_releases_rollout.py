@@ -6,7 +6,10 @@ from __future__ import annotations
 from tests.integration.operator.conftest import Operator, OperatorFactory
 from tests.integration.operator.fleet import ready_image
 from tests.integration.operator.releases_kit import FAST, Platform, bind, platform
+from zeitwork.core.errors import Conflict
 from zeitwork.operator.main import build_reconcile_loop
+from zeitwork.operator.reconcile import rollout_plan as rp
+from zeitwork.operator.reconcile.releases import ReleaseReconciler
 
 
 async def test_first_deploy_then_rolling_update_never_leaves_the_route_empty(
@@ -260,3 +263,29 @@ async def test_a_node_going_down_mid_rollout_does_not_stop_it(operator: Operator
         (v2["id"], p.agents[0].node_id),
     )
     assert on_live == [(2,)]
+
+
+async def test_a_conflict_in_one_environment_does_not_stop_the_pass(operator: Operator) -> None:
+    first = await platform(operator)
+    await first.deploy()
+    second = await platform(operator)
+    await second.deploy()
+    seen: list[object] = []
+
+    def planner(view: rp.EnvironmentView) -> list[rp.Action]:
+        seen.append(view.environment_id)
+        if len(seen) == 1:
+            raise Conflict("moved meanwhile")
+        return rp.plan(view)
+
+    reconciler = ReleaseReconciler(
+        db=operator.deps.db,
+        releases=operator.deps.releases,
+        instances=operator.deps.instances,
+        instance_service=operator.deps.instance_service,
+        planner=planner,
+    )
+    await reconciler.sweep()
+    assert len(seen) == 2  # the second environment was planned and applied
+    placed = await operator.sql("SELECT count(*) FROM instances")
+    assert placed == [(1,)]

@@ -20,7 +20,13 @@ from typing import Any
 import structlog
 from psycopg.rows import dict_row
 
-from zeitwork.core.errors import InsufficientCapacity, InvalidInput, NotFound, ZeitworkError
+from zeitwork.core.errors import (
+    Conflict,
+    InsufficientCapacity,
+    InvalidInput,
+    NotFound,
+    ZeitworkError,
+)
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.operator.db import changes, events
 from zeitwork.operator.db.database import Conn, Database
@@ -142,6 +148,11 @@ class ReleaseReconciler:
                 done = await self.reconcile(environment_id)
             except NotFound:
                 continue  # deleted meanwhile
+            except Conflict as exc:  # a row moved under a compare-and-set: plan again
+                log.warning(
+                    "releases.pass_conflict", environment_id=str(environment_id), error=exc.detail
+                )
+                continue
             if done.wake_at is not None:
                 wake = done.wake_at if wake is None else min(wake, done.wake_at)
         return wake
