@@ -25,11 +25,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import httpx
@@ -44,14 +46,53 @@ from zeitwork.core.errors import (
     ServiceUnavailable,
     ZeitworkError,
 )
-from zeitwork.images.digests import is_digest
-from zeitwork.images.manifests import ACCEPT, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, digest_of
-from zeitwork.images.reference import ImageReference, is_loopback_registry
 
 log = structlog.get_logger("zeitwork.clients.registry")
 
 _CHUNK = 1024 * 1024
-DEFAULT_UPLOAD_CHUNK = 16 * 1024 * 1024
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DEFAULT_MAX_BLOB_BYTES = 8 * 1024 * 1024
+
+
+class ImageReference(Protocol):
+    """What the client needs of a reference (``zeitwork.images.reference.ImageReference``
+    is one; the layers keep clients from importing images)."""
+
+    @property
+    def registry(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def repository(self) -> str: ...
+    @property
+    def digest(self) -> str | None: ...
+    @property
+    def manifest_reference(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def is_digest(value: object) -> bool:
+    return isinstance(value, str) and _DIGEST.match(value) is not None
+
+
+def is_loopback_registry(registry: str) -> bool:
+    """Whether ``host[:port]`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = registry
+    if host.startswith("["):
+        host = host[1 : host.find("]")]
+    elif ":" in host:
+        host = host.rsplit(":", 1)[0]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +236,26 @@ class FetchedManifest:
 
 
 class RegistryClient:
-    def __init__(self, *, http: httpx.AsyncClient, insecure: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        accept: Sequence[str],
+        max_manifest_bytes: int,
+        insecure: Iterable[str] = (),
+    ) -> None:
+        """``accept``: the manifest media types asked for (``images.manifests.ACCEPT``);
+        ``insecure``: registries (``host[:port]``) reached over plain HTTP."""
         self._http = http
+        self._accept = ", ".join(accept)
+        self._max_manifest_bytes = max_manifest_bytes
         self._insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
         self._tokens: dict[tuple[str, str], str] = {}
         self._basic: set[str] = set()
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool this client was given (it owns it)."""
+        await self._http.aclose()
 
     # -- addressing and authentication -----------------------------------------------------
 
@@ -328,9 +384,9 @@ class RegistryClient:
         what = f"manifest {ref}"
         url = f"{self.base_url(ref)}/manifests/{ref.manifest_reference}"
         async with self._exchange(
-            "GET", url, ref, what, credentials=credentials, headers={"Accept": ", ".join(ACCEPT)}
+            "GET", url, ref, what, credentials=credentials, headers={"Accept": self._accept}
         ) as response:
-            data = await _read_limited(response, MAX_MANIFEST_BYTES, what)
+            data = await _read_limited(response, self._max_manifest_bytes, what)
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             served = response.headers.get("Docker-Content-Digest")
         digest = digest_of(data)
@@ -355,7 +411,7 @@ class RegistryClient:
             ref,
             f"manifest {ref}",
             credentials=credentials,
-            headers={"Accept": ", ".join(ACCEPT)},
+            headers={"Accept": self._accept},
         ) as response:
             served = response.headers.get("Docker-Content-Digest")
         if is_digest(served):
@@ -368,7 +424,7 @@ class RegistryClient:
         digest: str,
         *,
         credentials: RegistryCredentials | None = None,
-        max_bytes: int = MAX_CONFIG_BYTES,
+        max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     ) -> bytes:
         """A small blob (a config) in memory, verified."""
         what = f"blob {digest} of {ref.name}"

@@ -34,19 +34,23 @@ from typing import IO, Any
 from zeitwork.core.errors import InvalidInput
 from zeitwork.images.config import ImageConfig, parse_image_config
 from zeitwork.images.digests import is_digest, is_hex
+from zeitwork.images.manifests import (
+    CONFIG_TYPES,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    Compression,
+    layer_compression,
+)
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-SUPPORTED_LAYERS = (MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP)
-_DOCKER_TYPES = (
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.container.image.v1+json",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-)
+SUPPORTED_LAYERS = (MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_LAYER_GZIP)
 
 PLATFORM = ("linux", "amd64")
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -265,7 +269,8 @@ class _Archive:
         hexdigest = desc.digest.removeprefix("sha256:")
         diff_hasher = hashlib.sha256()
         raw = self._chunks(member, hexdigest, what)
-        plain = _gunzip(raw, what) if desc.media_type == MEDIA_LAYER_GZIP else raw
+        gzipped = layer_compression(desc.media_type, what) is Compression.GZIP
+        plain = _gunzip(raw, what) if gzipped else raw
         stream = _HashingReader(plain, diff_hasher)
         total = 0
         try:
@@ -363,10 +368,9 @@ class _HashingReader(io.RawIOBase):
 
 
 def _check_manifest_type(desc: _Descriptor, where: str) -> None:
-    if desc.media_type in _DOCKER_TYPES:
+    if desc.media_type not in MANIFEST_TYPES + INDEX_TYPES:
         raise InvalidInput(
-            f"{where}: Docker media type {desc.media_type}; push the image in OCI format "
-            "(buildah push IMAGE oci-archive:FILE, or skopeo copy --format oci)"
+            f"{where}: media type {desc.media_type[:100]} is not an image manifest or index"
         )
 
 
@@ -396,10 +400,8 @@ def _select_manifest(archive: _Archive) -> _Descriptor:
                     f"{'/'.join(PLATFORM)} (platforms: {found}); expected exactly one"
                 )
             chosen = matching[0]
-        if chosen.media_type == MEDIA_MANIFEST:
+        if chosen.media_type in MANIFEST_TYPES:
             return chosen
-        if chosen.media_type != MEDIA_INDEX:
-            raise InvalidInput(f"{where}: unsupported manifest media type {chosen.media_type}")
         where = f"image index {chosen.digest}"
         index = archive.read_json_blob(chosen, "image index")
     raise InvalidInput("index.json: image indexes are nested too deeply")
@@ -410,11 +412,13 @@ def _parse_manifest(raw: Any, desc: _Descriptor) -> tuple[_Descriptor, list[_Des
     if not isinstance(raw, dict) or raw.get("schemaVersion") != 2:
         raise InvalidInput(f"{where}: schemaVersion must be 2")
     media_type = raw.get("mediaType", MEDIA_MANIFEST)
-    if media_type != MEDIA_MANIFEST:
-        raise InvalidInput(f"{where}: mediaType {str(media_type)[:100]} is not an OCI manifest")
+    if media_type != desc.media_type:
+        raise InvalidInput(
+            f"{where}: mediaType {str(media_type)[:100]} differs from its descriptor's "
+            f"{desc.media_type}"
+        )
     config = _descriptor(raw.get("config"), f"{where} config")
-    if config.media_type != MEDIA_CONFIG:
-        _check_manifest_type(config, where)
+    if config.media_type not in CONFIG_TYPES:
         raise InvalidInput(f"{where}: config media type {config.media_type} is not supported")
     layers_raw = raw.get("layers")
     if not isinstance(layers_raw, list):
@@ -423,12 +427,7 @@ def _parse_manifest(raw: Any, desc: _Descriptor) -> tuple[_Descriptor, list[_Des
         raise InvalidInput(f"{where}: more than {MAX_LAYERS} layers")
     layers = [_descriptor(layer, f"{where} layer {i}") for i, layer in enumerate(layers_raw)]
     for i, layer in enumerate(layers):
-        if layer.media_type not in SUPPORTED_LAYERS:
-            _check_manifest_type(layer, where)
-            raise InvalidInput(
-                f"{where}: layer {i} media type {layer.media_type} is not supported "
-                f"(supported: {', '.join(SUPPORTED_LAYERS)})"
-            )
+        layer_compression(layer.media_type, f"{where} layer {i}")
     return config, layers
 
 
@@ -444,6 +443,32 @@ def _diff_ids(raw: Any, count: int) -> list[str]:
             f"image config has {len(diff_ids)} diff_ids but the manifest has {count} layers"
         )
     return [str(d) for d in diff_ids]
+
+
+def _write_oci_twin(layout: Path, config: _Descriptor, layers: list[_Descriptor]) -> _Descriptor:
+    """Write the OCI manifest of a Docker schema 2 image into ``layout`` (``umoci`` unpacks
+    only OCI manifests). The blobs are the same; only the media types differ. The image's
+    identity stays the Docker manifest's digest: this twin is private to the unpacking."""
+    oci_types = {DOCKER_LAYER_GZIP: MEDIA_LAYER_GZIP, DOCKER_LAYER_TAR: MEDIA_LAYER_TAR}
+    body = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": [
+            {
+                "mediaType": oci_types.get(d.media_type, d.media_type),
+                "digest": d.digest,
+                "size": d.size,
+            }
+            for d in layers
+        ],
+    }
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    hexdigest = hashlib.sha256(data).hexdigest()
+    target = layout / "blobs" / "sha256" / hexdigest
+    if not target.exists():
+        target.write_bytes(data)
+    return _Descriptor(MEDIA_MANIFEST, "sha256:" + hexdigest, len(data), None)
 
 
 def _check_tar_magic(path: Path) -> None:
@@ -505,10 +530,13 @@ def inspect_archive(
         raise InvalidInput("the image archive is truncated") from exc
     if extract_to is not None:
         (extract_to / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        unpack_desc = manifest_desc
+        if manifest_desc.media_type == DOCKER_MANIFEST:
+            unpack_desc = _write_oci_twin(extract_to, config_desc, layer_descs)
         entry = {
             "mediaType": MEDIA_MANIFEST,
-            "digest": manifest_desc.digest,
-            "size": manifest_desc.size,
+            "digest": unpack_desc.digest,
+            "size": unpack_desc.size,
             "annotations": {"org.opencontainers.image.ref.name": "zeitwork"},
         }
         (extract_to / "index.json").write_text(
@@ -524,3 +552,39 @@ def inspect_archive(
         blobs_size=blobs_size,
         unpacked_size=unpacked,
     )
+
+
+def write_oci_archive(dest: Path, *, manifest: bytes, media_type: str, blobs: Path) -> None:
+    """Blocking: write an OCI archive at ``dest`` (must not exist) holding one image: the
+    ``manifest`` bytes exactly as given (so its digest, the image's identity, is kept) with
+    ``media_type`` in ``index.json``, and every file of ``blobs`` (named by sha256 hex).
+    The result is what ``inspect_archive`` validates; nothing here is trusted yet."""
+    manifest_hex = hashlib.sha256(manifest).hexdigest()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": media_type, "digest": "sha256:" + manifest_hex, "size": len(manifest)}
+        ],
+    }
+
+    def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    with (
+        dest.open("xb") as out,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        add_bytes(tar, "index.json", json.dumps(index).encode())
+        add_bytes(tar, f"blobs/sha256/{manifest_hex}", manifest)
+        for blob in sorted(blobs.iterdir()):
+            if not is_hex(blob.name) or blob.name == manifest_hex:
+                continue
+            info = tarfile.TarInfo(f"blobs/sha256/{blob.name}")
+            info.size = blob.stat().st_size
+            info.mode = 0o644
+            with blob.open("rb") as handle:
+                tar.addfile(info, handle)

@@ -191,18 +191,3 @@ def looks_like_reference(text: str) -> bool:
     """Whether ``text`` is meant as a registry reference (it has a ``/``): the deploy
     route tells an image id from a reference with it, then parses (and refuses) the latter."""
     return "/" in text
-
-
-def is_loopback_registry(registry: str) -> bool:
-    """Whether ``host[:port]`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    host = registry
-    if host.startswith("["):
-        host = host[1 : host.find("]")]
-    elif ":" in host:
-        host = host.rsplit(":", 1)[0]
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

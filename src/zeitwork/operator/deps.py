@@ -10,8 +10,11 @@ import asyncio
 from dataclasses import dataclass
 
 from zeitwork.clients.agent import AgentClients
+from zeitwork.clients.registry import RegistryClient, registry_http_client
 from zeitwork.core.clock import Clock
 from zeitwork.images import ImageStore as ArchiveStore
+from zeitwork.images.manifests import ACCEPT as MANIFEST_ACCEPT
+from zeitwork.images.manifests import MAX_MANIFEST_BYTES
 from zeitwork.operator.auth import Authenticator
 from zeitwork.operator.db.app_refs import AppRefs
 from zeitwork.operator.db.certificates import CertificateStore
@@ -149,6 +152,12 @@ def build_deps(
             images=images,
             archives=ArchiveStore(root=settings.data_dir / "images"),
             max_bytes=settings.image_max_bytes,
+            registry=RegistryClient(
+                http=registry_http_client(ca_bundle=settings.registry_ca_bundle),
+                accept=MANIFEST_ACCEPT,
+                max_manifest_bytes=MAX_MANIFEST_BYTES,
+                insecure=settings.insecure_registries.split(","),
+            ),
         ),
         domain_verifier=DomainVerifier(
             projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))

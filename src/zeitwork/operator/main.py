@@ -137,6 +137,7 @@ async def serve(
         )
         stack.push_async_callback(deps.listener.close)
         stack.push_async_callback(deps.agent_clients.aclose)
+        stack.push_async_callback(deps.image_service.aclose)
         if primary:
             await _bootstrap_admin(deps)
             await deps.image_service.clean_temp()  # uploads a crash left behind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
@@ -26,6 +27,17 @@ class OperatorSettings(ServiceSettings):
     json_max_bytes: int = Field(default=MIB, ge=1024, validation_alias="ZEITWORK_JSON_MAX_BYTES")
     image_max_bytes: int = Field(
         default=2 * 1024 * MIB, ge=MIB, validation_alias="ZEITWORK_IMAGE_MAX_BYTES"
+    )
+    insecure_registries: str = Field(
+        default="",
+        validation_alias="ZEITWORK_INSECURE_REGISTRIES",
+        description="comma-separated host[:port] of registries reached over plain HTTP "
+        "(loopback registries always are)",
+    )
+    registry_ca_bundle: Path | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_REGISTRY_CA_BUNDLE",
+        description="PEM file of CAs trusted for registries besides the system store",
     )
     events_max_age: float = Field(
         default=7 * 86400.0,

@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.images import BuiltImage
@@ -31,6 +32,10 @@ pytestmark = pytest.mark.skipif(
 USER = BasicAuth("deployer", "s3cret-pass")
 
 
+def new_client(http: httpx.AsyncClient) -> RegistryClient:
+    return RegistryClient(http=http, accept=m.ACCEPT, max_manifest_bytes=m.MAX_MANIFEST_BYTES)
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     with start_registry(tmp_path / "registry") as reg:
@@ -41,7 +46,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 async def client() -> AsyncIterator[RegistryClient]:
     http = registry_http_client()
     try:
-        yield RegistryClient(http=http)
+        yield new_client(http)
     finally:
         await http.aclose()
 
@@ -136,9 +141,9 @@ async def test_basic_auth(
         manifest = await pull(client, text, tmp_path, creds)
         assert manifest.digest == busybox_image.digest
         with pytest.raises(AuthenticationRequired, match="requires credentials") as anon:
-            await RegistryClient(http=client._http).get_manifest(parse_reference(text))
+            await new_client(client._http).get_manifest(parse_reference(text))
         with pytest.raises(AuthenticationRequired, match="refused the credentials") as wrong:
-            await RegistryClient(http=client._http).get_manifest(
+            await new_client(client._http).get_manifest(
                 parse_reference(text), credentials=RegistryCredentials(USER.username, "nope")
             )
         for error in (anon.value, wrong.value):
@@ -164,7 +169,7 @@ async def test_bearer_token_flow(
             assert asked[0]["scope"] == ["repository:team/app:pull"]
             assert asked[0]["service"] == [tokens.service]
             with pytest.raises(AuthenticationRequired, match=r"token service .* refused"):
-                await RegistryClient(http=client._http).get_manifest(
+                await new_client(client._http).get_manifest(
                     parse_reference(text), credentials=RegistryCredentials("deployer", "bad")
                 )
     finally:

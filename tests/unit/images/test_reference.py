@@ -7,7 +7,6 @@ import pytest
 from zeitwork.core.errors import InvalidInput
 from zeitwork.images.reference import (
     ImageReference,
-    is_loopback_registry,
     looks_like_reference,
     parse_reference,
 )
@@ -117,26 +116,6 @@ def test_manifest_reference_endpoint_and_pinning() -> None:
     assert ImageReference("r.io", "a", None, None).manifest_reference == "latest"
     with pytest.raises(InvalidInput):
         ref.pinned("sha256:nothex")
-
-
-@pytest.mark.parametrize(
-    ("registry", "loopback"),
-    [
-        ("localhost", True),
-        ("localhost:5000", True),
-        ("a.localhost:1", True),
-        ("127.0.0.1:5000", True),
-        ("127.8.9.10", True),
-        ("[::1]:5000", True),
-        ("[::1]", True),
-        ("10.0.0.1:5000", False),
-        ("registry.example.com", False),
-        ("localhost.example.com", False),
-        ("[2001:db8::1]:5000", False),
-    ],
-)
-def test_loopback(registry: str, loopback: bool) -> None:
-    assert is_loopback_registry(registry) is loopback
 
 
 def test_looks_like_reference() -> None:

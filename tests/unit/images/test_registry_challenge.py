@@ -1,10 +1,16 @@
-"""The registry client's pure parts: WWW-Authenticate challenges and token scopes."""
+"""The registry client's pure parts: challenges, token scopes, loopback registries."""
 
 from __future__ import annotations
 
 import pytest
 
-from zeitwork.clients.registry import Challenge, RegistryCredentials, parse_challenge, scope_for
+from zeitwork.clients.registry import (
+    Challenge,
+    RegistryCredentials,
+    is_loopback_registry,
+    parse_challenge,
+    scope_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +59,23 @@ def test_scope() -> None:
 def test_credentials_hide_the_secret() -> None:
     creds = RegistryCredentials("deployer", "hunter2")
     assert "hunter2" not in repr(creds) and "hunter2" not in str(creds)
+
+
+@pytest.mark.parametrize(
+    ("registry", "loopback"),
+    [
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("a.localhost:1", True),
+        ("127.0.0.1:5000", True),
+        ("127.8.9.10", True),
+        ("[::1]:5000", True),
+        ("[::1]", True),
+        ("10.0.0.1:5000", False),
+        ("registry.example.com", False),
+        ("localhost.example.com", False),
+        ("[2001:db8::1]:5000", False),
+    ],
+)
+def test_loopback(registry: str, loopback: bool) -> None:
+    assert is_loopback_registry(registry) is loopback

@@ -228,6 +228,15 @@ def _zstd_layer(layout: Layout) -> None:
     _mutate_manifest(layout, change)
 
 
+def _foreign_layer(layout: Layout) -> None:
+    def change(manifest: dict) -> None:
+        manifest["layers"][0]["mediaType"] = (
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        )
+
+    _mutate_manifest(layout, change)
+
+
 def _arm64(layout: Layout) -> None:
     _mutate_config(layout, lambda c: c.update(architecture="arm64"))
 
@@ -323,8 +332,9 @@ CORRUPTIONS: dict[str, tuple[Callable[[Layout], None], str]] = {
     "index.json not json": (_index_not_json, "not valid JSON"),
     "index without manifests": (_empty_index, "no manifests"),
     "two manifests, no platform": (_two_manifests_no_platform, "expected exactly one"),
-    "docker media type": (_docker_manifest, "OCI format"),
-    "zstd layer": (_zstd_layer, "not supported"),
+    "manifest type unlike its descriptor": (_docker_manifest, "differs from its descriptor"),
+    "zstd layer": (_zstd_layer, "zstd decompressor"),
+    "foreign layer": (_foreign_layer, "foreign (non-distributable)"),
     "arm64 image": (_arm64, "linux/arm64"),
     "wrong diff_id": (_wrong_diff_id, "diff_id"),
     "diff_ids count": (_missing_diff_id, "diff_ids"),
