@@ -314,3 +314,24 @@ async def test_events_follow_survives_an_operator_restart_without_duplicates(
     assert seen == [f"tick {n}" for n in range(1, 6)]
     assert "reconnecting in" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_logs_say_a_node_they_cannot_read_and_refuse_an_unknown_release(cli: Cli) -> None:
+    await _serving_v1(cli)
+    slug = cli.p.project["slug"]
+    hostnames = {
+        row[0] for row in await cli.p.op.sql("SELECT hostname FROM nodes WHERE state = 'ready'")
+    }
+    code, out, err = await cli.run("logs", slug, "--since", "10m", drive=False)
+    assert code == 0, err
+    assert out == ""  # the fake agents have no log API: nothing to print, but said
+    said = {line for line in err.splitlines()}
+    assert said == {
+        f"zeitwork: node {h}: the node's agent registered no API address" for h in hostnames
+    }, err
+    code, out, err = await cli.run("logs", slug, "--release", "v9", drive=False)
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "v9" in err, err
+    code, _, err = await cli.run("logs", slug, "--since", "yesterday", drive=False)
+    assert code == 2
+    assert "give a duration (10m, 2h) or a time" in err
