@@ -15,6 +15,7 @@ APT_PACKAGES=(
   openssl                               # openssl s_time: the edge benchmark's handshake-only clients
   systemd                               # systemd-analyze verify for the unit files
   linux-libc-dev                        # syscall numbers (asm/unistd_64.h) for the units' seccomp test
+  chromium                              # the web console's browser test (Playwright drives it)
   curl ca-certificates procps
   busybox-static                        # the tiny runnable test image (tests/images.py)
   xfsprogs                              # reflink-capable XFS for microVM rootfs views (tests: loop mount)
