@@ -17,8 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from zeitwork.cli.console import echo_json, run_with_client, table
 from zeitwork.cli.console import fail as _fail
-from zeitwork.cli.console import run_with_client, table
+from zeitwork.cli.releases_cmd import JsonOption
 from zeitwork.clients.admin import AdminClient, DomainInfo, PathLimitInfo
 
 
@@ -78,9 +79,12 @@ def register(app: typer.Typer) -> None:
         )
 
     @images.command("ls")
-    def images_ls() -> None:
+    def images_ls(as_json: JsonOption = False) -> None:
         """List images."""
         found = run_with_client(lambda c: c.images())
+        if as_json:
+            echo_json(found)
+            return
         table(
             ("ID", "NAME", "STATUS", "DIGEST", "SIZE", "CREATED"),
             [
@@ -105,9 +109,13 @@ def register(app: typer.Typer) -> None:
         deployment: Annotated[
             uuid.UUID | None, typer.Option("--deployment", help="only of this deployment")
         ] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """List instances (not those marked for termination)."""
         found = run_with_client(lambda c: c.instances(deployment_id=deployment))
+        if as_json:
+            echo_json(found)
+            return
         table(
             ("ID", "STATE", "DESIRED", "ADDRESS", "NODE", "DEPLOYMENT", "REASON"),
             [
@@ -137,10 +145,13 @@ def register(app: typer.Typer) -> None:
     domains = typer.Typer(help="Domains (hosts routed to apps).", no_args_is_help=True)
 
     @domains.command("ls")
-    def domains_ls() -> None:
+    def domains_ls(as_json: JsonOption = False) -> None:
         """List domains; an unverified one shows the TXT record that verifies it."""
 
         found = run_with_client(lambda c: c.domains())
+        if as_json:
+            echo_json(found)
+            return
         table(
             ("NAME", "VERIFIED", "ROUTED TO", "RATE LIMITS", "TO VERIFY: TXT RECORD"),
             [

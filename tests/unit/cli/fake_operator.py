@@ -163,6 +163,14 @@ class FakeOperator:
             node = next(n for n in self.nodes if n["id"] == str(node_id))
             return {**node, "state": "draining" if verb == "drain" else "ready"}
 
+        @api.get("/api/v1/images")
+        async def images() -> list[dict[str, Any]]:
+            return []
+
+        @api.get("/api/v1/instances")
+        async def instances() -> list[dict[str, Any]]:
+            return []
+
         @api.get("/api/v1/domains")
         async def domains() -> list[dict[str, Any]]:
             return self.domains

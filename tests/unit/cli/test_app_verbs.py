@@ -405,3 +405,13 @@ def test_nodes_drain_by_hostname(fake: FakeOperator) -> None:
     code, _, err = _run("nodes", "drain", "host-c")
     assert code == 1
     assert "no node host-c" in err
+
+
+@pytest.mark.parametrize(
+    ("verb", "route"), [("images", "images"), ("instances", "instances"), ("domains", "domains")]
+)
+def test_every_list_verb_prints_json(fake: FakeOperator, verb: str, route: str) -> None:
+    code, out, err = _run(verb, "ls", "--json")
+    assert code == 0, err
+    assert json.loads(out) == []
+    assert fake.calls("GET", f"/api/v1/{route}")
