@@ -53,7 +53,8 @@ def test_deploy_rejects_a_malformed_env_pair(env: Path, monkeypatch: pytest.Monk
 
 def test_help_lists_the_verbs() -> None:
     result = CliRunner().invoke(app, ["--help"])
-    for verb in ("dev", "deploy", "images", "instances", "nodes", "demo"):
+    verbs = ("dev", "deploy", "images", "instances", "nodes", "demo", "releases", "rollback")
+    for verb in (*verbs, "apps", "status", "scale", "env", "logs", "events"):
         assert verb in result.output
 
 
