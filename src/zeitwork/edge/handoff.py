@@ -19,6 +19,7 @@ and attaches the program.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -118,6 +119,14 @@ class Handoff:
                 return None
             await asyncio.sleep(0.1)
 
+    async def foreign(self) -> list[int]:
+        """Per listening socket, how many others (not of this generation) share its group."""
+        tables = await self._tables()
+        return [
+            group_split(rows, own=self.own, inode=inode)[1]
+            for rows, inode in zip(tables, self.inodes, strict=True)
+        ]
+
     def steer_away(self, split: Sequence[tuple[int, int]]) -> None:
         """New connections go to the successor's sockets, which follow this generation's
         in each SO_REUSEPORT group (a group numbers its sockets in the order they joined)."""
@@ -140,3 +149,33 @@ class Handoff:
             )
             if queued == 0 or loop.time() >= deadline:
                 return queued
+
+
+def close_generation(socks: Sequence[socket.socket], *, own: frozenset[int]) -> None:
+    """Close one port's listening sockets of this generation, which the worker supervisor
+    holds until its workers have handed off and exited, so that the SO_REUSEPORT group is
+    not renumbered while they finish. ``socks`` are in group order (worker order, made before
+    any successor's).
+
+    Closing a socket moves the group's last socket into its place, so they are closed from
+    the highest index down, and around each close the program names successor sockets only:
+    before it, those whose place the close does not change (when there are two or more);
+    after it, all of them in their new places. (A socket a worker shut down because no
+    successor came has left the group already.)"""
+    live = [sock for sock in socks if sock.fileno() >= 0]
+    if not live:
+        return
+    rows = listeners(_read_table(live[0].family), live[0].getsockname()[1])
+    listening = {row.inode for row in rows}
+    live = [sock for sock in live if socket_inode(sock) in listening] or live
+    _, others = group_split(rows, own=own, inode=socket_inode(live[0]))
+    for k in range(len(live) - 1, -1, -1):
+        if others >= 2:
+            with contextlib.suppress(OSError):
+                attach(live[k], handoff_program(k + 1, others - 1))
+        live[k].close()
+        if others and k > 0:
+            with contextlib.suppress(OSError):
+                attach(live[k - 1], handoff_program(k, others))
+    for sock in socks:
+        sock.close()

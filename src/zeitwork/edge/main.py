@@ -36,7 +36,7 @@ from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
-from zeitwork.edge.handoff import Handoff, socket_inode
+from zeitwork.edge.handoff import Handoff, close_generation, socket_inode
 from zeitwork.edge.metrics import EdgeMetrics, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
@@ -44,7 +44,7 @@ from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch, override_policy
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
 from zeitwork.edge.settings import EdgeSettings
-from zeitwork.edge.steering import steer_by_source
+from zeitwork.edge.steering import detach, steer_by_source
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.edge.tls_transport import HandshakeCounter
 from zeitwork.observability import get_logger, new_registry, render_metrics
@@ -179,6 +179,7 @@ class Edge:
         self.route_watch: RouteWatch | None = None
         self._routes_client: RoutesClient | None = None
         self._listening: tuple[socket.socket, ...] = ()
+        self._steering: asyncio.Task[None] | None = None
 
     def domains(self) -> list[str]:
         """Hosts to hold certificates for: ``EDGE_DOMAINS`` and the routed hosts; with ACME,
@@ -352,6 +353,8 @@ class Edge:
             self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
         if self.stats_dir is not None and self.index != 0:
             self._tasks.append(asyncio.create_task(self._publish_stats(), name="edge.stats"))
+        if s.worker_count > 1 and self.index == 0:
+            self._steering = asyncio.create_task(self._restore_steering(), name="edge.steering")
         if s.worker_count > 1 and self.index != 0:
             self._tasks.append(
                 asyncio.create_task(self._sync_challenges(), name="edge.tls-alpn-sync")
@@ -488,17 +491,54 @@ class Edge:
         split = await handoff.find_successor(self.settings.handoff_timeout)
         if split is None:
             log.info("edge.no_successor", worker=self.index, waited=self.settings.handoff_timeout)
+            self._stop_listening()
             return False
         try:
             handoff.steer_away(split)
         except OSError as exc:
             log.warning("edge.handoff_failed", worker=self.index, error=str(exc))
+            self._stop_listening()
             return False
         left = await handoff.wait_accepted()
         log.info("edge.handed_off", worker=self.index, successor_sockets=split, still_queued=left)
         return True
 
+    def _stop_listening(self) -> None:
+        """No handoff: new connections are refused from now on. With several workers the
+        supervisor holds a copy of every listener (``close_generation``); shutting a
+        listener down ends its listening whoever else holds it."""
+        if self.listen_socks is None:
+            return  # this process alone holds them: closing them (drain) is enough
+        for sock in self._listening:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    async def _restore_steering(self) -> None:
+        """Started beside a predecessor (a handoff), whose last program steers past this
+        generation's sockets once it has gone: steer by client address again then."""
+        handoff = Handoff(socks=self._listening, own=self.generation)
+        if not any(await handoff.foreign()):
+            return  # a plain start: the supervisor's steering stands
+        while True:  # /proc is the only news of the predecessor's going: poll it
+            await asyncio.sleep(0.5)
+            if not any(await handoff.foreign()):
+                break
+        try:
+            for sock in self._listening:
+                if self.settings.trusted_proxies:
+                    detach(sock)  # the kernel's spreading, as at start (_worker_sockets)
+                else:
+                    steer_by_source(sock, self.settings.worker_count)
+        except OSError as exc:
+            log.warning("edge.steering_unavailable", error=str(exc))
+            return
+        log.info("edge.steering_restored", workers=self.settings.worker_count)
+
     async def stop(self) -> None:
+        if self._steering is not None:
+            self._steering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._steering
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -648,9 +688,9 @@ def serve_workers(settings: EdgeSettings) -> int:
                         sock.close()
             _worker(settings, index, socks[index], stats_dir, generation)
         children[pid] = index
-    for pair in socks:  # each lives on in its worker only
-        for sock in pair:
-            sock.close()
+    # the supervisor keeps its copies of the listeners until the workers are gone: a
+    # handoff's steering then keeps naming the successor's sockets while the workers close
+    # theirs one by one (handoff.close_generation)
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -680,6 +720,11 @@ def serve_workers(settings: EdgeSettings) -> int:
             status = 1
             if not stopping:
                 log.error("edge.worker_exited", worker=index, status=code)
+                for sock in socks[index] if index >= 0 else ():
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # nobody accepts on it any more
                 forward(signal.SIGTERM, None)
+    for port_socks in zip(*socks, strict=True):
+        close_generation(port_socks, own=generation)
     shutil.rmtree(stats_dir, ignore_errors=True)
     return status

@@ -76,3 +76,12 @@ def attach(sock: socket.socket, program: bytes) -> None:
     # struct sock_fprog {unsigned short len; struct sock_filter *filter;}
     fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+SO_DETACH_REUSEPORT_BPF = 68  # linux/asm-generic/socket.h
+
+
+def detach(sock: socket.socket) -> None:
+    """Remove the program of ``sock``'s SO_REUSEPORT group (the kernel's hash spreads new
+    connections again). Raises OSError when the kernel refuses it."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)

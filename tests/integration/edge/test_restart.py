@@ -54,12 +54,14 @@ async def test_sighup_reloads_without_stopping(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_restart_under_load_refuses_no_connection(
-    upstream: Upstream, tmp_path: Path
+    upstream: Upstream, tmp_path: Path, workers: str
 ) -> None:
     old = _edge_process(
         upstream,
         tmp_path / "old",
+        EDGE_WORKERS=workers,
         EDGE_HTTPS_REDIRECT="false",
         EDGE_HANDOFF_TIMEOUT="20",
         EDGE_DRAIN_TIMEOUT="5",
@@ -105,12 +107,16 @@ async def test_a_restart_under_load_refuses_no_connection(
             tmp_path / "new",
             PORT=str(port),
             EDGE_HTTPS_PORT=str(https),
+            EDGE_WORKERS=workers,
             EDGE_HTTPS_REDIRECT="false",
         )
         await _line(new, r"edge.started", new_log)
-        handed = await _line(old, r"edge.handed_off.*still_queued=(\d+)", old_log)
-        assert handed.group(1) == "0"
+        for _ in range(int(workers)):  # every old worker hands over, its queue emptied
+            handed = await _line(old, r"edge.handed_off.*still_queued=(\d+)", old_log)
+            assert handed.group(1) == "0"
         assert await asyncio.to_thread(old.wait, 15) == 0
+        if workers != "1":  # the successor steers by client address again
+            await _line(new, r"edge.steering_restored", new_log)
         after_old = served
         await served_more(after_old + 100)  # the successor serves alone now
         done.set()

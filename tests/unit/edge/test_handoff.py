@@ -5,8 +5,15 @@ import struct
 
 import pytest
 
-from zeitwork.edge.handoff import Handoff, Listener, group_split, listeners, socket_inode
-from zeitwork.edge.steering import attach, handoff_program, source_program
+from zeitwork.edge.handoff import (
+    Handoff,
+    Listener,
+    close_generation,
+    group_split,
+    listeners,
+    socket_inode,
+)
+from zeitwork.edge.steering import attach, detach, handoff_program, source_program
 
 TABLE = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -108,3 +115,31 @@ async def test_no_successor_means_none_after_the_wait() -> None:
             other.close()
     finally:
         sock.close()
+
+
+def _listener(address: tuple[str, int] = ("127.0.0.1", 0)) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen()
+    return sock
+
+
+def test_close_generation_leaves_the_successor_alone_listening() -> None:
+    first = _listener()
+    second = _listener(first.getsockname())
+    successors = [_listener(first.getsockname()) for _ in range(2)]
+    port = first.getsockname()[1]
+    try:
+        own = frozenset({socket_inode(first), socket_inode(second)})
+        close_generation([first, second], own=own)
+        assert first.fileno() == -1 and second.fileno() == -1
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            left = {row.inode for row in listeners(table.read(), port)}
+        assert left == {socket_inode(s) for s in successors}
+        for _ in range(20):  # the program left behind names only live sockets
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        detach(successors[0])  # and the successor can drop it for the kernel's spreading
+    finally:
+        for sock in successors:
+            sock.close()
