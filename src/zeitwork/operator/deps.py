@@ -117,6 +117,17 @@ def build_deps(
     events = EventStore(db=db)
     agent_clients = AgentClients()
     watcher = Watcher(db=db, listener=listener, stopping=stopping)
+    image_service = ImageService(
+        images=images,
+        archives=ArchiveStore(root=settings.data_dir / "images"),
+        max_bytes=settings.image_max_bytes,
+        registry=RegistryClient(
+            http=registry_http_client(ca_bundle=settings.registry_ca_bundle),
+            accept=MANIFEST_ACCEPT,
+            max_manifest_bytes=MAX_MANIFEST_BYTES,
+            insecure=settings.insecure_registries.split(","),
+        ),
+    )
     return Deps(
         settings=settings,
         clock=clock,
@@ -148,17 +159,7 @@ def build_deps(
         ),
         certificates=CertificateStore(db=db),
         images=images,
-        image_service=ImageService(
-            images=images,
-            archives=ArchiveStore(root=settings.data_dir / "images"),
-            max_bytes=settings.image_max_bytes,
-            registry=RegistryClient(
-                http=registry_http_client(ca_bundle=settings.registry_ca_bundle),
-                accept=MANIFEST_ACCEPT,
-                max_manifest_bytes=MAX_MANIFEST_BYTES,
-                insecure=settings.insecure_registries.split(","),
-            ),
-        ),
+        image_service=image_service,
         domain_verifier=DomainVerifier(
             projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))
         ),
@@ -170,6 +171,7 @@ def build_deps(
             images=images,
             instances=instances,
             box=box,
+            resolve_image=image_service.resolve_reference,
         ),
         secret_box=box,
         app_refs=app_refs,

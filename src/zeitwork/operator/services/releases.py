@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from zeitwork.core.resources import Resources
 from zeitwork.core.states import ImageState, ReleaseState, RolloutState
 from zeitwork.operator.db import changes, events
 from zeitwork.operator.db.database import Conn, Database
-from zeitwork.operator.db.images import ImageStore
+from zeitwork.operator.db.images import Image, ImageStore
 from zeitwork.operator.db.instances import InstanceStore
 from zeitwork.operator.db.projects import Project, ProjectStore
 from zeitwork.operator.db.releases import (
@@ -105,7 +106,9 @@ class ReleaseService:
         images: ImageStore,
         instances: InstanceStore,
         box: SecretBox,
+        resolve_image: Callable[[str], Awaitable[Image]] | None = None,
     ) -> None:
+        self._resolve_image = resolve_image  # registry references (ImageService)
         self._db = db
         self._releases = releases
         self._projects = projects
@@ -123,11 +126,14 @@ class ReleaseService:
     # -- deploy --------------------------------------------------------------------------
 
     async def deploy(self, project_ref: str, body: ReleaseCreate) -> Deployed:
-        image_id = self._image_id(body.image)
-        image = await self._images.get(image_id)  # NotFound: 404 before anything is written
+        if "/" in body.image and self._resolve_image is not None:
+            # a registry reference: its tag resolved to a digest now, once (the release pins it)
+            image = await self._resolve_image(body.image.strip())
+        else:
+            image = await self._images.get(self._image_id(body.image))  # NotFound: 404 first
         if image.status is not ImageState.READY or image.digest is None:
             raise InvalidInput(
-                f"image {image_id} is {image.status.value}, not ready",
+                f"image {image.id} is {image.status.value}, not ready",
                 extra={"errors": [{"field": "image", "message": "image not ready"}]},
             )
         async with self._db.transaction() as tx:
@@ -195,8 +201,9 @@ class ReleaseService:
             return uuid.UUID(ref.strip())
         except ValueError:
             raise InvalidInput(
-                f"image {ref[:100]!r} is not an image id; import the image first "
-                "(zeitwork images import) and deploy it by id",
+                f"image {ref[:100]!r} is neither an image id nor a registry reference "
+                "(registry/repository:tag; there is no default registry): import the image "
+                "first (zeitwork images import) and deploy it by id, or name its registry",
                 extra={"errors": [{"field": "image", "message": "not an image id"}]},
             ) from None
 
