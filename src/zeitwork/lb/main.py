@@ -24,6 +24,7 @@ from typing import Any
 
 import uvloop
 
+from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.process import die_with_parent
 from zeitwork.lb import route_stats
@@ -33,6 +34,7 @@ from zeitwork.lb.metrics import LBMetrics, Snapshot
 from zeitwork.lb.route_sync import RouteSync
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter
 from zeitwork.lb.settings import LBSettings
+from zeitwork.lb.stats_push import StatsPusher
 from zeitwork.observability import configure_logging, get_logger, new_registry
 from zeitwork.proxy import (
     Backend,
@@ -166,6 +168,20 @@ class LoadBalancer:
                 wait=settings.watch_wait,
                 full_refresh=settings.full_refresh,
             )
+        self.stats_client: ProxyStatsClient | None = None
+        self.pusher: StatsPusher | None = None
+        if settings.operator_url and settings.token and index == 0 and settings.stats_push_interval:
+            self.stats_client = ProxyStatsClient(
+                base_url=settings.operator_url, token=settings.token.get_secret_value()
+            )
+            self.pusher = StatsPusher(
+                sink=self.stats_client,
+                snapshot=self.stats_routes,
+                interval=settings.stats_push_interval,
+                log=self.log,
+                lb_id=settings.lb_id,
+                id_file=settings.id_file,
+            )
         self.checker = HealthChecker(backends=self.backends.all)
         self.admin: Proxy | None = None
         self.port = 0
@@ -223,6 +239,8 @@ class LoadBalancer:
         settings = self.settings
         if self.sync is not None:
             self.sync.load_cache()
+        if self.pusher is not None:
+            self.pusher.load_id()
         sock = reuse_port_socket(settings.host, settings.port if port is None else port)
         await self.proxy.serve(sock)
         self.port = sock.getsockname()[1]
@@ -261,6 +279,8 @@ class LoadBalancer:
                 loops = [tasks.create_task(self.checker.run(), name="health-checker")]
                 if self.sync is not None:
                     loops.append(tasks.create_task(self.sync.run(), name="route-sync"))
+                if self.pusher is not None:
+                    loops.append(tasks.create_task(self.pusher.run(), name="stats-push"))
                 if self.stats_dir is not None and self.index > 0:
                     loops.append(
                         tasks.create_task(
@@ -283,6 +303,8 @@ class LoadBalancer:
                 backend.close_idle()
             if self.client is not None:
                 await self.client.aclose()
+            if self.stats_client is not None:
+                await self.stats_client.aclose()
 
 
 async def serve(

@@ -11,6 +11,7 @@ from zeitwork.proxy.backends import parse_address
 from zeitwork.proxy.balancing import AlgorithmName
 from zeitwork.proxy.headers import parse_networks
 from zeitwork.settings import ServiceSettings
+from zeitwork.wire.proxy_stats import LB_ID_PATTERN
 
 
 class LBSettings(ServiceSettings):
@@ -68,6 +69,19 @@ class LBSettings(ServiceSettings):
     watch_wait: float = Field(default=30.0, ge=1, le=60, validation_alias="LB_WATCH_WAIT")
     full_refresh: float = Field(default=60.0, gt=0, validation_alias="LB_FULL_REFRESH")
     cache_file: Path | None = Field(default=None, validation_alias="LB_CACHE_FILE")
+    stats_push_interval: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        validation_alias="LB_STATS_PUSH_INTERVAL",
+        description="seconds between pushes of /stats/routes to the operator; 0: off",
+    )
+    lb_id: str | None = Field(
+        default=None,
+        pattern=LB_ID_PATTERN,
+        validation_alias="LB_ID",
+        description="this balancer's id in pushed stats (unset: made once, kept in data dir)",
+    )
 
     @field_validator("backends")
     @classmethod
@@ -105,3 +119,7 @@ class LBSettings(ServiceSettings):
     @property
     def route_cache(self) -> Path:
         return self.cache_file or self.data_dir / "lb" / "routes.json"
+
+    @property
+    def id_file(self) -> Path:
+        return self.data_dir / "lb" / "id"

@@ -1,0 +1,160 @@
+"""Request figures per app: a real load balancer pushes its per-route totals to the real
+operator (over a socket, proxy token), real traffic goes through it, and the app's status
+shows requests/s, the 5xx share and p50 / p99 from them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
+from tests.integration.operator.conftest import Operator, operator, operator_factory
+from tests.integration.operator.fleet import assert_problem
+from tests.integration.operator.releases_kit import FAST, FakeAgent, bind, platform
+from zeitwork.operator.principal import Scope
+
+__all__ = ["operator", "operator_factory"]  # fixtures reused from the operator's tests
+
+HOST = "metrics.example.com"
+
+
+@pytest.fixture
+async def operator_url(operator: Operator) -> AsyncIterator[str]:
+    """Serve the operator app over a real socket (port 0) with uvicorn."""
+    app: Any = operator.client._transport.app  # type: ignore[attr-defined]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await eventually(lambda: server.started, timeout=10)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 10)
+    sock.close()
+
+
+@dataclass
+class LocalAgent(FakeAgent):
+    """A fake agent whose instances answer on a real origin (127.0.0.1:port)."""
+
+    port: int = 0
+
+    async def report(self, instance_id: str, body: dict[str, Any]) -> None:
+        if "ip_address" in body:
+            body = body | {"ip_address": "127.0.0.1", "port": self.port}
+        await super().report(instance_id, body)
+
+
+async def test_status_shows_request_figures_from_real_traffic(
+    operator: Operator, operator_url: str, make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    origin = await make_origin("shop")
+    p = await platform(operator, nodes=1)
+    agent = p.agents[0]
+    p.agents[0] = LocalAgent(
+        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
+    )
+    await p.deploy(replicas=1, strategy=FAST)
+    await bind(p, HOST)
+
+    async def serving() -> bool:
+        return [i["serving"] for i in (await p.status())["instances"]] == [True]
+
+    await p.converge(serving)
+    assert (await p.status())["metrics"] is None  # no balancer has pushed yet
+
+    token = await operator.token(Scope.PROXY)
+    lb = await make_lb(
+        operator_url=operator_url, token=token, stats_push_interval=0.3, lb_id="lb-test-a"
+    )
+
+    async def routed() -> bool:
+        return (await http(lb.port, path="/", host=HOST)).status == 200
+
+    await eventually(routed, timeout=10)
+    # 1 + 44 fast answers, 5 errors (never two in a row: passive ejection), 5 slow answers
+    statuses = []
+    for i in range(54):
+        path = "/status/500" if i % 11 == 5 else "/slow/0.3" if i % 11 == 8 else "/"
+        statuses.append((await http(lb.port, path=path, host=HOST)).status)
+    assert statuses.count(500) == 5 and statuses.count(200) == 49
+    await http(lb.port, path="/", host="unknown.example.com")  # someone else's: not counted
+
+    # the balancer's own totals for the host (the first probe may have met a 503 too)
+    own = lb.stats_routes()["routes"][HOST]
+    assert own["requests"] >= 55 and own["status"]["5xx"] >= 5, own
+
+    async def pushed_all() -> bool:
+        rows = await operator.sql(
+            "SELECT (routes -> %s ->> 'requests')::int FROM proxy_stats ORDER BY at DESC LIMIT 1",
+            (HOST,),
+        )
+        return rows == [(own["requests"],)]
+
+    await eventually(pushed_all, timeout=15, step=0.1)
+    metrics = (await p.status())["metrics"]
+    assert metrics is not None
+    assert metrics["window_s"] == 60 and metrics["load_balancers"] == 1
+    share = own["status"]["5xx"] / own["requests"]
+    assert metrics["error_rate"] == pytest.approx(share, abs=0.0001), metrics
+    assert 0 < metrics["requests_per_s"] < 1000
+    assert metrics["p50_ms"] < 25 < 250 <= metrics["p99_ms"] <= 500, metrics
+    assert metrics["bytes_out_per_s"] > 0
+    rows = await operator.sql("SELECT DISTINCT lb_id FROM proxy_stats")
+    assert rows == [("lb-test-a",)]
+
+
+async def test_push_endpoint_refuses_bad_input_and_other_scopes(
+    operator: Operator,
+) -> None:
+    proxy = operator.headers(await operator.token(Scope.PROXY))
+    good = {
+        "lb_id": "lb-1",
+        "stats": {
+            "started_at": 10.0,
+            "at": 20.0,
+            "workers": 1,
+            "latency_bounds": [0.1, 1.0],
+            "routes": {
+                "a.example.com": {
+                    "requests": 2,
+                    "status": {"2xx": 2},
+                    "bytes_in": 0,
+                    "bytes_out": 10,
+                    "latency": {"counts": [2, 0, 0], "count": 2, "sum": 0.1},
+                }
+            },
+        },
+    }
+    r = await operator.client.post("/api/v1/proxies/stats", headers=proxy, json=good)
+    assert r.status_code == 204, r.text
+    assert (await operator.sql("SELECT lb_id, at FROM proxy_stats")) == [("lb-1", 20.0)]
+    # the same snapshot again is ignored, not a second row
+    r = await operator.client.post("/api/v1/proxies/stats", headers=proxy, json=good)
+    assert r.status_code == 204
+    assert len(await operator.sql("SELECT 1 FROM proxy_stats")) == 1
+
+    bad_counts = {**good["stats"], "routes": {"a": {**good["stats"]["routes"]["a.example.com"]}}}
+    bad_counts["routes"]["a"]["latency"] = {"counts": [1], "count": 1, "sum": 0.0}
+    for body in (
+        {**good, "lb_id": "Not An Id"},
+        {**good, "stats": {**good["stats"], "latency_bounds": [1.0, 0.1]}},
+        {**good, "stats": {**good["stats"], "at": 1.0}},
+        {**good, "stats": bad_counts},
+        {"lb_id": "lb-1"},
+    ):
+        r = await operator.client.post("/api/v1/proxies/stats", headers=proxy, json=body)
+        assert_problem(r, 422)
+    join = operator.headers(await operator.token(Scope.JOIN))
+    r = await operator.client.post("/api/v1/proxies/stats", headers=join, json=good)
+    assert_problem(r, 403)
+    r = await operator.client.post("/api/v1/proxies/stats", json=good)
+    assert_problem(r, 401)
