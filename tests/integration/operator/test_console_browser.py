@@ -6,12 +6,21 @@ app, see its live log stream and live events arrive, roll back, see the release 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.live_server import live_operator
@@ -33,6 +42,82 @@ pytestmark = [
         not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
     ),
 ]
+
+
+AGENT_TOKEN = "b" * 43
+
+
+class AgentLogs:
+    """The log half of a node agent's API (``GET /instances/{id}`` and its ``/logs``, tail
+    and follow) on a real socket, serving lines the test writes with ``say``."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {}
+        self.followers: dict[str, list[asyncio.Queue[str]]] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/instances/{iid}", self._instance),
+                Route("/instances/{iid}/logs", self._logs),
+            ]
+        )
+
+    def say(self, instance_id: str, line: str) -> None:
+        self.lines.setdefault(instance_id, []).append(line)
+        for queue in self.followers.get(instance_id, []):
+            queue.put_nowait(line)
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {AGENT_TOKEN}"
+
+    async def _instance(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response(status_code=401)
+        iid = request.path_params["iid"]
+        return JSONResponse({"id": iid, "state": "running", "workload": "run-1"})
+
+    async def _logs(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response(status_code=401)
+        iid = request.path_params["iid"]
+        tail = int(request.query_params.get("tail", "100"))
+        history = self.lines.get(iid, [])[-tail:] if tail else []
+        if request.query_params.get("follow") != "true":
+            return Response("".join(f"{line}\n" for line in history))
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self.followers.setdefault(iid, []).append(queue)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                for line in history:
+                    yield f"{line}\n".encode()
+                while True:
+                    yield f"{await queue.get()}\n".encode()
+            finally:
+                self.followers[iid].remove(queue)
+
+        return StreamingResponse(stream(), media_type="text/plain")
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Starlette) -> AsyncIterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, lifespan="off", access_log=False, log_config=None, timeout_graceful_shutdown=1
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not server.started:
+        assert asyncio.get_running_loop().time() < deadline, "the fake agent did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
 
 
 @pytest.fixture
@@ -68,7 +153,19 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
 ) -> None:
     p = await _seed(operator)
     name = p.project["name"]
-    async with live_operator(operator) as url:
+    # the fixture's clock starts in January; the wall clock's time makes the page's log
+    # times real (the docs' screenshot is this test's)
+    operator.clock.advance((datetime.now(UTC) - operator.clock.now()).total_seconds())
+    agent = AgentLogs()
+    serving = [i["id"] for i in (await p.status())["instances"] if i["serving"]]
+    for number, iid in enumerate(serving):
+        agent.say(iid, f"listening on :8080 (instance {number})")
+    async with serve(agent.app) as agent_url, live_operator(operator) as url:
+        for fake in p.agents:  # both nodes' agents are this one log server
+            await operator.sql(
+                "UPDATE nodes SET agent_url = %s, agent_token = %s WHERE id = %s",
+                (agent_url, AGENT_TOKEN, fake.node_id),
+            )
         page: Page = await browser.new_page(viewport={"width": 1280, "height": 900})
         try:
             page.on("dialog", lambda dialog: dialog.accept())
@@ -99,8 +196,13 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
             # both streams are authenticated by the session cookie and live
             await expect(page.locator("#events-state")).to_have_text("Live.")
             await expect(page.locator("#events")).to_contain_text("rollout.succeeded")
-            await expect(page.locator("#logs li").first).to_contain_text(
-                "registered no API address"
+            logs = page.locator("#logs")
+            await expect(page.locator("#logs-state")).to_have_text("Live.")
+            await expect(logs).to_contain_text("listening on :8080 (instance 0)")
+            await expect(logs).to_contain_text("listening on :8080 (instance 1)")
+            agent.say(serving[0], "GET /checkout 200 12ms")  # written while the page is open
+            await expect(logs.locator("li").last).to_contain_text(
+                re.compile(r"v2 \S{8}  GET /checkout 200 12ms$")
             )
             await page.screenshot(path=str(tmp_path / "console-app.png"), full_page=True)
 
