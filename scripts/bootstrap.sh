@@ -31,8 +31,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts nginx/haproxy/caddy services on install; the project runs its own.
-    for svc in nginx haproxy caddy; do
+    # Debian starts these services on install; the project runs its own.
+    for svc in nginx haproxy caddy docker-registry; do
       (systemctl stop "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
     done
   fi
