@@ -9,15 +9,17 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
+from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http, lb_settings
 from tests.integration.operator.conftest import Operator, operator, operator_factory
 from tests.integration.operator.fleet import assert_problem
 from tests.integration.operator.releases_kit import FAST, FakeAgent, bind, platform
+from zeitwork.lb.main import LoadBalancer
 from zeitwork.operator.principal import Scope
 
 __all__ = ["operator", "operator_factory"]  # fixtures reused from the operator's tests
@@ -116,7 +118,7 @@ async def test_push_endpoint_refuses_bad_input_and_other_scopes(
     operator: Operator,
 ) -> None:
     proxy = operator.headers(await operator.token(Scope.PROXY))
-    good = {
+    good: dict[str, Any] = {
         "lb_id": "lb-1",
         "stats": {
             "started_at": 10.0,
@@ -158,3 +160,72 @@ async def test_push_endpoint_refuses_bad_input_and_other_scopes(
     assert_problem(r, 403)
     r = await operator.client.post("/api/v1/proxies/stats", json=good)
     assert_problem(r, 401)
+
+
+async def test_a_restarted_balancer_keeps_its_id_and_its_totals_count_again(
+    operator: Operator, operator_url: str, make_origin: MakeOrigin, tmp_path: Path
+) -> None:
+    origin = await make_origin("shop")
+    p = await platform(operator, nodes=1)
+    agent = p.agents[0]
+    p.agents[0] = LocalAgent(
+        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
+    )
+    await p.deploy(replicas=1, strategy=FAST)
+    await bind(p, HOST)
+
+    async def serving() -> bool:
+        return [i["serving"] for i in (await p.status())["instances"]] == [True]
+
+    await p.converge(serving)
+    settings = lb_settings(
+        tmp_path,
+        operator_url=operator_url,
+        token=await operator.token(Scope.PROXY),
+        stats_push_interval=0.3,
+    )
+    totals: list[int] = []
+    ids: list[str | None] = []
+    for burst in (12, 5):  # the second balancer starts from zero: its totals go down
+        lb = LoadBalancer(settings)
+        await lb.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(lb.run(stop))
+        try:
+
+            async def routed(lb: LoadBalancer = lb) -> bool:
+                return (await http(lb.port, path="/", host=HOST)).status == 200
+
+            await eventually(routed, timeout=10)
+            for _ in range(burst - 1):
+                assert (await http(lb.port, path="/", host=HOST)).status == 200
+            own = lb.stats_routes()["routes"][HOST]["requests"]
+
+            async def pushed(own: int = own) -> bool:
+                rows = await operator.sql(
+                    "SELECT (routes -> %s ->> 'requests')::int FROM proxy_stats "
+                    "ORDER BY created_at DESC, at DESC LIMIT 1",
+                    (HOST,),
+                )
+                return rows == [(own,)]
+
+            await eventually(pushed, timeout=15, step=0.1)
+            totals.append(own)
+            ids.append(lb.pusher.lb_id if lb.pusher is not None else None)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert ids[0] is not None and ids == [ids[0], ids[0]]
+    assert (tmp_path / "lb" / "id").read_text().strip() == ids[0]
+    assert totals[1] < totals[0]
+
+    metrics = (await p.status())["metrics"]
+    rows = await operator.sql(
+        "SELECT min(at), max(at), count(DISTINCT started_at) FROM proxy_stats"
+    )
+    (first, last, starts) = rows[0]
+    assert starts == 2
+    # both balancers' requests count: nothing lost or negative across the restart
+    assert metrics is not None
+    expected = sum(totals) / (last - first)
+    assert metrics["requests_per_s"] == pytest.approx(expected, rel=0.01), (metrics, totals)
