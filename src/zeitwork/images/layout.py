@@ -162,12 +162,9 @@ class _Archive:
                     )
                 if not is_hex(parts[2]):
                     raise InvalidInput(f"archive entry {name[:200]!r} is not named by its sha256")
+            elif name in ("manifest.json", "repositories"):
+                continue  # docker save (Docker 25+) writes an OCI layout plus these
             elif name not in ("oci-layout", "index.json"):
-                if name == "manifest.json":
-                    raise InvalidInput(
-                        "this looks like a docker-archive; push the image as an OCI archive "
-                        "(buildah push IMAGE oci-archive:FILE)"
-                    )
                 raise InvalidInput(f"archive has an unexpected entry {name[:200]!r}")
             self.files[name] = member
         if "oci-layout" not in self.files:
@@ -588,3 +585,108 @@ def write_oci_archive(dest: Path, *, manifest: bytes, media_type: str, blobs: Pa
             info.mode = 0o644
             with blob.open("rb") as handle:
                 tar.addfile(info, handle)
+
+
+MAX_DOCKER_MANIFEST_BYTES = 1024 * 1024
+
+
+def is_docker_archive(path: Path) -> bool:
+    """Blocking: whether the tar at ``path`` is a ``docker save`` / ``docker-archive``
+    (``manifest.json`` and no ``oci-layout``); ``False`` for anything that is not a tar."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            names = {_normalise(m.name) for m in tar}
+    except (tarfile.TarError, EOFError, OSError):
+        return False
+    return "manifest.json" in names and "oci-layout" not in names
+
+
+def convert_docker_archive(src: Path, dest: Path, work: Path) -> None:
+    """Blocking: turn the docker-archive at ``src`` into an OCI archive at ``dest``.
+
+    A docker-archive has no registry manifest, so one is written: an OCI manifest (compact
+    JSON, sorted keys: the same archive content gives the same image digest) naming the
+    config and the layers as they are in the archive (tar, or tar+gzip when gzip). ``work``
+    (an empty directory) holds the blobs meanwhile. Exactly one image is accepted; symlinked
+    layers (``docker save`` links repeated ones) are followed inside the archive only.
+    Everything is validated afterwards by ``inspect_archive`` like any upload.
+    """
+    blobs = work / "blobs"
+    blobs.mkdir()
+    with tarfile.open(src, mode="r:") as tar:
+        members: dict[str, tarfile.TarInfo] = {}
+        for member in tar:
+            if _unsafe(member.name):
+                raise InvalidInput(f"archive entry {member.name[:200]!r} has an unsafe path")
+            members[_normalise(member.name)] = member
+
+        def regular(name: str, what: str) -> tarfile.TarInfo:
+            seen = 0
+            key = posixpath.normpath(_normalise(name))
+            member = members.get(key)
+            while member is not None and member.issym() and seen < 8:
+                seen += 1
+                key = posixpath.normpath(posixpath.join(posixpath.dirname(key), member.linkname))
+                if _unsafe(key):
+                    raise InvalidInput(f"docker-archive: {what} {name[:200]!r} links outside")
+                member = members.get(key)
+            if member is None or not member.isreg():
+                raise InvalidInput(f"docker-archive: {what} {name[:200]!r} is missing")
+            return member
+
+        def copy(member: tarfile.TarInfo) -> tuple[str, int, bytes]:
+            """Copy an entry into ``blobs`` under its sha256; (digest, size, first bytes)."""
+            handle = tar.extractfile(member)
+            if handle is None:  # pragma: no cover - regular files always have one
+                raise InvalidInput(f"cannot read archive entry {member.name[:200]!r}")
+            hasher = hashlib.sha256()
+            temp = blobs / "partial"
+            head = b""
+            with temp.open("wb") as out:
+                while chunk := handle.read(_CHUNK):
+                    head = head or chunk[:2]
+                    hasher.update(chunk)
+                    out.write(chunk)
+            digest = hasher.hexdigest()
+            temp.replace(blobs / digest)
+            return "sha256:" + digest, member.size, head
+
+        meta = members.get("manifest.json")
+        if meta is None or not meta.isreg() or meta.size > MAX_DOCKER_MANIFEST_BYTES:
+            raise InvalidInput("docker-archive: manifest.json is missing or too large")
+        handle = tar.extractfile(meta)
+        try:
+            entries = json.loads(handle.read() if handle else b"")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInput(f"docker-archive: manifest.json is not valid JSON: {exc}") from exc
+        if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+            count = len(entries) if isinstance(entries, list) else 0
+            raise InvalidInput(
+                f"docker-archive: manifest.json lists {count} images; expected exactly one "
+                "(docker save one image at a time)"
+            )
+        entry = entries[0]
+        config_name, layer_names = entry.get("Config"), entry.get("Layers")
+        if not isinstance(config_name, str) or not isinstance(layer_names, list):
+            raise InvalidInput("docker-archive: manifest.json needs Config and Layers")
+        if len(layer_names) > MAX_LAYERS:
+            raise InvalidInput(f"docker-archive: more than {MAX_LAYERS} layers")
+        config_member = regular(config_name, "config")
+        if config_member.size > MAX_JSON_BYTES:
+            raise InvalidInput(f"docker-archive: the config is larger than {MAX_JSON_BYTES} bytes")
+        config_digest, config_size, _head = copy(config_member)
+        layers = []
+        for name in layer_names:
+            if not isinstance(name, str):
+                raise InvalidInput("docker-archive: Layers must be file names")
+            digest, size, head = copy(regular(name, "layer"))
+            media = MEDIA_LAYER_GZIP if head == b"\x1f\x8b" else MEDIA_LAYER_TAR
+            layers.append({"mediaType": media, "digest": digest, "size": size})
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": layers,
+    }
+    data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    write_oci_archive(dest, manifest=data, media_type=MEDIA_MANIFEST, blobs=blobs)

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from zeitwork.images.config import ImageConfig
 from zeitwork.images.digests import is_hex, parse_digest
-from zeitwork.images.layout import inspect_archive
+from zeitwork.images.layout import convert_docker_archive, inspect_archive, is_docker_archive
 
 _WRITE_BATCH = 1024 * 1024
 
@@ -126,10 +127,29 @@ class ImageStore:
         """A fresh, unique path under the store's temp dir (same file system)."""
         return self._tmp / f"upload-{secrets.token_hex(8)}"
 
+    def _from_docker_archive(self, upload: Path) -> Path:
+        """Blocking: the OCI archive converted from a docker-archive upload (which goes)."""
+        converted = self.new_temp()
+        work = self.new_temp()
+        work.mkdir()
+        try:
+            convert_docker_archive(upload, converted, work)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                converted.unlink()
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                upload.unlink()
+        return converted
+
     def commit(self, temp: Path) -> ImportedImage:
         """Blocking: validate the archive at ``temp`` and move it into place (or drop it if
         the image is already stored). ``temp`` is gone afterwards, whatever happens."""
         try:
+            if is_docker_archive(temp):
+                temp = self._from_docker_archive(temp)
             info = inspect_archive(temp)
             target = self.path_for(info.digest)
             size = temp.stat().st_size

@@ -320,7 +320,9 @@ def _blob_not_named_by_hash(layout: Layout) -> None:
 
 
 def _docker_archive(layout: Layout) -> None:
+    """manifest.json without oci-layout: a docker-archive, and this one lists no image."""
     layout.files["manifest.json"] = b"[]"
+    del layout.files["oci-layout"]
 
 
 CORRUPTIONS: dict[str, tuple[Callable[[Layout], None], str]] = {
@@ -348,7 +350,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Layout], None], str]] = {
     "unexpected top-level file": (_extra_top_level_file, "unexpected entry"),
     "path traversal in archive": (_traversal_name, "unsafe path"),
     "blob not named by sha256": (_blob_not_named_by_hash, "not named by its sha256"),
-    "docker-archive": (_docker_archive, "docker-archive"),
+    "docker-archive without its layers": (_docker_archive, "docker-archive: manifest.json"),
 }
 
 
@@ -511,3 +513,15 @@ async def test_client_disconnect_midway_leaves_nothing(
     with pytest.raises(ClientDisconnect):
         await import_archive(broken(), store=store, max_bytes=1 << 30)
     assert leftovers(store) == []
+
+
+async def test_oci_layout_with_docker_save_extras_is_accepted(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    """docker save (Docker 25+) writes an OCI layout plus manifest.json and repositories."""
+    layout = image_layout()
+    layout.files["manifest.json"] = b'[{"Config": "x", "Layers": []}]'
+    layout.files["repositories"] = b"{}"
+    archive = write_archive(tmp_path / "docker25.tar", layout.files)
+    image = await import_archive(file_chunks(archive), store=store, max_bytes=1 << 30)
+    assert image.digest == layout.manifest_digest

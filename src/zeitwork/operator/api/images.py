@@ -1,7 +1,8 @@
-"""``/api/v1/images``: list, get, delete, import an OCI archive, download it.
+"""``/api/v1/images``: list, get, delete, import an OCI archive or a docker-archive, download it.
 
 ``POST /images/import?name=NAME`` takes the archive as the body (``Content-Type:
-application/x-tar``; the size limit is ``ZEITWORK_IMAGE_MAX_BYTES``), validates it and
+application/x-tar``; the size limit is ``ZEITWORK_IMAGE_MAX_BYTES``): an ``oci-archive``, or
+a ``docker-archive`` (``docker save``, converted to an OCI archive), validates it and
 answers 201 with the image, or 200 with the existing image when one with the same digest
 is already catalogued (whatever its name). A corrupt archive gets a 422 problem and leaves
 nothing behind. ``GET /images/{id}/archive`` streams the stored archive with ``Digest`` and
@@ -117,7 +118,8 @@ def router(deps: Deps) -> APIRouter:
         if media not in ARCHIVE_TYPES:
             raise HTTPException(
                 status_code=415,
-                detail="send the OCI image archive with Content-Type: application/x-tar",
+                detail="send the image archive (oci-archive or docker-archive) with "
+                "Content-Type: application/x-tar",
             )
         image, created = await deps.image_service.import_archive(name, request.stream())
         if not created:
