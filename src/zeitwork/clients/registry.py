@@ -342,10 +342,12 @@ class RegistryClient:
         content: bytes | None = None,
         ok: tuple[int, ...] = (),
     ) -> AsyncIterator[httpx.Response]:
-        """One authenticated request (retried once per new credential), streamed; the
-        response is checked (statuses in ``ok`` pass as well) and closed on exit."""
+        """One authenticated request, streamed; the response is checked (statuses in ``ok``
+        pass as well) and closed on exit. A 401 is answered once (basic credentials, or a
+        new bearer token); a 401 to that retry is final."""
         scope = scope_for(ref.repository, push=push)
-        for _attempt in range(3):
+        fresh = False
+        for _attempt in range(2):
             request = self._http.build_request(
                 method,
                 url,
@@ -355,9 +357,12 @@ class RegistryClient:
             with _transport(ref.registry, what):
                 response = await self._http.send(request, stream=True, follow_redirects=True)
             try:
-                if response.status_code == 401 and await self._authenticate(
-                    ref, scope, response, credentials, what
+                if (
+                    response.status_code == 401
+                    and not fresh
+                    and await self._authenticate(ref, scope, response, credentials, what)
                 ):
+                    fresh = True
                     continue
                 if response.status_code not in ok:
                     if not response.is_success:

@@ -89,7 +89,7 @@ async def test_bad_docker_archives_are_refused(busybox_image: BuiltImage, tmp_pa
         entries = json.loads(handle.read())
     layer = entries[0]["Layers"][0]
     store = ImageStore(root=tmp_path / "store")
-    cases = {
+    cases: dict[str, tuple[dict[str, bytes | None], str]] = {
         "two images": ({"manifest.json": json.dumps(entries * 2).encode()}, "exactly one"),
         "layer missing": ({layer: None}, "is missing"),
         "manifest not json": ({"manifest.json": b"{"}, "not valid JSON"),
