@@ -202,6 +202,7 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         "",
         "Zeitwork is running (development, one machine):",
         f"  operator API    {config.operator_url}/api/v1   (docs: {config.operator_url}/docs)",
+        f"  web console     {config.operator_url}/   (sign in with the admin token)",
         f"  node agent      {config.url(p.agent)}",
         f"  load balancer   {config.url(p.lb)}   (admin http://127.0.0.1:{p.lb_admin})",
         f"  edge proxy      {config.url(p.edge_http)}   https://<host>:{p.edge_https}"

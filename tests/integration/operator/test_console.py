@@ -32,6 +32,7 @@ async def test_pages_need_a_session(operator: Operator) -> None:
     for path in ("/", "/nodes", "/apps/shop"):
         r = await operator.client.get(path)
         assert r.status_code == 303 and r.headers["location"] == "/sign-in", (path, r.text)
+        assert "set-cookie" not in r.headers  # nothing to forget
     r = await operator.client.get("/sign-in")
     assert r.status_code == 200
     assert '<label for="token">API token</label>' in r.text
@@ -84,6 +85,8 @@ async def test_forms_need_the_sessions_csrf_token_and_its_origin(operator: Opera
         "/sign-out", content=f"csrf={token}", headers=FORM | {"origin": "http://operator.test"}
     )
     assert r.status_code == 303 and r.headers["location"] == "/sign-in"
+    forget = r.headers["set-cookie"]
+    assert "Max-Age=0" in forget and "HttpOnly" in forget and "SameSite=strict" in forget
     assert COOKIE_NAME not in operator.client.cookies
     # a new sign-in is a new session with another CSRF token
     await _sign_in(operator)

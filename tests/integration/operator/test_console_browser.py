@@ -204,7 +204,6 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
             await expect(logs.locator("li").last).to_contain_text(
                 re.compile(r"v2 \S{8}  GET /checkout 200 12ms$")
             )
-            await page.screenshot(path=str(tmp_path / "console-app.png"), full_page=True)
 
             await page.get_by_role("button", name="Roll back to v1").click()
             await expect(page.get_by_role("status")).to_contain_text("Rollback started")
@@ -227,6 +226,7 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
                 "data-version", "3", timeout=10_000
             )
             await expect(page).to_have_url(re.compile(r"/apps/[^/]+\?done=rollback$"))
+            await page.screenshot(path=str(tmp_path / "console-app.png"), full_page=True)
 
             await page.get_by_role("link", name="Nodes").click()
             await expect(page.get_by_role("heading", level=1)).to_have_text("Nodes")

@@ -80,15 +80,18 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         )
         return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
-    def to_sign_in() -> Response:
+    def to_sign_in(request: Request) -> Response:
+        """A redirect to the sign-in page, forgetting the session cookie if there is one."""
         answer = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
-        answer.delete_cookie(COOKIE_NAME, path="/")
+        if COOKIE_NAME in request.cookies:
+            options = cookie_options(secure=_https(request))
+            answer.delete_cookie(options.pop("key"), **options)
         return answer
 
-    def refused(answer: ApiAnswer, session: Session) -> Response | None:
+    def refused(request: Request, answer: ApiAnswer, session: Session) -> Response | None:
         """The response for an answer that is no page's data: signed out, or a problem."""
         if answer.status == 401:
-            return to_sign_in()
+            return to_sign_in(request)
         if not answer.ok:
             body = pages.error_page(answer.problem())
             return html("Error", body, session=session, nav="", status=answer.status)
@@ -152,17 +155,17 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         log.info("console.signed_out")
-        return to_sign_in()
+        return to_sign_in(request)
 
     @console.get("/")
     async def apps_page(request: Request, done: Done = None) -> Response:
         session = decode(request.cookies.get(COOKIE_NAME))
         if session is None:
-            return to_sign_in()
+            return to_sign_in(request)
         listed = await api.call(
             "GET", "/api/v1/projects", token=session.token, query={"limit": str(_MAX_APPS)}
         )
-        if (stop := refused(listed, session)) is not None:
+        if (stop := refused(request, listed, session)) is not None:
             return stop
         rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         for project in listed.json():
@@ -174,6 +177,7 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         return html("Apps", body, session=session, nav="apps")
 
     async def app_view(
+        request: Request,
         session: Session,
         slug: str,
         *,
@@ -182,15 +186,15 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         status_code: int = 200,
     ) -> Response:
         status = await api.call("GET", _app_path(slug, "status"), token=session.token)
-        if (stop := refused(status, session)) is not None:
+        if (stop := refused(request, status, session)) is not None:
             return stop
         releases = await api.call(
             "GET", _app_path(slug, "releases"), token=session.token, query={"limit": "20"}
         )
-        if (stop := refused(releases, session)) is not None:
+        if (stop := refused(request, releases, session)) is not None:
             return stop
         nodes = await api.call("GET", "/api/v1/nodes", token=session.token, query={"limit": "1000"})
-        if (stop := refused(nodes, session)) is not None:
+        if (stop := refused(request, nodes, session)) is not None:
             return stop
         app_status = status.json()
         body = pages.app(
@@ -206,8 +210,8 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
     async def app_page(request: Request, slug: Slug, done: Done = None) -> Response:
         session = decode(request.cookies.get(COOKIE_NAME))
         if session is None:
-            return to_sign_in()
-        return await app_view(session, slug, done=done)
+            return to_sign_in(request)
+        return await app_view(request, session, slug, done=done)
 
     async def app_action(
         request: Request, slug: str, verb: str, method: str, body: dict[str, Any]
@@ -218,9 +222,11 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         session, _form_fields = checked
         answer = await api.call(method, _app_path(slug, verb), token=session.token, body=body)
         if answer.status == 401:
-            return to_sign_in()
+            return to_sign_in(request)
         if not answer.ok:
-            return await app_view(session, slug, error=answer.problem(), status_code=answer.status)
+            return await app_view(
+                request, session, slug, error=answer.problem(), status_code=answer.status
+            )
         log.info("console.app_action", action=verb, app=slug)
         done = {"releases": "deploy"}.get(verb, verb)
         return RedirectResponse(
@@ -256,9 +262,10 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         checked = await _checked_post(request)
         if isinstance(checked, Response):
             return checked
-        return await app_view(checked[0], slug, error=message, status_code=422)
+        return await app_view(request, checked[0], slug, error=message, status_code=422)
 
     async def nodes_view(
+        request: Request,
         session: Session,
         *,
         error: str | None = None,
@@ -266,7 +273,7 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         status_code: int = 200,
     ) -> Response:
         nodes = await api.call("GET", "/api/v1/nodes", token=session.token, query={"limit": "1000"})
-        if (stop := refused(nodes, session)) is not None:
+        if (stop := refused(request, nodes, session)) is not None:
             return stop
         body = pages.nodes_page(
             nodes.json(), csrf=csrf_token(session), notice_html=pages.notice(error=error, done=done)
@@ -277,8 +284,8 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
     async def nodes_page(request: Request, done: Done = None) -> Response:
         session = decode(request.cookies.get(COOKIE_NAME))
         if session is None:
-            return to_sign_in()
-        return await nodes_view(session, done=done)
+            return to_sign_in(request)
+        return await nodes_view(request, session, done=done)
 
     async def node_action(request: Request, node_id: str, verb: str) -> Response:
         checked = await _checked_post(request)
@@ -288,9 +295,11 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         path = f"/api/v1/nodes/{quote(node_id, safe='')}/{verb}"
         answer = await api.call("POST", path, token=session.token)
         if answer.status == 401:
-            return to_sign_in()
+            return to_sign_in(request)
         if not answer.ok:
-            return await nodes_view(session, error=answer.problem(), status_code=answer.status)
+            return await nodes_view(
+                request, session, error=answer.problem(), status_code=answer.status
+            )
         log.info("console.node_action", action=verb, node_id=node_id)
         return RedirectResponse(f"/nodes?done={verb}", status_code=303, headers=SECURITY_HEADERS)
 
@@ -307,7 +316,7 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
         or the response refusing it."""
         session = decode(request.cookies.get(COOKIE_NAME))
         if session is None:
-            return to_sign_in()
+            return to_sign_in(request)
         form = await _form(request)
         if form is None:
             body = pages.error_page("The form could not be read.")
