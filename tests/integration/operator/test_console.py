@@ -64,6 +64,14 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_never_echoes_the_token
 
     page = await operator.client.get("/")
     assert page.status_code == 200 and "<h1>Apps</h1>" in page.text
+    assert "No apps yet" in page.text
+    r = await operator.client.post(
+        "/api/v1/projects", headers=operator.headers(), json={"name": "Empty <b>"}
+    )
+    assert r.status_code == 201, r.text
+    page = await operator.client.get("/")
+    assert page.status_code == 200 and "Empty &lt;b&gt;" in page.text
+    assert '<th scope="row">Empty &lt;b&gt;</th><td colspan="4">not deployed' in page.text
     assert operator.admin_token not in page.text
     assert page.headers["cache-control"] == "no-store"
 

@@ -140,9 +140,19 @@ def apps(
 
 
 def _app_row(project: Json, status: Json | None) -> Html:
+    if status is None:  # no production environment: nothing to show on an app page yet
+        return el(
+            "tr",
+            el("th", project["name"], scope="row"),
+            el(
+                "td",
+                "not deployed (",
+                el("code", f"zeitwork deploy --app {project['slug']}"),
+                ")",
+                colspan="4",
+            ),
+        )
     link = el("a", project["name"], href=f"/apps/{quote(project['slug'], safe='')}")
-    if status is None:
-        return el("tr", el("th", link, scope="row"), el("td", "not deployed", colspan="4"))
     return el(
         "tr",
         el("th", link, scope="row"),

@@ -117,6 +117,19 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
             return RedirectResponse("/", status_code=303)
         return html("Sign in", pages.sign_in(error=None), session=None, nav="")
 
+    async def session_for(token: str) -> Session | str:
+        """A new session for an admin token, or why not (a sentence for the page)."""
+        if not token:
+            return "Enter an API token."
+        try:
+            principal = await deps.auth.authenticate(f"Bearer {token}")
+            check_scope(principal, {Scope.ADMIN})
+            return new_session(token)
+        except PermissionDenied:
+            return "That token may not use the console: it needs scope admin."
+        except (AuthenticationRequired, ValueError):
+            return "That token is unknown, expired or revoked."
+
     @console.post("/sign-in")
     async def sign_in(request: Request) -> Response:
         if not _same_origin(request):
@@ -128,23 +141,11 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
                 status=403,
             )
         form = await _form(request)
-        token = (form or {}).get("token", "").strip()
-        failure = None
-        if not token:
-            failure = "Enter an API token."
-        else:
-            try:
-                principal = await deps.auth.authenticate(f"Bearer {token}")
-                check_scope(principal, {Scope.ADMIN})
-                session = new_session(token)
-            except (AuthenticationRequired, ValueError):
-                failure = "That token is unknown, expired or revoked."
-            except PermissionDenied:
-                failure = "That token may not use the console: it needs scope admin."
-        if failure is not None:
+        session = await session_for((form or {}).get("token", "").strip())
+        if isinstance(session, str):
             log.info("console.sign_in_refused")
-            return html("Sign in", pages.sign_in(error=failure), session=None, nav="", status=401)
-        log.info("console.signed_in", scope=principal.scope.value)
+            return html("Sign in", pages.sign_in(error=session), session=None, nav="", status=401)
+        log.info("console.signed_in")
         answer = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
         answer.set_cookie(value=encode(session), **cookie_options(secure=_https(request)))
         return answer
@@ -172,7 +173,12 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
             status = await api.call(
                 "GET", _app_path(project["slug"], "status"), token=session.token
             )
-            rows.append((project, status.json() if status.ok else None))
+            if status.status == 404:  # no production environment yet: not deployed
+                rows.append((project, None))
+                continue
+            if (stop := refused(request, status, session)) is not None:
+                return stop
+            rows.append((project, status.json()))
         body = pages.apps(rows, notice_html=pages.notice(done=done))
         return html("Apps", body, session=session, nav="apps")
 
