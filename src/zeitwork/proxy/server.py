@@ -1215,7 +1215,9 @@ class ClientProtocol:
         can_retry = (
             retry
             and ex.retries == 0
-            and ex.head.method in IDEMPOTENT
+            # any method when nothing reached the backend (a refused connect), else only
+            # idempotent ones
+            and (ex.head.method in IDEMPOTENT or not ex.sent_head)
             and ex.body_done
             and not ex.streamed
             and not ex.response_started

@@ -77,6 +77,23 @@ async def test_connect_refused_backend_gives_no_failed_request(
     assert lb.backends.backends[dead.address].failures >= 8  # it really was picked and refused
 
 
+async def test_a_post_refused_at_connect_is_retried_elsewhere(
+    make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    """Nothing of a request reached a backend that refused the connection, so any method,
+    a POST with its body too, goes to another backend instead of failing."""
+    live, dead = await make_origin("live"), await make_origin("dead")
+    lb = await make_lb(eject_failures=100)
+    publish(lb, dead, live)
+    await dead.stop()
+    statuses = Counter()
+    for _ in range(8):
+        r = await http(lb.port, "POST", "/who", host="app.test", body=b"order=1")
+        statuses[r.status] += 1
+    assert statuses == {200: 8}
+    assert lb.backends.backends[dead.address].failures >= 2
+
+
 @dataclass
 class Load:
     """A client sending requests the whole time, on one keep-alive connection and on new
