@@ -203,6 +203,10 @@ class Platform:
         raise AssertionError(f"did not converge in {steps} steps: {await self.status()}")
 
     async def check_listed_healthy(self, host: str) -> None:
+        """Every backend the route lists is serving, running and healthy. The rows are read
+        after the table: when they differ, the table must have moved on meanwhile (an
+        operator process's own loop acts between the two reads; every change of what is
+        listed bumps the table's version)."""
         table = await self.routes()
         (route,) = [r for r in table.routes if r.host == host]
         for backend in route.backends:
@@ -210,7 +214,9 @@ class Platform:
                 "SELECT state, health, serving FROM instances WHERE id = %s",
                 (backend.instance_id,),
             )
-            assert rows == [("running", "healthy", True)], (backend, rows)
+            if rows != [("running", "healthy", True)]:
+                later = await self.routes()
+                assert later.version != table.version, (backend, rows)
 
     async def live(self) -> list[tuple[int, str, str, bool]]:
         """(version, state, health, serving) of every instance not terminated."""

@@ -68,6 +68,7 @@ async def test_an_operator_killed_mid_rollout_resumes_it_after_restart(
         assert placed == [(3,)]  # none placed twice, none lost
         assert await p.backends(HOST) == [v2["id"]] * 3
     finally:
+        await p.op.client.aclose()
         first.stop()
         if second is not None:
             second.stop()

@@ -42,6 +42,7 @@ Planner = Callable[[rp.EnvironmentView], list[rp.Action]]
 
 FAILURE_WINDOW_SECONDS = 600.0
 SERVING_NODES = ("ready", "draining")
+TOPIC_ORDER = (changes.ROUTES, changes.RELEASES)
 """node states whose instances' reports count (the route table lists their instances)"""
 FAILURE_KINDS = ("instance.failed", "instance.exited", "instance.oom_killed")
 
@@ -118,6 +119,7 @@ FROM instances i JOIN releases r ON r.id = i.release_id
 LEFT JOIN nodes n ON n.id = i.node_id
 WHERE r.project_environment_id = %s AND i.state <> 'terminated'
 ORDER BY i.created_at, i.id
+FOR UPDATE OF i
 """
 
 
@@ -138,6 +140,8 @@ class ReleaseReconciler:
         self._instances = instances
         self._service = instance_service
         self._plan = planner
+        self._notes: list[tuple[str, str, dict[str, Any]]] = []
+        self._topics: set[str] = set()
 
     async def sweep(self) -> float | None:
         """One pass over every live environment; returns the earliest epoch second a timer
@@ -164,19 +168,28 @@ class ReleaseReconciler:
             done = EnvironmentPass(environment_id=environment_id, now=view.now)
             done.actions = self._plan(view)
             releases = {r.id: r for r in (current, target) if r is not None}
+            self._notes = []
+            self._topics = set()
             for action in done.actions:
                 await self._apply(
                     tx, action, view=view, releases=releases, rollout=rollout, done=done
                 )
             moves = step_summary(done.actions)
             if rollout is not None and target is not None and moves:
-                await events.record(
-                    tx,
+                self._note(
                     "rollout.step",
                     ", ".join(f"{kind} {count}" for kind, count in moves.items()),
                     **self._ids(target, rollout),
                     data=moves,
                 )
+            # topics and events last, in the order a state report takes them (instance row,
+            # routes, releases, events): every instance row this pass touches is locked by
+            # the view first, so a report and a pass never wait on each other in a circle
+            for topic in TOPIC_ORDER:
+                if topic in self._topics:
+                    await changes.bump(tx, topic)
+            for kind, message, fields in self._notes:
+                await events.record(tx, kind, message, **fields)
         for action in done.actions:
             if not isinstance(action, rp.Wait):
                 log.info("rollout.action", environment_id=str(environment_id), action=repr(action))
@@ -278,6 +291,10 @@ class ReleaseReconciler:
                 if until is not None:
                     done.wake_at = until if done.wake_at is None else min(done.wake_at, until)
 
+    def _note(self, kind: str, message: str, **fields: Any) -> None:
+        """An event of this pass, written at its end (see ``reconcile``)."""
+        self._notes.append((kind, message, fields))
+
     @staticmethod
     def _ids(release: Release | None, rollout: Rollout | None) -> dict[str, Any]:
         return {
@@ -311,8 +328,7 @@ class ReleaseReconciler:
                 log.error("instance.placement_failed", release_id=str(release.id), error=exc.detail)
                 return
             done.placed.append(instance.id)
-            await events.record(
-                tx,
+            self._note(
                 "instance.placed",
                 f"v{release.version} instance placed on node {instance.node_id}",
                 instance_id=instance.id,
@@ -345,10 +361,9 @@ class ReleaseReconciler:
         row = await cur.fetchone()
         if row is None:
             return  # changed since the view: the next pass sees it
-        await changes.bump(tx, changes.ROUTES)
+        self._topics.add(changes.ROUTES)
         release = await self._release_of(tx, instance_id, releases)
-        await events.record(
-            tx,
+        self._note(
             "instance.serving",
             "instance joined the route",
             instance_id=instance_id,
@@ -375,10 +390,9 @@ class ReleaseReconciler:
         row = await cur.fetchone()
         if row is None:
             return
-        await changes.bump(tx, changes.ROUTES)
+        self._topics.add(changes.ROUTES)
         release = await self._release_of(tx, instance_id, releases)
-        await events.record(
-            tx,
+        self._note(
             "instance.draining" if drain else "instance.unserved",
             "instance left the route" + (" and drains" if drain else ""),
             instance_id=instance_id,
@@ -400,14 +414,13 @@ class ReleaseReconciler:
             "UPDATE instances SET serving = false WHERE id = %s AND serving", (instance_id,)
         )
         if cur.rowcount:
-            await changes.bump(tx, changes.ROUTES)
+            self._topics.add(changes.ROUTES)
         try:
             instance = await self._instances.terminate(instance_id, conn=tx)
         except NotFound:
             return  # terminating already
         release = await self._release_of(tx, instance_id, releases)
-        await events.record(
-            tx,
+        self._note(
             "instance.stopping",
             f"stopping instance: {reason}"[:500],
             instance_id=instance_id,
@@ -439,9 +452,8 @@ class ReleaseReconciler:
             )
         if rollout is not None and rollout.release_id == release.id:
             await self._releases.finish_rollout(rollout.id, RolloutState.SUCCEEDED, conn=tx)
-        await changes.bump(tx, changes.ROUTES)
-        await events.record(
-            tx,
+        self._topics.add(changes.ROUTES)
+        self._note(
             "rollout.succeeded",
             f"v{release.version} is current",
             **self._ids(release, rollout),
@@ -459,13 +471,12 @@ class ReleaseReconciler:
             )
         if not changed:
             return
-        await events.record(
-            tx,
+        self._note(
             "rollout.failed",
             f"v{release.version} failed: {cause}"[:4000],
             level="error",
             **self._ids(release, rollout),
             data={"cause": cause, "version": release.version},
         )
-        await changes.bump(tx, changes.RELEASES)
+        self._topics.add(changes.RELEASES)
         log.warning("rollout.failed", release_id=str(release.id), cause=cause)
