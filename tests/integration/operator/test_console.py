@@ -174,3 +174,24 @@ async def _current(p: object, version: int) -> bool:
     status = await p.status()  # type: ignore[attr-defined]
     current = status["current_release"]
     return bool(current and current["version"] == version and status["rollout"] is None)
+
+
+async def test_over_https_the_cookie_is_secure(operator: Operator) -> None:
+    app = operator.client._transport.app  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://operator.test"
+    ) as client:
+        r = await client.post(
+            "/sign-in",
+            content=f"token={operator.admin_token}",
+            headers=FORM | {"origin": "https://operator.test"},
+        )
+        assert r.status_code == 303
+        assert "Secure" in r.headers["set-cookie"]
+        # the origin of a plain-HTTP page is another origin
+        r = await client.post(
+            "/sign-in",
+            content=f"token={operator.admin_token}",
+            headers=FORM | {"origin": "http://operator.test"},
+        )
+        assert r.status_code == 403 and "set-cookie" not in r.headers
