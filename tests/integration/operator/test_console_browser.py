@@ -167,8 +167,14 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
                 (agent_url, AGENT_TOKEN, fake.node_id),
             )
         page: Page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("dialog", lambda dialog: dialog.accept())
+        errors: list[str] = []  # script errors and CSP refusals end up here
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on(
+            "console",
+            lambda message: errors.append(message.text) if message.type == "error" else None,
+        )
         try:
-            page.on("dialog", lambda dialog: dialog.accept())
             await page.goto(url + "/")
             await expect(page).to_have_url(url + "/sign-in")
             await page.get_by_label("API token").fill("zw_wrong-token-000000000000000000000000000")
@@ -241,5 +247,7 @@ async def test_sign_in_open_an_app_follow_it_and_roll_back(
             assert not [c for c in cookies if c["name"] == "zw_console"]
             await page.goto(url + "/nodes")
             await expect(page).to_have_url(url + "/sign-in")
+            # the wrong token's 401 page is the one error the browser reports
+            assert [e for e in errors if "401" not in e] == [], errors
         finally:
             await page.close()  # its streams end before the server stops

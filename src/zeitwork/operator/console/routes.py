@@ -111,6 +111,11 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
             },
         )
 
+    @console.get("/favicon.ico")
+    async def favicon() -> Response:
+        """No icon (browsers ask for one on every first visit): an empty answer, cached."""
+        return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
     @console.get("/sign-in")
     async def sign_in_page(request: Request) -> Response:
         if decode(request.cookies.get(COOKIE_NAME)) is not None:
