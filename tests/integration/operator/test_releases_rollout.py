@@ -130,6 +130,9 @@ async def test_rollback_makes_a_new_release_from_the_previous_good_one(operator:
     v3 = r.json()
     assert v3["version"] == 3 and v3["reason"] == "rollback"
     assert v3["source_release_id"] == v1["id"] and v3["image_id"] == v1["image_id"]
+    # the nodes have room: every replacement starts at once (the source rolled one by one)
+    assert v3["strategy"]["max_surge"] == "100%"
+    assert v1["strategy"]["max_surge"] != "100%"
     await p.converge(lambda: is_state(p, 3, "active"), host="app.example.com", min_backends=2)
     assert await p.backends("app.example.com") == [v3["id"]] * 2
     r = await operator.client.get(

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from zeitwork.core.errors import Conflict, InvalidInput, NotFound
+from zeitwork.core.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import ImageState, ReleaseState, RolloutState
 from zeitwork.operator.db import changes, events
@@ -295,6 +295,39 @@ class ReleaseService:
 
     # -- rollback and config ---------------------------------------------------------------
 
+    async def _rollback_strategy(self, tx: Conn, source: Release, replicas: int) -> dict[str, Any]:
+        """A rollback is the way out of a bad release: a rolling source strategy runs with
+        its whole surge at once (``max_surge`` 100 %: every replacement starts together, the
+        image is still cached on the nodes) when the nodes have room for it, else as the
+        source release ran."""
+        strategy = RolloutStrategy.model_validate(source.strategy)
+        if strategy.type != "rolling":
+            return dict(source.strategy)
+        fast = strategy.model_copy(update={"max_surge": "100%"})
+        probe = NewRelease(
+            project_id=source.project_id,
+            project_environment_id=source.project_environment_id,
+            image_id=source.image_id,
+            image_digest=source.image_digest,
+            image_ref=source.image_ref,
+            command=source.command,
+            port=source.port,
+            env={},
+            secrets={},
+            vcpu_millis=source.vcpu_millis,
+            memory_mib=source.memory_mib,
+            replicas=replicas,
+            health_check=source.health_check,
+            restart_policy=source.restart_policy,
+            strategy=fast.model_dump(mode="json"),
+            reason="rollback",
+        )
+        try:
+            await self._check_capacity(tx, fast, probe, first=False)
+        except InsufficientCapacity:
+            return dict(source.strategy)
+        return fast.model_dump(mode="json")
+
     async def rollback(self, project_ref: str, body: RollbackRequest) -> Deployed:
         async with self._db.transaction() as tx:
             _project, env = await self.locate(project_ref, body.environment, conn=tx)
@@ -331,7 +364,7 @@ class ReleaseService:
                 replicas=env.replicas,
                 health_check=source.health_check,
                 restart_policy=source.restart_policy,
-                strategy=source.strategy,
+                strategy=await self._rollback_strategy(tx, source, env.replicas),
                 reason="rollback",
                 description=f"rollback to v{source.version}",
                 source_release_id=source.id,
