@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 from typing import Any
 
@@ -65,3 +66,16 @@ def test_problem_without_a_problem_body() -> None:
     assert ApiAnswer(status=502, body=b"<html>").problem() == "the operator answered 502"
     assert ApiAnswer(status=400, body=b'{"title": "Bad"}').problem() == "Bad"
     assert ApiAnswer(status=204, body=b"").json() is None
+
+
+async def test_what_the_app_binds_stays_in_its_exchange() -> None:
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="caller")
+
+    async def rebinding(scope: Scope, receive: Receive, send: Send) -> None:
+        marker.set("app")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    answer = await InProcessApi(app=rebinding).call("GET", "/", token="t")
+    assert answer.status == 204
+    assert marker.get() == "caller"

@@ -102,8 +102,14 @@ class InProcessApi:
                 if not message.get("more_body", False):
                     done.set()
 
-        try:
+        # its own task: the exchange runs in a copy of this context, so what the app's
+        # middleware binds (structlog's request context) stays out of the caller's
+        async def exchange() -> None:
             await self._app(scope, receive, send)
+
+        running = asyncio.create_task(exchange())
+        try:
+            await running
         finally:
             done.set()
         return ApiAnswer(status=status, body=b"".join(chunks))
