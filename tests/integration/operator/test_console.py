@@ -143,10 +143,15 @@ async def test_an_app_page_its_actions_and_the_apis_refusals(operator: Operator)
     )
     assert r.status_code == 422 and 'role="alert"' in r.text, r.text
     assert "no-such-image" in r.text  # the API's problem, said on the page
+    for bad in ("lots", "%C2%B2", "-1", "10000"):  # "²" too: a digit to str.isdigit
+        r = await operator.client.post(
+            f"/apps/{slug}/scale", content=f"csrf={token}&replicas={bad}", headers=FORM
+        )
+        assert r.status_code == 422 and "whole number" in r.text, bad
     r = await operator.client.post(
-        f"/apps/{slug}/scale", content=f"csrf={token}&replicas=lots", headers=FORM
+        f"/apps/{slug}/rollback", content=f"csrf={token}&version=0", headers=FORM
     )
-    assert r.status_code == 422 and "whole number" in r.text
+    assert r.status_code == 422 and "a number like 3" in r.text
     r = await operator.client.post(
         f"/apps/{slug}/scale", content=f"csrf={token}&replicas=3", headers=FORM
     )

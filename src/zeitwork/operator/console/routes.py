@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from zeitwork.core.errors import AuthenticationRequired, PermissionDenied
 from zeitwork.operator.auth import check_scope
 from zeitwork.operator.console import pages
+from zeitwork.operator.console.forms import whole_number
 from zeitwork.operator.console.inprocess import ApiAnswer, InProcessApi
 from zeitwork.operator.console.session import (
     COOKIE_NAME,
@@ -247,19 +248,20 @@ def router(*, deps: Deps, api: InProcessApi) -> APIRouter:
     @console.post("/apps/{slug}/rollback")
     async def rollback(request: Request, slug: Slug) -> Response:
         form = await _form(request) or {}
-        version = form.get("version", "").strip()
-        if version and not (version.isdigit() and 0 < len(version) < 10):
+        text = form.get("version", "").strip()
+        version = whole_number(text, max_digits=9)
+        if text and not version:
             return await _bad_form(request, slug, "The version must be a number like 3.")
-        body: dict[str, Any] = {"version": int(version)} if version else {}
+        body: dict[str, Any] = {"version": version} if version else {}
         return await app_action(request, slug, "rollback", "POST", body)
 
     @console.post("/apps/{slug}/scale")
     async def scale(request: Request, slug: Slug) -> Response:
         form = await _form(request) or {}
-        replicas = form.get("replicas", "").strip()
-        if not (replicas.isdigit() and len(replicas) < 5):
+        replicas = whole_number(form.get("replicas", ""), max_digits=4)
+        if replicas is None:
             return await _bad_form(request, slug, "Replicas must be a whole number, 0 to 1000.")
-        return await app_action(request, slug, "scale", "PUT", {"replicas": int(replicas)})
+        return await app_action(request, slug, "scale", "PUT", {"replicas": replicas})
 
     @console.post("/apps/{slug}/deploy")
     async def deploy(request: Request, slug: Slug) -> Response:
