@@ -43,6 +43,16 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
 ENVIRONMENT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
+def resolve_count(value: int | str, replicas: int, *, round_up: bool) -> int:
+    """``max_surge`` / ``max_unavailable`` as a number of instances: an int as it is, a
+    percentage of ``replicas`` rounded up (surge) or down (unavailable), as Kubernetes does."""
+    if isinstance(value, int):
+        return value
+    percent = int(value.strip().removesuffix("%"))
+    scaled = replicas * percent
+    return -(-scaled // 100) if round_up else scaled // 100
+
+
 class RolloutStrategy(BaseModel):
     """How a release replaces the one before it.
 

@@ -115,8 +115,8 @@ from zeitwork.operator.reconcile.rollout_view import (
     StrategyType,
     Unserve,
     Wait,
-    resolve_count,
 )
+from zeitwork.wire.releases import resolve_count
 
 __all__ = [
     "Action",

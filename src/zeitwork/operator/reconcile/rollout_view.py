@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from zeitwork.core.states import HealthState, InstanceState
+from zeitwork.wire.releases import resolve_count
 
 if TYPE_CHECKING:
     from zeitwork.wire.releases import RolloutStrategy
@@ -43,16 +44,6 @@ class Strategy:
             healthy_deadline=strategy.healthy_deadline,
             auto_revert=strategy.auto_revert,
         )
-
-
-def resolve_count(value: int | str, replicas: int, *, round_up: bool) -> int:
-    """``max_surge`` / ``max_unavailable`` as a number of instances: an int as it is, a
-    percentage of ``replicas`` rounded up (surge) or down (unavailable), as Kubernetes does."""
-    if isinstance(value, int):
-        return value
-    percent = int(value.strip().removesuffix("%"))
-    scaled = replicas * percent
-    return -(-scaled // 100) if round_up else scaled // 100
 
 
 @dataclass(frozen=True, slots=True)

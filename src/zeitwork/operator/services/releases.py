@@ -43,7 +43,6 @@ from zeitwork.operator.db.releases import (
     ReleaseStore,
     Rollout,
 )
-from zeitwork.operator.reconcile.rollout_plan import resolve_count
 from zeitwork.operator.scheduler.placement import NoFit, place_replicas
 from zeitwork.operator.secret_box import SecretBox
 from zeitwork.operator.services.instances import no_fit_error
@@ -54,6 +53,7 @@ from zeitwork.wire.releases import (
     ReleaseCreate,
     RollbackRequest,
     RolloutStrategy,
+    resolve_count,
 )
 
 log = structlog.get_logger("zeitwork.operator.releases")
