@@ -11,6 +11,7 @@ APT_PACKAGES=(
   iproute2 nftables e2fsprogs           # node networking, ext4 rootfs (mkfs.ext4 -d, debugfs)
   pebble                                # a real ACME server for the edge tests
   haproxy nginx-light wrk caddy         # benchmark peers and load generator
+  nghttp2-client                        # h2load and nghttp: the edge's HTTP/2 tests and benchmark
   gcc libssl-dev                        # benchmarks/edge/tls_sessions.c (preloaded into wrk)
   openssl                               # openssl s_time: the edge benchmark's handshake-only clients
   systemd                               # systemd-analyze verify for the unit files

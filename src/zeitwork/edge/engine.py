@@ -14,7 +14,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
 from zeitwork.edge.policy import html_page, wants_html
@@ -25,7 +25,9 @@ from zeitwork.edge.tls_transport import (
     tls_factory,
 )
 from zeitwork.proxy.backends import Pool
+from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies
+from zeitwork.proxy.http2 import PREFACE, H2Connection
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
 from zeitwork.proxy.types import (
     ClientInfo,
@@ -91,6 +93,71 @@ class _EdgeClient(ClientProtocol):
         if wants_html(headers):
             return b"text/html; charset=utf-8", html_page(status, detail)
         return super().render_error(status, detail, headers)
+
+
+class _EdgeH2(H2Connection):
+    """HTTP/2 at the edge (ALPN ``h2``, or h2c with prior knowledge): the core's HTTP/2
+    connection with the edge's error pages; over TLS it counts the completed handshake."""
+
+    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
+        if wants_html(headers):
+            return b"text/html; charset=utf-8", html_page(status, detail)
+        return super().render_error(status, detail, headers)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls:
+            handshakes: HandshakeCounter = self.proxy.handshakes  # type: ignore[attr-defined]
+            handshakes.completed += 1
+        super().connection_made(transport)
+
+
+class _H2cClient(_EdgeClient):
+    """The plain-HTTP protocol when h2c is on (``EDGE_H2C``): a connection whose first bytes
+    are the HTTP/2 client preface becomes an HTTP/2 connection; any other speaks HTTP/1.1."""
+
+    _sniffing = True
+    _sniffed = b""
+
+    def data_received(self, data: bytes) -> None:
+        if not self._sniffing:
+            super().data_received(data)
+            return
+        data = self._sniffed + data
+        if PREFACE.startswith(data[: len(PREFACE)]):
+            if len(data) < len(PREFACE):
+                self._sniffed = data  # not enough yet to tell
+                return
+            self._sniffing = False
+            self._sniffed = b""
+            self._become_h2(data)
+            return
+        self._sniffing = False
+        self._sniffed = b""
+        super().data_received(data)
+
+    def _become_h2(self, data: bytes) -> None:
+        transport = self.transport
+        proxy: EdgeProxy = self.proxy  # type: ignore[assignment]
+        if transport is None or not self.admitted:
+            return
+        # this protocol gives its place under the caps back (as connection_lost would) and
+        # the HTTP/2 one takes it again in its connection_made
+        self.admitted = False
+        if self._holds_refusal:
+            self._holds_refusal = False
+            proxy.release_refusal()
+        elif proxy.limiter is not None and not self.preadmitted and not self.refused:
+            proxy.limiter.release(self.peer_ip)
+        proxy.connections.discard(self)
+        proxy.observer.connections_changed(-1)
+        self.transport = None
+        h2 = _EdgeH2(proxy, tls=False, limits=proxy.h2_limits)
+        h2.forced_peer = self.forced_peer
+        h2.preadmitted = self.preadmitted
+        transport.set_protocol(cast(asyncio.BaseProtocol, h2))  # a protocol by duck typing
+        h2.connection_made(transport)
+        if h2.admitted:
+            h2.data_received(data)
 
 
 class _TlsCountingProtocol(_EdgeClient):
@@ -180,6 +247,9 @@ class EdgeProxy(Proxy):
         observer: Observer | None = None,
         limiter: ConnectionLimiter | None = None,
         trusted: TrustedProxies | None = None,
+        http2: bool = False,
+        h2c: bool = False,
+        h2_limits: H2Limits | None = None,
     ) -> None:
         # explicit keywords, not **kwargs: mypyc passes a forwarded **kwargs positionally
         super().__init__(
@@ -192,6 +262,9 @@ class EdgeProxy(Proxy):
         )
         self.handshakes = handshakes
         self.proxy_protocol = proxy_protocol
+        self.http2 = http2  # ALPN h2 on TLS
+        self.h2c = h2c  # HTTP/2 with prior knowledge on the plain listener
+        self.h2_limits = h2_limits or H2Limits()
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
         # Each class is named in its own call, not called through a variable: compiled, an
@@ -204,6 +277,12 @@ class EdgeProxy(Proxy):
                 return _ProxyProtocolClient(self, tls=False)
 
             return proxied
+        if not tls and self.h2c:
+
+            def sniffing() -> ClientProtocol:
+                return _H2cClient(self, tls=False)
+
+            return sniffing
         if not tls:
 
             def plain() -> ClientProtocol:
@@ -232,7 +311,14 @@ class EdgeProxy(Proxy):
             on_admitted=self.handshakes.start,
             on_failed=self.handshakes.fail,
             server_names=server_names,
+            make_h2=self._make_h2 if self.http2 else None,
         )
+
+    def _make_h2(self, negotiated: ClientProtocol) -> ClientProtocol:
+        """The HTTP/2 protocol of a TLS connection that negotiated ALPN ``h2``."""
+        h2 = _EdgeH2(self, tls=True, limits=self.h2_limits)
+        h2.take_over(negotiated)
+        return h2
 
     async def serve(
         self,

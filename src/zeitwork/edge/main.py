@@ -51,6 +51,7 @@ from zeitwork.observability import get_logger, new_registry, render_metrics
 from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy import core_compiled
 from zeitwork.proxy.backends import Backend, Pool
+from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
 
@@ -160,7 +161,7 @@ class Edge:
     def __post_init__(self) -> None:
         s = self.settings
         self.handshakes = HandshakeCounter()
-        self.tls = TlsTerminator(default_domain=s.default_domain)
+        self.tls = TlsTerminator(default_domain=s.default_domain, http2=s.http2)
         shared = s.data_dir / "edge" / "challenges" if s.worker_count > 1 else None
         self.challenges = Challenges(tls=self.tls, directory=shared)
         self.limiter = RateLimiter(capacity=s.rate_limit_capacity)
@@ -256,6 +257,15 @@ class Edge:
             policy=self.policy,
             limiter=caps,
             trusted=trusted,
+            http2=s.http2,
+            h2c=s.h2c,
+            h2_limits=H2Limits(
+                max_concurrent_streams=s.h2_max_streams,
+                max_header_list_size=s.h2_max_header_list,
+                initial_window_size=s.h2_stream_window,
+                connection_window=s.h2_connection_window,
+                max_resets=s.h2_max_resets,
+            ),
         )
         store = self._store()
         mode = s.effective_tls_mode

@@ -174,6 +174,38 @@ class EdgeSettings(ServiceSettings):
         description="seconds SIGTERM waits for a successor on the same ports before closing them",
     )
 
+    http2: bool = Field(
+        default=True,
+        validation_alias="EDGE_HTTP2",
+        description="offer ALPN h2 before http/1.1 on TLS (off: http/1.1 only)",
+    )
+    h2c: bool = Field(
+        default=False,
+        validation_alias="EDGE_H2C",
+        description="HTTP/2 with prior knowledge (h2c) on the plain-HTTP port",
+    )
+    h2_max_streams: int = Field(
+        default=100, ge=1, le=10_000, validation_alias="EDGE_H2_MAX_STREAMS"
+    )
+    h2_max_header_list: int = Field(
+        default=65_536, ge=1024, le=1024 * 1024, validation_alias="EDGE_H2_MAX_HEADER_LIST"
+    )
+    h2_stream_window: int = Field(
+        default=1024 * 1024, ge=65_535, le=2**31 - 1, validation_alias="EDGE_H2_STREAM_WINDOW"
+    )
+    h2_connection_window: int = Field(
+        default=16 * 1024 * 1024,
+        ge=65_535,
+        le=2**31 - 1,
+        validation_alias="EDGE_H2_CONNECTION_WINDOW",
+    )
+    h2_max_resets: int = Field(
+        default=200,
+        ge=1,
+        validation_alias="EDGE_H2_MAX_RESETS",
+        description="RST_STREAMs a client may send per 10 s before GOAWAY(ENHANCE_YOUR_CALM)",
+    )
+
     @field_validator("domain_policies")
     @classmethod
     def _domain_policies(cls, value: str) -> str:

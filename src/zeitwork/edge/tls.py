@@ -1,7 +1,7 @@
 """TLS termination: one server context whose SNI callback picks a per-host context.
 
 - TLS 1.2 and 1.3 only; TLS 1.2 restricted to ECDHE with AES-GCM or ChaCha20-Poly1305.
-- ALPN ``http/1.1``.
+- ALPN ``h2`` and ``http/1.1`` (``EDGE_HTTP2``), or ``http/1.1`` alone.
 - ``install`` builds a fresh context for a host and swaps it into the table: connections
   already open keep the context they shook hands with, new handshakes get the new one, so
   a certificate change needs no restart and drops nothing.
@@ -27,6 +27,7 @@ from zeitwork.edge.certificates.x509 import CertificateError, CertInfo, inspect
 from zeitwork.edge.tls_transport import ServerNameSlot
 
 ALPN_HTTP1 = "http/1.1"
+ALPN_H2 = "h2"
 ALPN_ACME = "acme-tls/1"
 _ALPN_ACME_B = ALPN_ACME.encode()
 _HANDSHAKE = 22  # TLS content type
@@ -110,7 +111,9 @@ class TlsTerminator:
     or ``default_domain``'s once installed. With none of those it fails (alert
     ``unrecognized_name``): such a client never gets another app's certificate."""
 
-    def __init__(self, *, default_domain: str | None = None) -> None:
+    def __init__(self, *, default_domain: str | None = None, http2: bool = False) -> None:
+        # ALPN of every context but the challenges': ``h2`` first when HTTP/2 is on
+        self._alpn = [ALPN_H2, ALPN_HTTP1] if http2 else [ALPN_HTTP1]
         self._hosts: dict[str, ssl.SSLContext] = {}
         self._wildcards: dict[str, ssl.SSLContext] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
@@ -119,7 +122,7 @@ class TlsTerminator:
         self._default: ssl.SSLContext | None = None
         self._default_name = default_domain.lower().rstrip(".") if default_domain else None
         self._expiry: dict[str, datetime] = {}
-        self.server_context = _base_context([ALPN_HTTP1])
+        self.server_context = _base_context(self._alpn)
         self.server_context.sni_callback = self._pick
         # where ``_pick`` leaves the name it was given, for the TLS layer (ClientInfo.sni)
         self.server_names = ServerNameSlot()
@@ -131,7 +134,7 @@ class TlsTerminator:
     ) -> CertInfo:
         """Serve ``chain_pem`` for ``domain`` (``*.x`` for a wildcard) from now on."""
         info = inspect(chain_pem, key_pem)
-        ctx = host_context(chain_pem, key_pem)
+        ctx = host_context(chain_pem, key_pem, alpn=self._alpn)
         domain = domain.lower().rstrip(".")
         if domain.startswith("*."):
             self._wildcards[domain[2:]] = ctx
@@ -148,7 +151,7 @@ class TlsTerminator:
     def set_default(self, chain_pem: str, key_pem: str) -> CertInfo:
         """The certificate for handshakes without SNI or for a host with none of its own."""
         info = inspect(chain_pem, key_pem)
-        ctx = host_context(chain_pem, key_pem)
+        ctx = host_context(chain_pem, key_pem, alpn=self._alpn)
         _load(self.server_context, chain_pem, key_pem)
         self._default = ctx
         self._default_name = None

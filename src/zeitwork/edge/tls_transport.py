@@ -120,8 +120,11 @@ class TlsTransport:
         on_admitted: Callable[[], None],
         on_failed: Callable[[str], None],
         server_names: ServerNameSlot | None = None,
+        make_h2: Callable[[ClientProtocol], ClientProtocol] | None = None,
     ) -> None:
         self.client: ClientProtocol | None = client  # None once the connection is over
+        # ALPN ``h2`` negotiated: the client protocol is replaced by what this makes of it
+        self.make_h2 = make_h2
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         # the _ssl object itself, no ssl.SSLObject wrapper: the SNI callback gets it as is
@@ -246,6 +249,8 @@ class TlsTransport:
         # TLS 1.2 ends with the server's Finished, which the client waits for; TLS 1.3 ends
         # with the client's, and what OpenSSL has made since (tickets) can wait
         self.tickets_held = self.tls.version() == "TLSv1.3"
+        if self.make_h2 is not None and self.tls.selected_alpn_protocol() == "h2":
+            client = self.client = self.make_h2(client)
         client.connection_made(self)  # type: ignore[arg-type]
         return True
 
@@ -427,9 +432,11 @@ def tls_factory(
     on_admitted: Callable[[], None],
     on_failed: Callable[[str], None],
     server_names: ServerNameSlot | None = None,
+    make_h2: Callable[[ClientProtocol], ClientProtocol] | None = None,
 ) -> Callable[[], TlsTransport]:
     """A protocol factory for ``loop.create_server`` on a plain socket serving HTTPS;
-    ``server_names``: the slot the context's SNI callback fills (``ClientInfo.sni``)."""
+    ``server_names``: the slot the context's SNI callback fills (``ClientInfo.sni``);
+    ``make_h2``: the HTTP/2 protocol for a connection that negotiated ALPN ``h2``."""
     clock = HandshakeClock(handshake_timeout if handshake_timeout is not None else 60.0)
 
     def factory() -> TlsTransport:
@@ -441,6 +448,7 @@ def tls_factory(
             on_admitted=on_admitted,
             on_failed=on_failed,
             server_names=server_names,
+            make_h2=make_h2,
         )
 
     return factory

@@ -1,0 +1,168 @@
+"""The pure rules of HTTP/2 at the proxy: a stream's request as an HTTP/1.1 head, a backend's
+HTTP/1.1 response headers as an HTTP/2 header list, the limits, and the rapid-reset budget.
+
+No I/O here: ``http2`` drives the ``h2`` connection and calls these (unit-tested on their own
+in ``tests/unit/proxy/test_http2_rules.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zeitwork.proxy.headers import HOP_BY_HOP, MAX_HEADER_BYTES, connection_value_tokens
+from zeitwork.proxy.types import Headers
+
+# RFC 9113 8.2.2: connection-specific fields never appear in HTTP/2 (``te`` only as
+# ``trailers``); also what the proxy rebuilds itself on the way to the backend
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"transfer-encoding", b"upgrade", b"content-length"}
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"transfer-encoding", b"upgrade"}
+_FORBIDDEN_BYTES = (b"\r", b"\n", b"\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class H2Limits:
+    """What one HTTP/2 connection allows (``EDGE_H2_*``).
+
+    - ``max_concurrent_streams``: advertised in SETTINGS; a stream past it is refused with
+      RST_STREAM(REFUSED_STREAM) (past twice it, h2 ends the connection: PROTOCOL_ERROR);
+    - ``max_header_list_size``: advertised, and the cap on a request's decoded header bytes
+      (HPACK bomb: h2's decoder stops at it, then this module's count does);
+    - ``initial_window_size``: each stream's receive window; ``connection_window`` the
+      connection's; ``buffer_limit``: response bytes held per stream for a client whose
+      window is shut before the backend's reading pauses;
+    - ``max_resets`` RST_STREAM frames from the client in ``reset_interval`` seconds, past
+      which the connection gets GOAWAY(ENHANCE_YOUR_CALM) (CVE-2023-44487).
+    """
+
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = MAX_HEADER_BYTES
+    initial_window_size: int = 1024 * 1024
+    connection_window: int = 16 * 1024 * 1024
+    buffer_limit: int = 256 * 1024
+    max_resets: int = 200
+    reset_interval: float = 10.0
+
+
+class H2RequestError(Exception):
+    """A stream's request that cannot be forwarded: answered with ``status`` on the stream."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Http1Request:
+    """A stream's request as HTTP/1.1: ``head`` (request line to the blank line), and
+    whether its body is sent chunked (a body without Content-Length)."""
+
+    head: bytes
+    chunked: bool
+
+
+def _clean(value: bytes, what: str) -> bytes:
+    for bad in _FORBIDDEN_BYTES:
+        if bad in value:
+            raise H2RequestError(400, f"invalid byte in the {what}")
+    return value
+
+
+def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
+    """The HTTP/1.1 head of a stream's request (``headers`` as h2 decoded them, bytes).
+
+    ``:authority`` becomes Host (a Host field that names another authority is refused),
+    ``cookie`` fields are joined (RFC 9113 8.2.3), connection-specific fields are dropped, and
+    a body without Content-Length is sent chunked. The proxy core's HTTP/1.1 parser reads the
+    result, so the request then meets every rule an HTTP/1.1 request meets."""
+    method = path = authority = host = b""
+    scheme = b""
+    length: bytes | None = None
+    fields: list[bytes] = []
+    cookies: list[bytes] = []
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 32  # RFC 9113 6.5.2's per-field overhead
+        if size > MAX_HEADER_BYTES:
+            raise H2RequestError(431, "request headers exceed 64 KiB")
+        _clean(name, "header name")
+        _clean(value, "header value")
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":scheme":
+                scheme = value
+            else:
+                raise H2RequestError(400, "unknown pseudo-header")
+            continue
+        if name == b"cookie":
+            cookies.append(value)
+        elif name == b"host":
+            host = value
+        elif name == b"content-length":
+            length = value
+        elif name not in _NOT_FORWARDED:
+            fields.append(b"%s: %s\r\n" % (name, value))
+    if method == b"CONNECT":
+        raise H2RequestError(405, "CONNECT is not supported")
+    if not method or not path or not scheme:
+        raise H2RequestError(400, "missing :method, :scheme or :path")
+    if b" " in method or b" " in path:
+        raise H2RequestError(400, "invalid :method or :path")
+    if authority and host and authority.lower() != host.lower():
+        raise H2RequestError(400, "the Host header does not match :authority")
+    authority = authority or host
+    if not authority:
+        raise H2RequestError(400, "missing :authority")
+    out = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, path, authority)]
+    out.extend(fields)
+    if cookies:
+        out.append(b"cookie: %s\r\n" % b"; ".join(cookies))
+    chunked = False
+    if length is not None:
+        out.append(b"content-length: %s\r\n" % length)
+    elif has_body:
+        chunked = True
+        out.append(b"transfer-encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return Http1Request(head=b"".join(out), chunked=chunked)
+
+
+def response_headers(upstream: Headers) -> Headers:
+    """A backend's HTTP/1.1 response fields as HTTP/2 fields: names lower-cased, hop-by-hop
+    fields and those the Connection header names dropped, Content-Length kept."""
+    named: frozenset[bytes] = frozenset()
+    for name, value in upstream:
+        if name.lower() == b"connection":
+            named |= connection_value_tokens(value)
+    out: Headers = []
+    for name, value in upstream:
+        lname = name.lower()
+        if lname in _RESPONSE_DROPPED or lname in named:
+            continue
+        out.append((lname, value))
+    return out
+
+
+class ResetBudget:
+    """At most ``limit`` events in any ``interval`` seconds (a fixed window, restarted by the
+    first event after it ends): ``hit`` is False once the budget is spent."""
+
+    __slots__ = ("count", "interval", "limit", "started")
+
+    def __init__(self, *, limit: int, interval: float) -> None:
+        self.limit = limit
+        self.interval = interval
+        self.started = 0.0
+        self.count = 0
+
+    def hit(self, now: float) -> bool:
+        if self.count == 0 or now - self.started >= self.interval:
+            self.started = now
+            self.count = 0
+        self.count += 1
+        return self.count <= self.limit
