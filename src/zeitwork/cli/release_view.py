@@ -162,11 +162,31 @@ def metrics_text(metrics: dict[str, Any] | None) -> str | None:
     """The status's request figures as one line, in a stable order."""
     if not metrics:
         return None
+    if "requests_per_s" in metrics:  # the operator's figures (operator/services/proxy_stats)
+        return _request_figures(metrics)
     parts = []
     for key in sorted(metrics):
         value = metrics[key]
         parts.append(f"{key} {value:g}" if isinstance(value, int | float) else f"{key} {value}")
     return "requests (last minute): " + ", ".join(parts)
+
+
+def _request_figures(m: dict[str, Any]) -> str:
+    """``requests (last 60 s): 15 req/s, 5xx 2%, p50 0.26 ms, p99 212 ms, in 0 B/s, ...``."""
+
+    def number(key: str, unit: str, scale: float = 1.0) -> str:
+        value = m.get(key)
+        if not isinstance(value, int | float):
+            return "-"
+        value *= scale
+        return (f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}") + unit
+
+    return (
+        f"requests (last {m.get('window_s', 60)} s): {number('requests_per_s', ' req/s')}, "
+        f"5xx {number('error_rate', '%', 100)}, p50 {number('p50_ms', ' ms')}, "
+        f"p99 {number('p99_ms', ' ms')}, in {number('bytes_in_per_s', ' B/s')}, "
+        f"out {number('bytes_out_per_s', ' B/s')}"
+    )
 
 
 def status_header(status: AppStatus) -> list[str]:

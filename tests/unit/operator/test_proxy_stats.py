@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from zeitwork.cli.release_view import metrics_text
 from zeitwork.operator.db.proxy_stats import StatsSample
 from zeitwork.operator.services.proxy_stats import (
     app_metrics,
@@ -177,3 +178,26 @@ def test_app_metrics_forgets_old_samples_and_gone_balancers() -> None:
 def test_app_metrics_without_samples_is_none() -> None:
     assert app_metrics([], ["a"], now=0) is None
     assert app_metrics([sample(0, {"a": totals(5)})], ["a"], now=0) is None
+
+
+# -- how the CLI prints them --------------------------------------------------------------
+
+
+def test_the_cli_prints_the_figures_as_one_line() -> None:
+    figures = {
+        "window_s": 60,
+        "requests_per_s": 15.003,
+        "error_rate": 0.0199,
+        "p50_ms": 0.26,
+        "p99_ms": 212.38,
+        "bytes_in_per_s": 0.0,
+        "bytes_out_per_s": 1861.8,
+        "load_balancers": 1,
+    }
+    assert metrics_text(figures) == (
+        "requests (last 60 s): 15 req/s, 5xx 1.99%, p50 0.26 ms, p99 212 ms, in 0 B/s, out 1862 B/s"
+    )
+    idle = figures | {"requests_per_s": 0.0, "error_rate": None, "p50_ms": None, "p99_ms": None}
+    assert metrics_text(idle) == (
+        "requests (last 60 s): 0 req/s, 5xx -, p50 -, p99 -, in 0 B/s, out 1862 B/s"
+    )
