@@ -4,9 +4,10 @@ Each balancer pushes its ``/stats/routes`` totals (since it started) every few s
 store keeps about two minutes of them in PostgreSQL, so every operator sharing the database
 answers the same. An app's figures over the last minute are computed here, purely:
 
-- per balancer, the increase of each counter between consecutive samples; a counter that
-  went down, or a new ``started_at``, means the balancer restarted, and the new total is the
-  increase (as Prometheus treats counter resets);
+- per balancer, the increase of each counter between consecutive samples; a new
+  ``started_at`` means the balancer restarted, and the new totals are the increase (as
+  Prometheus treats counter resets); a total that went down without one (one worker of
+  several respawned) adds nothing;
 - a balancer's rates are its increases over the time its samples span (its own clock); the
   app's rates are the sum over the balancers that pushed lately (``STALE_SECONDS``);
 - the error rate is the 5xx share of the requests, p50 / p99 come from the summed latency
@@ -47,10 +48,15 @@ def route_vector(totals: dict[str, Any], buckets: int) -> Vector:
 
 
 def increase(previous: Vector | None, current: Vector, *, restarted: bool) -> Vector:
-    """What one route's counters added between two samples of one balancer."""
-    if previous is None or restarted or any(c < p for c, p in zip(current, previous, strict=True)):
+    """What one route's counters added between two samples of one balancer.
+
+    After a restart (a new ``started_at``) the totals began at zero: all of them are new.
+    A total that went down without one is a worker of a multi-worker balancer that was
+    respawned (the others' totals stayed): its loss is not knowable, so it adds nothing
+    rather than counting everyone's totals again."""
+    if previous is None or restarted:
         return list(current)
-    return [c - p for c, p in zip(current, previous, strict=True)]
+    return [max(c - p, 0.0) for c, p in zip(current, previous, strict=True)]
 
 
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
