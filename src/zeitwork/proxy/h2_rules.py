@@ -17,6 +17,13 @@ from zeitwork.proxy.types import Headers
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"transfer-encoding", b"upgrade", b"content-length"}
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"transfer-encoding", b"upgrade"}
 _FORBIDDEN_BYTES = (b"\r", b"\n", b"\x00")
+# RFC 9113 8.2.2: these make a request malformed (``te`` unless it is ``trailers``)
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
+# RFC 9110 5.1 token characters, lower-case only (RFC 9113 8.2.1)
+_NAME_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +68,20 @@ class Http1Request:
     chunked: bool
 
 
-def _clean(value: bytes, what: str) -> bytes:
+def _clean(value: bytes, what: str) -> None:
     for bad in _FORBIDDEN_BYTES:
         if bad in value:
             raise H2RequestError(400, f"invalid byte in the {what}")
-    return value
 
 
 def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
     """The HTTP/1.1 head of a stream's request (``headers`` as h2 decoded them, bytes).
 
-    ``:authority`` becomes Host (a Host field that names another authority is refused),
-    ``cookie`` fields are joined (RFC 9113 8.2.3), connection-specific fields are dropped, and
+    The fields are checked here (h2's own checks are off, as they end the whole connection
+    where RFC 9113 8.1.1 asks for a stream error): lower-case token names, pseudo-headers
+    once each and first, no connection-specific fields, no CR, LF or NUL, no surrounding
+    whitespace. ``:authority`` becomes Host (a Host field that names another authority is
+    refused), ``cookie`` fields are joined (RFC 9113 8.2.3), ``te: trailers`` is dropped, and
     a body without Content-Length is sent chunked. The proxy core's HTTP/1.1 parser reads the
     result, so the request then meets every rule an HTTP/1.1 request meets."""
     method = path = authority = host = b""
@@ -81,13 +90,19 @@ def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
     fields: list[bytes] = []
     cookies: list[bytes] = []
     size = 0
+    seen: set[bytes] = set()
+    regular = False
     for name, value in headers:
         size += len(name) + len(value) + 32  # RFC 9113 6.5.2's per-field overhead
         if size > MAX_HEADER_BYTES:
             raise H2RequestError(431, "request headers exceed 64 KiB")
-        _clean(name, "header name")
         _clean(value, "header value")
+        if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+            raise H2RequestError(400, "whitespace around a header value")
         if name[:1] == b":":
+            if regular or name in seen or name not in _PSEUDO:
+                raise H2RequestError(400, "invalid pseudo-header")
+            seen.add(name)
             if name == b":method":
                 method = value
             elif name == b":path":
@@ -96,9 +111,12 @@ def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
                 authority = value
             elif name == b":scheme":
                 scheme = value
-            else:
-                raise H2RequestError(400, "unknown pseudo-header")
             continue
+        regular = True
+        if not name or not _NAME_BYTES.issuperset(name):
+            raise H2RequestError(400, "invalid header name")
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise H2RequestError(400, "a connection-specific header in an HTTP/2 request")
         if name == b"cookie":
             cookies.append(value)
         elif name == b"host":

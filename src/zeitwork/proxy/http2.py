@@ -226,6 +226,7 @@ class H2Connection(ClientProtocol):
         self.resets = ResetBudget(limit=limits.max_resets, interval=limits.reset_interval)
         self.goaway_at = 0  # the last stream id of our GOAWAY (0: none sent)
         self.write_paused = False
+        self.last_served = 0  # the stream pump_all gave a frame to last
 
     def take_over(self, other: ClientProtocol) -> None:
         """Become the protocol of ``other``'s connection before its handshake completes (the
@@ -242,7 +243,12 @@ class H2Connection(ClientProtocol):
             return
         limits = self.limits
         conn = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(client_side=False, header_encoding=None)
+            config=h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                # request_head checks the fields and answers a stream 400 instead
+                validate_inbound_headers=False,
+            )
         )
         advertised = {
             _S.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -398,15 +404,13 @@ class H2Connection(ClientProtocol):
                 self._request_ended(stream)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
-                for stream in list(self.streams.values()):
-                    self.pump(stream)
+                self.pump_all()
             else:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     self.pump(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for stream in list(self.streams.values()):
-                self.pump(stream)
+            self.pump_all()
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -495,16 +499,18 @@ class H2Connection(ClientProtocol):
         if end:
             self._maybe_done(stream)
 
-    def pump(self, stream: H2Stream) -> None:
-        """Send what the windows allow of ``stream``'s response, and its end when all is."""
+    def pump(self, stream: H2Stream, frames: int = -1) -> bool:
+        """Send what the windows allow of ``stream``'s response (at most ``frames`` DATA
+        frames; -1: no bound), and its end once all is sent. True if some frame left."""
         conn = self.h2
         if conn is None or stream.response_sent:
-            return
+            return False
         self.active = True
         sid = stream.stream_id
         pending = stream.pending
+        sent = False
         try:
-            while pending:
+            while pending and frames != 0:
                 window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     break
@@ -517,6 +523,8 @@ class H2Connection(ClientProtocol):
                     conn.send_data(sid, chunk)
                     pending.popleft()
                     stream.pending_bytes -= len(chunk)
+                sent = True
+                frames -= 1
             if not pending and stream.end_pending:
                 conn.end_stream(sid)
                 stream.response_sent = True
@@ -525,12 +533,31 @@ class H2Connection(ClientProtocol):
             self._forget(stream)
             self._send()
             self._after_stream()
-            return
+            return sent
         self._send()
         if stream.response_sent:
             self._maybe_done(stream)
         else:
             stream.window_opened()
+        return sent
+
+    def pump_all(self) -> None:
+        """The connection's window opened: every waiting stream gets a frame in turn."""
+        conn = self.h2
+        while conn is not None and conn.outbound_flow_control_window > 0:
+            moved = False
+            waiting = [s for s in self.streams.values() if s.pending or s.end_pending]
+            # the turn goes on after the stream served last, so that a window smaller than
+            # one frame per stream does not keep going to the same first few
+            later = [s for s in waiting if s.stream_id > self.last_served]
+            for stream in later + [s for s in waiting if s.stream_id <= self.last_served]:
+                if conn.outbound_flow_control_window <= 0:
+                    return
+                if self.pump(stream, 1):
+                    moved = True
+                    self.last_served = stream.stream_id
+            if not moved:
+                return
 
     def reset(self, stream: H2Stream, code: int) -> None:
         conn = self.h2

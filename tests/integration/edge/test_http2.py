@@ -1,0 +1,442 @@
+"""HTTP/2 through the real edge to an HTTP/1.1 upstream: curl, h2load and a raw h2 client.
+
+ALPN h2 on TLS and h2c with prior knowledge; bodies byte-exact both ways under flow control;
+streams interleaved on one connection; the stream limit (REFUSED_STREAM), rapid reset
+(GOAWAY ENHANCE_YOUR_CALM) and GOAWAY on drain; the edge's policies on h2 requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from h2.errors import ErrorCodes
+
+from tests.integration.edge.conftest import EdgeFactory, Upstream, admin_get, wait_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("h2load") is None,
+    reason="needs curl and h2load (nghttp2-client; scripts/bootstrap.sh installs it)",
+)
+
+_BLOCK = bytes(range(256)) * 256  # the Upstream helper's /big/N pattern
+
+
+def _big(size: int) -> bytes:
+    return (_BLOCK * (size // len(_BLOCK) + 1))[:size]
+
+
+def _ca(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "edge" / "ca" / "ca.crt"
+
+
+async def _run(*argv: str, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def _curl_tls(port: int, tmp_path: Path, *args: str) -> list[str]:
+    return [
+        "curl",
+        "-sS",
+        "--http2",
+        "--cacert",
+        str(_ca(tmp_path)),
+        "--resolve",
+        f"app.test:{port}:127.0.0.1",
+        *args,
+    ]
+
+
+class H2Client:
+    """A raw HTTP/2 client over TLS (ALPN h2) or h2c, on the h2 library: frames are sent as
+    the test says and every event is kept."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True, header_encoding=None, validate_outbound_headers=False
+            )
+        )
+        self.events: list[Any] = []
+        self.bodies: dict[int, bytearray] = {}
+        self.closed = False
+
+    @classmethod
+    async def open(cls, port: int, ca: Path | None, *, window: int | None = None) -> H2Client:
+        ctx: ssl.SSLContext | None = None
+        if ca is not None:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="app.test" if ctx else None
+        )
+        if ctx is not None:
+            assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        client = cls(reader, writer)
+        if window is not None:
+            client.conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+            )
+        client.conn.initiate_connection()
+        await client.send()
+        return client
+
+    def headers(self, path: str, *, method: str = "GET", extra: Any = ()) -> list[Any]:
+        return [
+            (b":method", method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", b"app.test"),
+            (b":path", path.encode()),
+            *extra,
+        ]
+
+    def request(self, path: str, **kwargs: Any) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, self.headers(path, **kwargs), end_stream=True)
+        return sid
+
+    async def send(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def read_until(self, done: Callable[[], bool], *, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                if self.closed:
+                    raise ConnectionError("closed before the condition held")
+                data = await self.reader.read(65536)
+                if not data:
+                    self.closed = True
+                    continue
+                for event in self.conn.receive_data(data):
+                    self.events.append(event)
+                    if isinstance(event, h2.events.DataReceived):
+                        self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+                        self.conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                await self.send()
+
+    def ended(self, sid: int) -> bool:
+        return any(
+            isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == sid
+            for e in self.events
+        )
+
+    def status(self, sid: int) -> int:
+        for e in self.events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                return int(dict(e.headers)[b":status"])
+        return 0
+
+    def response_headers(self, sid: int) -> dict[bytes, bytes]:
+        for e in self.events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                return dict(e.headers)
+        return {}
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        for e in self.events:
+            if isinstance(e, h2.events.ConnectionTerminated):
+                return e
+        return None
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+async def test_curl_negotiates_h2_and_gets_the_body_and_the_edge_headers(
+    make_edge: EdgeFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    port = edge.ports["https"]
+    rc, out, err = await _run(
+        *_curl_tls(
+            port,
+            tmp_path,
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_version}",
+            f"https://app.test:{port}/hello?x=1",
+        )
+    )
+    assert rc == 0, err
+    head, _, rest = out.partition(b"\r\n\r\n")
+    body, _, version = rest.rpartition(b"\n")
+    assert version == b"2"
+    assert head.startswith(b"HTTP/2 200")
+    assert body == b"ok /hello?x=1"
+    assert b"strict-transport-security: max-age=31536000" in head  # the edge's policy
+    assert b"x-request-id: " in head
+    # the app got the forwarding headers and an HTTP/1.1 request with the authority as Host
+    seen = upstream.seen[-1]
+    assert seen[b"host"] == f"app.test:{port}".encode()
+    assert seen[b"x-forwarded-proto"] == b"https"
+    assert seen[b"x-forwarded-for"] == b"127.0.0.1"
+
+
+async def test_http2_off_offers_only_http1(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_HTTP2="false")
+    port = edge.ports["https"]
+    rc, out, err = await _run(
+        *_curl_tls(
+            port, tmp_path, "-o", "/dev/null", "-w", "%{http_version}", f"https://app.test:{port}/"
+        )
+    )
+    assert rc == 0, err
+    assert out == b"1.1"
+
+
+async def test_h2c_with_prior_knowledge_only_when_enabled(make_edge: EdgeFactory) -> None:
+    # a host without a certificate of its own: served over plain HTTP, not redirected
+    url_args = ["-H", "Host: plain.test", "-w", "\n%{http_version}"]
+    off = await make_edge(EDGE_DOMAINS="app.test")
+    rc, out, _ = await _run(
+        "curl",
+        "-sS",
+        "--http2-prior-knowledge",
+        *url_args,
+        f"http://127.0.0.1:{off.ports['http']}/c",
+    )
+    assert rc != 0 or not out.endswith(b"\n2")  # the preface is no HTTP/1.1 request
+    on = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2C="true")
+    rc, out, err = await _run(
+        "curl",
+        "-sS",
+        "--http2-prior-knowledge",
+        *url_args,
+        f"http://127.0.0.1:{on.ports['http']}/c",
+    )
+    assert rc == 0, err
+    assert out == b"ok /c\n2"
+    # HTTP/1.1 on the same port still works
+    rc, out, err = await _run(
+        "curl", "-sS", "--http1.1", *url_args, f"http://127.0.0.1:{on.ports['http']}/d"
+    )
+    assert rc == 0, err
+    assert out == b"ok /d\n1.1"
+
+
+@pytest.mark.slow
+async def test_h2load_many_streams_all_succeed(make_edge: EdgeFactory) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_DEFAULT_DOMAIN="app.test")
+    rc, out, err = await _run(
+        "h2load", "-n", "2000", "-c", "4", "-m", "10", f"https://127.0.0.1:{edge.ports['https']}/x"
+    )
+    assert rc == 0, err
+    assert b"Application protocol: h2" in out
+    assert b"2000 succeeded, 0 failed, 0 errored" in out, out
+    assert b"status codes: 2000 2xx" in out, out
+
+
+@pytest.mark.slow
+async def test_five_mib_download_and_upload_are_byte_exact(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    # small windows on the edge's side: the upload crosses many WINDOW_UPDATEs
+    edge = await make_edge(
+        EDGE_DOMAINS="app.test", EDGE_H2_STREAM_WINDOW=65535, EDGE_H2_CONNECTION_WINDOW=65535
+    )
+    port = edge.ports["https"]
+    size = 5 * 1024 * 1024
+    target = tmp_path / "down.bin"
+    rc, _, err = await _run(
+        *_curl_tls(port, tmp_path, "-o", str(target), f"https://app.test:{port}/big/{size}")
+    )
+    assert rc == 0, err
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(_big(size)).digest()
+    payload = tmp_path / "up.bin"
+    payload.write_bytes(hashlib.sha256(b"seed").digest() * (size // 32))
+    rc, out, err = await _run(
+        *_curl_tls(
+            port, tmp_path, "--data-binary", f"@{payload}", f"https://app.test:{port}/upload"
+        )
+    )
+    assert rc == 0, err
+    assert out == b"%d %s" % (size, hashlib.sha256(payload.read_bytes()).hexdigest().encode())
+
+
+async def test_streams_interleave_and_a_shut_window_holds_the_response(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    size = 2_000_000
+    sids = [client.request(f"/big/{size}") for _ in range(6)]
+    await client.send()
+    await client.read_until(lambda: all(client.ended(s) for s in sids))
+    for sid in sids:
+        assert client.status(sid) == 200
+        assert bytes(client.bodies[sid]) == _big(size)
+    order = [e.stream_id for e in client.events if isinstance(e, h2.events.DataReceived)]
+    first_done = max(i for i, s in enumerate(order) if s == sids[0])
+    assert set(order[:first_done]) == set(sids)  # the others moved before the first ended
+    await client.close()
+
+
+async def test_a_client_that_never_opens_its_window_gets_only_the_window(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path), window=16384)
+    # no acknowledgement at all: read raw frames without giving credit back
+    sid = client.request("/big/1000000")
+    await client.send()
+    received = 0
+    async with asyncio.timeout(5):
+        while received < 16384:
+            data = await client.reader.read(65536)
+            assert data
+            for event in client.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    received += len(event.data)
+            await client.send()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.5):  # more must not come: the window is shut
+            data = await client.reader.read(65536)
+            for event in client.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    received += len(event.data)
+    assert received == 16384
+    client.conn.increment_flow_control_window(2_000_000, stream_id=sid)
+    client.conn.increment_flow_control_window(2_000_000)
+    await client.send()
+    await client.read_until(lambda: client.ended(sid))
+    assert len(client.bodies[sid]) + 16384 == 1_000_000
+    await client.close()
+
+
+async def test_streams_past_the_limit_are_refused(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2_MAX_STREAMS=10)
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    # all at once, before the client has read the edge's SETTINGS
+    sids = [client.request(f"/s{i}") for i in range(15)]
+    await client.send()
+    await client.read_until(lambda: all(client.ended(s) for s in sids))
+    refused = [
+        e.stream_id
+        for e in client.events
+        if isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCodes.REFUSED_STREAM
+    ]
+    assert refused == sids[10:]
+    assert [client.status(s) for s in sids[:10]] == [200] * 10
+    # the connection goes on
+    again = client.request("/after")
+    await client.send()
+    await client.read_until(lambda: client.ended(again))
+    assert client.status(again) == 200
+    await client.close()
+
+
+async def test_rapid_reset_gets_goaway_and_others_are_served(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2_MAX_RESETS=50)
+    port = edge.ports["https"]
+    attacker = await H2Client.open(port, _ca(tmp_path))
+    for _ in range(200):
+        sid = attacker.request("/slow")
+        attacker.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    await attacker.send()
+    with contextlib.suppress(ConnectionError):
+        await attacker.read_until(lambda: attacker.goaway() is not None)
+    goaway = attacker.goaway()
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    await attacker.close()
+    other = await H2Client.open(port, _ca(tmp_path))
+    sid = other.request("/fine")
+    await other.send()
+    await other.read_until(lambda: other.ended(sid))
+    assert other.status(sid) == 200 and bytes(other.bodies[sid]) == b"ok /fine"
+    await other.close()
+
+
+async def test_rate_limits_and_bad_requests_apply_per_stream(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", RATE_LIMIT_RPS=0.01, RATE_LIMIT_BURST=3)
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    sids = [client.request(f"/r{i}") for i in range(5)]
+    await client.send()
+    await client.read_until(lambda: all(client.ended(s) for s in sids))
+    statuses = sorted(client.status(s) for s in sids)
+    assert statuses == [200, 200, 200, 429, 429]
+    limited = next(s for s in sids if client.status(s) == 429)
+    assert client.response_headers(limited).get(b"retry-after") is not None
+    # a Host naming another authority is the stream's 400, the connection goes on
+    bad = client.request("/b", extra=[(b"host", b"evil.test")])
+    await client.send()
+    await client.read_until(lambda: client.ended(bad))
+    assert client.status(bad) == 400
+    assert client.response_headers(bad)[b"content-type"] == b"application/problem+json"
+    await client.close()
+    _, metrics = await admin_get(edge, "/metrics")
+    assert b"429" in metrics
+
+
+@pytest.mark.slow
+async def test_drain_sends_goaway_and_finishes_streams_in_flight(
+    make_edge: EdgeFactory, upstream: Upstream
+) -> None:
+    edge = await make_edge(
+        EDGE_DOMAINS="app.test", EDGE_DEFAULT_DOMAIN="app.test", EDGE_DRAIN_TIMEOUT=20
+    )
+    size = 64 * 1024 * 1024
+    # small windows make the download last (nghttp reads on after GOAWAY, as it must)
+    proc = await asyncio.create_subprocess_exec(
+        *("nghttp", "-nv", "-w", "16", "-W", "16"),
+        f"https://127.0.0.1:{edge.ports['https']}/big/{size}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def requested() -> bool:
+        return bool(upstream.seen)
+
+    await wait_for(requested)
+    stopping = asyncio.create_task(edge.stop())
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+        await stopping
+    assert proc.returncode == 0, err
+    goaway = out.find(b"recv GOAWAY frame")
+    assert goaway >= 0, out[-2000:]
+    assert b"last_stream_id=13, error_code=NO_ERROR" in out[goaway : goaway + 300]
+    # the stream in flight still ended whole after the GOAWAY
+    ended = out.rfind(b"; END_STREAM")
+    assert ended > goaway
+    received = sum(
+        int(line.split(b"length=")[1].split(b",")[0])
+        for line in out.splitlines()
+        if b"recv DATA frame" in line
+    )
+    assert received == size
