@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,9 @@ from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http, 
 from tests.integration.operator.conftest import Operator, operator, operator_factory
 from tests.integration.operator.fleet import assert_problem
 from tests.integration.operator.releases_kit import FAST, FakeAgent, bind, platform
+from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.lb.main import LoadBalancer
+from zeitwork.lb.stats_push import StatsPusher, load_or_make_id
 from zeitwork.operator.principal import Scope
 
 __all__ = ["operator", "operator_factory"]  # fixtures reused from the operator's tests
@@ -229,3 +233,57 @@ async def test_a_restarted_balancer_keeps_its_id_and_its_totals_count_again(
     assert metrics is not None
     expected = sum(totals) / (last - first)
     assert metrics["requests_per_s"] == pytest.approx(expected, rel=0.01), (metrics, totals)
+
+
+async def test_pushes_fail_while_the_operator_is_down_and_resume_when_it_is_up(
+    operator: Operator, tmp_path: Path
+) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening yet: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = ProxyStatsClient(base_url=url, token=await operator.token(Scope.PROXY))
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:  # records what the pusher logs
+        def warning(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+        def info(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+    (tmp_path / "lb").mkdir()
+    (tmp_path / "lb" / "id").write_text("Not An Id\n")  # unusable: a new one is made
+    snapshot = {"started_at": 1.0, "at": 2.0, "latency_bounds": [0.1], "routes": {}}
+    pusher = StatsPusher(
+        sink=client,
+        snapshot=lambda: snapshot | {"at": time.time()},
+        interval=0.1,
+        log=Log(),
+        id_file=tmp_path / "lb" / "id",
+    )
+    lb_id = pusher.load_id()
+    assert re.fullmatch(r"lb-[0-9a-f]{12}", lb_id)
+    assert (tmp_path / "lb" / "id").read_text().strip() == lb_id
+    try:
+        assert not await pusher.push_once()
+        assert not await pusher.push_once()
+        assert pusher.last_error is not None and "unreachable" in pusher.last_error
+        assert [e for e, _ in events] == ["lb.stats_push_failed"]  # once, not per attempt
+
+        app: Any = operator.client._transport.app  # type: ignore[attr-defined]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            await eventually(lambda: server.started, timeout=10)
+            assert await pusher.push_once()
+            assert pusher.last_error is None and pusher.pushed == 1
+            assert [e for e, _ in events] == ["lb.stats_push_failed", "lb.stats_push_recovered"]
+            assert await operator.sql("SELECT lb_id FROM proxy_stats") == [(lb_id,)]
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+    finally:
+        await client.aclose()
+        sock.close()
+    # the id stays across starts
+    assert load_or_make_id(tmp_path / "lb" / "id") == lb_id
