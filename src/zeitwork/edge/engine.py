@@ -14,9 +14,10 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from zeitwork.edge.client_ip import ProxyProtocolError, parse_proxy_header
+from zeitwork.edge.http2 import EdgeH2, H2cSniffer
 from zeitwork.edge.policy import html_page, wants_html
 from zeitwork.edge.tls_transport import (
     HandshakeCounter,
@@ -27,7 +28,6 @@ from zeitwork.edge.tls_transport import (
 from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies
-from zeitwork.proxy.http2 import PREFACE, H2Connection
 from zeitwork.proxy.server import ClientProtocol, Proxy, ProxyConfig
 from zeitwork.proxy.types import (
     ClientInfo,
@@ -93,71 +93,6 @@ class _EdgeClient(ClientProtocol):
         if wants_html(headers):
             return b"text/html; charset=utf-8", html_page(status, detail)
         return super().render_error(status, detail, headers)
-
-
-class _EdgeH2(H2Connection):
-    """HTTP/2 at the edge (ALPN ``h2``, or h2c with prior knowledge): the core's HTTP/2
-    connection with the edge's error pages; over TLS it counts the completed handshake."""
-
-    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
-        if wants_html(headers):
-            return b"text/html; charset=utf-8", html_page(status, detail)
-        return super().render_error(status, detail, headers)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.tls:
-            handshakes: HandshakeCounter = self.proxy.handshakes  # type: ignore[attr-defined]
-            handshakes.completed += 1
-        super().connection_made(transport)
-
-
-class _H2cClient(_EdgeClient):
-    """The plain-HTTP protocol when h2c is on (``EDGE_H2C``): a connection whose first bytes
-    are the HTTP/2 client preface becomes an HTTP/2 connection; any other speaks HTTP/1.1."""
-
-    _sniffing = True
-    _sniffed = b""
-
-    def data_received(self, data: bytes) -> None:
-        if not self._sniffing:
-            super().data_received(data)
-            return
-        data = self._sniffed + data
-        if PREFACE.startswith(data[: len(PREFACE)]):
-            if len(data) < len(PREFACE):
-                self._sniffed = data  # not enough yet to tell
-                return
-            self._sniffing = False
-            self._sniffed = b""
-            self._become_h2(data)
-            return
-        self._sniffing = False
-        self._sniffed = b""
-        super().data_received(data)
-
-    def _become_h2(self, data: bytes) -> None:
-        transport = self.transport
-        proxy: EdgeProxy = self.proxy  # type: ignore[assignment]
-        if transport is None or not self.admitted:
-            return
-        # this protocol gives its place under the caps back (as connection_lost would) and
-        # the HTTP/2 one takes it again in its connection_made
-        self.admitted = False
-        if self._holds_refusal:
-            self._holds_refusal = False
-            proxy.release_refusal()
-        elif proxy.limiter is not None and not self.preadmitted and not self.refused:
-            proxy.limiter.release(self.peer_ip)
-        proxy.connections.discard(self)
-        proxy.observer.connections_changed(-1)
-        self.transport = None
-        h2 = _EdgeH2(proxy, tls=False, limits=proxy.h2_limits)
-        h2.forced_peer = self.forced_peer
-        h2.preadmitted = self.preadmitted
-        transport.set_protocol(cast(asyncio.BaseProtocol, h2))  # a protocol by duck typing
-        h2.connection_made(transport)
-        if h2.admitted:
-            h2.data_received(data)
 
 
 class _TlsCountingProtocol(_EdgeClient):
@@ -280,7 +215,7 @@ class EdgeProxy(Proxy):
         if not tls and self.h2c:
 
             def sniffing() -> ClientProtocol:
-                return _H2cClient(self, tls=False)
+                return H2cSniffer(self, tls=False, limits=self.h2_limits)
 
             return sniffing
         if not tls:
@@ -316,7 +251,7 @@ class EdgeProxy(Proxy):
 
     def _make_h2(self, negotiated: ClientProtocol) -> ClientProtocol:
         """The HTTP/2 protocol of a TLS connection that negotiated ALPN ``h2``."""
-        h2 = _EdgeH2(self, tls=True, limits=self.h2_limits)
+        h2 = EdgeH2(self, tls=True, limits=self.h2_limits)
         h2.take_over(negotiated)
         return h2
 
