@@ -9,7 +9,7 @@ import contextlib
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http, lb_settings
+from tests.integration.lb.conftest import (
+    LBProcess,
+    MakeLB,
+    MakeOrigin,
+    eventually,
+    http,
+    lb_settings,
+)
 from tests.integration.operator.conftest import Operator, operator, operator_factory
 from tests.integration.operator.fleet import assert_problem
 from tests.integration.operator.releases_kit import FAST, FakeAgent, bind, platform
@@ -287,3 +294,61 @@ async def test_pushes_fail_while_the_operator_is_down_and_resume_when_it_is_up(
         sock.close()
     # the id stays across starts
     assert load_or_make_id(tmp_path / "lb" / "id") == lb_id
+
+
+@pytest.mark.slow
+async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
+    operator: Operator,
+    operator_url: str,
+    make_origin: MakeOrigin,
+    lb_process: Callable[..., LBProcess],
+    tmp_path: Path,
+) -> None:
+    origin = await make_origin("shop")
+    p = await platform(operator, nodes=1)
+    agent = p.agents[0]
+    p.agents[0] = LocalAgent(
+        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
+    )
+    await p.deploy(replicas=1, strategy=FAST)
+    await bind(p, HOST)
+
+    async def serving() -> bool:
+        return [i["serving"] for i in (await p.status())["instances"]] == [True]
+
+    await p.converge(serving)
+    lb = await asyncio.to_thread(
+        lb_process,
+        LB_WORKERS="2",
+        OPERATOR_URL=operator_url,
+        ZEITWORK_PROXY_TOKEN=await operator.token(Scope.PROXY),
+        LB_STATS_PUSH_INTERVAL="0.5",
+    )
+
+    async def routed() -> bool:
+        return (await http(lb.port, path="/", host=HOST)).status == 200
+
+    await eventually(routed, timeout=15)  # both workers follow the table on their own
+    for _ in range(40):  # new connections: the kernel spreads them over both workers
+        await http(lb.port, path="/", host=HOST)
+
+    async def merged() -> int | None:
+        r = await http(lb.admin_port, path="/stats/routes", host="127.0.0.1")
+        own: int = r.json()["routes"].get(HOST, {}).get("requests", 0)
+        return own if own >= 41 else None
+
+    own = await eventually(merged, timeout=10, step=0.1)  # the other worker publishes each s
+
+    async def pushed_all() -> bool:
+        rows = await operator.sql(
+            "SELECT (routes -> %s ->> 'requests')::int FROM proxy_stats ORDER BY at DESC LIMIT 1",
+            (HOST,),
+        )
+        return rows == [(own,)]
+
+    await eventually(pushed_all, timeout=15, step=0.1)
+    lb_id = (tmp_path / "lb" / "id").read_text().strip()
+    assert await operator.sql("SELECT DISTINCT lb_id FROM proxy_stats") == [(lb_id,)]
+    metrics = (await p.status())["metrics"]
+    assert metrics is not None and metrics["load_balancers"] == 1
+    assert metrics["requests_per_s"] > 0 and metrics["error_rate"] is not None
