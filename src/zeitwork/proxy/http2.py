@@ -80,6 +80,9 @@ class H2Stream(ClientProtocol):
         self.response_sent = False
         self.unacked = 0  # request bytes not acknowledged while the backend is paused
         self.upstream_paused = False
+        # the upstream parser appends trailer fields to its head's list: they start here
+        self.head_fields = 0
+        self.trailers: Headers = []
 
     # -- the request side: DATA becomes the HTTP/1.1 body ----------------------------------
     def feed_body(self, data: bytes, flow: int) -> None:
@@ -120,6 +123,7 @@ class H2Stream(ClientProtocol):
             proxy.policy.on_response(ex.head, ex.client, status, headers)
         ex.response_started = True
         ex.status = status
+        self.head_fields = len(up.headers)
         no_body = ex.head_only or status in (204, 304)
         self.conn.send_head(self, status, headers, end=no_body)
         return ex.head_only
@@ -139,6 +143,11 @@ class H2Stream(ClientProtocol):
         ):
             self.upstream_paused = True
             up.transport.pause_reading()
+
+    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
+        if ex is self.ex and not ex.finished and len(up.headers) > self.head_fields:
+            self.trailers = response_headers(up.headers[self.head_fields :])
+        super().upstream_complete(ex, up, keep_alive)
 
     def window_opened(self) -> None:
         """Called by the connection after sending: the backend may be read again."""
@@ -526,7 +535,10 @@ class H2Connection(ClientProtocol):
                 sent = True
                 frames -= 1
             if not pending and stream.end_pending:
-                conn.end_stream(sid)
+                if stream.trailers:  # the backend's chunked trailers end the stream
+                    conn.send_headers(sid, stream.trailers, end_stream=True)
+                else:
+                    conn.end_stream(sid)
                 stream.response_sent = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.gone()

@@ -440,3 +440,111 @@ async def test_drain_sends_goaway_and_finishes_streams_in_flight(
         if b"recv DATA frame" in line
     )
     assert received == size
+
+
+class ChunkedApp:
+    """An HTTP/1.1 app that reads a chunked request body and answers chunked, with trailers
+    (``x-digest``: the SHA-256 of the body it read; ``grpc-status: 0``)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.heads: list[bytes] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            body = bytearray()
+            if b"transfer-encoding: chunked" in head.lower():
+                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                    body += await reader.readexactly(size)
+                    await reader.readexactly(2)
+                await reader.readuntil(b"\r\n")
+            digest = hashlib.sha256(body).hexdigest().encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Digest: %s\r\ngrpc-status: 0\r\n\r\n" % digest
+            )
+            await writer.drain()
+        writer.close()
+
+
+async def test_a_body_without_length_goes_chunked_and_trailers_come_back(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    app = ChunkedApp()
+    port = await app.start()
+    try:
+        edge = await make_edge(
+            EDGE_DOMAINS="app.test", LOAD_BALANCER_URL=f"http://127.0.0.1:{port}"
+        )
+        client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, client.headers("/t", method="POST"))
+        await client.send()
+        body = b"x" * 100_000
+        # the edge's SETTINGS and WINDOW_UPDATE open its windows past the default 64 KiB
+        await client.read_until(lambda: client.conn.local_flow_control_window(sid) > len(body))
+        for start in range(0, len(body), 10_000):
+            client.conn.send_data(sid, body[start : start + 10_000])
+        client.conn.end_stream(sid)
+        await client.send()
+        await client.read_until(lambda: client.ended(sid))
+        assert client.status(sid) == 200
+        assert bytes(client.bodies[sid]) == b"hello"
+        trailers = [e for e in client.events if isinstance(e, h2.events.TrailersReceived)]
+        assert len(trailers) == 1
+        assert dict(trailers[0].headers) == {
+            b"x-digest": hashlib.sha256(body).hexdigest().encode(),
+            b"grpc-status": b"0",
+        }
+        assert b"transfer-encoding: chunked" in app.heads[0]
+        await client.close()
+    finally:
+        await app.stop()
+
+
+async def test_an_oversized_header_list_is_refused(make_edge: EdgeFactory, tmp_path: Path) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2_MAX_HEADER_LIST=4096)
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    # many small fields that HPACK would send as a few bytes each once indexed (a bomb)
+    sid = client.request("/bomb", extra=[(b"x-a", b"v" * 200)] * 40)
+    await client.send()
+    with contextlib.suppress(ConnectionError):
+        await client.read_until(lambda: client.goaway() is not None or client.ended(sid))
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    await client.close()
+    other = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    fine = other.request("/fine")
+    await other.send()
+    await other.read_until(lambda: other.ended(fine))
+    assert other.status(fine) == 200
+    await other.close()
+
+
+async def test_an_idle_connection_gets_goaway_then_closes(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_IDLE_TIMEOUT=0.5)
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    sid = client.request("/once")
+    await client.send()
+    await client.read_until(lambda: client.ended(sid))
+    with contextlib.suppress(ConnectionError):
+        await client.read_until(lambda: client.closed, timeout=5)
+    goaway = client.goaway()
+    assert goaway is not None
+    assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == sid
+    assert client.closed
+    await client.close()
