@@ -215,6 +215,7 @@ class H2Stream(ClientProtocol):
 
     def gone(self) -> None:
         """The client reset the stream, or the connection ended: drop the backend side."""
+        self.parser = _NO_PARSER  # its callbacks refer back here: no cycle left
         self.response_sent = True
         self.pending.clear()
         self.pending_bytes = 0
@@ -446,12 +447,15 @@ class H2Connection(ClientProtocol):
             fields = cast(Headers, list(event.headers or ()))  # bytes: header_encoding=None
             request = request_head(fields, has_body=not ended)
         except H2RequestError as exc:
+            stream.request_ended = ended
             stream._send_error(exc.status, exc.detail, close=False)
-            return
-        stream.chunked = request.chunked
-        stream.data_received(request.head)
-        if ended:
-            self._request_ended(stream)
+        else:
+            stream.chunked = request.chunked
+            stream.data_received(request.head)
+            if ended:
+                self._request_ended(stream)
+        if self.refused:  # over the caps: this stream got its 503, the connection ends
+            self.close()
 
     def _request_ended(self, stream: H2Stream) -> None:
         stream.end_request()

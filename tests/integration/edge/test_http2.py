@@ -548,3 +548,26 @@ async def test_an_idle_connection_gets_goaway_then_closes(
     assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == sid
     assert client.closed
     await client.close()
+
+
+async def test_a_connection_over_the_caps_gets_503_on_its_stream_then_goaway(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_MAX_CONNECTIONS_PER_IP=1)
+    held = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    over = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    sid = over.request("/over")
+    await over.send()
+    with contextlib.suppress(ConnectionError):
+        await over.read_until(lambda: over.ended(sid) and over.goaway() is not None)
+    assert over.status(sid) == 503
+    assert over.response_headers(sid)[b"retry-after"] == b"5"
+    goaway = over.goaway()
+    assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
+    await over.close()
+    # the connection within the caps is served
+    ok = held.request("/held")
+    await held.send()
+    await held.read_until(lambda: held.ended(ok))
+    assert held.status(ok) == 200
+    await held.close()
