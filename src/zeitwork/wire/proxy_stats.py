@@ -17,24 +17,28 @@ MAX_ROUTES = 5001
 """The balancer's label bound (5000 routes) plus ``other``."""
 MAX_BOUNDS = 64
 
-Count = Annotated[int, Field(ge=0)]
+MAX_COUNT = 10**18
+MAX_TIME = 1e11
+"""Unix seconds (the year 5138): anything later is a broken clock."""
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 StatusClass = Literal["1xx", "2xx", "3xx", "4xx", "5xx"]
 RouteHost = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 
 class LatencyTotals(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     counts: list[Count] = Field(
         max_length=MAX_BOUNDS + 1,
         description="per bucket (not cumulative): one per bound, then one for slower answers",
     )
     count: Count = 0
-    sum: float = Field(default=0.0, ge=0, description="seconds")
+    sum: float = Field(default=0.0, ge=0, le=MAX_COUNT, description="seconds")
 
 
 class RouteTotals(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     requests: Count
     status: dict[StatusClass, Count]
@@ -46,12 +50,12 @@ class RouteTotals(BaseModel):
 class RouteStatsSnapshot(BaseModel):
     """A balancer's ``GET /stats/routes``: per route host, totals since ``started_at``."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
-    started_at: float = Field(ge=0, description="unix seconds, the balancer's clock")
-    at: float = Field(ge=0, description="when the totals were read, the balancer's clock")
+    started_at: float = Field(ge=0, le=MAX_TIME, description="unix seconds, the balancer's clock")
+    at: float = Field(ge=0, le=MAX_TIME, description="when the totals were read (its clock)")
     workers: int = Field(default=1, ge=1)
-    latency_bounds: list[Annotated[float, Field(gt=0)]] = Field(
+    latency_bounds: list[Annotated[float, Field(gt=0, le=MAX_TIME)]] = Field(
         min_length=1, max_length=MAX_BOUNDS, description="seconds, increasing"
     )
     routes: dict[RouteHost, RouteTotals] = Field(max_length=MAX_ROUTES)
@@ -74,7 +78,7 @@ class RouteStatsSnapshot(BaseModel):
 
 
 class ProxyStatsPush(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lb_id: str = Field(pattern=LB_ID_PATTERN, description="the balancer's id (its data dir)")
     stats: RouteStatsSnapshot

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import time
@@ -165,6 +166,22 @@ async def test_push_endpoint_refuses_bad_input_and_other_scopes(
         {"lb_id": "lb-1"},
     ):
         r = await operator.client.post("/api/v1/proxies/stats", headers=proxy, json=body)
+        assert_problem(r, 422)
+    # not finite, past any clock, past any counter, a NUL in a host: 422 before PostgreSQL
+    text = json.dumps(good)
+    for bad in (
+        text.replace('"at": 20.0', '"at": Infinity'),
+        text.replace('"at": 20.0', '"at": 1e308'),
+        text.replace("[0.1, 1.0]", "[0.1, NaN]"),
+        text.replace('"requests": 2', '"requests": 1' + "0" * 40),
+        text.replace('"a.example.com"', '"a\\u0000.example.com"'),
+    ):
+        assert bad != text
+        r = await operator.client.post(
+            "/api/v1/proxies/stats",
+            headers=proxy | {"content-type": "application/json"},
+            content=bad.encode(),
+        )
         assert_problem(r, 422)
     join = operator.headers(await operator.token(Scope.JOIN))
     r = await operator.client.post("/api/v1/proxies/stats", headers=join, json=good)
