@@ -119,11 +119,13 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
             "--domain",
             domain,
         )
-        instance_ids = [
-            line.split()[1] for line in deployed.splitlines() if line.strip().startswith("instance")
-        ]
-        assert len(instance_ids) == 1, deployed
-        assert f"domain {domain} -> deployment" in deployed
+        app = f"e2e-{domain.split('.', maxsplit=1)[0]}"
+        assert f"domain {domain} -> {app} (production)" in deployed, deployed
+        assert "v1 is the current release" in deployed, deployed  # the CLI followed it
+        status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+        instance_ids = [i["id"] for i in status["instances"]]
+        assert len(instance_ids) == 1, status
+        assert status["current_release"]["health_check"]["type"] == "tcp"  # no options: tcp
         assert f"publish TXT _zeitwork.{domain} " in deployed  # how to verify it for ACME
         listed_domains = await cli(cli_env, "domains", "ls")
         (domain_row,) = [line for line in listed_domains.splitlines() if line.startswith(domain)]
@@ -225,22 +227,34 @@ async def test_dev_platform_serves_an_app_and_stops_cleanly(
         assert " running " in row and ":8080" in row
         assert image_id in await cli(cli_env, "images", "ls")
 
-        # stop the instance through the API (`zeitwork instances rm` = DELETE): the route
-        # loses its only backend
+        # remove the instance through the API (`zeitwork instances rm` = DELETE): the
+        # release keeps its replica count, so a replacement takes its place
         stopped = await cli(cli_env, "instances", "rm", instance_id)
         assert f"instance {instance_id}: desired terminated" in stopped
 
-        async def route_gone() -> bool:
-            answer = await web.get(p.url("http") + "/", headers={"Host": domain})
-            return answer.status_code == 503
+        async def replaced() -> bool:
+            now = (await api.get(f"/api/v1/projects/{app}/status")).json()
+            serving = [i for i in now["instances"] if i["serving"] and i["state"] == "running"]
+            return [i["id"] for i in serving] not in ([], [instance_id])
 
-        await until(route_gone, within=30, what="the route to go", platform=p)
+        await until(replaced, within=60, what="a replacement instance", platform=p)
+        await until(lambda: served(p.url("http")), within=30, what="the replacement", platform=p)
 
         async def destroyed() -> bool:
             got = (await api.get(f"/api/v1/instances/{instance_id}")).json()
             return bool(got["state"] in ("stopped", "terminated"))
 
         await until(destroyed, within=30, what="the instance to stop", platform=p)
+
+        # scaled to zero, the route has no backend left
+        scaled = await cli(cli_env, "scale", app, "0")
+        assert "0" in scaled, scaled
+
+        async def route_gone() -> bool:
+            answer = await web.get(p.url("http") + "/", headers={"Host": domain})
+            return answer.status_code == 503
+
+        await until(route_gone, within=30, what="the route to go", platform=p)
         # the join token of this run was revoked once the agent held its node credential
         joins = (await api.get("/api/v1/tokens", params={"scope": "join"})).json()
         assert joins == []
