@@ -4,6 +4,8 @@
 # (mypyc-compiled proxy core, built here by the package's own build) and "edge-py" (the
 # pure-Python checkout); NO_COMPILED=1 skips the compiled one.
 #   - keep-alive HTTPS: wrk, 64 connections, 1 thread, req/s, p50, p99
+#   - HTTP/2 over TLS (ALPN h2; HAProxy with "alpn h2,http/1.1"): h2load, H2_CONNECTIONS (8)
+#     connections with 10 and with 100 concurrent streams each, req/s and per CPU-second
 #   - new TLS 1.3 connections per second (wrk, Connection: close, one request each), ECDSA
 #     and RSA certificates, two ways: "full" handshakes (wrk made to forget its session by
 #     benchmarks/edge/tls_sessions.c, preloaded) and "resumed" (wrk's own behaviour: it keeps
@@ -33,17 +35,18 @@
 # its caches with the clients' handshake work: the per-CPU figures then repeat within about
 # 2% from run to run on most lines, against up to 10% unpinned. The keep-alive lines are not
 # pinned: at HAProxy's keep-alive rate wrk and nginx together need more than one core.
-# Knobs: DURATION (s, default 10), CONNECTIONS (64), HANDSHAKE_SECONDS (5), NO_COMPILED,
-# NO_PIN=1 (no pinning).
+# Knobs: DURATION (s, default 10), CONNECTIONS (64), H2_CONNECTIONS (8), HANDSHAKE_SECONDS (5),
+# NO_COMPILED, NO_PIN=1 (no pinning).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ZW=${ZW:-.venv/bin/zeitwork}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
+H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
 NO_COMPILED=${NO_COMPILED:-}
-for tool in wrk haproxy nginx gcc openssl taskset; do
+for tool in wrk h2load haproxy nginx gcc openssl taskset; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
 
@@ -199,7 +202,7 @@ defaults
   timeout http-request 10s
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:$port ssl crt $WORK/$1.pem alpn http/1.1
+  bind 127.0.0.1:$port ssl crt $WORK/$1.pem alpn h2,http/1.1
   http-response set-header Strict-Transport-Security "max-age=31536000"
   http-response set-header X-Content-Type-Options nosniff
 $policy
@@ -277,6 +280,20 @@ print(f'{n / t:.0f}', f'{n / max(b - a, 1e-9):.0f}')
 " "$n" "$before" "$after" "$HANDSHAKE_SECONDS"
 }
 
+h2load_run() { # label port pid streams -> prints a line; echoes "req/s req-per-cpu-second"
+  local out before after rps done_ ok per_cpu
+  before=$(cpu_seconds "$3")
+  out=$(h2load -c"$H2_CONNECTIONS" -m"$4" -D"$DURATION" "https://127.0.0.1:$2/" 2>&1)
+  after=$(cpu_seconds "$3")
+  grep -q "Application protocol: h2" <<<"$out" || { echo "edge.sh: $1 did not negotiate h2" >&2; exit 1; }
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  done_=$(awk '/^requests:/ {print $8}' <<<"$out")  # succeeded
+  ok=$(awk '/^status codes:/ {print $3}' <<<"$out")  # 2xx
+  per_cpu=$("$PY" -c "import sys; n,a,b=map(float,sys.argv[1:]); print(f'{n/max(b-a,1e-9):.0f}')" "$ok" "$before" "$after")
+  printf '%-34s req/s=%-9s succeeded=%-8s 2xx=%-8s req/CPU-s=%s\n' "$1" "$rps" "$done_" "$ok" "$per_cpu" >&2
+  echo "$rps $per_cpu"
+}
+
 ratio() { "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
 
 VARIANTS=(py)
@@ -327,6 +344,32 @@ hp_rps=$(best ${rps_of[hp]})
 hp_cpu=$(best ${cpu_of[hp]})
 # shellcheck disable=SC2086
 echo "keep-alive best of 3: haproxy-policy $hp_rps req/s ($hp_cpu per CPU-s), $(ratio "$hp_cpu" "$ha_cpu") of haproxy per CPU-s; $(label "${VARIANTS[0]}") / haproxy-policy: $(ratio "$(best ${rps_of[${VARIANTS[0]}]})" "$hp_rps"), per CPU-s $(ratio "$(best ${cpu_of[${VARIANTS[0]}]})" "$hp_cpu")"
+
+echo "== HTTP/2 over TLS (ECDSA), h2load -c$H2_CONNECTIONS -D${DURATION}s, 10 and 100 streams per connection; best of 2 =="
+for streams in 10 100; do
+  declare -A h2_rps=() h2_cpu=()
+  for round in 1 2; do
+    for v in "${VARIANTS[@]}"; do
+      read -r r c <<<"$(h2load_run "zeitwork $(label "$v") -m$streams (round $round)" "$(port_of "$v")" "$(pid_of "$v")" "$streams")"
+      h2_rps[$v]+="$r "; h2_cpu[$v]+="$c "
+    done
+    read -r r c <<<"$(h2load_run "haproxy -m$streams (round $round)" "$HA_PORT" "$HA_PID" "$streams")"
+    h2_rps[ha]+="$r "; h2_cpu[ha]+="$c "
+  done
+  # shellcheck disable=SC2086
+  ha_r=$(best ${h2_rps[ha]})
+  # shellcheck disable=SC2086
+  ha_c=$(best ${h2_cpu[ha]})
+  line="h2 -m$streams: haproxy $ha_r req/s ($ha_c per CPU-s)"
+  for v in "${VARIANTS[@]}"; do
+    # shellcheck disable=SC2086
+    r=$(best ${h2_rps[$v]})
+    # shellcheck disable=SC2086
+    c=$(best ${h2_cpu[$v]})
+    line+=" | $(label "$v") $r req/s ratio $(ratio "$r" "$ha_r"), per CPU-s $c ratio $(ratio "$c" "$ha_c")"
+  done
+  echo "$line"
+done
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="
 if [ -n "$SERVER_CPU" ]; then
