@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import shutil
+import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from h2.errors import ErrorCodes
 
 from tests.integration.edge.conftest import EdgeFactory, Upstream, admin_get, wait_for
+from tests.integration.edge.test_workers import _edge_process, _reap, _wait_line
 
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("h2load") is None,
@@ -571,3 +573,44 @@ async def test_a_connection_over_the_caps_gets_503_on_its_stream_then_goaway(
     await held.read_until(lambda: held.ended(ok))
     assert held.status(ok) == 200
     await held.close()
+
+
+@pytest.mark.slow
+async def test_sigterm_sends_goaway_and_the_stream_in_flight_ends_whole(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    proc = _edge_process(
+        upstream, tmp_path, EDGE_DEFAULT_DOMAIN="app.test", EDGE_DRAIN_TIMEOUT="20"
+    )
+    log: list[str] = []
+    try:
+        started = await asyncio.to_thread(_wait_line, proc, r"edge.started.* https=(\d+)", log)
+        size = 64 * 1024 * 1024
+        client = await asyncio.create_subprocess_exec(
+            *("nghttp", "-nv", "-w", "16", "-W", "16"),
+            f"https://127.0.0.1:{started.group(1)}/big/{size}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        async def requested() -> bool:
+            return bool(upstream.seen)
+
+        await wait_for(requested)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            out, err = await client.communicate()
+        assert client.returncode == 0, err
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        goaway = out.find(b"recv GOAWAY frame")
+        assert goaway >= 0, out[-2000:]
+        assert b"error_code=NO_ERROR" in out[goaway : goaway + 300]
+        assert out.rfind(b"; END_STREAM") > goaway
+        received = sum(
+            int(line.split(b"length=")[1].split(b",")[0])
+            for line in out.splitlines()
+            if b"recv DATA frame" in line
+        )
+        assert received == size
+    finally:
+        _reap(proc)
