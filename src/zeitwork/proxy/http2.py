@@ -25,6 +25,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import httptools
 import structlog
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
@@ -115,6 +116,8 @@ class H2Stream(ClientProtocol):
     def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool:
         if ex is not self.ex or ex.finished:
             return False
+        if status == 101:  # no upgrade is ever asked for over HTTP/2
+            raise httptools.HttpParserError("unexpected 101 from the backend")
         proxy = self.proxy
         headers = response_headers(up.headers)
         if proxy.config.response_request_id and not any(n == b"x-request-id" for n, _ in headers):
@@ -443,17 +446,16 @@ class H2Connection(ClientProtocol):
         self.streams[sid] = stream
         self._rearm()
         ended = event.stream_ended is not None
+        # known before the head is fed: a local answer (429, 308, ...) may end the stream in it
+        stream.request_ended = ended
         try:
             fields = cast(Headers, list(event.headers or ()))  # bytes: header_encoding=None
             request = request_head(fields, has_body=not ended)
         except H2RequestError as exc:
-            stream.request_ended = ended
             stream._send_error(exc.status, exc.detail, close=False)
         else:
-            stream.chunked = request.chunked
+            stream.chunked = request.chunked  # never with ``ended``: no body follows
             stream.data_received(request.head)
-            if ended:
-                self._request_ended(stream)
         if self.refused:  # over the caps: this stream got its 503, the connection ends
             self.close()
 
@@ -502,7 +504,7 @@ class H2Connection(ClientProtocol):
             )
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.gone()
-            self._forget(stream)
+            self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
         if end:
             stream.response_sent = True
@@ -546,9 +548,7 @@ class H2Connection(ClientProtocol):
                 stream.response_sent = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.gone()
-            self._forget(stream)
-            self._send()
-            self._after_stream()
+            self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return sent
         self._send()
         if stream.response_sent:
