@@ -448,10 +448,11 @@ class H2Connection(ClientProtocol):
         ended = event.stream_ended is not None
         # known before the head is fed: a local answer (429, 308, ...) may end the stream in it
         stream.request_ended = ended
+        fields = cast(Headers, list(event.headers or ()))  # bytes: header_encoding=None
         try:
-            fields = cast(Headers, list(event.headers or ()))  # bytes: header_encoding=None
             request = request_head(fields, has_body=not ended)
         except H2RequestError as exc:
+            stream._headers = [f for f in fields if f[0][:1] != b":"]  # the page's Accept
             stream._send_error(exc.status, exc.detail, close=False)
         else:
             stream.chunked = request.chunked  # never with ``ended``: no body follows

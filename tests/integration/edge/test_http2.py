@@ -614,3 +614,42 @@ async def test_sigterm_sends_goaway_and_the_stream_in_flight_ends_whole(
         assert received == size
     finally:
         _reap(proc)
+
+
+async def test_garbage_after_the_preface_gets_goaway_protocol_error(
+    make_edge: EdgeFactory,
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2C="true")
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.ports["http"])
+    # the preface, then a frame header announcing a SETTINGS frame of a bad length
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x05\x04\x00\x00\x00\x00\x00xxxxx")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        data = await reader.read()  # until the edge closes
+    frames = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    frames.initiate_connection()
+    events = frames.receive_data(data)
+    goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway and goaway[0].error_code == ErrorCodes.FRAME_SIZE_ERROR
+    writer.close()
+    # the listener goes on
+    client = await H2Client.open(edge.ports["http"], None)
+    sid = client.request("/next", extra=[])
+    await client.send()
+    await client.read_until(lambda: client.ended(sid))
+    assert client.status(sid) in (200, 308)
+    await client.close()
+
+
+async def test_a_browser_gets_the_edges_html_error_page_on_a_stream(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    sid = client.request("/x", extra=[(b"accept", b"text/html"), (b"host", b"other.test")])
+    await client.send()
+    await client.read_until(lambda: client.ended(sid))
+    assert client.status(sid) == 400
+    assert client.response_headers(sid)[b"content-type"] == b"text/html; charset=utf-8"
+    assert b"<html" in bytes(client.bodies[sid]).lower()
+    await client.close()
