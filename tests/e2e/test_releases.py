@@ -7,7 +7,8 @@ served it.
 Steps: (a) rolling v1 -> v2, (b) blue-green v2 -> v3, (c) three bad releases (one exits at
 start, one never listens, one whose health check answers 500), each reverted by itself,
 (d) rollback to v2, (e) scale 3 -> 1 -> 3, (f) drain of one host, (g) the operator
-SIGKILLed in the middle of a rollout and restarted. Zero failed requests in all of them;
+SIGKILLed in the middle of a rollout and restarted, (h) a node agent SIGKILLed in the
+middle of a rollout and restarted. Zero failed requests in all of them;
 after each step only the expected version answers and no instance of an old release runs.
 """
 
@@ -104,7 +105,7 @@ async def test_releases_under_load_fail_no_request(
     try:
         await operator.wait_ready()
         join = await operator.join_token()
-        _names, _agents = await _start_two_agents(
+        _names, agents = await _start_two_agents(
             lan,
             hosts,
             operator.url(lan.gateway),
@@ -281,6 +282,23 @@ async def test_releases_under_load_fail_no_request(
             assert (await settled(api, app, release["version"]))["state"] == "active"
             await only_version_running(api, app, release["version"], 3)
         await answers_only(load, "v1")
+
+        # (h) a node agent SIGKILLed in the middle of a rollout, then restarted: it re-adopts
+        # its instances, the rollout goes on, nothing is placed twice
+        async with operator.client() as api:
+            release = await deploy(api, app, ids["v2"])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                if any(i["version"] == release["version"] for i in status["instances"]):
+                    break
+                await asyncio.sleep(0.1)
+            agents[0].kill()
+            agents[0].start()
+            await agents[0].wait_ready()
+            assert (await settled(api, app, release["version"]))["state"] == "active"
+            await only_version_running(api, app, release["version"], 3)
+        await answers_only(load, "v2")
 
         await load.stop()
         assert load.failures == [], load.failures[:20]
