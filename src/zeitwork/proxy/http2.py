@@ -38,6 +38,7 @@ from zeitwork.proxy.h2_rules import (
     response_headers,
 )
 from zeitwork.proxy.server import (
+    _CONTINUE,
     _D_IDLE,
     _D_STREAM,
     _NO_PARSER,
@@ -201,6 +202,12 @@ class H2Stream(ClientProtocol):
 
     def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
         return self.conn.render_error(status, detail, headers)
+
+    def _write(self, data: bytes) -> None:
+        """The core writes here only its ``100 Continue`` (the rest is overridden): over
+        HTTP/2 that is an informational HEADERS frame."""
+        if data == _CONTINUE:
+            self.conn.send_continue(self)
 
     def abort(self) -> None:
         """The exchange failed after its response began: the stream is reset."""
@@ -514,6 +521,15 @@ class H2Connection(ClientProtocol):
         self._send()
         if end:
             self._maybe_done(stream)
+
+    def send_continue(self, stream: H2Stream) -> None:
+        conn = self.h2
+        if conn is None or stream.response_sent:
+            return
+        # already closed on h2's side: nothing to tell
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            conn.send_headers(stream.stream_id, [(b":status", b"100")])
+        self._send()
 
     def pump(self, stream: H2Stream, frames: int = -1) -> bool:
         """Send what the windows allow of ``stream``'s response (at most ``frames`` DATA

@@ -653,3 +653,35 @@ async def test_a_browser_gets_the_edges_html_error_page_on_a_stream(
     assert client.response_headers(sid)[b"content-type"] == b"text/html; charset=utf-8"
     assert b"<html" in bytes(client.bodies[sid]).lower()
     await client.close()
+
+
+async def test_expect_100_continue_is_an_informational_response(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    body = b"y" * 1000
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(
+        sid,
+        client.headers(
+            "/upload",
+            method="POST",
+            extra=[(b"content-length", b"%d" % len(body)), (b"expect", b"100-continue")],
+        ),
+    )
+    await client.send()
+
+    def continued() -> bool:
+        return any(isinstance(e, h2.events.InformationalResponseReceived) for e in client.events)
+
+    await client.read_until(continued)
+    client.conn.send_data(sid, body, end_stream=True)
+    await client.send()
+    await client.read_until(lambda: client.ended(sid))
+    assert client.status(sid) == 200
+    assert bytes(client.bodies[sid]) == b"%d %s" % (
+        len(body),
+        hashlib.sha256(body).hexdigest().encode(),
+    )
+    await client.close()
