@@ -365,6 +365,11 @@ class H2Connection(ClientProtocol):
     # -- back-pressure from the client's socket ----------------------------------------------
     def pause_writing(self) -> None:
         self.write_paused = True
+        # nor is the client read while its socket takes nothing: what it sends may need an
+        # answer (PING, SETTINGS), and a client that floods without reading must not make
+        # the edge buffer those answers without end
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
         for stream in self.streams.values():
             ex = stream.ex
             up = ex.upstream if ex is not None else None
@@ -374,6 +379,8 @@ class H2Connection(ClientProtocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.active = True
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
         for stream in list(self.streams.values()):
             ex = stream.ex
             up = ex.upstream if ex is not None else None

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import shutil
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ import h2.events
 import h2.settings
 import pytest
 from h2.errors import ErrorCodes
+from hyperframe.frame import PingFrame
 
 from tests.integration.edge.conftest import EdgeFactory, Upstream, admin_get, wait_for
 from tests.integration.edge.test_workers import _edge_process, _reap, _wait_line
@@ -88,13 +90,20 @@ class H2Client:
         self.closed = False
 
     @classmethod
-    async def open(cls, port: int, ca: Path | None, *, window: int | None = None) -> H2Client:
+    async def open(
+        cls, port: int, ca: Path | None, *, window: int | None = None, rcvbuf: int = 0
+    ) -> H2Client:
         ctx: ssl.SSLContext | None = None
         if ca is not None:
             ctx = ssl.create_default_context(cafile=str(ca))
             ctx.set_alpn_protocols(["h2"])
+        sock = socket.socket()
+        if rcvbuf:  # a small receive buffer: what the client does not read backs up soon
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=ctx, server_hostname="app.test" if ctx else None
+            sock=sock, ssl=ctx, server_hostname="app.test" if ctx else None
         )
         if ctx is not None:
             assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
@@ -685,3 +694,43 @@ async def test_expect_100_continue_is_an_informational_response(
         hashlib.sha256(body).hexdigest().encode(),
     )
     await client.close()
+
+
+@pytest.mark.slow
+async def test_a_ping_flood_from_a_client_that_never_reads_is_not_buffered(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test")
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path), rcvbuf=4096)
+    proxy = edge.proxy
+    assert proxy is not None
+
+    async def connected() -> bool:
+        return len(proxy.connections) == 1
+
+    await wait_for(connected)
+    (conn,) = proxy.connections
+    flood = PingFrame(0, opaque_data=b"12345678").serialize() * 20_000  # 340 KB a write
+    largest = 0
+
+    async def sample() -> None:
+        nonlocal largest
+        while True:
+            transport = conn.transport
+            if transport is not None:
+                largest = max(largest, transport.get_write_buffer_size())
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(8):
+                while True:  # the client never reads the PING ACKs
+                    client.writer.write(flood)
+                    await client.writer.drain()
+    finally:
+        sampler.cancel()
+    # the edge stopped reading once its socket took no more: the ACKs it holds stay small
+    assert conn.transport is not None and not conn.transport.is_reading()
+    assert largest < 2 * 1024 * 1024, largest
+    client.writer.transport.abort()
