@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: bootstrap build build-local check lint format typecheck imports test test-unit \
         test-kvm migrate migration run-operator run-node-agent run-load-balancer \
         run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge \
-        bench-deploy clean
+        bench-deploy bench-logs clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -96,6 +96,10 @@ bench-edge: bootstrap
 # Releases under load through the edge (as root): deploy, rollback, revert of a failing release.
 bench-deploy: bootstrap
 	$(PY) benchmarks/deploy.py
+
+# Followed logs through the operator (as root): lines/s, delay, operator memory with 20 followers.
+bench-logs: bootstrap
+	$(PY) benchmarks/logs.py
 
 clean:
 	rm -rf dist build .mypy_cache .ruff_cache .pytest_cache
