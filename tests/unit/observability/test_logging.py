@@ -48,6 +48,12 @@ def test_tracebacks_carry_no_local_values(
 
 def _log_two_failures(environment: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     saved = logging.getLogger().handlers[:], logging.getLogger().level
+    # an earlier test's uvicorn.Config with its default log config gives the "uvicorn"
+    # logger its own handler and stops propagation; the services pass log_config=None, so
+    # here too the record must reach the root handler
+    uvicorn_logger = logging.getLogger("uvicorn")
+    saved_uvicorn = uvicorn_logger.handlers[:], uvicorn_logger.propagate
+    uvicorn_logger.handlers[:], uvicorn_logger.propagate = [], True
     try:
         configure_logging(service="test", environment=environment)
         log = structlog.get_logger("test")
@@ -63,6 +69,7 @@ def _log_two_failures(environment: str, capsys: pytest.CaptureFixture[str]) -> l
         structlog.reset_defaults()
         logging.getLogger().handlers[:], level = saved
         logging.getLogger().setLevel(level)
+        uvicorn_logger.handlers[:], uvicorn_logger.propagate = saved_uvicorn
     return capsys.readouterr().err.splitlines()
 
 
