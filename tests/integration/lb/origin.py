@@ -118,6 +118,9 @@ class Origin:
             await self._echo(reader, writer, chunked, length)
             return True
         body = await self._read_body(reader, chunked, length)
+        if path == "/drop":  # read the request, then vanish without an answer
+            writer.transport.abort()
+            return False
         if path == "/ws-half-close":
             # a tunnel whose backend says goodbye and half-closes, then still listens
             writer.write(
