@@ -354,7 +354,7 @@ async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
         own: int = r.json()["routes"].get(HOST, {}).get("requests", 0)
         return own if own >= 41 else None
 
-    own = await eventually(merged, timeout=10, step=0.1)  # the other worker publishes each s
+    own = await eventually(merged, timeout=30, step=0.1)  # each worker publishes every s
 
     async def pushed_all() -> bool:
         rows = await operator.sql(
