@@ -293,13 +293,19 @@ async def test_fan_in_from_a_real_agent(
         await _instance(operator, uuid.uuid4(), dead, v1)
 
         # history: both instances' last lines, labelled, and the dead node said inline
-        r = await operator.client.get(
-            "/api/v1/projects/shop/logs", params={"tail": 5}, headers=operator.headers()
-        )
-        assert r.status_code == 200, r.text
-        history = Lines()
-        for text in r.text.splitlines():
-            history.add(json.loads(text))
+        # (polled until each new instance has written its first 5 lines)
+        async with asyncio.timeout(30):
+            while True:
+                r = await operator.client.get(
+                    "/api/v1/projects/shop/logs", params={"tail": 5}, headers=operator.headers()
+                )
+                assert r.status_code == 200, r.text
+                history = Lines()
+                for text in r.text.splitlines():
+                    history.add(json.loads(text))
+                if len(history.of("a")) >= 5 and len(history.of("b")) >= 5:
+                    break
+                await asyncio.sleep(0.2)
         assert history.notices == ["node dead-node: unreachable"]
         assert len(history.of("a")) == 5 and len(history.of("b")) == 5
         assert_in_order_without_gaps(history.of("a"))
