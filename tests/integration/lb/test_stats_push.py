@@ -351,14 +351,26 @@ async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
     async def routed() -> bool:
         return (await http(lb.port, path="/", host=HOST)).status == 200
 
-    await eventually(routed, timeout=15)  # both workers follow the table on their own
-    for _ in range(40):  # new connections: the kernel spreads them over both workers
-        await http(lb.port, path="/", host=HOST)
+    await eventually(routed, timeout=15)
+    # Each worker follows the table on its own, so the second may not have the route yet: a
+    # request it answers without one counts under no route. Send until 40 in a row are served
+    # (new connections: the kernel spreads them over both workers) and count the served ones.
+    served = 1
+    streak = 0
+    deadline = asyncio.get_running_loop().time() + 30
+    while streak < 40:
+        assert asyncio.get_running_loop().time() < deadline, f"only {streak} served in a row"
+        if (await http(lb.port, path="/", host=HOST)).status == 200:
+            served += 1
+            streak += 1
+        else:
+            streak = 0
+            await asyncio.sleep(0.1)
 
     async def merged() -> int | None:
         r = await http(lb.admin_port, path="/stats/routes", host="127.0.0.1")
         own: int = r.json()["routes"].get(HOST, {}).get("requests", 0)
-        return own if own >= 41 else None
+        return own if own >= served else None
 
     own = await eventually(merged, timeout=30, step=0.1)  # each worker publishes every s
 
