@@ -14,6 +14,7 @@ class Scope(StrEnum):
     JOIN = "join"  # register a node (and receive that node's own token)
     NODE = "node"  # one node's heartbeats, assignments, instance reports, image downloads
     PROXY = "proxy"  # load balancers and edges: routes, certificates, ACME account, leases
+    BUILDER = "builder"  # builders: lease, run and finish build jobs, fetch their contexts
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from zeitwork.core.states import (
 )
 from zeitwork.operator.db import migrate
 from zeitwork.operator.principal import Scope
+from zeitwork.wire.builds import BuildState
 
 COMMON = {"id", "created_at", "updated_at", "deleted_at"}
 
@@ -28,7 +29,16 @@ COMMON = {"id", "created_at", "updated_at", "deleted_at"}
 EXPECTED_COLUMNS: dict[str, set[str]] = {
     "regions": {"name", "code", "country"},
     "organisations": {"name", "slug"},
-    "projects": {"organisation_id", "name", "slug", "github_repo", "default_branch"},
+    "projects": {
+        "organisation_id",
+        "name",
+        "slug",
+        "github_repo",
+        "default_branch",
+        "webhook_secret",  # 0014
+        "git_token",  # 0014
+        "build_concurrency",  # 0014
+    },
     "project_environments": {"project_id", "name", "current_release_id", "replicas"},  # 0012
     "images": {
         "name",
@@ -201,6 +211,44 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
     "internal_ca": {"cert_pem", "key_pem"},  # 0011
     "change_versions": {"topic", "version"},
     "proxy_stats": {"lb_id", "at", "started_at", "latency_bounds", "routes"},  # 0013
+    "build_contexts": {"sha256", "last_used_at", "size", "path"},  # 0014
+    "builds": {
+        "project_id",
+        "project_environment_id",
+        "state",
+        "reason",
+        "created_by",
+        "source_kind",
+        "git_url",
+        "git_ref",
+        "git_commit",
+        "git_path",
+        "context_sha256",
+        "dockerfile",
+        "build_args",
+        "stack",
+        "port",
+        "cache_key",
+        "reused_build_id",
+        "image_id",
+        "release_id",
+        "error",
+        "failed_step",
+        "lease_owner",
+        "lease_token",
+        "lease_expires_at",
+        "attempts",
+        "builder_version",
+        "cancel_requested_at",
+        "log_size",
+        "log_truncated",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "durations",
+    },
+    "build_logs": {"seq", "build_id", "data"},
+    "webhook_deliveries": {"delivery_id", "project_id", "received_at", "event", "build_id"},
 }
 
 # Every filter the API offers, and every natural key, has an index.
@@ -241,6 +289,15 @@ EXPECTED_INDEXES = {
     "events_created_at_idx",
     "proxy_stats_lb_id_at_key",  # 0013
     "proxy_stats_created_at_idx",
+    "build_contexts_sha256_key",  # 0014
+    "builds_project_id_created_at_idx",
+    "builds_open_idx",
+    "builds_cache_key_idx",
+    "builds_context_sha256_idx",
+    "build_logs_seq_key",
+    "build_logs_build_id_seq_idx",
+    "webhook_deliveries_delivery_id_key",
+    "webhook_deliveries_received_at_idx",
 }
 
 STATE_CHECKS: dict[str, list[str]] = {
@@ -258,6 +315,8 @@ STATE_CHECKS: dict[str, list[str]] = {
     "releases_reason_check": ["deploy", "rollback", "config", "migration"],
     "instances_health_check": [s.value for s in HealthState],
     "events_level_check": ["info", "warning", "error"],
+    "builds_state_check": [s.value for s in BuildState],  # 0014
+    "builds_source_kind_check": ["dir", "git"],
 }
 
 
