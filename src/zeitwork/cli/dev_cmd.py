@@ -4,7 +4,10 @@ Starts the operator (embedded PostgreSQL under ``ZEITWORK_DATA_DIR`` unless DATA
 set), waits until it is ready, reads its admin token, creates a join token and a proxy token
 through the API, then starts the node agent (runtime ``auto``: ``oci`` with runc where KVM is
 missing), the load balancer and the edge proxy, each a supervised child process whose output
-is prefixed with its name. Ctrl-C or SIGTERM stops them in order: edge, load balancer, agent
+is prefixed with its name. Before the operator it starts the platform's image registry
+(Debian's ``docker-registry`` on 127.0.0.1, storage under ``<data dir>/registry``) and sets
+``ZEITWORK_REGISTRY_URL`` for every service, unless that variable names a registry already.
+Ctrl-C or SIGTERM stops them in order: edge, load balancer, agent
 (with ``--drain``: no instance is left running), operator. A child that dies stops the
 platform and the command exits 1. ``--demo`` deploys a demo app at ``demo.localhost``.
 """
@@ -29,6 +32,8 @@ import typer
 from zeitwork.cli.demo import DemoFailed, demo_commands, run_demo
 from zeitwork.cli.dev_plan import (
     AGENT,
+    REGISTRY,
+    REGISTRY_BINARY,
     RELOAD_ON_HUP,
     STOP_ORDER,
     DevConfig,
@@ -38,6 +43,8 @@ from zeitwork.cli.dev_plan import (
     edge_spec,
     lb_spec,
     operator_spec,
+    registry_config,
+    registry_spec,
     summary,
 )
 from zeitwork.cli.supervisor import Child, ChildFailed, Supervisor
@@ -58,8 +65,8 @@ def _say(text: str) -> None:
         sys.stdout.flush()
 
 
-def preflight(*, euid: int, runtime: str) -> str | None:
-    """Why ``zeitwork dev`` cannot run here, or None."""
+def preflight(*, euid: int, runtime: str, registry: bool = False) -> str | None:
+    """Why ``zeitwork dev`` cannot run here, or None (``registry``: dev runs its own)."""
     if euid != 0:
         return (
             "zeitwork dev runs a node agent, which needs root (network namespaces, cgroups, "
@@ -69,7 +76,17 @@ def preflight(*, euid: int, runtime: str) -> str | None:
         return f"{runtime} is not installed (apt-get install {runtime}); the oci runtime needs it"
     if shutil.which("umoci") is None:
         return "umoci is not installed (apt-get install umoci); images are unpacked with it"
+    if registry and shutil.which(REGISTRY_BINARY) is None:
+        return (
+            f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry): dev runs "
+            "it as the platform's image store; or set ZEITWORK_REGISTRY_URL to a registry"
+        )
     return None
+
+
+def _write_registry_config(config: DevConfig) -> None:
+    config.registry_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.registry_config_file.write_text(registry_config(config))
 
 
 def ports_in_use(listeners: list[tuple[str, str, int]]) -> list[str]:
@@ -127,6 +144,10 @@ async def _bring_up(
     """Start everything in order; ``credentials`` receives the admin token and ``revoke``
     the ids of tokens made for this run (revoked when it stops)."""
     base = base_environment(parent, config)
+    if config.runs_registry:
+        await asyncio.to_thread(_write_registry_config, config)
+        registry = await sup.start(registry_spec(config, base))
+        await sup.wait_ready(registry, within=within)
     operator = await sup.start(operator_spec(config, base))
     await sup.wait_ready(operator, within=within)
     token, token_source = await _admin_token(config, parent, operator, within=30.0)
@@ -272,6 +293,7 @@ async def run_dev(
         if credentials and revoke:
             await _revoke(config, credentials[0], revoke)
         codes.update(await sup.stop_all(STOP_ORDER[-1:]))
+        codes.update(await sup.stop_all((REGISTRY,)))  # the image store goes last
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     unclean = {n: c for n, c in codes.items() if c not in (0, None)}
@@ -312,6 +334,15 @@ def register(app: typer.Typer) -> None:
         https_port: Annotated[int, typer.Option(min=1, max=65535, help="Edge HTTPS.")] = 8443,
         lb_admin_port: Annotated[int, typer.Option(min=1, max=65535)] = 9082,
         edge_admin_port: Annotated[int, typer.Option(min=1, max=65535)] = 9083,
+        registry_port: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=65535,
+                help="The local image registry (127.0.0.1; not run when "
+                "ZEITWORK_REGISTRY_URL names one).",
+            ),
+        ] = 8084,
         within: Annotated[
             float,
             typer.Option("--timeout", min=1, help="Seconds each service may take to become ready."),
@@ -327,18 +358,22 @@ def register(app: typer.Typer) -> None:
             edge_https=https_port,
             lb_admin=lb_admin_port,
             edge_admin=edge_admin_port,
+            registry=registry_port,
         )
         if clashes := ports.clashes():
             typer.echo(f"zeitwork: port(s) {clashes} given to more than one service", err=True)
             raise typer.Exit(2)
         parent = dict(os.environ)
+        external_registry = parent.get("ZEITWORK_REGISTRY_URL", "").strip() or None
         problem = preflight(
-            euid=os.geteuid(), runtime=parent.get("ZEITWORK_OCI_RUNTIME", "runc") or "runc"
+            euid=os.geteuid(),
+            runtime=parent.get("ZEITWORK_OCI_RUNTIME", "runc") or "runc",
+            registry=external_registry is None,
         )
         if problem:
             typer.echo(f"zeitwork: {problem}", err=True)
             raise typer.Exit(2)
-        if busy := ports_in_use(ports.listeners(host)):
+        if busy := ports_in_use(ports.listeners(host, registry=external_registry is None)):
             typer.echo(
                 "zeitwork: port(s) in use (another `zeitwork dev` or service?): "
                 + ", ".join(busy)
@@ -350,5 +385,6 @@ def register(app: typer.Typer) -> None:
             data_dir=(data_dir or default_data_dir()).expanduser().absolute(),
             ports=ports,
             host=host,
+            external_registry=external_registry,
         )
         raise typer.Exit(asyncio.run(run_dev(config, parent=parent, demo=demo, within=within)))

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OPERATOR, AGENT, LB, EDGE = "operator", "node-agent", "load-balancer", "edge-proxy"
+REGISTRY = "registry"
+REGISTRY_BINARY = "docker-registry"
+# the platform's image store (an OCI registry) is not in these orders: it starts before the
+# operator and stops after it, and only when ZEITWORK_REGISTRY_URL does not name another one
 START_ORDER = (OPERATOR, AGENT, LB, EDGE)
 STOP_ORDER = tuple(reversed(START_ORDER))  # edge, LB, agent (drains), operator
 RELOAD_ON_HUP = (LB, EDGE)  # the services that reload on SIGHUP (dev passes its own on)
@@ -37,10 +41,14 @@ class DevPorts:
     edge_https: int = 8443
     lb_admin: int = 9082
     edge_admin: int = 9083
+    registry: int = 8084
 
-    def listeners(self, host: str) -> list[tuple[str, str, int]]:
-        """(option, address, port) of every listener; admin listeners are on loopback."""
+    def listeners(self, host: str, *, registry: bool = True) -> list[tuple[str, str, int]]:
+        """(option, address, port) of every listener; admin listeners (and the registry,
+        which has no authentication in development) are on loopback."""
+        own = [("--registry-port", "127.0.0.1", self.registry)] if registry else []
         return [
+            *own,
             ("--operator-port", host, self.operator),
             ("--agent-port", host, self.agent),
             ("--lb-port", host, self.lb),
@@ -62,6 +70,7 @@ class DevPorts:
             self.edge_https,
             self.lb_admin,
             self.edge_admin,
+            self.registry,
         ):
             if port in seen and port not in double:
                 double.append(port)
@@ -75,6 +84,8 @@ class DevConfig:
     ports: DevPorts = field(default_factory=DevPorts)
     host: str = "127.0.0.1"
     python: str = sys.executable
+    # ZEITWORK_REGISTRY_URL from the user's environment: use that registry, run none
+    external_registry: str | None = None
 
     @property
     def client_host(self) -> str:
@@ -97,6 +108,28 @@ class DevConfig:
     def ca_file(self) -> Path:
         return self.data_dir / "edge" / "ca" / "ca.crt"
 
+    @property
+    def runs_registry(self) -> bool:
+        return self.external_registry is None
+
+    @property
+    def registry_host(self) -> str:
+        """``host:port`` of the local registry (what ``skopeo copy docker://...`` names)."""
+        return f"127.0.0.1:{self.ports.registry}"
+
+    @property
+    def registry_url(self) -> str:
+        """ZEITWORK_REGISTRY_URL of the operator and the agent."""
+        return self.external_registry or f"http://{self.registry_host}"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def registry_config_file(self) -> Path:
+        return self.registry_dir / "config.yml"
+
 
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
@@ -115,7 +148,40 @@ def base_environment(parent: Mapping[str, str], config: DevConfig) -> dict[str, 
     env["ZEITWORK_DATA_DIR"] = str(config.data_dir)
     env.setdefault("ENVIRONMENT", "development")
     env["PYTHONUNBUFFERED"] = "1"
+    env["ZEITWORK_REGISTRY_URL"] = config.registry_url
     return env
+
+
+def registry_config(config: DevConfig) -> str:
+    """docker-registry's config.yml: filesystem storage under the data dir, loopback only,
+    no authentication (development: only this machine reaches it), deletes allowed."""
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {config.registry_dir / 'storage'}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: {config.registry_host}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def registry_spec(config: DevConfig, base: Mapping[str, str]) -> ChildSpec:
+    # docker-registry reads REGISTRY_* variables as configuration: give it none of ours
+    env = {k: v for k, v in base.items() if not k.startswith("REGISTRY_")}
+    return ChildSpec(
+        name=REGISTRY,
+        argv=(REGISTRY_BINARY, "serve", str(config.registry_config_file)),
+        env=env,
+        ready_url=f"http://{config.registry_host}/v2/",
+        stop_timeout=15.0,
+    )
 
 
 def operator_spec(config: DevConfig, base: Mapping[str, str]) -> ChildSpec:
@@ -207,6 +273,7 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         f"  load balancer   {config.url(p.lb)}   (admin http://127.0.0.1:{p.lb_admin})",
         f"  edge proxy      {config.url(p.edge_http)}   https://<host>:{p.edge_https}"
         f"   (admin http://127.0.0.1:{p.edge_admin})",
+        f"  image registry  {registry_line(config)}",
         f"  data            {config.data_dir}",
         f"  admin token     {admin_token_source}",
         f"  internal CA     {config.ca_file}   (curl --cacert ...)",
@@ -215,6 +282,9 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         f"  export OPERATOR_URL={config.operator_url} ZEITWORK_DATA_DIR={config.data_dir}",
         "  zeitwork images import app.tar --name myapp        # an OCI archive",
         "  zeitwork deploy --image <id> --port 8080 --domain myapp.localhost",
+        f"  skopeo copy --dest-tls-verify=false oci-archive:app.tar "
+        f"docker://{registry_push_host(config)}/myapp:v2",
+        f"  zeitwork deploy --app myapp --image {registry_push_host(config)}/myapp:v2",
         f"  curl -H 'Host: myapp.localhost' {config.url(p.edge_http)}/",
         "  zeitwork instances ls; zeitwork nodes ls",
         "",
@@ -222,3 +292,15 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def registry_push_host(config: DevConfig) -> str:
+    if config.external_registry is None:
+        return config.registry_host
+    return config.external_registry.split("://", 1)[-1].split("/", 1)[0]
+
+
+def registry_line(config: DevConfig) -> str:
+    if config.external_registry is not None:
+        return f"{config.external_registry}   (ZEITWORK_REGISTRY_URL, not run by dev)"
+    return f"{config.registry_url}   (docker-registry, storage {config.registry_dir})"
