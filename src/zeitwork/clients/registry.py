@@ -253,6 +253,15 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}
         self._basic: set[str] = set()
 
+    def allow_plain_http(self, registry: str) -> None:
+        """Reach ``registry`` (``host[:port]``) over plain HTTP from now on (the platform
+        registry named with ``http://``)."""
+        self._insecure = self._insecure | {registry.strip().lower()}
+
+    def is_plain_http(self, registry: str) -> bool:
+        host = registry.strip().lower()
+        return is_loopback_registry(host) or host in self._insecure
+
     async def aclose(self) -> None:
         """Close the HTTP pool this client was given (it owns it)."""
         await self._http.aclose()
@@ -261,8 +270,7 @@ class RegistryClient:
 
     def base_url(self, ref: ImageReference) -> str:
         host = ref.endpoint
-        plain = is_loopback_registry(host) or host.lower() in self._insecure
-        return f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
+        return f"{'http' if self.is_plain_http(host) else 'https'}://{host}/v2/{ref.repository}"
 
     def _auth_header(
         self, ref: ImageReference, scope: str, credentials: RegistryCredentials | None
@@ -281,8 +289,11 @@ class RegistryClient:
         response: httpx.Response,
         credentials: RegistryCredentials | None,
         what: str,
+        *,
+        sent_basic: bool = False,
     ) -> bool:
-        """React to a 401: True if a retry is worth it (new basic or bearer auth)."""
+        """React to a 401: True if a retry is worth it (new basic or bearer auth);
+        ``sent_basic``: the refused request carried the basic credentials already."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         registry = ref.registry
         if challenge is None:
@@ -293,9 +304,9 @@ class RegistryClient:
                     f"registry {registry} requires credentials for {what}",
                     extra={"registry": registry},
                 )
-            if ref.endpoint in self._basic:
+            if sent_basic:
                 return False
-            self._basic.add(ref.endpoint)
+            self._basic.add(ref.endpoint)  # concurrent requests may all learn it at once
             return True
         if challenge.scheme != "bearer" or "realm" not in challenge.params:
             return False
@@ -360,7 +371,14 @@ class RegistryClient:
                 if (
                     response.status_code == 401
                     and not fresh
-                    and await self._authenticate(ref, scope, response, credentials, what)
+                    and await self._authenticate(
+                        ref,
+                        scope,
+                        response,
+                        credentials,
+                        what,
+                        sent_basic=request.headers.get("Authorization", "").startswith("Basic "),
+                    )
                 ):
                     fresh = True
                     continue
@@ -378,6 +396,35 @@ class RegistryClient:
             f"registry {ref.registry} refused the credentials for {what}",
             extra={"registry": ref.registry},
         )
+
+    def use_token(self, ref: ImageReference, token: str, *, push: bool = False) -> None:
+        """Authenticate ``ref``'s repository with a bearer token handed over by someone else
+        (a node's pull token from the operator)."""
+        self._tokens[(ref.endpoint, scope_for(ref.repository, push=push))] = token
+
+    async def pull_access(
+        self, ref: ImageReference, *, credentials: RegistryCredentials | None = None
+    ) -> tuple[str, str | None]:
+        """How the registry lets ``ref`` be pulled: ``("anonymous", None)``, ``("basic",
+        None)`` (it wants a user name and password) or ``("bearer", token)`` with a fresh
+        token scoped to pulling this one repository (for handing to a node: the token is
+        not the credentials it was obtained with)."""
+        key = (ref.endpoint, scope_for(ref.repository))
+        self._tokens.pop(key, None)
+        url = f"{self.base_url(ref)}/manifests/{ref.manifest_reference}"
+        async with self._exchange(
+            "HEAD",
+            url,
+            ref,
+            f"manifest {ref}",
+            credentials=credentials,
+            headers={"Accept": self._accept},
+        ):
+            pass
+        token = self._tokens.get(key)
+        if token is not None:
+            return "bearer", token
+        return ("basic", None) if ref.endpoint in self._basic else ("anonymous", None)
 
     # -- pull ------------------------------------------------------------------------------
 

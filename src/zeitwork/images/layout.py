@@ -690,3 +690,50 @@ def convert_docker_archive(src: Path, dest: Path, work: Path) -> None:
     }
     data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     write_oci_archive(dest, manifest=data, media_type=MEDIA_MANIFEST, blobs=blobs)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBlobs:
+    """An image taken out of an archive to be pushed: the manifest's exact bytes and media
+    type, and its blobs (config first, then layers) as verified files."""
+
+    digest: str
+    manifest: bytes
+    media_type: str
+    blobs: tuple[tuple[str, int, Path], ...]
+
+
+def extract_image_blobs(path: Path, *, digest: str, dest: Path) -> ImageBlobs:
+    """Blocking: copy the manifest ``digest``'s config and layers out of the archive at
+    ``path`` into ``dest/blobs/sha256/`` (each sha256-verified while copied). For pushing a
+    stored archive to a registry; ``inspect_archive`` validated it when it was imported."""
+    (dest / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            archive = _Archive(tar, dest)
+            desc = _select_manifest(archive)
+            if desc.digest != digest:
+                raise InvalidInput(
+                    f"digest mismatch: the archive holds image {desc.digest}, expected {digest}"
+                )
+            member = archive.blob_member(desc, "manifest")
+            data = archive._open(member).read()
+            if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                raise InvalidInput(f"manifest blob {digest} does not match its sha256")
+            try:
+                raw = json.loads(data)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise InvalidInput(f"manifest {digest} is not valid JSON: {exc}") from exc
+            config_desc, layer_descs = _parse_manifest(raw, desc)
+            blobs: list[tuple[str, int, Path]] = []
+            for i, blob in enumerate([config_desc, *layer_descs]):
+                hexdigest = blob.digest.removeprefix("sha256:")
+                target = dest / "blobs" / "sha256" / hexdigest
+                if hexdigest not in archive.verified:
+                    what = "config" if i == 0 else f"layer {i - 1}"
+                    for _chunk in archive._chunks(archive.blob_member(blob, what), hexdigest, what):
+                        pass
+                    blobs.append((blob.digest, blob.size, target))
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"the image archive is not a valid tar: {exc}") from exc
+    return ImageBlobs(digest=digest, manifest=data, media_type=desc.media_type, blobs=tuple(blobs))

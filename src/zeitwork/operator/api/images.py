@@ -7,7 +7,10 @@ answers 201 with the image, or 200 with the existing image when one with the sam
 is already catalogued (whatever its name). A corrupt archive gets a 422 problem and leaves
 nothing behind. ``GET /images/{id}/archive`` streams the stored archive with ``Digest`` and
 ``ETag`` headers to an admin, or to a node token whose node has a (not terminated) instance
-of that image assigned (else 403). ``POST /images`` (builds from a GitHub repository) is a later
+of that image assigned (else 403). ``GET /images/{id}/pull`` gives such a node what it needs
+to pull the image from the platform registry itself (its location and a credential that can
+only pull), or ``location: null`` and a reason when it must download the archive.
+``POST /images`` (builds from a GitHub repository) is a later
 issue: until then it answers 422 pointing at the import route.
 """
 
@@ -29,6 +32,7 @@ from zeitwork.operator.db.images import Image
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
+from zeitwork.operator.services.images import location_of
 
 ARCHIVE_TYPES = {"application/x-tar", "application/octet-stream", "application/tar"}
 
@@ -50,6 +54,9 @@ class ImageOut(BaseModel):
     size: int | None
     config: ImageConfigOut
     error: str | None
+    location: str | None = Field(
+        default=None, description="where the platform registry keeps it (host/repo@digest)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -65,9 +72,27 @@ class ImageOut(BaseModel):
             size=image.size,
             config=ImageConfigOut.model_validate(config),
             error=image.error,
+            location=location_of(image),
             created_at=image.created_at,
             updated_at=image.updated_at,
         )
+
+
+class PullGrantOut(BaseModel):
+    """How a node pulls an image: from ``location`` in the platform registry (over plain
+    HTTP when ``plain_http``) with ``token`` (bearer, good for ``expires_in`` seconds) or
+    ``username``/``password`` (a read-only account) or nothing (anonymous); or, when
+    ``location`` is null, by downloading ``/images/{id}/archive`` (``reason`` says why)."""
+
+    image_id: uuid.UUID
+    digest: str
+    location: str | None
+    plain_http: bool = False
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    expires_in: int | None = None
+    reason: str | None = None
 
 
 class ImageBuild(BaseModel):
@@ -146,6 +171,37 @@ def router(deps: Deps) -> APIRouter:
         await deps.image_service.delete(image_id)
         return Response(status_code=204)
 
+    async def _node_may_fetch(principal: Principal, image_id: uuid.UUID) -> None:
+        if not principal.is_admin and (
+            principal.node_id is None
+            or not await deps.instances.node_uses_image(principal.node_id, image_id)
+        ):
+            raise PermissionDenied(
+                "a node token may fetch only the images of instances assigned to its node",
+                extra={"image_id": str(image_id)},
+            )
+
+    @api.get("/{image_id}/pull")
+    async def pull_grant(
+        image_id: uuid.UUID,
+        response: Response,
+        principal: Principal = Depends(downloader),  # noqa: B008 (as below)
+    ) -> PullGrantOut:
+        await _node_may_fetch(principal, image_id)
+        grant = await deps.image_service.pull_grant(image_id)
+        response.headers["Cache-Control"] = "no-store"  # it may carry a credential
+        return PullGrantOut(
+            image_id=grant.image_id,
+            digest=grant.digest,
+            location=grant.location,
+            plain_http=grant.plain_http,
+            token=grant.token,
+            username=grant.username,
+            password=grant.password,
+            expires_in=grant.expires_in,
+            reason=grant.reason,
+        )
+
     @api.get(
         "/{image_id}/archive",
         response_class=FileResponse,
@@ -155,14 +211,7 @@ def router(deps: Deps) -> APIRouter:
         image_id: uuid.UUID,
         principal: Principal = Depends(downloader),  # noqa: B008 (a local: Annotated cannot see it)
     ) -> FileResponse:
-        if not principal.is_admin and (
-            principal.node_id is None
-            or not await deps.instances.node_uses_image(principal.node_id, image_id)
-        ):
-            raise PermissionDenied(
-                "a node token may download only the images of instances assigned to its node",
-                extra={"image_id": str(image_id)},
-            )
+        await _node_may_fetch(principal, image_id)
         image, path = await deps.image_service.archive(image_id)
         digest = str(image.digest)
         return FileResponse(

@@ -112,6 +112,22 @@ class ImageStore:
         assert row is not None
         return _image(row), True
 
+    async def set_location(
+        self, image_id: uuid.UUID, location: str, *, conn: Conn | None = None
+    ) -> Image:
+        """Record where the platform registry keeps the image (``config.registry_location``)."""
+        async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE images SET config = config || jsonb_build_object("
+                "'registry_location', %s::text), updated_at = now() "
+                f"WHERE id = %s AND deleted_at IS NULL RETURNING {COLUMNS}",
+                (location, image_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"image {image_id} does not exist")
+        return _image(row)
+
     async def delete(self, image_id: uuid.UUID, *, conn: Conn | None = None) -> str | None:
         """Soft-delete; Conflict while an instance that is not terminated, or a live
         deployment, uses it. Returns the digest when no live row uses it any more (the

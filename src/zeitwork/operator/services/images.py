@@ -6,7 +6,15 @@ when no live row uses its digest); find its archive.
 digest once (a release pins it), the platform's manifest chosen from an index, and, as long
 as nodes cannot fetch from a registry themselves, the image's blobs are pulled through the
 registry client (each verified while read) and written as an OCI archive into the archive
-store, where ``inspect_archive`` validates it like an upload: nodes download it as today.
+store, where ``inspect_archive`` validates it like an upload.
+
+With a platform registry (``ZEITWORK_REGISTRY_URL``) every image the operator catalogues,
+imported or pulled, is also pushed there by digest and its location recorded on the row
+(``config.registry_location``); nodes then pull it from the registry themselves with the
+grant ``pull_grant`` gives them (a short-lived pull token, a read-only account, or none for
+an anonymous registry; never the operator's own credentials). An image catalogued before
+the registry was configured, or while it was down, is pushed the first time a node asks
+for it. Without a platform registry nodes download the archive from the operator.
 """
 
 from __future__ import annotations
@@ -16,15 +24,17 @@ import json
 import shutil
 import uuid
 from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from zeitwork.clients.registry import RegistryClient, RegistryCredentials
-from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ZeitworkError
 from zeitwork.images import ImageStore as ArchiveStore
 from zeitwork.images import import_archive
-from zeitwork.images.layout import write_oci_archive
+from zeitwork.images.layout import extract_image_blobs, write_oci_archive
 from zeitwork.images.manifests import (
     LINUX_AMD64,
     ImageIndex,
@@ -33,8 +43,12 @@ from zeitwork.images.manifests import (
     parse_manifest,
     select_platform,
 )
+from zeitwork.images.platform_registry import PlatformRegistry, parse_registry_url
 from zeitwork.images.reference import ImageReference, parse_reference
 from zeitwork.operator.db.images import Image, ImageStore
+
+if TYPE_CHECKING:
+    from zeitwork.operator.settings import OperatorSettings
 
 log = structlog.get_logger("zeitwork.operator.images")
 
@@ -42,6 +56,54 @@ OCI_ARCHIVE = "application/vnd.oci.image.layout.v1+tar"
 
 
 _PARALLEL_BLOBS = 4
+_CHUNKED_PUSH = 16 * 1024 * 1024  # blobs above this are pushed in PATCH chunks of it
+LOCATION = "registry_location"  # the key of the image's location in its config
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSettings:
+    """The platform registry and the credentials around it (from the settings)."""
+
+    registry: PlatformRegistry
+    push: RegistryCredentials | None = None
+    pull: RegistryCredentials | None = None
+
+    @classmethod
+    def of(cls, settings: OperatorSettings) -> PlatformSettings | None:
+        if not settings.registry_url:
+            return None
+
+        def pair(user: str, secret: object) -> RegistryCredentials | None:
+            if not user or secret is None:
+                return None
+            return RegistryCredentials(user, secret.get_secret_value())  # type: ignore[attr-defined]
+
+        return cls(
+            registry=parse_registry_url(settings.registry_url),
+            push=pair(settings.registry_username, settings.registry_password),
+            pull=pair(settings.registry_pull_username, settings.registry_pull_password),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PullGrant:
+    """What a node needs to pull an image from the platform registry itself; ``location``
+    is None when it must download the archive from the operator (``reason`` says why)."""
+
+    image_id: uuid.UUID
+    digest: str
+    location: str | None = None
+    plain_http: bool = False
+    token: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    expires_in: int | None = None
+    reason: str | None = None
+
+
+def location_of(image: Image) -> str | None:
+    value = image.config.get(LOCATION)
+    return value if isinstance(value, str) and value else None
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -59,12 +121,22 @@ class ImageService:
         max_bytes: int,
         registry: RegistryClient | None = None,
         platform: Platform = LINUX_AMD64,
+        publish: PlatformSettings | None = None,
     ) -> None:
         self._images = images
         self._archives = archives
         self._max_bytes = max_bytes
         self._registry = registry
         self._platform = platform
+        self._publish_to = publish if registry is not None else None
+        self._publishing: dict[str, asyncio.Lock] = {}
+        if self._publish_to is not None and self._publish_to.registry.plain_http:
+            assert registry is not None
+            registry.allow_plain_http(self._publish_to.registry.host)
+
+    @property
+    def platform_registry(self) -> PlatformRegistry | None:
+        return None if self._publish_to is None else self._publish_to.registry
 
     async def resolve_reference(
         self, text: str, credentials: RegistryCredentials | None = None
@@ -101,7 +173,8 @@ class ImageService:
             digest=manifest.digest,
             created=created,
         )
-        return image
+        held = self._publish_to is not None and self._publish_to.registry.holds(ref)
+        return await self._try_publish(image, pinned if held else None)
 
     async def _platform_manifest(
         self, ref: ImageReference, credentials: RegistryCredentials | None
@@ -209,7 +282,118 @@ class ImageService:
             size=image.size,
             created=created,
         )
-        return image, created
+        return await self._try_publish(image), created
+
+    # -- the platform registry ---------------------------------------------------------------
+
+    async def _try_publish(self, image: Image, held: ImageReference | None = None) -> Image:
+        """``publish``, but a registry that fails leaves the image as it is (catalogued,
+        served from the archive store, pushed when a node first asks for it)."""
+        if self._publish_to is None or location_of(image) is not None:
+            return image
+        try:
+            return await self.publish(image, held)
+        except ZeitworkError as exc:
+            log.warning(
+                "image.publish_failed",
+                image_id=str(image.id),
+                digest=image.digest,
+                error=exc.detail,
+            )
+            return image
+
+    async def publish(self, image: Image, held: ImageReference | None = None) -> Image:
+        """Push ``image`` to the platform registry by digest (unless it is there: ``held``,
+        a reference into it) and record the location on its row; the image as updated."""
+        if self._publish_to is None or self._registry is None:
+            return image
+        if location_of(image) is not None or image.digest is None:
+            return image
+        digest = image.digest
+        lock = self._publishing.setdefault(digest, asyncio.Lock())
+        async with lock:
+            current = await self._images.get(image.id)
+            if location_of(current) is not None:
+                return current
+            if held is not None:
+                target = ImageReference(held.registry, held.repository, None, digest)
+            else:
+                target = self._publish_to.registry.reference(image.name, digest)
+                await self._push(target, digest)
+            updated = await self._images.set_location(image.id, str(target))
+        self._publishing.pop(digest, None)
+        log.info("image.published", image_id=str(image.id), location=str(target))
+        return updated
+
+    async def _push(self, target: ImageReference, digest: str) -> None:
+        assert self._registry is not None and self._publish_to is not None
+        registry, credentials = self._registry, self._publish_to.push
+        work = self._archives.new_temp()
+        limit = asyncio.Semaphore(_PARALLEL_BLOBS)
+
+        async def push(path: Path, size: int) -> None:
+            async with limit:
+                await registry.push_blob(
+                    target,
+                    path,
+                    credentials=credentials,
+                    chunk_size=_CHUNKED_PUSH if size > _CHUNKED_PUSH else None,
+                )
+
+        try:
+            archive = self._archives.open_archive(digest)
+            blobs = await asyncio.to_thread(extract_image_blobs, archive, digest=digest, dest=work)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _digest, size, path in blobs.blobs:
+                        group.create_task(push(path, size))
+            except BaseExceptionGroup as failed:
+                raise _first_error(failed) from None
+            await registry.push_manifest(
+                target, blobs.manifest, blobs.media_type, credentials=credentials
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def pull_grant(self, image_id: uuid.UUID, *, ttl: int = 900) -> PullGrant:
+        """How a node gets ``image_id``: from the platform registry (pushed now if it is
+        not there yet) with a credential that can only pull, or from the operator."""
+        image = await self._images.get(image_id)
+        if image.digest is None:
+            raise NotFound(f"image {image_id} has no content (status {image.status.value})")
+        if self._publish_to is None or self._registry is None:
+            return PullGrant(
+                image_id, image.digest, reason="this operator has no platform registry"
+            )
+        image = await self.publish(image)
+        location = location_of(image)
+        assert location is not None and image.digest is not None
+        ref = parse_reference(location)
+        plain = self._registry.is_plain_http(ref.endpoint)
+        platform = self._publish_to
+        if platform.pull is not None:  # a read-only account: bearer or basic, it can only pull
+            return PullGrant(
+                image.id,
+                image.digest,
+                location,
+                plain_http=plain,
+                username=platform.pull.username,
+                password=platform.pull.password,
+            )
+        kind, token = await self._registry.pull_access(ref, credentials=platform.push)
+        if kind == "anonymous":
+            return PullGrant(image.id, image.digest, location, plain_http=plain)
+        if kind == "bearer":
+            return PullGrant(
+                image.id, image.digest, location, plain_http=plain, token=token, expires_in=ttl
+            )
+        return PullGrant(
+            image.id,
+            image.digest,
+            reason="the platform registry wants basic credentials and no read-only account "
+            "is set (ZEITWORK_REGISTRY_PULL_USERNAME/PASSWORD); the operator's own are "
+            "never handed to nodes",
+        )
 
     async def clean_temp(self) -> None:
         removed = await asyncio.to_thread(self._archives.clean_temp)
