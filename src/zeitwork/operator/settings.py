@@ -28,6 +28,19 @@ class OperatorSettings(ServiceSettings):
     image_max_bytes: int = Field(
         default=2 * 1024 * MIB, ge=MIB, validation_alias="ZEITWORK_IMAGE_MAX_BYTES"
     )
+    build_context_max_bytes: int = Field(
+        default=200 * MIB,
+        ge=1024,
+        validation_alias="ZEITWORK_BUILD_CONTEXT_MAX_BYTES",
+        description="the largest build context (tarball) a user may upload",
+    )
+    build_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        validation_alias="ZEITWORK_BUILD_LEASE_SECONDS",
+        description="how long a builder holds a build job without renewing its lease",
+    )
     insecure_registries: str = Field(
         default="",
         validation_alias="ZEITWORK_INSECURE_REGISTRIES",
@@ -38,6 +51,27 @@ class OperatorSettings(ServiceSettings):
         default=None,
         validation_alias="ZEITWORK_REGISTRY_CA_BUNDLE",
         description="PEM file of CAs trusted for registries besides the system store",
+    )
+    registry_url: str = Field(
+        default="",
+        validation_alias="ZEITWORK_REGISTRY_URL",
+        description="the platform registry every imported image is pushed to "
+        "([http://|https://]host[:port][/prefix]); empty: images stay in the data dir",
+    )
+    registry_username: str = Field(default="", validation_alias="ZEITWORK_REGISTRY_USERNAME")
+    registry_password: SecretStr | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_REGISTRY_PASSWORD",
+        description="the operator's push credentials for ZEITWORK_REGISTRY_URL",
+    )
+    registry_pull_username: str = Field(
+        default="", validation_alias="ZEITWORK_REGISTRY_PULL_USERNAME"
+    )
+    registry_pull_password: SecretStr | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_REGISTRY_PULL_PASSWORD",
+        description="a read-only account handed to nodes when the platform registry asks "
+        "for basic credentials (a token registry gets nodes short-lived pull tokens instead)",
     )
     events_max_age: float = Field(
         default=7 * 86400.0,
@@ -113,6 +147,19 @@ class OperatorSettings(ServiceSettings):
         validation_alias="ZEITWORK_DNS_SERVERS",
         description="resolvers for domain verification (ip[:port],...); empty: /etc/resolv.conf",
     )
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        if value.strip():
+            from zeitwork.core.errors import InvalidInput
+            from zeitwork.images.platform_registry import parse_registry_url
+
+            try:
+                parse_registry_url(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.detail) from None
+        return value.strip()
 
     @field_validator("dns_servers")
     @classmethod
