@@ -76,7 +76,13 @@ class BackendRegistry:
         self.backends: dict[str, Backend] = {}
         self.on_drain: Callable[[Backend], None] | None = None
 
-    def get(self, address: str, weight: int = 1, check: CheckSpec | None = None) -> Backend:
+    def get(
+        self,
+        address: str,
+        weight: int = 1,
+        check: CheckSpec | None = None,
+        protocol: str = "http1",
+    ) -> Backend:
         backend = self.backends.get(address)
         if backend is None:
             backend = Backend(
@@ -91,6 +97,7 @@ class BackendRegistry:
             self.backends[address] = backend
         elif backend.weight != weight:
             backend.weight = weight
+        backend.protocol = protocol  # new connections use it (open ones finish as they are)
         return backend
 
     def collect(self) -> list[Backend]:
@@ -187,7 +194,8 @@ class RouteTableRouter:
                 pool.set_algorithm(algorithm)
                 changed += 1
             pool.set_backends(
-                self.registry.get(b.address, b.weight) for b in _usable(route.backends)
+                self.registry.get(b.address, b.weight, protocol=b.protocol)
+                for b in _usable(route.backends)
             )
             self._routes[key] = route
         for key in [k for k in self._routes if k not in incoming]:
@@ -204,7 +212,8 @@ class RouteTableRouter:
         if not self._static and table.default_backends != self._default_wire:
             self._default_wire = list(table.default_backends)
             self.default.set_backends(
-                self.registry.get(b.address, b.weight) for b in _usable(table.default_backends)
+                self.registry.get(b.address, b.weight, protocol=b.protocol)
+                for b in _usable(table.default_backends)
             )
         drained = self.registry.collect()
         self._assign_checks(table)

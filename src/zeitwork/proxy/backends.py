@@ -63,6 +63,7 @@ class Backend:
         "next_check",
         "outlier",
         "port",
+        "protocol",
         "requests",
         "upstream_connections",
         "weight",
@@ -96,6 +97,9 @@ class Backend:
         self.last_check_ok: bool | None = None
         self.last_check_detail = ""
         self.draining = False
+        # "http1" (keep-alive connections in ``idle``) or "h2c" (streams on shared HTTP/2
+        # connections, ``proxy.h2_upstream``): what its release was deployed with
+        self.protocol = "http1"
         self.max_idle = max_idle
         self.idle: list[UpstreamProtocol] = []
         self.upstream_connections = 0

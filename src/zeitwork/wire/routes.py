@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from zeitwork.wire.health import HealthCheck
 
 Algorithm = Literal["round-robin", "least-connections", "ip-hash"]
+BackendProtocol = Literal["http1", "h2c"]
+"""How proxies speak to an app: HTTP/1.1 keep-alive, or h2c (HTTP/2 cleartext with prior
+knowledge: gRPC and other HTTP/2-only servers; ``docs/http2.md``)."""
 
 
 class CorsOverride(BaseModel):
@@ -78,6 +81,9 @@ class Backend(BaseModel):
     weight: int = Field(default=1, ge=0, le=1000)
     release_id: uuid.UUID | None = Field(
         default=None, description="the release this instance runs (None: not a release's)"
+    )
+    protocol: BackendProtocol = Field(
+        default="http1", description="its release's backend_protocol: http1 or h2c"
     )
 
 
