@@ -1,22 +1,79 @@
-"""Images on the node: the unpacked-image cache fed by downloads from the operator."""
+"""Images on the node: the unpacked-image cache, fed from the platform registry (each blob
+fetched once into the node's blob store, a layer shared by two images fetched once) or,
+when the operator has no platform registry, by downloading the archive from the operator.
+
+With ``pull_from_registry`` the agent asks the operator for a pull grant
+(``GET /images/{id}/pull``): the image's location in the platform registry and a credential
+that can only pull (a short-lived token, a read-only account, or none). The manifest is
+fetched by digest (so it must be the release's bytes), every missing blob is streamed into
+the blob store (sha256-verified while read, several at a time), and the verified blobs are
+handed to the cache as an OCI archive, which checks them all again and unpacks. A grant
+without a location, or an operator that has no such route, means: download the archive.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 from pathlib import Path
 
+import structlog
+from pydantic import BaseModel, ValidationError
+
 from zeitwork.clients.operator import OperatorClient
-from zeitwork.core.errors import NotFound, ServiceUnavailable
+from zeitwork.clients.registry import RegistryClient, RegistryCredentials, registry_http_client
+from zeitwork.core.errors import InvalidInput, NotFound, ServiceUnavailable
 from zeitwork.images import ImageCache, UnpackedImage
+from zeitwork.images import manifests as m
+from zeitwork.images.blobs import BlobStore
+from zeitwork.images.layout import write_oci_archive
+from zeitwork.images.reference import parse_reference
 from zeitwork.wire.agent import ImageRef
+
+log = structlog.get_logger("zeitwork.agent.images")
+
+_PARALLEL_BLOBS = 4
+
+
+class PullGrant(BaseModel):
+    """The operator's answer to ``GET /images/{id}/pull`` (see ``operator.api.images``)."""
+
+    digest: str
+    location: str | None = None
+    plain_http: bool = False
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    reason: str | None = None
+
+    def __repr__(self) -> str:  # the credential never shows
+        return f"PullGrant(digest={self.digest!r}, location={self.location!r})"
 
 
 class NodeImages:
-    """``ensure`` an image by digest (download from the operator once, verify, unpack) and
-    ``release`` it when an instance no longer uses it."""
+    """``ensure`` an image by digest (fetched once, verified, unpacked) and ``release`` it
+    when an instance no longer uses it."""
 
-    def __init__(self, *, cache: ImageCache, operator: OperatorClient | None) -> None:
+    def __init__(
+        self,
+        *,
+        cache: ImageCache,
+        operator: OperatorClient | None,
+        pull_from_registry: bool = False,
+        blobs: BlobStore | None = None,
+    ) -> None:
         self.cache = cache
         self.operator = operator
+        self.pull_from_registry = pull_from_registry
+        self._blobs = blobs
+        self._registry: RegistryClient | None = None
+
+    @property
+    def blobs(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = BlobStore(root=self.cache.root / "blobs", max_bytes=self.cache.max_bytes)
+        return self._blobs
 
     async def ensure(self, image: ImageRef) -> UnpackedImage:
         async def fetch(dest: Path) -> None:
@@ -24,9 +81,93 @@ class NodeImages:
                 raise ServiceUnavailable(
                     f"image {image.digest} is not cached and no operator is configured"
                 )
-            await self.operator.download_image(image.id, dest, expected_digest=image.digest)
+            grant = await self._grant(image) if self.pull_from_registry else None
+            if grant is None or grant.location is None:
+                await self.operator.download_image(image.id, dest, expected_digest=image.digest)
+                return
+            await self.pull(grant, dest)
 
         return await self.cache.ensure(image.digest, fetch)
+
+    async def _grant(self, image: ImageRef) -> PullGrant | None:
+        assert self.operator is not None
+        try:
+            raw = await self.operator.image_pull_grant(image.id)
+        except NotFound:
+            return None  # an operator without the route (or the image is gone: the download says)
+        try:
+            grant = PullGrant.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidInput(f"image {image.id}: the operator's pull grant is invalid") from exc
+        if grant.digest != image.digest:
+            raise InvalidInput(
+                f"image {image.id}: the operator grants {grant.digest}, expected {image.digest}"
+            )
+        if grant.location is None:
+            log.info("node_images.from_operator", digest=image.digest, reason=grant.reason)
+        return grant
+
+    def _client(self, registry: str, *, plain_http: bool) -> RegistryClient:
+        if self._registry is None:
+            self._registry = RegistryClient(
+                http=registry_http_client(read_timeout=120.0),
+                accept=m.ACCEPT,
+                max_manifest_bytes=m.MAX_MANIFEST_BYTES,
+            )
+        if plain_http:
+            self._registry.allow_plain_http(registry)
+        return self._registry
+
+    async def pull(self, grant: PullGrant, dest: Path) -> None:
+        """Fetch the granted image's blobs into the blob store (the missing ones) and write
+        its OCI archive to ``dest`` (hard links to the stored blobs)."""
+        assert grant.location is not None
+        ref = parse_reference(grant.location)
+        if ref.digest != grant.digest:
+            raise InvalidInput(f"pull grant location {grant.location} is not {grant.digest}")
+        client = self._client(ref.endpoint, plain_http=grant.plain_http)
+        credentials = None
+        if grant.username is not None and grant.password is not None:
+            credentials = RegistryCredentials(grant.username, grant.password)
+        if grant.token is not None:
+            client.use_token(ref, grant.token)
+        fetched = await client.get_manifest(ref, credentials=credentials)  # by digest: verified
+        manifest = m.parse_manifest(
+            fetched.data, fetched.media_type, where=f"manifest {ref}", max_layer_bytes=1 << 40
+        )
+        if isinstance(manifest, m.ImageIndex):
+            raise InvalidInput(f"{ref} is an index, not the image manifest it should be")
+        media_type = fetched.media_type or manifest.media_type
+        wanted = [manifest.config, *(layer.descriptor for layer in manifest.layers)]
+        store = self.blobs
+        limit = asyncio.Semaphore(_PARALLEL_BLOBS)
+
+        async def one(digest: str, size: int) -> Path:
+            async def download(path: Path) -> object:
+                return await client.download_blob(
+                    ref, digest, path, size=size, credentials=credentials
+                )
+
+            async with limit:
+                return await store.ensure(digest, size, download)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(d.digest, d.size)) for d in wanted]
+        except BaseExceptionGroup as failed:
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        links = dest.parent / "registry-blobs"
+        await asyncio.to_thread(_link_all, [t.result() for t in tasks], links)
+        try:
+            await asyncio.to_thread(
+                write_oci_archive, dest, manifest=fetched.data, media_type=media_type, blobs=links
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, links, True)
+        await asyncio.to_thread(store.prune, keep=[d.digest for d in wanted])
 
     def adopt(self, digest: str) -> UnpackedImage | None:
         """Take a reference for a re-adopted instance (None if the image is not cached)."""
@@ -37,3 +178,20 @@ class NodeImages:
 
     def release(self, digest: str) -> None:
         self.cache.release(digest)
+
+    async def aclose(self) -> None:
+        if self._registry is not None:
+            await self._registry.aclose()
+            self._registry = None
+
+
+def _link_all(paths: list[Path], directory: Path) -> None:
+    directory.mkdir()
+    for path in paths:
+        target = directory / path.name
+        if target.exists():
+            continue
+        try:
+            os.link(path, target)
+        except OSError:  # another file system: copy
+            shutil.copyfile(path, target)
