@@ -187,7 +187,9 @@ async def serve(
             root=data / "images", max_bytes=settings.image_cache_mib * 1024 * 1024
         )
         stack.push_async_callback(cache.close)
-        images = NodeImages(cache=cache, operator=client)
+        # from the platform registry when the operator has one, else from the operator
+        images = NodeImages(cache=cache, operator=client, pull_from_registry=True)
+        stack.push_async_callback(images.aclose)
         store = StateStore(root=data / "instances")
 
         def report(instance_id: uuid.UUID, body: InstanceStatusReport) -> None:

@@ -116,6 +116,17 @@ class OperatorClient:
             )
         raise_for_status(response)
 
+    async def image_pull_grant(self, image_id: uuid.UUID) -> dict[str, object]:
+        """``GET /images/{id}/pull``: where this node pulls the image from the platform
+        registry and with which pull-only credential (``agent.images`` reads it)."""
+        with map_http_errors("operator"):
+            response = await self._http.get(f"/api/v1/images/{image_id}/pull")
+        raise_for_status(response)
+        body = response.json()
+        if not isinstance(body, dict):
+            raise InvalidInput(f"image {image_id}: the operator's pull grant is not an object")
+        return body
+
     async def download_image(
         self, image_id: uuid.UUID, dest: Path, *, expected_digest: str | None = None
     ) -> str:
