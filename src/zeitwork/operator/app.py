@@ -16,6 +16,8 @@ from zeitwork.operator.gauges import DomainGauges
 from zeitwork.webapi import install_common
 
 IMAGE_IMPORT_PATH = f"{API_PREFIX}/images/import"
+BUILD_CONTEXTS_PREFIX = f"{API_PREFIX}/build-contexts/"
+BUILDER_PREFIX = f"{API_PREFIX}/builder/builds/"
 
 
 def create_app(*, deps: Deps, registry: CollectorRegistry) -> FastAPI:
@@ -28,8 +30,16 @@ def create_app(*, deps: Deps, registry: CollectorRegistry) -> FastAPI:
     json_limit = deps.settings.json_max_bytes
     image_limit = deps.settings.image_max_bytes
 
+    context_limit = deps.settings.build_context_max_bytes
+
     def body_limit(path: str) -> int:
-        return image_limit if path == IMAGE_IMPORT_PATH else json_limit
+        if path == IMAGE_IMPORT_PATH or (
+            path.startswith(BUILDER_PREFIX) and path.endswith("/image")
+        ):
+            return image_limit
+        if path.startswith(BUILD_CONTEXTS_PREFIX):
+            return context_limit
+        return json_limit
 
     install_common(
         app,

@@ -17,6 +17,7 @@ from zeitwork.images.manifests import ACCEPT as MANIFEST_ACCEPT
 from zeitwork.images.manifests import MAX_MANIFEST_BYTES
 from zeitwork.operator.auth import Authenticator
 from zeitwork.operator.db.app_refs import AppRefs
+from zeitwork.operator.db.builds import BuildStore
 from zeitwork.operator.db.certificates import CertificateStore
 from zeitwork.operator.db.database import Database
 from zeitwork.operator.db.events import EventStore
@@ -32,6 +33,7 @@ from zeitwork.operator.db.routes import RouteStore
 from zeitwork.operator.db.stats import StatsStore
 from zeitwork.operator.db.tokens import TokenStore
 from zeitwork.operator.secret_box import SecretBox, load_secret_box
+from zeitwork.operator.services.builds import BuildService
 from zeitwork.operator.services.deployments import DeploymentService
 from zeitwork.operator.services.domains import DnsTxt, DomainVerifier
 from zeitwork.operator.services.events import EventFeed
@@ -83,6 +85,9 @@ class Deps:
     log_fan_in: LogFanIn
     proxy_stats: ProxyStatsService
     """Load balancers' pushed request totals and the apps' figures from them."""
+    builds: BuildStore
+    build_service: BuildService
+    """The build queue: builds from source, their logs and contexts (``services.builds``)."""
 
 
 def build_deps(
@@ -129,6 +134,29 @@ def build_deps(
         ),
         publish=PlatformSettings.of(settings),
     )
+    release_service = ReleaseService(
+        db=db,
+        releases=releases,
+        projects=projects,
+        images=images,
+        instances=instances,
+        box=box,
+        resolve_image=image_service.resolve_reference,
+    )
+    builds = BuildStore(db=db)
+    build_service = BuildService(
+        db=db,
+        store=builds,
+        projects=projects,
+        releases=releases,
+        release_service=release_service,
+        box=box,
+        watcher=watcher,
+        stopping=stopping,
+        contexts_dir=settings.data_dir / "build-contexts",
+        context_max_bytes=settings.build_context_max_bytes,
+        lease_seconds=settings.build_lease_seconds,
+    )
     return Deps(
         settings=settings,
         clock=clock,
@@ -165,15 +193,7 @@ def build_deps(
             projects=projects, dns=DnsTxt(servers=tuple(parse_dns_servers(settings.dns_servers)))
         ),
         releases=releases,
-        release_service=ReleaseService(
-            db=db,
-            releases=releases,
-            projects=projects,
-            images=images,
-            instances=instances,
-            box=box,
-            resolve_image=image_service.resolve_reference,
-        ),
+        release_service=release_service,
         secret_box=box,
         app_refs=app_refs,
         events=events,
@@ -181,4 +201,6 @@ def build_deps(
         agent_clients=agent_clients,
         log_fan_in=LogFanIn(refs=app_refs, nodes=nodes, clients=agent_clients, clock=clock),
         proxy_stats=ProxyStatsService(store=ProxyStatsStore(db=db)),
+        builds=builds,
+        build_service=build_service,
     )

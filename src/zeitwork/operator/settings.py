@@ -28,6 +28,19 @@ class OperatorSettings(ServiceSettings):
     image_max_bytes: int = Field(
         default=2 * 1024 * MIB, ge=MIB, validation_alias="ZEITWORK_IMAGE_MAX_BYTES"
     )
+    build_context_max_bytes: int = Field(
+        default=200 * MIB,
+        ge=1024,
+        validation_alias="ZEITWORK_BUILD_CONTEXT_MAX_BYTES",
+        description="the largest build context (tarball) a user may upload",
+    )
+    build_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        validation_alias="ZEITWORK_BUILD_LEASE_SECONDS",
+        description="how long a builder holds a build job without renewing its lease",
+    )
     insecure_registries: str = Field(
         default="",
         validation_alias="ZEITWORK_INSECURE_REGISTRIES",

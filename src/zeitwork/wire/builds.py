@@ -243,3 +243,24 @@ class BuildFinish(BaseModel):
         if self.state == "succeeded" and self.image_id is None:
             raise ValueError("a succeeded build names its image_id")
         return self
+
+
+class ResolveRequest(BaseModel):
+    """The builder resolved the ref: the commit it builds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_token: uuid.UUID
+    git_commit: str | None = Field(default=None, pattern=COMMIT_PATTERN)
+
+
+class ResolveOut(BaseModel):
+    cache_key: str
+    reuse_image_id: uuid.UUID | None = None
+    """an earlier successful build's image with the same commit and settings: reuse it"""
+
+
+class ImportedImage(BaseModel):
+    id: uuid.UUID
+    digest: str | None
+    created: bool

@@ -23,6 +23,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
     """
     from zeitwork.operator.api import (
         agents,
+        builds,
         certificates,
         events,
         images,
@@ -45,6 +46,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         images,
         projects,
         releases,
+        builds,
         routes,
         proxies,
         certificates,
