@@ -25,6 +25,7 @@ from zeitwork.core.errors import AuthenticationRequired, NotFound
 from zeitwork.core.ids import parse_id
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import InstanceState
+from zeitwork.runtime.base import LogEntry
 from zeitwork.webapi import install_common
 from zeitwork.wire.agent import AssignedInstance
 from zeitwork.wire.common import CapacityModel
@@ -73,6 +74,19 @@ class NewInstance(AssignedInstance):
     model_config = ConfigDict(extra="forbid")
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     desired_state: Literal["running", "stopped", "terminated"] = "running"
+
+
+LogFormat = Literal["text", "ndjson"]
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+
+
+def log_text(entry: LogEntry) -> bytes:
+    return f"{entry.text}\n".encode()
+
+
+def log_ndjson(entry: LogEntry) -> bytes:
+    record = {"ts": entry.ts, "stream": entry.stream, "line": entry.text, "partial": entry.partial}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def _capacity(resources: Resources) -> CapacityModel:
@@ -222,19 +236,24 @@ def create_app(
         instance_id: str,
         tail: Annotated[int, Query(ge=0, le=10_000)] = 100,
         follow: bool = False,
+        format: Annotated[LogFormat, Query()] = "text",
     ) -> Response:
+        """``text``: the lines as written; ``ndjson``: one object per line, ``{"ts": "<RFC
+        3339, ns>" or null, "stream": "stdout"|"stderr", "line": ..., "partial": bool}``
+        (``ts`` is when the line was written; null for output kept before timestamps)."""
         record = record_of(instance_id)
+        encode = log_ndjson if format == "ndjson" else log_text
+        media = NDJSON_MEDIA_TYPE if format == "ndjson" else "text/plain"
         if not follow:
-            lines = [
-                line async for line in supervisor.logs(record.instance_id, tail=tail, follow=False)
-            ]
-            return Response("".join(f"{line}\n" for line in lines), media_type="text/plain")
+            entries = supervisor.logs(record.instance_id, tail=tail, follow=False)
+            body = b"".join([encode(entry) async for entry in entries])
+            return Response(body, media_type=media)
 
         async def stream() -> AsyncIterator[bytes]:
-            async for line in supervisor.logs(record.instance_id, tail=tail, follow=True):
-                yield f"{line}\n".encode()
+            async for entry in supervisor.logs(record.instance_id, tail=tail, follow=True):
+                yield encode(entry)
 
-        return StreamingResponse(stream(), media_type="text/plain")
+        return StreamingResponse(stream(), media_type=media)
 
     app.include_router(api)
     return app

@@ -35,10 +35,12 @@ from zeitwork.runtime.base import (
     Driver,
     Handle,
     InstanceSpec,
+    LogEntry,
     NetworkAttachment,
     Phase,
     ProcessSpec,
     SupportsHousekeeping,
+    SupportsLogEntries,
 )
 from zeitwork.wire.agent import AssignedInstance, InstanceStatus, InstanceStatusReport
 from zeitwork.wire.health import InstanceHealth
@@ -812,7 +814,11 @@ class Supervisor:
         )
 
     # -- API helpers -------------------------------------------------------------------
-    async def logs(self, instance_id: uuid.UUID, *, tail: int, follow: bool) -> AsyncIterator[str]:
+    async def logs(
+        self, instance_id: uuid.UUID, *, tail: int, follow: bool
+    ) -> AsyncIterator[LogEntry]:
+        """The instance's output as entries (with write time and stream where its driver
+        records them; the last lines of an ended run when no workload is left)."""
         record = self.records.get(instance_id)
         if record is None:
             raise NotFound(f"instance {instance_id} is not on this node")
@@ -826,10 +832,14 @@ class Supervisor:
                 await asyncio.sleep(0.02)
         if record.handle is None:
             for line in record.log_tail[-tail:] if tail else []:
-                yield line
+                yield LogEntry(text=line)
+            return
+        if isinstance(self.driver, SupportsLogEntries):
+            async for entry in self.driver.log_entries(record.handle, tail=tail, follow=follow):
+                yield entry
             return
         async for line in self.driver.logs(record.handle, tail=tail, follow=follow):
-            yield line
+            yield LogEntry(text=line)
 
     async def drain(self) -> None:
         """Stop every instance (``--drain``), waiting for in-flight work first."""

@@ -101,7 +101,12 @@ def register(app: typer.Typer) -> None:
         *,
         follow: FollowOption = False,
         since: Annotated[
-            str | None, typer.Option("--since", help="10m, 2h, or a time (default: recent)")
+            str | None,
+            typer.Option("--since", help="only lines written since: 10m, 2h, or a time"),
+        ] = None,
+        until: Annotated[
+            str | None,
+            typer.Option("--until", help="only lines written until: 5m, or a time (no -f)"),
         ] = None,
         instance: Annotated[
             str | None, typer.Option("--instance", help="only this instance (id)")
@@ -115,11 +120,15 @@ def register(app: typer.Typer) -> None:
         environment: EnvironmentOption = "production",
         as_json: JsonOption = False,
     ) -> None:
-        """The app's output, merged from its instances on every node, labelled with release
-        and instance."""
+        """The app's output, merged from its instances on every node by the time each line
+        was written, labelled with release, instance and stream (stderr)."""
         params = {"environment": environment, "tail": str(tail)}
         if since is not None:
             params["since"] = since_param(since)
+        if until is not None:
+            if follow:
+                raise typer.BadParameter("--until reads history; it cannot be used with -f")
+            params["until"] = since_param(until)
         if instance is not None:
             params["instance"] = instance
         if release is not None:

@@ -2,16 +2,23 @@
 registration (``NodeRegistration.agent_token``; never a user's token).
 
 ``AgentClient`` reads one instance's state and output from the agent's API
-(``GET /instances/{id}``, ``GET /instances/{id}/logs?tail=&follow=``); ``AgentClients`` keeps
-one pooled client per agent address and credential for the operator's lifetime.
+(``GET /instances/{id}``, ``GET /instances/{id}/logs?tail=&follow=&format=ndjson``); each line
+comes with the time it was written and its stream (``AgentLogLine``). An agent that answers
+plain text (one from before timestamps) gives lines without a time, ``stdout``.
+``AgentClients`` keeps one pooled client per agent address and credential for the operator's
+lifetime.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +31,44 @@ MAX_TAIL = 10_000
 """The most lines the agent's log API returns from an instance's history."""
 MAX_LINE_BYTES = 16 * 1024
 """A longer line (no line break for that long) is cut into pieces of this size."""
+MAX_RECORD_BYTES = 8 * MAX_LINE_BYTES
+"""The longest NDJSON record taken whole (a 16 KiB piece of text, JSON-escaped)."""
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLogLine:
+    """One line of an instance's output as its agent sent it."""
+
+    text: str
+    stream: Literal["stdout", "stderr"] = "stdout"
+    ts: datetime | None = None  # when it was written; None: not recorded (read time applies)
+    partial: bool = False  # it goes on in the next line (a piece of a longer one)
+
+
+def parse_log_record(data: bytes) -> AgentLogLine:
+    """An NDJSON record of the agent's log API; a malformed one is kept as text (pure)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("line"), str):
+        return AgentLogLine(text=data.decode(errors="replace"))
+    ts: datetime | None = None
+    stamp = value.get("ts")
+    if isinstance(stamp, str):
+        try:
+            ts = datetime.fromisoformat(stamp)
+        except ValueError:
+            ts = None
+        if ts is not None and ts.tzinfo is None:
+            ts = None
+    return AgentLogLine(
+        text=value["line"],
+        stream="stderr" if value.get("stream") == "stderr" else "stdout",
+        ts=ts,
+        partial=value.get("partial") is True,
+    )
 
 
 class AgentInstance(BaseModel):
@@ -94,11 +139,12 @@ class AgentClient:
         except ValueError as exc:
             raise ServiceUnavailable(f"{self._peer} sent an invalid instance view") from exc
 
-    async def log_tail(self, instance_id: uuid.UUID, *, tail: int) -> list[str]:
+    async def log_tail(self, instance_id: uuid.UUID, *, tail: int) -> list[AgentLogLine]:
         """The last ``tail`` lines of the instance's output."""
+        params = {"tail": str(min(tail, MAX_TAIL)), "format": "ndjson"}
         with map_http_errors(self._peer):
             async with self._http.stream(
-                "GET", f"/instances/{instance_id}/logs", params={"tail": min(tail, MAX_TAIL)}
+                "GET", f"/instances/{instance_id}/logs", params=params
             ) as response:
                 if not response.is_success:
                     await response.aread()
@@ -108,11 +154,11 @@ class AgentClient:
     @asynccontextmanager
     async def follow_logs(
         self, instance_id: uuid.UUID, *, tail: int
-    ) -> AsyncIterator[AsyncIterator[str]]:
+    ) -> AsyncIterator[AsyncIterator[AgentLogLine]]:
         """The last ``tail`` lines, then each new one until the workload exits. A stream
         silent for ``quiet_timeout`` seconds just ends (the caller reopens it)."""
         timeout = httpx.Timeout(self._quiet_timeout, connect=self._connect_timeout)
-        params = {"tail": str(min(tail, MAX_TAIL)), "follow": "true"}
+        params = {"tail": str(min(tail, MAX_TAIL)), "follow": "true", "format": "ndjson"}
         with map_http_errors(self._peer):
             async with self._http.stream(
                 "GET", f"/instances/{instance_id}/logs", params=params, timeout=timeout
@@ -124,18 +170,27 @@ class AgentClient:
 
     async def _lines(
         self, response: httpx.Response, *, quiet_ends: bool = False
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[AgentLogLine]:
+        records = response.headers.get("content-type", "").startswith(NDJSON)
+        limit = MAX_RECORD_BYTES if records else self._max_line
+
+        def line_of(data: bytes) -> AgentLogLine:
+            if records:
+                return parse_log_record(data)
+            return AgentLogLine(text=data.decode(errors="replace"))
+
         pending = b""
         try:
             async for chunk in response.aiter_bytes():
-                lines, pending = split_lines(pending, chunk, max_bytes=self._max_line)
+                lines, pending = split_lines(pending, chunk, max_bytes=limit)
                 for line in lines:
-                    yield line.decode(errors="replace")
+                    if line or not records:
+                        yield line_of(line)
         except httpx.ReadTimeout:
             if not quiet_ends:
                 raise
         if pending:
-            yield pending.decode(errors="replace")
+            yield line_of(pending)
 
 
 def _key(url: str, token: str) -> tuple[str, str]:

@@ -121,6 +121,32 @@ class Driver(Protocol):
         ...
 
 
+LogStream = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line of a workload's output as its driver recorded it."""
+
+    text: str
+    stream: LogStream = "stdout"
+    ts: str | None = None
+    """When it was written: RFC 3339 in UTC with nanoseconds (``...T09:30:01.123456789Z``);
+    None when the driver did not record it (a file written before timestamps)."""
+    partial: bool = False
+    """The line goes on in the next entry (it was longer than the driver's piece size, or
+    it was unfinished for a while)."""
+
+
+@runtime_checkable
+class SupportsLogEntries(Protocol):
+    """Optional: output as entries with stream and write time (``logs`` gives text only)."""
+
+    def log_entries(
+        self, handle: Handle, *, tail: int = 100, follow: bool = False
+    ) -> AsyncIterator[LogEntry]: ...
+
+
 @runtime_checkable
 class SupportsHousekeeping(Protocol):
     """Optional: periodic upkeep a driver wants (log rotation, reaping); the agent calls it."""

@@ -261,14 +261,29 @@ def assert_in_order_without_gaps(runs: list[tuple[str, int]]) -> None:
 
 
 async def _follow_until(
-    lines: AsyncIterator[str], seen: Lines, done: Callable[[], bool], timeout: float = 30
+    lines: AsyncIterator[str],
+    seen: Lines,
+    done: Callable[[], bool],
+    *,
+    what: str,
+    timeout: float = 30,
 ) -> None:
-    async with asyncio.timeout(timeout):
-        async for line in lines:
-            if line.startswith("data: "):
-                seen.add(json.loads(line[6:]))
-                if done():
-                    return
+    began = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(timeout):
+            async for line in lines:
+                if line.startswith("data: "):
+                    seen.add(json.loads(line[6:]))
+                    if done():
+                        took = asyncio.get_running_loop().time() - began
+                        print(f"follow step {what!r}: {took:.2f} s")
+                        return
+    except TimeoutError:
+        counts = {name: len(seen.of(name)) for name in ("a", "b", "c")}
+        runs = {name: sorted({run for run, _ in seen.of(name)}) for name in ("a", "b", "c")}
+        raise AssertionError(
+            f"{what}: not within {timeout:g} s; lines {counts}, runs {runs}, notices {seen.notices}"
+        ) from None
 
 
 @pytest.mark.requires_root
@@ -310,7 +325,15 @@ async def test_fan_in_from_a_real_agent(
         assert len(history.of("a")) == 5 and len(history.of("b")) == 5
         assert_in_order_without_gaps(history.of("a"))
         first = history.lines[0]
-        assert set(first) == {"ts", "instance_id", "node_id", "release", "stream", "line"}
+        assert set(first) == {
+            "ts",
+            "instance_id",
+            "node_id",
+            "release",
+            "stream",
+            "line",
+            "partial",
+        }
         assert first["node_id"] == str(node) and first["release"] == "v1"
         assert first["stream"] == "stdout" and first["ts"].endswith("Z")
         assert {x["instance_id"] for x in history.lines} == {str(a), str(b)}
@@ -327,6 +350,7 @@ async def test_fan_in_from_a_real_agent(
                     lines,
                     seen,
                     lambda: len(seen.of("a")) > 20 and len(seen.of("b")) > 20 and seen.notices,
+                    what="the first lines of a and b and the dead node's notice",
                 )
                 assert seen.notices == ["node dead-node: unreachable, retrying"]
 
@@ -334,7 +358,9 @@ async def test_fan_in_from_a_real_agent(
                 v2 = await _release(operator, project, env, 2)
                 c = await _start(agent_api, chatty_image, "c")
                 await _instance(operator, c, node, v2)
-                await _follow_until(lines, seen, lambda: len(seen.of("c")) > 10)
+                await _follow_until(
+                    lines, seen, lambda: len(seen.of("c")) > 10, what="the new instance c"
+                )
                 assert seen.of("c")[0][1] == 0
                 assert {x["release"] for x in seen.lines if x["instance_id"] == str(c)} == {"v2"}
 
@@ -351,6 +377,7 @@ async def test_fan_in_from_a_real_agent(
                         len({run for run, _ in seen.of("a")} - runs_before) == 1
                         and len(seen.of("a")) > 60
                     ),
+                    what="the restarted run of a",
                 )
             for name in ("a", "b", "c"):
                 assert_in_order_without_gaps(seen.of(name))

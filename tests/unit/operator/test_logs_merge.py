@@ -1,5 +1,6 @@
 """The pure parts of the logs fan-in: merging by time, skipping what a reopened stream
-repeats, ``since``, which instances are read, line splitting and record encoding."""
+repeats, ``since``/``until`` line by line, which instances are read, line splitting, the
+agent's records, the reorder window of followed streams and record encoding."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from zeitwork.clients.agent import MAX_TAIL, AgentInstance, split_lines
+from zeitwork.clients.agent import (
+    MAX_TAIL,
+    AgentInstance,
+    AgentLogLine,
+    parse_log_record,
+    split_lines,
+)
 from zeitwork.core.errors import InvalidInput
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.logs import _Ids
@@ -20,14 +27,17 @@ from zeitwork.operator.services.logs import (
     Notice,
     OverlapSkipper,
     ReaderPlan,
+    ReorderWindow,
     history_tail,
     is_new_output,
+    labelled,
     merge,
     parse_since,
     plan_readers,
     release_label,
     rfc3339,
     wanted_sources,
+    within,
 )
 
 T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
@@ -157,6 +167,7 @@ def test_records_as_json() -> None:
         "release": "v3",
         "stream": "stdout",
         "line": 'say "hi" ✓',
+        "partial": False,
     }
     assert json.loads(Notice("node n1: unreachable, retrying").to_json()) == {
         "notice": "node n1: unreachable, retrying"
@@ -227,3 +238,94 @@ def test_history_is_shared_out_within_its_bound() -> None:
     assert history_tail(10_000, 4) == HISTORY_LINES // 4
     assert history_tail(10_000, 10**6) == 1
     assert history_tail(50, 0) == 50
+
+
+# -- write times, streams, since/until per line, the reorder window ----------------------------
+
+
+def test_agent_records_parse_with_time_stream_and_flag() -> None:
+    record = b'{"ts":"2026-12-07T03:00:01.123456789Z","stream":"stderr","line":"x","partial":true}'
+    assert parse_log_record(record) == AgentLogLine(
+        text="x",
+        stream="stderr",
+        ts=datetime(2026, 12, 7, 3, 0, 1, 123456, tzinfo=UTC),
+        partial=True,
+    )
+    # an old line (no time), an unknown stream, a broken record: kept, never dropped
+    assert parse_log_record(b'{"ts":null,"stream":"x","line":"old"}') == AgentLogLine("old")
+    assert parse_log_record(b'{"ts":"2026-12-07T03:00:01","line":"naive"}').ts is None
+    assert parse_log_record(b"not json") == AgentLogLine("not json")
+    assert parse_log_record(b'{"line": 5}') == AgentLogLine('{"line": 5}')
+
+
+def test_a_line_is_timed_by_its_write_time_or_else_by_when_it_was_read() -> None:
+    source = _source(InstanceState.RUNNING, 0)
+    written = T0 - timedelta(seconds=2)
+    line = labelled(AgentLogLine("x", "stderr", written, True), source, read_at=T0)
+    assert (line.ts, line.stream, line.partial, line.release) == (written, "stderr", True, "v1")
+    assert labelled(AgentLogLine("old"), source, read_at=T0).ts == T0
+
+
+def test_since_and_until_cut_line_by_line() -> None:
+    lines = [_line(A, s, f"l{s}") for s in (0, 1, 2, 3)]
+    since, until = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    assert [x.line for x in lines if within(x, since=since, until=None)] == ["l1", "l2", "l3"]
+    assert [x.line for x in lines if within(x, since=None, until=until)] == ["l0", "l1", "l2"]
+    assert [x.line for x in lines if within(x, since=since, until=until)] == ["l1", "l2"]
+
+
+def test_until_is_parsed_like_since_and_named_in_its_errors() -> None:
+    assert parse_since("5m", now=T0, what="until") == T0 - timedelta(minutes=5)
+    with pytest.raises(InvalidInput, match="until"):
+        parse_since("soon", now=T0, what="until")
+    with pytest.raises(InvalidInput, match="year 1"):
+        parse_since("999999999d", now=T0)
+
+
+def test_the_window_lets_lines_out_in_time_order_after_holding_them() -> None:
+    window = ReorderWindow(hold=0.2)
+    window.push(_line(A, 2, "a2"), now=0.0)  # came first, written later
+    window.push(_line(B, 1, "b1"), now=0.05)
+    assert window.ready(now=0.1) == []  # held
+    assert window.next_due() == pytest.approx(0.25)  # b1 is the first to leave
+    assert [x.line for x in window.ready(now=0.25)] == ["b1", "a2"]
+    assert window.next_due() is None and len(window) == 0
+
+
+def test_a_line_that_comes_too_late_leaves_at_once_and_is_not_dropped() -> None:
+    window = ReorderWindow(hold=0.2)
+    window.push(_line(A, 5, "a5"), now=0.0)
+    assert [x.line for x in window.ready(now=0.2)] == ["a5"]
+    window.push(_line(B, 1, "b1"), now=0.3)  # written before a5, came long after
+    assert [x.line for x in window.ready(now=0.5)] == ["b1"]
+
+
+def test_an_instance_whose_times_lag_holds_the_others_at_most_twice_the_window() -> None:
+    window = ReorderWindow(hold=0.2)
+    window.push(_line(A, 100, "a"), now=0.0)
+    out: list[str] = []
+    left_at: float | None = None
+    for step in range(1, 8):  # B's lines (its node's clock behind) keep coming
+        now = step * 0.1
+        window.push(_line(B, step, f"b{step}"), now=now)
+        out += [x.line for x in window.ready(now=now)]
+        if left_at is None and "a" in out:
+            left_at = now
+    assert left_at == pytest.approx(0.4)  # 2 x 0.2 s after it came
+    assert out[:5] == ["b1", "b2", "b3", "b4", "a"]  # still in time order
+
+
+def test_an_instances_lines_keep_their_order_when_its_clock_steps_back() -> None:
+    window = ReorderWindow(hold=0.2)
+    window.push(_line(A, 5, "first"), now=0.0)
+    window.push(_line(A, 1, "second"), now=0.0)
+    window.push(_line(B, 3, "b"), now=0.0)
+    assert [x.line for x in window.ready(now=1.0)] == ["b", "first", "second"]
+
+
+def test_the_window_holds_at_most_its_limit() -> None:
+    window = ReorderWindow(hold=10.0, limit=3)
+    for i in range(5):
+        window.push(_line(A, i, f"a{i}"), now=0.0)
+    assert [x.line for x in window.ready(now=0.0)] == ["a0", "a1"]
+    assert len(window) == 3

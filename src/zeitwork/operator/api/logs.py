@@ -3,16 +3,20 @@ merged (``{project}`` is the app's id or slug).
 
 Query: ``environment`` (default ``production``, or every instance for an app made before
 environments), ``release`` (``v3``), ``instance`` (an id),
-``since`` (``10m`` or an RFC 3339 time: instances that ended before it are left out),
-``tail`` (lines of history per instance, default 100), ``follow`` (keep streaming through
-restarts and rollouts), ``format`` ``ndjson`` (default) or ``sse``.
+``since`` (``10m`` or an RFC 3339 time: only lines written at or after it),
+``until`` (the same shapes: only lines written at or before it; not with ``follow``),
+``tail`` (lines of history per instance, default 100, counted before ``since``/``until``
+cut), ``follow`` (keep streaming through restarts and rollouts), ``format`` ``ndjson``
+(default) or ``sse``.
 
 Each record is one JSON object, an NDJSON line or an SSE ``data:`` line:
 ``{"ts": "<RFC 3339>", "instance_id": ..., "node_id": ..., "release": "v3", "stream":
-"stdout", "line": "..."}``, or a notice ``{"notice": "node X: unreachable, retrying"}``.
-``ts`` is when the operator read the line (agents do not timestamp lines); ``stream`` is
-``stdout`` (agents keep stdout and stderr in one file). Followed SSE lines carry an ``id:``;
-a reconnection with ``Last-Event-ID`` skips the history it already had.
+"stdout", "line": "...", "partial": false}``, or a notice ``{"notice": "node X: unreachable,
+retrying"}``. ``ts`` is when the instance wrote the line (its node agent records it; for a
+line kept before agents did, when the operator read it); ``stream`` is ``stdout`` or
+``stderr``; ``partial`` says the line goes on in the next one (a line longer than 16 KiB, or
+one left unfinished for half a second). Followed SSE lines carry an ``id:``; a reconnection
+with ``Last-Event-ID`` skips the history it already had.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from zeitwork.clients.agent import MAX_TAIL
-from zeitwork.core.errors import NotFound
+from zeitwork.core.errors import InvalidInput, NotFound
 from zeitwork.operator.api.security import require
 from zeitwork.operator.api.streaming import (
     KEEPALIVE_SECONDS,
@@ -78,13 +82,20 @@ def router(deps: Deps) -> APIRouter:
         release: Annotated[str | None, Query(max_length=20, description="v3")] = None,
         instance: uuid.UUID | None = None,
         since: Annotated[str | None, Query(max_length=40, description="10m or RFC 3339")] = None,
+        until: Annotated[str | None, Query(max_length=40, description="10m or RFC 3339")] = None,
         tail: Annotated[int, Query(ge=0, le=MAX_TAIL)] = 100,
         follow: bool = False,
         format: Annotated[Format, Query()] = "ndjson",
         last_event_id: Annotated[str | None, Header(max_length=40)] = None,
     ) -> Response:
         version = parse_version(release) if release is not None else None
-        start = parse_since(since, now=deps.clock.now()) if since is not None else None
+        now = deps.clock.now()
+        start = parse_since(since, now=now) if since is not None else None
+        end = parse_since(until, now=now, what="until") if until is not None else None
+        if end is not None and follow:
+            raise InvalidInput("until reads history: it cannot be used with follow")
+        if start is not None and end is not None and end < start:
+            raise InvalidInput("until is before since: no line can be in between")
         app = await deps.app_refs.project(project)
         env_id: uuid.UUID | None = None
         if environment is not None or version is not None:
@@ -102,6 +113,7 @@ def router(deps: Deps) -> APIRouter:
             version=version,
             instance_id=instance,
             since=start,
+            until=end,
         )
         media = NDJSON_MEDIA_TYPE if format == "ndjson" else SSE_MEDIA_TYPE
         if not follow:

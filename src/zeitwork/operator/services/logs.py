@@ -1,9 +1,16 @@
 """An app's logs, fanned in from the node agents of its instances.
 
 Agents keep each instance's output in size-capped rotated files and serve it per instance
-(tail, follow). The operator reads every instance of the app (filtered by environment,
-release, instance), labels each line with its instance, node and release and the time the
-operator read it (agents do not timestamp lines), and merges them by that time.
+(tail, follow), each line with the time it was written and its stream (stdout or stderr).
+The operator reads every instance of the app (filtered by environment, release, instance),
+labels each line with its instance, node and release, and merges them by their write times
+(a line an agent kept without a time, from before timestamps, takes the time the operator
+read it). ``since`` and ``until`` cut by those times, line by line.
+
+A followed stream holds each line ``REORDER_SECONDS`` after it arrived and lets lines out in
+time order (``ReorderWindow``): lines of several instances that arrive within that window of
+each other come out merged by time; one that comes later than that is let out at once
+(never dropped). Lines of one instance always keep their order.
 
 Following re-reads the instance list every ``LIST_SECONDS``: a new instance (a rollout's,
 a replacement) is read from its first line, a removed one is read until its output ends
@@ -21,7 +28,6 @@ flow control), and the client is cut off by the stream response's send timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import re
@@ -30,11 +36,17 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
-from zeitwork.clients.agent import MAX_TAIL, AgentClient, AgentClients, AgentInstance
+from zeitwork.clients.agent import (
+    MAX_TAIL,
+    AgentClient,
+    AgentClients,
+    AgentInstance,
+    AgentLogLine,
+)
 from zeitwork.core.clock import Clock
 from zeitwork.core.errors import (
     AuthenticationRequired,
@@ -53,6 +65,8 @@ LIST_SECONDS = 1.0
 REMOVED_GRACE_SECONDS = 15.0
 OVERLAP = 200
 QUEUE_RECORDS = 1000
+REORDER_SECONDS = 0.2
+"""How long a followed line waits for earlier lines of other instances (its added delay)."""
 HISTORY_LINES = 20_000
 """The most lines one answer without ``follow`` holds (its memory bound)."""
 BATCH_RECORDS = 256
@@ -73,7 +87,8 @@ class LogLine:
     node_id: uuid.UUID
     release: str | None
     line: str
-    stream: str = "stdout"  # agents keep stdout and stderr in one file
+    stream: str = "stdout"
+    partial: bool = False  # the line goes on in the next one of this instance
 
     def to_json(self) -> str:
         return json.dumps(
@@ -84,6 +99,7 @@ class LogLine:
                 "release": self.release,
                 "stream": self.stream,
                 "line": self.line,
+                "partial": self.partial,
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -121,20 +137,23 @@ def release_label(version: int | None) -> str | None:
     return None if version is None else f"v{version}"
 
 
-def parse_since(text: str, *, now: datetime) -> datetime:
+def parse_since(text: str, *, now: datetime, what: str = "since") -> datetime:
     """``10m``/``30s``/``2h``/``7d`` before ``now``, or an RFC 3339 time."""
     value = text.strip()
     match = _DURATION.match(value)
     if match is not None:
-        return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        except OverflowError:
+            raise InvalidInput(f"{what} reaches back before the year 1") from None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise InvalidInput(
-            f"since must be a duration such as 10m or an RFC 3339 time, got {value[:40]!r}"
+            f"{what} must be a duration such as 10m or an RFC 3339 time, got {value[:40]!r}"
         ) from None
     if parsed.tzinfo is None:
-        raise InvalidInput("since needs a time zone (2026-12-07T10:00:00Z)")
+        raise InvalidInput(f"{what} needs a time zone (2026-12-07T10:00:00Z)")
     return parsed
 
 
@@ -148,20 +167,47 @@ def merge(batches: Sequence[Sequence[LogLine]]) -> list[LogLine]:
     return [item[3] for item in heapq.merge(*keyed, key=lambda item: item[:3])]
 
 
+def labelled(
+    line: AgentLogLine,
+    source: LogSource,
+    *,
+    read_at: datetime,
+) -> LogLine:
+    """An agent's line labelled with its instance, node and release; timed by when it was
+    written, or ``read_at`` when the agent did not record that (pure)."""
+    return LogLine(
+        line.ts if line.ts is not None else read_at,
+        source.instance_id,
+        source.node_id,
+        release_label(source.version),
+        line.text,
+        line.stream,
+        line.partial,
+    )
+
+
+def within(line: LogLine, *, since: datetime | None, until: datetime | None) -> bool:
+    """Whether a line was written in ``[since, until]`` (an open end: no bound) (pure)."""
+    return (since is None or line.ts >= since) and (until is None or line.ts <= until)
+
+
 def wanted_sources(sources: Sequence[LogSource], *, since: datetime | None) -> list[LogSource]:
     """Instances worth reading: live ones, and ended ones that ended after ``since``."""
     return [s for s in sources if since is None or s.state in _LIVE or s.state_changed_at >= since]
 
 
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
-class OverlapSkipper:
+class OverlapSkipper(Generic[T]):
     """Skips what a reopened stream repeats. The stream starts with the last lines of the
     same output, some of which were already sent (``seen``, oldest first): the longest
     prefix of the stream that is a suffix of ``seen`` is dropped, the rest passes. Lines are
     held (at most ``len(seen)``) only until that is decided (pure)."""
 
-    seen: Sequence[str]
-    _held: list[str] = field(default_factory=list)
+    seen: Sequence[T]
+    _held: list[T] = field(default_factory=list)
     _active: list[int] = field(default_factory=list)  # where in seen a match may start
     _best: int = 0  # the longest overlap found complete so far
     _decided: bool = False
@@ -170,7 +216,7 @@ class OverlapSkipper:
         self._active = list(range(len(self.seen)))
         self._decided = not self.seen
 
-    def feed(self, line: str) -> list[str]:
+    def feed(self, line: T) -> list[T]:
         """The lines that pass now (in order)."""
         if self._decided:
             return [line]
@@ -192,7 +238,7 @@ class OverlapSkipper:
         self._held, self._active = [], []
         return passed
 
-    def flush(self) -> list[str]:
+    def flush(self) -> list[T]:
         """The stream ended undecided: what it held matched old output; nothing passes."""
         self._decided = True
         self._held, self._active = [], []
@@ -250,6 +296,64 @@ def notice_for(hostname: str, problem: str) -> Notice:
     return Notice(f"node {hostname}: {problem}")
 
 
+@dataclass(slots=True)
+class ReorderWindow:
+    """Followed lines of several instances let out in time order (pure: the caller passes
+    its monotonic clock). Each line is held ``hold`` seconds after it arrived, and lines
+    leave lowest time first; one that arrives after a later line has left is let out at
+    once (never dropped). A line is held at most ``2 * hold`` (an instance whose times lag,
+    a node's clock behind, holds the others no longer than that) and at most ``limit``
+    lines are held. Lines of one instance leave in the order they came: each is keyed at
+    least at its predecessor's time."""
+
+    hold: float = REORDER_SECONDS
+    limit: int = QUEUE_RECORDS
+    _heap: list[tuple[datetime, int, float, LogLine]] = field(default_factory=list)
+    _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
+    _held: set[int] = field(default_factory=set)
+    _last: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    _count: int = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, line: LogLine, *, now: float) -> None:
+        key = max(line.ts, self._last.get(line.instance_id, line.ts))
+        self._last[line.instance_id] = key
+        self._count += 1
+        heapq.heappush(self._heap, (key, self._count, now + self.hold, line))
+        self._arrivals.append((now, self._count))
+        self._held.add(self._count)
+
+    def _oldest(self) -> float | None:
+        while self._arrivals and self._arrivals[0][1] not in self._held:
+            self._arrivals.popleft()
+        return self._arrivals[0][0] if self._arrivals else None
+
+    def ready(self, *, now: float) -> list[LogLine]:
+        """The lines that leave now, in order."""
+        out: list[LogLine] = []
+        while self._heap:
+            oldest = self._oldest()
+            overdue = oldest is not None and oldest + 2 * self.hold <= now
+            if not (self._heap[0][2] <= now or overdue or len(self._heap) > self.limit):
+                break
+            _key, number, _due, line = heapq.heappop(self._heap)
+            self._held.discard(number)
+            out.append(line)
+        if not self._heap:
+            self._last.clear()  # nothing held: no order left to keep
+        return out
+
+    def next_due(self) -> float | None:
+        """When ``ready`` next lets a line out (None: none is held)."""
+        if not self._heap:
+            return None
+        oldest = self._oldest()
+        due = self._heap[0][2]
+        return due if oldest is None else min(due, oldest + 2 * self.hold)
+
+
 # -- the fan-in ----------------------------------------------------------------------------
 
 
@@ -260,6 +364,7 @@ class LogScope:
     version: int | None = None
     instance_id: uuid.UUID | None = None
     since: datetime | None = None
+    until: datetime | None = None  # history only
 
 
 class LogFanIn:
@@ -317,8 +422,8 @@ class LogFanIn:
             except ServiceUnavailable:
                 return notice_for(hostname, "unreachable")
             now = self._clock.now()
-            label = release_label(source.version)
-            return [LogLine(now, source.instance_id, source.node_id, label, text) for text in lines]
+            labelled_lines = (labelled(line, source, read_at=now) for line in lines)
+            return [x for x in labelled_lines if within(x, since=scope.since, until=scope.until)]
 
         results = await asyncio.gather(*(read(s) for s in sources))
         notices: list[Record] = []
@@ -369,26 +474,51 @@ class _Follow:
 
     async def run(self, *, keepalive: float) -> AsyncIterator[list[Record]]:
         lister = asyncio.create_task(self._list_loop(), name="logs-list")
+        loop = asyncio.get_running_loop()
+        window = ReorderWindow()
         getter: asyncio.Future[Record] | None = None
+        last_sent = loop.time()
         try:
             while True:
-                getter = asyncio.ensure_future(self._queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, lister}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                    if lister in done:
-                        lister.result()  # raises what stopped it
-                        return
-                    yield []
+                ready: list[Record] = list(window.ready(now=loop.time()))
+                if ready:
+                    last_sent = loop.time()
+                    yield ready
                     continue
-                batch = [getter.result()]
-                while len(batch) < BATCH_RECORDS and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                yield batch
+                wake = last_sent + keepalive
+                due = window.next_due()
+                if due is not None:
+                    wake = min(wake, due)
+                if getter is None:
+                    getter = asyncio.ensure_future(self._queue.get())
+                waited: set[asyncio.Future[Any]] = {getter, lister}
+                done, _ = await asyncio.wait(
+                    waited,
+                    timeout=max(0.0, wake - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter in done:
+                    arrived = [getter.result()]
+                    getter = None
+                    while len(arrived) < BATCH_RECORDS and not self._queue.empty():
+                        arrived.append(self._queue.get_nowait())
+                    now = loop.time()
+                    notices: list[Record] = []
+                    for record in arrived:
+                        if isinstance(record, Notice):
+                            notices.append(record)  # said at once, not ordered by time
+                        else:
+                            window.push(record, now=now)
+                    if notices:
+                        last_sent = now
+                        yield notices
+                    continue
+                if lister in done:
+                    lister.result()  # raises what stopped it
+                    return
+                if loop.time() >= last_sent + keepalive and window.next_due() is None:
+                    last_sent = loop.time()
+                    yield []
         finally:
             if getter is not None:
                 getter.cancel()
@@ -454,17 +584,18 @@ class _Follow:
 
     async def _read(self, source: LogSource, *, tail: int) -> None:
         """Follow one instance through reconnections and restarts, until cancelled."""
-        label = release_label(source.version)
-        seen: deque[str] = deque(maxlen=OVERLAP)
+        seen: deque[AgentLogLine] = deque(maxlen=OVERLAP)
         last: AgentInstance | None = None  # the agent's view when the stream was last opened
         delay = RETRY_INITIAL
         clock = self._fan_in.clock
 
-        async def emit(text: str) -> None:
-            seen.append(text)
-            await self._queue.put(
-                LogLine(clock.now(), source.instance_id, source.node_id, label, text)
-            )
+        since = self._scope.since
+
+        async def emit(line: AgentLogLine) -> None:
+            seen.append(line)
+            labelled_line = labelled(line, source, read_at=clock.now())
+            if within(labelled_line, since=since, until=None):
+                await self._queue.put(labelled_line)
 
         while True:
             endpoint = self._endpoint(source.node_id)
@@ -479,7 +610,8 @@ class _Follow:
             try:
                 view = await client.instance(source.instance_id)
                 if last is None:
-                    skipper, want = OverlapSkipper(seen=()), tail
+                    skipper: OverlapSkipper[AgentLogLine] = OverlapSkipper(seen=())
+                    want = tail
                 elif is_new_output(last, view):  # a new run writes a new file: all of it
                     seen.clear()
                     skipper, want = OverlapSkipper(seen=()), MAX_TAIL
@@ -489,8 +621,8 @@ class _Follow:
                 await self._say_up(source.node_id, hostname)
                 delivered = False
                 async with client.follow_logs(source.instance_id, tail=want) as lines:
-                    async for text in lines:
-                        for passed in skipper.feed(text):
+                    async for line in lines:
+                        for passed in skipper.feed(line):
                             delivered = True
                             await emit(passed)
                 for passed in skipper.flush():

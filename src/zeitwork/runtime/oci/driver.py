@@ -33,7 +33,15 @@ from typing import Any
 
 from zeitwork.core.errors import InvalidInput, RuntimeFailure
 from zeitwork.observability import get_logger
-from zeitwork.runtime.base import DriverName, Handle, InstanceSpec, Phase, Recovered, Status
+from zeitwork.runtime.base import (
+    DriverName,
+    Handle,
+    InstanceSpec,
+    LogEntry,
+    Phase,
+    Recovered,
+    Status,
+)
 from zeitwork.runtime.oci import bundle, cgroups, logfiles, mounts
 from zeitwork.runtime.oci.runc import RuncCli
 
@@ -42,6 +50,10 @@ log = get_logger(__name__)
 PR_SET_CHILD_SUBREAPER = 36
 CONTAINER_PREFIX = "zw-"
 LOG_NAME = "console.log"
+LOG_RECORDS = "records"
+"""``handle.data["log_format"]`` of a container whose output a capture process writes as
+timestamped records (``logshim.py``); absent: the container writes plain lines itself."""
+CAPTURE_EXIT_SECONDS = 2.0
 _RUNNING = {"running", "paused", "pausing"}
 
 
@@ -121,12 +133,27 @@ class OciDriver:
     def _cgroups_path(self, container_id: str) -> str:
         return f"/{self.cgroup_parent}/{container_id}"
 
-    def _handle(self, spec_id: uuid.UUID, container_id: str, pid: int, netns: str) -> Handle:
+    def _handle(
+        self,
+        spec_id: uuid.UUID,
+        container_id: str,
+        pid: int,
+        netns: str,
+        *,
+        capture: int | None = None,
+        records: bool = False,
+    ) -> Handle:
         directory = self._dir(container_id)
+        logs: dict[str, Any] = {}
+        if capture is not None or records:
+            logs["log_format"] = LOG_RECORDS
+        if capture is not None:
+            logs["capture_pid"] = capture
         return Handle(
             instance_id=spec_id,
             driver="oci",
             data={
+                **logs,
                 "container_id": container_id,
                 "dir": str(directory),
                 "pid": pid,
@@ -200,7 +227,13 @@ class OciDriver:
         existing = await self.runc.state(container_id) if self.runc.knows(container_id) else None
         if existing is not None:
             if existing.get("status") in _RUNNING:
-                return self._handle(spec.instance_id, container_id, int(existing["pid"]), netns)
+                return self._handle(  # its capture, if any, is not known here
+                    spec.instance_id,
+                    container_id,
+                    int(existing["pid"]),
+                    netns,
+                    records=logfiles.holds_records(directory / LOG_NAME),
+                )
             await self.runc.delete(container_id, force=True)
 
         async with contextlib.AsyncExitStack() as undo:
@@ -238,19 +271,26 @@ class OciDriver:
                 # the process environment holds the app's secrets: owner-only (runc is root)
                 _write_private(directory / "config.json", json.dumps(config).encode())
 
+                step = "start the log capture"
+                capture = logfiles.spawn_capture(
+                    directory / LOG_NAME, max_bytes=self.log_max_bytes, keep=self.log_keep
+                )
+                undo.push_async_callback(self._end_capture, capture.pid)
+
                 step = "runc run"
                 undo.push_async_callback(self.runc.delete, container_id)
-                output_fd = logfiles.open_for_container(directory / LOG_NAME)
                 try:
                     await self.runc.run_detached(
                         container_id,
                         bundle=directory,
                         pid_file=directory / "pid",
-                        output_fd=output_fd,
+                        output_fd=capture.stdout,
+                        error_fd=capture.stderr,
                         log_file=directory / "runc.log",
                     )
-                finally:
-                    os.close(output_fd)
+                finally:  # the container holds them now; the capture ends when it does
+                    os.close(capture.stdout)
+                    os.close(capture.stderr)
                 step = "read pid file"
                 pid = int((directory / "pid").read_text().strip())
             except ValueError as exc:
@@ -266,7 +306,7 @@ class OciDriver:
                 raise
             undo.pop_all()
         log.info("oci.started", container_id=container_id, pid=pid)
-        return self._handle(spec.instance_id, container_id, pid, netns)
+        return self._handle(spec.instance_id, container_id, pid, netns, capture=capture.pid)
 
     @staticmethod
     def _reset_dir(directory: Path) -> None:
@@ -325,6 +365,8 @@ class OciDriver:
         await self.runc.delete(container_id, force=True)
         if pid is not None:
             self._reap(int(pid))
+        capture = handle.data.get("capture_pid")
+        await self._end_capture(int(capture) if capture is not None else None)
         cgroups.remove(self._cgroups_path(container_id))  # before its directory: see recover
         directory = self._dir(container_id)
         await asyncio.to_thread(self._remove_dir, directory)
@@ -340,18 +382,41 @@ class OciDriver:
     async def logs(
         self, handle: Handle, *, tail: int = 100, follow: bool = False
     ) -> AsyncIterator[str]:
+        async for entry in self.log_entries(handle, tail=tail, follow=follow):
+            yield entry.text
+
+    async def log_entries(
+        self, handle: Handle, *, tail: int = 100, follow: bool = False
+    ) -> AsyncIterator[LogEntry]:
+        """The output as entries: with the time each line was written and its stream for a
+        container with a capture; plain lines (no time, ``stdout``) for an older one."""
         path = Path(str(handle.data["log"]))
         end = await asyncio.to_thread(logfiles.size_of, path)
         lines = await asyncio.to_thread(logfiles.tail, path, tail, keep=self.log_keep, end=end)
         for line in lines:
-            yield line
+            yield logfiles.entry_of(line)
         if follow:
-            pid = handle.data.get("pid")
-            pid_value = int(pid) if pid is not None else None
+            pids = [int(p) for p in (handle.data.get("pid"), handle.data.get("capture_pid")) if p]
+            # until the container has ended and its capture has written its last lines
             async for line in logfiles.follow(
-                path, alive=lambda: self._pid_alive(pid_value), start=end
+                path, alive=lambda: any(self._pid_alive(p) for p in pids), start=end
             ):
-                yield line
+                yield logfiles.entry_of(line)
+
+    async def _end_capture(self, pid: int | None) -> None:
+        """Wait (bounded) for a capture process to end after its container, then kill it."""
+        if pid is None:
+            return
+        deadline = time.monotonic() + CAPTURE_EXIT_SECONDS
+        while self._pid_alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if self._pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + CAPTURE_EXIT_SECONDS
+            while self._pid_alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        self._exits.pop(pid, None)
 
     def owns_bundle(self, bundle: object) -> bool:
         """Whether a container's bundle path is one of this driver's directories."""
@@ -418,6 +483,11 @@ class OciDriver:
                 code = self._reap(int(pid))
                 if code is not None:
                     self._record_exit(handle, code)
+            capture = handle.data.get("capture_pid")
+            if capture is not None:
+                self._reap(int(capture))  # no zombie once it ended (its code is not used)
+            if handle.data.get("log_format") == LOG_RECORDS:
+                continue  # its capture rotates the file itself
             path = Path(str(handle.data.get("log", "")))
             await asyncio.to_thread(
                 logfiles.rotate, path, max_bytes=self.log_max_bytes, keep=self.log_keep

@@ -76,7 +76,11 @@ class RuncCli:
         self.timeout = timeout  # a runtime call that hangs (a stuck cgroup, ...) is a failure
 
     async def _exec(
-        self, *args: str, stdout: int | None = None, log_file: Path | None = None
+        self,
+        *args: str,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        log_file: Path | None = None,
     ) -> bytes:
         argv = [self.binary, "--root", str(self.root)]
         if log_file is not None:
@@ -87,7 +91,9 @@ class RuncCli:
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
-                stderr=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                stderr=(stderr if stderr is not None else stdout)
+                if stdout is not None
+                else asyncio.subprocess.PIPE,
                 preexec_fn=_hide_unified_cgroup if self.hide_unified_cgroup else None,
             )
         except FileNotFoundError as exc:
@@ -119,9 +125,17 @@ class RuncCli:
         return out.decode().splitlines()[0] if out else self.binary
 
     async def run_detached(
-        self, container_id: str, *, bundle: Path, pid_file: Path, output_fd: int, log_file: Path
+        self,
+        container_id: str,
+        *,
+        bundle: Path,
+        pid_file: Path,
+        output_fd: int,
+        log_file: Path,
+        error_fd: int | None = None,
     ) -> None:
-        """``run --detach``: the container's stdout and stderr are ``output_fd``."""
+        """``run --detach``: the container's stdout is ``output_fd``, its stderr
+        ``error_fd`` (default: ``output_fd`` too)."""
         await self._exec(
             "run",
             "--detach",
@@ -131,6 +145,7 @@ class RuncCli:
             str(pid_file),
             container_id,
             stdout=output_fd,
+            stderr=error_fd,
             log_file=log_file,
         )
 
