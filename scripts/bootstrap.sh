@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   runc crun umoci buildah skopeo        # OCI runtime driver and image tooling
+  mmdebstrap                            # Debian base images for builds without a Dockerfile
   docker-registry apache2-utils         # a real OCI registry (distribution 2.8) for the image tests; htpasswd -B
   iproute2 nftables e2fsprogs           # node networking, ext4 rootfs (mkfs.ext4 -d, debugfs)
   pebble                                # a real ACME server for the edge tests
