@@ -12,6 +12,7 @@ import pytest
 from tests.images import BuiltImage, build_image
 from tests.integration.operator.conftest import (  # noqa: F401 (fixtures used by name)
     Operator,
+    OperatorFactory,
     operator,
     operator_factory,
 )
@@ -80,3 +81,39 @@ async def test_refusals_are_problems(
     )
     assert "is unreachable" in assert_problem(r, 503)["detail"]
     assert await operator.sql("SELECT count(*) FROM releases") == [(0,)]
+
+
+async def test_with_a_platform_registry_every_image_has_a_location_nodes_are_granted(
+    operator_factory: OperatorFactory,  # noqa: F811 (the fixture)
+    registry: Registry,
+    busybox_image: BuiltImage,
+    tmp_path: Path,
+) -> None:
+    op = await operator_factory(registry_url=f"http://{registry.host}")
+    body = await asyncio.to_thread(busybox_image.path.read_bytes)
+    r = await op.client.post(
+        "/api/v1/images/import?name=web",
+        headers=op.headers() | {"Content-Type": "application/x-tar"},
+        content=body,
+    )
+    assert r.status_code == 201, r.text
+    imported = r.json()
+    assert imported["location"] == f"{registry.host}/library/web@{busybox_image.digest}"
+    other = build_image(tmp_path / "v9.tar", env=["PATH=/bin", "APP_GREETING=v9"])
+    await asyncio.to_thread(registry.push, other.path, "team/app:v9")
+    p = await platform(op)
+    r = await op.client.post(
+        f"/api/v1/projects/{p.project['slug']}/releases",
+        headers=op.headers(),
+        json={"image": f"{registry.host}/team/app:v9"},
+    )
+    assert r.status_code == 201, r.text
+    grant = await op.client.get(f"/api/v1/images/{r.json()['image_id']}/pull", headers=op.headers())
+    assert grant.status_code == 200, grant.text
+    assert grant.headers["Cache-Control"] == "no-store"
+    assert grant.json()["location"] == f"{registry.host}/team/app@{other.digest}"
+    assert grant.json()["plain_http"] is True and grant.json()["token"] is None
+    missing = await op.client.get(
+        "/api/v1/images/00000000-0000-0000-0000-000000000000/pull", headers=op.headers()
+    )
+    assert_problem(missing, 404)
