@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck, HealthResult
+from zeitwork.wire.routes import BackendProtocol
 
 StrategyType = Literal["rolling", "bluegreen", "immediate"]
 ReleaseReason = Literal["deploy", "rollback", "config", "migration"]
@@ -114,6 +115,11 @@ class ReleaseCreate(BaseModel):
     health_check: HealthCheck | None = Field(
         default=None, description="default: the current release's, else tcp on the port"
     )
+    backend_protocol: BackendProtocol | None = Field(
+        default=None,
+        description="how the proxies speak to the app: http1 (HTTP/1.1 keep-alive) or h2c "
+        "(HTTP/2 cleartext, prior knowledge: gRPC); default: the current release's, else http1",
+    )
     restart_policy: RestartPolicy | None = None
     strategy: RolloutStrategy | None = None
     description: str | None = Field(default=None, max_length=2000)
@@ -149,6 +155,7 @@ class ReleaseOut(BaseModel):
     image_ref: str | None
     command: list[str] | None
     port: int
+    backend_protocol: BackendProtocol = "http1"
     env: dict[str, str] = Field(description="plain variables (secrets are listed by name)")
     secret_names: list[str]
     resources: ResourcesModel

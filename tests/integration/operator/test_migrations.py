@@ -158,6 +158,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "source_release_id",
         "deployment_id",
         "state",
+        "backend_protocol",  # 0015
         "state_changed_at",
         "error",
     },

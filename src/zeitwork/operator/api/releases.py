@@ -64,6 +64,7 @@ def release_out(
         image_ref=release.image_ref,
         command=release.command,
         port=release.port,
+        backend_protocol=release.backend_protocol,  # type: ignore[arg-type]  # CHECK-constrained
         env=dict(release.env),
         secret_names=sorted(release.secrets),
         resources=ResourcesModel.model_construct(

@@ -51,6 +51,7 @@ def _backend(instance: RunningInstance) -> Backend | None:
         instance_id=instance.id,
         address=f"{host}:{instance.port}",
         release_id=instance.release_id,
+        protocol="h2c" if instance.backend_protocol == "h2c" else "http1",
     )
 
 

@@ -61,6 +61,8 @@ class Release:
     state_changed_at: datetime
     error: str | None
     created_at: datetime
+    backend_protocol: str = "http1"
+    """``http1`` or ``h2c``: how the proxies speak to its instances (migration 0015)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class NewRelease:
     description: str | None = None
     created_by: str | None = None
     source_release_id: uuid.UUID | None = None
+    backend_protocol: str = "http1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ _REL_COLUMNS = (
     "id, project_id, project_environment_id, version, image_id, image_digest, image_ref, "
     "command, port, env, secrets, vcpu_millis, memory_mib, replicas, health_check, "
     "restart_policy, strategy, reason, description, created_by, source_release_id, state, "
-    "state_changed_at, error, created_at"
+    "state_changed_at, error, created_at, backend_protocol"
 )
 _RO_COLUMNS = (
     "id, release_id, from_release_id, project_environment_id, strategy, state, "
@@ -258,11 +261,11 @@ class ReleaseStore:
             "INSERT INTO releases (project_id, project_environment_id, version, image_id, "
             "image_digest, image_ref, command, port, env, secrets, vcpu_millis, memory_mib, "
             "replicas, health_check, restart_policy, strategy, reason, description, "
-            "created_by, source_release_id, state) "
+            "created_by, source_release_id, state, backend_protocol) "
             "SELECT %(project)s, %(env_id)s, coalesce(max(version), 0) + 1, %(image)s, "
             "%(digest)s, %(ref)s, %(command)s, %(port)s, %(env)s, %(secrets)s, %(vcpu)s, "
             "%(mem)s, %(replicas)s, %(check)s, %(restart)s, %(strategy)s, %(reason)s, "
-            "%(description)s, %(by)s, %(source)s, %(state)s "
+            "%(description)s, %(by)s, %(source)s, %(state)s, %(protocol)s "
             "FROM releases WHERE project_environment_id = %(env_id)s "
             f"RETURNING {_REL_COLUMNS}",
             {
@@ -286,6 +289,7 @@ class ReleaseStore:
                 "by": new.created_by,
                 "source": new.source_release_id,
                 "state": state.value,
+                "protocol": new.backend_protocol,
             },
         )
         assert row is not None  # INSERT ... SELECT of an aggregate always gives one row

@@ -43,6 +43,8 @@ class RunningInstance:
     release_id: uuid.UUID | None = None
     routable: bool = False
     """in its environment's route: serving, running and healthy"""
+    backend_protocol: str = "http1"
+    """its release's (``http1`` for an instance of no release)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,8 @@ class RouteStore:
             cur = await c.execute(
                 "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port), "
                 "r.project_environment_id, i.release_id, "
-                "(i.serving AND i.health = 'healthy') AS routable "
+                "(i.serving AND i.health = 'healthy') AS routable, "
+                "coalesce(r.backend_protocol, 'http1') "
                 "FROM instances i JOIN nodes n ON n.id = i.node_id "
                 "LEFT JOIN releases r ON r.id = i.release_id "
                 "WHERE i.state = 'running' AND i.deleted_at IS NULL "
@@ -114,6 +117,7 @@ class RouteStore:
                     project_environment_id=r[4],
                     release_id=r[5],
                     routable=bool(r[6]),
+                    backend_protocol=r[7],
                 )
                 for r in await cur.fetchall()
             ]

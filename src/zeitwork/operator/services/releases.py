@@ -192,6 +192,8 @@ class ReleaseService:
                 strategy=strategy.model_dump(mode="json"),
                 reason="deploy",
                 description=body.description,
+                backend_protocol=body.backend_protocol
+                or (base.backend_protocol if base else "http1"),
             )
             return await self._roll_out(tx, env, current, new)
 
@@ -312,6 +314,7 @@ class ReleaseService:
             image_ref=source.image_ref,
             command=source.command,
             port=source.port,
+            backend_protocol=source.backend_protocol,
             env={},
             secrets={},
             vcpu_millis=source.vcpu_millis,
@@ -357,6 +360,7 @@ class ReleaseService:
                 image_ref=source.image_ref,
                 command=source.command,
                 port=source.port,
+                backend_protocol=source.backend_protocol,
                 env=dict(source.env),
                 secrets=dict(source.secrets),
                 vcpu_millis=source.vcpu_millis,
@@ -438,6 +442,7 @@ class ReleaseService:
                 image_ref=base.image_ref,
                 command=base.command,
                 port=base.port,
+                backend_protocol=base.backend_protocol,
                 env=plain,
                 secrets=sealed,
                 vcpu_millis=base.vcpu_millis,
