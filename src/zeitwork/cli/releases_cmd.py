@@ -29,6 +29,7 @@ from zeitwork.core.errors import NotFound
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.releases import ReleaseCreate, ReleaseOut, RolloutStrategy
+from zeitwork.wire.routes import BackendProtocol
 
 Strategy = Literal["rolling", "bluegreen", "immediate"]
 
@@ -141,6 +142,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
         vcpu: Annotated[float | None, typer.Option("--vcpu", min=0.01)] = None,
         memory: Annotated[int | None, typer.Option("--memory", min=16, help="MiB")] = None,
+        backend_protocol: Annotated[
+            BackendProtocol | None,
+            typer.Option(
+                "--backend-protocol",
+                help="http1 (HTTP/1.1, the default) or h2c (HTTP/2 cleartext: gRPC); "
+                "default: as now",
+            ),
+        ] = None,
         detach: DetachOption = False,
         as_json: JsonOption = False,
     ) -> None:
@@ -160,6 +169,7 @@ def register(app: typer.Typer) -> None:
                 env=variables or None,
                 resources=resources,
                 health_check=check,
+                backend_protocol=backend_protocol,
             )
         except ValidationError as exc:
             raise fail(_first_error(exc), 2) from None
