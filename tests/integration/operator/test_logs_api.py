@@ -3,14 +3,18 @@ input, node registration keeping the agent's address and credential, and (as roo
 fan-in from a real node agent running runc containers: lines of several instances labelled
 and in order per instance, history and follow, a new instance joining a followed stream, a
 restarted instance followed again, an unreachable node said inline, and no upstream stream
-left open once the client goes."""
+left open once the client goes; lines timed when they were written and labelled by stream,
+merged by those times (history and follow), ``since`` and ``until`` cutting within an
+instance's lines."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -397,3 +401,105 @@ def _busy_agent_connections(op: Operator) -> int:
         pool = client._http._transport._pool  # type: ignore[attr-defined]
         busy += sum(1 for conn in pool.connections if not conn.is_idle())
     return busy
+
+
+TWO_STREAMS = (
+    'httpd -p 8080 -h /www; echo "$NAME begin"; sleep 2; i=0; '
+    'while true; do echo "$NAME out $i"; echo "$NAME err $i" >&2; i=$((i+1)); sleep 0.1; done'
+)
+
+
+@pytest.fixture(scope="module")
+def two_streams_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """``NAME begin``, 2 s of silence, then ``NAME out N`` on stdout and ``NAME err N`` on
+    stderr ten times a second."""
+    return build_image(
+        tmp_path_factory.mktemp("two-streams") / "two.tar",
+        entrypoint=["/bin/sh", "-c", TWO_STREAMS],
+        cmd=None,
+    )
+
+
+def _words(record: dict[str, Any]) -> list[str]:
+    return str(record["line"]).split()
+
+
+@pytest.mark.requires_root
+@pytest.mark.slow
+@pytest.mark.usefixtures("_subreaper")
+async def test_lines_are_timed_when_written_labelled_by_stream_and_cut_by_since(
+    operator: Operator, agent: Callable[..., AgentHost], two_streams_image: BuiltImage
+) -> None:
+    host = agent()
+    await preload(host.data_dir, two_streams_image)
+    host.start()
+    await host.wait_ready()
+    project, env = await _app(operator, "times")
+    v1 = await _release(operator, project, env, 1)
+    node = await _node(operator, "times-node", host.api_url(), TOKEN)
+    url = "/api/v1/projects/times/logs"
+    async with host.client() as agent_api:
+        a = await _start(agent_api, two_streams_image, "a")
+        b = await _start(agent_api, two_streams_image, "b")
+        await _instance(operator, a, node, v1)
+        await _instance(operator, b, node, v1)
+
+        async def history(**params: str) -> list[dict[str, Any]]:
+            r = await operator.client.get(url, params=params, headers=operator.headers())
+            assert r.status_code == 200, r.text
+            return [json.loads(text) for text in r.text.splitlines()]
+
+        async with asyncio.timeout(60):  # both have written 20 lines a stream after "begin"
+            while True:
+                lines = await history(tail="1000")
+                if all(sum(_words(x)[:2] == [n, "err"] for x in lines) >= 20 for n in ("a", "b")):
+                    break
+                await asyncio.sleep(0.3)
+        ts = [datetime.fromisoformat(x["ts"]) for x in lines]
+        # merged by write time across the two instances, and interleaved (not a, then b)
+        assert ts == sorted(ts)
+        names = [_words(x)[0] for x in lines]
+        assert sum(1 for p, q in itertools.pairwise(names) if p != q) >= 10
+        # each line's stream, and its time from when it was written (2 s silence kept)
+        for record in lines:
+            assert record["stream"] == ("stderr" if _words(record)[1] == "err" else "stdout")
+        of_a = {" ".join(_words(x)[1:]): x for x in lines if _words(x)[0] == "a"}
+        begin = datetime.fromisoformat(of_a["begin"]["ts"])
+        first_out = datetime.fromisoformat(of_a["out 0"]["ts"])
+        assert (first_out - begin).total_seconds() >= 1.9
+        assert (datetime.now(UTC) - begin).total_seconds() >= 3.9  # read >= 2 s after
+
+        # since cuts within an instance's lines: from a's "out 5" on, nothing earlier
+        cut = of_a["out 5"]["ts"]
+        after = await history(tail="1000", since=cut)
+        a_after = [" ".join(_words(x)[1:]) for x in after if _words(x)[0] == "a"]
+        assert a_after[0] in ("out 5", "err 5") and "begin" not in a_after
+        assert "out 4" not in a_after and "err 4" not in a_after
+        assert all(x["ts"] >= cut for x in after)
+        # until the same time: the lines before it only (and "out 5" itself)
+        before = await history(tail="1000", until=cut)
+        a_before = [" ".join(_words(x)[1:]) for x in before if _words(x)[0] == "a"]
+        assert a_before[0] == "begin" and "out 5" in a_before[-2:]  # err 5: same read
+        assert all(x["ts"] <= cut for x in before)
+        refused = await operator.client.get(
+            url, params={"until": cut, "follow": "true"}, headers=operator.headers()
+        )
+        assert refused.status_code == 422 and "until" in refused.text
+
+        # followed: both instances' lines merged by write time (the reorder window)
+        async with live_operator(operator) as live, httpx.AsyncClient(base_url=live) as client:
+            params = {"follow": "true", "format": "sse", "tail": "0"}
+            seen = Lines()
+            async with client.stream(
+                "GET", url, params=params, headers=operator.headers()
+            ) as response:
+                assert response.status_code == 200
+                stream = response.aiter_lines()
+                await _follow_until(stream, seen, lambda: len(seen.lines) >= 80, what="80 lines")
+        followed = [datetime.fromisoformat(x["ts"]) for x in seen.lines]
+        late = sum(1 for p, q in itertools.pairwise(followed) if q < p)
+        assert late <= 2, late  # out of time order only when one came later than 0.2 s
+        for name in ("a", "b"):
+            numbers = [int(_words(x)[2]) for x in seen.lines if _words(x)[:2] == [name, "out"]]
+            assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    await operator.deps.agent_clients.aclose()
