@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: bootstrap build build-local check lint format typecheck imports test test-unit \
         test-kvm migrate migration run-operator run-node-agent run-load-balancer \
         run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge \
-        bench-deploy bench-logs bench-long-stream clean
+        bench-deploy bench-logs bench-long-stream bench-images clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -100,6 +100,11 @@ bench-deploy: bootstrap
 # Followed logs through the operator (as root): lines/s, delay, operator memory with 20 followers.
 bench-logs: bootstrap
 	$(PY) benchmarks/logs.py
+
+# Pull of a 3-layer image from a real docker-registry into a node (cold, new top layer,
+# cached), beside skopeo copy + umoci unpack of the same images in the same run.
+bench-images: bootstrap
+	$(PY) benchmarks/images.py
 
 # One SSE stream through the edge and the load balancer for 10 minutes: every event, in order.
 bench-long-stream: bootstrap
