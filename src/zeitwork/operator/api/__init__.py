@@ -36,6 +36,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         releases,
         routes,
         tokens,
+        webhooks,
     )
 
     # one module per resource, in OpenAPI order
@@ -47,6 +48,7 @@ def build_routers(deps: Deps) -> list[APIRouter]:
         projects,
         releases,
         builds,
+        webhooks,
         routes,
         proxies,
         certificates,
