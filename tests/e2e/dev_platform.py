@@ -27,6 +27,7 @@ PORT_NAMES = (
     "https",
     "lb-admin",
     "edge-admin",
+    "registry",
 )
 
 
