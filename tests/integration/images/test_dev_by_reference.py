@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.dev_platform import Platform, cli, dev_platform, until
 from tests.images import INDEX_HTML, BuiltImage
-from tests.registry import free_port, registry_available
+from tests.registry import registry_available
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -29,10 +29,8 @@ async def test_deploy_by_reference_on_zeitwork_dev(
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("zeitwork dev needs root")
-    port = free_port()
-    registry = f"127.0.0.1:{port}"
-    async with dev_platform(tmp_path, ("--registry-port", str(port))) as p:
-        await _deploy_and_check(p, registry, busybox_image)
+    async with dev_platform(tmp_path) as p:  # a free --registry-port, as for every service
+        await _deploy_and_check(p, f"127.0.0.1:{p.ports['registry']}", busybox_image)
 
 
 async def _deploy_and_check(p: Platform, registry: str, image: BuiltImage) -> None:
