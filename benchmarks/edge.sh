@@ -36,7 +36,8 @@
 # 2% from run to run on most lines, against up to 10% unpinned. The keep-alive lines are not
 # pinned: at HAProxy's keep-alive rate wrk and nginx together need more than one core.
 # Knobs: DURATION (s, default 10), CONNECTIONS (64), H2_CONNECTIONS (8), HANDSHAKE_SECONDS (5),
-# NO_COMPILED, NO_PIN=1 (no pinning).
+# NO_COMPILED, NO_PIN=1 (no pinning), H2_ONLY=1 (only the HTTP/2 lines: the edges and HAProxy
+# are started as for the keep-alive lines, which are skipped, and the run ends after HTTP/2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -46,6 +47,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 HANDSHAKE_SECONDS=${HANDSHAKE_SECONDS:-5}
 NO_COMPILED=${NO_COMPILED:-}
+H2_ONLY=${H2_ONLY:-}
 for tool in wrk h2load haproxy nginx gcc openssl taskset; do
   command -v "$tool" >/dev/null || { echo "edge.sh: $tool is not installed" >&2; exit 2; }
 done
@@ -64,6 +66,9 @@ pin_servers() { # pid ... -> each process, all its threads, on the servers' CPU
 }
 
 WORK=$(mktemp -d /tmp/zeitwork-bench-edge.XXXXXX)
+# nginx's workers run as nobody when started as root: they must be able to read $WORK/www
+# (mktemp's 0700 made every answer a 403)
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -283,12 +288,18 @@ print(f'{n / t:.0f}', f'{n / max(b - a, 1e-9):.0f}')
 h2load_run() { # label port pid streams -> prints a line; echoes "req/s req-per-cpu-second"
   local out before after rps done_ ok per_cpu
   before=$(cpu_seconds "$3")
-  out=$(h2load -c"$H2_CONNECTIONS" -m"$4" -D"$DURATION" "https://127.0.0.1:$2/" 2>&1)
+  out=$(h2load -c"$H2_CONNECTIONS" -m"$4" -D"$DURATION" -H ":authority: bench.test" "https://127.0.0.1:$2/" 2>&1)
   after=$(cpu_seconds "$3")
   grep -q "Application protocol: h2" <<<"$out" || { echo "edge.sh: $1 did not negotiate h2" >&2; exit 1; }
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   done_=$(awk '/^requests:/ {print $8}' <<<"$out")  # succeeded
   ok=$(awk '/^status codes:/ {print $3}' <<<"$out")  # 2xx
+  if ! [ "${ok:-0}" -gt 0 ] 2>/dev/null; then
+    echo "edge.sh: $1 had no 2xx answer; h2load said:" >&2
+    grep -E '^(requests|status codes):' <<<"$out" >&2
+    echo "one request with curl --http2:" >&2
+    curl -sk --http2 -i "https://127.0.0.1:$2/" | head -c 600 >&2 || true
+  fi
   per_cpu=$("$PY" -c "import sys; n,a,b=map(float,sys.argv[1:]); print(f'{n/max(b-a,1e-9):.0f}')" "$ok" "$before" "$after")
   printf '%-34s req/s=%-9s succeeded=%-8s 2xx=%-8s req/CPU-s=%s\n' "$1" "$rps" "$done_" "$ok" "$per_cpu" >&2
   echo "$rps $per_cpu"
@@ -303,9 +314,10 @@ pid_of() { [ "$1" = c ] && echo "$EDGE_PID" || echo "$PY_PID"; }
 port_of() { [ "$1" = c ] && echo "$EDGE_HTTPS" || echo "$PY_HTTPS"; }
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
 
-echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
 for v in "${VARIANTS[@]}"; do start_edge ec "$v"; done
 start_haproxy ec
+if [ -z "$H2_ONLY" ]; then
+echo "== keep-alive HTTPS (ECDSA), wrk -t1 -c$CONNECTIONS -d${DURATION}s, 1 KiB from nginx =="
 "$PY" benchmarks/edge/minimal_tls_proxy.py "$KA_PORT" "$WORK/ec.crt" "$WORK/ec.key" "$UP_PORT" \
   keep-alive >"$WORK/minimal-ka.log" 2>&1 &
 KA_PID=$!
@@ -345,6 +357,8 @@ hp_cpu=$(best ${cpu_of[hp]})
 # shellcheck disable=SC2086
 echo "keep-alive best of 3: haproxy-policy $hp_rps req/s ($hp_cpu per CPU-s), $(ratio "$hp_cpu" "$ha_cpu") of haproxy per CPU-s; $(label "${VARIANTS[0]}") / haproxy-policy: $(ratio "$(best ${rps_of[${VARIANTS[0]}]})" "$hp_rps"), per CPU-s $(ratio "$(best ${cpu_of[${VARIANTS[0]}]})" "$hp_cpu")"
 
+fi  # H2_ONLY
+
 echo "== HTTP/2 over TLS (ECDSA), h2load -c$H2_CONNECTIONS -D${DURATION}s, 10 and 100 streams per connection; best of 2 =="
 for streams in 10 100; do
   declare -A h2_rps=() h2_cpu=()
@@ -370,6 +384,8 @@ for streams in 10 100; do
   done
   echo "$line"
 done
+
+[ -n "$H2_ONLY" ] && exit 0
 
 echo "== new TLS 1.3 connections per second (wrk -c16, Connection: close, ${HANDSHAKE_SECONDS}s each; best of 2) =="
 if [ -n "$SERVER_CPU" ]; then
