@@ -39,6 +39,7 @@ from zeitwork.wire.releases import (
     RollbackRequest,
     ScaleRequest,
 )
+from zeitwork.wire.webhooks import WebhookSecretOut, WebhookSecretRequest
 
 _CHUNK = 1024 * 1024
 _PAGE = 1000
@@ -470,6 +471,13 @@ class AdminClient:
             "GET", f"/api/v1/projects/{project}/status", params=_environment(environment)
         )
         return _parse(AppStatus, response)
+
+    async def project_webhook(self, project: str, *, rotate: bool = False) -> WebhookSecretOut:
+        """The GitHub webhook's URL path and secret for ``project`` (made on first use,
+        replaced with ``rotate``)."""
+        body = WebhookSecretRequest(rotate=rotate).model_dump(mode="json")
+        response = await self._request("POST", f"/api/v1/projects/{project}/webhook", json=body)
+        return _parse(WebhookSecretOut, response)
 
     async def env(self, project: str, *, environment: str = "production") -> EnvOut:
         response = await self._request(
