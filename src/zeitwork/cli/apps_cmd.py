@@ -8,12 +8,14 @@ sent once and never printed back.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
+from zeitwork.cli.config import CliSettings
 from zeitwork.cli.console import echo_json, parsed, run_with_client, table
 from zeitwork.cli.release_view import (
     APP_COLUMNS,
@@ -34,6 +36,7 @@ from zeitwork.cli.releases_cmd import (
 )
 from zeitwork.clients.admin import AdminClient, ProjectInfo
 from zeitwork.core.errors import NotFound
+from zeitwork.settings import load_settings
 from zeitwork.wire.releases import AppStatus, EnvChange
 
 AppArgument = Annotated[str, typer.Argument(metavar="APP", help="the app (name or id)")]
@@ -49,9 +52,21 @@ async def _status_or_none(
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("apps")
-    def apps(environment: EnvironmentOption = "production", as_json: JsonOption = False) -> None:
+    apps_group = typer.Typer(
+        help="List the apps with their current release and serving instances.",
+        invoke_without_command=True,
+    )
+    app.add_typer(apps_group, name="apps")
+
+    @apps_group.callback()
+    def apps(
+        ctx: typer.Context,
+        environment: EnvironmentOption = "production",
+        as_json: JsonOption = False,
+    ) -> None:
         """List the apps with their current release and serving instances."""
+        if ctx.invoked_subcommand is not None:
+            return
 
         async def action(client: AdminClient) -> list[tuple[ProjectInfo, AppStatus | None]]:
             projects = await client.projects()
@@ -101,6 +116,32 @@ def register(app: typer.Typer) -> None:
             f"{found.slug} ({found.environment}): {found.replicas} replica(s) of "
             f"{version_text(current.version) if current else 'no release'}"
         )
+
+    @apps_group.command("webhook")
+    def webhook(
+        app_name: AppArgument,
+        *,
+        rotate: Annotated[
+            bool, typer.Option("--rotate", help="replace the secret (update GitHub too)")
+        ] = False,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Show the GitHub webhook's payload URL and secret.
+
+        Paste them into the repository's Settings, Webhooks: a push to the app's branch
+        then builds and releases that commit."""
+        shown = run_with_client(lambda c: c.project_webhook(app_name, rotate=rotate))
+        url = load_settings(CliSettings).operator_url.rstrip("/") + shown.path
+        if as_json:
+            typer.echo(json.dumps({**shown.model_dump(mode="json"), "url": url}, indent=2))
+            return
+        typer.echo(f"Payload URL:   {url}")
+        typer.echo("Content type:  application/json")
+        typer.echo(f"Secret:        {shown.secret}")
+        typer.echo("Events:        Just the push event")
+        typer.echo(f"Pushes to {shown.branch!r} are built and released; other branches ignored.")
+        if rotate:
+            typer.echo("The secret is new: deliveries signed with the old one are refused.")
 
     env = typer.Typer(help="An app's environment variables and secrets.", no_args_is_help=True)
 
