@@ -4,11 +4,18 @@ a redelivery queues nothing, ping is answered, other events and branches are ign
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.operator.conftest import Operator
+from tests.integration.operator.live_server import live_operator
 from zeitwork.builds.webhook import sign
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -232,3 +239,61 @@ async def test_rotate_replaces_the_secret(operator: Operator) -> None:
         f"/api/v1/projects/{project['slug']}/webhook", json={"rotate": True}
     )
     assert unauthenticated.status_code == 401
+
+
+async def _zeitwork(url: str, token: str, data_dir: Path, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPERATOR_URL", "ZEITWORK_TOKEN")}
+    env |= {"OPERATOR_URL": url, "ZEITWORK_TOKEN": token, "ZEITWORK_DATA_DIR": str(data_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "zeitwork",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _field(out: str, name: str) -> str:
+    for line in out.splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name!r} line in {out!r}")
+
+
+@pytest.mark.slow
+async def test_cli_shows_the_url_and_secret_that_github_signs_with(
+    operator: Operator, tmp_path: Path
+) -> None:
+    op = operator
+    project = await _project(op)
+    async with live_operator(op) as url:
+        code, out, err = await _zeitwork(
+            url, op.admin_token, tmp_path, "apps", "webhook", project["slug"]
+        )
+        assert code == 0, err
+        assert _field(out, "Payload URL") == f"{url}/api/v1/webhooks/github/{project['slug']}"
+        assert _field(out, "Content type") == "application/json"
+        secret = _field(out, "Secret")
+        assert "Pushes to 'main' are built" in out
+        code, again, _ = await _zeitwork(
+            url, op.admin_token, tmp_path, "apps", "webhook", project["slug"]
+        )
+        assert (code, _field(again, "Secret")) == (0, secret)
+        code, rotated, _ = await _zeitwork(
+            url, op.admin_token, tmp_path, "apps", "webhook", project["slug"], "--rotate"
+        )
+        assert code == 0
+        new = _field(rotated, "Secret")
+        assert new != secret
+        assert "The secret is new" in rotated
+        code, _, err = await _zeitwork(url, op.admin_token, tmp_path, "apps", "webhook", "nope")
+        assert code == 1
+        assert err.startswith("zeitwork: ")
+    assert (await _deliver(op, project["slug"], _push(), secret=secret)).status_code == 401
+    queued = await _deliver(op, project["slug"], _push(), secret=new)
+    assert queued.json()["status"] == "queued"

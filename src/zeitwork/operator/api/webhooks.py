@@ -127,7 +127,8 @@ def router(deps: Deps) -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": {"type": "object"}}},
-            }
+            },
+            "security": [],  # the signature authenticates a delivery, not a bearer token
         },
     )
     async def github(project: ProjectRef, request: Request, response: Response) -> WebhookAnswer:
