@@ -55,23 +55,28 @@ def check_ref(value: str) -> str:
 
 
 def check_git_url(value: str) -> str:
-    """A repository URL the builder may clone: http(s), git or ssh, or a local path in
-    tests is refused (``file:`` / ``ext::`` could reach the builder's own files or run
-    commands)."""
+    """A repository URL the builder may clone: http(s), git or ssh; a local path,
+    ``file:`` or ``ext::`` (the builder's own files, or a command) is refused, and so are
+    credentials in the URL (they would show in logs)."""
     if len(value) > 2000 or any(c in value for c in "\x00\r\n\t ") or value.startswith("-"):
         raise ValueError("not a valid repository URL")
-    if not re.match(r"^(https?|git|ssh)://[^/]+", value):
+    match = re.match(r"^(https?|git|ssh)://([^/]+)", value)
+    if match is None:
         raise ValueError("the repository URL must be http(s)://, git:// or ssh://")
+    if match.group(1) != "ssh" and "@" in match.group(2):
+        raise ValueError(
+            "put no credentials in the repository URL; set the project's git token instead"
+        )
     return value
 
 
 def check_subpath(value: str) -> str:
-    """A relative path inside the source (no ``..``, not absolute)."""
-    parts = value.strip("/").split("/") if value.strip("/") else []
-    if value.startswith("/") or any(p in ("..", "") for p in parts) or len(value) > 1000:
+    """A relative path inside the source (no ``..``, not absolute), normalised."""
+    if value.startswith("/") or len(value) > 1000 or any(c in value for c in "\x00\r\n\\"):
         raise ValueError("must be a relative path inside the source, without '..'")
-    if any(c in value for c in "\x00\r\n\\"):
-        raise ValueError("must be a relative path inside the source")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("must be a relative path inside the source, without '..'")
     return "/".join(parts)
 
 

@@ -269,6 +269,11 @@ def router(deps: Deps) -> APIRouter:
             cancel_requested=build.cancel_requested_at is not None,
         )
 
+    @api.post("/builder/builds/{build_id}/release", dependencies=[Depends(builder)])
+    async def give_up(build_id: uuid.UUID, body: LeaseRef) -> BuildOut:
+        """Hand the job back (a builder that stops): queued again at once."""
+        return build_out(await service.give_up(build_id, body.lease_token))
+
     @api.post("/builder/builds/{build_id}/logs", dependencies=[Depends(builder)])
     async def append_log(build_id: uuid.UUID, body: LogAppend) -> LeaseRenewed:
         build = await service.append_log(build_id, body.lease_token, body.data)

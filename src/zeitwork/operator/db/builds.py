@@ -343,6 +343,21 @@ class BuildStore:
                 return None
             return await self._fetch(c, "b.id = %s", (build_id,))
 
+    async def give_up(
+        self, build_id: uuid.UUID, token: uuid.UUID, *, conn: Conn | None = None
+    ) -> Build | None:
+        """The holder hands the job back (it stops): queued again at once, this attempt
+        not counted."""
+        async with self._db.transaction(conn) as c:
+            return await self._returning(
+                c,
+                "UPDATE builds b SET state = 'queued', lease_token = NULL, "
+                "lease_expires_at = NULL, lease_owner = NULL, "
+                "attempts = greatest(b.attempts - 1, 0) "
+                "WHERE b.id = %s AND b.lease_token = %s AND b.state = 'running'",
+                (build_id, token),
+            )
+
     async def resolved(
         self,
         build_id: uuid.UUID,

@@ -25,9 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import posixpath
 import shutil
-import tarfile
 import tempfile
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import structlog
 
+from zeitwork.builds.context import unpack
 from zeitwork.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ZeitworkError
 from zeitwork.operator.db import events
 from zeitwork.operator.db.builds import BUILDS, Build, BuildContext, BuildStore, LogChunk, NewBuild
@@ -406,6 +405,13 @@ class BuildService:
             raise _lease_lost(build_id)
         return build
 
+    async def give_up(self, build_id: uuid.UUID, token: uuid.UUID) -> Build:
+        build = await self._store.give_up(build_id, token)
+        if build is None:
+            raise _lease_lost(build_id)
+        log.info("build.given_up", build_id=str(build_id))
+        return build
+
     async def append_log(self, build_id: uuid.UUID, token: uuid.UUID, data: str) -> Build:
         build = await self._store.append_log(build_id, token, data)
         if build is None:
@@ -614,30 +620,6 @@ def _check_archive(path: Path, limit: int) -> None:
     it: an upload is refused at once rather than failing its build later."""
     scratch = Path(tempfile.mkdtemp(prefix=".check-", dir=path.parent))
     try:
-        try:
-            from zeitwork.builds.context import unpack
-        except ImportError:  # pragma: no cover - the shared unpacker is not there yet
-            _strict_check(path, limit * UNPACKED_FACTOR)
-            return
         unpack(path, scratch / "ctx", limit=limit * UNPACKED_FACTOR)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _strict_check(path: Path, limit: int) -> None:
-    """Refuse an archive with a member outside the root, a device, fifo or link (used only
-    while ``zeitwork.builds.context`` is absent)."""
-    total = 0
-    try:
-        with tarfile.open(path, mode="r:*") as tar:
-            for member in tar:
-                name = posixpath.normpath(member.name)
-                if name.startswith(("/", "../")) or name == ".." or member.name.startswith("/"):
-                    raise InvalidInput(f"the context holds {member.name!r}, outside its root")
-                if not (member.isfile() or member.isdir()):
-                    raise InvalidInput(f"the context member {member.name!r} is not a file")
-                total += member.size
-                if total > limit:
-                    raise PayloadTooLarge(f"the context unpacks to more than {limit} bytes")
-    except tarfile.TarError as exc:
-        raise InvalidInput(f"the context is not a readable tar archive: {exc}") from exc

@@ -1,0 +1,477 @@
+"""One build job, start to finish: fetch the source, skip it when that commit and these
+settings built before, build with ``buildah bud``, export an OCI archive, upload it to the
+operator, finish the job under its lease.
+
+While it runs, a renewer keeps the lease (every third of its length) and hears of a cancel;
+the output goes to the operator in chunks (``LogShipper``). A step that fails finishes the
+job ``failed`` with the step's name and the last lines of its output; a lost lease stops the
+build and finishes nothing (another builder has the job); a builder stopping hands the job
+back (``give_up``). The work directory of a job is removed at its end; the per-project
+buildah storage (``cache/<project>``) stays, so unchanged layers are reused (``--layers``).
+
+Nothing of the builder's own reaches the build: buildah runs with a clean environment (the
+PATH, locale and proxy variables), a HOME and TMPDIR of the job's own; its token is only in
+this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from zeitwork import __version__
+from zeitwork.builder import git
+from zeitwork.builder.process import StepFailed, Stopped, clean_env, run
+from zeitwork.builder.settings import BuilderSettings
+from zeitwork.clients.builds import BuilderClient
+from zeitwork.core.errors import Conflict, ZeitworkError
+from zeitwork.wire.builds import MAX_LOG_CHUNK, BuildFinish, BuildJob
+
+log = structlog.get_logger("zeitwork.builder")
+
+DOCKERFILES = ("Dockerfile", "Containerfile")
+_STEP = re.compile(r"^STEP \d+/\d+: .*$", re.MULTILINE)
+_TAIL_LINES = 20
+
+
+@dataclass
+class LogShipper:
+    """Buffers output and posts it in chunks (every ``flush_seconds`` or 32 KiB); keeps
+    the last lines for a failure's cause; hides ``secrets`` should a tool print one."""
+
+    client: BuilderClient
+    build_id: uuid.UUID
+    token: uuid.UUID
+    flush_seconds: float
+    secrets: tuple[str, ...] = ()
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    _buffer: list[str] = field(default_factory=list)
+    _size: int = 0
+    _tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    _partial: str = ""
+    last_step: str | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def write(self, text: str) -> None:
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        self._buffer.append(text)
+        self._size += len(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._tail.append(line.rstrip())
+            if _STEP.match(line):
+                self.last_step = line.strip()
+        if self._size >= 32 * 1024:
+            await self.flush()
+
+    async def say(self, text: str) -> None:
+        await self.write(f"==> {text}\n")
+
+    def tail(self) -> list[str]:
+        lines = list(self._tail)
+        if self._partial.strip():
+            lines.append(self._partial.strip())
+        return lines[-_TAIL_LINES:]
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buffer or self.lost.is_set():
+                self._buffer, self._size = [], 0
+                return
+            text = "".join(self._buffer)
+            self._buffer, self._size = [], 0
+            for start in range(0, len(text), MAX_LOG_CHUNK // 4):
+                piece = text[start : start + MAX_LOG_CHUNK // 4]
+                try:
+                    answer = await self.client.append_log(self.build_id, self.token, piece)
+                except Conflict:
+                    self.lost.set()
+                    return
+                except ZeitworkError as exc:  # the operator is away: this chunk is lost
+                    log.warning("build.log_not_sent", error=exc.detail)
+                    return
+                if answer.cancel_requested:
+                    self.cancel.set()
+
+    async def run_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+
+@dataclass
+class Outcome:
+    state: str
+    image_id: uuid.UUID | None = None
+    error: str | None = None
+    failed_step: str | None = None
+    skipped: bool = False
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, *, settings: BuilderSettings, client: BuilderClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._root = settings.root
+
+    async def run(self, job: BuildJob, stop: asyncio.Event) -> Outcome:
+        """Run ``job``; ``stop`` set means the builder is stopping (hand the job back)."""
+        build = job.build
+        logs = LogShipper(
+            client=self._client,
+            build_id=build.id,
+            token=job.lease_token,
+            flush_seconds=self._settings.log_flush_seconds,
+            secrets=(job.git_token,) if job.git_token else (),
+        )
+        halt = asyncio.Event()  # set on stop, cancel or a lost lease: the tools are killed
+        watchers = [
+            asyncio.create_task(logs.run_flusher(), name="log-flusher"),
+            asyncio.create_task(self._renew(job, logs), name="lease-renewer"),
+            asyncio.create_task(_any_set(halt, stop, logs.cancel, logs.lost), name="halt"),
+        ]
+        work = self._root / "jobs" / str(build.id)
+        started = time.monotonic()
+        outcome: Outcome
+        try:
+            outcome = await self._build(job, work, logs, halt)
+        except StepFailed as exc:
+            tail = logs.tail()
+            cause = exc.detail
+            if tail:
+                cause += "\nlast lines:\n" + "\n".join(tail[-10:])
+            outcome = Outcome(state="failed", error=cause[:8000], failed_step=exc.step[:2000])
+            await logs.say(f"failed at {exc.step}: {exc.detail}")
+        except Stopped:
+            if logs.lost.is_set():
+                outcome = Outcome(state="lost")
+            elif logs.cancel.is_set():
+                outcome = Outcome(state="cancelled", error="cancelled")
+                await logs.say("cancelled")
+            else:
+                outcome = Outcome(state="given_up")
+        except Exception as exc:  # a builder bug must not leave the job running for ever
+            log.exception("build.crashed", build_id=str(build.id))
+            outcome = Outcome(
+                state="failed",
+                error=f"the builder failed unexpectedly: {type(exc).__name__}: {exc}"[:8000],
+                failed_step="builder",
+            )
+        finally:
+            for task in watchers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        outcome.durations["total"] = round(time.monotonic() - started, 3)
+        await logs.flush()
+        await self._report(job, outcome, logs)
+        return outcome
+
+    async def _report(self, job: BuildJob, outcome: Outcome, logs: LogShipper) -> None:
+        build_id, token = job.build.id, job.lease_token
+        if outcome.state == "lost" or logs.lost.is_set():
+            log.warning("build.lease_lost", build_id=str(build_id))
+            return
+        try:
+            if outcome.state == "given_up":
+                await self._client.give_up(build_id, token)
+                log.info("build.given_up", build_id=str(build_id))
+                return
+            await self._client.finish(
+                build_id,
+                BuildFinish(
+                    lease_token=token,
+                    state=outcome.state,  # type: ignore[arg-type]  # one of the three here
+                    image_id=outcome.image_id,
+                    error=outcome.error,
+                    failed_step=outcome.failed_step,
+                    durations=outcome.durations,
+                ),
+            )
+        except Conflict:
+            log.warning("build.lease_lost_at_finish", build_id=str(build_id))
+        log.info(
+            "build.finished",
+            build_id=str(build_id),
+            state=outcome.state,
+            seconds=outcome.durations.get("total"),
+        )
+
+    async def _renew(self, job: BuildJob, logs: LogShipper) -> None:
+        every = max(job.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                answer = await self._client.renew(job.build.id, job.lease_token)
+            except Conflict:
+                logs.lost.set()
+                return
+            except ZeitworkError as exc:  # try again; the lease outlives a short outage
+                log.warning("build.renew_failed", error=exc.detail)
+                continue
+            if answer.cancel_requested:
+                logs.cancel.set()
+
+    # -- the steps -------------------------------------------------------------------------
+
+    async def _build(
+        self, job: BuildJob, work: Path, logs: LogShipper, halt: asyncio.Event
+    ) -> Outcome:
+        build = job.build
+        settings = self._settings
+        deadline = time.monotonic() + settings.timeout
+        durations: dict[str, float] = {}
+        await asyncio.to_thread(_fresh_dir, work)
+        home = work / "home"
+        tmp = work / "tmp"
+        for path in (home, tmp):
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        if job.reuse_image_id is not None:
+            await logs.say(f"unchanged since an earlier build: reusing image {job.reuse_image_id}")
+            return Outcome(state="succeeded", image_id=job.reuse_image_id, skipped=True)
+
+        t = time.monotonic()
+        source = work / "src"
+        if build.source_kind == "dir":
+            await logs.say(f"fetching the uploaded context {str(build.context_sha256)[:12]}")
+            archive = work / "context.tar"
+            await self._client.download_context(build.id, job.lease_token, archive)
+            await asyncio.to_thread(_unpack, archive, source)
+            await asyncio.to_thread(archive.unlink)
+        else:
+            assert build.git_url is not None
+            env = git.git_env(os.environ, home, job.git_token)
+            commit = build.git_commit
+            if commit is None:
+                ref = build.git_ref or "main"
+                await logs.say(f"resolving {ref} in {build.git_url}")
+                commit = await git.resolve(
+                    settings.git, build.git_url, ref, env=env, token=bool(job.git_token)
+                )
+            await logs.say(f"commit {commit}")
+            resolved = await self._client.resolved(build.id, job.lease_token, commit)
+            if resolved.reuse_image_id is not None:
+                await logs.say(
+                    f"commit {commit[:12]} was built with these settings before: "
+                    f"reusing image {resolved.reuse_image_id}"
+                )
+                durations["fetch"] = round(time.monotonic() - t, 3)
+                return Outcome(
+                    state="succeeded",
+                    image_id=resolved.reuse_image_id,
+                    skipped=True,
+                    durations=durations,
+                )
+            await git.checkout(
+                settings.git,
+                build.git_url,
+                commit,
+                source,
+                ref=build.git_ref,
+                env=env,
+                token=bool(job.git_token),
+                sink=logs.write,
+                deadline=deadline,
+                stop=halt,
+            )
+        durations["fetch"] = round(time.monotonic() - t, 3)
+        context = source
+        if build.git_path:
+            context = (source / build.git_path).resolve()
+            if not context.is_relative_to(source.resolve()) or not context.is_dir():
+                raise StepFailed(
+                    f"the path {build.git_path!r} is not a directory of the source",
+                    step="fetch source",
+                )
+        dockerfile, build_args = await self._plan(job, context, work, logs)
+
+        t = time.monotonic()
+        tag = f"localhost/{job.project_slug}:build-{build.id}"
+        storage = self._storage(build.project_id)
+        tool_env = clean_env(os.environ, {"HOME": str(home), "TMPDIR": str(tmp)})
+        argv = [
+            *storage,
+            "bud",
+            "--isolation",
+            settings.isolation,
+            "--layers",
+            "--pull=false",  # a base image already in the project's storage is not re-pulled
+            "-f",
+            str(dockerfile),
+            "-t",
+            tag,
+        ]
+        for name, value in sorted(build_args.items()):
+            argv += ["--build-arg", f"{name}={value}"]
+        argv.append(str(context))
+        await logs.say("buildah bud --layers (storage " + settings.storage_driver + ")")
+        status = await run(
+            self._limited(argv),
+            step="build",
+            env=tool_env,
+            sink=logs.write,
+            deadline=deadline,
+            stop=halt,
+        )
+        if status != 0:
+            step = logs.last_step or "parse Dockerfile"
+            reason = _buildah_error(logs.tail()) or f"buildah bud exited with status {status}"
+            raise StepFailed(reason, step=step)
+        durations["build"] = round(time.monotonic() - t, 3)
+
+        t = time.monotonic()
+        exported = work / "image.tar"
+        await logs.say("exporting the image (oci-archive)")
+        status = await run(
+            [*storage, "push", "--quiet", tag, f"oci-archive:{exported}"],
+            step="export image",
+            env=tool_env,
+            sink=logs.write,
+            deadline=deadline,
+            stop=halt,
+        )
+        if status != 0:
+            raise StepFailed(f"buildah push exited with status {status}", step="export image")
+        durations["export"] = round(time.monotonic() - t, 3)
+
+        t = time.monotonic()
+        size = (await asyncio.to_thread(exported.stat)).st_size
+        await logs.say(f"uploading the image ({size / 1e6:.1f} MB) to the operator")
+        try:
+            image = await self._client.upload_image(build.id, job.lease_token, exported)
+        except Conflict:
+            raise
+        except ZeitworkError as exc:
+            raise StepFailed(
+                f"the operator refused the image: {exc.detail}", step="upload"
+            ) from exc
+        durations["upload"] = round(time.monotonic() - t, 3)
+        await logs.say(f"image {image.digest} ({image.id})")
+        # the image stays in the project's storage: ``buildah rmi`` would take the cached
+        # layers of its steps with it, and the next build could not reuse them
+        return Outcome(state="succeeded", image_id=image.id, durations=durations)
+
+    async def _plan(
+        self, job: BuildJob, context: Path, work: Path, logs: LogShipper
+    ) -> tuple[Path, dict[str, str]]:
+        """(the Dockerfile to build, the build args): the build's own, a Dockerfile in the
+        context, else a detected stack's generated one."""
+        settings = job.cache_key_settings
+        raw = settings.get("build_args")
+        args = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        named = job.build.dockerfile
+        if named:
+            path = await asyncio.to_thread(_inside, context, named)
+            if path is None:
+                raise StepFailed(f"there is no Dockerfile at {named!r}", step="plan")
+            return path, args
+        for name in DOCKERFILES:
+            if (context / name).is_file():
+                return context / name, args
+        try:
+            from zeitwork.builds.detect import detect
+        except ImportError:
+            raise StepFailed(
+                "no Dockerfile or Containerfile in the source (stack detection is not "
+                "available in this builder)",
+                step="plan",
+            ) from None
+        try:
+            plan: Any = await asyncio.to_thread(detect, context)
+        except ZeitworkError as exc:
+            raise StepFailed(exc.detail, step="detect stack") from exc
+        for reason in getattr(plan, "reasons", ()):
+            await logs.say(f"detect: {reason}")
+        if plan.dockerfile is None:
+            return context / plan.dockerfile_name, args
+        generated = work / "Dockerfile.zeitwork"
+        await asyncio.to_thread(generated.write_text, plan.dockerfile)
+        host_args = plan.build_args(os.environ)
+        return generated, {**host_args, **args}
+
+    def _storage(self, project_id: uuid.UUID) -> list[str]:
+        cache = self._root / "cache" / str(project_id)
+        return [
+            self._settings.buildah,
+            "--root",
+            str(cache / "root"),
+            "--runroot",
+            str(cache / "runroot"),
+            "--storage-driver",
+            self._settings.storage_driver,
+        ]
+
+    def _limited(self, argv: list[str]) -> list[str]:
+        """``argv`` in a transient systemd scope with the memory/CPU limits, when asked for
+        and systemd runs; else as it is (the timeout and the process group still apply)."""
+        settings = self._settings
+        if not (settings.memory_max or settings.cpu_quota):
+            return argv
+        if shutil.which("systemd-run") is None or not Path("/run/systemd/system").is_dir():
+            return argv
+        props: list[str] = []
+        if settings.memory_max:
+            props += ["-p", f"MemoryMax={settings.memory_max}"]
+        if settings.cpu_quota:
+            props += ["-p", f"CPUQuota={settings.cpu_quota}"]
+        return ["systemd-run", "--scope", "--quiet", "--collect", *props, "--", *argv]
+
+
+def builder_version() -> str:
+    return f"zeitwork-builder/{__version__}"
+
+
+async def _any_set(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in sources]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _inside(root: Path, name: str) -> Path | None:
+    path = (root / name).resolve()
+    return path if path.is_relative_to(root.resolve()) and path.is_file() else None
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    from zeitwork.builds.context import unpack
+
+    limit = 4 * archive.stat().st_size + 64 * 1024 * 1024
+    try:
+        unpack(archive, dest, limit=limit)
+    except ZeitworkError as exc:
+        raise StepFailed(exc.detail, step="fetch source") from exc
+
+
+def _buildah_error(tail: list[str]) -> str | None:
+    for line in reversed(tail):
+        if line.startswith("Error:"):
+            # buildah appends Go's dump of the parsed step: the message is enough
+            return re.sub(r"\s*&imagebuilder\.Step\{.*$", "", line.removeprefix("Error:")).strip()
+    return None

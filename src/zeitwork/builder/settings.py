@@ -1,0 +1,98 @@
+"""Builder configuration (environment variables, validated once at start-up)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from zeitwork.settings import ServiceSettings
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"[:200]
+
+
+class BuilderSettings(ServiceSettings):
+    port: int = Field(
+        default=9085,
+        ge=0,
+        le=65535,
+        validation_alias="PORT",
+        description="the builder's /health and /metrics listener",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias="HOST")
+    operator_url: str = Field(default="http://127.0.0.1:8080", validation_alias="OPERATOR_URL")
+    token: SecretStr | None = Field(
+        default=None,
+        validation_alias="ZEITWORK_BUILDER_TOKEN",
+        description="a builder-scoped token (zeitwork operator token create --scope builder)",
+    )
+    builder_id: str = Field(
+        default_factory=_default_id,
+        validation_alias="BUILDER_ID",
+        pattern=r"^[A-Za-z0-9._:@-]{1,200}$",
+        description="how this builder names itself in leases (default host-pid)",
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        validation_alias="BUILDER_WORK_DIR",
+        description="sources, layer caches and exports (default: ZEITWORK_DATA_DIR/builder)",
+    )
+    timeout: float = Field(
+        default=900.0,
+        gt=0,
+        le=24 * 3600,
+        validation_alias="BUILDER_TIMEOUT",
+        description="wall-clock seconds a build may take before it is killed and failed",
+    )
+    buildah: str = Field(default="buildah", validation_alias="BUILDER_BUILDAH")
+    git: str = Field(default="git", validation_alias="BUILDER_GIT")
+    storage_driver: str = Field(
+        default="vfs",
+        pattern=r"^(vfs|overlay)$",
+        validation_alias="BUILDER_STORAGE_DRIVER",
+        description="buildah's storage driver (vfs works everywhere; overlay is faster where "
+        "the kernel allows it)",
+    )
+    isolation: str = Field(
+        default="chroot",
+        pattern=r"^(chroot|oci|rootless)$",
+        validation_alias="BUILDER_ISOLATION",
+    )
+    memory_max: str = Field(
+        default="",
+        pattern=r"^([0-9]+[KMG]?)?$",
+        validation_alias="BUILDER_MEMORY_MAX",
+        description="a build's memory limit (e.g. 2G), through a transient systemd scope when "
+        "systemd-run is there; empty: no limit but the timeout",
+    )
+    cpu_quota: str = Field(
+        default="",
+        pattern=r"^([0-9]+%)?$",
+        validation_alias="BUILDER_CPU_QUOTA",
+        description="a build's CPU limit (e.g. 200% for two cores), like BUILDER_MEMORY_MAX",
+    )
+    poll_wait: float = Field(default=20.0, ge=0, le=30, validation_alias="BUILDER_POLL_WAIT")
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        validation_alias="BUILDER_DRAIN_TIMEOUT",
+        description="on SIGTERM: seconds a running build may still finish before it is "
+        "stopped and its job handed back",
+    )
+    log_flush_seconds: float = Field(default=0.5, gt=0, le=10, validation_alias="BUILDER_LOG_FLUSH")
+
+    @field_validator("operator_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("OPERATOR_URL must be http(s)://host[:port]")
+        return value.rstrip("/")
+
+    @property
+    def root(self) -> Path:
+        return self.work_dir or self.data_dir / "builder"
