@@ -372,6 +372,12 @@ async def test_fan_in_from_a_real_agent(
                 runs_before = {run for run, _ in seen.of("a")}
                 stop = await agent_api.put(f"/instances/{a}/state", json={"state": "stopped"})
                 assert stop.status_code == 200, stop.text
+                # stopped first: a "running" sent before the agent acted on "stopped" leaves
+                # the instance running, and no new run would ever come (the CI failure of
+                # stop 21 under load: 30 s waiting for a restart that was not asked for)
+                async with asyncio.timeout(60):
+                    while (await agent_api.get(f"/instances/{a}")).json()["state"] != "stopped":
+                        await asyncio.sleep(0.05)
                 start = await agent_api.put(f"/instances/{a}/state", json={"state": "running"})
                 assert start.status_code == 200, start.text
                 await _follow_until(
@@ -382,6 +388,7 @@ async def test_fan_in_from_a_real_agent(
                         and len(seen.of("a")) > 60
                     ),
                     what="the restarted run of a",
+                    timeout=60,  # a container start on a loaded machine, then its lines
                 )
             for name in ("a", "b", "c"):
                 assert_in_order_without_gaps(seen.of(name))
