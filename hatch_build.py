@@ -34,6 +34,13 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 COMPILED = (
     "zeitwork/proxy/server.py",
+    "zeitwork/proxy/config.py",
+    "zeitwork/proxy/engine.py",
+    "zeitwork/proxy/client.py",
+    "zeitwork/proxy/http1.py",
+    "zeitwork/proxy/exchange.py",
+    "zeitwork/proxy/tunnel.py",
+    "zeitwork/proxy/responses.py",
     "zeitwork/proxy/upstream.py",
     "zeitwork/proxy/headers.py",
     "zeitwork/proxy/backends.py",

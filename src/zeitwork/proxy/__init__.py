@@ -7,7 +7,7 @@ is connected), ``Upgrade`` (WebSocket) tunnelled, hop-by-hop headers removed, fo
 headers set, timeouts, one retry of idempotent requests on another backend, and the
 bad-input rules (400/413/414/417/431/501, 408 for slow heads, 502 for garbage from a backend).
 Output to clients and backends is queued and written once per event-loop iteration, after
-every callback of the iteration ran (``server.OutputFlusher``): a subclass that writes must use
+every callback of the iteration ran (``engine.OutputFlusher``): a subclass that writes must use
 ``ClientProtocol._write`` (never the transport directly), so order and close stay right.
 
 The extension seam (stable names; keep old names working if it ever changes)
@@ -54,12 +54,13 @@ ejection with back-off), ``headers``. ``checker.HealthChecker`` runs each backen
 
 from __future__ import annotations
 
-from zeitwork.proxy import server as _server
+from zeitwork.proxy import client as _client
 from zeitwork.proxy.backends import Backend, Pool, parse_address
 from zeitwork.proxy.balancing import ALGORITHMS, AlgorithmName, make_balancer
+from zeitwork.proxy.config import ProxyConfig
+from zeitwork.proxy.engine import Proxy, reuse_port_socket
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.health import ActiveHealth, EjectionPolicy, OutlierDetector
-from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
 from zeitwork.proxy.types import (
     ClientInfo,
     ConnectionLimiter,
@@ -76,7 +77,7 @@ from zeitwork.proxy.types import (
 
 def core_compiled() -> bool:
     """Whether the proxy core runs as mypyc-compiled extension modules (``hatch_build.py``)."""
-    return (_server.__file__ or "").endswith((".so", ".pyd"))
+    return (_client.__file__ or "").endswith((".so", ".pyd"))
 
 
 __all__ = [

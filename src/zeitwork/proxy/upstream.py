@@ -1,7 +1,7 @@
 """One keep-alive connection to a backend: writes requests, parses responses (httptools).
 
 The protocol only moves bytes and reports parse events to the client connection that owns
-the current exchange (``server.ClientProtocol``); it returns itself to its backend's idle
+the current exchange (``client.ClientProtocol``); it returns itself to its backend's idle
 list when a response ends cleanly.
 """
 
@@ -16,7 +16,9 @@ from zeitwork.proxy.headers import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
+    from zeitwork.proxy.client import ClientProtocol
+    from zeitwork.proxy.engine import OutputFlusher
+    from zeitwork.proxy.exchange import Exchange
 
 
 # Queued output at which a connection (client or backend side) writes at once instead of
