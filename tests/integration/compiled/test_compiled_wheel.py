@@ -38,6 +38,13 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPILED_MODULES = {
     "proxy": (
         "server",
+        "config",
+        "engine",
+        "client",
+        "http1",
+        "exchange",
+        "tunnel",
+        "responses",
         "upstream",
         "headers",
         "backends",
