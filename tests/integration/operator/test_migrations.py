@@ -250,6 +250,7 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
     },
     "build_logs": {"seq", "build_id", "data"},
     "webhook_deliveries": {"delivery_id", "project_id", "received_at", "event", "build_id"},
+    "registry_credentials": {"project_id", "registry", "username", "password_sealed"},  # 0016
 }
 
 # Every filter the API offers, and every natural key, has an index.
@@ -299,6 +300,7 @@ EXPECTED_INDEXES = {
     "build_logs_build_id_seq_idx",
     "webhook_deliveries_delivery_id_key",
     "webhook_deliveries_received_at_idx",
+    "registry_credentials_project_registry_key",  # 0016
 }
 
 STATE_CHECKS: dict[str, list[str]] = {

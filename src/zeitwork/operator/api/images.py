@@ -20,15 +20,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from zeitwork.core.errors import InvalidInput, PermissionDenied
 from zeitwork.core.states import ImageState
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
-from zeitwork.operator.db.images import Image
+from zeitwork.operator.db.images import Image, RegistryCredential
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
@@ -95,6 +95,39 @@ class PullGrantOut(BaseModel):
     reason: str | None = None
 
 
+ProjectPath = Annotated[
+    str, Path(min_length=1, max_length=200, description="the project's id or slug")
+]
+RegistryPath = Annotated[
+    str, Path(min_length=1, max_length=260, description="the registry host[:port]")
+]
+
+
+class RegistryCredentialIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=255)
+    password: SecretStr = Field(min_length=1, max_length=4096)
+
+
+class RegistryCredentialOut(BaseModel):
+    """A stored credential as shown: never its password."""
+
+    registry: str
+    username: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: RegistryCredential) -> RegistryCredentialOut:
+        return cls(
+            registry=row.registry,
+            username=row.username,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
 class ImageBuild(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -104,11 +137,13 @@ class ImageBuild(BaseModel):
 
 
 def router(deps: Deps) -> APIRouter:
-    api = APIRouter(prefix="/images", tags=["images"])
+    # one flat router (no prefix): the images, and the registry credentials a project's
+    # images are pulled with
+    api = APIRouter(tags=["images"])
     admin = require(deps, Scope.ADMIN)
     downloader = require(deps, Scope.NODE)
 
-    @api.get("", dependencies=[Depends(admin)])
+    @api.get("/images", dependencies=[Depends(admin)])
     async def list_images(
         request: Request,
         response: Response,
@@ -121,7 +156,7 @@ def router(deps: Deps) -> APIRouter:
         return [ImageOut.of(i) for i in result.items]
 
     @api.post(
-        "/import",
+        "/images/import",
         status_code=201,
         dependencies=[Depends(admin)],
         responses={200: {"model": ImageOut, "description": "this image was already imported"}},
@@ -151,7 +186,7 @@ def router(deps: Deps) -> APIRouter:
             response.status_code = 200
         return ImageOut.of(image)
 
-    @api.post("", status_code=201, dependencies=[Depends(admin)])
+    @api.post("/images", status_code=201, dependencies=[Depends(admin)])
     async def build_image(body: ImageBuild) -> ImageOut:
         # A client error, not a 501: the request is refused for what it asks, the server
         # is not broken, and a client (or a fuzzer) should not retry it.
@@ -162,11 +197,11 @@ def router(deps: Deps) -> APIRouter:
             extra={"github_repo": body.github_repo},
         )
 
-    @api.get("/{image_id}", dependencies=[Depends(admin)])
+    @api.get("/images/{image_id}", dependencies=[Depends(admin)])
     async def get_image(image_id: uuid.UUID) -> ImageOut:
         return ImageOut.of(await deps.images.get(image_id))
 
-    @api.delete("/{image_id}", status_code=204, dependencies=[Depends(admin)])
+    @api.delete("/images/{image_id}", status_code=204, dependencies=[Depends(admin)])
     async def delete_image(image_id: uuid.UUID) -> Response:
         await deps.image_service.delete(image_id)
         return Response(status_code=204)
@@ -181,7 +216,7 @@ def router(deps: Deps) -> APIRouter:
                 extra={"image_id": str(image_id)},
             )
 
-    @api.get("/{image_id}/pull")
+    @api.get("/images/{image_id}/pull")
     async def pull_grant(
         image_id: uuid.UUID,
         response: Response,
@@ -203,7 +238,7 @@ def router(deps: Deps) -> APIRouter:
         )
 
     @api.get(
-        "/{image_id}/archive",
+        "/images/{image_id}/archive",
         response_class=FileResponse,
         responses={200: {"content": {"application/x-tar": {}}}},
     )
@@ -219,5 +254,37 @@ def router(deps: Deps) -> APIRouter:
             media_type="application/x-tar",
             headers={"Digest": digest, "ETag": f'"{digest}"'},
         )
+
+    @api.get("/projects/{project}/registry-credentials", dependencies=[Depends(admin)])
+    async def list_registry_credentials(project: ProjectPath) -> list[RegistryCredentialOut]:
+        found = await deps.projects.project_by_ref(project)
+        rows = await deps.image_service.list_credentials(found.id)
+        return [RegistryCredentialOut.of(row) for row in rows]
+
+    @api.put(
+        "/projects/{project}/registry-credentials/{registry}",
+        dependencies=[Depends(admin)],
+        responses={201: {"model": RegistryCredentialOut, "description": "created"}},
+    )
+    async def set_registry_credentials(
+        project: ProjectPath, registry: RegistryPath, body: RegistryCredentialIn, response: Response
+    ) -> RegistryCredentialOut:
+        found = await deps.projects.project_by_ref(project)
+        saved, created = await deps.image_service.set_credentials(
+            found.id, registry, body.username, body.password.get_secret_value()
+        )
+        if created:
+            response.status_code = 201
+        return RegistryCredentialOut.of(saved)
+
+    @api.delete(
+        "/projects/{project}/registry-credentials/{registry}",
+        status_code=204,
+        dependencies=[Depends(admin)],
+    )
+    async def delete_registry_credentials(project: ProjectPath, registry: RegistryPath) -> Response:
+        found = await deps.projects.project_by_ref(project)
+        await deps.image_service.delete_credentials(found.id, registry)
+        return Response(status_code=204)
 
     return api

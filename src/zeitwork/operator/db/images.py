@@ -8,7 +8,7 @@ deletion takes too, so a deletion never removes a file a concurrent import relie
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -173,3 +173,88 @@ class ImageStore:
             )
             row = await cur.fetchone()
         return not (row and row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCredential:
+    """A project's credentials for one registry; ``password_sealed`` is Fernet ciphertext."""
+
+    project_id: uuid.UUID
+    registry: str
+    username: str
+    password_sealed: str = field(repr=False)
+    created_at: datetime
+    updated_at: datetime
+
+
+_CREDENTIAL_COLUMNS = "project_id, registry, username, password_sealed, created_at, updated_at"
+
+
+class RegistryCredentialStore:
+    """``registry_credentials`` rows (migration 0016): one per project and registry host."""
+
+    def __init__(self, *, db: Database) -> None:
+        self._db = db
+
+    async def put(
+        self,
+        project_id: uuid.UUID,
+        registry: str,
+        username: str,
+        password_sealed: str,
+        *,
+        conn: Conn | None = None,
+    ) -> tuple[RegistryCredential, bool]:
+        """Set (or replace) the credentials; (the row, created?)."""
+        async with self._db.transaction(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "INSERT INTO registry_credentials (project_id, registry, username, "
+                "password_sealed) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (project_id, registry) DO UPDATE SET username = EXCLUDED.username, "
+                "password_sealed = EXCLUDED.password_sealed "
+                f"RETURNING {_CREDENTIAL_COLUMNS}, (xmax = 0) AS created",
+                (project_id, registry, username, password_sealed),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        created = bool(row.pop("created"))
+        return RegistryCredential(**row), created
+
+    async def list_for(
+        self, project_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> list[RegistryCredential]:
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_CREDENTIAL_COLUMNS} FROM registry_credentials "
+                "WHERE project_id = %s ORDER BY registry",
+                (project_id,),
+            )
+            rows = await cur.fetchall()
+        return [RegistryCredential(**row) for row in rows]
+
+    async def find(
+        self, project_ref: str, registry: str, *, conn: Conn | None = None
+    ) -> RegistryCredential | None:
+        """The credentials of the live project ``project_ref`` (slug or id) for ``registry``."""
+        async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT rc.project_id, rc.registry, rc.username, rc.password_sealed, "
+                "rc.created_at, rc.updated_at FROM registry_credentials rc "
+                "JOIN projects p ON p.id = rc.project_id "
+                "WHERE p.deleted_at IS NULL AND (p.slug = %(ref)s OR p.id::text = %(ref)s) "
+                "AND rc.registry = %(registry)s",
+                {"ref": project_ref, "registry": registry},
+            )
+            row = await cur.fetchone()
+        return None if row is None else RegistryCredential(**row)
+
+    async def delete(
+        self, project_id: uuid.UUID, registry: str, *, conn: Conn | None = None
+    ) -> None:
+        async with self._db.transaction(conn) as c:
+            cur = await c.execute(
+                "DELETE FROM registry_credentials WHERE project_id = %s AND registry = %s",
+                (project_id, registry),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no credentials for registry {registry} in this project")

@@ -44,8 +44,14 @@ from zeitwork.images.manifests import (
     select_platform,
 )
 from zeitwork.images.platform_registry import PlatformRegistry, parse_registry_url
-from zeitwork.images.reference import ImageReference, parse_reference
-from zeitwork.operator.db.images import Image, ImageStore
+from zeitwork.images.reference import ImageReference, _check_registry, parse_reference
+from zeitwork.operator.db.images import (
+    Image,
+    ImageStore,
+    RegistryCredential,
+    RegistryCredentialStore,
+)
+from zeitwork.operator.secret_box import SecretBox
 
 if TYPE_CHECKING:
     from zeitwork.operator.settings import OperatorSettings
@@ -101,6 +107,15 @@ class PullGrant:
     reason: str | None = None
 
 
+def normalise_registry(text: str) -> str:
+    """``Reg.Example.com:5000`` → ``reg.example.com:5000``; ``InvalidInput`` if it is not
+    a registry host (a reference's first component)."""
+    value = text.strip()
+    if not value or "/" in value or any(c.isspace() for c in value):
+        raise InvalidInput(f"registry {value[:100]!r}: write the host[:port] alone")
+    return _check_registry(value, f"registry {value[:100]}")
+
+
 def location_of(image: Image) -> str | None:
     value = image.config.get(LOCATION)
     return value if isinstance(value, str) and value else None
@@ -122,6 +137,8 @@ class ImageService:
         registry: RegistryClient | None = None,
         platform: Platform = LINUX_AMD64,
         publish: PlatformSettings | None = None,
+        credentials: RegistryCredentialStore | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._images = images
         self._archives = archives
@@ -130,6 +147,8 @@ class ImageService:
         self._platform = platform
         self._publish_to = publish if registry is not None else None
         self._publishing: dict[str, asyncio.Lock] = {}
+        self._credentials = credentials if secret_box is not None else None
+        self._box = secret_box
         if self._publish_to is not None and self._publish_to.registry.plain_http:
             assert registry is not None
             registry.allow_plain_http(self._publish_to.registry.host)
@@ -139,16 +158,23 @@ class ImageService:
         return None if self._publish_to is None else self._publish_to.registry
 
     async def resolve_reference(
-        self, text: str, credentials: RegistryCredentials | None = None
+        self,
+        text: str,
+        project: str | None = None,
+        *,
+        credentials: RegistryCredentials | None = None,
     ) -> Image:
         """The ready image row for a registry reference (``registry/repo:tag`` or
         ``...@sha256:...``); its digest is the platform manifest's. Pulled into the archive
-        store unless that digest is there already. ``InvalidInput`` for a bad reference or
-        image, ``NotFound``/``AuthenticationRequired``/``ServiceUnavailable`` from the
-        registry, ``PayloadTooLarge`` past the image size limit."""
+        store unless that digest is there already. ``project`` (slug or id): its stored
+        credentials for the reference's registry are used. ``InvalidInput`` for a bad
+        reference or image, ``NotFound``/``AuthenticationRequired``/``ServiceUnavailable``
+        from the registry, ``PayloadTooLarge`` past the image size limit."""
         ref = parse_reference(text)
         if self._registry is None:
             raise InvalidInput("this operator has no registry client; import the image instead")
+        if credentials is None and project is not None:
+            credentials = await self.project_credentials(project, ref.registry)
         manifest, data, media_type = await self._platform_manifest(ref, credentials)
         pinned = ref.pinned(manifest.digest)
         if not self._archives.contains(manifest.digest):
@@ -283,6 +309,44 @@ class ImageService:
             created=created,
         )
         return await self._try_publish(image), created
+
+    # -- per-project registry credentials ------------------------------------------------------
+
+    def _credential_store(self) -> tuple[RegistryCredentialStore, SecretBox]:
+        if self._credentials is None or self._box is None:
+            raise InvalidInput("this operator keeps no registry credentials (no secrets key)")
+        return self._credentials, self._box
+
+    async def project_credentials(self, project: str, registry: str) -> RegistryCredentials | None:
+        """The credentials project ``project`` stored for ``registry`` (opened), or None."""
+        if self._credentials is None or self._box is None:
+            return None
+        found = await self._credentials.find(project, registry)
+        if found is None:
+            return None
+        return RegistryCredentials(found.username, self._box.open(found.password_sealed))
+
+    async def set_credentials(
+        self, project_id: uuid.UUID, registry: str, username: str, password: str
+    ) -> tuple[RegistryCredential, bool]:
+        """Store (sealed) the user name and password for ``registry`` (``host[:port]``)."""
+        store, box = self._credential_store()
+        host = normalise_registry(registry)
+        saved, created = await store.put(project_id, host, username, box.seal(password))
+        log.info(
+            "registry_credentials.set", project_id=str(project_id), registry=host, created=created
+        )
+        return saved, created
+
+    async def list_credentials(self, project_id: uuid.UUID) -> list[RegistryCredential]:
+        store, _box = self._credential_store()
+        return await store.list_for(project_id)
+
+    async def delete_credentials(self, project_id: uuid.UUID, registry: str) -> None:
+        store, _box = self._credential_store()
+        host = normalise_registry(registry)
+        await store.delete(project_id, host)
+        log.info("registry_credentials.deleted", project_id=str(project_id), registry=host)
 
     # -- the platform registry ---------------------------------------------------------------
 
