@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "zeitwork.cli.builder_cmd",
     "zeitwork.cli.dev_cmd",
     "zeitwork.cli.releases_cmd",
+    "zeitwork.cli.registry_cmd",
     "zeitwork.cli.builds_cmd",
     "zeitwork.cli.apps_cmd",
     "zeitwork.cli.logs_cmd",

@@ -21,7 +21,7 @@ from zeitwork.operator.db.builds import BuildStore
 from zeitwork.operator.db.certificates import CertificateStore
 from zeitwork.operator.db.database import Database
 from zeitwork.operator.db.events import EventStore
-from zeitwork.operator.db.images import ImageStore
+from zeitwork.operator.db.images import ImageStore, RegistryCredentialStore
 from zeitwork.operator.db.instances import InstanceStore
 from zeitwork.operator.db.listener import ChangeListener
 from zeitwork.operator.db.nodes import NodeStore
@@ -133,6 +133,8 @@ def build_deps(
             insecure=settings.insecure_registries.split(","),
         ),
         publish=PlatformSettings.of(settings),
+        credentials=RegistryCredentialStore(db=db),
+        secret_box=box,
     )
     release_service = ReleaseService(
         db=db,

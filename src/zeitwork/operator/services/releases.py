@@ -106,7 +106,7 @@ class ReleaseService:
         images: ImageStore,
         instances: InstanceStore,
         box: SecretBox,
-        resolve_image: Callable[[str], Awaitable[Image]] | None = None,
+        resolve_image: Callable[[str, str], Awaitable[Image]] | None = None,
     ) -> None:
         self._resolve_image = resolve_image  # registry references (ImageService)
         self._db = db
@@ -128,7 +128,8 @@ class ReleaseService:
     async def deploy(self, project_ref: str, body: ReleaseCreate) -> Deployed:
         if "/" in body.image and self._resolve_image is not None:
             # a registry reference: its tag resolved to a digest now, once (the release pins it)
-            image = await self._resolve_image(body.image.strip())
+            # (the project's stored credentials for that registry are used)
+            image = await self._resolve_image(body.image.strip(), project_ref)
         else:
             image = await self._images.get(self._image_id(body.image))  # NotFound: 404 first
         if image.status is not ImageState.READY or image.digest is None:
