@@ -20,6 +20,7 @@ class _CreatableScope(StrEnum):
     ADMIN = "admin"
     JOIN = "join"
     PROXY = "proxy"
+    BUILDER = "builder"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
 
     @token_app.command("create")
     def create(
-        scope: Annotated[_CreatableScope, typer.Option("--scope", help="admin, join or proxy")],
+        scope: Annotated[_CreatableScope, typer.Option("--scope", help="admin, join, proxy or builder")],
         name: Annotated[str, typer.Option("--name", help="a label for the token")] = "",
     ) -> None:
         """Create a token in the database and print it (it is shown only once)."""

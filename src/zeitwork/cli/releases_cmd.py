@@ -2,7 +2,9 @@
 
 ``deploy`` creates the app if it is missing, makes a release and follows its rollout until
 the release is current (exit 0) or failed (exit 1, printing the cause); ``--detach``
-returns once the release exists. Today's ``deploy --image ID --port P --domain D`` (the
+returns once the release exists. Without ``--image`` it builds the app from source first
+(the directory, or ``--git URL [--ref REF] [--path SUBDIR]``; ``builds_cmd.deploy_source``)
+and follows the release the build made. Today's ``deploy --image ID --port P --domain D`` (the
 ``default`` app) keeps working: ``--project`` is another name of ``--app``.
 """
 
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
 
+from zeitwork.cli.builds_cmd import deploy_source, echo_plan
 from zeitwork.cli.console import INTERRUPTED, echo_json, fail, parsed, run_with_client, table
 from zeitwork.cli.release_view import (
     RELEASE_COLUMNS,
@@ -25,7 +30,7 @@ from zeitwork.cli.release_view import (
 )
 from zeitwork.cli.rollout_follow import follow_rollout
 from zeitwork.clients.admin import AdminClient, DomainInfo
-from zeitwork.core.errors import NotFound
+from zeitwork.core.errors import NotFound, ZeitworkError
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.releases import ReleaseCreate, ReleaseOut, RolloutStrategy
@@ -104,8 +109,35 @@ def register(app: typer.Typer) -> None:
     def deploy(
         *,
         image: Annotated[
-            str, typer.Option("--image", help="image id (zeitwork images ls) or reference")
-        ],
+            str | None,
+            typer.Option(
+                "--image",
+                help="image id (zeitwork images ls) or reference; without it the app is "
+                "built from --dir (default: here) or --git",
+            ),
+        ] = None,
+        git_url: Annotated[
+            str | None, typer.Option("--git", help="build from this git repository")
+        ] = None,
+        ref: Annotated[
+            str | None, typer.Option("--ref", help="with --git: branch or tag (default main)")
+        ] = None,
+        subdir: Annotated[
+            str | None, typer.Option("--path", help="with --git: the subdirectory to build")
+        ] = None,
+        directory: Annotated[
+            Path,
+            typer.Option("--dir", help="build from this directory (without --image/--git)"),
+        ] = Path("."),
+        dockerfile: Annotated[
+            str | None, typer.Option("--dockerfile", help="Dockerfile path in the source")
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run", help="print the detected stack and build plan; build nothing"
+            ),
+        ] = False,
         app_name: Annotated[
             str,
             typer.Option("--app", "--project", help="the app (created if missing)"),
@@ -153,8 +185,36 @@ def register(app: typer.Typer) -> None:
         detach: DetachOption = False,
         as_json: JsonOption = False,
     ) -> None:
-        """Deploy IMAGE as a new release of APP and follow its rollout until it serves."""
+        """Deploy IMAGE as a new release of APP and follow its rollout until it serves;
+        without --image, build the app from source first (this directory, or --git)."""
         started = time.monotonic()
+        if image is None:
+            release_options = (replicas, env, strategy, vcpu, memory, backend_protocol, health_path)
+            if any(o is not None for o in release_options) or health_tcp or no_health:
+                raise fail(
+                    "--replicas, --env, --strategy, --vcpu, --memory, --backend-protocol and "
+                    "the health options go with --image; a build's release keeps the current "
+                    "settings (change them with zeitwork env / scale)",
+                    2,
+                )
+            _deploy_from_source(
+                slug=app_name.strip().lower(),
+                environment=environment,
+                directory=directory,
+                git_url=git_url,
+                ref=ref,
+                subdir=subdir,
+                dockerfile=dockerfile,
+                port=port,
+                domain=domain,
+                dry_run=dry_run,
+                detach=detach,
+                as_json=as_json,
+                started=started,
+            )
+            return
+        if git_url is not None or dry_run or dockerfile is not None:
+            raise fail("--git, --dockerfile and --dry-run build from source: drop --image", 2)
         variables = parsed(parse_assignments, env or [])
         check = health_check_of(health_path, health_tcp, no_health)
         resources = None
@@ -235,6 +295,68 @@ def register(app: typer.Typer) -> None:
             lambda c: c.rollback(app_name, version=number, environment=environment)
         )
         release_or_exit(created, app_name, detach=detach, as_json=as_json, started=started)
+
+
+def _deploy_from_source(
+    *,
+    slug: str,
+    environment: str,
+    directory: Path,
+    git_url: str | None,
+    ref: str | None,
+    subdir: str | None,
+    dockerfile: str | None,
+    port: int | None,
+    domain: str | None,
+    dry_run: bool,
+    detach: bool,
+    as_json: bool,
+    started: float,
+) -> None:
+    out = _quiet if as_json else say
+    if git_url is None and not directory.is_dir():
+        raise fail(f"{directory} is not a directory", 2)
+    if dry_run:
+        if git_url is not None:
+            raise fail("--dry-run reads a directory: run it in a checkout of the repository", 2)
+        try:
+            say(echo_plan(directory))
+        except ZeitworkError as exc:
+            raise fail(exc.detail) from None
+        return
+    if (ref is not None or subdir is not None) and git_url is None:
+        raise fail("--ref and --path go with --git", 2)
+    _build, release, owner = deploy_source(
+        slug=slug,
+        environment=environment,
+        directory=directory,
+        git_url=git_url,
+        ref=ref,
+        path=subdir,
+        dockerfile=dockerfile,
+        port=port,
+        say=out,
+        logs=_write_err if as_json else _write_through,
+    )
+    assert release is not None  # deploy_source exits otherwise
+    if domain:
+        bound = run_with_client(
+            lambda c: c.bind_domain_to_environment(
+                domain, project_id=uuid.UUID(owner), environment=environment
+            )
+        )
+        out(f"domain {bound.name} -> {slug} ({environment})")
+    release_or_exit(release, slug, detach=detach, as_json=as_json, started=started)
+
+
+def _write_err(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _write_through(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 async def _current_strategy(client: AdminClient, project: str, environment: str) -> RolloutStrategy:

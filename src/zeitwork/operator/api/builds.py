@@ -201,7 +201,8 @@ def router(deps: Deps) -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
                 },
             }
         },
@@ -327,7 +328,8 @@ def router(deps: Deps) -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
                 },
             }
         },

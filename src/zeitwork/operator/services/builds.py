@@ -30,6 +30,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -566,8 +567,9 @@ class BuildService:
     async def follow_logs(
         self, build_id: uuid.UUID, *, after: int, keepalive: float
     ) -> AsyncIterator[list[LogChunk]]:
-        """Batches of chunks after ``after`` until the build is finished and read to the
-        end; an empty batch after ``keepalive`` seconds of silence."""
+        """Batches of chunks after ``after`` until the build is finished (a success: with
+        its release) and read to the end; an empty batch after ``keepalive`` seconds of
+        silence."""
         cursor = after
         known: int | None = None
         loop = asyncio.get_running_loop()
@@ -581,12 +583,27 @@ class BuildService:
                 yield chunks
                 continue
             build = await self._store.get(build_id)
-            if build.state in FINISHED_STATES:
+            if build.state in FINISHED_STATES and _settled(build):
                 return
             if loop.time() - quiet_since >= keepalive:
                 quiet_since = loop.time()
                 yield []
             await self._watcher.wait_change(BUILDS, known, min(keepalive, 5.0))
+
+
+RELEASE_GRACE_SECONDS = 30.0
+
+
+def _settled(build: Build) -> bool:
+    """A finished build whose story is told: a success has its release (or the release's
+    refusal in ``error``) a moment after it finished; past a grace period it is final
+    anyway (pure but for the clock)."""
+    if build.state is not BuildState.SUCCEEDED or build.release_id or build.error:
+        return True
+    finished = build.finished_at
+    if finished is None:
+        return True
+    return (datetime.now(UTC) - finished).total_seconds() > RELEASE_GRACE_SECONDS
 
 
 def _source_text(build: Build) -> str:
