@@ -95,7 +95,9 @@ def register(app: typer.Typer) -> None:
 
     @token_app.command("create")
     def create(
-        scope: Annotated[_CreatableScope, typer.Option("--scope", help="admin, join, proxy or builder")],
+        scope: Annotated[
+            _CreatableScope, typer.Option("--scope", help="admin, join, proxy or builder")
+        ],
         name: Annotated[str, typer.Option("--name", help="a label for the token")] = "",
     ) -> None:
         """Create a token in the database and print it (it is shown only once)."""
