@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -86,7 +87,9 @@ def preflight(*, euid: int, runtime: str, registry: bool = False) -> str | None:
 
 def _write_registry_config(config: DevConfig) -> None:
     config.registry_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    config.registry_config_file.write_text(registry_config(config))
+    fd = os.open(config.registry_config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(registry_config(config, secret=secrets.token_hex(16)))
 
 
 def ports_in_use(listeners: list[tuple[str, str, int]]) -> list[str]:

@@ -152,9 +152,11 @@ def base_environment(parent: Mapping[str, str], config: DevConfig) -> dict[str, 
     return env
 
 
-def registry_config(config: DevConfig) -> str:
+def registry_config(config: DevConfig, *, secret: str = "") -> str:
     """docker-registry's config.yml: filesystem storage under the data dir, loopback only,
-    no authentication (development: only this machine reaches it), deletes allowed."""
+    no authentication (development: only this machine reaches it), deletes allowed; a
+    drain timeout, without which it dies of SIGTERM instead of exiting 0; ``secret`` signs
+    its upload state (it warns when it has to make one up)."""
     lines = [
         "version: 0.1",
         "log:",
@@ -168,7 +170,10 @@ def registry_config(config: DevConfig) -> str:
         "    enabled: true",
         "http:",
         f"  addr: {config.registry_host}",
+        "  draintimeout: 5s",
     ]
+    if secret:
+        lines.append(f"  secret: {secret}")
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +293,8 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         f"  curl -H 'Host: myapp.localhost' {config.url(p.edge_http)}/",
         "  zeitwork instances ls; zeitwork nodes ls",
         "",
-        "Ctrl-C stops everything (edge, load balancer, agent with its instances, operator).",
+        "Ctrl-C stops everything (edge, load balancer, agent with its instances, operator,",
+        "registry).",
         "",
     ]
     return "\n".join(lines)

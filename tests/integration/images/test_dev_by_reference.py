@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -74,3 +75,7 @@ async def _deploy_and_check(p: Platform, registry: str, image: BuiltImage) -> No
     # the node's blob store holds the image's config and layer: pulled from the registry
     blobs = [b for b in p.data_dir.rglob("blobs/sha256/*") if "registry" not in b.parts]
     assert len(blobs) == 2, blobs
+    p.process.send_signal(signal.SIGINT)  # Ctrl-C: the registry stops last, cleanly
+    assert await asyncio.wait_for(p.process.wait(), 90) == 0, p.output()[-3000:]
+    output = p.output()
+    assert output.index("dev: stopping operator") < output.index("dev: stopping registry")

@@ -56,6 +56,8 @@ def test_the_registry_listens_on_loopback_even_when_dev_listens_everywhere() -> 
     assert ("--registry-port", "127.0.0.1", 1084) in listeners
     assert "addr: 127.0.0.1:8084" in registry_config(DevConfig(data_dir=Path("/d"), host="::"))
     assert DevPorts(registry=8080).clashes() == [8080]
+    assert "draintimeout: 5s" in registry_config(CONFIG)  # SIGTERM is a clean exit
+    assert "secret: abc" in registry_config(CONFIG, secret="abc")
 
 
 def test_summary_says_how_to_push_and_deploy_by_reference() -> None:
@@ -80,7 +82,7 @@ def test_preflight_names_a_missing_registry_binary(monkeypatch: pytest.MonkeyPat
 def test_the_generated_config_runs_the_real_registry(tmp_path: Path) -> None:
     config = DevConfig(data_dir=tmp_path, ports=DevPorts(registry=free_port()))
     config.registry_dir.mkdir()
-    config.registry_config_file.write_text(registry_config(config))
+    config.registry_config_file.write_text(registry_config(config, secret="s"))
     spec = registry_spec(config, {"PATH": "/usr/bin:/bin"})
     process = subprocess.Popen(
         spec.argv, env=dict(spec.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -98,4 +100,4 @@ def test_the_generated_config_runs_the_real_registry(tmp_path: Path) -> None:
                 time.sleep(0.05)  # polling a probe with a deadline
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        assert process.wait(timeout=10) == 0  # drains and exits cleanly on SIGTERM
