@@ -33,6 +33,7 @@ import typer
 from zeitwork.cli.demo import DemoFailed, demo_commands, run_demo
 from zeitwork.cli.dev_plan import (
     AGENT,
+    BUILDER,
     REGISTRY,
     REGISTRY_BINARY,
     RELOAD_ON_HUP,
@@ -41,6 +42,7 @@ from zeitwork.cli.dev_plan import (
     DevPorts,
     agent_spec,
     base_environment,
+    builder_spec,
     edge_spec,
     lb_spec,
     operator_spec,
@@ -174,6 +176,13 @@ async def _bring_up(
         await sup.wait_ready(lb, within=within)
         edge = await sup.start(edge_spec(config, base, proxy_token=proxy.token))
         await sup.wait_ready(edge, within=within)
+        if shutil.which("buildah") is not None:  # builds from source (zeitwork deploy in a dir)
+            build = await client.create_token("builder", name="zeitwork dev: builder")
+            revoke.append(build.id)
+            builder = await sup.start(builder_spec(config, base, builder_token=build.token))
+            await sup.wait_ready(builder, within=within)
+        else:
+            _say("dev: buildah is not installed: no builder (deploy images with --image)")
         _say(summary(config, admin_token_source=token_source))
         if demo:
             try:
@@ -292,7 +301,7 @@ async def run_dev(
         _say(f"\ndev: FAILED: {exc.detail}; stopping the platform")
         status = 1
     finally:
-        codes = await sup.stop_all(STOP_ORDER[:-1])
+        codes = await sup.stop_all((BUILDER, *STOP_ORDER[:-1]))
         if credentials and revoke:
             await _revoke(config, credentials[0], revoke)
         codes.update(await sup.stop_all(STOP_ORDER[-1:]))

@@ -12,6 +12,9 @@ from pathlib import Path
 OPERATOR, AGENT, LB, EDGE = "operator", "node-agent", "load-balancer", "edge-proxy"
 REGISTRY = "registry"
 REGISTRY_BINARY = "docker-registry"
+# the builder (builds from source) is not in these orders either: it starts after the edge
+# when buildah is installed, and stops first
+BUILDER = "builder"
 # the platform's image store (an OCI registry) is not in these orders: it starts before the
 # operator and stops after it, and only when ZEITWORK_REGISTRY_URL does not name another one
 START_ORDER = (OPERATOR, AGENT, LB, EDGE)
@@ -42,6 +45,7 @@ class DevPorts:
     lb_admin: int = 9082
     edge_admin: int = 9083
     registry: int = 8084
+    builder: int = 9085  # its /health and /metrics, on 127.0.0.1
 
     def listeners(self, host: str, *, registry: bool = True) -> list[tuple[str, str, int]]:
         """(option, address, port) of every listener; admin listeners (and the registry,
@@ -266,6 +270,24 @@ def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -
     )
 
 
+def builder_spec(config: DevConfig, base: Mapping[str, str], *, builder_token: str) -> ChildSpec:
+    env = {
+        **base,
+        "PORT": str(config.ports.builder),
+        "HOST": "127.0.0.1",
+        "OPERATOR_URL": config.operator_url,
+        "ZEITWORK_BUILDER_TOKEN": builder_token,
+    }
+    env.setdefault("BUILDER_WORK_DIR", str(config.data_dir / "builder"))
+    return ChildSpec(
+        name=BUILDER,
+        argv=(config.python, "-m", "zeitwork", "builder"),
+        env=env,
+        ready_url=f"http://127.0.0.1:{config.ports.builder}/health",
+        stop_timeout=45.0,
+    )
+
+
 def summary(config: DevConfig, *, admin_token_source: str) -> str:
     """What the user sees once everything is up."""
     p = config.ports
@@ -279,6 +301,7 @@ def summary(config: DevConfig, *, admin_token_source: str) -> str:
         f"  edge proxy      {config.url(p.edge_http)}   https://<host>:{p.edge_https}"
         f"   (admin http://127.0.0.1:{p.edge_admin})",
         f"  image registry  {registry_line(config)}",
+        f"  builder         http://127.0.0.1:{p.builder}/health   (buildah; zeitwork builds)",
         f"  data            {config.data_dir}",
         f"  admin token     {admin_token_source}",
         f"  internal CA     {config.ca_file}   (curl --cacert ...)",
