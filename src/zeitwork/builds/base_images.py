@@ -11,6 +11,9 @@ A user supplies their own bases with a mapping from stack to image reference
 ``ZEITWORK_BUILD_BASE_IMAGES`` setting); an overridden stack is never built here, its
 reference goes to the build as ``--build-arg BASE_IMAGE=...`` (``BUILDER_IMAGE`` for Go).
 
+A base made once can be copied into another storage (``copy_to``, e.g. each project's
+layer-cache storage) or pushed to the platform registry (``publish``).
+
 These functions block (subprocesses of tens of seconds): call them from a thread.
 """
 
@@ -252,6 +255,38 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def copy_to(name: str, source: Storage, dest: Storage) -> str:
+    """Put the base ``name`` (made in ``source`` by ``ensure``) into another buildah storage,
+    e.g. a project's, unless it is there; returns its reference. Made once, copied cheaply:
+    a project's builds then start from it without a registry."""
+    ref = default_reference(name)
+    dest.root.mkdir(parents=True, exist_ok=True)
+    with _locked(dest.root.with_name(f"{dest.root.name}.base-{name}.lock")):
+        if not exists(name, dest):
+            target = f"containers-storage:[vfs@{dest.root}+{dest.runroot}]{ref}"
+            _run("buildah push", source.argv("push", "--quiet", ref, target))
+    return ref
+
+
+def publish(
+    name: str,
+    storage: Storage,
+    destination: str,
+    *,
+    tls_verify: bool = True,
+    authfile: Path | None = None,
+) -> str:
+    """Push the base ``name`` to a registry as ``destination`` (``HOST/zeitwork/python:
+    bookworm``), so builders elsewhere start from it; credentials come from ``authfile``
+    (never on the command line). Returns ``destination``."""
+    argv = ["push", "--quiet", f"--tls-verify={'true' if tls_verify else 'false'}"]
+    if authfile is not None:
+        argv += ["--authfile", str(authfile)]
+    argv += [default_reference(name), f"docker://{destination}"]
+    _run("buildah push", storage.argv(*argv))
+    return destination
 
 
 def build(name: str, storage: Storage, *, sources: Sequence[AptSource] | None = None) -> float:

@@ -19,6 +19,7 @@ from tests.integration.builds_support.buildah import (
     running,
     wait_for_http,
 )
+from tests.registry import registry_available, start_registry
 from zeitwork.builds import base_images
 from zeitwork.builds.base_images import Storage
 from zeitwork.builds.detect import detect
@@ -124,3 +125,28 @@ def test_ensure_is_idempotent_and_builds_once_under_concurrency(
     assert Buildah(Storage.at(root))("images", "--quiet", "localhost/zeitwork/static:bookworm") == (
         image_id
     )
+
+
+def test_a_base_is_copied_into_a_project_storage_and_published(
+    base_storage: Storage, tmp_path: Path
+) -> None:
+    project = Storage.at(tmp_path / "project" / "storage")
+    assert not base_images.exists("static", project)
+    assert base_images.copy_to("static", base_storage, project) == (
+        "localhost/zeitwork/static:bookworm"
+    )
+    assert base_images.exists("static", project)
+    base_images.copy_to("static", base_storage, project)  # there already: nothing to do
+    plan = detect(SAMPLES / "static_site")
+    assert plan.dockerfile is not None
+    dockerfile = tmp_path / "Dockerfile.zeitwork"
+    dockerfile.write_text(plan.dockerfile)
+    Buildah(project).bud(SAMPLES / "static_site", "localhost/test/site:2", dockerfile=dockerfile)
+    if not registry_available():
+        pytest.skip("docker-registry or skopeo is not installed")
+    with start_registry(tmp_path / "registry") as registry:
+        ref = f"{registry.host}/zeitwork/static:bookworm"
+        assert base_images.publish("static", base_storage, ref, tls_verify=False) == ref
+        elsewhere = Buildah(Storage.at(tmp_path / "elsewhere" / "storage"))
+        elsewhere("pull", "--quiet", "--tls-verify=false", f"docker://{ref}")
+        assert elsewhere("images", "--quiet", ref)
