@@ -335,16 +335,14 @@ def unpack(archive: Path, dest: Path, *, limit: int) -> None:
     ``dest`` must not exist (or be an empty directory). Raises ``ContextError`` naming the
     first refused member, ``ContextTooLarge`` past ``limit`` bytes of file contents.
     """
-    if dest.exists():
-        if not dest.is_dir() or any(dest.iterdir()):
-            raise ContextError(f"{dest} already exists and is not an empty directory")
-        dest.rmdir()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ContextError(f"{dest} already exists and is not an empty directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpacking-", dir=dest.parent))
     try:
         _extract(archive, scratch, limit=limit)
         os.chmod(scratch, 0o755)  # noqa: S103 - a build context is readable, as a checkout is
-        scratch.rename(dest)
+        scratch.rename(dest)  # rename(2) replaces an empty directory; a refusal leaves it
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

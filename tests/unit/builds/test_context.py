@@ -260,6 +260,10 @@ def test_unpack_refuses_garbage(tmp_path: Path) -> None:
     with pytest.raises(ContextError, match="not a readable tar"):
         unpack(archive, tmp_path / "ctx", limit=LIMIT)
     assert not (tmp_path / "ctx").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ContextError, match="not a readable tar"):
+        unpack(archive, tmp_path / "empty", limit=LIMIT)
+    assert list((tmp_path / "empty").iterdir()) == []  # left as it was
 
 
 def test_unpack_refuses_a_non_empty_destination(tmp_path: Path) -> None:
@@ -279,6 +283,7 @@ def test_unpack_accepts_inner_hard_links_and_normalises_modes(tmp_path: Path) ->
         [(setuid, b"#!/bin/sh\n"), _file("d/a", b"data"), _link("d/b", "d/a", tarfile.LNKTYPE)],
     )
     dest = tmp_path / "ctx"
+    dest.mkdir()  # an empty destination is replaced
     unpack(archive, dest, limit=LIMIT)
     assert (dest / "d/b").read_bytes() == b"data"
     assert (dest / "tool").stat().st_mode & 0o7777 == 0o755
