@@ -68,6 +68,7 @@ class NodeImages:
         self.pull_from_registry = pull_from_registry
         self._blobs = blobs
         self._registry: RegistryClient | None = None
+        self._pulled: dict[str, list[str]] = {}  # image digest → the blobs its pull used
 
     @property
     def blobs(self) -> BlobStore:
@@ -87,7 +88,17 @@ class NodeImages:
                 return
             await self.pull(grant, dest)
 
-        return await self.cache.ensure(image.digest, fetch)
+        try:
+            unpacked = await self.cache.ensure(image.digest, fetch)
+        except InvalidInput:
+            # the cache refused what the blob store gave it (a blob corrupted on this disk,
+            # a layer that is not a valid tar): drop those blobs, the next try fetches them
+            used = self._pulled.pop(image.digest, [])
+            if used:
+                await asyncio.to_thread(self.blobs.discard, used)
+            raise
+        self._pulled.pop(image.digest, None)
+        return unpacked
 
     async def _grant(self, image: ImageRef) -> PullGrant | None:
         assert self.operator is not None
@@ -159,6 +170,7 @@ class NodeImages:
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
             raise first from None
+        self._pulled[grant.digest] = [d.digest for d in wanted]
         links = dest.parent / "registry-blobs"
         await asyncio.to_thread(_link_all, [t.result() for t in tasks], links)
         try:

@@ -108,6 +108,20 @@ class BlobStore:
         )
         return target
 
+    def discard(self, digests: Iterable[str]) -> list[str]:
+        """Blocking: remove these blobs (not those being fetched): after the image they
+        make up failed its verification, so that the next pull fetches them again."""
+        removed = []
+        for digest in digests:
+            if digest in self._pending:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self.path(digest).unlink()
+                removed.append(digest)
+        if removed:
+            log.warning("blob_store.discarded", blobs=removed)
+        return removed
+
     def used_bytes(self) -> int:
         total = 0
         for entry in self._blobs.iterdir():

@@ -180,6 +180,28 @@ async def test_a_corrupted_blob_fails_the_pull_and_is_not_kept(
     assert images.cache.get(busybox_image.digest) is None
 
 
+async def test_a_blob_corrupted_on_the_node_is_discarded_and_fetched_again(
+    registry: Registry, node: tuple[NodeImages, Operator], busybox_image: BuiltImage
+) -> None:
+    images, operator = node
+    await asyncio.to_thread(registry.push, busybox_image.path, "library/app:v1")
+    ref = ref_of(busybox_image, "app")
+    operator.grants[ref.id] = grant(registry, "library/app", busybox_image)
+    await images.ensure(ref)
+    images.release(busybox_image.digest)
+    assert await images.cache.remove(busybox_image.digest)
+    layer = images.blobs.path(blobs_of(busybox_image)[1])
+    data = bytearray(layer.read_bytes())  # the disk flips a byte of the stored layer
+    data[100] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    with pytest.raises(InvalidInput, match="does not match"):
+        await images.ensure(ref)
+    assert not layer.exists()  # discarded
+    unpacked = await images.ensure(ref)  # fetched again, whole
+    assert (unpacked.rootfs / "www/health").read_bytes() == b"ok\n"
+    assert images.blobs.fetched.count(blobs_of(busybox_image)[1]) == 2
+
+
 async def test_a_grant_for_other_bytes_is_refused(
     registry: Registry, node: tuple[NodeImages, Operator], tmp_path: Path
 ) -> None:
