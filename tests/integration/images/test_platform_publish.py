@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def make_service(db: Database, root: Path, publish: PlatformSettings | None) -> 
 async def body(path: Path) -> AsyncIterator[bytes]:
     data = await asyncio.to_thread(path.read_bytes)
     for start in range(0, len(data), 1 << 16):
-        yield data[start : start + 1 << 16]
+        yield data[start : start + (1 << 16)]
 
 
 async def manifest_at(location: str, creds: RegistryCredentials | None = None) -> str:
@@ -93,6 +94,29 @@ async def test_an_imported_image_is_pushed_by_digest_and_its_location_kept(
         assert grant.token is None and grant.password is None  # anonymous registry
     finally:
         await service.aclose()
+
+
+async def test_a_docker_archive_is_pushed_as_its_converted_image(
+    db: Database, platform: Registry, busybox_image: BuiltImage, tmp_path: Path
+) -> None:
+    docker = tmp_path / "docker.tar"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["skopeo", "copy", "--quiet", f"oci-archive:{busybox_image.path}",
+         f"docker-archive:{docker}:r.io/a:v1"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    publish = PlatformSettings(registry=parse_registry_url(f"http://{platform.host}"))
+    service = make_service(db, tmp_path / "images", publish)
+    try:
+        image, _ = await service.import_archive("saved", body(docker))
+    finally:
+        await service.aclose()
+    location = location_of(image)
+    assert location == f"{platform.host}/library/saved@{image.digest}"
+    assert await manifest_at(location) == image.digest
 
 
 async def test_a_reference_in_the_platform_registry_is_not_pushed_again(
