@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
+from zeitwork.proxy import h2_upstream
 from zeitwork.proxy.config import (
     DEADLINE_FIRST_BYTE,
     DEADLINE_HEAD,
@@ -235,6 +236,9 @@ def assign(conn: ClientProtocol, ex: Exchange, backend: Backend) -> None:
     ex.backend = backend
     backend.in_flight += 1
     backend.requests += 1
+    if backend.protocol == h2_upstream.H2C:  # a stream on a shared h2c connection
+        h2_upstream.assign(conn, ex, backend)
+        return
     up = backend.take_idle()
     if up is not None:
         attach(conn, ex, up)
@@ -321,7 +325,7 @@ def complete(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol, keep_aliv
         up.abort()
         return
     if ex.resp_chunked:
-        conn._write(b"0\r\n\r\n")
+        conn._write(up.last_chunk())  # with an h2c backend's trailers
     ex.upstream = None
     if keep_alive and ex.body_done and not ex.upgrade:
         up.release()

@@ -43,7 +43,13 @@ from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher
+
+# The core's client protocol (``client.ClientProtocol``), its exchange (``exchange.Exchange``)
+# and flusher (``engine.OutputFlusher``) are not imported, even for type checking: the
+# exchange module calls ``assign`` here, and the proxy core's modules import no cycle.
+ClientProtocol = Any
+Exchange = Any
+OutputFlusher = Any
 
 _log = structlog.get_logger("zeitwork.proxy")
 _S = h2.settings.SettingCodes
@@ -58,7 +64,7 @@ IDLE_CLOSE = 60.0  # a connection with no stream for this long is closed
 
 # never sent as HTTP/2 fields (RFC 9113 8.2.2); ``te: trailers`` is added on every request
 # (gRPC servers require it, and the proxy forwards trailers)
-_REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"content-length", b"http2-settings"}
+_REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"http2-settings"}
 # never forwarded as trailer fields in an HTTP/1.1 last chunk (RFC 9110 6.5.1)
 _TRAILER_DROPPED = HOP_BY_HOP | {b"content-length", b"content-type", b"host"}
 # a gRPC "Trailers-Only" answer (one HEADERS frame with END_STREAM) carries its status and
@@ -297,6 +303,8 @@ class H2UpstreamStream(UpstreamProtocol):
         if self.closed:
             return
         self.closed = True
+        if not self.stream_id:  # its head never went out: its place is free again
+            self.conn.reserved = max(0, self.conn.reserved - 1)
         client, ex = self.client, self.ex
         self.ex = None
         self.client = None
@@ -579,8 +587,8 @@ class H2UpstreamConnection:
         if self.streams.pop(stream.stream_id, None) is None:
             return
         self._touch()
-        if self.goaway and not self.streams:
-            self.close()
+        if (self.goaway or self.backend.draining) and not self.streams and not self.reserved:
+            self.close()  # a backend out of the table keeps no idle connection (as its pool)
 
     def _touch(self) -> None:
         """(Re)arm the idle close when the last stream ends; disarm it while streams run."""

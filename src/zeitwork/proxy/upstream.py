@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.headers import MAX_HEADER_BYTES
 
@@ -45,6 +46,7 @@ class _Sink:
 _NO_PARSER = httptools.HttpResponseParser(_Sink())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # proxy.h2_upstream's streams
 class UpstreamProtocol:
     """One upstream connection (an asyncio protocol by duck typing; see ``ClientProtocol``)."""
 
@@ -256,6 +258,11 @@ class UpstreamProtocol:
         transport = self.transport
         if transport is not None and not self.closed and not transport.is_closing():
             write_out(transport, out)
+
+    def last_chunk(self) -> bytes:
+        """The end of a chunked response to an HTTP/1.1 client (an HTTP/1.1 backend's own
+        trailers are not forwarded; an h2c stream's are)."""
+        return b"0\r\n\r\n"
 
     def release(self) -> None:
         """The exchange ended cleanly: back to the backend's idle list."""
