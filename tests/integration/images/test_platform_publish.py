@@ -161,6 +161,8 @@ async def test_a_registry_down_at_import_gets_the_image_on_first_use(
     try:
         image, _ = await service.import_archive("late", body(busybox_image.path))
         assert location_of(image) is None  # catalogued, served from the archive store
+        down = await service.pull_grant(image.id)  # still down: the node takes the archive
+        assert down.location is None and "platform registry failed" in str(down.reason)
         with start_registry(tmp_path / "platform", port=port):
             grant = await service.pull_grant(image.id)
             assert grant.location == f"127.0.0.1:{port}/library/late@{busybox_image.digest}"

@@ -429,7 +429,13 @@ class ImageService:
             return PullGrant(
                 image_id, image.digest, reason="this operator has no platform registry"
             )
-        image = await self.publish(image)
+        try:
+            image = await self.publish(image)
+        except ZeitworkError as exc:  # the registry is down: the node takes the archive
+            log.warning("image.publish_failed", image_id=str(image.id), error=exc.detail)
+            return PullGrant(
+                image.id, image.digest, reason=f"the platform registry failed: {exc.detail}"
+            )
         location = location_of(image)
         assert location is not None and image.digest is not None
         ref = parse_reference(location)
