@@ -425,17 +425,14 @@ class ImageService:
         image = await self._images.get(image_id)
         if image.digest is None:
             raise NotFound(f"image {image_id} has no content (status {image.status.value})")
+        digest = image.digest
         if self._publish_to is None or self._registry is None:
-            return PullGrant(
-                image_id, image.digest, reason="this operator has no platform registry"
-            )
+            return PullGrant(image_id, digest, reason="this operator has no platform registry")
         try:
             image = await self.publish(image)
         except ZeitworkError as exc:  # the registry is down: the node takes the archive
             log.warning("image.publish_failed", image_id=str(image.id), error=exc.detail)
-            return PullGrant(
-                image.id, image.digest, reason=f"the platform registry failed: {exc.detail}"
-            )
+            return PullGrant(image_id, digest, reason=f"the platform registry failed: {exc.detail}")
         location = location_of(image)
         assert location is not None and image.digest is not None
         ref = parse_reference(location)
