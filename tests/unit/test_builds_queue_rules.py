@@ -5,7 +5,9 @@ its tools' output (the failing step, the cause, secrets hidden)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,7 +130,7 @@ def test_git_never_sees_the_token_on_its_command_line_and_reads_no_config() -> N
     assert argv[1:3] == ["-c", "credential.helper="]  # other helpers reset first
     env = git_env(
         {"PATH": "/bin", "ZEITWORK_BUILDER_TOKEN": "zw_x", "AWS_SECRET": "s"},
-        home=__import__("pathlib").Path("/tmp/h"),
+        home=Path("/tmp/h"),
         token="secret-token",
     )
     assert env["ZEITWORK_GIT_TOKEN"] == "secret-token"
@@ -178,3 +180,20 @@ def test_buildah_error_is_read_without_go_dumps() -> None:
     tail = ["STEP 2/2: COPPY a b", 'Error: Unknown instruction: "COPPY" &imagebuilder.Step{Env:[]}']
     assert _buildah_error(tail) == 'Unknown instruction: "COPPY"'
     assert _buildah_error(["nothing"]) is None
+
+
+def test_the_credential_helper_hands_git_the_token_from_the_environment(tmp_path: Path) -> None:
+    # real git: ``git credential fill`` asks the configured helpers, as a fetch would
+    argv = git_argv("git", "credential", "fill", token=True)
+    env = git_env({"PATH": "/usr/bin:/bin"}, home=tmp_path, token="tok-123")
+    done = subprocess.run(
+        argv,
+        input="protocol=https\nhost=git.example.com\n\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "username=x-access-token" in done.stdout and "password=tok-123" in done.stdout
+    assert "tok-123" not in " ".join(argv)

@@ -153,7 +153,7 @@ class Runner:
         try:
             outcome = await self._build(job, work, logs, halt)
         except StepFailed as exc:
-            tail = logs.tail()
+            tail = [line for line in logs.tail() if "&imagebuilder.Step{" not in line]
             cause = exc.detail
             if tail:
                 cause += "\nlast lines:\n" + "\n".join(tail[-10:])

@@ -14,7 +14,11 @@ Routes (``{project}`` is the project's id or slug):
   ``BuildJob`` or 204 when nothing is runnable; ``POST /builder/builds/{id}/renew``
   (``LeaseRef``) -> ``LeaseRenewed`` (409 when the lease is gone); ``POST
   /builder/builds/{id}/logs`` (``LogAppend``); ``POST /builder/builds/{id}/finish``
-  (``BuildFinish``) -> ``BuildOut``; ``GET /builder/builds/{id}/context`` -> the tarball.
+  (``BuildFinish``) -> ``BuildOut``; ``GET /builder/builds/{id}/context`` -> the tarball;
+  ``POST /builder/builds/{id}/image`` (the image archive) -> ``ImportedImage``; ``POST
+  /builder/builds/{id}/release`` hands the job back.
+- admin: ``PUT /projects/{project}/git-token`` (``GitTokenSet``) -> 204, ``DELETE`` -> 204:
+  the token a builder uses for the project's private repositories.
 """
 
 from __future__ import annotations
@@ -269,3 +273,12 @@ class ImportedImage(BaseModel):
     id: uuid.UUID
     digest: str | None
     created: bool
+
+
+class GitTokenSet(BaseModel):
+    """A private repository's token for the project's builds (kept sealed with the
+    operator's secrets key; only builders holding one of its jobs get it back)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=4000, pattern=r"^[\x21-\x7e]+$")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +60,8 @@ async def wait_build(
         r = await p.op.client.get(f"/api/v1/builds/{build_id}", headers=p.op.headers())
         assert r.status_code == 200, r.text
         build: dict[str, Any] = r.json()
-        if build["state"] in states:
+        settled = build["state"] != "succeeded" or build["release_id"] or build["error"]
+        if build["state"] in states and settled:  # a success's release comes just after
             return build
         assert time.monotonic() < deadline, f"build still {build['state']}: {build}"
         await asyncio.sleep(0.2)
@@ -211,3 +213,66 @@ async def test_a_missing_ref_and_a_dockerfile_syntax_error_fail_readably(
     assert await op.sql("SELECT count(*) FROM releases") == [(0,)]
     kinds = [k for (k,) in await op.sql("SELECT kind FROM events WHERE kind = 'build.failed'")]
     assert len(kinds) == 3
+
+
+def _processes_using(marker: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+async def test_sigterm_hands_the_job_back_and_cancel_stops_a_running_build(
+    operator_factory: OperatorFactory,
+    git_server: GitServer,
+    builders: Builders,
+    busybox_image: BuiltImage,
+) -> None:
+    op = await operator_factory(build_lease_seconds=3.0)
+    p = await platform(op, nodes=1)
+    git_server.push(
+        "long",
+        {
+            "Dockerfile": dockerfile(busybox_image, extra='RUN ["/bin/busybox", "sleep", "60"]\n'),
+            "index.html": "<h1>long</h1>\n",
+        },
+    )
+    async with live_operator(op) as url:
+        token = await op.token(Scope.BUILDER)
+        first = builders.start(url, token, "leaving", BUILDER_DRAIN_TIMEOUT="0")
+        build = await queue(p, git_server.url("long"), ref="main")
+
+        async def sleeping(since: int) -> None:
+            deadline = time.monotonic() + BUILD_WAIT
+            while (await log_text(p, build["id"])).count("sleep") < since:
+                assert time.monotonic() < deadline, builders.output("leaving")
+                await asyncio.sleep(0.2)
+
+        await sleeping(1)
+        with_group(first, 15)  # SIGTERM: no drain time, so the job is handed back at once
+        assert await asyncio.to_thread(first.wait, 30) == 0, builders.output("leaving")
+        rows = await op.sql(
+            "SELECT state, lease_owner, attempts FROM builds WHERE id = %s", (build["id"],)
+        )
+        assert rows == [("queued", None, 0)], rows
+        assert _processes_using(build["project_id"]) == []  # its buildah was killed too
+
+        builders.start(url, token, "staying")
+        await sleeping(2)
+        r = await op.client.post(f"/api/v1/builds/{build['id']}/cancel", headers=op.headers())
+        assert r.json()["cancel_requested"] is True
+        done = await wait_build(p, build["id"])
+        assert done["state"] == "cancelled", done
+        assert done["image_id"] is None and done["release_id"] is None
+        assert done["finished_at"] is not None
+        deadline = time.monotonic() + 10
+        while _processes_using(build["project_id"]):
+            assert time.monotonic() < deadline, _processes_using(build["project_id"])
+            await asyncio.sleep(0.2)

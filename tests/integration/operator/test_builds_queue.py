@@ -418,3 +418,27 @@ async def test_record_delivery_is_true_once(operator: Operator) -> None:
     assert await service.record_delivery("d-1", uuid.UUID(p["id"])) is True
     assert await service.record_delivery("d-1", uuid.UUID(p["id"])) is False
     assert await service.record_delivery("d-2", None) is True
+
+
+async def test_a_private_repository_token_is_sealed_and_only_leased_jobs_get_it(
+    operator: Operator,
+) -> None:
+    op = operator
+    p = await _project(op)
+    url = f"/api/v1/projects/{p['slug']}/git-token"
+    r = await op.client.put(url, headers=op.headers(), json={"token": "ghp_secret123"})
+    assert r.status_code == 204, r.text
+    stored = await op.sql("SELECT git_token FROM projects WHERE id = %s", (p["id"],))
+    assert stored[0][0] and "ghp_secret123" not in stored[0][0]  # a ciphertext
+    r = await op.client.get(f"/api/v1/projects/{p['slug']}", headers=op.headers())
+    assert "ghp_secret123" not in r.text
+    await _queue(op, p["slug"])
+    builder = await op.token(Scope.BUILDER)
+    job = await _lease(op, builder)
+    assert job is not None and job["git_token"] == "ghp_secret123"
+    r = await op.client.get(f"/api/v1/builds/{job['build']['id']}", headers=op.headers())
+    assert "ghp_secret123" not in r.text
+    r = await op.client.put(url, headers=op.headers(), json={"token": "bad token"})
+    assert r.status_code == 422
+    assert (await op.client.delete(url, headers=op.headers())).status_code == 204
+    assert await op.sql("SELECT git_token FROM projects WHERE id = %s", (p["id"],)) == [(None,)]

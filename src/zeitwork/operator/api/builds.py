@@ -35,6 +35,7 @@ from zeitwork.wire.builds import (
     BuildOut,
     BuildState,
     ContextOut,
+    GitTokenSet,
     ImportedImage,
     LeaseRef,
     LeaseRenewed,
@@ -128,6 +129,20 @@ def router(deps: Deps) -> APIRouter:
         """Build from a git repository or an uploaded context; on success the image is
         released in ``environment``. Follow it with ``GET /builds/{id}/logs?follow=true``."""
         return build_out(await service.create(project, body, created_by=_who(principal)))
+
+    @api.put("/projects/{project}/git-token", status_code=204, dependencies=[Depends(admin)])
+    async def set_git_token(project: ProjectRef, body: GitTokenSet) -> Response:
+        """The token builders use to fetch the project's private repositories (sealed at
+        rest, never shown again)."""
+        found = await deps.projects.project_by_ref(project)
+        await service.set_git_token(found.id, body.token)
+        return Response(status_code=204)
+
+    @api.delete("/projects/{project}/git-token", status_code=204, dependencies=[Depends(admin)])
+    async def delete_git_token(project: ProjectRef) -> Response:
+        found = await deps.projects.project_by_ref(project)
+        await service.set_git_token(found.id, None)
+        return Response(status_code=204)
 
     @api.get("/builds", dependencies=[Depends(admin)])
     async def list_builds(

@@ -375,13 +375,6 @@ class BuildStore:
                 (git_commit, cache_key, build_id, token),
             )
 
-    async def resolved_queued(
-        self, build_id: uuid.UUID, cache_key: str, *, conn: Conn | None = None
-    ) -> Build:
-        async with self._db.transaction(conn) as c:
-            await c.execute("UPDATE builds SET cache_key = %s WHERE id = %s", (cache_key, build_id))
-            return await self.get(build_id, conn=c)
-
     async def finish(
         self,
         build_id: uuid.UUID,

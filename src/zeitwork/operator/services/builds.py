@@ -79,7 +79,7 @@ def cache_key(
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def source_of(build: Build, commit: str | None = None) -> str | None:
+def source_of(build: Build | NewBuild, commit: str | None = None) -> str | None:
     """The cache key's source part, or None while a git build's commit is unknown (pure)."""
     if build.source_kind == "dir":
         return f"context:{build.context_sha256}"
@@ -87,7 +87,7 @@ def source_of(build: Build, commit: str | None = None) -> str | None:
     return None if commit is None else f"git:{commit}"
 
 
-def key_of(build: Build, commit: str | None = None) -> str | None:
+def key_of(build: Build | NewBuild, commit: str | None = None) -> str | None:
     source = source_of(build, commit)
     if source is None:
         return None
@@ -242,13 +242,28 @@ class BuildService:
         )
 
     async def _enqueue(self, project: Project, environment: str, new: NewBuild) -> Build:
+        key = key_of(new)
         async with self._db.transaction() as tx:
             env = await self._releases.environment(project.id, environment, create=True, conn=tx)
-            draft = dataclasses.replace(new, project_environment_id=env.id)
+            draft = dataclasses.replace(new, project_environment_id=env.id, cache_key=key)
             build = await self._store.insert(draft, conn=tx)
-            key = key_of(build)
-            if key is not None:
-                build = await self._store.resolved_queued(build.id, key, conn=tx)
+            earlier = None
+            if key is not None:  # built before: succeeds in this transaction, no builder
+                earlier = await self._store.succeeded_with_key(key, project_id=project.id, conn=tx)
+            if earlier is not None and earlier.image_id is not None:
+                reused = await self._store.finish(
+                    build.id,
+                    None,
+                    state=BuildState.SUCCEEDED,
+                    image_id=earlier.image_id,
+                    stack=earlier.stack,
+                    port=build.port or earlier.port,
+                    reused_build_id=earlier.id,
+                    durations={"total": 0.0},
+                    conn=tx,
+                )
+                assert reused is not None  # queued in this transaction: nobody holds it
+                build = reused
             superseded = await self._store.supersede_queued(build, conn=tx)
             await events.record(
                 tx,
@@ -264,22 +279,10 @@ class BuildService:
             project=project.slug,
             source=build.source_kind,
             superseded=len(superseded),
+            reused=None if earlier is None else str(earlier.id),
         )
-        if build.cache_key is not None:
-            earlier = await self._store.succeeded_with_key(build.cache_key, project_id=project.id)
-            if earlier is not None and earlier.image_id is not None:
-                reused = await self._store.finish(
-                    build.id,
-                    None,
-                    state=BuildState.SUCCEEDED,
-                    image_id=earlier.image_id,
-                    stack=earlier.stack,
-                    port=build.port or earlier.port,
-                    reused_build_id=earlier.id,
-                    durations={"total": 0.0},
-                )
-                if reused is not None:  # else a builder took it meanwhile: it runs
-                    return await self._succeeded(reused, skipped=True)
+        if build.state is BuildState.SUCCEEDED:
+            return await self._succeeded(build, skipped=True)
         return build
 
     async def record_delivery(
