@@ -312,9 +312,11 @@ class H2UpstreamStream(UpstreamProtocol):
         if client is None or ex is None:
             return
         if refused and not self.response_started:
-            # never processed by the backend (RFC 9113 8.7): retried as a stale connection is
+            # never processed by the backend (RFC 9113 8.7): retried as a request on a stale
+            # connection is, whatever its method (as if its head had not gone out)
             self.served = 1
             self.got_bytes = False
+            ex.sent_head = False
         client.upstream_lost(ex, self)
 
     # -- the core's calls ----------------------------------------------------------------------

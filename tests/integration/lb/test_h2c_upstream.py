@@ -273,7 +273,8 @@ async def test_a_slow_reader_shuts_the_backends_window(app: H2App, lb_port: int)
 
 
 async def test_a_refused_stream_is_retried(app: H2App, lb_port: int) -> None:
-    r = await http(lb_port, path="/refuse-once", host="h2c.test")
+    # a POST too: a refused stream was not processed (RFC 9113 8.7)
+    r = await http(lb_port, "POST", "/refuse-once", host="h2c.test", body=b"once")
     assert r.status == 200 and r.body == b"/refuse-once"
     assert app.refused == 1 and app.streams == 2
 
