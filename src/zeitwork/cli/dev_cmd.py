@@ -94,6 +94,12 @@ def _write_registry_config(config: DevConfig) -> None:
         out.write(registry_config(config, secret=secrets.token_hex(16)))
 
 
+def _any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def ports_in_use(listeners: list[tuple[str, str, int]]) -> list[str]:
     """The listeners whose port something else already holds (probed by binding)."""
     busy = []
@@ -179,7 +185,11 @@ async def _bring_up(
         if shutil.which("buildah") is not None:  # builds from source (zeitwork deploy in a dir)
             build = await client.create_token("builder", name="zeitwork dev: builder")
             revoke.append(build.id)
-            builder = await sup.start(builder_spec(config, base, builder_token=build.token))
+            port = config.ports.builder  # its health port: any free one when that is taken
+            if ports_in_use([("builder", "127.0.0.1", port)]):
+                port = _any_free_port()
+            spec = builder_spec(config, base, builder_token=build.token, port=port)
+            builder = await sup.start(spec)
             await sup.wait_ready(builder, within=within)
         else:
             _say("dev: buildah is not installed: no builder (deploy images with --image)")

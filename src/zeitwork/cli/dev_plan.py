@@ -270,10 +270,13 @@ def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -
     )
 
 
-def builder_spec(config: DevConfig, base: Mapping[str, str], *, builder_token: str) -> ChildSpec:
+def builder_spec(
+    config: DevConfig, base: Mapping[str, str], *, builder_token: str, port: int | None = None
+) -> ChildSpec:
+    port = port or config.ports.builder
     env = {
         **base,
-        "PORT": str(config.ports.builder),
+        "PORT": str(port),
         "HOST": "127.0.0.1",
         "OPERATOR_URL": config.operator_url,
         "ZEITWORK_BUILDER_TOKEN": builder_token,
@@ -283,7 +286,7 @@ def builder_spec(config: DevConfig, base: Mapping[str, str], *, builder_token: s
         name=BUILDER,
         argv=(config.python, "-m", "zeitwork", "builder"),
         env=env,
-        ready_url=f"http://127.0.0.1:{config.ports.builder}/health",
+        ready_url=f"http://127.0.0.1:{port}/health",
         stop_timeout=45.0,
     )
 
