@@ -442,3 +442,17 @@ async def test_a_private_repository_token_is_sealed_and_only_leased_jobs_get_it(
     assert r.status_code == 422
     assert (await op.client.delete(url, headers=op.headers())).status_code == 204
     assert await op.sql("SELECT git_token FROM projects WHERE id = %s", (p["id"],)) == [(None,)]
+
+
+@pytest.mark.parametrize(
+    "body", [b"not a tar at all", b"\x1f\x8b\x08\x00garbage", b"\x1f\x8b" + bytes(600), b""]
+)
+async def test_a_context_that_is_not_an_archive_is_422(operator: Operator, body: bytes) -> None:
+    sha = hashlib.sha256(body).hexdigest()
+    r = await operator.client.put(
+        f"/api/v1/build-contexts/{sha}",
+        headers={**operator.headers(), "Content-Type": "application/x-tar"},
+        content=body,
+    )
+    assert r.status_code == 422, r.text
+    assert await operator.sql("SELECT count(*) FROM build_contexts") == [(0,)]
