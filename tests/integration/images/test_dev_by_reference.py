@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,13 +27,18 @@ pytestmark = [
 ]
 
 
-async def test_deploy_by_reference_on_zeitwork_dev(
-    tmp_path: Path, busybox_image: BuiltImage
-) -> None:
+async def test_deploy_by_reference_on_zeitwork_dev(busybox_image: BuiltImage) -> None:
     if os.geteuid() != 0:
         pytest.skip("zeitwork dev needs root")
-    async with dev_platform(tmp_path) as p:  # a free --registry-port, as for every service
-        await _deploy_and_check(p, f"127.0.0.1:{p.ports['registry']}", busybox_image)
+    # the state outside pytest's shared base temp dir: twice, in long runs on a machine
+    # shared with other pytest sessions, the embedded PostgreSQL's files under it vanished
+    # or became unreadable while dev was starting (cause not found; never when run alone)
+    base = Path(tempfile.mkdtemp(prefix="zw-dev-ref-", dir="/var/tmp"))
+    try:
+        async with dev_platform(base) as p:  # a free --registry-port, as for every service
+            await _deploy_and_check(p, f"127.0.0.1:{p.ports['registry']}", busybox_image)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _deploy_and_check(p: Platform, registry: str, image: BuiltImage) -> None:
