@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from zeitwork.builder.git import git_argv, git_env, pick_commit
+from zeitwork.builder.limits import own_path, parse_size
 from zeitwork.builder.process import clean_env
 from zeitwork.builder.runner import LogShipper, _buildah_error
 from zeitwork.operator.services.builds import cache_key
@@ -197,3 +198,14 @@ def test_the_credential_helper_hands_git_the_token_from_the_environment(tmp_path
     )
     assert "username=x-access-token" in done.stdout and "password=tok-123" in done.stdout
     assert "tok-123" not in " ".join(argv)
+
+
+def test_limits_parse_sizes_and_find_the_own_cgroup() -> None:
+    assert parse_size("512M") == 512 * 1024**2 and parse_size("2G") == 2 * 1024**3
+    assert parse_size("4096") == 4096
+    with pytest.raises(ValueError, match="size"):
+        parse_size("1.5G")
+    proc = "12:cpu,cpuacct:/a/b\n4:memory:/process_api/x\n0::/\n"
+    assert own_path("memory", proc) == "/process_api/x"
+    assert own_path("cpu", proc) == "/a/b"
+    assert own_path("pids", proc) is None

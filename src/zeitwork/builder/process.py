@@ -66,10 +66,12 @@ async def run(
     stop: asyncio.Event,
     cwd: Path | None = None,
     grace: float = 5.0,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``argv`` to its end; its output (stdout and stderr together) goes to ``sink``.
     Returns the exit status; raises ``StepFailed`` past ``deadline`` (a ``time.monotonic``
-    value) and ``Stopped`` when ``stop`` is set, after killing the process group."""
+    value) and ``Stopped`` when ``stop`` is set, after killing the process group.
+    ``on_start(pid)`` runs as soon as the process exists."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise StepFailed("the build ran out of time before this step", step=step)
@@ -83,6 +85,8 @@ async def run(
         start_new_session=True,
     )
     assert proc.stdout is not None
+    if on_start is not None:
+        on_start(proc.pid)  # e.g. into the build's cgroup, before it forks its steps
 
     async def pump() -> None:
         assert proc.stdout is not None

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from zeitwork import __version__
-from zeitwork.builder import git
+from zeitwork.builder import git, limits
 from zeitwork.builder.process import StepFailed, Stopped, clean_env, run
 from zeitwork.builder.settings import BuilderSettings
 from zeitwork.clients.builds import BuilderClient
@@ -323,17 +323,29 @@ class Runner:
             argv += ["--build-arg", f"{name}={value}"]
         argv.append(str(context))
         await logs.say("buildah bud --layers (storage " + settings.storage_driver + ")")
-        status = await run(
-            self._limited(argv),
-            step="build",
-            env=tool_env,
-            sink=logs.write,
-            deadline=deadline,
-            stop=halt,
-        )
+        argv, cgroup = await self._limited(argv, build.id)
+        try:
+            status = await run(
+                argv,
+                step="build",
+                env=tool_env,
+                sink=logs.write,
+                deadline=deadline,
+                stop=halt,
+                on_start=None if cgroup is None else cgroup.add,
+            )
+            out_of_memory = cgroup is not None and cgroup.oom_killed()
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
         if status != 0:
             step = logs.last_step or "parse Dockerfile"
             reason = _buildah_error(logs.tail()) or f"buildah bud exited with status {status}"
+            if out_of_memory:
+                reason = (
+                    f"the build ran out of memory (BUILDER_MEMORY_MAX={settings.memory_max}) "
+                    f"and was killed: {reason}"
+                )
             raise StepFailed(reason, step=step)
         durations["build"] = round(time.monotonic() - t, 3)
 
@@ -419,20 +431,35 @@ class Runner:
             self._settings.storage_driver,
         ]
 
-    def _limited(self, argv: list[str]) -> list[str]:
-        """``argv`` in a transient systemd scope with the memory/CPU limits, when asked for
-        and systemd runs; else as it is (the timeout and the process group still apply)."""
+    async def _limited(
+        self, argv: list[str], build_id: uuid.UUID
+    ) -> tuple[list[str], limits.BuildCgroup | None]:
+        """``argv`` with the memory/CPU limits: in a transient systemd scope where systemd
+        runs, else in a cgroup of the build's own (``limits``; its ``add`` moves the tool in);
+        as it is when neither can be had (the timeout and the process-group kill apply)."""
         settings = self._settings
         if not (settings.memory_max or settings.cpu_quota):
-            return argv
-        if shutil.which("systemd-run") is None or not Path("/run/systemd/system").is_dir():
-            return argv
-        props: list[str] = []
-        if settings.memory_max:
-            props += ["-p", f"MemoryMax={settings.memory_max}"]
-        if settings.cpu_quota:
-            props += ["-p", f"CPUQuota={settings.cpu_quota}"]
-        return ["systemd-run", "--scope", "--quiet", "--collect", *props, "--", *argv]
+            return argv, None
+        if await asyncio.to_thread(_systemd_runs):
+            props: list[str] = []
+            if settings.memory_max:
+                props += ["-p", f"MemoryMax={settings.memory_max}"]
+            if settings.cpu_quota:
+                props += ["-p", f"CPUQuota={settings.cpu_quota}"]
+            return ["systemd-run", "--scope", "--quiet", "--collect", *props, "--", *argv], None
+        cgroup = await asyncio.to_thread(
+            limits.create,
+            f"zeitwork-build-{build_id}",
+            memory=settings.memory_max,
+            cpu=settings.cpu_quota,
+        )
+        if cgroup is None:
+            log.warning("build.no_limits", reason="no systemd and no cgroup v1 controllers")
+        return argv, cgroup
+
+
+def _systemd_runs() -> bool:
+    return shutil.which("systemd-run") is not None and Path("/run/systemd/system").is_dir()
 
 
 def builder_version() -> str:

@@ -276,3 +276,27 @@ async def test_sigterm_hands_the_job_back_and_cancel_stops_a_running_build(
         while _processes_using(build["project_id"]):
             assert time.monotonic() < deadline, _processes_using(build["project_id"])
             await asyncio.sleep(0.2)
+
+
+async def test_a_build_over_its_memory_limit_fails_and_says_so(
+    operator_factory: OperatorFactory,
+    git_server: GitServer,
+    builders: Builders,
+    busybox_image: BuiltImage,
+) -> None:
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        pytest.skip("needs the cgroup v1 memory controller (or systemd) for build limits")
+    op = await operator_factory()
+    p = await platform(op, nodes=1)
+    hog = 'RUN ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=600M", "count=1"]\n'
+    git_server.push(
+        "hog", {"Dockerfile": dockerfile(busybox_image, extra=hog), "index.html": "x\n"}
+    )
+    async with live_operator(op) as url:
+        builders.start(url, await op.token(Scope.BUILDER), "limited", BUILDER_MEMORY_MAX="256M")
+        build = await queue(p, git_server.url("hog"), ref="main")
+        failed = await wait_build(p, build["id"])
+    assert failed["state"] == "failed", failed
+    assert "ran out of memory (BUILDER_MEMORY_MAX=256M)" in failed["error"], failed
+    assert failed["failed_step"].startswith("STEP 4/6: RUN"), failed
+    assert not any(Path("/sys/fs/cgroup/memory").rglob(f"zeitwork-build-{build['id']}"))
