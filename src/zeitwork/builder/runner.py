@@ -417,7 +417,39 @@ class Runner:
         generated = work / "Dockerfile.zeitwork"
         await asyncio.to_thread(generated.write_text, plan.dockerfile)
         host_args = plan.build_args(os.environ)
-        return generated, {**host_args, **args}
+        bases = await self._bases(job, dict(plan.base_images), logs)
+        return generated, {**host_args, **bases, **args}
+
+    async def _bases(
+        self, job: BuildJob, wanted: dict[str, str], logs: LogShipper
+    ) -> dict[str, str]:
+        """The base images a generated Dockerfile starts from, as build args: a user's own
+        (``ZEITWORK_BUILD_BASE_IMAGES``), else the platform's, made once with mmdebstrap in
+        the builder's base storage and copied into the project's storage."""
+        from zeitwork.builds import base_images
+
+        try:
+            overrides = base_images.parse_overrides(self._settings.base_images)
+        except ZeitworkError as exc:
+            raise StepFailed(exc.detail, step="base image") from exc
+        shared = base_images.Storage.at(self._root / "bases" / "storage")
+        cache = self._root / "cache" / str(job.build.project_id)
+        project = base_images.Storage(root=cache / "root", runroot=cache / "runroot")
+        args: dict[str, str] = {}
+        for arg, name in wanted.items():
+            if name in overrides:
+                args[arg] = overrides[name]
+                continue
+            try:
+                if not await asyncio.to_thread(base_images.exists, name, shared):
+                    await logs.say(f"making the {name} base image (once; mmdebstrap)")
+                started = time.monotonic()
+                await asyncio.to_thread(base_images.ensure, name, shared.root)
+                args[arg] = await asyncio.to_thread(base_images.copy_to, name, shared, project)
+            except ZeitworkError as exc:
+                raise StepFailed(exc.detail, step="base image") from exc
+            await logs.say(f"base image {args[arg]} ({time.monotonic() - started:.1f} s)")
+        return args
 
     def _storage(self, project_id: uuid.UUID) -> list[str]:
         cache = self._root / "cache" / str(project_id)

@@ -84,6 +84,12 @@ class BuilderSettings(ServiceSettings):
         description="on SIGTERM: seconds a running build may still finish before it is "
         "stopped and its job handed back",
     )
+    base_images: str = Field(
+        default="",
+        validation_alias="ZEITWORK_BUILD_BASE_IMAGES",
+        description="your own base images for detected stacks (python=registry/py:3.12,...); "
+        "the others are made once here with mmdebstrap",
+    )
     log_flush_seconds: float = Field(default=0.5, gt=0, le=10, validation_alias="BUILDER_LOG_FLUSH")
 
     @field_validator("operator_url")

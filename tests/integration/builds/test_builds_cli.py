@@ -100,3 +100,24 @@ async def test_bad_source_arguments_are_refused_before_anything_happens(
     code, out, err = await cli.run("deploy", "--app", slug, "--dir", str(empty), "--dry-run")
     assert code == 1 and "Dockerfile" in err, (out, err)  # names what was looked for
     assert await cli.p.op.sql("SELECT count(*) FROM builds") == [(0,)]
+
+
+async def test_a_static_site_without_a_dockerfile_is_detected_built_and_released(
+    cli: Cli, tmp_path: Path
+) -> None:
+    slug = cli.p.project["slug"]
+    await cli.p.deploy(replicas=1)
+    site = Path(__file__).resolve().parents[2] / "builds_samples" / "static_site"
+    copy = tmp_path / "site"  # outside the repository's checkout: packed file by file
+    copy.mkdir()
+    for item in site.iterdir():
+        if item.is_file():
+            (copy / item.name).write_bytes(item.read_bytes())
+    code, out, err = await cli.run("deploy", "--app", slug, "--dir", str(copy), "--dry-run")
+    assert code == 0 and "Stack: static" in out, (out, err)
+    code, out, err = await cli.run("deploy", "--app", slug, "--dir", str(copy), deadline=600)
+    assert code == 0, (out, err)
+    assert "==> detect: " in out and "base image localhost/zeitwork/static:bookworm" in out, out
+    assert out.splitlines()[-1].startswith("v2 is the current release ("), out
+    rows = await cli.p.op.sql("SELECT state FROM builds")
+    assert rows == [("succeeded",)]
