@@ -115,9 +115,12 @@ class Builders:
 
     work: Path
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    """builder name -> its /health and /metrics port"""
 
     def start(self, url: str, token: str, name: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.work / f"{name}.log").open("wb")
+        self.ports[name] = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "zeitwork", "builder"],
             env={
@@ -128,7 +131,7 @@ class Builders:
                 "BUILDER_WORK_DIR": str(self.work / "builder"),
                 "BUILDER_POLL_WAIT": "2",
                 "BUILDER_LOG_FLUSH": "0.2",
-                "PORT": str(free_port()),
+                "PORT": str(self.ports[name]),
                 "LOG_LEVEL": "info",
                 **env,
             },

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.images import BuiltImage
@@ -136,6 +137,14 @@ async def test_a_git_push_is_built_with_buildah_and_released(
         third_logs = await log_text(p, third["id"])
         assert "Using cache" in third_logs or "--> Using cache" in third_logs, third_logs
         await released_and_running(p, third["release_id"])
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{builders.ports['builder-a']}"
+        ) as probe:
+            health = await probe.get("/health")
+            assert health.status_code == 200 and health.json()["service"] == "builder"
+            metrics = (await probe.get("/metrics")).text
+            assert 'zeitwork_builder_builds_total{state="succeeded"} 3.0' in metrics, metrics
+            assert "zeitwork_builder_build_seconds_count 3.0" in metrics
         print(  # the figures for the report (pytest -s)
             f"\nBUILD FIGURES first={first_seconds:.2f}s unchanged={unchanged_seconds:.2f}s "
             f"one-line-change={change_seconds:.2f}s"
