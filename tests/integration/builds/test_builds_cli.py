@@ -121,3 +121,18 @@ async def test_a_static_site_without_a_dockerfile_is_detected_built_and_released
     assert out.splitlines()[-1].startswith("v2 is the current release ("), out
     rows = await cli.p.op.sql("SELECT state FROM builds")
     assert rows == [("succeeded",)]
+
+
+async def test_a_failing_build_exits_1_with_its_step_and_cause(
+    cli: Cli, tmp_path: Path, busybox_image: BuiltImage
+) -> None:
+    slug = cli.p.project["slug"]
+    app = tmp_path / "broken"
+    app.mkdir()
+    (app / "Dockerfile").write_text(f"FROM oci-archive:{busybox_image.path}\nCOPPY a b\n")
+    code, out, err = await cli.run("deploy", "--app", slug, "--dir", str(app), deadline=240)
+    assert code == 1, (out, err)
+    assert "failed at STEP 2/2: COPPY a b: " in err and 'Unknown instruction: "COPPY"' in err, err
+    assert "STEP 2/2: COPPY a b" in out  # the output was streamed before
+    code, out, err = await cli.run("builds", slug, drive=False)
+    assert "failed" in out and "STEP 2/2: COPPY a b" in out, out

@@ -456,3 +456,23 @@ async def test_a_context_that_is_not_an_archive_is_422(operator: Operator, body:
     )
     assert r.status_code == 422, r.text
     assert await operator.sql("SELECT count(*) FROM build_contexts") == [(0,)]
+
+
+async def test_a_release_refused_after_a_success_is_recorded_on_the_build(
+    operator: Operator,
+) -> None:
+    op = operator  # no node at all: the release cannot be placed
+    builder = await op.token(Scope.BUILDER)
+    p = await _project(op)
+    image = await ready_image(op)
+    await _queue(op, p["slug"])
+    job = await _lease(op, builder)
+    assert job is not None
+    r = await _finish(op, builder, job, state="succeeded", image_id=image)
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["state"] == "succeeded" and done["release_id"] is None
+    assert done["error"].startswith("the image was built but its release was refused: ")
+    kinds = [k for (k,) in await op.sql("SELECT kind FROM events ORDER BY seq")]
+    assert "build.succeeded" in kinds and "build.release_failed" in kinds
+    assert await op.sql("SELECT count(*) FROM releases") == [(0,)]
