@@ -41,6 +41,7 @@ COMPILED = (
     "zeitwork/proxy/exchange.py",
     "zeitwork/proxy/tunnel.py",
     "zeitwork/proxy/responses.py",
+    "zeitwork/proxy/websocket.py",
     "zeitwork/proxy/upstream.py",
     "zeitwork/proxy/headers.py",
     "zeitwork/proxy/backends.py",

@@ -21,6 +21,7 @@ from zeitwork.proxy import exchange as exchanges
 from zeitwork.proxy import responses, tunnel
 from zeitwork.proxy.config import (
     BUFFER_LIMIT,
+    DEADLINE_DRAIN,
     DEADLINE_FIRST_BYTE,
     DEADLINE_HEAD,
     DEADLINE_IDLE,
@@ -88,6 +89,7 @@ class ClientProtocol:
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self.tunnel: UpstreamProtocol | None = None
+        self.ws: tunnel.WebSocketTunnel | None = None  # a WebSocket tunnel's framing
         self.closing = False
         self.paused = 0
         self.deadline = 0.0
@@ -260,6 +262,9 @@ class ClientProtocol:
         if kind == DEADLINE_TUNNEL:
             tunnel.idle(self)
             return
+        if kind == DEADLINE_DRAIN:
+            tunnel.go_away(self)
+            return
         self.close()
 
     def _arm_exchange(self, ex: Exchange, now: float) -> None:
@@ -276,7 +281,10 @@ class ClientProtocol:
     def data_received(self, data: bytes) -> None:
         self.active = True
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            if self.ws is None:
+                self.tunnel.write(data)
+            else:
+                tunnel.to_backend(self, data)
             return
         if self.closing:
             return
@@ -436,7 +444,10 @@ class ClientProtocol:
 
     def tunnel_data(self, data: bytes) -> None:
         self.active = True
-        self._write(data)
+        if self.ws is None:
+            self._write(data)
+        else:
+            tunnel.to_client(self, data)
 
     def tunnel_closed(self) -> None:
         self.tunnel = None

@@ -22,6 +22,7 @@ DEADLINE_STREAM = 2  # an exchange moving bytes: renewed while any byte moves ei
 DEADLINE_TUNNEL = 3  # an upgraded connection: renewed while any byte moves either way
 DEADLINE_LINGER = 4  # closing after an error answer: aborted
 DEADLINE_FIRST_BYTE = 5  # the request is forwarded whole, the response head has not begun: 504
+DEADLINE_DRAIN = 6  # a tunnel of a draining backend: closed then (WebSocket: close frame 1001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,11 @@ class ProxyConfig:
     - ``stream_idle_timeout``: an exchange under way with no byte read or written on either
       side: before the response started 504 (408 while the client's body is awaited),
       after it the connection is cut, so the client sees an incomplete response;
-    - ``tunnel_idle_timeout``: the same for an upgraded connection (WebSocket).
+    - ``tunnel_idle_timeout``: the same for an upgraded connection (WebSocket);
+    - ``tunnel_drain_timeout``: how long an upgraded connection runs on once its backend
+      drained (left the route table), before it is closed (a WebSocket with close code 1001,
+      so its client reconnects to the new release); keep it below the time a release lets a
+      replaced instance run (its ``drain_timeout``), so the close reaches the client first.
     """
 
     connect_timeout: float = 3.0
@@ -47,6 +52,7 @@ class ProxyConfig:
     first_byte_timeout: float = 60.0
     stream_idle_timeout: float = 60.0
     tunnel_idle_timeout: float = 3600.0
+    tunnel_drain_timeout: float = 25.0
     # connections over the limiter's caps are answered 503 with Retry-After after their
     # request head instead of being closed silently: at most this many at once (more are
     # aborted at accept), each for at most refusal_timeout (or header_timeout) seconds

@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING, Any
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.client import ClientProtocol
-from zeitwork.proxy.config import DEADLINE_LINGER, DEADLINE_STREAM, DEADLINE_TUNNEL, ProxyConfig
+from zeitwork.proxy.config import (
+    DEADLINE_DRAIN,
+    DEADLINE_LINGER,
+    DEADLINE_STREAM,
+    DEADLINE_TUNNEL,
+    ProxyConfig,
+)
 from zeitwork.proxy.headers import RequestIds, TrustedProxies
+from zeitwork.proxy.tunnel import CLOSE_WAIT, go_away
 from zeitwork.proxy.types import (
     ConnectionLimiter,
     NullObserver,
@@ -169,13 +176,25 @@ class Proxy:
                     conn.deadline = now + config.stream_idle_timeout
                 elif kind == DEADLINE_TUNNEL:
                     conn.deadline = now + config.tunnel_idle_timeout
+            if conn.deadline_kind == DEADLINE_TUNNEL:
+                up = conn.tunnel
+                if up is not None and up.backend.draining:
+                    # the backend left the route table: the tunnel runs on for a while
+                    conn.deadline = min(conn.deadline, now + config.tunnel_drain_timeout)
+                    conn.deadline_kind = DEADLINE_DRAIN
             if (
                 conn.deadline
                 and now >= conn.deadline
                 and (not conn.closing or conn.deadline_kind == DEADLINE_LINGER)
             ):
                 conn.on_deadline()
-            elif self.draining and conn.ex is None and conn.parsing is None and conn.tunnel is None:
+            elif (
+                self.draining
+                and conn.ex is None
+                and conn.parsing is None
+                and conn.tunnel is None
+                and not conn.closing
+            ):
                 conn.close()
         self._sweeper = loop.call_later(0.25, self._sweep)
 
@@ -220,7 +239,9 @@ class Proxy:
     async def drain(self, grace: float) -> int:
         """Stop accepting, let in-flight exchanges finish (up to ``grace`` s), close the rest.
 
-        Returns the number of connections that had to be cut."""
+        Upgraded connections run on up to ``grace`` too; then a WebSocket gets its close
+        frames (1001, Going Away: ``tunnel.go_away``) and up to ``tunnel.CLOSE_WAIT`` s more
+        to end cleanly. Returns the number of connections that had to be cut."""
         self.draining = True
         for server in self.servers:
             server.close()
@@ -231,6 +252,15 @@ class Proxy:
             self._idle_event = asyncio.Event()
             try:
                 async with asyncio.timeout(grace):
+                    await self._idle_event.wait()
+            except TimeoutError:
+                pass
+        tunnels = [conn for conn in self.connections if conn.tunnel is not None]
+        for conn in tunnels:
+            go_away(conn)
+        if tunnels and self.connections and self._idle_event is not None:
+            try:
+                async with asyncio.timeout(CLOSE_WAIT):
                     await self._idle_event.wait()
             except TimeoutError:
                 pass

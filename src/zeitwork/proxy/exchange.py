@@ -78,6 +78,7 @@ class Exchange:
         "upstream",
         "upstream_started",
         "upstream_until_close",
+        "websocket",
     )
 
     def __init__(self, head: RequestHead, client: ClientInfo) -> None:
@@ -97,6 +98,7 @@ class Exchange:
         self.streamed = False
         self.expect = False
         self.upgrade = False
+        self.websocket = False  # an upgrade to WebSocket (framing followed in the tunnel)
         self.tunnel_buf = b""
         self.head_bytes = b""
         self.sent_head = False

@@ -283,6 +283,8 @@ def forwardable_request(
     ex.body_done = upgrade or (not chunked and content_length <= 0)
     ex.expect = expect and not ex.body_done
     ex.upgrade = upgrade
+    if upgrade and upgrade_value is not None:
+        ex.websocket = b"websocket" in upgrade_value.lower()
     return ex
 
 
@@ -338,6 +340,8 @@ def response_head(
     ex.status = status
     close = ex.close_after or not head.keep_alive or closing or (ex.upgrade and status != 101)
     if status == 101 and upgrade_value is not None:
+        if b"websocket" not in upgrade_value.lower():
+            ex.websocket = False  # the backend switched to something else
         headers.append((b"connection", b"upgrade"))
         headers.append((b"upgrade", upgrade_value))
     elif ex.head_only or status in (204, 304) or (length >= 0 and not upstream_chunked):

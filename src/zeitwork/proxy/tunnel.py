@@ -1,7 +1,20 @@
 """Upgraded connections (WebSocket and other ``Upgrade`` protocols): once the backend
 answers 101 the client connection and the backend connection carry raw bytes both ways, each
 side's reads written to the other (``ClientProtocol.tunnel_data`` and
-``UpstreamProtocol.data_received``), renewed by activity up to ``tunnel_idle_timeout``."""
+``UpstreamProtocol.data_received``), renewed by activity up to ``tunnel_idle_timeout``.
+
+Drains. A tunnel is not cut when its backend drains (it left the route table: a release
+replaces it) or when the proxy drains (SIGTERM): it runs on, for ``tunnel_drain_timeout``
+after the backend drained, or up to the end of the proxy's drain grace, and then ``go_away``
+closes it. A WebSocket (the request asked for ``Upgrade: websocket``, the backend answered
+101) gets a close frame with code 1001 (Going Away) each way, the client's from the server
+side, the backend's masked as a client's, each written between two frames of its direction
+(``websocket.FrameTracker`` follows both; a frame in flight is let through first, and what
+follows it is dropped), so the client sees a clean close and reconnects, to the new release.
+A direction whose endpoint already sent its own close frame gets none. Other tunnels are
+closed (FIN both ways). Whatever has not reached a frame boundary within ``CLOSE_WAIT`` s is
+cut.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +22,30 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from zeitwork.proxy.config import DEADLINE_TUNNEL, PAUSE_WAIT
+from zeitwork.proxy.config import DEADLINE_LINGER, DEADLINE_TUNNEL, PAUSE_WAIT
 from zeitwork.proxy.exchange import release_backend
+from zeitwork.proxy.websocket import GOING_AWAY, FrameTracker, close_frame
 
 if TYPE_CHECKING:
     from zeitwork.proxy.client import ClientProtocol
     from zeitwork.proxy.upstream import UpstreamProtocol
 
 _log = structlog.get_logger("zeitwork.proxy")
+
+CLOSE_WAIT = 2.0  # s a going-away tunnel may take to reach frame boundaries and close
+
+
+class WebSocketTunnel:
+    """Both directions of one WebSocket tunnel, followed frame by frame, and its close."""
+
+    __slots__ = ("backend_done", "client_done", "going_away", "to_backend", "to_client")
+
+    def __init__(self) -> None:
+        self.to_client = FrameTracker()  # what the backend sends
+        self.to_backend = FrameTracker()  # what the client sends
+        self.going_away = False
+        self.client_done = False  # the client got its close frame (or the backend's own)
+        self.backend_done = False  # the same towards the backend
 
 
 def upgrade_requested(conn: ClientProtocol, rest: bytes) -> None:
@@ -28,6 +57,10 @@ def upgrade_requested(conn: ClientProtocol, rest: bytes) -> None:
         conn.close()
         return
     ex.tunnel_buf = rest
+    if rest:
+        # bytes before the 101: a WebSocket client sends none (RFC 6455 4.1), so this one's
+        # framing is not followed (a drain closes its tunnel without close frames)
+        ex.websocket = False
     # no more HTTP from this client until the backend accepts or refuses the upgrade
     conn.pause_reading_for(PAUSE_WAIT)
     if ex.upstream is not None and ex.sent_head and rest:
@@ -54,11 +87,13 @@ def upgraded(conn: ClientProtocol, up: UpstreamProtocol, rest: bytes) -> None:
     conn.queue.clear()
     conn.deadline = conn.proxy.now() + conn.proxy.config.tunnel_idle_timeout
     conn.deadline_kind = DEADLINE_TUNNEL
+    if ex.websocket:
+        conn.ws = WebSocketTunnel()
     if rest:
-        conn._write(rest)
+        conn.tunnel_data(rest)
     if ex.tunnel_buf:
-        up.write(ex.tunnel_buf)
-        ex.tunnel_buf = b""
+        buf, ex.tunnel_buf = ex.tunnel_buf, b""
+        to_backend(conn, buf)
     conn.paused = 0
     conn.transport.resume_reading()
 
@@ -67,3 +102,102 @@ def idle(conn: ClientProtocol) -> None:
     """Nothing moved either way for ``tunnel_idle_timeout``: both sides are cut."""
     _log.info("proxy.tunnel_idle", peer=conn.peer_ip)
     conn.abort()
+
+
+def to_backend(conn: ClientProtocol, data: bytes) -> None:
+    """Bytes from the client for the backend (a WebSocket's framing followed)."""
+    up = conn.tunnel
+    ws = conn.ws
+    if up is None:
+        return
+    if ws is None:
+        up.write(data)
+        return
+    tracker = ws.to_backend
+    if not ws.going_away:
+        tracker.feed(data)
+        up.write(data)
+        return
+    if ws.backend_done:
+        return  # after the close frame nothing more is sent
+    used = tracker.feed(data, stop_at_boundary=True)
+    if used:
+        up.write(data if used == len(data) else data[:used])
+    if tracker.at_boundary:
+        _close_backend(conn, ws)
+
+
+def to_client(conn: ClientProtocol, data: bytes) -> None:
+    """Bytes from the backend for the client (a WebSocket's framing followed)."""
+    ws = conn.ws
+    if ws is None:
+        conn._write(data)
+        return
+    tracker = ws.to_client
+    if not ws.going_away:
+        tracker.feed(data)
+        conn._write(data)
+        return
+    if ws.client_done:
+        return
+    used = tracker.feed(data, stop_at_boundary=True)
+    if used:
+        conn._write(data if used == len(data) else data[:used])
+    if tracker.at_boundary:
+        _close_client(conn, ws)
+
+
+def go_away(conn: ClientProtocol) -> None:
+    """Close the tunnel of ``conn`` for a drain: close frames (1001) for a WebSocket, at the
+    next frame boundary of each direction; other tunnels are closed at once (FIN)."""
+    up = conn.tunnel
+    ws = conn.ws
+    if up is None:
+        conn.close()
+        return
+    if ws is None or ws.to_client.broken or ws.to_backend.broken:
+        _log.info("proxy.tunnel_closed_for_drain", peer=conn.peer_ip, websocket=ws is not None)
+        _detach(conn, up)
+        return
+    if ws.going_away:
+        return
+    ws.going_away = True
+    _log.info("proxy.websocket_going_away", peer=conn.peer_ip, backend=up.backend.address)
+    conn.deadline = conn.proxy.now() + CLOSE_WAIT  # cut if the boundaries do not come
+    conn.deadline_kind = DEADLINE_LINGER
+    if ws.to_client.at_boundary:
+        _close_client(conn, ws)
+    if ws.to_backend.at_boundary:
+        _close_backend(conn, ws)
+
+
+def _close_client(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
+    ws.client_done = True
+    if not ws.to_client.close_seen:
+        conn._write(close_frame(GOING_AWAY, masked=False))
+    if ws.backend_done:
+        _finish(conn)
+
+
+def _close_backend(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
+    ws.backend_done = True
+    up = conn.tunnel
+    if up is not None and not ws.to_backend.close_seen:
+        up.write(close_frame(GOING_AWAY, masked=True))
+    if ws.client_done:
+        _finish(conn)
+
+
+def _finish(conn: ClientProtocol) -> None:
+    """Both close frames are written: the tunnel ends (the client's side lingers, so that
+    its close reply does not meet a reset that could destroy our frame unread)."""
+    up = conn.tunnel
+    if up is not None:
+        _detach(conn, up)
+
+
+def _detach(conn: ClientProtocol, up: UpstreamProtocol) -> None:
+    conn.tunnel = None
+    up.tunnel = None
+    up.close()
+    conn.linger_close()
