@@ -45,6 +45,7 @@ COMPILED_MODULES = {
         "exchange",
         "tunnel",
         "responses",
+        "websocket",
         "upstream",
         "headers",
         "backends",
