@@ -144,6 +144,7 @@ class LogLine(_Model):
     release: str | None = None
     stream: str = "stdout"
     line: str
+    partial: bool = False  # goes on in the next line of this instance (a piece of a long one)
 
 
 class LogNotice(_Model):
