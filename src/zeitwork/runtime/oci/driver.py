@@ -396,21 +396,33 @@ class OciDriver:
         for line in lines:
             yield logfiles.entry_of(line)
         if follow:
-            pids = [int(p) for p in (handle.data.get("pid"), handle.data.get("capture_pid")) if p]
-            # until the container has ended and its capture has written its last lines
-            async for line in logfiles.follow(
-                path, alive=lambda: any(self._pid_alive(p) for p in pids), start=end
-            ):
+            pid, capture = handle.data.get("pid"), handle.data.get("capture_pid")
+
+            def alive() -> bool:  # until it ended and its capture wrote its last lines
+                if pid is not None and self._pid_alive(int(pid)):
+                    return True
+                return capture is not None and self._capture_alive(int(capture))
+
+            async for line in logfiles.follow(path, alive=alive, start=end):
                 yield logfiles.entry_of(line)
+
+    def _capture_alive(self, pid: int) -> bool:
+        """``pid`` is alive and still a capture process (not a recycled pid)."""
+        if not self._pid_alive(pid):
+            return False
+        try:
+            return logfiles.SHIM.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     async def _end_capture(self, pid: int | None) -> None:
         """Wait (bounded) for a capture process to end after its container, then kill it."""
         if pid is None:
             return
         deadline = time.monotonic() + CAPTURE_EXIT_SECONDS
-        while self._pid_alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self._capture_alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        if self._pid_alive(pid):
+        if self._capture_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + CAPTURE_EXIT_SECONDS

@@ -17,7 +17,9 @@ kept) and a new one is started: nothing is copied and no line is lost in a rotat
 
 The process runs in its own session (an agent that restarts or is killed leaves it
 running; the container keeps writing) and ends when both pipes are closed, that is when
-every process of the container has ended. Only the standard library is imported (the
+every process of the container has ended. A record it cannot write (a full disk) is
+dropped, never held: the pipes are read whatever happens, so the app is not blocked on its
+output nor killed by SIGPIPE. Only the standard library is imported (the
 interpreter starts with ``-I``): it costs a few MiB per container.
 """
 
@@ -28,6 +30,7 @@ import selectors
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 LINE_MAX = 16 * 1024
 FLUSH_SECONDS = 0.5
@@ -134,7 +137,7 @@ class RotatingFile:
         self.size = 0
 
 
-def run(out: RotatingFile, fds: dict[int, Splitter]) -> None:
+def run(out: RotatingFile | SafeFile, fds: dict[int, Splitter]) -> None:
     selector = selectors.DefaultSelector()
     for fd in fds:
         selector.register(fd, selectors.EVENT_READ)
@@ -162,17 +165,35 @@ def run(out: RotatingFile, fds: dict[int, Splitter]) -> None:
     selector.close()
 
 
+class SafeFile:
+    """A ``RotatingFile`` whose write errors (a full disk, the directory removed) drop the
+    records instead of ending the capture: the pipes are always read, so the container is
+    never blocked on them nor killed by SIGPIPE."""
+
+    def __init__(self, opener: Callable[[], RotatingFile]) -> None:
+        self._opener = opener
+        self._file: RotatingFile | None = None
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._file is None:
+                self._file = self._opener()
+            self._file.write(data)
+        except OSError:
+            self.dropped += data.count(b"\n")
+            self._file = None  # opened again (and its size read again) next time
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
         sys.stderr.write("usage: logshim.py LOG_PATH MAX_BYTES KEEP (pipes on fds 3 and 4)\n")
         return 2
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    out = RotatingFile(argv[1], max_bytes=int(argv[2]), keep=int(argv[3]))
-    try:
-        run(out, {STDOUT_FD: Splitter(b"stdout"), STDERR_FD: Splitter(b"stderr")})
-    except OSError:  # the container's directory was removed under us: nothing to keep
-        return 1
+    path, max_bytes, keep = argv[1], int(argv[2]), int(argv[3])
+    out = SafeFile(lambda: RotatingFile(path, max_bytes=max_bytes, keep=keep))
+    run(out, {STDOUT_FD: Splitter(b"stdout"), STDERR_FD: Splitter(b"stderr")})
     return 0
 
 

@@ -165,3 +165,22 @@ async def test_follow_reads_a_renamed_file_to_its_end_then_the_new_one(tmp_path:
     done.set()
     await asyncio.wait_for(reader, 10)
     assert got == ["b", "c", "d", "e"]
+
+
+def test_a_capture_that_cannot_write_still_reads_its_pipes(tmp_path: Path) -> None:
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    capture = logfiles.spawn_capture(directory / "console.log", max_bytes=1 << 20, keep=2)
+    try:
+        os.write(capture.stdout, b"kept\n")
+        time.sleep(0.3)
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()  # the file cannot be opened again: records are dropped
+        for _ in range(200):  # 2 MiB: far more than the pipe holds; never blocks or fails
+            os.write(capture.stdout, b"y" * 10_000 + b"\n")
+    finally:
+        os.close(capture.stdout)
+        os.close(capture.stderr)
+    _, status = os.waitpid(capture.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
