@@ -36,7 +36,6 @@ from zeitwork.edge.certificates.store import CertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
-from zeitwork.edge.handoff import Handoff, close_generation, socket_inode
 from zeitwork.edge.metrics import EdgeMetrics, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
@@ -44,7 +43,6 @@ from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch, override_policy
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
 from zeitwork.edge.settings import EdgeSettings
-from zeitwork.edge.steering import detach, steer_by_source
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.edge.tls_transport import HandshakeCounter
 from zeitwork.observability import get_logger, new_registry, render_metrics
@@ -54,6 +52,13 @@ from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
+from zeitwork.serving.handoff import (
+    close_generation,
+    hand_off,
+    socket_inode,
+    wait_predecessor_gone,
+)
+from zeitwork.serving.steering import detach, steer_by_source
 
 log = get_logger("zeitwork.edge")
 
@@ -220,7 +225,7 @@ class Edge:
             plain_sock, tls_sock = self.listen_socks
         else:
             # SO_REUSEPORT with one worker too: a successor can listen beside this edge
-            # before it stops (handoff.py)
+            # before it stops (serving/handoff.py)
             plain_sock = reuse_port_socket(s.host, s.port)
             tls_sock = reuse_port_socket(s.host, s.https_port)
         self._listening = (plain_sock, tls_sock)
@@ -496,43 +501,32 @@ class Edge:
     async def hand_off(self) -> bool:
         """SIGTERM: before the listeners close, wait up to ``EDGE_HANDOFF_TIMEOUT`` s for a
         successor listening on the same ports and steer new connections to it, so that no
-        connection is refused (handoff.py). True when one took over."""
-        handoff = Handoff(socks=self._listening, own=self.generation)
-        split = await handoff.find_successor(self.settings.handoff_timeout)
-        if split is None:
+        connection is refused (serving/handoff.py). True when one took over."""
+        outcome = await hand_off(
+            self._listening,
+            own=self.generation,
+            wait=self.settings.handoff_timeout,
+            shared=self.listen_socks is not None,
+        )
+        if outcome.error is not None:
+            log.warning("edge.handoff_failed", worker=self.index, error=outcome.error)
+            return False
+        if outcome.successor is None:
             log.info("edge.no_successor", worker=self.index, waited=self.settings.handoff_timeout)
-            self._stop_listening()
             return False
-        try:
-            handoff.steer_away(split)
-        except OSError as exc:
-            log.warning("edge.handoff_failed", worker=self.index, error=str(exc))
-            self._stop_listening()
-            return False
-        left = await handoff.wait_accepted()
-        log.info("edge.handed_off", worker=self.index, successor_sockets=split, still_queued=left)
+        log.info(
+            "edge.handed_off",
+            worker=self.index,
+            successor_sockets=outcome.successor,
+            still_queued=outcome.queued,
+        )
         return True
-
-    def _stop_listening(self) -> None:
-        """No handoff: new connections are refused from now on. With several workers the
-        supervisor holds a copy of every listener (``close_generation``); shutting a
-        listener down ends its listening whoever else holds it."""
-        if self.listen_socks is None:
-            return  # this process alone holds them: closing them (drain) is enough
-        for sock in self._listening:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     async def _restore_steering(self) -> None:
         """Started beside a predecessor (a handoff), whose last program steers past this
         generation's sockets once it has gone: steer by client address again then."""
-        handoff = Handoff(socks=self._listening, own=self.generation)
-        if not any(await handoff.foreign()):
+        if not await wait_predecessor_gone(self._listening, own=self.generation):
             return  # a plain start: the supervisor's steering stands
-        while True:  # /proc is the only news of the predecessor's going: poll it
-            await asyncio.sleep(0.5)
-            if not any(await handoff.foreign()):
-                break
         try:
             for sock in self._listening:
                 if self.settings.trusted_proxies:
@@ -588,12 +582,13 @@ async def run(
         stats_dir=stats_dir,
         generation=generation,
     )
-    await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # before the start, which logs edge.started: a signal sent on that line is handled
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, edge.reload)
+    await edge.start()
     stopper: asyncio.Task[bool] = asyncio.create_task(stop.wait(), name="edge.signal")
     waiters: list[asyncio.Task[None] | asyncio.Task[bool]] = [*edge._tasks, stopper]
     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -1,10 +1,19 @@
 """Composition root of the load balancer: settings -> router, engine, loops, workers.
 
 ``run(settings)`` serves in this process when ``LB_WORKERS=1``; otherwise it forks that many
-worker processes, each with its own SO_REUSEPORT listening socket, its own health checks and
-route watch. Worker 0 also serves the admin listener and merges the other workers' counters
-(they publish a snapshot file every second). SIGTERM: stop accepting, drain in-flight
-requests up to ``LB_DRAIN_TIMEOUT``, exit.
+worker processes. The supervisor makes every worker's SO_REUSEPORT listening socket before
+forking (in worker order) and holds its copies until they have exited; each worker has its
+own health checks and route watch. Worker 0 also serves the admin listener and merges the
+other workers' counters (they publish a snapshot file every second). With the operator and
+no cached table, a starting worker accepts only once it has the route table
+(``LB_ROUTES_WAIT`` at most); connections wait in its queue meanwhile.
+
+SIGTERM hands the port to a successor listening on it (``serving/handoff.py``: up to
+``LB_HANDOFF_TIMEOUT`` s), then drains in-flight requests up to ``LB_DRAIN_TIMEOUT`` and
+exits. Sockets passed by systemd (``LISTEN_FDS``: the data listener, then optionally the
+admin one) are used instead of binding; systemd keeps them open across a restart, so there
+is nothing to hand off. SIGHUP reloads what can change without a restart: the whole route
+table is fetched from the operator at once.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import uvloop
 
 from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.clients.routes import RoutesClient
+from zeitwork.core.errors import ZeitworkError
 from zeitwork.core.process import die_with_parent
 from zeitwork.lb import route_stats
 from zeitwork.lb.admin import AdminPolicy, NoRoutes
@@ -47,6 +57,10 @@ from zeitwork.proxy import (
     reuse_port_socket,
 )
 from zeitwork.proxy.checker import HealthChecker
+from zeitwork.serving.activation import listen_sockets
+from zeitwork.serving.handoff import close_generation, hand_off, settle, socket_inode
+from zeitwork.serving.handoff import wait_predecessor_gone as predecessor_gone
+from zeitwork.serving.steering import detach
 
 PUBLISH_INTERVAL = 1.0
 
@@ -112,11 +126,26 @@ class LoadBalancer:
     """One worker's balancer: built without I/O, then ``start`` binds, ``run`` serves."""
 
     def __init__(
-        self, settings: LBSettings, *, index: int = 0, stats_dir: Path | None = None
+        self,
+        settings: LBSettings,
+        *,
+        index: int = 0,
+        stats_dir: Path | None = None,
+        listen_sock: socket.socket | None = None,
+        admin_sock: socket.socket | None = None,
+        generation: frozenset[int] = frozenset(),
+        activated: bool = False,
     ) -> None:
+        """``listen_sock``: the data listener the supervisor (or systemd: ``activated``)
+        made, else one is made here; ``generation``: the inodes of every data listener of
+        this balancer's workers (a handoff's successor is a listener not among them)."""
         self.settings = settings
         self.index = index
         self.stats_dir = stats_dir
+        self.listen_sock = listen_sock
+        self.admin_sock = admin_sock
+        self.generation = generation
+        self.activated = activated
         self.log = get_logger("zeitwork.lb").bind(worker=index)
         self.prom = new_registry()
         self.peers = _Peers(stats_dir, index)
@@ -184,6 +213,10 @@ class LoadBalancer:
             )
         self.checker = HealthChecker(backends=self.backends.all)
         self.admin: Proxy | None = None
+        self._listening: list[socket.socket] = []
+        self._sync_task: asyncio.Task[None] | None = None
+        self._steering: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
         self.port = 0
         self.admin_port = 0
         self.started = time.time()
@@ -237,13 +270,25 @@ class LoadBalancer:
 
     async def start(self, *, port: int | None = None, admin_port: int | None = None) -> None:
         settings = self.settings
-        if self.sync is not None:
-            self.sync.load_cache()
+        cached = self.sync.load_cache() if self.sync is not None else False
         if self.pusher is not None:
             self.pusher.load_id()
-        sock = reuse_port_socket(settings.host, settings.port if port is None else port)
+        if self.sync is not None:
+            self._sync_task = asyncio.create_task(self.sync.run(), name="route-sync")
+            if not cached:
+                await self._first_table(settings.routes_wait)
+        # SO_REUSEPORT with one worker too: a successor can listen beside this balancer
+        # before it stops (serving/handoff.py)
+        sock = self.listen_sock or reuse_port_socket(
+            settings.host, settings.port if port is None else port
+        )
+        self._listening = [sock]
+        if not self.activated:
+            self.generation = self.generation | {socket_inode(sock)}
         await self.proxy.serve(sock)
         self.port = sock.getsockname()[1]
+        if self.index == 0 and not self.activated:
+            self._steering = asyncio.create_task(self._restore_spreading(), name="steering")
         if self.index == 0:
             self.admin = Proxy(
                 router=NoRoutes(),
@@ -255,7 +300,7 @@ class LoadBalancer:
                 ),
                 config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
             )
-            admin_sock = reuse_port_socket(
+            admin_sock = self.admin_sock or reuse_port_socket(
                 settings.admin_host, settings.admin_port if admin_port is None else admin_port
             )
             await self.admin.serve(admin_sock)
@@ -269,16 +314,88 @@ class LoadBalancer:
                 algorithm=settings.algorithm,
                 static_backends=len(settings.backend_list),
                 operator=settings.operator_url,
+                activated=self.activated,
             )
 
+    async def _first_table(self, wait: float) -> None:
+        """Until the operator's first answer (a table, or an error), at most ``wait`` s: a
+        worker that accepted before it had the table would answer its routes 404/503 while
+        its siblings serve them (and count them under no route)."""
+        assert self.sync is not None and self._sync_task is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not self.sync.synced.is_set() and self.sync.last_error is None:
+            if self._sync_task.done():
+                self._sync_task.result()  # it crashed: so does the start
+            if loop.time() >= deadline:
+                self.log.warning("lb.routes_not_yet", waited=wait)
+                return
+            await asyncio.sleep(0.02)
+
+    async def _restore_spreading(self) -> None:
+        """Started beside a predecessor (a handoff), whose last program steers new
+        connections by source address: once it has gone, the kernel's spreading over this
+        balancer's workers again (by source, one edge's connections would meet one worker)."""
+        if not await predecessor_gone(self._listening, own=self.generation):
+            return
+        try:
+            detach(self._listening[0])
+        except OSError as exc:
+            self.log.warning("lb.steering_unavailable", error=str(exc))
+            return
+        self.log.info("lb.steering_restored", workers=self.settings.workers)
+
+    async def hand_off(self) -> bool:
+        """SIGTERM: before the listener closes, wait up to ``LB_HANDOFF_TIMEOUT`` s for a
+        successor listening on the same port and steer new connections to it, so that no
+        connection is refused. True when one took over. Sockets from systemd stay open in
+        systemd across the restart: nothing to hand off."""
+        if self.activated or not self._listening:
+            return False
+        wait = self.settings.handoff_timeout
+        outcome = await hand_off(
+            self._listening, own=self.generation, wait=wait, shared=self.listen_sock is not None
+        )
+        if outcome.error is not None:
+            self.log.warning("lb.handoff_failed", error=outcome.error)
+        elif outcome.successor is None:
+            self.log.info("lb.no_successor", waited=wait)
+        else:
+            self.log.info(
+                "lb.handed_off", successor_sockets=outcome.successor, still_queued=outcome.queued
+            )
+        return outcome.successor is not None
+
+    def reload(self) -> None:
+        """SIGHUP: what can change without a restart. The route table is fetched whole from
+        the operator at once (the watch would also see a change, within its long-poll);
+        open connections are untouched. Settings come from the environment, read once:
+        change them with a restart, which hands the port over (``hand_off``)."""
+        if self.client is None or self.sync is None:
+            self.log.info("lb.reloaded", routes="static", routes_version=self.router.version)
+            return
+        task = asyncio.create_task(self._refetch(self.client, self.sync), name="lb.reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _refetch(self, client: RoutesClient, sync: RouteSync) -> None:
+        try:
+            table = await client.fetch()
+        except (ZeitworkError, OSError) as exc:
+            self.log.warning("lb.reload_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if table.version != self.router.version:
+            sync.apply(table)
+        self.log.info("lb.reloaded", routes="fetched", routes_version=self.router.version)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the background loops until ``stop`` is set, then drain and close."""
+        """Run the background loops until ``stop`` is set, then hand off, drain and close."""
         settings = self.settings
         try:
             async with asyncio.TaskGroup() as tasks:
                 loops = [tasks.create_task(self.checker.run(), name="health-checker")]
-                if self.sync is not None:
-                    loops.append(tasks.create_task(self.sync.run(), name="route-sync"))
+                if self._sync_task is not None:
+                    loops.append(tasks.create_task(_follow(self._sync_task), name="route-sync"))
                 if self.pusher is not None:
                     loops.append(tasks.create_task(self.pusher.run(), name="stats-push"))
                 if self.stats_dir is not None and self.index > 0:
@@ -289,6 +406,11 @@ class LoadBalancer:
                         )
                     )
                 await stop.wait()
+                self.log.info("lb.stopping")
+                if self._steering is not None:
+                    self._steering.cancel()
+                await self.hand_off()
+                await settle(self.proxy)
                 self.log.info(
                     "lb.draining", in_flight=self.proxy.in_flight, grace=settings.drain_timeout
                 )
@@ -299,6 +421,16 @@ class LoadBalancer:
                     task.cancel()
                 self.log.info("lb.stopped", cut=cut)
         finally:
+            leftover: list[asyncio.Task[None] | None] = [
+                self._steering,
+                self._sync_task,
+                *self._reloads,
+            ]
+            for pending in leftover:
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
             for backend in self.backends.all():
                 backend.close_idle()
             if self.client is not None:
@@ -311,29 +443,63 @@ async def serve(
     settings: LBSettings,
     *,
     index: int = 0,
-    port: int | None = None,
     admin_port: int | None = None,
     stats_dir: Path | None = None,
+    listen_sock: socket.socket | None = None,
+    admin_sock: socket.socket | None = None,
+    generation: frozenset[int] = frozenset(),
+    activated: bool = False,
 ) -> None:
-    """Run one worker until SIGTERM/SIGINT, then drain."""
-    lb = LoadBalancer(settings, index=index, stats_dir=stats_dir)
-    await lb.start(port=port, admin_port=admin_port)
+    """Run one worker until SIGTERM/SIGINT, then hand off and drain; SIGHUP reloads."""
+    lb = LoadBalancer(
+        settings,
+        index=index,
+        stats_dir=stats_dir,
+        listen_sock=listen_sock,
+        admin_sock=admin_sock,
+        generation=generation,
+        activated=activated,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # before the start, which logs lb.listening: a signal sent on that line is handled
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP is not fatal: routes follow the operator already, settings need a restart
-    loop.add_signal_handler(signal.SIGHUP, lambda: lb.log.info("lb.reloaded", routes="live"))
+    loop.add_signal_handler(signal.SIGHUP, lb.reload)
+    await lb.start(admin_port=admin_port)
     await lb.run(stop)
 
 
+async def _follow(task: asyncio.Task[None]) -> None:
+    """A task started before the TaskGroup, in it (its crash stops the worker; cancelling
+    this cancels it)."""
+    await task
+
+
 def _worker_main(
-    settings: LBSettings, index: int, port: int, admin_port: int, stats_dir: Path
+    settings: LBSettings,
+    index: int,
+    *,
+    admin_port: int,
+    stats_dir: Path,
+    listen_sock: socket.socket,
+    generation: frozenset[int],
+    activated: bool,
+    admin_sock: socket.socket | None,
 ) -> None:
     code = 0
     try:
         uvloop.run(
-            serve(settings, index=index, port=port, admin_port=admin_port, stats_dir=stats_dir)
+            serve(
+                settings,
+                index=index,
+                admin_port=admin_port,
+                stats_dir=stats_dir,
+                listen_sock=listen_sock,
+                admin_sock=admin_sock,
+                generation=generation,
+                activated=activated,
+            )
         )
     except BaseException:
         get_logger("zeitwork.lb").exception("lb.worker_crashed", worker=index)
@@ -342,7 +508,8 @@ def _worker_main(
 
 
 def _reserve(host: str, port: int) -> socket.socket:
-    """Bind (without listening) so that port 0 becomes one concrete port all workers share."""
+    """Bind (without listening) so that port 0 becomes one concrete port worker 0 (and a
+    respawned worker 0) listens on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -351,13 +518,31 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _supervise(settings: LBSettings) -> int:
+def _worker_sockets(settings: LBSettings) -> list[socket.socket]:
+    """Every worker's data listener, made in worker order before forking, so that worker i
+    is index i of the SO_REUSEPORT group (what a handoff's steering counts on)."""
+    first = reuse_port_socket(settings.host, settings.port)
+    port = first.getsockname()[1]
+    return [first, *(reuse_port_socket(settings.host, port) for _ in range(settings.workers - 1))]
+
+
+def _supervise(settings: LBSettings, activated: list[socket.socket]) -> int:
+    """Fork ``LB_WORKERS`` workers; a worker that dies is started again (0.5 s later) on
+    the same listener, whose queue keeps the connections that came meanwhile. SIGTERM is
+    passed on (each worker hands off and drains), and so is SIGHUP."""
     log = get_logger("zeitwork.lb")
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-lb-"))
-    data_res = _reserve(settings.host, settings.port)
-    admin_res = _reserve(settings.admin_host, settings.admin_port)
-    port = data_res.getsockname()[1]
-    admin_port = admin_res.getsockname()[1]
+    if activated:  # systemd's listener, shared by every worker (systemd holds it across restarts)
+        socks = [activated[0]] * settings.workers
+        admin_sock = activated[1] if len(activated) > 1 else None
+    else:
+        socks = _worker_sockets(settings)
+        admin_sock = None
+    generation = frozenset(socket_inode(sock) for sock in socks)
+    admin_res: socket.socket | None = None
+    if admin_sock is None:
+        admin_res = _reserve(settings.admin_host, settings.admin_port)
+    admin_port = (admin_sock or admin_res or socks[0]).getsockname()[1]
     children: dict[int, int] = {}
     stopping = False
     supervisor = os.getpid()
@@ -369,9 +554,23 @@ def _supervise(settings: LBSettings) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it
             die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
-            data_res.close()
-            admin_res.close()
-            _worker_main(settings, index, port, admin_port, stats_dir)
+            for sock in socks:
+                if sock is not socks[index]:
+                    sock.close()
+            if admin_res is not None:
+                admin_res.close()
+            if admin_sock is not None and index != 0:
+                admin_sock.close()
+            _worker_main(
+                settings,
+                index,
+                admin_port=admin_port,
+                stats_dir=stats_dir,
+                listen_sock=socks[index],
+                generation=generation,
+                activated=bool(activated),
+                admin_sock=admin_sock if index == 0 else None,
+            )
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
@@ -405,12 +604,20 @@ def _supervise(settings: LBSettings) -> int:
             if not stopping:
                 log.error("lb.worker_exited", worker=index, code=code)
                 time.sleep(0.5)
-                spawn(index)
+                if not stopping:
+                    spawn(index)
             elif code != 0:
                 status = 1
     finally:
-        data_res.close()
-        admin_res.close()
+        # held until every worker has gone, so that the group is not renumbered while
+        # they hand off and finish (serving/handoff.py)
+        if activated:
+            for sock in activated:
+                sock.close()
+        else:
+            close_generation(socks, own=generation)
+        if admin_res is not None:
+            admin_res.close()
         shutil.rmtree(stats_dir, ignore_errors=True)
     return status
 
@@ -422,10 +629,18 @@ def run(settings: LBSettings) -> int:
         level=settings.log_level.value,
     )
     try:
+        activated = listen_sockets()
         if settings.workers == 1:
-            uvloop.run(serve(settings))
+            uvloop.run(
+                serve(
+                    settings,
+                    listen_sock=activated[0] if activated else None,
+                    admin_sock=activated[1] if len(activated) > 1 else None,
+                    activated=bool(activated),
+                )
+            )
             return 0
-        return _supervise(settings)
+        return _supervise(settings, activated)
     except OSError as exc:  # cannot bind a listener: one line, not a traceback
         print(f"zeitwork: load balancer cannot start: {exc}", file=sys.stderr)
         return 1

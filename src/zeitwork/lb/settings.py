@@ -57,6 +57,21 @@ class LBSettings(ServiceSettings):
         default=3600.0, gt=0, validation_alias="LB_TUNNEL_IDLE_TIMEOUT"
     )
     drain_timeout: float = Field(default=30.0, ge=0, validation_alias="LB_DRAIN_TIMEOUT")
+    handoff_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        validation_alias="LB_HANDOFF_TIMEOUT",
+        description="seconds SIGTERM waits for a successor on the same port before closing it",
+    )
+    routes_wait: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        validation_alias="LB_ROUTES_WAIT",
+        description="with OPERATOR_URL and no cached table: seconds a starting worker waits "
+        "for the first route table before it accepts connections",
+    )
     max_body: int = Field(
         default=1024 * 1024 * 1024, ge=0, validation_alias="LB_MAX_BODY", description="0: none"
     )

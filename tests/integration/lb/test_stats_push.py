@@ -33,7 +33,6 @@ from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.lb.stats_push import StatsPusher, load_or_make_id
 from zeitwork.operator.principal import Scope
-from zeitwork.proxy import core_compiled
 
 __all__ = ["operator", "operator_factory"]  # fixtures reused from the operator's tests
 
@@ -315,11 +314,6 @@ async def test_pushes_fail_while_the_operator_is_down_and_resume_when_it_is_up(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    core_compiled(),
-    reason="not yet passing on the compiled build: the second worker's route figures did not "
-    "reach the merged /stats/routes within 30 s in the full compiled suite (open, issue 20)",
-)
 async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
     operator: Operator,
     operator_url: str,
@@ -352,20 +346,13 @@ async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
         return (await http(lb.port, path="/", host=HOST)).status == 200
 
     await eventually(routed, timeout=15)
-    # Each worker follows the table on its own, so the second may not have the route yet: a
-    # request it answers without one counts under no route. Send until 40 in a row are served
-    # (new connections: the kernel spreads them over both workers) and count the served ones.
-    served = 1
-    streak = 0
-    deadline = asyncio.get_running_loop().time() + 30
-    while streak < 40:
-        assert asyncio.get_running_loop().time() < deadline, f"only {streak} served in a row"
-        if (await http(lb.port, path="/", host=HOST)).status == 200:
-            served += 1
-            streak += 1
-        else:
-            streak = 0
-            await asyncio.sleep(0.1)
+    # Each worker follows the table on its own, and accepts only once it has it
+    # (LB_ROUTES_WAIT): none answers the route 404/503 while the other serves it, so every
+    # request is served and counted under the route. New connections: the kernel spreads
+    # them over both workers.
+    statuses = [(await http(lb.port, path="/", host=HOST)).status for _ in range(40)]
+    assert statuses == [200] * 40
+    served = 41
 
     async def merged() -> int | None:
         r = await http(lb.admin_port, path="/stats/routes", host="127.0.0.1")

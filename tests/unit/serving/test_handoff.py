@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from zeitwork.edge.handoff import (
+from zeitwork.serving.handoff import (
     Handoff,
     Listener,
     close_generation,
@@ -13,7 +13,7 @@ from zeitwork.edge.handoff import (
     listeners,
     socket_inode,
 )
-from zeitwork.edge.steering import attach, detach, handoff_program, source_program
+from zeitwork.serving.steering import attach, detach, handoff_program, source_program
 
 TABLE = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -1,19 +1,24 @@
 """Handing the listening ports to a successor on SIGTERM: a restart or an upgrade that
-refuses no connection.
+refuses no connection (the edge and the load balancer).
 
-Every listening socket of the edge has SO_REUSEPORT, so a second edge (the new version, or
-the same one restarted) can listen on the same ports while the first still runs; the kernel
-then spreads new connections over both. On SIGTERM the old edge looks for such a successor
-(``EDGE_HANDOFF_TIMEOUT`` seconds at most, in /proc/net/tcp: a listening socket on the same
-address and port that is not one of its own generation's). When one listens on every port,
-the old edge attaches a reuseport program that sends every new connection to the
-successor's sockets (``steering.handoff_program``), keeps accepting until its own accept
-queues are empty, and only then closes its listeners and drains. Closing a listener with
-connections still queued on it would reset them (unless ``net.ipv4.tcp_migrate_req`` is set).
-Without a successor it closes at once, as before.
+Every listening socket of a service has SO_REUSEPORT, so a second process (the new version,
+or the same one restarted) can listen on the same ports while the first still runs; the
+kernel then spreads new connections over both. On SIGTERM the old process looks for such a
+successor (``EDGE_HANDOFF_TIMEOUT`` / ``LB_HANDOFF_TIMEOUT`` seconds at most, in
+/proc/net/tcp: a listening socket on the same address and port that is not one of its own
+generation's). When one listens on every port, the old process attaches a reuseport program
+that sends every new connection to the successor's sockets (``steering.handoff_program``),
+keeps accepting until its own accept queues are empty, and only then closes its listeners
+and drains. Closing a listener with connections still queued on it would reset them (unless
+``net.ipv4.tcp_migrate_req`` is set). Without a successor it closes at once.
+
+With several workers, the supervisor makes every worker's sockets before forking, in worker
+order (a group numbers its sockets in the order they started listening), and holds its
+copies until the workers are gone (``close_generation``).
 
 The table parsing is pure (``listeners``); ``Handoff`` reads the tables (off the event loop)
-and attaches the program.
+and attaches the program; ``hand_off`` is one worker's whole part, ``wait_predecessor_gone``
+the successor's.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from zeitwork.edge.steering import attach, handoff_program
+from zeitwork.serving.steering import attach, handoff_program
 
 _LISTEN = "0A"
 _QUEUE_WAIT = 1.0  # at most this long for the accept queues to empty after steering away
@@ -80,7 +86,7 @@ def _read_table(family: int) -> str:
 
 class Handoff:
     """One worker's part of a handoff: its listening ``socks``; ``own`` is the inodes of
-    every listening socket of this edge's generation (all workers')."""
+    every listening socket of this process's generation (all workers')."""
 
     def __init__(
         self,
@@ -179,3 +185,77 @@ def close_generation(socks: Sequence[socket.socket], *, own: frozenset[int]) -> 
                 attach(live[k - 1], handoff_program(k, others))
     for sock in socks:
         sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one worker's handoff went: ``successor`` is, per socket, (this generation's
+    sockets, the successor's) in its group, None when none came (or steering failed:
+    ``error``); ``queued``, connections still queued when it stopped waiting for them."""
+
+    successor: list[tuple[int, int]] | None
+    queued: int = 0
+    error: str | None = None
+
+
+async def hand_off(
+    socks: Sequence[socket.socket], *, own: frozenset[int], wait: float, shared: bool
+) -> Outcome:
+    """SIGTERM, before the listeners close: wait up to ``wait`` s for a successor listening
+    on every port of ``socks`` and steer new connections to it, then wait for this worker's
+    accept queues to empty. Without one (or when the kernel refuses the program) new
+    connections are refused from now on: ``shared`` says a supervisor holds copies of the
+    sockets, and then they are shut down (which ends their listening whoever holds them);
+    otherwise closing them (the drain) is enough."""
+    handoff = Handoff(socks=socks, own=own)
+    split = await handoff.find_successor(wait)
+    if split is None:
+        stop_listening(socks, shared=shared)
+        return Outcome(successor=None)
+    try:
+        handoff.steer_away(split)
+    except OSError as exc:
+        stop_listening(socks, shared=shared)
+        return Outcome(successor=None, error=str(exc))
+    return Outcome(successor=split, queued=await handoff.wait_accepted())
+
+
+SETTLE = 0.2  # s between "close after the next response" and closing idle connections
+
+
+class _Draining(Protocol):
+    draining: bool
+
+
+async def settle(proxy: _Draining, seconds: float = SETTLE) -> None:
+    """Before the drain: every response says ``Connection: close`` from now on, so a busy
+    keep-alive connection ends after its next response, cleanly. The drain then closes
+    connections idle at that instant; a client that had just sent a request on one would
+    meet the close, which is what clients that reuse connections without pause (wrk, a
+    pool under load) would otherwise meet on every connection."""
+    proxy.draining = True
+    await asyncio.sleep(seconds)
+
+
+def stop_listening(socks: Sequence[socket.socket], *, shared: bool) -> None:
+    if not shared:
+        return
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+async def wait_predecessor_gone(
+    socks: Sequence[socket.socket], *, own: frozenset[int], poll: float = 0.5
+) -> bool:
+    """A process started beside a predecessor (a handoff): wait until no listening socket
+    of another generation shares a group with ``socks``. The predecessor's last program
+    still steers then (by source address over this generation's sockets): the caller puts
+    its own steering back. False when there was no predecessor (a plain start)."""
+    handoff = Handoff(socks=socks, own=own)
+    if not any(await handoff.foreign()):
+        return False
+    while True:  # /proc is the only news of the predecessor's going: poll it
+        await asyncio.sleep(poll)
+        if not any(await handoff.foreign()):
+            return True
