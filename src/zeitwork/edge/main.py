@@ -55,6 +55,7 @@ from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
 from zeitwork.serving.handoff import (
     close_generation,
     hand_off,
+    settle,
     socket_inode,
     wait_predecessor_gone,
 )
@@ -599,6 +600,8 @@ async def run(
     stopper.cancel()
     if stop.is_set():
         await edge.hand_off()
+        if edge.proxy is not None:
+            await settle(edge.proxy)  # busy keep-alive connections end after their response
     await edge.stop()
 
 

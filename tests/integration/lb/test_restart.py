@@ -43,8 +43,10 @@ async def wait_events(lb: LBProcess, name: str, count: int = 1, timeout: float =
 class Wrk:
     """``wrk`` against a port for ``seconds``; its summary parsed once it is done."""
 
-    def __init__(self, port: int, seconds: int, *, keep_alive: bool) -> None:
+    def __init__(self, port: int, seconds: int, *, keep_alive: bool, host: str = "") -> None:
         self.argv = ["wrk", "-t2", "-c8", f"-d{seconds}s", "--timeout", "10s"]
+        if host:
+            self.argv += ["-H", f"Host: {host}"]
         if not keep_alive:  # a new connection for every request: each meets the listener
             self.argv += ["-H", "Connection: close"]
         self.argv.append(f"http://127.0.0.1:{port}/")
