@@ -225,14 +225,18 @@ SETTLE = 0.2  # s between "close after the next response" and closing idle conne
 
 class _Draining(Protocol):
     draining: bool
+    servers: list[asyncio.Server]
 
 
 async def settle(proxy: _Draining, seconds: float = SETTLE) -> None:
-    """Before the drain: every response says ``Connection: close`` from now on, so a busy
-    keep-alive connection ends after its next response, cleanly. The drain then closes
-    connections idle at that instant; a client that had just sent a request on one would
-    meet the close, which is what clients that reuse connections without pause (wrk, a
-    pool under load) would otherwise meet on every connection."""
+    """Before the drain: stop accepting, and every response says ``Connection: close``
+    from now on, so a busy keep-alive connection ends after its next response, cleanly,
+    and a connection accepted last gets its request read. The drain then closes connections
+    idle at that instant; a client that had just sent a request on one would meet the
+    close, which is what clients that reuse connections without pause (wrk, a pool under
+    load) would otherwise meet on every connection."""
+    for server in proxy.servers:
+        server.close()
     proxy.draining = True
     await asyncio.sleep(seconds)
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,3 +159,69 @@ async def test_sighup_reloads_without_dropping_a_connection(
     finally:
         writer.close()
     assert lb.stop() == 0
+
+
+_ACTIVATED = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'; "
+    "os.execv(sys.executable, [sys.executable, '-m', 'zeitwork', 'load-balancer'])"
+)
+
+
+def _activated_lb(sock: socket.socket, log: Path, env: dict[str, str]) -> LBProcess:
+    """``zeitwork load-balancer`` given ``sock`` as systemd passes it (fd 3, LISTEN_PID,
+    LISTEN_FDS), through a small exec wrapper that knows its own pid."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "PORT", "ZEITWORK_"))}
+    full |= {"ENVIRONMENT": "production", "HOST": "127.0.0.1", "LB_ADMIN_PORT": "0", **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _ACTIVATED, str(sock.fileno())],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+        )
+    lb = LBProcess(proc, log)
+    lb.wait_listening()
+    return lb
+
+
+@pytest.mark.slow
+@needs_wrk
+async def test_a_restart_on_systemds_socket_fails_no_request(
+    make_origin: MakeOrigin, tmp_path: Path
+) -> None:
+    """Socket activation: the listener outlives the process (here the test holds it, as
+    systemd does), so connections that come while no balancer runs wait in its queue."""
+    origin = await make_origin("app")
+    sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    port = sock.getsockname()[1]
+    env = {"LB_WORKERS": "2", "LB_BACKENDS": origin.address, "ZEITWORK_DATA_DIR": str(tmp_path)}
+    running: list[LBProcess] = []
+    loads: list[Wrk] = []
+    try:
+        running.append(await asyncio.to_thread(_activated_lb, sock, tmp_path / "a.log", env))
+        assert running[0].port == port and events(running[0], "lb.listening")[0]["activated"]
+        loads += [
+            await Wrk(port, 12, keep_alive=False).start(),
+            await Wrk(port, 12, keep_alive=True).start(),
+        ]
+        await asyncio.sleep(2)
+        # systemctl restart: stop, then start (the origin runs on this loop meanwhile)
+        assert await asyncio.to_thread(running[0].stop) == 0
+        stopped_at = origin.hits
+        running.append(await asyncio.to_thread(_activated_lb, sock, tmp_path / "b.log", env))
+        results = [await load.result() for load in loads]
+        assert origin.hits > stopped_at
+        for load, result in zip(loads, results, strict=True):
+            assert result["requests"] > 100, load.output
+            failed = {k: v for k, v in result.items() if k != "requests" and v}
+            assert failed == {}, (" ".join(load.argv), load.output)
+    finally:
+        for load in loads:
+            if load.proc is not None and load.proc.returncode is None:
+                load.proc.kill()
+                await load.proc.wait()
+        for lb in running:
+            await asyncio.to_thread(lb.stop)
+        sock.close()
