@@ -73,6 +73,7 @@ def _config(settings: LBSettings) -> ProxyConfig:
         first_byte_timeout=settings.first_byte_timeout,
         stream_idle_timeout=settings.stream_idle_timeout,
         tunnel_idle_timeout=settings.tunnel_idle_timeout,
+        tunnel_drain_timeout=settings.tunnel_drain_timeout,
         max_body=settings.max_body,
     )
 

@@ -57,6 +57,14 @@ class LBSettings(ServiceSettings):
         default=3600.0, gt=0, validation_alias="LB_TUNNEL_IDLE_TIMEOUT"
     )
     drain_timeout: float = Field(default=30.0, ge=0, validation_alias="LB_DRAIN_TIMEOUT")
+    tunnel_drain_timeout: float = Field(
+        default=25.0,
+        ge=0,
+        le=3600,
+        validation_alias="LB_TUNNEL_DRAIN_TIMEOUT",
+        description="seconds a WebSocket or other upgraded connection runs on once its backend "
+        "drains; then a WebSocket gets close code 1001 (keep it below the release's drain)",
+    )
     handoff_timeout: float = Field(
         default=0.0,
         ge=0,

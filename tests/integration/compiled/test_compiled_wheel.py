@@ -149,7 +149,18 @@ def test_proxy_edge_and_lb_suites_pass_on_the_compiled_build(compiled_site: Path
         "tests/integration/edge",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
+        # its own base temp dir: the default one would rotate this session's away
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(compiled_site.parent / "suites"),
+            *suites,
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(compiled_site)},
         capture_output=True,
