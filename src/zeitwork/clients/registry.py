@@ -674,6 +674,16 @@ async def _chunks(data: bytes | Path, size: int) -> AsyncIterator[bytes]:
         for start in range(0, len(data), size):
             yield data[start : start + size]
         return
-    async with await anyio.open_file(data, "rb") as handle:
-        while chunk := await handle.read(size):
-            yield chunk
+    # No file stays open between chunks: an upload the registry cuts short leaves this
+    # generator unfinished, and a handle held across the yield would then wait for the
+    # garbage collector (an unclosed-file warning, a descriptor held meanwhile).
+    offset = 0
+    while chunk := await anyio.to_thread.run_sync(_read_at, data, offset, size):
+        offset += len(chunk)
+        yield chunk
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
