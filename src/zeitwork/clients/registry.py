@@ -662,9 +662,15 @@ async def _read_limited(response: httpx.Response, limit: int, what: str) -> byte
 
 
 async def _file_digest(path: Path) -> str:
+    # opened and closed in the worker thread: a push cancelled meanwhile (a sibling blob's
+    # upload failed) cannot drop an open file on the way back
+    return await anyio.to_thread.run_sync(_digest_file, path)
+
+
+def _digest_file(path: Path) -> str:
     hasher = hashlib.sha256()
-    async with await anyio.open_file(path, "rb") as handle:
-        while chunk := await handle.read(_CHUNK):
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
             hasher.update(chunk)
     return "sha256:" + hasher.hexdigest()
 

@@ -51,6 +51,7 @@ from zeitwork.proxy import core_compiled
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
+from zeitwork.proxy.http2 import H2Connection
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
 from zeitwork.serving.handoff import (
     close_generation,
@@ -526,8 +527,11 @@ class Edge:
     async def _restore_steering(self) -> None:
         """Started beside a predecessor (a handoff), whose last program steers past this
         generation's sockets once it has gone: steer by client address again then."""
-        if not await wait_predecessor_gone(self._listening, own=self.generation):
-            return  # a plain start: the supervisor's steering stands
+        try:
+            if not await wait_predecessor_gone(self._listening, own=self.generation):
+                return  # a plain start: the supervisor's steering stands
+        except OSError:
+            return  # the listeners closed meanwhile (a stop right after the start)
         try:
             for sock in self._listening:
                 if self.settings.trusted_proxies:
@@ -601,6 +605,9 @@ async def run(
     if stop.is_set():
         await edge.hand_off()
         if edge.proxy is not None:
+            for conn in list(edge.proxy.connections):
+                if isinstance(conn, H2Connection):
+                    conn.close()  # GOAWAY now: its open streams finish, no new ones start
             await settle(edge.proxy)  # busy keep-alive connections end after their response
     await edge.stop()
 

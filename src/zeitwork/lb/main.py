@@ -337,8 +337,11 @@ class LoadBalancer:
         """Started beside a predecessor (a handoff), whose last program steers new
         connections by source address: once it has gone, the kernel's spreading over this
         balancer's workers again (by source, one edge's connections would meet one worker)."""
-        if not await predecessor_gone(self._listening, own=self.generation):
-            return
+        try:
+            if not await predecessor_gone(self._listening, own=self.generation):
+                return
+        except OSError:
+            return  # the listener closed meanwhile (a stop right after the start)
         try:
             detach(self._listening[0])
         except OSError as exc:

@@ -28,10 +28,24 @@ needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not i
 
 
 def events(lb: LBProcess, name: str) -> list[dict[str, Any]]:
+    # Several worker processes write this one file: a record can be read half-written (the
+    # text after the last newline is left for the next read) and two records can share a
+    # line (each is decoded on its own).
+    text = lb.log.read_text()
+    decoder = json.JSONDecoder()
     out = []
-    for line in lb.log.read_text().splitlines():
-        if f'"{name}"' in line:
-            out.append(json.loads(line))
+    for line in text[: text.rfind("\n") + 1].splitlines():
+        at = 0
+        while at < len(line):
+            try:
+                record, end = decoder.raw_decode(line, at)
+            except json.JSONDecodeError:
+                break
+            if isinstance(record, dict) and record.get("event") == name:
+                out.append(record)
+            at = end
+            while at < len(line) and line[at].isspace():
+                at += 1
     return out
 
 
