@@ -20,6 +20,7 @@ APT_PACKAGES=(
   chromium                              # the web console's browser test (Playwright drives it)
   curl ca-certificates procps
   busybox-static                        # the tiny runnable test image (tests/images.py)
+  websocketd                            # the WebSocket test app (tests/ws_image.py)
   xfsprogs                              # reflink-capable XFS for microVM rootfs views (tests: loop mount)
 )
 
