@@ -182,6 +182,36 @@ def register(app: typer.Typer) -> None:
                 "default: as now",
             ),
         ] = None,
+        response_idle_timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--response-idle-timeout",
+                min=0,
+                max=86400,
+                help="seconds a response may stall before the load balancers cut it (504 "
+                "before its head); 0: their own; default: as now",
+            ),
+        ] = None,
+        tunnel_idle_timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--tunnel-idle-timeout",
+                min=0,
+                max=86400,
+                help="seconds a WebSocket (any upgraded connection) may be idle before the load "
+                "balancers close it (close code 1001); 0: their own; default: as now",
+            ),
+        ] = None,
+        max_tunnels: Annotated[
+            int | None,
+            typer.Option(
+                "--max-tunnels",
+                min=0,
+                max=1_000_000,
+                help="WebSockets each load balancer worker holds open for the app at most (more "
+                "get 503 with Retry-After); 0: no limit; default: as now",
+            ),
+        ] = None,
         detach: DetachOption = False,
         as_json: JsonOption = False,
     ) -> None:
@@ -189,12 +219,24 @@ def register(app: typer.Typer) -> None:
         without --image, build the app from source first (this directory, or --git)."""
         started = time.monotonic()
         if image is None:
-            release_options = (replicas, env, strategy, vcpu, memory, backend_protocol, health_path)
+            release_options = (
+                replicas,
+                env,
+                strategy,
+                vcpu,
+                memory,
+                backend_protocol,
+                health_path,
+                response_idle_timeout,
+                tunnel_idle_timeout,
+                max_tunnels,
+            )
             if any(o is not None for o in release_options) or health_tcp or no_health:
                 raise fail(
-                    "--replicas, --env, --strategy, --vcpu, --memory, --backend-protocol and "
-                    "the health options go with --image; a build's release keeps the current "
-                    "settings (change them with zeitwork env / scale)",
+                    "--replicas, --env, --strategy, --vcpu, --memory, --backend-protocol, the "
+                    "route limits (--response-idle-timeout, --tunnel-idle-timeout, "
+                    "--max-tunnels) and the health options go with --image; a build's release "
+                    "keeps the current settings (change them with zeitwork env / scale)",
                     2,
                 )
             _deploy_from_source(
@@ -230,6 +272,9 @@ def register(app: typer.Typer) -> None:
                 resources=resources,
                 health_check=check,
                 backend_protocol=backend_protocol,
+                response_idle_timeout=response_idle_timeout,
+                tunnel_idle_timeout=tunnel_idle_timeout,
+                max_tunnels=max_tunnels,
             )
         except ValidationError as exc:
             raise fail(_first_error(exc), 2) from None

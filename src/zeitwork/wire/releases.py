@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck, HealthResult
-from zeitwork.wire.routes import BackendProtocol
+from zeitwork.wire.routes import MAX_IDLE_SECONDS, MAX_TUNNELS, BackendProtocol
 
 StrategyType = Literal["rolling", "bluegreen", "immediate"]
 ReleaseReason = Literal["deploy", "rollback", "config", "migration"]
@@ -120,9 +120,42 @@ class ReleaseCreate(BaseModel):
         description="how the proxies speak to the app: http1 (HTTP/1.1 keep-alive) or h2c "
         "(HTTP/2 cleartext, prior knowledge: gRPC); default: the current release's, else http1",
     )
+    response_idle_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_IDLE_SECONDS,
+        allow_inf_nan=False,
+        description="seconds a response may stall (before its head and between its reads) "
+        "before the load balancers cut it (504 before the head); 1 to 86400, 0: the load "
+        "balancers' own timeouts; default: the current release's",
+    )
+    tunnel_idle_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_IDLE_SECONDS,
+        allow_inf_nan=False,
+        description="seconds an upgraded connection (WebSocket) may be idle before the load "
+        "balancers close it (a WebSocket with close code 1001); 1 to 86400, 0: their own; "
+        "default: the current release's",
+    )
+    max_tunnels: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TUNNELS,
+        description="upgraded connections (WebSockets) each load balancer worker holds open on "
+        "the app's routes at most, more answered 503 with Retry-After; 0: no limit; default: "
+        "the current release's",
+    )
     restart_policy: RestartPolicy | None = None
     strategy: RolloutStrategy | None = None
     description: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("response_idle_timeout", "tunnel_idle_timeout")
+    @classmethod
+    def _whole_seconds(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < 1:
+            raise ValueError("at least 1 second (or 0: the load balancers' own timeout)")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -156,6 +189,15 @@ class ReleaseOut(BaseModel):
     command: list[str] | None
     port: int
     backend_protocol: BackendProtocol = "http1"
+    response_idle_timeout: float | None = Field(
+        default=None, description="seconds (None: the load balancers' own timeouts)"
+    )
+    tunnel_idle_timeout: float | None = Field(
+        default=None, description="seconds (None: the load balancers' own)"
+    )
+    max_tunnels: int | None = Field(
+        default=None, description="per load balancer worker (None: no limit)"
+    )
     env: dict[str, str] = Field(description="plain variables (secrets are listed by name)")
     secret_names: list[str]
     resources: ResourcesModel

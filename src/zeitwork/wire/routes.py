@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from zeitwork.wire.health import HealthCheck
 
 Algorithm = Literal["round-robin", "least-connections", "ip-hash"]
+MAX_IDLE_SECONDS = 86400.0
+"""The longest per-route idle timeout (a day)."""
+MAX_TUNNELS = 1_000_000
+"""The largest per-route tunnel count."""
 BackendProtocol = Literal["http1", "h2c"]
 """How proxies speak to an app: HTTP/1.1 keep-alive, or h2c (HTTP/2 cleartext with prior
 knowledge: gRPC and other HTTP/2-only servers; ``docs/http2.md``)."""
@@ -113,6 +117,29 @@ class Route(BaseModel):
         default=False,
         description="the domain's owner proved control (DNS); only then may edges order ACME "
         "certificates for it",
+    )
+    response_idle_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_IDLE_SECONDS,
+        allow_inf_nan=False,
+        description="the current release's: seconds a response may stall (before its head and "
+        "between its reads) before load balancers cut it (None: their own timeouts)",
+    )
+    tunnel_idle_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_IDLE_SECONDS,
+        allow_inf_nan=False,
+        description="the current release's: seconds an upgraded connection (WebSocket) may be "
+        "idle before load balancers close it (None: their own)",
+    )
+    max_tunnels: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TUNNELS,
+        description="the current release's: upgraded connections each load balancer worker "
+        "holds open on this route at most; more are answered 503 (None: no limit)",
     )
 
 

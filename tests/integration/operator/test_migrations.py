@@ -159,6 +159,9 @@ EXPECTED_COLUMNS: dict[str, set[str]] = {
         "deployment_id",
         "state",
         "backend_protocol",  # 0015
+        "response_idle_timeout",  # 0017
+        "tunnel_idle_timeout",  # 0017
+        "max_tunnels",  # 0017
         "state_changed_at",
         "error",
     },

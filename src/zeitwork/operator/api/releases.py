@@ -65,6 +65,9 @@ def release_out(
         command=release.command,
         port=release.port,
         backend_protocol=release.backend_protocol,  # type: ignore[arg-type]  # CHECK-constrained
+        response_idle_timeout=release.response_idle_timeout,
+        tunnel_idle_timeout=release.tunnel_idle_timeout,
+        max_tunnels=release.max_tunnels,
         env=dict(release.env),
         secret_names=sorted(release.secrets),
         resources=ResourcesModel.model_construct(

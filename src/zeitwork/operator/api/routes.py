@@ -3,8 +3,9 @@
 A route is a live domain bound to an app environment or (rows from before releases) to a
 deployment. An environment's backends are its instances that are in the route (``serving``),
 ``running`` and ``healthy`` on a serving node, whatever their release (during a rollout old
-and new ones serve side by side); the route carries the current release's id and health
-check. A deployment's backends are its running instances (``ip_address:port``).
+and new ones serve side by side); the route carries the current release's id, health
+check and per-route limits (response and tunnel idle timeouts, tunnel count: migration
+0017). A deployment's backends are its running instances (``ip_address:port``).
 
 A domain with path rate limits has one more route per path
 prefix (same backends, that prefix's limit), after its ``/`` route. ``default_backends`` are
@@ -86,6 +87,9 @@ def route_table(rows: RouteRows) -> RouteTable:
             rate_limit_burst=d.rate_limit_burst,
             verified=d.verified,
             policy=EdgePolicyOverride.model_validate(d.edge_policy) if d.edge_policy else None,
+            response_idle_timeout=d.response_idle_timeout,
+            tunnel_idle_timeout=d.tunnel_idle_timeout,
+            max_tunnels=d.max_tunnels,
         )
         routes.append(route)
         for raw in d.path_rate_limits or ():

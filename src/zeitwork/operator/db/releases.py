@@ -63,6 +63,10 @@ class Release:
     created_at: datetime
     backend_protocol: str = "http1"
     """``http1`` or ``h2c``: how the proxies speak to its instances (migration 0015)"""
+    response_idle_timeout: float | None = None
+    """seconds; None: the load balancers' own (migration 0017, as the two below)"""
+    tunnel_idle_timeout: float | None = None
+    max_tunnels: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,9 @@ class NewRelease:
     created_by: str | None = None
     source_release_id: uuid.UUID | None = None
     backend_protocol: str = "http1"
+    response_idle_timeout: float | None = None
+    tunnel_idle_timeout: float | None = None
+    max_tunnels: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,8 @@ _REL_COLUMNS = (
     "id, project_id, project_environment_id, version, image_id, image_digest, image_ref, "
     "command, port, env, secrets, vcpu_millis, memory_mib, replicas, health_check, "
     "restart_policy, strategy, reason, description, created_by, source_release_id, state, "
-    "state_changed_at, error, created_at, backend_protocol"
+    "state_changed_at, error, created_at, backend_protocol, response_idle_timeout, "
+    "tunnel_idle_timeout, max_tunnels"
 )
 _RO_COLUMNS = (
     "id, release_id, from_release_id, project_environment_id, strategy, state, "
@@ -261,11 +269,13 @@ class ReleaseStore:
             "INSERT INTO releases (project_id, project_environment_id, version, image_id, "
             "image_digest, image_ref, command, port, env, secrets, vcpu_millis, memory_mib, "
             "replicas, health_check, restart_policy, strategy, reason, description, "
-            "created_by, source_release_id, state, backend_protocol) "
+            "created_by, source_release_id, state, backend_protocol, response_idle_timeout, "
+            "tunnel_idle_timeout, max_tunnels) "
             "SELECT %(project)s, %(env_id)s, coalesce(max(version), 0) + 1, %(image)s, "
             "%(digest)s, %(ref)s, %(command)s, %(port)s, %(env)s, %(secrets)s, %(vcpu)s, "
             "%(mem)s, %(replicas)s, %(check)s, %(restart)s, %(strategy)s, %(reason)s, "
-            "%(description)s, %(by)s, %(source)s, %(state)s, %(protocol)s "
+            "%(description)s, %(by)s, %(source)s, %(state)s, %(protocol)s, "
+            "%(response_idle)s, %(tunnel_idle)s, %(max_tunnels)s "
             "FROM releases WHERE project_environment_id = %(env_id)s "
             f"RETURNING {_REL_COLUMNS}",
             {
@@ -290,6 +300,9 @@ class ReleaseStore:
                 "source": new.source_release_id,
                 "state": state.value,
                 "protocol": new.backend_protocol,
+                "response_idle": new.response_idle_timeout,
+                "tunnel_idle": new.tunnel_idle_timeout,
+                "max_tunnels": new.max_tunnels,
             },
         )
         assert row is not None  # INSERT ... SELECT of an aggregate always gives one row

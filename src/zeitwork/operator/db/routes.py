@@ -31,6 +31,10 @@ class DomainBinding:
     health_check: dict[str, Any] | None = None
     """the current release's check"""
     release_port: int | None = None
+    response_idle_timeout: float | None = None
+    """the current release's per-route limits (migration 0017; None: not set)"""
+    tunnel_idle_timeout: float | None = None
+    max_tunnels: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,8 @@ class RouteStore:
             cur = await c.execute(
                 "SELECT d.name, d.deployment_id, d.rate_limit_rps, d.rate_limit_burst, "
                 "d.verified, d.edge_policy, d.path_rate_limits, d.project_environment_id, "
-                "e.current_release_id, r.health_check, r.port "
+                "e.current_release_id, r.health_check, r.port, r.response_idle_timeout, "
+                "r.tunnel_idle_timeout, r.max_tunnels "
                 "FROM domains d "
                 "LEFT JOIN project_environments e ON e.id = d.project_environment_id "
                 "AND e.deleted_at IS NULL "
@@ -93,6 +98,9 @@ class RouteStore:
                     release_id=r[8],
                     health_check=r[9],
                     release_port=r[10],
+                    response_idle_timeout=r[11],
+                    tunnel_idle_timeout=r[12],
+                    max_tunnels=r[13],
                 )
                 for r in await cur.fetchall()
             ]

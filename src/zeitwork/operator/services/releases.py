@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -62,6 +62,8 @@ DEFAULT_PORT = 8080
 DEFAULT_VCPU_MILLIS = 1000
 DEFAULT_MEMORY_MIB = 256
 
+_N = TypeVar("_N", int, float)
+
 
 def exposed_port(config: dict[str, Any]) -> int | None:
     """The first TCP port an image's config exposes (``ExposedPorts: {"8080/tcp": {}}``,
@@ -87,6 +89,25 @@ def surge_needed(strategy: RolloutStrategy, replicas: int, *, first: bool) -> tu
     surge = resolve_count(strategy.max_surge, replicas, round_up=True)
     unavailable = resolve_count(strategy.max_unavailable, replicas, round_up=False)
     return min(max(surge, 1), replicas), unavailable
+
+
+def inherited_limit(asked: _N | None, current: _N | None) -> _N | None:
+    """A per-route limit of a deploy (``ReleaseCreate.response_idle_timeout``,
+    ``tunnel_idle_timeout``, ``max_tunnels``): not named keeps the current release's, 0 clears
+    it (the load balancers' own; no tunnel limit), any other value is the new one."""
+    if asked is None:
+        return current
+    return asked or None
+
+
+def limits_of(release: Release) -> dict[str, Any]:
+    """A release's per-route limits, as the ``NewRelease`` fields a rollback or a config
+    change copies."""
+    return {
+        "response_idle_timeout": release.response_idle_timeout,
+        "tunnel_idle_timeout": release.tunnel_idle_timeout,
+        "max_tunnels": release.max_tunnels,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +216,13 @@ class ReleaseService:
                 description=body.description,
                 backend_protocol=body.backend_protocol
                 or (base.backend_protocol if base else "http1"),
+                response_idle_timeout=inherited_limit(
+                    body.response_idle_timeout, base.response_idle_timeout if base else None
+                ),
+                tunnel_idle_timeout=inherited_limit(
+                    body.tunnel_idle_timeout, base.tunnel_idle_timeout if base else None
+                ),
+                max_tunnels=inherited_limit(body.max_tunnels, base.max_tunnels if base else None),
             )
             return await self._roll_out(tx, env, current, new)
 
@@ -362,6 +390,7 @@ class ReleaseService:
                 command=source.command,
                 port=source.port,
                 backend_protocol=source.backend_protocol,
+                **limits_of(source),
                 env=dict(source.env),
                 secrets=dict(source.secrets),
                 vcpu_millis=source.vcpu_millis,
@@ -444,6 +473,7 @@ class ReleaseService:
                 command=base.command,
                 port=base.port,
                 backend_protocol=base.backend_protocol,
+                **limits_of(base),
                 env=plain,
                 secrets=sealed,
                 vcpu_millis=base.vcpu_millis,
