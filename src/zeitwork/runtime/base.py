@@ -56,6 +56,9 @@ class InstanceSpec:
     network: NetworkAttachment
     pids_limit: int = 1024
     hostname: str | None = None
+    # when not empty: the image's read-only layer directories, top first (the node's layer
+    # store, shared by every image holding them), and rootfs is an empty directory
+    layers: tuple[Path, ...] = ()
 
 
 class Phase(StrEnum):
