@@ -5,10 +5,14 @@ when the operator has no platform registry, by downloading the archive from the 
 With ``pull_from_registry`` the agent asks the operator for a pull grant
 (``GET /images/{id}/pull``): the image's location in the platform registry and a credential
 that can only pull (a short-lived token, a read-only account, or none). The manifest is
-fetched by digest (so it must be the release's bytes), every missing blob is streamed into
-the blob store (sha256-verified while read, several at a time), and the verified blobs are
-handed to the cache as an OCI archive, which checks them all again and unpacks. A grant
-without a location, or an operator that has no such route, means: download the archive.
+fetched by digest (so it must be the release's bytes) and the config blob read. With the
+layer store (root), each layer the node lacks is streamed into the blob store
+(sha256-verified while read) and unpacked into the layer store as soon as it is there,
+several layers at once, each checked against its diff id while unpacked; the layers the
+node has are neither fetched nor unpacked. Without it (rootless), the verified blobs are
+handed to the cache as an OCI archive, which checks them all again and unpacks the whole
+image. A grant without a location, or an operator that has no such route, means: download
+the archive.
 """
 
 from __future__ import annotations
@@ -16,19 +20,27 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
 from zeitwork.clients.operator import OperatorClient
-from zeitwork.clients.registry import RegistryClient, RegistryCredentials, registry_http_client
+from zeitwork.clients.registry import (
+    FetchedManifest,
+    RegistryClient,
+    RegistryCredentials,
+    registry_http_client,
+)
 from zeitwork.core.errors import InvalidInput, NotFound, ServiceUnavailable
 from zeitwork.images import ImageCache, UnpackedImage
 from zeitwork.images import manifests as m
 from zeitwork.images.blobs import BlobStore
+from zeitwork.images.cache import LayerBlob, PulledImage
 from zeitwork.images.layout import write_oci_archive
-from zeitwork.images.reference import parse_reference
+from zeitwork.images.reference import ImageReference, parse_reference
 from zeitwork.wire.agent import ImageRef
 
 log = structlog.get_logger("zeitwork.agent.images")
@@ -77,19 +89,40 @@ class NodeImages:
         return self._blobs
 
     async def ensure(self, image: ImageRef) -> UnpackedImage:
+        asked = False
+        grant: PullGrant | None = None
+        if (
+            self.cache.layered
+            and self.pull_from_registry
+            and self.operator is not None
+            and self.cache.get(image.digest) is None
+        ):
+            grant = await self._grant(image)
+            asked = True
+
         async def fetch(dest: Path) -> None:
             if self.operator is None:
                 raise ServiceUnavailable(
                     f"image {image.digest} is not cached and no operator is configured"
                 )
-            grant = await self._grant(image) if self.pull_from_registry else None
-            if grant is None or grant.location is None:
+            found = grant
+            if not asked and self.pull_from_registry:
+                found = await self._grant(image)
+            if found is None or found.location is None:
                 await self.operator.download_image(image.id, dest, expected_digest=image.digest)
                 return
-            await self.pull(grant, dest)
+            await self.pull(found, dest)
 
         try:
-            unpacked = await self.cache.ensure(image.digest, fetch)
+            if grant is not None and grant.location is not None:
+                located = grant
+
+                async def pull() -> PulledImage:
+                    return await self.pull_layers(located)
+
+                unpacked = await self.cache.ensure_pulled(image.digest, pull)
+            else:
+                unpacked = await self.cache.ensure(image.digest, fetch)
         except InvalidInput:
             # the cache refused what the blob store gave it (a blob corrupted on this disk,
             # a layer that is not a valid tar): drop those blobs, the next try fetches them
@@ -129,9 +162,11 @@ class NodeImages:
             self._registry.allow_plain_http(registry)
         return self._registry
 
-    async def pull(self, grant: PullGrant, dest: Path) -> None:
-        """Fetch the granted image's blobs into the blob store (the missing ones) and write
-        its OCI archive to ``dest`` (hard links to the stored blobs)."""
+    async def _manifest(
+        self, grant: PullGrant
+    ) -> tuple[
+        RegistryClient, ImageReference, RegistryCredentials | None, m.ImageManifest, FetchedManifest
+    ]:
         assert grant.location is not None
         ref = parse_reference(grant.location)
         if ref.digest != grant.digest:
@@ -148,8 +183,14 @@ class NodeImages:
         )
         if isinstance(manifest, m.ImageIndex):
             raise InvalidInput(f"{ref} is an index, not the image manifest it should be")
-        media_type = fetched.media_type or manifest.media_type
-        wanted = [manifest.config, *(layer.descriptor for layer in manifest.layers)]
+        return client, ref, credentials, manifest, fetched
+
+    def _blob_fetcher(
+        self,
+        client: RegistryClient,
+        ref: ImageReference,
+        credentials: RegistryCredentials | None,
+    ) -> Callable[[str, int], Coroutine[Any, Any, Path]]:
         store = self.blobs
         limit = asyncio.Semaphore(_PARALLEL_BLOBS)
 
@@ -162,6 +203,42 @@ class NodeImages:
             async with limit:
                 return await store.ensure(digest, size, download)
 
+        return one
+
+    async def pull_layers(self, grant: PullGrant) -> PulledImage:
+        """The granted image's config (read now) and its layers, each fetched into the blob
+        store only when the cache asks for it (a layer it has is never fetched)."""
+        client, ref, credentials, manifest, _fetched = await self._manifest(grant)
+        one = self._blob_fetcher(client, ref, credentials)
+        config_path = await one(manifest.config.digest, manifest.config.size)
+        config = await asyncio.to_thread(config_path.read_bytes)
+        if m.digest_of(config) != manifest.config.digest:  # the stored copy went bad
+            await asyncio.to_thread(self.blobs.discard, [manifest.config.digest])
+            raise InvalidInput(f"config blob {manifest.config.digest} does not match its sha256")
+        wanted = [manifest.config.digest, *(layer.digest for layer in manifest.layers)]
+        self._pulled[grant.digest] = wanted
+
+        def source(digest: str, size: int) -> Callable[[], Awaitable[Path]]:
+            async def fetch() -> Path:
+                return await one(digest, size)
+
+            return fetch
+
+        layers = tuple(
+            LayerBlob(layer.digest, layer.size, source(layer.digest, layer.size))
+            for layer in manifest.layers
+        )
+        await asyncio.to_thread(self.blobs.prune, keep=wanted)
+        return PulledImage(config=config, layers=layers)
+
+    async def pull(self, grant: PullGrant, dest: Path) -> None:
+        """Fetch the granted image's blobs into the blob store (the missing ones) and write
+        its OCI archive to ``dest`` (hard links to the stored blobs)."""
+        client, ref, credentials, manifest, fetched = await self._manifest(grant)
+        media_type = fetched.media_type or manifest.media_type
+        wanted = [manifest.config, *(layer.descriptor for layer in manifest.layers)]
+        store = self.blobs
+        one = self._blob_fetcher(client, ref, credentials)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(one(d.digest, d.size)) for d in wanted]

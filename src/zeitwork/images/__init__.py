@@ -1,5 +1,6 @@
-"""OCI images: validated import into a content-addressed store (operator side) and an
-unpacked, reference-counted, LRU-evicted cache (node side). See ``docs/images.md``.
+"""OCI images: validated import into a content-addressed store (operator side) and a
+reference-counted, LRU-evicted cache of images ready to run (node side), each layer
+unpacked once into a layer store shared by the images holding it. See ``docs/images.md``.
 
 This package does file and subprocess I/O only (no HTTP, no database): the operator feeds
 ``import_archive`` the request body; the agent gives ``ImageCache.ensure`` a coroutine that
@@ -8,9 +9,18 @@ downloads the archive to a path.
 
 from __future__ import annotations
 
-from zeitwork.images.cache import CacheEntry, Fetch, ImageCache, UnpackedImage
+from zeitwork.images.cache import (
+    CacheEntry,
+    Fetch,
+    ImageCache,
+    LayerBlob,
+    Pull,
+    PulledImage,
+    UnpackedImage,
+)
 from zeitwork.images.config import ImageConfig, parse_image_config
 from zeitwork.images.digests import is_digest, parse_digest
+from zeitwork.images.layers import LayerStore
 from zeitwork.images.layout import ArchiveInfo, inspect_archive
 from zeitwork.images.process import DEFAULT_PATH, ProcessConfig, build_process
 from zeitwork.images.store import ImageStore, ImportedImage, import_archive
@@ -25,7 +35,11 @@ __all__ = [
     "ImageConfig",
     "ImageStore",
     "ImportedImage",
+    "LayerBlob",
+    "LayerStore",
     "ProcessConfig",
+    "Pull",
+    "PulledImage",
     "ResolvedUser",
     "UnpackedImage",
     "build_process",

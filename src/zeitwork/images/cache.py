@@ -1,16 +1,24 @@
-"""The node's cache of unpacked images: one read-only tree per digest, shared by instances.
+"""The node's cache of images ready to run, by digest, shared by instances.
 
 Layout under ``root``::
 
-    images/<hex>/rootfs/      the unpacked image (umoci raw unpack); never written after
-    images/<hex>/image.json   digest, config, resolved user, size; its mtime = last use
-    tmp/                      downloads and unpacks in progress (emptied on open)
+    layers/<hex>/             one unpacked layer per diff id (``layers.LayerStore``), shared
+                              by every image that holds it: an instance's root is an overlay
+                              of its image's layer directories plus its own upper directory
+    images/<hex>/image.json   digest, config, resolved user, size, the layers' diff ids
+                              (bottom first); its mtime = last use
+    images/<hex>/rootfs/      an image cached before the layer store (unpacked whole with
+                              ``umoci raw unpack``), or when not root: such images keep
+                              working as one read-only tree; for a layered image an empty
+                              directory
+    tmp/                      downloads, unpacks and views in progress (emptied on open)
 
 An image directory appears in ``images/`` only complete (built in ``tmp/``, then renamed),
 so a crash never leaves half an image that looks whole. One ``ImageCache`` per root: it
 keeps reference counts in memory, so after an agent restart the agent must ``acquire`` the
 images of the instances it re-adopts before anything can be evicted (``open`` evicts
-nothing).
+nothing). A layer is referenced by every cached image holding it and removed only when no
+cached image does.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +39,11 @@ from typing import Any
 import structlog
 
 from zeitwork.core.errors import Conflict, InvalidInput, NotFound, RuntimeFailure
-from zeitwork.images import umoci
-from zeitwork.images.config import ImageConfig
+from zeitwork.images import overlay, umoci
+from zeitwork.images.config import ImageConfig, parse_image_config
 from zeitwork.images.digests import is_hex, parse_digest
-from zeitwork.images.layout import inspect_archive
+from zeitwork.images.layers import BlobSource, LayerStore
+from zeitwork.images.layout import PLATFORM, _diff_ids, inspect_archive
 from zeitwork.images.process import ProcessConfig, build_process
 from zeitwork.images.tree import read_confined, tree_size
 from zeitwork.images.users import ResolvedUser, resolve_user
@@ -46,12 +55,38 @@ Fetch = Callable[[Path], Awaitable[None]]
 
 _META = "image.json"
 _TAG = "zeitwork"
+_PARALLEL_LAYERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBlob:
+    """One layer of an image being pulled: its blob's digest and size and how to get it
+    (``fetch()`` returns the path of the blob, verified against ``digest``)."""
+
+    digest: str
+    size: int
+    fetch: BlobSource
+
+
+@dataclass(frozen=True, slots=True)
+class PulledImage:
+    """What a pull hands the cache: the config blob's bytes (verified against the
+    manifest's config digest) and the layers, bottom first."""
+
+    config: bytes
+    layers: tuple[LayerBlob, ...]
+
+
+Pull = Callable[[], Awaitable[PulledImage]]
 
 
 @dataclass(frozen=True, slots=True)
 class UnpackedImage:
-    """An image ready to run: its read-only tree, its config and its resolved user.
+    """An image ready to run: its layers (or its tree), its config and its resolved user.
 
+    ``layers`` are the read-only layer directories, top first (an overlay's ``lowerdir``
+    order); empty for an image unpacked whole, whose tree is ``rootfs``. For a layered
+    image ``rootfs`` is an empty directory: read its tree through ``ImageCache.view``.
     ``user_error`` is set (and ``user`` is None) when the image's ``User`` cannot be
     resolved against its own /etc/passwd and /etc/group; ``process()`` then raises it.
     """
@@ -62,6 +97,8 @@ class UnpackedImage:
     size: int
     user: ResolvedUser | None
     user_error: str | None = None
+    layers: tuple[Path, ...] = ()
+    diff_ids: tuple[str, ...] = ()
 
     def process(self, env_overrides: Mapping[str, str] | None = None) -> ProcessConfig:
         """argv/env/cwd/uid/gid for an instance; its variables override the image's.
@@ -106,7 +143,7 @@ def _user_of(config: ImageConfig, rootfs: Path) -> tuple[ResolvedUser | None, st
 
 def _meta_json(image: UnpackedImage) -> dict[str, Any]:
     user = image.user
-    return {
+    data: dict[str, Any] = {
         "digest": image.digest,
         "size": image.size,
         "config": image.config.to_dict(),
@@ -121,6 +158,9 @@ def _meta_json(image: UnpackedImage) -> dict[str, Any]:
         },
         "user_error": image.user_error,
     }
+    if image.diff_ids:
+        data["diff_ids"] = list(image.diff_ids)  # bottom first, as in the image config
+    return data
 
 
 def _image_from_meta(data: Mapping[str, Any], rootfs: Path) -> UnpackedImage:
@@ -134,6 +174,9 @@ def _image_from_meta(data: Mapping[str, Any], rootfs: Path) -> UnpackedImage:
             name=raw_user["name"],
             home=str(raw_user["home"]),
         )
+    diff_ids = data.get("diff_ids") or []
+    if not isinstance(diff_ids, list):
+        raise ValueError("diff_ids must be a list")
     return UnpackedImage(
         digest=str(data["digest"]),
         rootfs=rootfs,
@@ -141,6 +184,7 @@ def _image_from_meta(data: Mapping[str, Any], rootfs: Path) -> UnpackedImage:
         size=int(data["size"]),
         user=user,
         user_error=data.get("user_error"),
+        diff_ids=tuple(str(d) for d in diff_ids),
     )
 
 
@@ -148,14 +192,40 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class ImageCache:
-    """Unpacked images by digest, with reference counts and LRU eviction beyond ``max_bytes``.
+def _parse_config(data: bytes, layer_count: int) -> tuple[ImageConfig, list[str]]:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"the image config is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput("the image config must be a JSON object")
+    config = parse_image_config(raw)
+    if (config.os, config.architecture) != PLATFORM:
+        raise InvalidInput(
+            f"image is for {config.os}/{config.architecture}; "
+            f"this platform runs {'/'.join(PLATFORM)}"
+        )
+    return config, _diff_ids(raw, layer_count)
 
-    Create it with ``await ImageCache.open(root=..., max_bytes=...)``. Use ``ensure`` to get
-    an image (downloading and unpacking it once, however many callers ask at the same time)
-    and ``release`` when an instance that used it is gone. Images with references are never
-    evicted; unused ones are evicted least recently used first whenever the cache holds more
-    than ``max_bytes`` (after each unpack, or when ``evict()`` is called).
+
+def _no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeFailure) and "no space left on device" in exc.detail
+
+
+class ImageCache:
+    """Images by digest, with reference counts and LRU eviction beyond ``max_bytes``.
+
+    Create it with ``await ImageCache.open(root=..., max_bytes=...)``. Use ``ensure`` (an
+    archive) or ``ensure_pulled`` (layers from a registry) to get an image, made ready
+    once however many callers ask at the same time, and ``release`` when an instance that
+    used it is gone. Images with references are never evicted, nor their layers; unused
+    ones are evicted least recently used first (layers no cached image holds go first)
+    whenever the cache holds more than ``max_bytes``.
+
+    ``layered`` (default: when running as root) unpacks each layer once into the layer
+    store; otherwise every image is unpacked whole with ``umoci`` (rootless).
     """
 
     def __init__(
@@ -164,6 +234,7 @@ class ImageCache:
         root: Path,
         max_bytes: int,
         slots: dict[str, _Slot],
+        layers: LayerStore | None,
         umoci_binary: str = "umoci",
     ) -> None:
         self.root = root
@@ -171,30 +242,53 @@ class ImageCache:
         self._images = root / "images"
         self._tmp = root / "tmp"
         self._slots = slots
+        self._layers = layers
         self._pending: dict[str, asyncio.Task[UnpackedImage]] = {}
         self._umoci = umoci_binary
         self._last_ns = 0
+        self._empty = root / "layers" / "tmp" / "empty"
 
     @classmethod
-    async def open(cls, *, root: Path, max_bytes: int, umoci_binary: str = "umoci") -> ImageCache:
-        """Open (or create) the cache at ``root``; finds the images unpacked earlier and
+    async def open(
+        cls,
+        *,
+        root: Path,
+        max_bytes: int,
+        umoci_binary: str = "umoci",
+        layered: bool | None = None,
+    ) -> ImageCache:
+        """Open (or create) the cache at ``root``; finds the images made earlier and
         removes leftovers of interrupted work. Evicts nothing."""
         if max_bytes <= 0:
             raise InvalidInput("the image cache size must be positive")
-        slots = await asyncio.to_thread(cls._scan, root)
-        log.info("image_cache.opened", root=str(root), images=len(slots), max_bytes=max_bytes)
-        return cls(root=root, max_bytes=max_bytes, slots=slots, umoci_binary=umoci_binary)
+        if layered is None:
+            layered = os.geteuid() == 0
+        slots, layers = await asyncio.to_thread(cls._scan, root, layered)
+        log.info(
+            "image_cache.opened",
+            root=str(root),
+            images=len(slots),
+            layers=len(layers.entries()) if layers is not None else None,
+            max_bytes=max_bytes,
+        )
+        return cls(
+            root=root, max_bytes=max_bytes, slots=slots, layers=layers, umoci_binary=umoci_binary
+        )
 
     @staticmethod
-    def _scan(root: Path) -> dict[str, _Slot]:
+    def _scan(root: Path, layered: bool) -> tuple[dict[str, _Slot], LayerStore | None]:
         images, tmp = root / "images", root / "tmp"
         for directory in (root, images, tmp):
             directory.mkdir(mode=0o711, parents=True, exist_ok=True)
         for leftover in tmp.iterdir():
             if leftover.is_dir() and not leftover.is_symlink():
+                overlay.unmount(leftover)  # a view left mounted by a crash
                 _remove_tree(leftover)
             else:
                 leftover.unlink()
+        store = LayerStore.open(root / "layers") if layered else None
+        if store is not None:
+            (root / "layers" / "tmp" / "empty").mkdir(mode=0o755)
         slots: dict[str, _Slot] = {}
         for directory in images.iterdir():
             meta = directory / _META
@@ -205,6 +299,14 @@ class ImageCache:
                 image = _image_from_meta(data, directory / "rootfs")
                 if image.digest != "sha256:" + directory.name or not image.rootfs.is_dir():
                     raise ValueError("inconsistent image directory")
+                if image.diff_ids:
+                    if store is None:
+                        raise ValueError("a layered image, and this cache has no layer store")
+                    missing = [d for d in image.diff_ids if not store.has(d)]
+                    if missing:
+                        raise ValueError(f"its layer {missing[0]} is not in the layer store")
+                    layer_paths = [store.acquire(d) for d in reversed(image.diff_ids)]
+                    image = _with_layers(image, _unique(layer_paths))
                 last_used = meta.stat().st_mtime_ns
             except (OSError, ValueError, KeyError, TypeError, InvalidInput) as exc:
                 log.warning("image_cache.discarded", path=str(directory), reason=str(exc))
@@ -214,13 +316,22 @@ class ImageCache:
                     directory.unlink()
                 continue
             slots[image.digest] = _Slot(image=image, last_used_ns=last_used, meta=meta)
-        return slots
+        return slots, store
 
     # ---- queries -------------------------------------------------------------------------
 
     @property
+    def layered(self) -> bool:
+        return self._layers is not None
+
+    @property
+    def layer_store(self) -> LayerStore | None:
+        return self._layers
+
+    @property
     def used_bytes(self) -> int:
-        return sum(slot.image.size for slot in self._slots.values())
+        whole = sum(slot.image.size for slot in self._slots.values() if not slot.image.diff_ids)
+        return whole + (self._layers.used_bytes if self._layers is not None else 0)
 
     def get(self, digest: str) -> UnpackedImage | None:
         """The unpacked image if it is cached (no reference taken)."""
@@ -237,6 +348,24 @@ class ImageCache:
             CacheEntry(d, s.image.size, s.last_used_ns / 1e9, s.refs)
             for d, s in sorted(self._slots.items(), key=lambda kv: kv[1].last_used_ns)
         ]
+
+    @contextlib.contextmanager
+    def view(self, image: UnpackedImage) -> Iterator[Path]:
+        """Blocking: the image's tree as one read-only directory while the block runs (a
+        layered image's overlay, mounted then; an image unpacked whole, its ``rootfs``)."""
+        if not image.layers:
+            yield image.rootfs
+            return
+        target = self._tmp / f"view-{image.digest[7:19]}-{secrets.token_hex(4)}"
+        target.mkdir(mode=0o700)
+        try:
+            overlay.mount_view(image.layers, target, empty=self._empty)
+            try:
+                yield target
+            finally:
+                overlay.unmount(target)
+        finally:
+            target.rmdir()
 
     # ---- references ----------------------------------------------------------------------
 
@@ -268,7 +397,7 @@ class ImageCache:
     # ---- ensure --------------------------------------------------------------------------
 
     async def ensure(self, digest: str, fetch: Fetch, *, acquire: bool = True) -> UnpackedImage:
-        """Return the unpacked image ``digest``, downloading and unpacking it if needed.
+        """Return the image ``digest``, downloading and unpacking it if needed.
 
         ``fetch(path)`` must write the image's OCI archive to ``path``. The archive is fully
         verified (every sha256; its manifest digest must be ``digest``, else ``InvalidInput``
@@ -277,20 +406,39 @@ class ImageCache:
         With ``acquire`` (the default) a reference is taken for the caller, atomically with
         the lookup: call ``release(digest)`` when done with it.
         """
+        return await self._ensure(digest, lambda: self._materialize(digest, fetch), acquire)
+
+    async def ensure_pulled(
+        self, digest: str, pull: Pull, *, acquire: bool = True
+    ) -> UnpackedImage:
+        """Like ``ensure``, for an image pulled layer by layer (needs the layer store).
+
+        ``pull()`` returns the verified config and the layers; each layer not in the layer
+        store is fetched and unpacked (several at once; a layer shared with another image
+        being pulled is unpacked once), its uncompressed bytes checked against the config's
+        diff id. The caller has checked the manifest against ``digest``.
+        """
+        if self._layers is None:
+            raise RuntimeFailure("this image cache has no layer store (it needs root)")
+        return await self._ensure(digest, lambda: self._materialize_pulled(digest, pull), acquire)
+
+    async def _ensure(
+        self, digest: str, make: Callable[[], Awaitable[UnpackedImage]], acquire: bool
+    ) -> UnpackedImage:
         parse_digest(digest)
         slot = self._slots.get(digest)
         if slot is None:
             task = self._pending.get(digest)
             if task is None:
                 task = asyncio.create_task(
-                    self._materialize(digest, fetch), name=f"image-unpack-{digest[7:19]}"
+                    self._guarded(digest, make), name=f"image-unpack-{digest[7:19]}"
                 )
                 self._pending[digest] = task
                 task.add_done_callback(self._forget(digest))
             await asyncio.shield(task)
             slot = self._slots.get(digest)
             if slot is None:  # evicted in between by a concurrent caller's eviction
-                return await self.ensure(digest, fetch, acquire=acquire)
+                return await self._ensure(digest, make, acquire)
             if acquire:
                 slot.refs += 1
             self._touch(slot)
@@ -310,6 +458,29 @@ class ImageCache:
 
         return done
 
+    async def _guarded(
+        self, digest: str, make: Callable[[], Awaitable[UnpackedImage]]
+    ) -> UnpackedImage:
+        try:
+            return await make()
+        except OSError as exc:
+            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
+            if _no_space(exc):
+                raise RuntimeFailure(
+                    f"no space left on the node's disk for image {digest} ({self.root})"
+                ) from exc
+            raise RuntimeFailure(f"cannot unpack image {digest}: {exc}") from exc
+        except RuntimeFailure as exc:
+            log.warning("image_cache.unpack_failed", digest=digest, error=exc.detail)
+            if _no_space(exc):
+                raise RuntimeFailure(
+                    f"no space left on the node's disk for image {digest} ({self.root})"
+                ) from exc
+            raise
+        except BaseException as exc:
+            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
+            raise
+
     async def _materialize(self, digest: str, fetch: Fetch) -> UnpackedImage:
         hexdigest = parse_digest(digest)
         work = self._tmp / f"{hexdigest}-{secrets.token_hex(4)}"
@@ -328,6 +499,21 @@ class ImageCache:
             )
             await asyncio.to_thread(archive.unlink)
             verified = time.monotonic()
+            if self._layers is not None:
+                blobs = layout / "blobs" / "sha256"
+                layers = tuple(
+                    LayerBlob(d, (blobs / parse_digest(d)).stat().st_size, _ready(blobs / d[7:]))
+                    for d in info.layers
+                )
+                return await self._build_layered(
+                    digest,
+                    work,
+                    info.config,
+                    list(info.diff_ids),
+                    layers,
+                    reserve=-1,  # for the missing layers only
+                    timings={"fetch": fetched - started, "verify": verified - fetched},
+                )
             await self.evict(reserve=info.unpacked_size)  # make room before unpacking
             rootfs = work / "rootfs"
             await umoci.raw_unpack(
@@ -353,25 +539,8 @@ class ImageCache:
             # published image must not have empty files
             await asyncio.to_thread(os.sync)
             await asyncio.to_thread(work.rename, final)
-        except OSError as exc:
+        except BaseException:
             await asyncio.shield(asyncio.to_thread(_remove_tree, work))
-            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise RuntimeFailure(
-                    f"no space left on the node's disk for image {digest} ({self.root})"
-                ) from exc
-            raise RuntimeFailure(f"cannot unpack image {digest}: {exc}") from exc
-        except RuntimeFailure as exc:
-            await asyncio.shield(asyncio.to_thread(_remove_tree, work))
-            log.warning("image_cache.unpack_failed", digest=digest, error=exc.detail)
-            if "no space left on device" in exc.detail:
-                raise RuntimeFailure(
-                    f"no space left on the node's disk for image {digest} ({self.root})"
-                ) from exc
-            raise
-        except BaseException as exc:
-            await asyncio.shield(asyncio.to_thread(_remove_tree, work))
-            log.warning("image_cache.unpack_failed", digest=digest, error=str(exc))
             raise
         self._slots[digest] = _Slot(image=image, last_used_ns=time.time_ns(), meta=final / _META)
         log.info(
@@ -385,30 +554,150 @@ class ImageCache:
         )
         return image
 
+    async def _materialize_pulled(self, digest: str, pull: Pull) -> UnpackedImage:
+        hexdigest = parse_digest(digest)
+        work = self._tmp / f"{hexdigest}-{secrets.token_hex(4)}"
+        work.mkdir(mode=0o700)
+        started = time.monotonic()
+        try:
+            pulled = await pull()
+            config, diff_ids = _parse_config(pulled.config, len(pulled.layers))
+            return await self._build_layered(
+                digest,
+                work,
+                config,
+                diff_ids,
+                pulled.layers,
+                reserve=-1,  # estimated from the missing layers' blobs
+                timings={"manifest": time.monotonic() - started},
+            )
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_remove_tree, work))
+            raise
+
+    async def _build_layered(
+        self,
+        digest: str,
+        work: Path,
+        config: ImageConfig,
+        diff_ids: Sequence[str],
+        layers: Sequence[LayerBlob],
+        *,
+        reserve: int,
+        timings: dict[str, float],
+    ) -> UnpackedImage:
+        """Unpack the missing layers (at most a few at once), resolve the user through a
+        view, and publish ``images/<hex>``; the caller removes ``work`` if this raises."""
+        store = self._layers
+        assert store is not None
+        started = time.monotonic()
+        held: list[str] = []  # a reference per layer of the image, once it is here
+        todo: list[tuple[int, str, LayerBlob]] = []
+        for index, (diff_id, blob) in enumerate(zip(diff_ids, layers, strict=True)):
+            if store.has(diff_id):
+                store.acquire(diff_id)  # before the eviction below, which spares it then
+                held.append(diff_id)
+            else:
+                todo.append((index, diff_id, blob))
+        limit = asyncio.Semaphore(_PARALLEL_LAYERS)
+
+        async def one(index: int, diff_id: str, blob: LayerBlob) -> None:
+            async with limit:
+                await store.ensure(diff_id, blob.fetch, digest=blob.digest, what=f"layer {index}")
+            held.append(diff_id)
+
+        if reserve < 0:  # unpacked, a gzip layer is about twice its blob
+            reserve = sum(2 * blob.size for _index, _diff_id, blob in todo)
+        try:
+            await self.evict(reserve=reserve if todo else 0)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for index, diff_id, blob in todo:
+                        group.create_task(one(index, diff_id, blob))
+            except BaseExceptionGroup as failed:
+                first: BaseException = failed
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+            unpacked = time.monotonic()
+            paths = _unique(store.path(d) for d in reversed(diff_ids))  # top first
+            if todo:
+                store.flush_later()  # their markers, once on disk (not waited for)
+            hexdigest = parse_digest(digest)
+            final = self._images / hexdigest
+            size = sum(store.size(d) for d in set(diff_ids))
+            probe = UnpackedImage(
+                digest=digest,
+                rootfs=final / "rootfs",
+                config=config,
+                size=size,
+                user=None,
+                layers=paths,
+                diff_ids=tuple(diff_ids),
+            )
+            user, user_error = await asyncio.to_thread(self._layered_user, probe)
+            image = _with_user(probe, user, user_error)
+            await asyncio.to_thread(_write_image_dir, work, image)
+            await asyncio.to_thread(work.rename, final)
+        except BaseException:
+            for diff_id in held:
+                store.release(diff_id)
+            raise
+        self._slots[digest] = _Slot(image=image, last_used_ns=time.time_ns(), meta=final / _META)
+        log.info(
+            "image_cache.layered",
+            digest=digest,
+            size=size,
+            layers=len(diff_ids),
+            unpacked_layers=len(todo),
+            seconds=round(time.monotonic() - started + sum(timings.values()), 3),
+            **{f"{name}_seconds": round(value, 3) for name, value in timings.items()},
+            layers_seconds=round(unpacked - started, 3),
+        )
+        return image
+
+    def _layered_user(self, image: UnpackedImage) -> tuple[ResolvedUser | None, str | None]:
+        with self.view(image) as tree:
+            return _user_of(image.config, tree)
+
     # ---- eviction ------------------------------------------------------------------------
 
     async def evict(self, *, keep: str | None = None, reserve: int = 0) -> list[str]:
         """Evict unused images, least recently used first, until the cache plus ``reserve``
         bytes fits ``max_bytes`` (or nothing unused is left); return the evicted digests.
-        ``keep`` is spared this round."""
-        used = self.used_bytes
+        Layers that no cached image holds are removed first. ``keep`` is spared this
+        round; layers of images with references, or being made, are never removed."""
         victims: list[tuple[str, Path]] = []
+        layer_dirs: list[Path] = []
+
+        def excess() -> int:
+            return self.used_bytes + reserve - self.max_bytes
+
+        if self._layers is not None and excess() > 0:
+            layer_dirs += self._layers.detach_unused(excess())
         for digest, slot in sorted(self._slots.items(), key=lambda kv: kv[1].last_used_ns):
-            if used + reserve <= self.max_bytes:
+            if excess() <= 0:
                 break
             if slot.refs > 0 or digest == keep:
                 continue
-            used -= slot.image.size
             victims.append((digest, self._detach(digest)))
+            if self._layers is not None:
+                layer_dirs += self._layers.detach_unused(excess())
         for _digest, path in victims:
             await asyncio.to_thread(_remove_tree, path)
+        if layer_dirs:
+            await asyncio.to_thread(LayerStore.remove_detached, layer_dirs)
         for digest, _path in victims:
             log.info("image_cache.evicted", digest=digest)
         return [digest for digest, _path in victims]
 
     def _detach(self, digest: str) -> Path:
-        """Take an image out of the index and move its directory into tmp/ (atomic)."""
-        del self._slots[digest]
+        """Take an image out of the index and move its directory into tmp/ (atomic); its
+        layers lose a reference."""
+        slot = self._slots.pop(digest)
+        if self._layers is not None:
+            for diff_id in slot.image.diff_ids:
+                self._layers.release(diff_id)
         source = self._images / parse_digest(digest)
         target = self._tmp / f"evicted-{source.name}-{secrets.token_hex(4)}"
         source.rename(target)
@@ -430,3 +719,59 @@ class ImageCache:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._layers is not None:
+            await self._layers.close()
+
+
+def _unique(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """Layer directories for an overlay, each once (the topmost occurrence of a layer an
+    image holds twice: overlayfs refuses a directory twice)."""
+    seen: set[Path] = set()
+    result = []
+    for path in paths:
+        if path not in seen:
+            seen.add(path)
+            result.append(path)
+    return tuple(result)
+
+
+def _ready(path: Path) -> BlobSource:
+    async def source() -> Path:
+        return path
+
+    return source
+
+
+def _with_layers(image: UnpackedImage, layers: tuple[Path, ...]) -> UnpackedImage:
+    return UnpackedImage(
+        digest=image.digest,
+        rootfs=image.rootfs,
+        config=image.config,
+        size=image.size,
+        user=image.user,
+        user_error=image.user_error,
+        layers=layers,
+        diff_ids=image.diff_ids,
+    )
+
+
+def _with_user(
+    image: UnpackedImage, user: ResolvedUser | None, user_error: str | None
+) -> UnpackedImage:
+    return UnpackedImage(
+        digest=image.digest,
+        rootfs=image.rootfs,
+        config=image.config,
+        size=image.size,
+        user=user,
+        user_error=user_error,
+        layers=image.layers,
+        diff_ids=image.diff_ids,
+    )
+
+
+def _write_image_dir(work: Path, image: UnpackedImage) -> None:
+    _remove_tree(work / "layout")  # the verified blobs of an archive: unpacked now
+    (work / "rootfs").mkdir(mode=0o755)
+    (work / _META).write_text(json.dumps(_meta_json(image)))
+    work.chmod(0o711)

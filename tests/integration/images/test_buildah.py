@@ -119,7 +119,8 @@ async def test_buildah_archive_imports(buildah_archive: Path, tmp_path: Path):
 
     cache = await ImageCache.open(root=tmp_path / "cache", max_bytes=1 << 30)
     unpacked = await cache.ensure(image.digest, fetch)
-    assert (unpacked.rootfs / "www" / "index.html").read_bytes() == INDEX_HTML
+    with cache.view(unpacked) as tree:
+        assert (tree / "www" / "index.html").read_bytes() == INDEX_HTML
     process = unpacked.process()
     assert process.user == "1000:1000"
     assert process.argv == ("/bin/busybox", "httpd", "-f", "-h", "/www", "-p", "8080")

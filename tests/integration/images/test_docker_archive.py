@@ -62,8 +62,9 @@ async def test_docker_archive_imports_and_unpacks(
         await asyncio.to_thread(shutil.copyfile, stored, dest)
 
     unpacked = await cache.ensure(image.digest, fetch)
-    assert (unpacked.rootfs / "bin" / "busybox").is_file()
-    assert (unpacked.rootfs / "www" / "health").read_text().strip() == "ok"
+    with cache.view(unpacked) as tree:
+        assert (tree / "bin" / "busybox").is_file()
+        assert (tree / "www" / "health").read_text().strip() == "ok"
 
 
 def rewrite(source: Path, dest: Path, change: dict[str, bytes | None]) -> Path:

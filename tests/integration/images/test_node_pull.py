@@ -116,12 +116,14 @@ async def test_a_new_version_fetches_only_its_new_layer(
     operator.grants[second.id] = grant(registry, "library/app", two)
 
     unpacked = await images.ensure(first)
-    assert (unpacked.rootfs / "www/v").read_bytes() == b"1\n"
-    assert (unpacked.rootfs / "www/index.html").read_bytes() == INDEX_HTML
+    with images.cache.view(unpacked) as tree:
+        assert (tree / "www/v").read_bytes() == b"1\n"
+        assert (tree / "www/index.html").read_bytes() == INDEX_HTML
     assert sorted(images.blobs.fetched) == sorted(blobs_of(one))  # config, base, top: once
 
     unpacked = await images.ensure(second)
-    assert (unpacked.rootfs / "www/v").read_bytes() == b"2\n"
+    with images.cache.view(unpacked) as tree:
+        assert (tree / "www/v").read_bytes() == b"2\n"
     config2, base, top2 = blobs_of(two)
     assert base == blobs_of(one)[1]
     assert sorted(images.blobs.fetched[3:]) == sorted([config2, top2])  # not the shared base
@@ -190,6 +192,9 @@ async def test_a_blob_corrupted_on_the_node_is_discarded_and_fetched_again(
     await images.ensure(ref)
     images.release(busybox_image.digest)
     assert await images.cache.remove(busybox_image.digest)
+    images.cache.max_bytes = 1  # and its unpacked layer: the next start reads the blob
+    await images.cache.evict()
+    images.cache.max_bytes = 1 << 30
     layer = images.blobs.path(blobs_of(busybox_image)[1])
     data = bytearray(layer.read_bytes())  # the disk flips a byte of the stored layer
     data[100] ^= 0xFF
@@ -198,7 +203,8 @@ async def test_a_blob_corrupted_on_the_node_is_discarded_and_fetched_again(
         await images.ensure(ref)
     assert not layer.exists()  # discarded
     unpacked = await images.ensure(ref)  # fetched again, whole
-    assert (unpacked.rootfs / "www/health").read_bytes() == b"ok\n"
+    with images.cache.view(unpacked) as tree:
+        assert (tree / "www/health").read_bytes() == b"ok\n"
     assert images.blobs.fetched.count(blobs_of(busybox_image)[1]) == 2
 
 
@@ -243,7 +249,8 @@ async def test_a_pull_token_from_the_grant_is_used(
             operator.grants[ref.id] = grant(reg, "library/app", busybox_image, token=token)
             before = len(tokens.requests)
             unpacked = await images.ensure(ref)
-            assert (unpacked.rootfs / "www/health").read_bytes() == b"ok\n"
+            with images.cache.view(unpacked) as tree:
+                assert (tree / "www/health").read_bytes() == b"ok\n"
             assert len(tokens.requests) == before  # no credentials of its own were needed
     finally:
         tokens.stop()

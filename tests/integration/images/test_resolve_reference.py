@@ -113,7 +113,8 @@ async def test_tag_pulled_into_the_store(
         await asyncio.to_thread(shutil.copyfile, path, dest)
 
     unpacked = await cache.ensure(str(image.digest), fetch)
-    assert (unpacked.rootfs / "www" / "health").read_text().strip() == "ok"
+    with cache.view(unpacked) as tree:
+        assert (tree / "www" / "health").read_text().strip() == "ok"
     # by digest, and again by tag: the same row, nothing pulled again
     again = await service.resolve_reference(f"{registry.host}/team/app@{image.digest}")
     assert again.id == image.id

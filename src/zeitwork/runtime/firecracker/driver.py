@@ -134,10 +134,13 @@ class FirecrackerDriver:
     def telemetry(self) -> Telemetry:
         return self._telemetry
 
-    async def prepare_image(self, image_digest: str, rootfs: Path) -> Path:
+    async def prepare_image(
+        self, image_digest: str, rootfs: Path, *, layers: Sequence[Path] = ()
+    ) -> Path:
         """Build the digest's base ext4 image ahead of the first start (optional: ``start``
-        builds it when missing). Returns the image path."""
-        return await self._rootfs.ensure(image_digest, rootfs)
+        builds it when missing) from the tree, or the merged view of the image's layers.
+        Returns the image path."""
+        return await self._rootfs.ensure(image_digest, rootfs, layers=layers)
 
     async def aclose(self) -> None:
         """Stop reading FIFOs (the VMs keep running)."""
@@ -285,7 +288,9 @@ class FirecrackerDriver:
         dest.chmod(0o400)
 
     async def _step_rootfs(self, boot: _Boot, stack: AsyncExitStack) -> None:
-        image = await self._rootfs.ensure(boot.spec.image_digest, boot.spec.rootfs)
+        image = await self._rootfs.ensure(
+            boot.spec.image_digest, boot.spec.rootfs, layers=boot.spec.layers
+        )
         view = await self._rootfs.make_view(
             image, boot.paths.root / ROOTFS, uid=self._cfg.uid, gid=self._cfg.gid
         )

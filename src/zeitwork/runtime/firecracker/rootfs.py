@@ -29,7 +29,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from typing import Any, Literal
 import structlog
 
 from zeitwork.core.errors import InvalidInput, RuntimeFailure
+from zeitwork.runtime.oci import mounts
 
 log = structlog.get_logger(__name__)
 
@@ -229,59 +230,86 @@ class RootfsStore:
     def image_path(self, digest: str) -> Path:
         return self._dir / image_name(digest)
 
-    async def ensure(self, digest: str, tree: Path) -> Path:
-        """The base image for ``digest``, built from ``tree`` the first time."""
+    async def ensure(self, digest: str, tree: Path, *, layers: Sequence[Path] = ()) -> Path:
+        """The base image for ``digest``, built from ``tree`` the first time; with
+        ``layers`` (the image's layer directories, top first) from their merged view, a
+        read-only overlay mounted while ``mkfs.ext4`` reads it."""
         target = self.image_path(digest)
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
             if _is_file(target):
                 return target
-            if not _is_dir(tree):
-                raise RuntimeFailure(f"the unpacked image tree {tree} does not exist")
-            if not _is_file(self._busybox):
-                raise RuntimeFailure(
-                    f"static busybox not found at {self._busybox} (install busybox-static)"
-                )
-            self._dir.mkdir(parents=True, exist_ok=True)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            used, entries = await asyncio.to_thread(_tree_usage, tree)
-            size = image_size_mib(
-                used_bytes=used, inodes=inode_count(entries), headroom_mib=self._headroom
+            if layers:
+                async with self._merged(layers) as merged:
+                    return await self._build(digest, merged, target)
+            return await self._build(digest, tree, target)
+
+    @contextlib.asynccontextmanager
+    async def _merged(self, layers: Sequence[Path]) -> AsyncIterator[Path]:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        view = Path(tempfile.mkdtemp(prefix=".view-", dir=self._dir))
+        empty = view.with_name(view.name + "-empty")
+        empty.mkdir()
+        lowers = list(layers) if len(layers) > 1 else [*layers, empty]
+        try:
+            await asyncio.to_thread(
+                mounts.mount_overlay, lower=lowers, upper=None, work=None, target=view
             )
-            tmp = self._dir / f".{target.name}.{secrets.token_hex(4)}.tmp"
             try:
-                _sparse_file(tmp, size * MIB)
-                await _run(
-                    self._mkfs,
-                    "-q",
-                    "-F",
-                    "-t",
-                    "ext4",
-                    "-L",
-                    "zeitwork-root",
-                    "-N",
-                    str(inode_count(entries)),
-                    "-E",
-                    "root_owner=0:0",
-                    "-d",
-                    str(tree),
-                    str(tmp),
-                )
-                await self._add_init(tmp)
-                await asyncio.to_thread(_fsync_path, tmp)
-                tmp.chmod(0o444)
-                os.replace(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            log.info(
-                "rootfs.built",
-                digest=digest,
-                size_mib=size,
-                seconds=round(loop.time() - started, 3),
+                yield view
+            finally:
+                await asyncio.to_thread(mounts.unmount, view)
+        finally:
+            await asyncio.to_thread(_rmdirs, view, empty)
+
+    async def _build(self, digest: str, tree: Path, target: Path) -> Path:
+        """Build the ext4 image for ``digest`` from ``tree`` (under the digest's lock)."""
+        if not _is_dir(tree):
+            raise RuntimeFailure(f"the unpacked image tree {tree} does not exist")
+        if not _is_file(self._busybox):
+            raise RuntimeFailure(
+                f"static busybox not found at {self._busybox} (install busybox-static)"
             )
-            return target
+        self._dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        used, entries = await asyncio.to_thread(_tree_usage, tree)
+        size = image_size_mib(
+            used_bytes=used, inodes=inode_count(entries), headroom_mib=self._headroom
+        )
+        tmp = self._dir / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            _sparse_file(tmp, size * MIB)
+            await _run(
+                self._mkfs,
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                "zeitwork-root",
+                "-N",
+                str(inode_count(entries)),
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                str(tree),
+                str(tmp),
+            )
+            await self._add_init(tmp)
+            await asyncio.to_thread(_fsync_path, tmp)
+            tmp.chmod(0o444)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        log.info(
+            "rootfs.built",
+            digest=digest,
+            size_mib=size,
+            seconds=round(loop.time() - started, 3),
+        )
+        return target
 
     async def _add_init(self, image: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="zeitwork-init-") as scratch:
@@ -398,3 +426,9 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 def _unlink_view(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_suffix(".cow").unlink(missing_ok=True)
+
+
+def _rmdirs(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()

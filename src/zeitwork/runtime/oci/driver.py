@@ -221,8 +221,9 @@ class OciDriver:
         netns = spec.network.netns
         if not netns:
             raise InvalidInput("the oci driver needs a prepared network namespace")
-        if not (spec.rootfs / ".").is_dir():
-            raise RuntimeFailure(f"image root filesystem {spec.rootfs} does not exist")
+        missing = [p for p in (spec.layers or (spec.rootfs,)) if not (p / ".").is_dir()]
+        if missing:
+            raise RuntimeFailure(f"image root filesystem {missing[0]} does not exist")
 
         existing = await self.runc.state(container_id) if self.runc.knows(container_id) else None
         if existing is not None:
@@ -245,7 +246,7 @@ class OciDriver:
                 step = "mount overlay root filesystem"
                 target = directory / "rootfs"
                 mounts.mount_overlay(
-                    lower=spec.rootfs,
+                    lower=spec.layers or spec.rootfs,
                     upper=directory / "upper",
                     work=directory / "work",
                     target=target,
