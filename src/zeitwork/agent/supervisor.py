@@ -574,6 +574,7 @@ class Supervisor:
                     instance_id=instance_id,
                     image_digest=assignment.image.digest,
                     rootfs=image.rootfs,
+                    layers=image.layers,
                     process=ProcessSpec(
                         argv=argv,
                         env=dict(process.env),
