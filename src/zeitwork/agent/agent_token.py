@@ -10,8 +10,8 @@ import re
 import secrets
 from pathlib import Path
 
-from zeitwork.agent.state_store import atomic_write
 from zeitwork.core.errors import InvalidInput
+from zeitwork.core.files import atomic_write
 
 TOKEN_BYTES = 32
 _FORM = re.compile(r"^[A-Za-z0-9_-]{32,200}$")

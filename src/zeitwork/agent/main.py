@@ -29,10 +29,11 @@ from zeitwork.agent.network import NodeNetwork, PeerRoute
 from zeitwork.agent.plan import Tuning
 from zeitwork.agent.reporter import CredentialFile, OperatorLink, agent_url_for
 from zeitwork.agent.settings import DEFAULT_NODE_SUBNET, AgentSettings
-from zeitwork.agent.state_store import StateStore, atomic_write_json
+from zeitwork.agent.state_store import StateStore
 from zeitwork.agent.supervisor import Supervisor
 from zeitwork.clients.operator import OperatorClient
 from zeitwork.core.errors import InvalidInput, ZeitworkError
+from zeitwork.core.files import atomic_write_json
 from zeitwork.core.resources import Resources
 from zeitwork.images import ImageCache
 from zeitwork.observability import configure_logging, get_logger, new_registry

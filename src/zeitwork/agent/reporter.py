@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zeitwork.agent.state_store import atomic_write_json
 from zeitwork.clients.operator import OperatorClient
 from zeitwork.core.errors import (
     AuthenticationRequired,
@@ -28,6 +27,7 @@ from zeitwork.core.errors import (
     ServiceUnavailable,
     ZeitworkError,
 )
+from zeitwork.core.files import atomic_write_json
 from zeitwork.core.resources import Resources
 from zeitwork.observability import get_logger
 from zeitwork.wire.agent import (

@@ -1,4 +1,5 @@
-"""Per-instance records on disk, each written atomically (temp file, fsync, rename).
+"""Per-instance records on disk, each written atomically (``core.files``: temp file, fsync,
+rename).
 
 A record is whatever JSON the supervisor keeps for one instance: its assignment, the driver
 handle, its address and its last known state. A crash mid-write leaves the old file intact.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,37 +22,9 @@ from typing import Any
 
 import structlog
 
+from zeitwork.core.files import atomic_write, atomic_write_json, encode_json
+
 log = structlog.get_logger("zeitwork.agent.state_store")
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def encode_json(value: Any) -> bytes:
-    return json.dumps(value, indent=1, sort_keys=True).encode()
-
-
-def atomic_write_json(path: Path, value: Any, *, mode: int = 0o644) -> None:
-    atomic_write(path, encode_json(value), mode=mode)
 
 
 class StateStore:

@@ -10,11 +10,12 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
 from typing import Any, Literal
+
+from zeitwork.core.files import atomic_write
 
 DEMO_PORT = 8080
 DEMO_PAGE = b"""<!doctype html>
@@ -171,8 +172,5 @@ def demo_archive(busybox: Path) -> bytes:
 def write_demo_archive(dest: Path) -> Path:
     """Build the demo archive into ``dest`` (written whole, then renamed into place)."""
     data = demo_archive(find_busybox())
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    atomic_write(dest, data)
     return dest

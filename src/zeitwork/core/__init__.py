@@ -1,6 +1,7 @@
 """Pure domain code: ids, states and their transition tables, errors, resources, clock.
 
-Nothing in this package does I/O; an import-linter contract keeps it that way.
+No network, database or logging here (an import-linter contract keeps it that way); the
+only OS calls are the two small helpers every layer shares, ``process`` and ``files``.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ import uvloop
 from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.core.files import atomic_write
 from zeitwork.core.process import die_with_parent
 from zeitwork.lb import route_stats
 from zeitwork.lb.admin import AdminPolicy, NoRoutes
@@ -104,7 +105,6 @@ async def _publish(
     directory: Path, index: int, metrics: LBMetrics, registry: BackendRegistry
 ) -> None:
     path = directory / f"worker-{index}.json"
-    tmp = directory / f".worker-{index}.tmp"
     while True:
         await asyncio.sleep(PUBLISH_INTERVAL)
         data = {
@@ -119,8 +119,7 @@ async def _publish(
             },
         }
         with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(data).encode(), durable=False)
 
 
 class LoadBalancer:

@@ -10,13 +10,13 @@ when the operator is down.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.core.files import atomic_write_text
 from zeitwork.lb.router import RouteTableRouter
 from zeitwork.wire.routes import RouteTable
 
@@ -67,10 +67,7 @@ class RouteSync:
 
     def _save(self, table: RouteTable) -> None:
         try:
-            self._cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cache.with_name(f".{self._cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(table.model_dump_json())
-            os.replace(tmp, self._cache)
+            atomic_write_text(self._cache, table.model_dump_json())
         except OSError as exc:
             self._log.warning("routes.cache_write_failed", path=str(self._cache), error=str(exc))
 

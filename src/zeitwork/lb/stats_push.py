@@ -11,7 +11,6 @@ sees the same samples. A failed push is logged once per new error and retried ne
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from zeitwork.core.errors import ZeitworkError
+from zeitwork.core.files import atomic_write_text
 from zeitwork.wire.proxy_stats import LB_ID_PATTERN
 
 _ID = re.compile(LB_ID_PATTERN)
@@ -37,10 +37,7 @@ def load_or_make_id(path: Path) -> str:
     if _ID.fullmatch(kept):
         return kept
     made = f"lb-{secrets.token_hex(6)}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(made + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, made + "\n")
     return made
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from zeitwork.agent import state_store
 from zeitwork.agent.reporter import Credential, CredentialFile, next_delay
-from zeitwork.agent.state_store import StateStore, atomic_write
+from zeitwork.agent.state_store import StateStore
 from zeitwork.core.errors import InvalidInput
 
 
@@ -108,22 +108,6 @@ async def test_a_failed_queued_write_is_logged_and_later_ones_proceed(
     store.queue_save(a, {"n": 2})
     await store.flush()
     assert store.load_all() == {a: {"n": 2}}
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "x.json"
-    atomic_write(path, b"old")
-
-    def no_space(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("zeitwork.agent.state_store.os.fsync", no_space)
-    with pytest.raises(OSError, match="No space"):
-        atomic_write(path, b"new")
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_credential_file_is_private(tmp_path: Path) -> None:

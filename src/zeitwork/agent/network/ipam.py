@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from zeitwork.agent.state_store import atomic_write_json
 from zeitwork.core.errors import InsufficientCapacity, InvalidInput
+from zeitwork.core.files import atomic_write_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from zeitwork.agent.network import links, netns, nft
 from zeitwork.agent.network.ipam import IpamFile
 from zeitwork.core.errors import RuntimeFailure
+from zeitwork.core.files import atomic_write_text
 from zeitwork.observability import get_logger
 from zeitwork.runtime.base import NetworkAttachment
 
@@ -211,9 +211,9 @@ class NodeNetwork:
             return plan
 
     def _save_peers(self, routes: list[PeerRoute]) -> None:
-        tmp = self._peers_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"subnet": r.subnet, "via": r.via} for r in routes]))
-        os.replace(tmp, self._peers_path)
+        atomic_write_text(
+            self._peers_path, json.dumps([{"subnet": r.subnet, "via": r.via} for r in routes])
+        )
 
     async def teardown(self) -> None:
         """Remove the bridge, routes and NAT table (tests and uninstall; not on restart)."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import structlog
 
+from zeitwork.core.files import atomic_write_text
 from zeitwork.operator.auth import Authenticator, display_prefix, hash_token, new_secret
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.tokens import Token, TokenStore
@@ -68,13 +68,4 @@ class TokenService:
 
 def write_secret_file(path: Path, secret: str) -> None:
     """Write ``secret`` to ``path`` readable by the owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (secret + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write_text(path, secret + "\n", mode=0o600)
