@@ -45,7 +45,7 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AcmeAccount:
+class AcmeAccountRecord:
     directory: str
     key_pem: str
     account_url: str
@@ -142,7 +142,7 @@ class CertificateClient:
         except (NotFound, Conflict):
             return
 
-    async def get_account(self, directory: str) -> AcmeAccount | None:
+    async def get_account(self, directory: str) -> AcmeAccountRecord | None:
         with map_http_errors("operator"):
             response = await self._http.get("/api/v1/acme/account", params={"directory": directory})
         try:
@@ -150,13 +150,13 @@ class CertificateClient:
         except NotFound:
             return None
         data = response.json()
-        return AcmeAccount(
+        return AcmeAccountRecord(
             directory=str(data["directory"]),
             key_pem=str(data["key_pem"]),
             account_url=str(data.get("account_url") or ""),
         )
 
-    async def put_account(self, account: AcmeAccount) -> None:
+    async def put_account(self, account: AcmeAccountRecord) -> None:
         with map_http_errors("operator"):
             response = await self._http.put("/api/v1/acme/account", json=asdict(account))
         raise_for_status(response)

@@ -32,7 +32,7 @@ from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.manager import CertificateManager, account_bridge
 from zeitwork.edge.certificates.static import StaticFiles
-from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.certificates.store import EdgeCertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
 from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
@@ -157,7 +157,7 @@ class Edge:
 
     settings: EdgeSettings
     registry: CollectorRegistry = field(default_factory=new_registry)
-    store: CertificateStore | None = None
+    store: EdgeCertificateStore | None = None
     index: int = 0  # worker number; worker 0 orders certificates and serves the admin port
     # (http, https) listening sockets the supervisor made for this worker (else made here)
     listen_socks: tuple[socket.socket, socket.socket] | None = None
@@ -209,7 +209,7 @@ class Edge:
             if self.manager is not None:
                 self.manager.wake.set()
 
-    def _store(self) -> CertificateStore:
+    def _store(self) -> EdgeCertificateStore:
         if self.store is not None:
             return self.store
         s = self.settings

@@ -1,4 +1,4 @@
-"""The ``CertificateStore`` contract, run against the local store and against the operator's
+"""The ``EdgeCertificateStore`` contract, run against the local store and against the operator's
 endpoints through ``CertificateClient`` (a real operator app on real PostgreSQL, over HTTP)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from zeitwork.clients.certificates import AcmeAccount, CertificateClient, CertificateRecord
+from zeitwork.clients.certificates import AcmeAccountRecord, CertificateClient, CertificateRecord
 from zeitwork.edge.certificates.internal_ca import InternalCA
-from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.certificates.store import EdgeCertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import key_pem, new_key, self_signed_ca
 
 HAS_OPERATOR = importlib.util.find_spec("zeitwork.operator.api.certificates") is not None
@@ -66,7 +66,9 @@ async def _operator_store(database_url: str, tmp_path: Path) -> AsyncIterator[Ce
 
 
 @pytest.fixture(params=["local", "operator"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CertificateStore]:
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[EdgeCertificateStore]:
     if request.param == "local":
         yield LocalStore(directory=tmp_path / "store")
         return
@@ -83,7 +85,7 @@ def _same(a: CertificateRecord | None, b: CertificateRecord) -> None:
         assert getattr(a, field) == getattr(b, field), field
 
 
-async def test_certificate_store_contract(store: CertificateStore, tmp_path: Path) -> None:
+async def test_certificate_store_contract(store: EdgeCertificateStore, tmp_path: Path) -> None:
     ca = InternalCA.load_or_create(tmp_path / "ca")
     assert await store.get("app.test") is None
     # a pending record without material, then a failure with back-off, then the certificate
@@ -118,7 +120,7 @@ async def test_certificate_store_contract(store: CertificateStore, tmp_path: Pat
     # the ACME account, per directory
     directory = "https://acme.example/directory"
     assert await store.get_account(directory) is None
-    account = AcmeAccount(
+    account = AcmeAccountRecord(
         directory=directory, key_pem=key_pem(new_key()), account_url="https://acme.example/acct/7"
     )
     await store.put_account(account)

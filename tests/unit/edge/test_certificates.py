@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zeitwork.clients.certificates import (
-    AcmeAccount,
+    AcmeAccountRecord,
     CertificateRecord,
     record_from_json,
     record_to_json,
@@ -16,7 +16,7 @@ from zeitwork.core.errors import InvalidInput
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.renewal import backoff, failed, is_due, renew_at
 from zeitwork.edge.certificates.static import StaticFiles
-from zeitwork.edge.certificates.store import CertificateStore, LocalStore
+from zeitwork.edge.certificates.store import EdgeCertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import (
     CertificateError,
     inspect,
@@ -120,15 +120,15 @@ def test_record_json_round_trip() -> None:
         record_from_json({"no": "domain"})
 
 
-# -- CertificateStore contract, run against every local implementation ------------------------
+# -- EdgeCertificateStore contract, run against every local implementation ------------------------
 
 
 @pytest.fixture(params=["memory", "directory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> CertificateStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> EdgeCertificateStore:
     return LocalStore(directory=tmp_path / "store" if request.param == "directory" else None)
 
 
-async def test_store_contract(store: CertificateStore) -> None:
+async def test_store_contract(store: EdgeCertificateStore) -> None:
     assert await store.list() == []
     assert await store.get("a.test") is None
     record = _issued(10)
@@ -148,7 +148,7 @@ async def test_store_contract(store: CertificateStore) -> None:
     assert await store.acquire_lease("a.test", "edge-2", 60)
     # ACME accounts per directory
     assert await store.get_account("https://ca/dir") is None
-    account = AcmeAccount(
+    account = AcmeAccountRecord(
         directory="https://ca/dir", key_pem="KEY", account_url="https://ca/acct/1"
     )
     await store.put_account(account)
@@ -158,7 +158,7 @@ async def test_store_contract(store: CertificateStore) -> None:
 async def test_directory_store_survives_restart(tmp_path: Path) -> None:
     first = LocalStore(directory=tmp_path / "s")
     await first.put(_issued(10))
-    await first.put_account(AcmeAccount(directory="d", key_pem="k", account_url="u"))
+    await first.put_account(AcmeAccountRecord(directory="d", key_pem="k", account_url="u"))
     second = LocalStore(directory=tmp_path / "s")
     assert await second.get("a.test") == _issued(10)
     assert await second.get_account("d") is not None

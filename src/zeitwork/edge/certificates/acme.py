@@ -23,7 +23,7 @@ from josepy import b64 as jose_b64
 from josepy import errors as jose_errors
 from josepy import jwa, jwk
 
-from zeitwork.clients.certificates import AcmeAccount, CertificateRecord
+from zeitwork.clients.certificates import AcmeAccountRecord, CertificateRecord
 from zeitwork.edge.certificates.x509 import inspect, key_pem, load_key, new_key
 
 ChallengeType = Literal["http-01", "tls-alpn-01"]
@@ -96,8 +96,8 @@ class AcmeIssuer:
         *,
         options: AcmeOptions,
         board: ChallengeBoard,
-        load_account: Callable[[str], AcmeAccount | None],
-        save_account: Callable[[AcmeAccount], None],
+        load_account: Callable[[str], AcmeAccountRecord | None],
+        save_account: Callable[[AcmeAccountRecord], None],
     ) -> None:
         self._options = options
         self._board = board
@@ -146,7 +146,7 @@ class AcmeIssuer:
             )
             regr = acme.new_account(registration)
             self._save_account(
-                AcmeAccount(
+                AcmeAccountRecord(
                     directory=directory_url, key_pem=key_pem(account_key), account_url=regr.uri
                 )
             )

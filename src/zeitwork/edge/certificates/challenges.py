@@ -7,8 +7,7 @@ import os
 import re
 import time
 from pathlib import Path
-
-from zeitwork.edge.tls import TlsTerminator
+from typing import Protocol
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # base64url, as RFC 8555 requires
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
@@ -16,6 +15,15 @@ _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 # worker waits before telling the CA to validate (so that every worker serves it by then)
 SYNC_INTERVAL = 0.25
 PROPAGATION = 3 * SYNC_INTERVAL
+
+
+class ChallengeSlot(Protocol):
+    """Where TLS-ALPN-01 certificates are served (``edge.tls.TlsTerminator``, which reads its
+    own certificates through this package: it depends on the package, not the other way)."""
+
+    def set_challenge(self, domain: str, cert_pem: str, key_pem: str) -> None: ...
+
+    def clear_challenge(self, domain: str) -> None: ...
 
 
 class Challenges:
@@ -28,7 +36,7 @@ class Challenges:
     told to validate."""
 
     def __init__(
-        self, *, tls: TlsTerminator, directory: Path | None = None, propagation: float = PROPAGATION
+        self, *, tls: ChallengeSlot, directory: Path | None = None, propagation: float = PROPAGATION
     ) -> None:
         self._http: dict[str, str] = {}
         self._tls = tls

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from zeitwork.clients.certificates import CertificateRecord
-from zeitwork.edge.certificates.store import CertificateStore, write_private
+from zeitwork.edge.certificates.store import EdgeCertificateStore, write_private
 from zeitwork.edge.certificates.x509 import inspect, issue_leaf, self_signed_ca
 
 
@@ -61,7 +61,7 @@ class InternalCA:
 
     @classmethod
     async def shared(
-        cls, directory: Path, store: CertificateStore, *, leaf_days: int = 90
+        cls, directory: Path, store: EdgeCertificateStore, *, leaf_days: int = 90
     ) -> InternalCA:
         """This edge's CA offered to ``store``; the one the store keeps (maybe another
         edge's) replaces the local files when it differs."""

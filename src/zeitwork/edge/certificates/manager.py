@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from zeitwork.clients.certificates import AcmeAccount, CertificateRecord
+from zeitwork.clients.certificates import AcmeAccountRecord, CertificateRecord
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.edge.certificates.acme import AcmeError, AcmeIssuer
 from zeitwork.edge.certificates.internal_ca import InternalCA
 from zeitwork.edge.certificates.renewal import failed, is_due
-from zeitwork.edge.certificates.store import CertificateStore
+from zeitwork.edge.certificates.store import EdgeCertificateStore
 from zeitwork.edge.certificates.x509 import CertificateError
-from zeitwork.edge.tls import TlsTerminator
 from zeitwork.observability import get_logger
 
 log = get_logger("zeitwork.edge.certificates")
@@ -31,12 +30,19 @@ Mode = Literal["static", "internal", "acme"]
 OrderResult = Callable[[str, str], None]  # (source, result)
 
 
+class CertificateSlot(Protocol):
+    """Where issued certificates are served (``edge.tls.TlsTerminator``, which reads them
+    through this package's ``x509``: it depends on the package, not the other way)."""
+
+    def install(self, domain: str, chain_pem: str, key_pem: str) -> object: ...
+
+
 class CertificateManager:
     def __init__(
         self,
         *,
-        store: CertificateStore,
-        tls: TlsTerminator,
+        store: EdgeCertificateStore,
+        tls: CertificateSlot,
         mode: Mode,
         domains: Callable[[], Iterable[str]],
         holder: str,
@@ -193,14 +199,14 @@ class CertificateManager:
 
 
 def account_bridge(
-    store: CertificateStore, loop: asyncio.AbstractEventLoop
-) -> tuple[Callable[[str], AcmeAccount | None], Callable[[AcmeAccount], None]]:
+    store: EdgeCertificateStore, loop: asyncio.AbstractEventLoop
+) -> tuple[Callable[[str], AcmeAccountRecord | None], Callable[[AcmeAccountRecord], None]]:
     """Sync callbacks (for the ACME worker thread) onto the async store."""
 
-    def load(directory: str) -> AcmeAccount | None:
+    def load(directory: str) -> AcmeAccountRecord | None:
         return asyncio.run_coroutine_threadsafe(store.get_account(directory), loop).result(30)
 
-    def save(account: AcmeAccount) -> None:
+    def save(account: AcmeAccountRecord) -> None:
         asyncio.run_coroutine_threadsafe(store.put_account(account), loop).result(30)
 
     return load, save

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Protocol
 
 from zeitwork.clients.certificates import (
-    AcmeAccount,
+    AcmeAccountRecord,
     CertificateRecord,
     record_from_json,
     record_to_json,
 )
 
 
-class CertificateStore(Protocol):
+class EdgeCertificateStore(Protocol):
     async def list(self) -> list[CertificateRecord]: ...
 
     async def get(self, domain: str) -> CertificateRecord | None: ...
@@ -34,9 +34,9 @@ class CertificateStore(Protocol):
 
     async def release_lease(self, domain: str, holder: str) -> None: ...
 
-    async def get_account(self, directory: str) -> AcmeAccount | None: ...
+    async def get_account(self, directory: str) -> AcmeAccountRecord | None: ...
 
-    async def put_account(self, account: AcmeAccount) -> None: ...
+    async def put_account(self, account: AcmeAccountRecord) -> None: ...
 
     async def offer_internal_ca(self, cert_pem: str, key_pem: str) -> tuple[str, str]:
         """The internal CA (certificate, key) for issuing: a store shared by several edges
@@ -59,7 +59,7 @@ class LocalStore:
 
     def __init__(self, *, directory: Path | None = None) -> None:
         self._records: dict[str, CertificateRecord] = {}
-        self._accounts: dict[str, AcmeAccount] = {}
+        self._accounts: dict[str, AcmeAccountRecord] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._dir = directory
         if directory is not None:
@@ -68,7 +68,7 @@ class LocalStore:
             accounts = directory / "acme-accounts.json"
             if accounts.exists():
                 for item in json.loads(accounts.read_text()):
-                    self._accounts[item["directory"]] = AcmeAccount(**item)
+                    self._accounts[item["directory"]] = AcmeAccountRecord(**item)
 
     def _reload(self) -> None:
         # Other processes (edge workers) may have written: the files are the truth.
@@ -108,13 +108,13 @@ class LocalStore:
         if current is not None and current[0] == holder:
             del self._leases[domain]
 
-    async def get_account(self, directory: str) -> AcmeAccount | None:
+    async def get_account(self, directory: str) -> AcmeAccountRecord | None:
         return self._accounts.get(directory)
 
     async def offer_internal_ca(self, cert_pem: str, key_pem: str) -> tuple[str, str]:
         return cert_pem, key_pem  # this edge's alone: its own CA (kept by InternalCA)
 
-    async def put_account(self, account: AcmeAccount) -> None:
+    async def put_account(self, account: AcmeAccountRecord) -> None:
         self._accounts[account.directory] = account
         if self._dir is not None:
             write_private(
