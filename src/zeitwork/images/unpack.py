@@ -46,6 +46,8 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
+# tarfile's stream mode copies what is left of its buffer on every read: keep it small
+_TAR_BUFFER = 1 << 16
 _BLOCK = 4096
 _XATTR_PREFIX = "SCHILY.xattr."
 _ALLOWED_XATTRS = ("user.", "security.")
@@ -401,7 +403,7 @@ def unpack_layer(
         return None
 
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar:
             for member in tar:
                 layer.add(member, tar)
         stream.drain()
