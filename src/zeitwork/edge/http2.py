@@ -49,6 +49,7 @@ class H2cSniffer(ClientProtocol):
 
     def __init__(self, proxy: Proxy, *, tls: bool, limits: H2Limits) -> None:
         super().__init__(proxy, tls=tls)
+        self.engine = proxy  # as a ``Proxy`` (``self.proxy`` is typed as what a connection uses)
         self.limits = limits
         self._sniffing = True
         self._sniffed = b""
@@ -89,7 +90,7 @@ class H2cSniffer(ClientProtocol):
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
         self.transport = None
-        h2 = EdgeH2(proxy, tls=False, limits=self.limits)
+        h2 = EdgeH2(self.engine, tls=False, limits=self.limits)
         h2.forced_peer = self.forced_peer
         h2.preadmitted = self.preadmitted
         transport.set_protocol(cast(asyncio.BaseProtocol, h2))  # a protocol by duck typing

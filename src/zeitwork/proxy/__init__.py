@@ -7,7 +7,7 @@ is connected), ``Upgrade`` (WebSocket) tunnelled, hop-by-hop headers removed, fo
 headers set, timeouts, one retry of idempotent requests on another backend, and the
 bad-input rules (400/413/414/417/431/501, 408 for slow heads, 502 for garbage from a backend).
 Output to clients and backends is queued and written once per event-loop iteration, after
-every callback of the iteration ran (``engine.OutputFlusher``): a subclass that writes must use
+every callback of the iteration ran (``output.OutputFlusher``): a subclass that writes must use
 ``ClientProtocol._write`` (never the transport directly), so order and close stay right.
 
 The extension seam (stable names; keep old names working if it ever changes)

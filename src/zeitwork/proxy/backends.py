@@ -12,15 +12,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.balancing import AlgorithmName, Balancer, Candidate, make_balancer
 from zeitwork.proxy.health import ActiveHealth, CheckSpec, EjectionPolicy, OutlierDetector
 
-if TYPE_CHECKING:
-    from zeitwork.proxy.upstream import UpstreamProtocol
+
+class IdleConnection(Protocol):
+    """A keep-alive upstream connection in a backend's idle list (``upstream.UpstreamProtocol``:
+    the backend side imports this module, not the other way round)."""
+
+    @property
+    def reusable(self) -> bool: ...
+
+    def close(self) -> None: ...
+
 
 HealthListener = Callable[["Backend", str, bool], None]
 """Called with (backend, kind "active"|"passive", now_available) on every transition."""
@@ -101,7 +109,7 @@ class Backend:
         # connections, ``proxy.h2_upstream``): what its release was deployed with
         self.protocol = "http1"
         self.max_idle = max_idle
-        self.idle: list[UpstreamProtocol] = []
+        self.idle: list[IdleConnection] = []
         self.upstream_connections = 0
         self._pools: list[Pool] = []
         self._listener = listener
@@ -178,7 +186,7 @@ class Backend:
         return bool(self._pools)
 
     # -- idle upstream connections --------------------------------------------------------
-    def take_idle(self) -> UpstreamProtocol | None:
+    def take_idle(self) -> IdleConnection | None:
         idle = self.idle
         while idle:
             conn = idle.pop()
@@ -186,13 +194,13 @@ class Backend:
                 return conn
         return None
 
-    def put_idle(self, conn: UpstreamProtocol) -> None:
+    def put_idle(self, conn: IdleConnection) -> None:
         if self.draining or len(self.idle) >= self.max_idle:
             conn.close()
             return
         self.idle.append(conn)
 
-    def forget_idle(self, conn: UpstreamProtocol) -> None:
+    def forget_idle(self, conn: IdleConnection) -> None:
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 

@@ -1,17 +1,18 @@
 """The client side of one HTTP/1.1 connection: ``ClientProtocol``, an asyncio protocol.
 
-It owns the connection's state (the exchange under way and the pipelined ones behind it, the
-deadline, why reading is paused, the output queued for the flusher) and feeds httptools;
-``http1`` classifies and rewrites the heads, ``exchange`` moves an exchange on (routing, the
-backend connection, retry, completion), ``tunnel`` runs an upgraded connection, ``responses``
-writes the core's own answers. The per-read paths (``data_received``, ``on_body``,
-``upstream_body``, ``tunnel_data``, ``_write``) stay here, without a call in between.
+Its state (the exchange under way and the pipelined ones behind it, the deadline, why reading
+is paused, the output queued for the flusher) is its base's, ``connection.Connection``, the
+class the modules it delegates to know it by; here it feeds httptools and implements the
+hooks: ``http1`` classifies and rewrites the heads, ``exchange`` moves an exchange on
+(routing, the backend connection, retry, completion), ``tunnel`` runs an upgraded
+connection, ``responses`` writes the core's own answers. The per-read paths
+(``data_received``, ``on_body``, ``upstream_body``, ``tunnel_data``) stay here, with no call
+between them and ``Connection._write``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -24,90 +25,42 @@ from zeitwork.proxy.config import (
     DEADLINE_DRAIN,
     DEADLINE_FIRST_BYTE,
     DEADLINE_HEAD,
-    DEADLINE_IDLE,
     DEADLINE_LINGER,
     DEADLINE_STREAM,
     DEADLINE_TUNNEL,
     PAUSE_BUFFER,
     PAUSE_QUEUE,
 )
-from zeitwork.proxy.exchange import Exchange
-from zeitwork.proxy.headers import (
-    MAX_HEADER_BYTES,
-    forwarded_node,
-    lower_name,
-    problem_body,
-)
+from zeitwork.proxy.connection import Connection, EngineState
+from zeitwork.proxy.headers import MAX_HEADER_BYTES, forwarded_node, lower_name
 from zeitwork.proxy.http1 import RequestError, forwardable_request, lf_request_line, response_head
-from zeitwork.proxy.types import ClientInfo, Headers, LocalResponse
-from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol, write_out
+from zeitwork.proxy.state import Exchange
+from zeitwork.proxy.types import ClientInfo, LocalResponse
+from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.engine import Proxy
 
 
-class _Sink:
+class _RequestSink:
     """Callbacks of the parser left on closed connections (no reference back to them)."""
 
 
-NO_PARSER = httptools.HttpRequestParser(_Sink())
-_NO_CLIENT = ClientInfo(peer_ip="", client_ip="")
+NO_PARSER = httptools.HttpRequestParser(_RequestSink())
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class ClientProtocol:
+class ClientProtocol(Connection):
     """The client side of one connection (an asyncio protocol by duck typing, so that the
-    module can be compiled with mypyc)."""
+    module can be compiled with mypyc): HTTP/1.1 framing, and the hooks of ``Connection``."""
 
-    def __init__(self, proxy: Proxy, *, tls: bool) -> None:
-        self.proxy = proxy
-        self.tls = tls
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, proxy: EngineState, *, tls: bool) -> None:
+        super().__init__(proxy, tls=tls)
         self.parser = httptools.HttpRequestParser(self)
         # RFC 9112 2.2: a bare LF ends a header line as CRLF does (a bare CR stays an error);
         # llhttp applies this to header lines, and _lf_request_line to the request line
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
-        self.peer_ip = ""
-        self.peer_port = 0  # 0: unknown (a PROXY protocol or Unix socket peer)
-        # the RFC 7239 for= node of the peer, made at the first request (see forwarded_node)
-        self.for_node = b""
-        # set before connection_made when the client's address came from elsewhere (a PROXY
-        # protocol header read before the TLS handshake): used instead of the socket peer
-        self.forced_peer = ""
-        # set when whoever accepted the connection already counted it with the proxy's
-        # limiter (and releases it): this protocol then neither acquires nor releases
-        self.preadmitted = False
-        # over the caps: the request head is read (within refusal_timeout) and answered 503;
-        # set by connection_made, or before it by a TLS layer that holds the refusal place
-        self.refused = False
-        self._holds_refusal = False
-        self.trusted_peer = False
-        # the TLS server name, set before connection_made by a TLS layer that knows it
-        self.sni: str | None = None
-        self.ex: Exchange | None = None
-        self.queue: deque[Exchange] = deque()
-        self.parsing: Exchange | None = None
-        self.tunnel: UpstreamProtocol | None = None
-        self.ws: tunnel.WebSocketTunnel | None = None  # a WebSocket tunnel's framing
-        self.closing = False
-        self.paused = 0
-        self.deadline = 0.0
-        self.deadline_kind = DEADLINE_IDLE
-        # set whenever a byte moves on this connection or its upstream; the deadline sweep
-        # turns it into a later deadline for the kinds that are renewed by activity (one
-        # attribute store per read instead of a clock read)
-        self.active = False
-        self.pending_error: tuple[int, str] | None = None
-        self.admitted = False
-        self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
-        self.out_bytes = 0
-        self.info = _NO_CLIENT  # replaced in connection_made
-        self.peer_b = b""
-        self.client_b = b""
-        self.scheme = b"http"
         self._url = b""
-        self._headers: Headers = []
         self._hbytes = 0
         self._in_message = False
         self._at_start = True  # the next byte fed starts a request (its request line)
@@ -173,53 +126,6 @@ class ClientProtocol:
         """The client went away: drop the upstream side of ``ex`` without reusing it."""
         exchanges.abandon(self, ex)
 
-    def close(self) -> None:
-        self.closing = True
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closing = True
-        self.out = []
-        if self.transport is not None:
-            self.transport.abort()
-
-    # -- output: queued, written by the proxy's flusher at the end of the loop iteration ------
-    def _write(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        out = self.out
-        out.append(data)
-        self.out_bytes += len(data)
-        if len(out) == 1:
-            self.proxy.flusher.add_client(self)
-        if self.out_bytes >= FLUSH_NOW_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is queued now (the flusher calls this; so do close and half-close)."""
-        out = self.out
-        if not out:
-            return
-        self.out = []
-        self.out_bytes = 0
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            write_out(transport, out)
-
-    def pause_reading_for(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.closing:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def resume_reading_for(self, reason: int) -> None:
-        if not self.paused & reason:
-            return
-        self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-
     def pause_writing(self) -> None:
         # the client reads slower than the backend sends: stop reading the backend
         up = self.tunnel or (self.ex.upstream if self.ex is not None else None)
@@ -266,16 +172,6 @@ class ClientProtocol:
             tunnel.go_away(self)
             return
         self.close()
-
-    def _arm_exchange(self, ex: Exchange, now: float) -> None:
-        """The deadline of an exchange that starts (or whose request just ended)."""
-        config = self.proxy.config
-        if ex.body_done:
-            self.deadline = now + config.first_byte_timeout
-            self.deadline_kind = DEADLINE_FIRST_BYTE
-        else:
-            self.deadline = now + config.stream_idle_timeout
-            self.deadline_kind = DEADLINE_STREAM
 
     # -- reading -----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -496,18 +392,6 @@ class ClientProtocol:
     def _send_error(self, status: int, detail: str, *, close: bool) -> None:
         """An answer outside any exchange (malformed input, head timeout)."""
         responses.send_error(self, status, detail, close=close)
-
-    def _error_body(self, status: int, detail: str) -> tuple[bytes, bytes]:
-        """The content type and body of an answer outside any exchange, rendered from the
-        headers read so far (``_headers``)."""
-        return self.render_error(status, detail, self._headers)
-
-    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
-        """The error-renderer hook: the content type and body of one of the core's own
-        answers (502, 503, 413, 400, ...) from its status, a one-line detail and the
-        request's headers. An RFC 9457 problem of the one vocabulary here; a subclass (the
-        edge) may render HTML for a browser, without re-parsing this JSON."""
-        return b"application/problem+json", problem_body(status, detail)
 
     def linger_close(self) -> None:
         """Send what is queued, shut our side, discard input for a moment, then close.

@@ -1,13 +1,13 @@
-"""The engine: ``Proxy`` owns the configuration, the hooks, the open client connections,
-the deadline sweep and draining; ``OutputFlusher`` writes each loop iteration's output at
-its end; ``reuse_port_socket`` makes the listening socket worker processes share."""
+"""The engine: ``Proxy`` owns the configuration, the hooks, the open client connections
+(``connection.EngineState``, its base: what they use of it), the deadline sweep and
+draining; ``reuse_port_socket`` makes the listening socket worker processes share."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mypy_extensions import mypyc_attr
 
@@ -19,19 +19,10 @@ from zeitwork.proxy.config import (
     DEADLINE_TUNNEL,
     ProxyConfig,
 )
-from zeitwork.proxy.headers import RequestIds, TrustedProxies
+from zeitwork.proxy.connection import EngineState
+from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.tunnel import CLOSE_WAIT, go_away
-from zeitwork.proxy.types import (
-    ConnectionLimiter,
-    NullObserver,
-    NullPolicy,
-    Observer,
-    RequestPolicy,
-    Router,
-)
-
-if TYPE_CHECKING:
-    from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.types import ConnectionLimiter, Observer, RequestPolicy, Router
 
 
 def peer_address(transport: asyncio.BaseTransport) -> str:
@@ -42,56 +33,8 @@ def peer_address(transport: asyncio.BaseTransport) -> str:
     return ip[7:] if ip.startswith("::ffff:") else ip
 
 
-class OutputFlusher:
-    """Hands the output queued during one event-loop iteration to the transports at its end.
-
-    Writing each response and each forwarded request the moment it is ready makes the kernel
-    wake an idle peer once per write, and on loopback or in a VM that wake-up is most of what
-    a small write costs. Queued instead, and written after the loop has run every callback of
-    the iteration, the writes leave back to back and a peer wakes once for many of them
-    (``benchmarks/edge.sh`` measured about 13% more keep-alive HTTPS requests per second).
-    Nothing waits longer than the rest of the current iteration, and a connection whose queue
-    reaches ``FLUSH_NOW_BYTES`` writes at once. Requests to backends are written before
-    responses to clients: the backends have the longer way to go.
-    """
-
-    __slots__ = ("clients", "scheduled", "upstreams")
-
-    def __init__(self) -> None:
-        self.clients: list[ClientProtocol] = []
-        self.upstreams: list[UpstreamProtocol] = []
-        self.scheduled = False
-
-    def add_client(self, client: ClientProtocol) -> None:
-        self.clients.append(client)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
-
-    def add_upstream(self, upstream: UpstreamProtocol) -> None:
-        self.upstreams.append(upstream)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
-
-    def run(self) -> None:
-        self.scheduled = False
-        upstreams, clients = self.upstreams, self.clients
-        self.upstreams, self.clients = [], []
-        for upstream in upstreams:
-            try:
-                upstream.flush()
-            except Exception:  # one broken transport must not stall the rest
-                upstream.fail()  # its exchange learns of it through connection_lost
-        for client in clients:
-            try:
-                client.flush()
-            except Exception:  # as above
-                client.abort()
-
-
 @mypyc_attr(allow_interpreted_subclasses=True)
-class Proxy:
+class Proxy(EngineState):
     """The engine: configuration, hooks, open connections, the deadline sweep, draining."""
 
     def __init__(
@@ -104,28 +47,16 @@ class Proxy:
         limiter: ConnectionLimiter | None = None,
         trusted: TrustedProxies | None = None,
     ) -> None:
-        self.router = router
-        self.config = config or ProxyConfig()
-        self.policy: RequestPolicy = policy or NullPolicy()
-        self.has_policy = policy is not None and not isinstance(policy, NullPolicy)
-        self.observer: Observer = observer or NullObserver()
-        self.limiter = limiter
-        self.trusted = trusted or TrustedProxies(())
-        self.request_ids = RequestIds()
-        self.flusher = OutputFlusher()
-        self.connections: set[ClientProtocol] = set()
+        super().__init__(
+            router=router,
+            config=config,
+            policy=policy,
+            observer=observer,
+            limiter=limiter,
+            trusted=trusted,
+        )
         self.servers: list[asyncio.Server] = []
-        self.draining = False
-        self.refusing = 0  # connections over the caps, waiting for their 503
         self._sweeper: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle_event: asyncio.Event | None = None
-
-    def now(self) -> float:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop.time()
 
     def protocol_factory(self, *, tls: bool = False) -> Any:
         def factory() -> ClientProtocol:
@@ -197,40 +128,6 @@ class Proxy:
             ):
                 conn.close()
         self._sweeper = loop.call_later(0.25, self._sweep)
-
-    def admit(self, conn: ClientProtocol) -> bool:
-        """Count a new connection with the limiter; one over its caps is ``refused`` (its
-        request is answered 503) while a refusal place is free, else not admitted (False:
-        aborted at once). A connection ``preadmitted`` by whoever accepted it is not counted."""
-        limiter = self.limiter
-        if conn.preadmitted or limiter is None or limiter.acquire(conn.peer_ip):
-            return True
-        if not self.claim_refusal():
-            return False
-        conn.refused = conn._holds_refusal = True
-        return True
-
-    def discharge(self, conn: ClientProtocol) -> None:
-        """An admitted connection closed: its limiter count or refusal place is given back."""
-        if conn._holds_refusal:
-            conn._holds_refusal = False
-            self.release_refusal()
-        elif self.limiter is not None and not conn.preadmitted and not conn.refused:
-            self.limiter.release(conn.peer_ip)
-
-    def claim_refusal(self) -> bool:
-        """A place for one connection over the caps to get its 503 (``max_refusing``)."""
-        if self.refusing >= self.config.max_refusing:
-            return False
-        self.refusing += 1
-        return True
-
-    def release_refusal(self) -> None:
-        self.refusing -= 1
-
-    def connection_closed(self) -> None:
-        if self._idle_event is not None and not self.connections:
-            self._idle_event.set()
 
     @property
     def in_flight(self) -> int:

@@ -1,11 +1,11 @@
 """The exchange: one request and its response through the proxy, and its course (routing,
 the backend connection, retry, completion, release).
 
-``Exchange`` holds the state; the functions here move it on for the client connection that
-owns it (``client.ClientProtocol``, passed as ``conn``): ``start`` routes it, ``assign`` /
-``connect`` / ``attach`` put it on a backend connection, ``complete`` / ``lost`` /
-``garbage`` take the backend's outcome, ``fail_upstream`` retries or answers the failure,
-``finish`` hands the connection to the next request. Methods a subclass of the client
+``Exchange`` (``state``) holds the state; the functions here move it on for the client
+connection that owns it (a ``connection.Connection``, passed as ``conn``): ``start`` routes
+it, ``assign`` / ``connect`` / ``attach`` put it on a backend connection, ``complete`` /
+``lost`` / ``garbage`` take the backend's outcome, ``fail_upstream`` retries or answers the
+failure, ``finish`` hands the connection to the next request. Methods a subclass of the client
 protocol may override (``_finish``, ``_send_local``, ``_send_problem``, ``_send_error``,
 ``_write``, ``close``, ``abort``, ``linger_close``, ``pause_reading_for``,
 ``resume_reading_for``) are called through ``conn``.
@@ -30,94 +30,19 @@ from zeitwork.proxy.config import (
     PAUSE_UPSTREAM,
     PAUSE_WAIT,
 )
-from zeitwork.proxy.types import ClientInfo, RequestHead
+from zeitwork.proxy.connection import Connection
+from zeitwork.proxy.state import Exchange as Exchange  # noqa: PLC0414 - its first home
 from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
-    from zeitwork.proxy.backends import Backend, Pool
-    from zeitwork.proxy.client import ClientProtocol
+    from zeitwork.proxy.backends import Backend
 
 _log = structlog.get_logger("zeitwork.proxy")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the answer to Expect: 100-continue
 
 
-class Exchange:
-    """One request/response through the proxy."""
-
-    __slots__ = (
-        "backend",
-        "body_buf",
-        "body_done",
-        "buffered",
-        "chunked",
-        "client",
-        "close_after",
-        "connect_task",
-        "content_length",
-        "expect",
-        "failed",
-        "finished",
-        "head",
-        "head_bytes",
-        "head_only",
-        "pool",
-        "received",
-        "request_id",
-        "resp_chunked",
-        "resp_until_close",
-        "response_started",
-        "retries",
-        "sent",
-        "sent_head",
-        "started",
-        "status",
-        "streamed",
-        "tunnel_buf",
-        "upgrade",
-        "upstream",
-        "upstream_started",
-        "upstream_until_close",
-        "websocket",
-    )
-
-    def __init__(self, head: RequestHead, client: ClientInfo) -> None:
-        self.head = head
-        self.client = client
-        self.pool: Pool | None = None
-        self.backend: Backend | None = None
-        self.failed: Backend | None = None
-        self.upstream: UpstreamProtocol | None = None
-        self.connect_task: asyncio.Task[None] | None = None
-        self.chunked = False
-        self.content_length = 0
-        self.received = 0
-        self.body_done = False
-        self.body_buf: list[bytes] = []
-        self.buffered = 0
-        self.streamed = False
-        self.expect = False
-        self.upgrade = False
-        self.websocket = False  # an upgrade to WebSocket (framing followed in the tunnel)
-        self.tunnel_buf = b""
-        self.head_bytes = b""
-        self.sent_head = False
-        self.response_started = False
-        self.resp_chunked = False
-        self.resp_until_close = False
-        self.upstream_until_close = False
-        self.head_only = head.method == b"HEAD"
-        self.request_id = b""  # head.request_id as bytes (for the response header)
-        self.status = 0
-        self.close_after = False
-        self.finished = False
-        self.retries = 0
-        self.sent = 0  # response body bytes from the backend to the client (metrics)
-        self.started = 0.0
-        self.upstream_started = 0.0
-
-
-def abandon(conn: ClientProtocol, ex: Exchange) -> None:
+def abandon(conn: Connection, ex: Exchange) -> None:
     """The client went away: drop the upstream side of ``ex`` without reusing it."""
     ex.finished = True
     if ex.connect_task is not None:
@@ -129,7 +54,7 @@ def abandon(conn: ClientProtocol, ex: Exchange) -> None:
     release_backend(conn, ex, status=499)
 
 
-def stalled(conn: ClientProtocol, ex: Exchange | None, kind: int) -> None:
+def stalled(conn: Connection, ex: Exchange | None, kind: int) -> None:
     """Nothing moved in time: answer 504 (408) before the response started, cut after."""
     if ex is None:
         conn.abort()
@@ -176,7 +101,7 @@ def stalled(conn: ClientProtocol, ex: Exchange | None, kind: int) -> None:
     fail_upstream(conn, ex, 504, "the backend did not answer in time", retry=False)
 
 
-def refuse(conn: ClientProtocol, status: int, detail: str) -> None:
+def refuse(conn: Connection, status: int, detail: str) -> None:
     """The request being read broke a rule (``RequestError``): answer ``status`` now, or after
     the exchange in front of it."""
     broken = conn.parsing
@@ -213,7 +138,7 @@ def refuse(conn: ClientProtocol, status: int, detail: str) -> None:
     conn.pause_reading_for(PAUSE_QUEUE)
 
 
-def start(conn: ClientProtocol, ex: Exchange) -> None:
+def start(conn: Connection, ex: Exchange) -> None:
     """Route ``ex``: the policy may answer it; else a pool and a backend are picked."""
     proxy = conn.proxy
     head = ex.head
@@ -234,7 +159,7 @@ def start(conn: ClientProtocol, ex: Exchange) -> None:
     assign(conn, ex, backend)
 
 
-def assign(conn: ClientProtocol, ex: Exchange, backend: Backend) -> None:
+def assign(conn: Connection, ex: Exchange, backend: Backend) -> None:
     ex.backend = backend
     backend.in_flight += 1
     backend.requests += 1
@@ -243,12 +168,12 @@ def assign(conn: ClientProtocol, ex: Exchange, backend: Backend) -> None:
         return
     up = backend.take_idle()
     if up is not None:
-        attach(conn, ex, up)
+        attach(conn, ex, cast(UpstreamProtocol, up))  # only these are put in the idle list
         return
     ex.connect_task = asyncio.get_running_loop().create_task(connect(conn, ex, backend))
 
 
-async def connect(conn: ClientProtocol, ex: Exchange, backend: Backend) -> None:
+async def connect(conn: Connection, ex: Exchange, backend: Backend) -> None:
     """Open a connection to ``backend`` for ``ex`` (within ``connect_timeout``)."""
     loop = asyncio.get_running_loop()
     try:
@@ -280,7 +205,7 @@ async def connect(conn: ClientProtocol, ex: Exchange, backend: Backend) -> None:
     attach(conn, ex, up)
 
 
-def attach(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol) -> None:
+def attach(conn: Connection, ex: Exchange, up: UpstreamProtocol) -> None:
     """Send the request (head and what is buffered of its body) on ``up``."""
     ex.upstream = up
     up.ex = ex
@@ -321,7 +246,7 @@ def attach(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol) -> None:
         ex.tunnel_buf = b""
 
 
-def complete(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
+def complete(conn: Connection, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
     """The backend's response ended (``keep_alive``: its connection may be reused)."""
     if ex is not conn.ex or ex.finished:
         up.abort()
@@ -346,7 +271,7 @@ def complete(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol, keep_aliv
     conn._finish(ex)
 
 
-def garbage(conn: ClientProtocol, ex: Exchange) -> None:
+def garbage(conn: Connection, ex: Exchange) -> None:
     """The backend sent something that is not HTTP."""
     ex.upstream = None
     if ex.backend is not None:
@@ -360,7 +285,7 @@ def garbage(conn: ClientProtocol, ex: Exchange) -> None:
     fail_upstream(conn, ex, 502, "the backend sent an invalid response", retry=False)
 
 
-def lost(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol) -> None:
+def lost(conn: Connection, ex: Exchange, up: UpstreamProtocol) -> None:
     """The backend connection closed under ``ex``."""
     ex.upstream = None
     if ex.finished or ex is not conn.ex:
@@ -384,7 +309,7 @@ def lost(conn: ClientProtocol, ex: Exchange, up: UpstreamProtocol) -> None:
 
 
 def fail_upstream(
-    conn: ClientProtocol,
+    conn: Connection,
     ex: Exchange,
     status: int,
     detail: str,
@@ -430,7 +355,7 @@ def fail_upstream(
     conn._send_problem(ex, status, detail, backend=failed)
 
 
-def release_backend(conn: ClientProtocol, ex: Exchange, *, status: int) -> None:
+def release_backend(conn: Connection, ex: Exchange, *, status: int) -> None:
     """``ex`` no longer holds its backend: counted, and reported to the observer."""
     backend = ex.backend
     ex.backend = None
@@ -456,7 +381,7 @@ def release_backend(conn: ClientProtocol, ex: Exchange, *, status: int) -> None:
         )
 
 
-def finish(conn: ClientProtocol, ex: Exchange) -> None:
+def finish(conn: Connection, ex: Exchange) -> None:
     """``ex`` ended: the next pipelined request starts, or the connection waits or closes."""
     ex.finished = True
     release_backend(conn, ex, status=ex.status)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import httptools
 
-from zeitwork.proxy.exchange import Exchange
 from zeitwork.proxy.headers import (
     FORWARDING,
     HOP_BY_HOP,
@@ -26,6 +25,7 @@ from zeitwork.proxy.headers import (
     status_line,
     valid_request_id,
 )
+from zeitwork.proxy.state import Exchange
 from zeitwork.proxy.types import ClientInfo, Headers, RequestHead, RequestPolicy
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})

@@ -2,10 +2,10 @@
 (502, 503, 504, ...) inside an exchange, and errors outside any exchange (malformed input,
 a head timeout), then the lingering close that lets the client read them.
 
-Functions of the client connection (``conn``); ``ClientProtocol`` keeps the methods of the
-same names (``_send_local``, ``_send_problem``, ``_send_error``, ``linger_close``) as the
-seam a subclass overrides (the HTTP/2 stream, the edge's HTML pages through
-``render_error``).
+Functions of the client connection (``conn``, a ``connection.Connection``);
+``ClientProtocol`` keeps the methods of the same names (``_send_local``, ``_send_problem``,
+``_send_error``, ``linger_close``) as the seam a subclass overrides (the HTTP/2 stream, the
+edge's HTML pages through ``render_error``).
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zeitwork.proxy.config import DEADLINE_LINGER
+from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.headers import serialize_response
+from zeitwork.proxy.state import Exchange
 from zeitwork.proxy.types import Headers, LocalResponse
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.client import ClientProtocol
-    from zeitwork.proxy.exchange import Exchange
 
 
-def send_local(conn: ClientProtocol, ex: Exchange, local: LocalResponse) -> None:
+def send_local(conn: Connection, ex: Exchange, local: LocalResponse) -> None:
     """Answer ``ex`` from the proxy itself (a policy's answer, an error problem)."""
     headers = list(local.headers)
     if conn.proxy.config.response_request_id:
@@ -38,7 +38,7 @@ def send_local(conn: ClientProtocol, ex: Exchange, local: LocalResponse) -> None
 
 
 def send_problem(
-    conn: ClientProtocol,
+    conn: Connection,
     ex: Exchange,
     status: int,
     detail: str,
@@ -55,7 +55,7 @@ def send_problem(
     conn._send_local(ex, LocalResponse(status=status, headers=headers, body=body))
 
 
-def send_error(conn: ClientProtocol, status: int, detail: str, *, close: bool) -> None:
+def send_error(conn: Connection, status: int, detail: str, *, close: bool) -> None:
     """An answer outside any exchange (malformed input, head timeout)."""
     conn.closing = True
     if conn.transport is None:
@@ -70,7 +70,7 @@ def send_error(conn: ClientProtocol, status: int, detail: str, *, close: bool) -
         conn.linger_close()
 
 
-def linger_close(conn: ClientProtocol) -> None:
+def linger_close(conn: Connection) -> None:
     """Send what is queued, shut our side, discard input for a moment, then close.
 
     Closing at once while the client is still sending makes the kernel answer with a

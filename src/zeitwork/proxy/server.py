@@ -1,10 +1,12 @@
 """The proxy core's engine and client protocol under their first module path.
 
-The core is split by concern (``engine``: ``Proxy``, the flusher, listening sockets;
-``client``: ``ClientProtocol``; ``http1``: request and response heads; ``exchange``: routing,
-retry, completion; ``tunnel``: upgraded connections; ``responses``: the core's own answers;
-``config``: ``ProxyConfig`` and shared constants). The names code outside imported from here
-stay importable from here: this module only re-exports them.
+The core is split by concern (``engine``: ``Proxy`` and listening sockets; ``client``:
+``ClientProtocol``; ``connection``: what the modules it delegates to know of it and of the
+engine; ``http1``: request and response heads; ``exchange``: routing, retry, completion;
+``tunnel``: upgraded connections; ``responses``: the core's own answers; ``output``: the
+flusher; ``state``: the exchange's record; ``config``: ``ProxyConfig`` and shared constants).
+The names code outside imported from here stay importable from here: this module only
+re-exports them.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from zeitwork.proxy.config import DEADLINE_IDLE as _D_IDLE
 from zeitwork.proxy.config import DEADLINE_LINGER as _D_LINGER
 from zeitwork.proxy.config import DEADLINE_STREAM as _D_STREAM
 from zeitwork.proxy.config import DEADLINE_TUNNEL as _D_TUNNEL
-from zeitwork.proxy.engine import OutputFlusher, Proxy, peer_address, reuse_port_socket
+from zeitwork.proxy.engine import Proxy, peer_address, reuse_port_socket
 from zeitwork.proxy.exchange import CONTINUE as _CONTINUE
-from zeitwork.proxy.exchange import Exchange
 from zeitwork.proxy.http1 import RequestError as _Reject
 from zeitwork.proxy.http1 import absolute_target
 from zeitwork.proxy.http1 import lf_request_line as _lf_request_line
+from zeitwork.proxy.output import OutputFlusher
+from zeitwork.proxy.state import Exchange
 
 __all__ = [
     "BUFFER_LIMIT",

@@ -1,7 +1,8 @@
 """Upgraded connections (WebSocket and other ``Upgrade`` protocols): once the backend
 answers 101 the client connection and the backend connection carry raw bytes both ways, each
 side's reads written to the other (``ClientProtocol.tunnel_data`` and
-``UpstreamProtocol.data_received``), renewed by activity up to ``tunnel_idle_timeout``.
+``UpstreamProtocol.data_received``; the client side is a ``connection.Connection`` here),
+renewed by activity up to ``tunnel_idle_timeout``.
 
 Drains. A tunnel is not cut when its backend drains (it left the route table: a release
 replaces it) or when the proxy drains (SIGTERM): it runs on, for ``tunnel_drain_timeout``
@@ -18,37 +19,21 @@ cut.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 
 from zeitwork.proxy.config import DEADLINE_LINGER, DEADLINE_TUNNEL, PAUSE_WAIT
+from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.exchange import release_backend
-from zeitwork.proxy.websocket import GOING_AWAY, FrameTracker, close_frame
-
-if TYPE_CHECKING:
-    from zeitwork.proxy.client import ClientProtocol
-    from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.state import WebSocketTunnel
+from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.websocket import GOING_AWAY, close_frame
 
 _log = structlog.get_logger("zeitwork.proxy")
 
 CLOSE_WAIT = 2.0  # s a going-away tunnel may take to reach frame boundaries and close
 
 
-class WebSocketTunnel:
-    """Both directions of one WebSocket tunnel, followed frame by frame, and its close."""
-
-    __slots__ = ("backend_done", "client_done", "going_away", "to_backend", "to_client")
-
-    def __init__(self) -> None:
-        self.to_client = FrameTracker()  # what the backend sends
-        self.to_backend = FrameTracker()  # what the client sends
-        self.going_away = False
-        self.client_done = False  # the client got its close frame (or the backend's own)
-        self.backend_done = False  # the same towards the backend
-
-
-def upgrade_requested(conn: ClientProtocol, rest: bytes) -> None:
+def upgrade_requested(conn: Connection, rest: bytes) -> None:
     """The parser ended an upgrade request; ``rest`` is what the client sent after it."""
     # the upgrade request is the last one parsed (its message is already complete)
     ex = conn.queue[-1] if conn.queue else conn.ex
@@ -68,7 +53,7 @@ def upgrade_requested(conn: ClientProtocol, rest: bytes) -> None:
         ex.tunnel_buf = b""
 
 
-def upgraded(conn: ClientProtocol, up: UpstreamProtocol, rest: bytes) -> None:
+def upgraded(conn: Connection, up: UpstreamProtocol, rest: bytes) -> None:
     """The backend answered 101: both connections become a tunnel (``rest``: what the
     backend sent after its head)."""
     ex = conn.ex
@@ -98,13 +83,13 @@ def upgraded(conn: ClientProtocol, up: UpstreamProtocol, rest: bytes) -> None:
     conn.transport.resume_reading()
 
 
-def idle(conn: ClientProtocol) -> None:
+def idle(conn: Connection) -> None:
     """Nothing moved either way for ``tunnel_idle_timeout``: both sides are cut."""
     _log.info("proxy.tunnel_idle", peer=conn.peer_ip)
     conn.abort()
 
 
-def to_backend(conn: ClientProtocol, data: bytes) -> None:
+def to_backend(conn: Connection, data: bytes) -> None:
     """Bytes from the client for the backend (a WebSocket's framing followed)."""
     up = conn.tunnel
     ws = conn.ws
@@ -127,7 +112,7 @@ def to_backend(conn: ClientProtocol, data: bytes) -> None:
         _close_backend(conn, ws)
 
 
-def to_client(conn: ClientProtocol, data: bytes) -> None:
+def to_client(conn: Connection, data: bytes) -> None:
     """Bytes from the backend for the client (a WebSocket's framing followed)."""
     ws = conn.ws
     if ws is None:
@@ -147,7 +132,7 @@ def to_client(conn: ClientProtocol, data: bytes) -> None:
         _close_client(conn, ws)
 
 
-def go_away(conn: ClientProtocol) -> None:
+def go_away(conn: Connection) -> None:
     """Close the tunnel of ``conn`` for a drain: close frames (1001) for a WebSocket, at the
     next frame boundary of each direction; other tunnels are closed at once (FIN)."""
     up = conn.tunnel
@@ -171,7 +156,7 @@ def go_away(conn: ClientProtocol) -> None:
         _close_backend(conn, ws)
 
 
-def _close_client(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
+def _close_client(conn: Connection, ws: WebSocketTunnel) -> None:
     ws.client_done = True
     if not ws.to_client.close_seen:
         conn._write(close_frame(GOING_AWAY, masked=False))
@@ -179,7 +164,7 @@ def _close_client(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
         _finish(conn)
 
 
-def _close_backend(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
+def _close_backend(conn: Connection, ws: WebSocketTunnel) -> None:
     ws.backend_done = True
     up = conn.tunnel
     if up is not None and not ws.to_backend.close_seen:
@@ -188,7 +173,7 @@ def _close_backend(conn: ClientProtocol, ws: WebSocketTunnel) -> None:
         _finish(conn)
 
 
-def _finish(conn: ClientProtocol) -> None:
+def _finish(conn: Connection) -> None:
     """Both close frames are written: the tunnel ends (the client's side lingers, so that
     its close reply does not meet a reset that could destroy our frame unread)."""
     up = conn.tunnel
@@ -196,7 +181,7 @@ def _finish(conn: ClientProtocol) -> None:
         _detach(conn, up)
 
 
-def _detach(conn: ClientProtocol, up: UpstreamProtocol) -> None:
+def _detach(conn: Connection, up: UpstreamProtocol) -> None:
     conn.tunnel = None
     up.tunnel = None
     up.close()

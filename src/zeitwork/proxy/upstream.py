@@ -1,54 +1,71 @@
 """One keep-alive connection to a backend: writes requests, parses responses (httptools).
 
 The protocol only moves bytes and reports parse events to the client connection that owns
-the current exchange (``client.ClientProtocol``); it returns itself to its backend's idle
+the current exchange, which it knows as an ``UpstreamOwner`` (``client.ClientProtocol`` is
+one; so is ``connection.Connection``, its base); it returns itself to its backend's idle
 list when a response ends cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.headers import MAX_HEADER_BYTES
+from zeitwork.proxy.output import FLUSH_NOW_BYTES, OutputFlusher, write_out
+from zeitwork.proxy.state import Exchange
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
-    from zeitwork.proxy.client import ClientProtocol
-    from zeitwork.proxy.engine import OutputFlusher
-    from zeitwork.proxy.exchange import Exchange
 
 
-# Queued output at which a connection (client or backend side) writes at once instead of
-# waiting for the end of the loop iteration: a fast peer can deliver many reads in one
-# iteration, and back-pressure (the transport's pause_writing) starts only once bytes reach
-# the transport.
-FLUSH_NOW_BYTES = 64 * 1024
+class UpstreamOwner(Protocol):
+    """The client side of the exchange (or tunnel) an upstream connection carries: what the
+    backend's bytes and events are reported to."""
+
+    # set whenever a byte moves: the client connection's stream deadline is renewed
+    active: bool
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def flush(self) -> None: ...
+
+    def pause_reading_for(self, reason: int) -> None: ...
+
+    def resume_reading_for(self, reason: int) -> None: ...
+
+    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool: ...
+
+    def upstream_body(self, ex: Exchange, body: bytes) -> None: ...
+
+    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None: ...
+
+    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None: ...
+
+    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None: ...
+
+    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None: ...
+
+    def tunnel_data(self, data: bytes) -> None: ...
+
+    def tunnel_closed(self) -> None: ...
 
 
-def write_out(transport: asyncio.Transport, out: list[bytes]) -> None:
-    """Hand queued pieces to a transport: one write (small pieces joined) or writelines."""
-    if len(out) == 1:
-        transport.write(out[0])
-    elif len(out) < 16 and sum(map(len, out)) < 65536:
-        transport.write(b"".join(out))
-    else:
-        transport.writelines(out)
-
-
-class _Sink:
+class _ResponseSink:
     pass
 
 
-_NO_PARSER = httptools.HttpResponseParser(_Sink())
+_NO_PARSER = httptools.HttpResponseParser(_ResponseSink())
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # proxy.h2_upstream's streams
+@mypyc_attr(allow_interpreted_subclasses=True)  # proxy.h2c_stream's streams
 class UpstreamProtocol:
-    """One upstream connection (an asyncio protocol by duck typing; see ``ClientProtocol``)."""
+    """One upstream connection (an asyncio protocol by duck typing, so that the module can be
+    compiled with mypyc)."""
 
     __slots__ = (
         "_header_bytes",
@@ -79,7 +96,7 @@ class UpstreamProtocol:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
-        self.client: ClientProtocol | None = None
+        self.client: UpstreamOwner | None = None
         self.reusable = False
         self.closed = False
         self.served = 0
@@ -89,7 +106,7 @@ class UpstreamProtocol:
         self._header_bytes = 0
         self._interim = False
         self._skip = False
-        self.tunnel: ClientProtocol | None = None
+        self.tunnel: UpstreamOwner | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 from zeitwork.proxy.backends import Backend
+from zeitwork.proxy.output import FLUSH_NOW_BYTES
 from zeitwork.proxy.server import ClientProtocol, Exchange, OutputFlusher, Proxy
 from zeitwork.proxy.types import ClientInfo, RequestHead
-from zeitwork.proxy.upstream import FLUSH_NOW_BYTES, UpstreamProtocol
+from zeitwork.proxy.upstream import UpstreamProtocol
 
 
 class RecordingTransport:

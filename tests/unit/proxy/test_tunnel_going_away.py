@@ -18,7 +18,8 @@ from zeitwork.proxy.backends import Backend
 from zeitwork.proxy.client import ClientProtocol
 from zeitwork.proxy.config import DEADLINE_TUNNEL
 from zeitwork.proxy.engine import Proxy
-from zeitwork.proxy.tunnel import WebSocketTunnel, go_away
+from zeitwork.proxy.state import WebSocketTunnel
+from zeitwork.proxy.tunnel import go_away
 from zeitwork.proxy.upstream import UpstreamProtocol
 
 
