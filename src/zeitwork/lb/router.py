@@ -5,7 +5,9 @@ more than one route). ``apply`` diffs the new table against the previous one: on
 whose content changed are touched, backends are shared by address across routes (one set
 of health checks per address, by the route's own check: ``lb/checks.py``), and a backend
 that no route names any more is drained: no new requests, its in-flight ones finish, its
-idle upstream connections are closed. A backend the table names is available at once.
+idle upstream connections are closed. A backend the table names is available at once. A
+route's limits (its release's response and tunnel idle timeouts, its tunnel count) become
+its pool's, which the engine reads for each exchange and tunnel of the route.
 """
 
 from __future__ import annotations
@@ -197,6 +199,10 @@ class RouteTableRouter:
                 self.registry.get(b.address, b.weight, protocol=b.protocol)
                 for b in _usable(route.backends)
             )
+            # the current release's per-route limits (0: the engine's own, no tunnel limit)
+            pool.response_idle_timeout = route.response_idle_timeout or 0.0
+            pool.tunnel_idle_timeout = route.tunnel_idle_timeout or 0.0
+            pool.max_tunnels = route.max_tunnels or 0
             self._routes[key] = route
         for key in [k for k in self._routes if k not in incoming]:
             del self._routes[key]

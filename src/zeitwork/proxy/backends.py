@@ -235,9 +235,21 @@ class Backend:
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Pool:
-    """A named group of backends with one balancing algorithm."""
+    """A named group of backends with one balancing algorithm, and its route's limits: the
+    response and tunnel idle timeouts (0: the engine's ``ProxyConfig`` ones) and how many
+    upgraded connections it may hold open at once (``max_tunnels``, 0: any number; counted
+    in ``tunnels`` within this process, a reserved place included)."""
 
-    __slots__ = ("_balancer", "algorithm", "backends", "name")
+    __slots__ = (
+        "_balancer",
+        "algorithm",
+        "backends",
+        "max_tunnels",
+        "name",
+        "response_idle_timeout",
+        "tunnel_idle_timeout",
+        "tunnels",
+    )
 
     def __init__(
         self,
@@ -250,6 +262,10 @@ class Pool:
         self.algorithm: AlgorithmName = algorithm
         self._balancer: Balancer[Candidate] = make_balancer(algorithm)
         self.backends: list[Backend] = []
+        self.response_idle_timeout = 0.0
+        self.tunnel_idle_timeout = 0.0
+        self.max_tunnels = 0
+        self.tunnels = 0
         self.set_backends(backends)
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
@@ -274,6 +290,18 @@ class Pool:
     def pick(self, client_ip: str, exclude: Backend | None = None) -> Backend | None:
         chosen = self._balancer.pick(client_ip, exclude)
         return chosen if isinstance(chosen, Backend) else None
+
+    def take_tunnel(self) -> bool:
+        """A place for one more upgraded connection; False when ``max_tunnels`` are open."""
+        if self.max_tunnels and self.tunnels >= self.max_tunnels:
+            return False
+        self.tunnels += 1
+        return True
+
+    def give_tunnel(self) -> None:
+        """An upgraded connection (or an upgrade the backend refused) gave its place back."""
+        if self.tunnels > 0:
+            self.tunnels -= 1
 
     def close(self) -> None:
         for b in self.backends:
