@@ -1,4 +1,4 @@
-"""The pure rules of HTTP/2 at the proxy: a stream's request as an HTTP/1.1 head, a backend's
+"""The pure rules of HTTP/2 at the proxy: a stream's request as HTTP/1.1 fields, a backend's
 HTTP/1.1 response headers as an HTTP/2 header list, the limits, and the rapid-reset budget.
 
 No I/O here: ``http2`` drives the ``h2`` connection and calls these (unit-tested on their own
@@ -16,7 +16,16 @@ from zeitwork.proxy.types import Headers
 # ``trailers``); also what the proxy rebuilds itself on the way to the backend
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"transfer-encoding", b"upgrade", b"content-length"}
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"transfer-encoding", b"upgrade"}
-_FORBIDDEN_BYTES = (b"\r", b"\n", b"\x00")
+# what a header value may hold (HTAB, visible ASCII and space, obs-text) and a request
+# target (visible ASCII): the bytes the core's HTTP/1.1 parser (llhttp) accepts there
+_VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_TARGET_BYTES = bytes(range(0x21, 0x7F))
+# the methods llhttp knows (CONNECT apart): over HTTP/1.1 any other is refused with 400
+_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE OPTIONS TRACE PATCH COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
 # RFC 9113 8.2.2: these make a request malformed (``te`` unless it is ``trailers``)
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -60,34 +69,39 @@ class H2RequestError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Http1Request:
-    """A stream's request as HTTP/1.1: ``head`` (request line to the blank line), and
-    whether its body is sent chunked (a body without Content-Length)."""
+class H2Request:
+    """A stream's request as the proxy core takes it: ``method``, origin-form ``target``, and
+    ``fields`` (lower-case names, ``host`` first) as an HTTP/1.1 parser would have read them;
+    ``chunked``: the body has no Content-Length and goes to the backend chunked."""
 
-    head: bytes
+    method: bytes
+    target: bytes
+    fields: Headers
     chunked: bool
 
 
-def _clean(value: bytes, what: str) -> None:
-    for bad in _FORBIDDEN_BYTES:
-        if bad in value:
-            raise H2RequestError(400, f"invalid byte in the {what}")
+def _bad_value(value: bytes) -> bool:
+    """A control character other than HTAB (what the core's HTTP/1.1 parser refuses)."""
+    return bool(value.translate(None, _VALUE_BYTES))
 
 
-def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
-    """The HTTP/1.1 head of a stream's request (``headers`` as h2 decoded them, bytes).
+def request_fields(headers: Headers, *, has_body: bool) -> H2Request:
+    """The request of a stream (``headers`` as h2 decoded them, bytes), checked and made into
+    the fields an HTTP/1.1 request would carry.
 
     The fields are checked here (h2's own checks are off, as they end the whole connection
     where RFC 9113 8.1.1 asks for a stream error): lower-case token names, pseudo-headers
-    once each and first, no connection-specific fields, no CR, LF or NUL, no surrounding
-    whitespace. ``:authority`` becomes Host (a Host field that names another authority is
+    once each and first, no connection-specific fields, no control characters but HTAB in a
+    value, no surrounding whitespace, a method the core's HTTP/1.1 parser knows, a target of
+    visible ASCII. ``:authority`` becomes Host (a Host field that names another authority is
     refused), ``cookie`` fields are joined (RFC 9113 8.2.3), ``te: trailers`` is dropped, and
-    a body without Content-Length is sent chunked. The proxy core's HTTP/1.1 parser reads the
-    result, so the request then meets every rule an HTTP/1.1 request meets."""
+    a body without Content-Length is sent chunked. The proxy core then builds the exchange
+    from the result (``http1.forwardable_request``), so the request meets every rule an
+    HTTP/1.1 request meets."""
     method = path = authority = host = b""
     scheme = b""
     length: bytes | None = None
-    fields: list[bytes] = []
+    fields: Headers = [(b"host", b"")]
     cookies: list[bytes] = []
     size = 0
     seen: set[bytes] = set()
@@ -96,7 +110,8 @@ def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
         size += len(name) + len(value) + 32  # RFC 9113 6.5.2's per-field overhead
         if size > MAX_HEADER_BYTES:
             raise H2RequestError(431, "request headers exceed 64 KiB")
-        _clean(value, "header value")
+        if _bad_value(value):
+            raise H2RequestError(400, "invalid byte in a header value")
         if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
             raise H2RequestError(400, "whitespace around a header value")
         if name[:1] == b":":
@@ -124,35 +139,34 @@ def request_head(headers: Headers, *, has_body: bool) -> Http1Request:
         elif name == b"content-length":
             length = value
         elif name not in _NOT_FORWARDED:
-            fields.append(b"%s: %s\r\n" % (name, value))
+            fields.append((name, value))
     if method == b"CONNECT":
         raise H2RequestError(405, "CONNECT is not supported")
     if not method or not path or not scheme:
         raise H2RequestError(400, "missing :method, :scheme or :path")
-    if b" " in method or b" " in path:
+    if method not in _METHODS or path.translate(None, _TARGET_BYTES):
         raise H2RequestError(400, "invalid :method or :path")
     if authority and host and authority.lower() != host.lower():
         raise H2RequestError(400, "the Host header does not match :authority")
     authority = authority or host
     if not authority:
         raise H2RequestError(400, "missing :authority")
-    out = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, path, authority)]
-    out.extend(fields)
+    fields[0] = (b"host", authority)
     if cookies:
-        out.append(b"cookie: %s\r\n" % b"; ".join(cookies))
+        fields.append((b"cookie", b"; ".join(cookies)))
     chunked = False
     if length is not None:
-        out.append(b"content-length: %s\r\n" % length)
+        fields.append((b"content-length", length))
     elif has_body:
         chunked = True
-        out.append(b"transfer-encoding: chunked\r\n")
-    out.append(b"\r\n")
-    return Http1Request(head=b"".join(out), chunked=chunked)
+        fields.append((b"transfer-encoding", b"chunked"))
+    return H2Request(method=method, target=path, fields=fields, chunked=chunked)
 
 
 def response_headers(upstream: Headers) -> Headers:
     """A backend's HTTP/1.1 response fields as HTTP/2 fields: names lower-cased, hop-by-hop
-    fields and those the Connection header names dropped, Content-Length kept."""
+    fields and those the Connection header names dropped, Content-Length kept, whitespace
+    after a value dropped (the HTTP/1.1 parser keeps it; RFC 9113 8.2.1 forbids it)."""
     named: frozenset[bytes] = frozenset()
     for name, value in upstream:
         if name.lower() == b"connection":
@@ -162,7 +176,7 @@ def response_headers(upstream: Headers) -> Headers:
         lname = name.lower()
         if lname in _RESPONSE_DROPPED or lname in named:
             continue
-        out.append((lname, value))
+        out.append((lname, value.rstrip(b" \t") if value[-1:] in (b" ", b"\t") else value))
     return out
 
 

@@ -2,12 +2,12 @@
 
 ``H2Connection`` is the protocol of one HTTP/2 connection (TLS with ALPN ``h2``, or h2c with
 prior knowledge): it owns framing, SETTINGS, flow control, GOAWAY and the per-connection
-limits (``h2_rules.H2Limits``). Each stream is one ``H2Stream``: the core's HTTP/1.1 client
-protocol fed the stream's request as an HTTP/1.1 head (``h2_rules.request_head``), so a stream
-is routed, rate-limited and policed (``RequestPolicy``), given its forwarding headers and sent
-over the backends' HTTP/1.1 keep-alive pools exactly as an HTTP/1.1 request is; only the way
-back differs: the response becomes HEADERS and DATA frames sent as the client's windows allow.
+limits (``h2_rules.H2Limits``). Each stream is one ``h2_stream.H2Stream``, an exchange of the
+core's client protocol (routed, policed and forwarded as an HTTP/1.1 request is).
 
+Output is sent once per event-loop iteration: what the streams have to send waits in them
+until the proxy's flusher calls ``flush``, which gives each its DATA frames as the windows
+allow (a response's last piece carries END_STREAM) and writes all of h2's output at once.
 Flow control both ways: request DATA is acknowledged (WINDOW_UPDATE) only while the backend
 takes it; response bytes wait in the stream while the client's window is shut, and past
 ``buffer_limit`` the backend connection stops being read until the window opens.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from typing import Any, cast
 
 import h2.config
@@ -25,216 +24,44 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import httptools
 import structlog
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
+from mypy_extensions import mypyc_attr
 
-from zeitwork.proxy.h2_rules import (
-    H2Limits,
-    H2RequestError,
-    ResetBudget,
-    request_head,
-    response_headers,
-)
-from zeitwork.proxy.server import (
-    _CONTINUE,
-    _D_IDLE,
-    _D_STREAM,
-    _NO_PARSER,
-    ClientProtocol,
-    Exchange,
-    Proxy,
-)
-from zeitwork.proxy.types import Headers, LocalResponse
-from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.client import ClientProtocol
+from zeitwork.proxy.config import DEADLINE_IDLE, DEADLINE_STREAM
+from zeitwork.proxy.engine import Proxy
+from zeitwork.proxy.h2_hpack import HeaderEncoder
+from zeitwork.proxy.h2_rules import H2Limits, H2RequestError, ResetBudget, request_fields
+from zeitwork.proxy.h2_stream import H2Stream
+from zeitwork.proxy.headers import forwarded_node
+from zeitwork.proxy.types import Headers
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _log = structlog.get_logger("zeitwork.proxy")
 
 _S = h2.settings.SettingCodes
+_H2_ERRORS = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
 
 
-class H2Stream(ClientProtocol):
-    """One stream: an exchange of the core's client protocol whose answer goes to ``conn``."""
-
-    def __init__(self, conn: H2Connection, stream_id: int) -> None:
-        super().__init__(conn.proxy, tls=conn.tls)
-        self.conn = conn
-        self.stream_id = stream_id
-        self.peer_ip = conn.peer_ip
-        self.peer_port = conn.peer_port
-        self.trusted_peer = conn.trusted_peer
-        self.peer_b = conn.peer_b
-        self.client_b = conn.client_b
-        self.scheme = conn.scheme
-        self.info = conn.info
-        self.sni = conn.sni
-        self.for_node = conn.for_node
-        self.refused = conn.refused
-        self.chunked = False
-        self.request_ended = False
-        # response body bytes the client's window does not take yet
-        self.pending: deque[bytes] = deque()
-        self.pending_bytes = 0
-        self.end_pending = False  # the response ends once ``pending`` is sent
-        self.response_sent = False
-        self.unacked = 0  # request bytes not acknowledged while the backend is paused
-        self.upstream_paused = False
-        # the upstream parser appends trailer fields to its head's list: they start here
-        self.head_fields = 0
-        self.trailers: Headers = []
-
-    # -- the request side: DATA becomes the HTTP/1.1 body ----------------------------------
-    def feed_body(self, data: bytes, flow: int) -> None:
-        if self.chunked and data:
-            self.data_received(b"%x\r\n%s\r\n" % (len(data), data))
-        elif data:
-            self.data_received(data)
-        if self.paused:
-            self.unacked += flow
-        else:
-            self.conn.acknowledge(self, flow)
-
-    def end_request(self) -> None:
-        self.request_ended = True
-        if self.chunked:
-            self.data_received(b"0\r\n\r\n")
-
-    def pause_reading_for(self, reason: int) -> None:
-        self.paused |= reason
-
-    def resume_reading_for(self, reason: int) -> None:
-        if not self.paused & reason:
-            return
-        self.paused &= ~reason
-        if not self.paused and self.unacked:
-            flow, self.unacked = self.unacked, 0
-            self.conn.acknowledge(self, flow)
-
-    # -- the response side -----------------------------------------------------------------
-    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool:
-        if ex is not self.ex or ex.finished:
-            return False
-        if status == 101:  # no upgrade is ever asked for over HTTP/2
-            raise httptools.HttpParserError("unexpected 101 from the backend")
-        proxy = self.proxy
-        headers = response_headers(up.headers)
-        if proxy.config.response_request_id and not any(n == b"x-request-id" for n, _ in headers):
-            headers.append((b"x-request-id", ex.request_id))
-        if proxy.has_policy:
-            proxy.policy.on_response(ex.head, ex.client, status, headers)
-        ex.response_started = True
-        ex.status = status
-        self.head_fields = len(up.headers)
-        no_body = ex.head_only or status in (204, 304)
-        self.conn.send_head(self, status, headers, end=no_body)
-        return ex.head_only
-
-    def upstream_body(self, ex: Exchange, body: bytes) -> None:
-        if ex is not self.ex or ex.head_only or self.response_sent:
-            return
-        ex.sent += len(body)
-        self.pending.append(body)
-        self.pending_bytes += len(body)
-        self.conn.pump(self)
-        up = ex.upstream
-        if (
-            self.pending_bytes > self.conn.limits.buffer_limit
-            and up is not None
-            and up.transport is not None
-        ):
-            self.upstream_paused = True
-            up.transport.pause_reading()
-
-    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
-        if ex is self.ex and not ex.finished and len(up.headers) > self.head_fields:
-            self.trailers = response_headers(up.headers[self.head_fields :])
-        super().upstream_complete(ex, up, keep_alive)
-
-    def window_opened(self) -> None:
-        """Called by the connection after sending: the backend may be read again."""
-        ex = self.ex
-        if self.upstream_paused and self.pending_bytes <= self.conn.limits.buffer_limit // 2:
-            self.upstream_paused = False
-            up = ex.upstream if ex is not None else None
-            if up is not None and up.transport is not None and not up.closed:
-                up.transport.resume_reading()
-
-    def _finish(self, ex: Exchange) -> None:
-        ex.finished = True
-        self._release_backend(ex, status=ex.status)
-        self.ex = None
-        ex.body_buf = []
-        self.upstream_paused = False
-        self.end_pending = True
-        self.conn.pump(self)
-
-    def _send_local(self, ex: Exchange, local: LocalResponse) -> None:
-        headers = list(local.headers)
-        if self.proxy.config.response_request_id:
-            headers.append((b"x-request-id", ex.request_id))
-        self.proxy.policy.on_response(ex.head, ex.client, local.status, headers)
-        ex.status = local.status
-        self._answer(local.status, headers, b"" if ex.head_only else local.body)
-        self._finish(ex)
-
-    def _send_error(self, status: int, detail: str, *, close: bool) -> None:
-        """The request head or body broke a rule of the core's parser (400, 413, 431...)."""
-        content_type, body = self.render_error(status, detail, self._headers)
-        headers: Headers = [(b"content-type", content_type)]
-        if status in (429, 503):
-            headers.append((b"retry-after", b"%d" % self.proxy.config.retry_after))
-        self._answer(status, headers, body)
-        self.proxy.observer.request_done("-", "-", status, 0.0, 0, 0)
-        self.end_pending = True
-        self.conn.pump(self)
-
-    def _answer(self, status: int, headers: Headers, body: bytes) -> None:
-        if self.response_sent or self.conn.h2 is None:
-            return
-        headers.append((b"content-length", b"%d" % len(body)))
-        self.conn.send_head(self, status, headers, end=not body)
-        if body:
-            self.pending.append(body)
-            self.pending_bytes += len(body)
-
-    def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]:
-        return self.conn.render_error(status, detail, headers)
-
-    def _write(self, data: bytes) -> None:
-        """The core writes here only its ``100 Continue`` (the rest is overridden): over
-        HTTP/2 that is an informational HEADERS frame."""
-        if data == _CONTINUE:
-            self.conn.send_continue(self)
-
-    def abort(self) -> None:
-        """The exchange failed after its response began: the stream is reset."""
-        ex = self.ex
-        if ex is not None and not ex.finished:
-            self._abandon(ex)
-        self.ex = None
-        self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
-
-    def close(self) -> None:
-        return None
-
-    def linger_close(self) -> None:
-        return None
-
-    def gone(self) -> None:
-        """The client reset the stream, or the connection ended: drop the backend side."""
-        self.parser = _NO_PARSER  # its callbacks refer back here: no cycle left
-        self.response_sent = True
-        self.pending.clear()
-        self.pending_bytes = 0
-        ex = self.ex
-        self.ex = None
-        if ex is not None and not ex.finished:
-            self._abandon(ex)
+def _h2_config() -> h2.config.H2Configuration:
+    """h2's checks and rewriting of header fields are off both ways: ``request_fields``
+    checks what comes in (answering a bad stream 400 where h2 would end the connection) and
+    joins cookies; ``response_headers`` lower-cases and strips what goes out and drops the
+    connection-specific fields; ``HeaderEncoder`` never indexes a field."""
+    return h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class H2Connection(ClientProtocol):
     """One HTTP/2 client connection (an asyncio protocol, as ``ClientProtocol``)."""
 
@@ -247,6 +74,9 @@ class H2Connection(ClientProtocol):
         self.goaway_at = 0  # the last stream id of our GOAWAY (0: none sent)
         self.write_paused = False
         self.last_served = 0  # the stream pump_all gave a frame to last
+        self.sending: list[H2Stream] = []  # streams with something to send at the flush
+        self.window_moved = False  # the connection's window opened: every stream's turn
+        self.queued = False  # in the proxy's flusher for this iteration
 
     def take_over(self, other: ClientProtocol) -> None:
         """Become the protocol of ``other``'s connection before its handshake completes (the
@@ -261,15 +91,11 @@ class H2Connection(ClientProtocol):
         super().connection_made(transport)
         if not self.admitted:
             return
+        self.for_node = forwarded_node(self.peer_ip, self.peer_port)
         limits = self.limits
-        conn = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                # request_head checks the fields and answers a stream 400 instead
-                validate_inbound_headers=False,
-            )
-        )
+        conn = h2.connection.H2Connection(config=_h2_config())
+        encoder: Any = HeaderEncoder()
+        conn.encoder = encoder
         advertised = {
             _S.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             _S.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
@@ -291,12 +117,16 @@ class H2Connection(ClientProtocol):
         self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        streams = list(self.streams.values())
-        self.streams.clear()
-        for stream in streams:
-            stream.gone()
+        self._drop_streams()
         self.h2 = None
         super().connection_lost(exc)
+
+    def _drop_streams(self) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.sending = []
+        for stream in streams:
+            stream.gone()
 
     def close(self) -> None:
         """Graceful: GOAWAY naming the last stream taken, close once those are answered."""
@@ -309,7 +139,8 @@ class H2Connection(ClientProtocol):
         conn = self.h2
         if conn is None:
             return
-        self._send()
+        self._pump_scheduled()  # what is ready goes first (h2 as a client reads no frame
+        self._send()  # after a GOAWAY)
         frame = GoAwayFrame(0)
         frame.last_stream_id = conn.highest_inbound_stream_id
         frame.error_code = code
@@ -324,17 +155,14 @@ class H2Connection(ClientProtocol):
             with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 ended it already
                 conn.close_connection(code)
             self._send()
-        streams = list(self.streams.values())
-        self.streams.clear()
-        for stream in streams:
-            stream.gone()
+        self._drop_streams()
         super().close()
 
     def eof_received(self) -> bool | None:
         return None  # the client's end of input ends the connection
 
     def on_deadline(self) -> None:
-        if self.deadline_kind == _D_STREAM and self.streams:
+        if self.deadline_kind == DEADLINE_STREAM and self.streams:
             _log.warning(
                 "proxy.h2_stalled",
                 peer=self.peer_ip,
@@ -357,10 +185,10 @@ class H2Connection(ClientProtocol):
         proxy = self.proxy
         if self.streams:
             self.deadline = proxy.now() + proxy.config.stream_idle_timeout
-            self.deadline_kind = _D_STREAM
+            self.deadline_kind = DEADLINE_STREAM
         else:
             self.deadline = proxy.now() + proxy.config.idle_timeout
-            self.deadline_kind = _D_IDLE
+            self.deadline_kind = DEADLINE_IDLE
 
     # -- back-pressure from the client's socket ----------------------------------------------
     def pause_writing(self) -> None:
@@ -407,7 +235,7 @@ class H2Connection(ClientProtocol):
             if self.h2 is None or self.closing:
                 return
             self._on_event(event)
-        self._send()
+        self._kick()
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -431,20 +259,17 @@ class H2Connection(ClientProtocol):
                 self._request_ended(stream)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
-                self.pump_all()
+                self.window_moved = True
             else:
                 stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    self.pump(stream)
+                if stream is not None and not stream.scheduled:
+                    self.schedule(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.pump_all()
+            self.window_moved = True
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            streams = list(self.streams.values())
-            self.streams.clear()
-            for stream in streams:
-                stream.gone()
+            self._drop_streams()
             super().close()
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
@@ -456,21 +281,20 @@ class H2Connection(ClientProtocol):
         ):
             conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        stream = H2Stream(self, sid)
+        stream = H2Stream(self, self, sid, self.limits.buffer_limit)
         self.streams[sid] = stream
         self._rearm()
         ended = event.stream_ended is not None
-        # known before the head is fed: a local answer (429, 308, ...) may end the stream in it
+        # known before the request starts: a local answer (429, 308, ...) may end the stream
         stream.request_ended = ended
         fields = cast(Headers, list(event.headers or ()))  # bytes: header_encoding=None
         try:
-            request = request_head(fields, has_body=not ended)
+            request = request_fields(fields, has_body=not ended)
         except H2RequestError as exc:
             stream._headers = [f for f in fields if f[0][:1] != b":"]  # the page's Accept
             stream._send_error(exc.status, exc.detail, close=False)
         else:
-            stream.chunked = request.chunked  # never with ``ended``: no body follows
-            stream.data_received(request.head)
+            stream.begin(request)
         if self.refused:  # over the caps: this stream got its 503, the connection ends
             self.close()
 
@@ -489,12 +313,45 @@ class H2Connection(ClientProtocol):
 
     # -- output -----------------------------------------------------------------------------
     def _send(self) -> None:
+        """h2's output queued now (before a frame written by hand: the order is kept)."""
         conn = self.h2
         if conn is None:
             return
         data = conn.data_to_send()
         if data:
             self._write(data)
+
+    def _kick(self) -> None:
+        """Have ``flush`` run at the end of this event-loop iteration."""
+        if not self.queued and self.transport is not None:
+            self.queued = True
+            self.proxy.flusher.add_client(self)
+
+    def schedule(self, stream: H2Stream) -> None:
+        """``stream`` has DATA (or its end) to send: at the flush."""
+        stream.scheduled = True
+        self.sending.append(stream)
+        self._kick()
+
+    def flush(self) -> None:
+        self.queued = False
+        conn = self.h2
+        if conn is not None:
+            self._pump_scheduled()
+            data = conn.data_to_send()
+            if data:
+                self.out.append(data)
+                self.out_bytes += len(data)
+        super().flush()
+
+    def _pump_scheduled(self) -> None:
+        if self.window_moved:
+            self.window_moved = False
+            self.pump_all()
+        sending, self.sending = self.sending, []
+        for stream in sending:
+            stream.scheduled = False
+            self.pump(stream)
 
     def acknowledge(self, stream: H2Stream | None, flow: int) -> None:
         conn = self.h2
@@ -506,7 +363,7 @@ class H2Connection(ClientProtocol):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             if sid:  # the stream is over: the connection's window still takes it back
                 conn.acknowledge_received_data(flow, 0)
-        self._send()
+        self._kick()
 
     def send_head(self, stream: H2Stream, status: int, headers: Headers, *, end: bool) -> None:
         conn = self.h2
@@ -521,12 +378,11 @@ class H2Connection(ClientProtocol):
             stream.gone()
             self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
+        self._kick()
         if end:
             stream.response_sent = True
             stream.pending.clear()
             stream.pending_bytes = 0
-        self._send()
-        if end:
             self._maybe_done(stream)
 
     def send_continue(self, stream: H2Stream) -> None:
@@ -534,13 +390,14 @@ class H2Connection(ClientProtocol):
         if conn is None or stream.response_sent:
             return
         # already closed on h2's side: nothing to tell
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        with contextlib.suppress(*_H2_ERRORS):
             conn.send_headers(stream.stream_id, [(b":status", b"100")])
-        self._send()
+        self._kick()
 
     def pump(self, stream: H2Stream, frames: int = -1) -> bool:
         """Send what the windows allow of ``stream``'s response (at most ``frames`` DATA
-        frames; -1: no bound), and its end once all is sent. True if some frame left."""
+        frames; -1: no bound), ending the stream with its last piece once the response is
+        over. True if some frame left."""
         conn = self.h2
         if conn is None or stream.response_sent:
             return False
@@ -559,12 +416,15 @@ class H2Connection(ClientProtocol):
                     pending[0] = chunk[window:]
                     stream.pending_bytes -= window
                 else:
-                    conn.send_data(sid, chunk)
                     pending.popleft()
                     stream.pending_bytes -= len(chunk)
+                    last = not pending and stream.end_pending and not stream.trailers
+                    conn.send_data(sid, chunk, end_stream=last)
+                    if last:
+                        stream.response_sent = True
                 sent = True
                 frames -= 1
-            if not pending and stream.end_pending:
+            if not pending and stream.end_pending and not stream.response_sent:
                 if stream.trailers:  # the backend's chunked trailers end the stream
                     conn.send_headers(sid, stream.trailers, end_stream=True)
                 else:
@@ -574,7 +434,6 @@ class H2Connection(ClientProtocol):
             stream.gone()
             self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return sent
-        self._send()
         if stream.response_sent:
             self._maybe_done(stream)
         else:
@@ -605,9 +464,9 @@ class H2Connection(ClientProtocol):
         stream.response_sent = True
         if conn is not None:
             # already closed on h2's side: nothing to reset
-            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            with contextlib.suppress(*_H2_ERRORS):
                 conn.reset_stream(stream.stream_id, code)
-            self._send()
+            self._kick()
         self._after_stream()
 
     def _maybe_done(self, stream: H2Stream) -> None:
@@ -623,11 +482,8 @@ class H2Connection(ClientProtocol):
             self._after_stream()
 
     def _forget(self, stream: H2Stream) -> bool:
-        """Take ``stream`` out of the table; its parser's cycle back to it is broken."""
-        if self.streams.pop(stream.stream_id, None) is None:
-            return False
-        stream.parser = _NO_PARSER
-        return True
+        """Take ``stream`` out of the table."""
+        return self.streams.pop(stream.stream_id, None) is not None
 
     def _after_stream(self) -> None:
         if self.goaway_at and not self.streams:

@@ -1,4 +1,4 @@
-"""The pure rules of HTTP/2 at the proxy: h2 request -> HTTP/1.1 head, HTTP/1.1 response
+"""The pure rules of HTTP/2 at the proxy: h2 request -> HTTP/1.1 fields, HTTP/1.1 response
 fields -> h2 fields, and the rapid-reset budget."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from zeitwork.proxy.h2_rules import (
     H2Limits,
     H2RequestError,
     ResetBudget,
-    request_head,
+    request_fields,
     response_headers,
 )
 from zeitwork.proxy.types import Headers
@@ -23,24 +23,25 @@ _GET: Headers = [
 
 
 def test_a_get_becomes_an_origin_form_request_with_host_from_authority() -> None:
-    out = request_head([*_GET, (b"accept", b"*/*")], has_body=False)
-    assert out.head == b"GET /a?b=1 HTTP/1.1\r\nhost: app.test\r\naccept: */*\r\n\r\n"
+    out = request_fields([*_GET, (b"accept", b"*/*")], has_body=False)
+    assert (out.method, out.target) == (b"GET", b"/a?b=1")
+    assert out.fields == [(b"host", b"app.test"), (b"accept", b"*/*")]
     assert not out.chunked
 
 
 def test_a_body_without_length_is_chunked_and_a_length_is_kept() -> None:
     post = [(b":method", b"POST"), *_GET[1:]]
-    chunked = request_head(post, has_body=True)
+    chunked = request_fields(post, has_body=True)
     assert chunked.chunked
-    assert chunked.head.endswith(b"transfer-encoding: chunked\r\n\r\n")
-    sized = request_head([*post, (b"content-length", b"5")], has_body=True)
+    assert chunked.fields[-1] == (b"transfer-encoding", b"chunked")
+    sized = request_fields([*post, (b"content-length", b"5")], has_body=True)
     assert not sized.chunked
-    assert b"content-length: 5\r\n" in sized.head
-    assert b"transfer-encoding" not in sized.head
+    assert (b"content-length", b"5") in sized.fields
+    assert all(name != b"transfer-encoding" for name, _ in sized.fields)
 
 
 def test_cookies_are_joined_and_te_trailers_dropped() -> None:
-    out = request_head(
+    out = request_fields(
         [
             *_GET,
             (b"cookie", b"a=1"),
@@ -49,22 +50,34 @@ def test_cookies_are_joined_and_te_trailers_dropped() -> None:
         ],
         has_body=False,
     )
-    assert out.head == b"GET /a?b=1 HTTP/1.1\r\nhost: app.test\r\ncookie: a=1; b=2\r\n\r\n"
+    assert out.fields == [(b"host", b"app.test"), (b"cookie", b"a=1; b=2")]
+
+
+def test_hop_by_hop_fields_are_not_forwarded() -> None:
+    out = request_fields([*_GET, (b"proxy-authorization", b"x"), (b"x-a", b"1")], has_body=False)
+    assert out.fields == [(b"host", b"app.test"), (b"x-a", b"1")]
 
 
 def test_host_is_used_without_authority_and_must_match_it() -> None:
     no_authority = [f for f in _GET if f[0] != b":authority"]
-    assert (
-        b"host: other.test\r\n"
-        in request_head([*no_authority, (b"host", b"other.test")], has_body=False).head
-    )
-    same = request_head([*_GET, (b"host", b"APP.test")], has_body=False)
-    assert same.head.count(b"host:") == 1
+    only_host = request_fields([*no_authority, (b"host", b"other.test")], has_body=False)
+    assert only_host.fields == [(b"host", b"other.test")]
+    same = request_fields([*_GET, (b"host", b"APP.test")], has_body=False)
+    assert [name for name, _ in same.fields].count(b"host") == 1
     with pytest.raises(H2RequestError) as err:
-        request_head([*_GET, (b"host", b"evil.test")], has_body=False)
+        request_fields([*_GET, (b"host", b"evil.test")], has_body=False)
     assert err.value.status == 400
     with pytest.raises(H2RequestError, match="missing :authority"):
-        request_head(no_authority, has_body=False)
+        request_fields(no_authority, has_body=False)
+
+
+def test_what_the_http1_parser_takes_is_taken() -> None:
+    """Methods llhttp knows, obs-text and HTAB inside values, visible ASCII in the target."""
+    for method in (b"PURGE", b"PROPFIND", b"M-SEARCH", b"DELETE"):
+        assert request_fields([(b":method", method), *_GET[1:]], has_body=False).method == method
+    out = request_fields([*_GET, (b"x-a", b"a\tb\xffc")], has_body=False)
+    assert (b"x-a", b"a\tb\xffc") in out.fields
+    assert request_fields([*_GET[:3], (b":path", b"/a~b!$&'()*+,;=:@%20")], has_body=False)
 
 
 @pytest.mark.parametrize(
@@ -85,11 +98,21 @@ def test_host_is_used_without_authority_and_must_match_it() -> None:
         ([*_GET, (b"x-nul", b"a\x00b")], 400),
         ([(b":method", b"GET x"), *_GET[1:]], 400),
         ([*_GET, *[(b"x-big", b"v" * 1000)] * 70], 431),
+        # what the core's HTTP/1.1 parser refuses is refused as it was over HTTP/1.1
+        ([(b":method", b"FOO"), *_GET[1:]], 400),
+        ([(b":method", b"get"), *_GET[1:]], 400),
+        ([*_GET[:3], (b":path", b"/a\x01")], 400),
+        ([*_GET[:3], (b":path", b"/a\tb")], 400),
+        ([*_GET[:3], (b":path", b"/\xc3\xa9")], 400),
+        ([*_GET[:3], (b":path", b"/\x7f")], 400),
+        ([*_GET, (b"x-ctl", b"a\x01b")], 400),
+        ([*_GET, (b"x-del", b"a\x7fb")], 400),
+        ([*_GET[:2], (b":authority", b"a\x01"), _GET[3]], 400),
     ],
 )
 def test_requests_that_cannot_be_forwarded(fields: Headers, status: int) -> None:
     with pytest.raises(H2RequestError) as err:
-        request_head(fields, has_body=False)
+        request_fields(fields, has_body=False)
     assert err.value.status == status
 
 
@@ -103,12 +126,14 @@ def test_response_fields_lose_hop_by_hop_and_connection_named_fields() -> None:
         (b"Content-Length", b"3"),
         (b"Set-Cookie", b"a=1"),
         (b"Set-Cookie", b"b=2"),
+        (b"X-Padded", b"v \t"),
     ]
     assert response_headers(upstream) == [
         (b"content-type", b"text/plain"),
         (b"content-length", b"3"),
         (b"set-cookie", b"a=1"),
         (b"set-cookie", b"b=2"),
+        (b"x-padded", b"v"),
     ]
 
 
