@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry
 
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
-from zeitwork.core.process import die_with_parent
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
@@ -60,6 +59,7 @@ from zeitwork.serving.handoff import (
     socket_inode,
     wait_predecessor_gone,
 )
+from zeitwork.serving.prefork import WorkerPool
 from zeitwork.serving.steering import detach, steer_by_source
 
 log = get_logger("zeitwork.edge")
@@ -637,36 +637,11 @@ def _worker_sockets(settings: EdgeSettings) -> list[tuple[socket.socket, socket.
     return list(zip(plain, tls, strict=True))
 
 
-def _worker(
-    settings: EdgeSettings,
-    index: int,
-    socks: tuple[socket.socket, socket.socket],
-    stats_dir: Path,
-    generation: frozenset[int],
-) -> None:
-    import uvloop
-
-    code = 0
-    try:
-        uvloop.run(
-            run(
-                settings,
-                index=index,
-                listen_socks=socks,
-                stats_dir=stats_dir,
-                generation=generation,
-            )
-        )
-    except BaseException:
-        log.exception("edge.worker_crashed", worker=index)
-        code = 1
-    os._exit(code)
-
-
 def serve_workers(settings: EdgeSettings) -> int:
-    """Fork ``EDGE_WORKERS`` processes sharing the ports (SO_REUSEPORT); SIGTERM drains all.
-
-    A worker that dies stops the whole edge (loudly) rather than leaving it half-alive."""
+    """Fork ``EDGE_WORKERS`` processes sharing the ports (SO_REUSEPORT) under the shared
+    pre-fork policy (``serving/prefork.py``: a dead worker is respawned with back-off on its
+    own listeners, so steering keeps its place; repeated fast failures stop the edge, exit
+    1); SIGTERM drains all, SIGHUP reloads all."""
     import uvloop
 
     # Build the policy once here so a bad policy is a configuration error, not a crashed worker.
@@ -688,58 +663,30 @@ def serve_workers(settings: EdgeSettings) -> int:
     generation = frozenset(socket_inode(sock) for pair in socks for sock in pair)
     ports = (socks[0][0].getsockname()[1], socks[0][1].getsockname()[1])
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-edge-stats-"))
-    children: dict[int, int] = {}
-    supervisor = os.getpid()
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop handles it (reload)
-            die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
-            for other, pair in enumerate(socks):
-                if other != index:
-                    for sock in pair:
-                        sock.close()
-            _worker(settings, index, socks[index], stats_dir, generation)
-        children[pid] = index
-    # the supervisor keeps its copies of the listeners until the workers are gone: a
-    # handoff's steering then keeps naming the successor's sockets while the workers close
-    # theirs one by one (handoff.close_generation)
-    stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+    def worker(index: int) -> None:
+        for other, pair in enumerate(socks):
+            if other != index:
+                for sock in pair:
+                    sock.close()
+        uvloop.run(
+            run(
+                settings,
+                index=index,
+                listen_socks=socks[index],
+                stats_dir=stats_dir,
+                generation=generation,
+            )
+        )
 
-    def reload(signum: int, _frame: object) -> None:
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, reload)
+    pool = WorkerPool(workers=count, target=worker, log=log)
     log.info("edge.workers_started", workers=count, http=ports[0], https=ports[1])
-    status = 0
-    while children:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        index = children.pop(pid, -1)
-        if code != 0 or not stopping:
-            status = 1
-            if not stopping:
-                log.error("edge.worker_exited", worker=index, status=code)
-                for sock in socks[index] if index >= 0 else ():
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)  # nobody accepts on it any more
-                forward(signal.SIGTERM, None)
-    for port_socks in zip(*socks, strict=True):
-        close_generation(port_socks, own=generation)
-    shutil.rmtree(stats_dir, ignore_errors=True)
-    return status
+    try:
+        return pool.run()
+    finally:
+        # the supervisor keeps its copies of the listeners until the workers are gone: a
+        # handoff's steering then keeps naming the successor's sockets while the workers
+        # close theirs one by one (handoff.close_generation)
+        for port_socks in zip(*socks, strict=True):
+            close_generation(port_socks, own=generation)
+        shutil.rmtree(stats_dir, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -37,7 +36,6 @@ from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.core.files import atomic_write
-from zeitwork.core.process import die_with_parent
 from zeitwork.lb import route_stats
 from zeitwork.lb.admin import AdminPolicy, NoRoutes
 from zeitwork.lb.checks import default_check, static_check
@@ -61,6 +59,7 @@ from zeitwork.proxy.checker import HealthChecker
 from zeitwork.serving.activation import listen_sockets
 from zeitwork.serving.handoff import close_generation, hand_off, settle, socket_inode
 from zeitwork.serving.handoff import wait_predecessor_gone as predecessor_gone
+from zeitwork.serving.prefork import WorkerPool
 from zeitwork.serving.steering import detach
 
 PUBLISH_INTERVAL = 1.0
@@ -479,37 +478,6 @@ async def _follow(task: asyncio.Task[None]) -> None:
     await task
 
 
-def _worker_main(
-    settings: LBSettings,
-    index: int,
-    *,
-    admin_port: int,
-    stats_dir: Path,
-    listen_sock: socket.socket,
-    generation: frozenset[int],
-    activated: bool,
-    admin_sock: socket.socket | None,
-) -> None:
-    code = 0
-    try:
-        uvloop.run(
-            serve(
-                settings,
-                index=index,
-                admin_port=admin_port,
-                stats_dir=stats_dir,
-                listen_sock=listen_sock,
-                admin_sock=admin_sock,
-                generation=generation,
-                activated=activated,
-            )
-        )
-    except BaseException:
-        get_logger("zeitwork.lb").exception("lb.worker_crashed", worker=index)
-        code = 1
-    os._exit(code)
-
-
 def _reserve(host: str, port: int) -> socket.socket:
     """Bind (without listening) so that port 0 becomes one concrete port worker 0 (and a
     respawned worker 0) listens on."""
@@ -530,10 +498,10 @@ def _worker_sockets(settings: LBSettings) -> list[socket.socket]:
 
 
 def _supervise(settings: LBSettings, activated: list[socket.socket]) -> int:
-    """Fork ``LB_WORKERS`` workers; a worker that dies is started again (0.5 s later) on
-    the same listener, whose queue keeps the connections that came meanwhile. SIGTERM is
-    passed on (each worker hands off and drains), and so is SIGHUP."""
-    log = get_logger("zeitwork.lb")
+    """Fork ``LB_WORKERS`` workers under the shared pre-fork policy (``serving/prefork.py``:
+    a dead worker is respawned with back-off on the same listener, whose queue keeps the
+    connections that came meanwhile; repeated fast failures stop the balancer). SIGTERM is
+    passed on (each worker hands off and drains), and so is SIGHUP (reload)."""
     stats_dir = Path(tempfile.mkdtemp(prefix="zeitwork-lb-"))
     if activated:  # systemd's listener, shared by every worker (systemd holds it across restarts)
         socks = [activated[0]] * settings.workers
@@ -546,71 +514,31 @@ def _supervise(settings: LBSettings, activated: list[socket.socket]) -> int:
     if admin_sock is None:
         admin_res = _reserve(settings.admin_host, settings.admin_port)
     admin_port = (admin_sock or admin_res or socks[0]).getsockname()[1]
-    children: dict[int, int] = {}
-    stopping = False
-    supervisor = os.getpid()
 
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it
-            die_with_parent(parent=supervisor)  # a supervisor killed outright takes its workers
-            for sock in socks:
-                if sock is not socks[index]:
-                    sock.close()
-            if admin_res is not None:
-                admin_res.close()
-            if admin_sock is not None and index != 0:
-                admin_sock.close()
-            _worker_main(
+    def worker(index: int) -> None:
+        for sock in socks:
+            if sock is not socks[index]:
+                sock.close()
+        if admin_res is not None:
+            admin_res.close()
+        if admin_sock is not None and index != 0:
+            admin_sock.close()
+        uvloop.run(
+            serve(
                 settings,
-                index,
+                index=index,
                 admin_port=admin_port,
                 stats_dir=stats_dir,
                 listen_sock=socks[index],
+                admin_sock=admin_sock if index == 0 else None,
                 generation=generation,
                 activated=bool(activated),
-                admin_sock=admin_sock if index == 0 else None,
             )
-        children[pid] = index
+        )
 
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    def hangup(signum: int, _frame: Any) -> None:
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, hangup)
-    for i in range(settings.workers):
-        spawn(i)
-    status = 0
+    pool = WorkerPool(workers=settings.workers, target=worker, log=get_logger("zeitwork.lb"))
     try:
-        while children:
-            try:
-                pid, wait_status = os.wait()
-            except ChildProcessError:
-                break
-            index = children.pop(pid, None)
-            if index is None:
-                continue
-            code = os.waitstatus_to_exitcode(wait_status)
-            if not stopping:
-                log.error("lb.worker_exited", worker=index, code=code)
-                time.sleep(0.5)
-                if not stopping:
-                    spawn(index)
-            elif code != 0:
-                status = 1
+        return pool.run()
     finally:
         # held until every worker has gone, so that the group is not renumbered while
         # they hand off and finish (serving/handoff.py)
@@ -622,7 +550,6 @@ def _supervise(settings: LBSettings, activated: list[socket.socket]) -> int:
         if admin_res is not None:
             admin_res.close()
         shutil.rmtree(stats_dir, ignore_errors=True)
-    return status
 
 
 def run(settings: LBSettings) -> int:
