@@ -111,6 +111,10 @@ class ClientProtocol(Connection):
         proxy.connections.discard(self)
         proxy.observer.connections_changed(-1)
         proxy.discharge(self)
+        pool = self.tunnel_pool
+        if pool is not None:  # its tunnel's place in the route's count
+            self.tunnel_pool = None
+            pool.give_tunnel()
         if self.tunnel is not None:
             up, self.tunnel = self.tunnel, None
             up.tunnel = None
@@ -143,9 +147,7 @@ class ClientProtocol(Connection):
         if self.closing:
             return None
         if self.tunnel is not None:
-            if self.tunnel.transport is not None and self.tunnel.transport.can_write_eof():
-                self.tunnel.flush()
-                self.tunnel.transport.write_eof()
+            tunnel.client_eof(self)  # the half-close passed on, or the tunnel's end
             return True
         if self.ex is None:
             return None
@@ -348,6 +350,9 @@ class ClientProtocol(Connection):
     def tunnel_closed(self) -> None:
         self.tunnel = None
         self.close()
+
+    def tunnel_backend_eof(self) -> None:
+        tunnel.backend_eof(self)
 
     def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None:
         exchanges.garbage(self, ex)

@@ -32,7 +32,7 @@ from zeitwork.proxy.config import (
 )
 from zeitwork.proxy.headers import RequestIds, TrustedProxies, problem_body
 from zeitwork.proxy.output import FLUSH_NOW_BYTES, OutputFlusher, write_out
-from zeitwork.proxy.state import Exchange, WebSocketTunnel
+from zeitwork.proxy.state import Exchange, WebSocketTunnel, stall_timeout
 from zeitwork.proxy.types import (
     ClientInfo,
     ConnectionLimiter,
@@ -47,7 +47,7 @@ from zeitwork.proxy.types import (
 from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
-    from zeitwork.proxy.backends import Backend
+    from zeitwork.proxy.backends import Backend, Pool
 
 _NO_CLIENT = ClientInfo(peer_ip="", client_ip="")
 
@@ -155,6 +155,10 @@ class Connection:
         self.parsing: Exchange | None = None
         self.tunnel: UpstreamProtocol | None = None
         self.ws: WebSocketTunnel | None = None  # a WebSocket tunnel's framing
+        # the route whose tunnel count this connection's tunnel holds a place in (given back
+        # when the connection closes); its limits are the tunnel's (``tunnel.idle_timeout``)
+        self.tunnel_pool: Pool | None = None
+        self.tunnel_eof = 0  # tunnel.EOF_CLIENT | EOF_BACKEND: which sides of it shut theirs
         self.closing = False
         self.paused = 0
         self.deadline = 0.0
@@ -229,8 +233,8 @@ class Connection:
     def _arm_exchange(self, ex: Exchange, now: float) -> None:
         """The deadline of an exchange that starts (or whose request just ended)."""
         config = self.proxy.config
-        if ex.body_done:
-            self.deadline = now + config.first_byte_timeout
+        if ex.body_done:  # the route's response idle timeout, if it has one
+            self.deadline = now + stall_timeout(config, ex, DEADLINE_FIRST_BYTE)
             self.deadline_kind = DEADLINE_FIRST_BYTE
         else:
             self.deadline = now + config.stream_idle_timeout
@@ -260,6 +264,10 @@ class Connection:
         raise NotImplementedError
 
     def tunnel_closed(self) -> None:
+        raise NotImplementedError
+
+    def tunnel_backend_eof(self) -> None:
+        """The backend of this connection's tunnel shut its sending side."""
         raise NotImplementedError
 
     def _attach(self, ex: Exchange, up: UpstreamProtocol) -> None:

@@ -21,7 +21,9 @@ from zeitwork.proxy.config import (
 )
 from zeitwork.proxy.connection import EngineState
 from zeitwork.proxy.headers import TrustedProxies
+from zeitwork.proxy.state import stall_timeout
 from zeitwork.proxy.tunnel import CLOSE_WAIT, go_away
+from zeitwork.proxy.tunnel import idle_timeout as tunnel_idle_timeout
 from zeitwork.proxy.types import ConnectionLimiter, Observer, RequestPolicy, Router
 
 
@@ -103,10 +105,10 @@ class Proxy(EngineState):
             if conn.active:
                 conn.active = False
                 kind = conn.deadline_kind
-                if kind == DEADLINE_STREAM:
-                    conn.deadline = now + config.stream_idle_timeout
-                elif kind == DEADLINE_TUNNEL:
-                    conn.deadline = now + config.tunnel_idle_timeout
+                if kind == DEADLINE_STREAM:  # the route's response idle timeout, if any
+                    conn.deadline = now + stall_timeout(config, conn.ex, kind)
+                elif kind == DEADLINE_TUNNEL:  # the route's tunnel idle timeout, if any
+                    conn.deadline = now + tunnel_idle_timeout(conn)
             if conn.deadline_kind == DEADLINE_TUNNEL:
                 up = conn.tunnel
                 if up is not None and up.backend.draining:

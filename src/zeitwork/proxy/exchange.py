@@ -32,6 +32,7 @@ from zeitwork.proxy.config import (
 )
 from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.state import Exchange as Exchange  # noqa: PLC0414 - its first home
+from zeitwork.proxy.state import stall_timeout
 from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -72,9 +73,7 @@ def stalled(conn: Connection, ex: Exchange | None, kind: int) -> None:
         request_id=ex.head.request_id,
         host=ex.head.host,
         peer=conn.peer_ip,
-        timeout=conn.proxy.config.first_byte_timeout
-        if kind == DEADLINE_FIRST_BYTE
-        else conn.proxy.config.stream_idle_timeout,
+        timeout=stall_timeout(conn.proxy.config, ex, kind),
     )
     if ex.response_started:
         ex.finished = True
@@ -152,6 +151,19 @@ def start(conn: Connection, ex: Exchange) -> None:
         conn._send_problem(ex, 503, "no backend serves this host", retry_after=True)
         return
     ex.pool = pool
+    if ex.upgrade:
+        if not pool.take_tunnel():
+            _log.warning(
+                "proxy.tunnel_refused",
+                host=head.host,
+                peer=conn.peer_ip,
+                max_tunnels=pool.max_tunnels,
+            )
+            conn._send_problem(ex, 503, "too many open tunnels on this route", retry_after=True)
+            return
+        ex.holds_tunnel = True
+    if pool.response_idle_timeout and conn.ex is ex:
+        conn._arm_exchange(ex, proxy.now())  # the route's own stall limit
     backend = pool.pick(ex.client.client_ip)
     if backend is None:
         conn._send_problem(ex, 503, "no healthy backend", retry_after=True)
@@ -360,6 +372,10 @@ def release_backend(conn: Connection, ex: Exchange, *, status: int) -> None:
     backend = ex.backend
     ex.backend = None
     pool = ex.pool
+    if ex.holds_tunnel:  # an upgrade that did not become a tunnel: its place is free again
+        ex.holds_tunnel = False
+        if pool is not None:
+            pool.give_tunnel()
     if backend is not None:
         backend.in_flight -= 1
         conn.proxy.observer.request_done(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
+from zeitwork.proxy.config import DEADLINE_FIRST_BYTE, ProxyConfig
 from zeitwork.proxy.websocket import FrameTracker
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Exchange:
         "head",
         "head_bytes",
         "head_only",
+        "holds_tunnel",
         "pool",
         "received",
         "request_id",
@@ -93,6 +95,7 @@ class Exchange:
         self.expect = False
         self.upgrade = False
         self.websocket = False  # an upgrade to WebSocket (framing followed in the tunnel)
+        self.holds_tunnel = False  # an upgrade holding a place in its pool's tunnel count
         self.tunnel_buf = b""
         self.head_bytes = b""
         self.sent_head = False
@@ -109,6 +112,18 @@ class Exchange:
         self.sent = 0  # response body bytes from the backend to the client (metrics)
         self.started = 0.0
         self.upstream_started = 0.0
+
+
+def stall_timeout(config: ProxyConfig, ex: Exchange | None, kind: int) -> float:
+    """How long ``ex`` may stall at the stage ``kind`` stands for: once its request is
+    forwarded whole (waiting for the response head, and between the response's reads) its
+    route's response idle timeout when the route has one, else the engine's first-byte
+    (``DEADLINE_FIRST_BYTE``) or stream idle timeout."""
+    if ex is not None and (ex.body_done or ex.response_started):
+        pool = ex.pool
+        if pool is not None and pool.response_idle_timeout:
+            return pool.response_idle_timeout
+    return config.first_byte_timeout if kind == DEADLINE_FIRST_BYTE else config.stream_idle_timeout
 
 
 class WebSocketTunnel:

@@ -31,6 +31,8 @@ from zeitwork.proxy.websocket import GOING_AWAY, close_frame
 _log = structlog.get_logger("zeitwork.proxy")
 
 CLOSE_WAIT = 2.0  # s a going-away tunnel may take to reach frame boundaries and close
+EOF_CLIENT = 1  # Connection.tunnel_eof: the client shut its sending side
+EOF_BACKEND = 2  # the backend did
 
 
 def upgrade_requested(conn: Connection, rest: bytes) -> None:
@@ -63,6 +65,9 @@ def upgraded(conn: Connection, up: UpstreamProtocol, rest: bytes) -> None:
         return
     # both sides now carry raw bytes
     ex.finished = True
+    if ex.holds_tunnel:  # its place in the route's tunnel count: the connection's now
+        ex.holds_tunnel = False
+        conn.tunnel_pool = ex.pool
     release_backend(conn, ex, status=101)
     up.ex = None
     up.client = None
@@ -70,7 +75,7 @@ def upgraded(conn: Connection, up: UpstreamProtocol, rest: bytes) -> None:
     conn.tunnel = up
     conn.ex = None
     conn.queue.clear()
-    conn.deadline = conn.proxy.now() + conn.proxy.config.tunnel_idle_timeout
+    conn.deadline = conn.proxy.now() + idle_timeout(conn)
     conn.deadline_kind = DEADLINE_TUNNEL
     if ex.websocket:
         conn.ws = WebSocketTunnel()
@@ -83,10 +88,70 @@ def upgraded(conn: Connection, up: UpstreamProtocol, rest: bytes) -> None:
     conn.transport.resume_reading()
 
 
+def idle_timeout(conn: Connection) -> float:
+    """How long the tunnel of ``conn`` may go without a byte either way: its route's tunnel
+    idle timeout when the route has one, else the engine's ``tunnel_idle_timeout``."""
+    pool = conn.tunnel_pool
+    if pool is not None and pool.tunnel_idle_timeout:
+        return pool.tunnel_idle_timeout
+    return conn.proxy.config.tunnel_idle_timeout
+
+
 def idle(conn: Connection) -> None:
-    """Nothing moved either way for ``tunnel_idle_timeout``: both sides are cut."""
-    _log.info("proxy.tunnel_idle", peer=conn.peer_ip)
-    conn.abort()
+    """Nothing moved either way for the tunnel's idle time: it is closed as for a drain, a
+    WebSocket with close frames (1001) at frame boundaries, any other tunnel at once."""
+    _log.info(
+        "proxy.tunnel_idle",
+        peer=conn.peer_ip,
+        timeout=idle_timeout(conn),
+        websocket=conn.ws is not None,
+    )
+    go_away(conn, logged=True)
+
+
+def client_eof(conn: Connection) -> None:
+    """The client shut its sending side: the backend gets the half-close and the other
+    direction runs on; once the backend has shut its side too the tunnel is over and both
+    connections close (else both would stay open, done, until the tunnel's idle time, and
+    keep a place in the route's tunnel count)."""
+    up = conn.tunnel
+    if up is None:
+        return
+    conn.tunnel_eof |= EOF_CLIENT
+    transport = up.transport
+    if conn.tunnel_eof & EOF_BACKEND or transport is None or not transport.can_write_eof():
+        _end(conn, up)
+        return
+    up.flush()
+    transport.write_eof()
+
+
+def backend_eof(conn: Connection) -> None:
+    """The backend of the tunnel of ``conn`` shut its sending side: the client gets the
+    half-close (a client connection that cannot take one, TLS, is closed), and once both
+    sides have shut theirs the tunnel ends."""
+    up = conn.tunnel
+    if up is None:
+        return
+    conn.tunnel_eof |= EOF_BACKEND
+    transport = conn.transport
+    if (
+        conn.tunnel_eof & EOF_CLIENT
+        or transport is None
+        or transport.is_closing()
+        or not transport.can_write_eof()
+    ):
+        _end(conn, up)
+        return
+    conn.flush()
+    transport.write_eof()
+
+
+def _end(conn: Connection, up: UpstreamProtocol) -> None:
+    conn.tunnel = None
+    up.tunnel = None
+    up.close()
+    conn.close()
 
 
 def to_backend(conn: Connection, data: bytes) -> None:
@@ -132,22 +197,25 @@ def to_client(conn: Connection, data: bytes) -> None:
         _close_client(conn, ws)
 
 
-def go_away(conn: Connection) -> None:
-    """Close the tunnel of ``conn`` for a drain: close frames (1001) for a WebSocket, at the
-    next frame boundary of each direction; other tunnels are closed at once (FIN)."""
+def go_away(conn: Connection, *, logged: bool = False) -> None:
+    """Close the tunnel of ``conn`` for a drain (or, ``logged`` by ``idle``, because it was
+    idle): close frames (1001) for a WebSocket, at the next frame boundary of each
+    direction; other tunnels are closed at once (FIN)."""
     up = conn.tunnel
     ws = conn.ws
     if up is None:
         conn.close()
         return
     if ws is None or ws.to_client.broken or ws.to_backend.broken:
-        _log.info("proxy.tunnel_closed_for_drain", peer=conn.peer_ip, websocket=ws is not None)
+        if not logged:
+            _log.info("proxy.tunnel_closed_for_drain", peer=conn.peer_ip, websocket=ws is not None)
         _detach(conn, up)
         return
     if ws.going_away:
         return
     ws.going_away = True
-    _log.info("proxy.websocket_going_away", peer=conn.peer_ip, backend=up.backend.address)
+    if not logged:
+        _log.info("proxy.websocket_going_away", peer=conn.peer_ip, backend=up.backend.address)
     conn.deadline = conn.proxy.now() + CLOSE_WAIT  # cut if the boundaries do not come
     conn.deadline_kind = DEADLINE_LINGER
     if ws.to_client.at_boundary:

@@ -54,6 +54,8 @@ class UpstreamOwner(Protocol):
 
     def tunnel_closed(self) -> None: ...
 
+    def tunnel_backend_eof(self) -> None: ...
+
 
 class _ResponseSink:
     pass
@@ -166,11 +168,8 @@ class UpstreamProtocol:
         ``connection_lost`` ends the exchange (a close-delimited body is then complete)."""
         peer = self.tunnel
         if peer is not None:
-            transport = peer.transport
-            if transport is not None and not transport.is_closing() and transport.can_write_eof():
-                peer.flush()
-                transport.write_eof()
-                return True
+            peer.tunnel_backend_eof()  # the half-close passed on, or the tunnel's end
+            return True
         return None
 
     def pause_writing(self) -> None:
