@@ -30,6 +30,7 @@ from zeitwork.core.errors import (
 from zeitwork.core.files import atomic_write_json
 from zeitwork.core.resources import Resources
 from zeitwork.observability import get_logger
+from zeitwork.serving.poll import VersionedPoll
 from zeitwork.wire.agent import (
     Assignments,
     Heartbeat,
@@ -137,12 +138,21 @@ class OperatorLink:
         setting or the one the operator gave before), else the one the operator answers."""
         self.node_id: uuid.UUID | None = None
         self.node_token: str | None = None
-        self.version: int | None = None
         self.last_heartbeat_ok: bool | None = None
         self.last_error: str | None = None
         self._reports: dict[uuid.UUID, deque[InstanceStatusReport]] = {}
         self._report_ready = asyncio.Event()
         self._registered = asyncio.Event()
+        self._assignments = VersionedPoll(
+            fetch=self._fetch_assignments,
+            apply=self._take_assignments,
+            log=log,
+            failed_event="operator.assignments_failed",
+            wait=assignment_wait,
+            full_refresh=resync_interval,
+            retry_base=retry_base,
+            on_error=self._assignments_failed,
+        )
 
     # -- registration --------------------------------------------------------------------
     def _registration(self, node_id: uuid.UUID) -> NodeRegistration:
@@ -274,39 +284,31 @@ class OperatorLink:
             self.last_error = exc.detail
             log.warning("operator.register_failed", error=exc.detail)
 
+    @property
+    def version(self) -> int | None:
+        """The version of the assignments last handed over (None before the first)."""
+        return self._assignments.version
+
     async def assignments_loop(self) -> None:
         """Long-poll; every ``resync_interval`` ask for the full state regardless."""
         await self._registered.wait()
-        delay = 0.0
-        loop = asyncio.get_running_loop()
-        last_full = 0.0
-        while True:
-            assert self.node_id is not None
-            full = loop.time() - last_full >= self.resync_interval
-            try:
-                answer = await self.client.wait_assignments(
-                    self.node_id,
-                    version=None if full else self.version,
-                    wait=0 if full else self.assignment_wait,
-                )
-            except ZeitworkError as exc:
-                self.last_error = exc.detail
-                delay = next_delay(delay, base=self.retry_base)
-                log.warning("operator.assignments_failed", error=exc.detail, retry_in=delay)
-                await asyncio.sleep(delay)
-                continue
-            delay = 0.0
-            if full:
-                last_full = loop.time()
-            if answer.version != self.version or full:
-                log.info(
-                    "operator.assignments",
-                    version=answer.version,
-                    instances=len(answer.instances),
-                    full=full,
-                )
-                self.version = answer.version
-                self.on_assignments(answer)
+        await self._assignments.run()
+
+    async def _fetch_assignments(self, version: int | None, wait: float) -> Assignments:
+        assert self.node_id is not None
+        return await self.client.wait_assignments(self.node_id, version=version, wait=wait)
+
+    def _take_assignments(self, answer: Assignments, full: bool) -> None:
+        log.info(
+            "operator.assignments",
+            version=answer.version,
+            instances=len(answer.instances),
+            full=full,
+        )
+        self.on_assignments(answer)
+
+    def _assignments_failed(self, exc: Exception) -> None:
+        self.last_error = exc.detail if isinstance(exc, ZeitworkError) else str(exc)
 
     # -- reports -------------------------------------------------------------------------
     def report(self, instance_id: uuid.UUID, report: InstanceStatusReport) -> None:

@@ -2,23 +2,22 @@
 get certificates and their own metric label) and per-route rate-limit overrides.
 
 ``policies_for`` is pure: a table in, the per-host and per-prefix policies out, built once per
-table change (never per request). ``RouteWatch`` long-polls the table and applies it.
+table change (never per request). ``RouteWatch`` long-polls the table and applies it, with a
+full refresh every ``full_refresh`` seconds (``serving.poll.VersionedPoll``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
-from zeitwork.core.errors import ZeitworkError
 from zeitwork.edge.cors import CorsConfig, CorsPolicy
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota
 from zeitwork.edge.security_headers import SecurityHeaders
 from zeitwork.edge.settings import DomainOverride
 from zeitwork.observability import get_logger
+from zeitwork.serving.poll import RouteSource, VersionedPoll
 from zeitwork.wire.routes import EdgePolicyOverride, RouteTable
 
 log = get_logger("zeitwork.edge.routes")
@@ -68,10 +67,6 @@ def override_policy(
         quota = Quota(rps=r.rps, burst=r.burst or max(1, round(r.rps * 2)), name=host)
         policy = replace(policy, quota=quota, limit_key="|" + host)
     return policy
-
-
-class RouteSource(Protocol):
-    async def fetch(self, *, version: int | None = None, wait: float = 0.0) -> RouteTable: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +123,10 @@ def policies_for(
 
 
 class RouteWatch:
-    """Keeps the edge's policy and domain list in step with the operator's route table."""
+    """Keeps the edge's policy and domain list in step with the operator's route table.
+
+    A table that fails to apply (a bug) does not end the watch: it is logged and retried,
+    backing off, while the edge serves on with the policy it has."""
 
     def __init__(
         self,
@@ -139,6 +137,7 @@ class RouteWatch:
         on_hosts: Callable[[frozenset[str]], None],
         on_verified: Callable[[frozenset[str]], None] | None = None,
         wait: float = 30.0,
+        full_refresh: float = 60.0,
         retry_max: float = 30.0,
     ) -> None:
         self._source = source
@@ -146,10 +145,27 @@ class RouteWatch:
         self._static = dict(static)
         self._on_hosts = on_hosts
         self._on_verified = on_verified
-        self._wait = wait
-        self._retry_max = retry_max
-        self.version: int | None = None
-        self.last_error: str | None = None
+        self._poll = VersionedPoll(
+            fetch=self._fetch,
+            apply=lambda table, full: self.apply(table),
+            log=log,
+            failed_event="routes.fetch_failed",
+            wait=wait,
+            full_refresh=full_refresh,
+            retry_max=retry_max,
+            apply_errors=(Exception,),
+        )
+
+    @property
+    def version(self) -> int | None:
+        return self._poll.version
+
+    @property
+    def last_error(self) -> str | None:
+        return self._poll.last_error
+
+    async def _fetch(self, version: int | None, wait: float) -> RouteTable:
+        return await self._source.fetch(version=version, wait=wait)
 
     def apply(self, table: RouteTable) -> None:
         routes = policies_for(table, default=self._policy.default, static=self._static)
@@ -159,30 +175,7 @@ class RouteWatch:
         if self._on_verified is not None:
             self._on_verified(routes.verified)  # before on_hosts: it wakes the certificates
         self._on_hosts(routes.hosts)
-        self.version = table.version
         log.info("routes.applied", version=table.version, hosts=len(routes.hosts))
 
     async def run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                table = await self._source.fetch(
-                    version=self.version, wait=self._wait if self.version is not None else 0.0
-                )
-            except (ZeitworkError, OSError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("routes.fetch_failed", error=self.last_error, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            self.last_error = None
-            if table.version != self.version:
-                try:
-                    self.apply(table)
-                except Exception as exc:  # a bug must not end the watch: retry, backing off
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("routes.apply_failed", version=table.version, retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._retry_max)
-                    continue
-            delay = 0.5
+        await self._poll.run()

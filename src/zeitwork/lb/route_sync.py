@@ -2,27 +2,22 @@
 
 Long-polls ``GET /api/v1/routes?version=V&wait=S`` so a change is applied as soon as the
 operator publishes it; every ``full_refresh`` seconds it asks for the whole table without a
-version (repairs anything missed). Each table applied is written to a cache file
-(atomically), and that file is loaded at start so the balancer serves the last known routes
-when the operator is down.
+version (repairs anything missed): the shared ``serving.poll.VersionedPoll``. Each table
+applied is written to a cache file (atomically), and that file is loaded at start so the
+balancer serves the last known routes when the operator is down.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
-from zeitwork.core.errors import ZeitworkError
 from zeitwork.core.files import atomic_write_text
 from zeitwork.lb.router import RouteTableRouter
+from zeitwork.serving.poll import RouteSource, VersionedPoll
 from zeitwork.wire.routes import RouteTable
-
-
-class RouteSource(Protocol):
-    async def fetch(self, *, version: int | None = None, wait: float = 0.0) -> RouteTable: ...
 
 
 class RouteSync:
@@ -41,11 +36,23 @@ class RouteSync:
         self._router = router
         self._cache = cache
         self._log = log
-        self._wait = wait
-        self._full_refresh = full_refresh
-        self._retry_max = retry_max
-        self.synced = asyncio.Event()
-        self.last_error: str | None = None
+        self._poll = VersionedPoll(
+            fetch=self._fetch,
+            apply=lambda table, full: self.apply(table),
+            log=log,
+            failed_event="routes.fetch_failed",
+            wait=wait,
+            full_refresh=full_refresh,
+            retry_max=retry_max,
+        )
+        self.synced = self._poll.synced
+
+    @property
+    def last_error(self) -> str | None:
+        return self._poll.last_error
+
+    async def _fetch(self, version: int | None, wait: float) -> RouteTable:
+        return await self._source.fetch(version=version, wait=wait)
 
     def load_cache(self) -> bool:
         """Apply the cached table, if any; return True when one was applied."""
@@ -81,30 +88,8 @@ class RouteSync:
             removed=result.removed,
             drained=result.drained,
         )
+        self._poll.version = table.version  # also when applied from outside the poll
         self._save(table)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        delay = 0.5
-        last_full = 0.0
-        while True:
-            now = loop.time()
-            full = not self.synced.is_set() or now - last_full >= self._full_refresh
-            try:
-                if full:
-                    table = await self._source.fetch()
-                    last_full = loop.time()
-                else:
-                    wait = min(self._wait, max(1.0, self._full_refresh - (now - last_full)))
-                    table = await self._source.fetch(version=self._router.version, wait=wait)
-            except (ZeitworkError, OSError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._log.warning("routes.fetch_failed", error=self.last_error, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            delay = 0.5
-            self.last_error = None
-            if full or table.version != self._router.version:
-                self.apply(table)  # unchanged routes cost a comparison each, nothing more
-            self.synced.set()
+        await self._poll.run()

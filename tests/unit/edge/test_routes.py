@@ -239,3 +239,32 @@ async def test_route_watch_survives_a_table_it_cannot_apply(
     await _run_until_version(watch, 2)
     assert seen == [frozenset({"a.test"})]
     assert watch.last_error is None
+
+
+async def test_route_watch_refreshes_the_whole_table_periodically() -> None:
+    """Besides the long-poll on its version, the edge asks for the whole table every
+    ``full_refresh`` s (it repairs a missed change, as the load balancer and the agent do)."""
+
+    class Same:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int | None, float]] = []
+
+        async def fetch(self, *, version: int | None = None, wait: float = 0.0) -> RouteTable:
+            self.calls.append((version, wait))
+            if version is not None:
+                await asyncio.sleep(min(wait, 0.02))  # nothing changed: the poll times out
+            return RouteTable(version=1, routes=[_route("a.test")])
+
+    source, seen = Same(), []
+    watch = RouteWatch(
+        source=source, policy=_edge_policy(), static={}, on_hosts=seen.append, full_refresh=0.1
+    )
+    task = asyncio.create_task(watch.run())
+    try:
+        async with asyncio.timeout(10):
+            while sum(1 for version, _ in source.calls if version is None) < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert (1, 1.0) in source.calls  # long-polls in between, on the version it applied
+    assert len(seen) >= 3 and set(seen) == {frozenset({"a.test"})}
