@@ -2,7 +2,11 @@
 answers 101 the client connection and the backend connection carry raw bytes both ways, each
 side's reads written to the other (``ClientProtocol.tunnel_data`` and
 ``UpstreamProtocol.data_received``; the client side is a ``connection.Connection`` here),
-renewed by activity up to ``tunnel_idle_timeout``.
+renewed by activity up to the route's tunnel idle timeout (its pool's, else the engine's
+``tunnel_idle_timeout``); an idle tunnel is closed as for a drain (below). Each tunnel holds
+a place in its route's tunnel count (``Pool.max_tunnels``) until its client connection
+closes. A half-close is passed on, the other direction running on; once both sides have shut
+their sending side the tunnel ends, both connections closed.
 
 Drains. A tunnel is not cut when its backend drains (it left the route table: a release
 replaces it) or when the proxy drains (SIGTERM): it runs on, for ``tunnel_drain_timeout``
