@@ -26,8 +26,8 @@ from zeitwork.agent import agent_token, hostinfo
 from zeitwork.agent.api import create_app
 from zeitwork.agent.images import NodeImages
 from zeitwork.agent.network import NodeNetwork, PeerRoute
+from zeitwork.agent.operator_link import CredentialFile, OperatorLink, agent_url_for
 from zeitwork.agent.plan import Tuning
-from zeitwork.agent.reporter import CredentialFile, OperatorLink, agent_url_for
 from zeitwork.agent.settings import DEFAULT_NODE_SUBNET, AgentSettings
 from zeitwork.agent.state_store import StateStore
 from zeitwork.agent.supervisor import Supervisor

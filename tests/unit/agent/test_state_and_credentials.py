@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zeitwork.agent import state_store
-from zeitwork.agent.reporter import Credential, CredentialFile, next_delay
+from zeitwork.agent.operator_link import Credential, CredentialFile, next_delay
 from zeitwork.agent.state_store import StateStore
 from zeitwork.core.errors import InvalidInput
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from zeitwork.agent.reporter import Credential, CredentialFile, OperatorLink, agent_url_for
+from zeitwork.agent.operator_link import Credential, CredentialFile, OperatorLink, agent_url_for
 from zeitwork.clients.operator import OperatorClient
 from zeitwork.core.errors import AuthenticationRequired, Conflict, ServiceUnavailable
 from zeitwork.core.resources import Resources
