@@ -271,6 +271,41 @@ async def test_one_client_address_meets_one_worker(
         _reap(proc)
 
 
+async def test_a_worker_that_dies_is_respawned_and_the_edge_serves_on(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """The shared pre-fork policy (serving/prefork.py): a worker killed outright is started
+    again on its own listeners (connections meanwhile wait in their queue), the other
+    worker is left alone, and a SIGTERM afterwards still drains and exits 0."""
+    proc = _edge_process(
+        upstream,
+        tmp_path,
+        EDGE_WORKERS="2",
+        EDGE_HTTPS_REDIRECT="false",
+        EDGE_DRAIN_TIMEOUT="1",
+        RATE_LIMIT_RPS="100000",
+    )
+    log: list[str] = []
+    try:
+        http = int(_wait_line(proc, r"edge.workers_started.*http=(\d+)", log).group(1))
+        for _ in range(2):
+            _wait_line(proc, r"edge.started", log)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2, children
+        os.kill(int(children[0]), signal.SIGKILL)
+        _wait_line(proc, r"workers.exited.*code=-9", log)
+        _wait_line(proc, r"workers.respawning", log, timeout=30)
+        _wait_line(proc, r"edge.started", log, timeout=30)
+        now = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(now) == 2 and children[1] in now and children[0] not in now, (children, now)
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # whichever worker each meets
+            assert await asyncio.to_thread(_statuses, http, source, 2) == [200, 200]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _reap(proc)
+
+
 def test_workers_end_with_a_supervisor_killed_outright(upstream: Upstream, tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) on the supervisor: its workers get SIGTERM from the kernel
     (PR_SET_PDEATHSIG), drain and exit, instead of serving on unsupervised."""
