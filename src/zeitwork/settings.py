@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Environment(StrEnum):
+class ServiceEnvironment(StrEnum):
     DEVELOPMENT = "development"
     STAGING = "staging"
     PRODUCTION = "production"
@@ -47,8 +47,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, validation_alias="PORT")
     host: str = Field(default="0.0.0.0", validation_alias="HOST")
     log_level: LogLevel = Field(default=LogLevel.INFO, validation_alias="LOG_LEVEL")
-    environment: Environment = Field(
-        default=Environment.DEVELOPMENT, validation_alias="ENVIRONMENT"
+    environment: ServiceEnvironment = Field(
+        default=ServiceEnvironment.DEVELOPMENT, validation_alias="ENVIRONMENT"
     )
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias="ZEITWORK_DATA_DIR")
 

@@ -5,7 +5,13 @@ import sys
 
 import pytest
 
-from zeitwork.settings import Environment, LogLevel, ServiceSettings, SettingsError, parse_settings
+from zeitwork.settings import (
+    LogLevel,
+    ServiceEnvironment,
+    ServiceSettings,
+    SettingsError,
+    parse_settings,
+)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,7 +20,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = parse_settings(ServiceSettings)
     assert s.port == 8080
     assert s.log_level is LogLevel.INFO
-    assert s.environment is Environment.DEVELOPMENT
+    assert s.environment is ServiceEnvironment.DEVELOPMENT
 
 
 def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +28,11 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
     monkeypatch.setenv("ENVIRONMENT", "production")
     s = parse_settings(ServiceSettings)
-    assert (s.port, s.log_level, s.environment) == (9999, LogLevel.WARN, Environment.PRODUCTION)
+    assert (s.port, s.log_level, s.environment) == (
+        9999,
+        LogLevel.WARN,
+        ServiceEnvironment.PRODUCTION,
+    )
 
 
 @pytest.mark.parametrize(

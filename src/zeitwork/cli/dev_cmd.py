@@ -50,7 +50,7 @@ from zeitwork.cli.dev_plan import (
     registry_spec,
     summary,
 )
-from zeitwork.cli.supervisor import Child, ChildFailed, Supervisor
+from zeitwork.cli.supervisor import Child, ChildFailed, ChildSupervisor
 from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import AuthenticationRequired, ZeitworkError
 from zeitwork.settings import default_data_dir
@@ -143,7 +143,7 @@ async def _admin_token(
 
 
 async def _bring_up(
-    sup: Supervisor,
+    sup: ChildSupervisor,
     config: DevConfig,
     parent: Mapping[str, str],
     *,
@@ -242,7 +242,7 @@ async def _revoke(config: DevConfig, admin_token: str, token_ids: list[uuid.UUID
         _say(f"dev: could not revoke this run's proxy token: {exc.detail}")
 
 
-async def _until_stopped(work: Awaitable[_T], stop: asyncio.Event, sup: Supervisor) -> _T:
+async def _until_stopped(work: Awaitable[_T], stop: asyncio.Event, sup: ChildSupervisor) -> _T:
     """Run ``work`` unless Ctrl-C/SIGTERM or a child's exit comes first."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.create_task(stop.wait())
@@ -267,7 +267,7 @@ async def _until_stopped(work: Awaitable[_T], stop: asyncio.Event, sup: Supervis
 async def run_dev(
     config: DevConfig, *, parent: Mapping[str, str], demo: bool, within: float
 ) -> int:
-    sup = Supervisor()
+    sup = ChildSupervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

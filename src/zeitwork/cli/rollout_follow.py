@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, concerns, outcome_of
+from zeitwork.cli.rollout_watch import RolloutWatch, WatchOutcome, concerns, outcome_of
 from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.wire.releases import ReleaseOut
@@ -29,7 +29,7 @@ async def follow_rollout(
     *,
     say: Callable[[str], None],
     started: float | None = None,
-) -> tuple[Outcome, ReleaseOut]:
+) -> tuple[WatchOutcome, ReleaseOut]:
     """Print the rollout's progress until the release is current, failed or superseded;
     returns how it ended and the release as it ended."""
     origin = time.monotonic() if started is None else started
@@ -56,7 +56,7 @@ async def follow_rollout(
         except ZeitworkError as exc:
             say(f"{elapsed():6.1f}s  (events unavailable, polling: {exc.detail})")
 
-    async def check() -> tuple[Outcome, ReleaseOut] | None:
+    async def check() -> tuple[WatchOutcome, ReleaseOut] | None:
         current = await client.release(project, release.version, environment=release.environment)
         status = await client.status(project, environment=release.environment)
         for line in watch.on_status(status, elapsed()):

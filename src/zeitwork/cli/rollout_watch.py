@@ -80,28 +80,28 @@ def phase_of(instance: InstanceBrief) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class WatchOutcome:
     ok: bool
     summary: str
 
 
-def outcome_of(release: ReleaseOut) -> Outcome | None:
+def outcome_of(release: ReleaseOut) -> WatchOutcome | None:
     """Whether the release's rollout is over, and how; None while it runs."""
     version = f"v{release.version}"
     rollout = release.rollout
     if release.state == ReleaseState.ACTIVE or (
         rollout is not None and rollout.state == RolloutState.SUCCEEDED
     ):
-        return Outcome(True, f"{version} is the current release")
+        return WatchOutcome(True, f"{version} is the current release")
     if release.state == ReleaseState.FAILED or (
         rollout is not None and rollout.state == RolloutState.FAILED
     ):
         cause = release.error or (rollout.error if rollout else None) or "no cause recorded"
-        return Outcome(False, f"{version} failed: {cause}")
+        return WatchOutcome(False, f"{version} failed: {cause}")
     if release.state == ReleaseState.SUPERSEDED or (
         rollout is not None and rollout.state == RolloutState.SUPERSEDED
     ):
-        return Outcome(False, f"{version} was superseded by a newer release")
+        return WatchOutcome(False, f"{version} was superseded by a newer release")
     return None
 
 

@@ -44,7 +44,7 @@ class Child:
         return self.process.returncode is None
 
 
-class Supervisor:
+class ChildSupervisor:
     """Starts children, pumps their output, waits for readiness, stops them in order."""
 
     def __init__(self, *, out: TextIO = sys.stdout, colour: bool | None = None) -> None:

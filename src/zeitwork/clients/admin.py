@@ -49,7 +49,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class Resources(_Model):
+class InstanceResources(_Model):
     vcpu: float
     memory: int
 
@@ -69,7 +69,7 @@ class NodeInfo(_Model):
     ip_address: str
     state: str
     runtime: str | None = None
-    resources: Resources
+    resources: InstanceResources
     last_heartbeat_at: datetime | None = None
 
 
@@ -80,7 +80,7 @@ class InstanceInfo(_Model):
     deployment_id: uuid.UUID | None = None
     state: str
     desired_state: str
-    resources: Resources
+    resources: InstanceResources
     ip_address: str | None = None
     port: int | None = None
     reason: str | None = None

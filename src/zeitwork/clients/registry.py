@@ -2,7 +2,7 @@
 
 One ``RegistryClient`` per service, over one pooled ``httpx.AsyncClient`` made by
 ``registry_http_client`` (the project's factory). It talks to any registry named by an
-``ImageReference``: ``https://`` always, plain ``http://`` only for loopback registries and
+``RegistryReference``: ``https://`` always, plain ``http://`` only for loopback registries and
 those listed as insecure (``ZEITWORK_INSECURE_REGISTRIES``), as Docker does. TLS is
 verified against the system trust store plus an optional CA bundle.
 
@@ -54,7 +54,7 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 DEFAULT_MAX_BLOB_BYTES = 8 * 1024 * 1024
 
 
-class ImageReference(Protocol):
+class RegistryReference(Protocol):
     """What the client needs of a reference (``zeitwork.images.reference.ImageReference``
     is one; the layers keep clients from importing images)."""
 
@@ -268,12 +268,12 @@ class RegistryClient:
 
     # -- addressing and authentication -----------------------------------------------------
 
-    def base_url(self, ref: ImageReference) -> str:
+    def base_url(self, ref: RegistryReference) -> str:
         host = ref.endpoint
         return f"{'http' if self.is_plain_http(host) else 'https'}://{host}/v2/{ref.repository}"
 
     def _auth_header(
-        self, ref: ImageReference, scope: str, credentials: RegistryCredentials | None
+        self, ref: RegistryReference, scope: str, credentials: RegistryCredentials | None
     ) -> dict[str, str]:
         token = self._tokens.get((ref.endpoint, scope))
         if token is not None:
@@ -284,7 +284,7 @@ class RegistryClient:
 
     async def _authenticate(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         scope: str,
         response: httpx.Response,
         credentials: RegistryCredentials | None,
@@ -344,7 +344,7 @@ class RegistryClient:
         self,
         method: str,
         url: str,
-        ref: ImageReference,
+        ref: RegistryReference,
         what: str,
         *,
         credentials: RegistryCredentials | None,
@@ -397,13 +397,13 @@ class RegistryClient:
             extra={"registry": ref.registry},
         )
 
-    def use_token(self, ref: ImageReference, token: str, *, push: bool = False) -> None:
+    def use_token(self, ref: RegistryReference, token: str, *, push: bool = False) -> None:
         """Authenticate ``ref``'s repository with a bearer token handed over by someone else
         (a node's pull token from the operator)."""
         self._tokens[(ref.endpoint, scope_for(ref.repository, push=push))] = token
 
     async def pull_access(
-        self, ref: ImageReference, *, credentials: RegistryCredentials | None = None
+        self, ref: RegistryReference, *, credentials: RegistryCredentials | None = None
     ) -> tuple[str, str | None]:
         """How the registry lets ``ref`` be pulled: ``("anonymous", None)``, ``("basic",
         None)`` (it wants a user name and password) or ``("bearer", token)`` with a fresh
@@ -429,7 +429,7 @@ class RegistryClient:
     # -- pull ------------------------------------------------------------------------------
 
     async def get_manifest(
-        self, ref: ImageReference, *, credentials: RegistryCredentials | None = None
+        self, ref: RegistryReference, *, credentials: RegistryCredentials | None = None
     ) -> FetchedManifest:
         """The manifest or index ``ref`` names (tag or digest), every supported type
         accepted; a manifest fetched by digest must have that digest."""
@@ -450,7 +450,7 @@ class RegistryClient:
         return FetchedManifest(digest=digest, media_type=media_type, data=data)
 
     async def resolve(
-        self, ref: ImageReference, *, credentials: RegistryCredentials | None = None
+        self, ref: RegistryReference, *, credentials: RegistryCredentials | None = None
     ) -> str:
         """The digest ``ref``'s tag points at now (``HEAD``; ``GET`` when the registry
         does not say in ``Docker-Content-Digest``)."""
@@ -472,7 +472,7 @@ class RegistryClient:
 
     async def read_blob(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         digest: str,
         *,
         credentials: RegistryCredentials | None = None,
@@ -490,7 +490,7 @@ class RegistryClient:
 
     async def download_blob(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         digest: str,
         dest: Path,
         *,
@@ -536,7 +536,7 @@ class RegistryClient:
 
     async def blob_exists(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         digest: str,
         *,
         credentials: RegistryCredentials | None = None,
@@ -550,7 +550,7 @@ class RegistryClient:
 
     async def push_blob(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         data: bytes | Path,
         *,
         credentials: RegistryCredentials | None = None,
@@ -613,7 +613,7 @@ class RegistryClient:
 
     async def push_manifest(
         self,
-        ref: ImageReference,
+        ref: RegistryReference,
         data: bytes,
         media_type: str,
         *,

@@ -55,7 +55,7 @@ class Quota:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class RateDecision:
     allowed: bool
     remaining: int
     retry_after: float
@@ -108,7 +108,7 @@ class RateLimiter:
         self._move(key)
         return True
 
-    def decide(self, key: str, now: float, quota: Quota) -> Decision:
+    def decide(self, key: str, now: float, quota: Quota) -> RateDecision:
         """Like ``allow`` but also says how many requests remain and when to retry."""
         table = self._table
         before = table.get(key)
@@ -117,9 +117,9 @@ class RateLimiter:
         base = max(tat, now)
         if allowed:
             remaining = int((quota.tolerance - (base - now)) / quota.interval + 1e-9)
-            return Decision(True, max(0, remaining), 0.0, max(0.0, base - now))
+            return RateDecision(True, max(0, remaining), 0.0, max(0.0, base - now))
         retry = base + quota.interval - quota.tolerance - now
-        return Decision(False, 0, max(retry, 0.0), max(0.0, base - now))
+        return RateDecision(False, 0, max(retry, 0.0), max(0.0, base - now))
 
     def peek(self, key: str) -> float | None:
         return self._table.get(key)

@@ -46,7 +46,7 @@ from zeitwork.webapi.serving import QuietServer, listen_tcp, on_stop_signals
 log = structlog.get_logger("zeitwork.operator")
 
 
-class StartupError(ZeitworkError):
+class OperatorStartupError(ZeitworkError):
     """The operator cannot start; ``detail`` is the one line shown to the user."""
 
     title = "Cannot start"
@@ -75,12 +75,12 @@ async def prepare_schema(settings: OperatorSettings, url: str) -> None:
     current = await asyncio.to_thread(migrate.current_revision, url)
     head = migrate.head_revision()
     if current is not None and not migrate.known_revision(current):
-        raise StartupError(
+        raise OperatorStartupError(
             f"the database schema is at revision {current}, which this operator does not "
             f"know (it needs {head}); is a newer Zeitwork using this database?"
         )
     if current != head:
-        raise StartupError(
+        raise OperatorStartupError(
             f"the database schema is at revision {current or 'none (empty database)'} but this "
             f"operator needs {head}; run `zeitwork migrate` or set ZEITWORK_AUTO_MIGRATE=1"
         )
@@ -90,7 +90,9 @@ def _listen(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     try:
         return listen_tcp(host, port, reuseport=reuseport, backlog=2048)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise OperatorStartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +263,7 @@ async def _supervise_workers(
         while not stopping.is_set():
             dead = [p for p in processes if not p.is_alive()]
             if dead:
-                raise StartupError(
+                raise OperatorStartupError(
                     f"operator worker {dead[0].name} exited with status {dead[0].exitcode}"
                 )
             with contextlib.suppress(TimeoutError):

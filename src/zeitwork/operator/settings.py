@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from zeitwork.operator.scheduler.subnets import SubnetPool
-from zeitwork.settings import Environment, ServiceSettings
+from zeitwork.settings import ServiceEnvironment, ServiceSettings
 
 MIB = 1024 * 1024
 
@@ -205,7 +205,7 @@ class OperatorSettings(ServiceSettings):
     def migrate_on_start(self) -> bool:
         if self.auto_migrate is not None:
             return self.auto_migrate
-        return self.environment is Environment.DEVELOPMENT
+        return self.environment is ServiceEnvironment.DEVELOPMENT
 
 
 def parse_dns_servers(text: str) -> list[tuple[str, int]]:

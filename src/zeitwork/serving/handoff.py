@@ -188,7 +188,7 @@ def close_generation(socks: Sequence[socket.socket], *, own: frozenset[int]) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class HandoffOutcome:
     """How one worker's handoff went: ``successor`` is, per socket, (this generation's
     sockets, the successor's) in its group, None when none came (or steering failed:
     ``error``); ``queued``, connections still queued when it stopped waiting for them."""
@@ -200,7 +200,7 @@ class Outcome:
 
 async def hand_off(
     socks: Sequence[socket.socket], *, own: frozenset[int], wait: float, shared: bool
-) -> Outcome:
+) -> HandoffOutcome:
     """SIGTERM, before the listeners close: wait up to ``wait`` s for a successor listening
     on every port of ``socks`` and steer new connections to it, then wait for this worker's
     accept queues to empty. Without one (or when the kernel refuses the program) new
@@ -211,13 +211,13 @@ async def hand_off(
     split = await handoff.find_successor(wait)
     if split is None:
         stop_listening(socks, shared=shared)
-        return Outcome(successor=None)
+        return HandoffOutcome(successor=None)
     try:
         handoff.steer_away(split)
     except OSError as exc:
         stop_listening(socks, shared=shared)
-        return Outcome(successor=None, error=str(exc))
-    return Outcome(successor=split, queued=await handoff.wait_accepted())
+        return HandoffOutcome(successor=None, error=str(exc))
+    return HandoffOutcome(successor=split, queued=await handoff.wait_accepted())
 
 
 SETTLE = 0.2  # s between "close after the next response" and closing idle connections

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.unit.cli.wire_factories import NODE_B, T0, event, instance, release, rid, status
-from zeitwork.cli.rollout_watch import Outcome, RolloutWatch, concerns, outcome_of, phase_of
+from zeitwork.cli.rollout_watch import RolloutWatch, WatchOutcome, concerns, outcome_of, phase_of
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.health import HealthResult
 
@@ -119,30 +119,33 @@ def test_an_event_without_instance_prints_its_message() -> None:
     [
         (release(3, ReleaseState.DEPLOYING), None),
         (release(3, ReleaseState.PENDING, with_rollout=None), None),
-        (release(3, ReleaseState.ACTIVE, current=True), Outcome(True, "v3 is the current release")),
+        (
+            release(3, ReleaseState.ACTIVE, current=True),
+            WatchOutcome(True, "v3 is the current release"),
+        ),
         (
             release(3, ReleaseState.DEPLOYING, with_rollout=RolloutState.SUCCEEDED),
-            Outcome(True, "v3 is the current release"),
+            WatchOutcome(True, "v3 is the current release"),
         ),
         (
             release(3, ReleaseState.FAILED, error="instance 1a2b of v3 exited with code 1"),
-            Outcome(False, "v3 failed: instance 1a2b of v3 exited with code 1"),
+            WatchOutcome(False, "v3 failed: instance 1a2b of v3 exited with code 1"),
         ),
         (
             release(3, ReleaseState.FAILED, with_rollout=None),
-            Outcome(False, "v3 failed: no cause recorded"),
+            WatchOutcome(False, "v3 failed: no cause recorded"),
         ),
         (
             release(3, ReleaseState.SUPERSEDED),
-            Outcome(False, "v3 was superseded by a newer release"),
+            WatchOutcome(False, "v3 was superseded by a newer release"),
         ),
         (
             release(3, ReleaseState.DEPLOYING, with_rollout=RolloutState.SUPERSEDED),
-            Outcome(False, "v3 was superseded by a newer release"),
+            WatchOutcome(False, "v3 was superseded by a newer release"),
         ),
     ],
 )
-def test_outcome_of(made: object, expected: Outcome | None) -> None:
+def test_outcome_of(made: object, expected: WatchOutcome | None) -> None:
     assert outcome_of(made) == expected  # type: ignore[arg-type]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from zeitwork.cli.dev_plan import ChildSpec
-from zeitwork.cli.supervisor import ChildFailed, Supervisor
+from zeitwork.cli.supervisor import ChildFailed, ChildSupervisor
 
 SERVE = """
 import http.server, signal, sys
@@ -50,7 +50,7 @@ def _spec(name: str, code: str, *args: str, port: int = 1, stop: float = 5.0) ->
 
 async def test_ready_by_probe_prefixed_output_and_clean_stop() -> None:
     out = io.StringIO()
-    sup = Supervisor(out=out, colour=False)
+    sup = ChildSupervisor(out=out, colour=False)
     port = _free_port()
     child = await sup.start(_spec("web", SERVE, str(port), port=port))
     await sup.wait_ready(child, within=20)
@@ -63,7 +63,7 @@ async def test_ready_by_probe_prefixed_output_and_clean_stop() -> None:
 
 
 async def test_a_child_that_exits_is_noticed_and_named() -> None:
-    sup = Supervisor(out=io.StringIO(), colour=False)
+    sup = ChildSupervisor(out=io.StringIO(), colour=False)
     child = await sup.start(_spec("crasher", "import sys; sys.exit(3)"))
     await asyncio.wait_for(sup.exited.wait(), 20)
     assert [c.name for c in sup.crashed()] == ["crasher"]
@@ -73,7 +73,7 @@ async def test_a_child_that_exits_is_noticed_and_named() -> None:
 
 
 async def test_not_ready_in_time_is_a_failure_naming_the_url() -> None:
-    sup = Supervisor(out=io.StringIO(), colour=False)
+    sup = ChildSupervisor(out=io.StringIO(), colour=False)
     port = _free_port()
     child = await sup.start(_spec("mute", STUBBORN, port=port, stop=0.5))
     try:
@@ -85,7 +85,7 @@ async def test_not_ready_in_time_is_a_failure_naming_the_url() -> None:
 
 async def test_sigterm_ignored_means_sigkill_after_the_timeout() -> None:
     out = io.StringIO()
-    sup = Supervisor(out=out, colour=False)
+    sup = ChildSupervisor(out=out, colour=False)
     child = await sup.start(_spec("stubborn", STUBBORN, stop=0.5))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
@@ -100,12 +100,12 @@ async def test_sigterm_ignored_means_sigkill_after_the_timeout() -> None:
 async def test_dev_stops_loudly_when_a_child_dies_and_quietly_on_ctrl_c() -> None:
     from zeitwork.cli.dev_cmd import _Stopped, _until_stopped
 
-    sup = Supervisor(out=io.StringIO(), colour=False)
+    sup = ChildSupervisor(out=io.StringIO(), colour=False)
     await sup.start(_spec("load-balancer", "import sys; sys.exit(7)"))
     with pytest.raises(ChildFailed, match=r"load-balancer \(status 7\) exited unexpectedly"):
         await asyncio.wait_for(_until_stopped(asyncio.sleep(60), asyncio.Event(), sup), 20)
 
-    calm = Supervisor(out=io.StringIO(), colour=False)
+    calm = ChildSupervisor(out=io.StringIO(), colour=False)
     stop = asyncio.Event()
     stop.set()
     with pytest.raises(_Stopped):
@@ -115,7 +115,7 @@ async def test_dev_stops_loudly_when_a_child_dies_and_quietly_on_ctrl_c() -> Non
 
 async def test_hurry_kills_at_once_instead_of_waiting() -> None:
     out = io.StringIO()
-    sup = Supervisor(out=out, colour=False)
+    sup = ChildSupervisor(out=out, colour=False)
     child = await sup.start(_spec("slow", STUBBORN, stop=60))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
@@ -138,7 +138,7 @@ class _ClosedOutput(io.StringIO):
 
 async def test_output_gone_still_drains_children() -> None:
     """`zeitwork dev | head`: a child writing far more than a pipe holds is not blocked."""
-    sup = Supervisor(out=_ClosedOutput(), colour=False)
+    sup = ChildSupervisor(out=_ClosedOutput(), colour=False)
     chatty = "import sys\nfor i in range(20000): print('x' * 100)\n"
     child = await sup.start(_spec("chatty", chatty))
     assert await asyncio.wait_for(child.process.wait(), 20) == 0
@@ -171,7 +171,7 @@ async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
 
 async def test_sighup_is_a_reload_and_never_a_failure() -> None:
     out = io.StringIO()
-    sup = Supervisor(out=out, colour=False)
+    sup = ChildSupervisor(out=out, colour=False)
     reloads = await sup.start(_spec("lb", RELOADS))
     plain = await sup.start(_spec("op", HANGS_UP))
     await _until(lambda: out.getvalue().count("| up") == 2)

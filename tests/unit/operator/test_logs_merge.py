@@ -23,7 +23,7 @@ from zeitwork.operator.api.logs import _Ids
 from zeitwork.operator.db.app_refs import LogSource
 from zeitwork.operator.services.logs import (
     HISTORY_LINES,
-    LogLine,
+    LabelledLine,
     Notice,
     OverlapSkipper,
     ReaderPlan,
@@ -44,8 +44,8 @@ T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 A, B, NODE = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
 
-def _line(instance: uuid.UUID, seconds: float, text: str) -> LogLine:
-    return LogLine(T0 + timedelta(seconds=seconds), instance, NODE, "v1", text)
+def _line(instance: uuid.UUID, seconds: float, text: str) -> LabelledLine:
+    return LabelledLine(T0 + timedelta(seconds=seconds), instance, NODE, "v1", text)
 
 
 def test_merge_orders_by_time_and_keeps_each_instance_in_order() -> None:
@@ -159,7 +159,7 @@ def test_split_lines() -> None:
 
 
 def test_records_as_json() -> None:
-    line = LogLine(T0, A, NODE, "v3", 'say "hi" ✓')
+    line = LabelledLine(T0, A, NODE, "v3", 'say "hi" ✓')
     assert json.loads(line.to_json()) == {
         "ts": "2026-12-07T03:00:00.000000Z",
         "instance_id": str(A),

@@ -8,18 +8,18 @@ import uuid
 import pytest
 
 from zeitwork.core.states import HealthState, InstanceState
-from zeitwork.operator.db.instance_events import Seen, describe
+from zeitwork.operator.db.instance_events import InstanceFacts, describe
 from zeitwork.operator.reconcile import rollout_plan as rp
 from zeitwork.operator.reconcile.releases import step_summary, strategy_of
 from zeitwork.operator.services.releases import exposed_port, surge_needed
 from zeitwork.wire.releases import RolloutStrategy
 
 
-def seen(state: str, health: str = "unknown", **extra: object) -> Seen:
-    return Seen(InstanceState(state), HealthState(health), **extra)  # type: ignore[arg-type]
+def seen(state: str, health: str = "unknown", **extra: object) -> InstanceFacts:
+    return InstanceFacts(InstanceState(state), HealthState(health), **extra)  # type: ignore[arg-type]
 
 
-def kinds(before: Seen, after: Seen) -> list[str]:
+def kinds(before: InstanceFacts, after: InstanceFacts) -> list[str]:
     return [n.kind for n in describe(before, after)]
 
 
@@ -47,7 +47,9 @@ def kinds(before: Seen, after: Seen) -> list[str]:
         (seen("running", "healthy"), seen("starting", "unknown"), ["instance.starting"]),
     ],
 )
-def test_instance_changes_and_their_events(before: Seen, after: Seen, expected: list[str]) -> None:
+def test_instance_changes_and_their_events(
+    before: InstanceFacts, after: InstanceFacts, expected: list[str]
+) -> None:
     assert kinds(before, after) == expected
 
 

@@ -21,12 +21,16 @@ from zeitwork.wire.releases import RolloutStrategy
 S = InstanceState
 H = HealthState
 NOW = 1000.0
-V1 = rp.ReleaseView(uuid.UUID(int=0xA1), 1, rp.Strategy(min_healthy_time=5.0, drain_timeout=30.0))
-V2 = rp.ReleaseView(uuid.UUID(int=0xA2), 2, rp.Strategy(min_healthy_time=5.0, drain_timeout=30.0))
+V1 = rp.ReleaseView(
+    uuid.UUID(int=0xA1), 1, rp.ResolvedStrategy(min_healthy_time=5.0, drain_timeout=30.0)
+)
+V2 = rp.ReleaseView(
+    uuid.UUID(int=0xA2), 2, rp.ResolvedStrategy(min_healthy_time=5.0, drain_timeout=30.0)
+)
 NODE = uuid.UUID(int=0xB0)
 
 
-def inst(n: int, release: rp.ReleaseView | None = V1, **kw: Any) -> rp.InstanceView:
+def inst(n: int, release: rp.ReleaseView | None = V1, **kw: Any) -> rp.ReplicaView:
     """A running, healthy, serving instance (healthy for long), unless told otherwise."""
     base: dict[str, Any] = {
         "id": uuid.UUID(int=n),
@@ -40,10 +44,10 @@ def inst(n: int, release: rp.ReleaseView | None = V1, **kw: Any) -> rp.InstanceV
         "serving": True,
     }
     base.update(kw)
-    return rp.InstanceView(**base)
+    return rp.ReplicaView(**base)
 
 
-def pending(n: int, release: rp.ReleaseView = V2, age: float = 1.0) -> rp.InstanceView:
+def pending(n: int, release: rp.ReleaseView = V2, age: float = 1.0) -> rp.ReplicaView:
     return inst(
         n,
         release,
@@ -55,7 +59,7 @@ def pending(n: int, release: rp.ReleaseView = V2, age: float = 1.0) -> rp.Instan
     )
 
 
-def view(*instances: rp.InstanceView, **kw: Any) -> rp.EnvironmentView:
+def view(*instances: rp.ReplicaView, **kw: Any) -> rp.EnvironmentView:
     base: dict[str, Any] = {
         "environment_id": uuid.UUID(int=0xE),
         "now": NOW,
@@ -68,7 +72,7 @@ def view(*instances: rp.InstanceView, **kw: Any) -> rp.EnvironmentView:
 
 
 def rollout(
-    *instances: rp.InstanceView, target: rp.ReleaseView = V2, **kw: Any
+    *instances: rp.ReplicaView, target: rp.ReleaseView = V2, **kw: Any
 ) -> rp.EnvironmentView:
     kw.setdefault("rollout_started_at", NOW - 10)
     return view(*instances, target=target, **kw)
@@ -113,7 +117,7 @@ def test_strategy_from_wire_resolves_percentages_and_keeps_the_rest() -> None:
         healthy_deadline=45,
         auto_revert=False,
     )
-    assert rp.Strategy.from_wire(wire, 3) == rp.Strategy(
+    assert rp.ResolvedStrategy.from_wire(wire, 3) == rp.ResolvedStrategy(
         type="bluegreen",
         max_surge=2,
         max_unavailable=1,
@@ -123,7 +127,7 @@ def test_strategy_from_wire_resolves_percentages_and_keeps_the_rest() -> None:
         healthy_deadline=45.0,
         auto_revert=False,
     )
-    assert rp.Strategy.from_wire(RolloutStrategy(), 5) == rp.Strategy()
+    assert rp.ResolvedStrategy.from_wire(RolloutStrategy(), 5) == rp.ResolvedStrategy()
 
 
 # --- back-off -------------------------------------------------------------------------------
@@ -160,7 +164,7 @@ def test_a_failed_current_instance_is_replaced_after_its_back_off() -> None:
     dead = inst(1, state=S.FAILED, exit_code=1, serving=False, health=H.UNHEALTHY)
     ok = inst(2)
     early = view(dead, ok, recent_failures=(NOW - 0.5,))
-    assert rp.plan(early) == [rp.Stop(iid(1), "failed: exited with code 1")]
+    assert rp.plan(early) == [rp.Terminate(iid(1), "failed: exited with code 1")]
     later = dataclasses.replace(early, instances=(ok,))
     assert rp.plan(later) == [rp.Wait("v1: back-off after recent failures", until=NOW + 0.5)]
     assert rp.plan(dataclasses.replace(later, now=NOW + 0.5)) == [rp.Place(V1.id, 1)]
@@ -239,8 +243,8 @@ def test_the_stop_of_an_ended_instance_says_why() -> None:
     checked = inst(1, state=S.FAILED, health=H.UNHEALTHY, last_check="GET / -> 500", serving=False)
     unknown = inst(2, state=S.FAILED, reason="image not found", serving=False)
     assert rp.plan(view(checked, unknown, replicas=0)) == [
-        rp.Stop(iid(1), "failed its health check: GET / -> 500"),
-        rp.Stop(iid(2), "failed: image not found"),
+        rp.Terminate(iid(1), "failed its health check: GET / -> 500"),
+        rp.Terminate(iid(2), "failed: image not found"),
     ]
 
 
@@ -302,7 +306,7 @@ def test_a_drain_ends_with_a_stop() -> None:
     draining = inst(3, serving=False, drain_started_at=NOW - 10)
     assert rp.plan(view(inst(1), inst(2), draining)) == [rp.Wait("draining", until=NOW + 20)]
     done = dataclasses.replace(draining, drain_started_at=NOW - 30)
-    assert rp.plan(view(inst(1), inst(2), done)) == [rp.Stop(iid(3), "drained")]
+    assert rp.plan(view(inst(1), inst(2), done)) == [rp.Terminate(iid(3), "drained")]
 
 
 def test_an_instance_wanted_gone_leaves_the_route_and_is_replaced() -> None:
@@ -326,7 +330,9 @@ def test_scale_down_takes_the_newest_first_and_drains_them() -> None:
 
 def test_scale_down_stops_instances_not_serving_before_those_serving() -> None:
     young = inst(1, serving=False, healthy_since=NOW, created_at=NOW - 1000)
-    assert rp.plan(view(young, inst(2), inst(3), replicas=2)) == [rp.Stop(iid(1), "scaled down")]
+    assert rp.plan(view(young, inst(2), inst(3), replicas=2)) == [
+        rp.Terminate(iid(1), "scaled down")
+    ]
 
 
 def test_draining_current_instances_rejoin_before_new_ones_are_placed() -> None:
@@ -341,7 +347,7 @@ def test_draining_current_instances_rejoin_before_new_ones_are_placed() -> None:
 
 
 def test_instances_of_other_releases_leave_once_the_current_one_stands() -> None:
-    old = rp.ReleaseView(uuid.UUID(int=0xA0), 0, rp.Strategy())
+    old = rp.ReleaseView(uuid.UUID(int=0xA0), 0, rp.ResolvedStrategy())
     stale1 = inst(5, old)
     stale2 = inst(6, old)
     warming = inst(1, serving=False, healthy_since=NOW)
@@ -352,7 +358,7 @@ def test_instances_of_other_releases_leave_once_the_current_one_stands() -> None
     idle = dataclasses.replace(stale2, serving=False)
     assert rp.plan(view(inst(1), inst(2), stale1, idle)) == [
         rp.Unserve(iid(5)),
-        rp.Stop(iid(6), "not of the current release"),
+        rp.Terminate(iid(6), "not of the current release"),
     ]
 
 
@@ -360,7 +366,7 @@ def test_without_a_current_release_everything_leaves() -> None:
     strays = (inst(1, None), inst(2, V2, serving=False))
     assert rp.plan(view(*strays, current=None)) == [
         rp.Unserve(iid(1)),
-        rp.Stop(iid(2), "no current release"),
+        rp.Terminate(iid(2), "no current release"),
     ]
     assert rp.plan(view(current=None)) == [rp.Wait("steady")]
 
@@ -373,7 +379,7 @@ def test_node_drain_places_a_replacement_then_unserves_once_it_serves() -> None:
     idle_away = dataclasses.replace(away, serving=False)
     assert rp.plan(view(idle_away, inst(2), replacement)) == [
         rp.Serve(iid(3)),
-        rp.Stop(iid(1), "its node takes no new work"),
+        rp.Terminate(iid(1), "its node takes no new work"),
     ]
 
 
@@ -413,7 +419,7 @@ def test_rolling_unserves_an_unhealthy_old_instance_for_free() -> None:
 
 
 def test_rolling_with_max_unavailable_unserves_before_replacing() -> None:
-    strategy = rp.Strategy(max_surge=0, max_unavailable=1)
+    strategy = rp.ResolvedStrategy(max_surge=0, max_unavailable=1)
     target = dataclasses.replace(V2, strategy=strategy)
     assert rp.plan(rollout(inst(1), inst(2), target=target)) == [
         rp.Unserve(iid(1)),
@@ -422,7 +428,7 @@ def test_rolling_with_max_unavailable_unserves_before_replacing() -> None:
 
 
 def test_rolling_never_places_more_than_replicas_target_instances() -> None:
-    strategy = rp.Strategy(max_surge=5)
+    strategy = rp.ResolvedStrategy(max_surge=5)
     target = dataclasses.replace(V2, strategy=strategy)
     assert rp.plan(rollout(inst(1), inst(2), target=target)) == [rp.Place(V2.id, 2)]
     assert rp.plan(rollout(inst(1), inst(2), pending(3), pending(4), target=target)) == [
@@ -433,7 +439,7 @@ def test_rolling_never_places_more_than_replicas_target_instances() -> None:
 def test_old_instances_not_serving_are_stopped_during_a_rollout() -> None:
     warming = pending(3, V1)
     assert rp.plan(rollout(inst(1), inst(2), warming)) == [
-        rp.Stop(iid(3), "replaced by v2"),
+        rp.Terminate(iid(3), "replaced by v2"),
         rp.Place(V2.id, 1),
     ]
 
@@ -441,7 +447,7 @@ def test_old_instances_not_serving_are_stopped_during_a_rollout() -> None:
 def test_a_target_instance_on_a_draining_node_is_replaced() -> None:
     stuck = dataclasses.replace(pending(3), node_schedulable=False)
     assert rp.plan(rollout(inst(1), inst(2), stuck)) == [
-        rp.Stop(iid(3), "its node takes no new work"),
+        rp.Terminate(iid(3), "its node takes no new work"),
         rp.Place(V2.id, 1),
     ]
 
@@ -455,7 +461,7 @@ def test_promote_when_every_replica_of_the_target_serves_and_no_old_one() -> Non
 def test_promote_wins_over_a_surplus_target_failure() -> None:
     crashed = inst(5, V2, state=S.FAILED, exit_code=1, serving=False)
     assert rp.plan(rollout(inst(3, V2), inst(4, V2), crashed)) == [
-        rp.Stop(iid(5), "failed: exited with code 1"),
+        rp.Terminate(iid(5), "failed: exited with code 1"),
         rp.Promote(V2.id),
     ]
 
@@ -472,8 +478,8 @@ def test_a_crashed_target_fails_the_release_and_reverts() -> None:
     actions = rp.plan(rollout(inst(1), left, crashed, warming))
     assert actions == [
         rp.Serve(iid(2)),
-        rp.Stop(iid(3), "failed: exited with code 1"),
-        rp.Stop(iid(4), "release v2 failed"),
+        rp.Terminate(iid(3), "failed: exited with code 1"),
+        rp.Terminate(iid(4), "release v2 failed"),
         rp.Fail(V2.id, "instance 00000000 of v2 exited with code 1\nlast log lines:\nTraceback"),
     ]
 
@@ -483,7 +489,7 @@ def test_a_failed_release_keeps_its_serving_instances_until_the_current_stands()
     crashed = inst(4, V2, state=S.FAILED, exit_code=1, serving=False)
     actions = rp.plan(rollout(inst(1), serving_new, crashed))
     assert actions == [
-        rp.Stop(iid(4), "failed: exited with code 1"),
+        rp.Terminate(iid(4), "failed: exited with code 1"),
         rp.Fail(V2.id, "instance 00000000 of v2 exited with code 1"),
     ]
     # next pass, v2 is of neither release: v1 is short of one, the v2 instance keeps serving
@@ -492,7 +498,7 @@ def test_a_failed_release_keeps_its_serving_instances_until_the_current_stands()
 
 
 def test_without_auto_revert_the_pass_only_fails() -> None:
-    target = dataclasses.replace(V2, strategy=rp.Strategy(auto_revert=False))
+    target = dataclasses.replace(V2, strategy=rp.ResolvedStrategy(auto_revert=False))
     left = inst(2, serving=False, drain_started_at=NOW - 5)
     never = pending(3, target, age=200)
     actions = rp.plan(rollout(inst(1), left, never, target=target))
@@ -514,7 +520,9 @@ def test_progress_deadline() -> None:
 
 
 def test_bluegreen_waits_for_every_target_instance() -> None:
-    target = dataclasses.replace(V2, strategy=rp.Strategy(type="bluegreen", min_healthy_time=5))
+    target = dataclasses.replace(
+        V2, strategy=rp.ResolvedStrategy(type="bluegreen", min_healthy_time=5)
+    )
     assert rp.plan(rollout(inst(1), inst(2), target=target)) == [rp.Place(V2.id, 2)]
     one_ready = inst(3, V2, serving=False, healthy_since=NOW - 5, created_at=NOW - 9)
     (wait,) = rp.plan(rollout(inst(1), inst(2), one_ready, pending(4), target=target))
@@ -529,12 +537,12 @@ def test_bluegreen_waits_for_every_target_instance() -> None:
 
 
 def test_immediate_stops_every_old_instance_even_draining_ones() -> None:
-    target = dataclasses.replace(V2, strategy=rp.Strategy(type="immediate"))
+    target = dataclasses.replace(V2, strategy=rp.ResolvedStrategy(type="immediate"))
     left = inst(2, serving=False, drain_started_at=NOW - 1)
     assert rp.plan(rollout(inst(1), left, target=target)) == [
         rp.Unserve(iid(1), drain=False),
-        rp.Stop(iid(1), "immediate rollout to v2"),
-        rp.Stop(iid(2), "immediate rollout to v2"),
+        rp.Terminate(iid(1), "immediate rollout to v2"),
+        rp.Terminate(iid(2), "immediate rollout to v2"),
         rp.Place(V2.id, 2),
     ]
 
@@ -544,14 +552,14 @@ def test_a_rollout_to_the_current_release_is_steady_state() -> None:
 
 
 def test_instances_of_a_superseded_rollout_leave_first() -> None:
-    v15 = rp.ReleaseView(uuid.UUID(int=0xAF), 15, rp.Strategy())
+    v15 = rp.ReleaseView(uuid.UUID(int=0xAF), 15, rp.ResolvedStrategy())
     half = inst(9, v15)
     idle = pending(8, v15)
     ready = inst(3, V2, serving=False, healthy_since=NOW - 5, created_at=NOW - 9)
     assert rp.plan(rollout(inst(1), half, idle, ready, replicas=2)) == [
         rp.Serve(iid(3)),
         rp.Unserve(iid(9)),
-        rp.Stop(iid(8), "replaced by v2"),
+        rp.Terminate(iid(8), "replaced by v2"),
         rp.Place(V2.id, 1),
     ]
 
@@ -561,7 +569,7 @@ def test_an_instance_on_a_down_node_leaves_at_once_and_is_replaced() -> None:
     assert rp.plan(view(lost, inst(2))) == [rp.Unserve(iid(1)), rp.Place(V1.id, 1)]
     idle = dataclasses.replace(lost, serving=False)
     assert rp.plan(view(idle, inst(2))) == [
-        rp.Stop(iid(1), "its node takes no new work"),
+        rp.Terminate(iid(1), "its node takes no new work"),
         rp.Place(V1.id, 1),
     ]
 
@@ -570,7 +578,7 @@ def test_a_target_instance_on_a_down_node_is_stopped_even_serving() -> None:
     lost = inst(3, V2, node_down=True, node_schedulable=False)
     assert rp.plan(rollout(inst(1), inst(2), lost)) == [
         rp.Unserve(iid(3), drain=False),
-        rp.Stop(iid(3), "its node is down"),
+        rp.Terminate(iid(3), "its node is down"),
         rp.Place(V2.id, 1),
     ]
 
@@ -586,6 +594,6 @@ def test_rolling_takes_old_instances_on_draining_nodes_out_first() -> None:
 
 
 def test_a_rejoined_instance_counts_for_the_current_release_standing() -> None:
-    old = rp.ReleaseView(uuid.UUID(int=0xA0), 0, rp.Strategy())
+    old = rp.ReleaseView(uuid.UUID(int=0xA0), 0, rp.ResolvedStrategy())
     left = inst(2, serving=False, drain_started_at=NOW - 1)
     assert rp.plan(view(inst(1), left, inst(5, old))) == [rp.Serve(iid(2)), rp.Unserve(iid(5))]

@@ -28,7 +28,7 @@ OTHER = uuid.UUID(int=0x0)
 NODES = [uuid.UUID(int=0x100 + n) for n in range(3)]
 
 strategies = st.builds(
-    rp.Strategy,
+    rp.ResolvedStrategy,
     type=st.sampled_from(["rolling", "bluegreen", "immediate"]),
     max_surge=st.integers(0, 3),
     max_unavailable=st.integers(0, 2),
@@ -41,11 +41,11 @@ strategies = st.builds(
 
 
 @st.composite
-def instances(draw: st.DrawFn, n: int) -> rp.InstanceView:
+def instances(draw: st.DrawFn, n: int) -> rp.ReplicaView:
     state = draw(st.sampled_from(list(InstanceState)))
     health = draw(st.sampled_from(list(HealthState)))
     created = NOW - draw(st.sampled_from([0.0, 1.0, 3.0, 10.0, 200.0]))
-    return rp.InstanceView(
+    return rp.ReplicaView(
         id=uuid.UUID(int=0x1000 + n),
         release_id=draw(st.sampled_from([CURRENT, TARGET, OTHER, None])),
         node_id=draw(st.sampled_from([*NODES, None])),
@@ -105,14 +105,14 @@ def apply_view(view: rp.EnvironmentView, actions: list[rp.Action]) -> rp.Environ
             by_id[a.instance_id] = dataclasses.replace(
                 by_id[a.instance_id], serving=False, drain_started_at=view.now if a.drain else None
             )
-        elif isinstance(a, rp.Stop):
+        elif isinstance(a, rp.Terminate):
             by_id[a.instance_id] = dataclasses.replace(
                 by_id[a.instance_id], desired_state="terminated"
             )
         elif isinstance(a, rp.Place):
             for _ in range(a.count):
                 placed += 1
-                new = rp.InstanceView(
+                new = rp.ReplicaView(
                     id=uuid.UUID(int=0x9000 + placed),
                     release_id=a.release_id,
                     node_id=None,
@@ -155,11 +155,11 @@ def test_an_applied_action_is_not_asked_for_again(view: rp.EnvironmentView) -> N
     first = rp.plan(view)
     after = apply_view(view, first)
     second = rp.plan(after)
-    done = {a for a in first if isinstance(a, rp.Serve | rp.Unserve | rp.Stop)}
-    again = {a for a in second if isinstance(a, rp.Serve | rp.Unserve | rp.Stop)}
+    done = {a for a in first if isinstance(a, rp.Serve | rp.Unserve | rp.Terminate)}
+    again = {a for a in second if isinstance(a, rp.Serve | rp.Unserve | rp.Terminate)}
     assert not done & again, (first, second)
     served = {a.instance_id for a in first if isinstance(a, rp.Serve)}
-    unserved = {a.instance_id for a in second if isinstance(a, rp.Unserve | rp.Stop)}
+    unserved = {a.instance_id for a in second if isinstance(a, rp.Unserve | rp.Terminate)}
     if not any(isinstance(a, rp.Promote | rp.Fail) for a in first):
         assert not served & unserved, (first, second)
 
@@ -206,9 +206,9 @@ faults = st.lists(
     events=faults,
 )
 def test_a_rollout_always_ends_and_the_environment_settles(
-    replicas: int, strategy: rp.Strategy, kind: Any, events: list[tuple[float, str, int]]
+    replicas: int, strategy: rp.ResolvedStrategy, kind: Any, events: list[tuple[float, str, int]]
 ) -> None:
-    old = rp.Strategy(min_healthy_time=1.0, drain_timeout=5.0)
+    old = rp.ResolvedStrategy(min_healthy_time=1.0, drain_timeout=5.0)
     sim = Sim(replicas=replicas, strategy=old)
     start = sim.now
     target = sim.deploy(strategy, App(kind=kind))
@@ -288,8 +288,10 @@ def test_without_faults_the_route_keeps_its_floor_and_surge_its_ceiling(
         drain_timeout=5,
         healthy_deadline=20,
     )
-    strategy = rp.Strategy.from_wire(wire, replicas)
-    sim = Sim(replicas=replicas, strategy=rp.Strategy(min_healthy_time=1.0, drain_timeout=5.0))
+    strategy = rp.ResolvedStrategy.from_wire(wire, replicas)
+    sim = Sim(
+        replicas=replicas, strategy=rp.ResolvedStrategy(min_healthy_time=1.0, drain_timeout=5.0)
+    )
     target = sim.deploy(strategy, App(kind=kind))
     floor = replicas - strategy.max_unavailable
     ceiling = 2 * replicas if bluegreen else replicas + max(strategy.max_surge, 1)

@@ -50,7 +50,7 @@ class Sim:
         self,
         *,
         replicas: int,
-        strategy: rp.Strategy | None = None,
+        strategy: rp.ResolvedStrategy | None = None,
         app: App | None = None,
         nodes: int = 3,
         now: float = 1000.0,
@@ -70,13 +70,13 @@ class Sim:
         self._next_node = 0
         self.apps: dict[uuid.UUID, App] = {}
         self.versions = itertools.count(1)
-        self.instances: dict[uuid.UUID, rp.InstanceView] = {}
+        self.instances: dict[uuid.UUID, rp.ReplicaView] = {}
         self.failures: list[float] = []
         self.target: rp.ReleaseView | None = None
         self.rollout_started_at: float | None = None
         self.outcome = Outcome()
         self.history: list[list[rp.Action]] = []
-        self.current = self.release(strategy or rp.Strategy(), app or App())
+        self.current = self.release(strategy or rp.ResolvedStrategy(), app or App())
         # the current release starts healthy and serving
         for k in range(replicas):
             inst = self._new_instance(self.current.id)
@@ -91,14 +91,16 @@ class Sim:
 
     # --- releases -------------------------------------------------------------------------
 
-    def release(self, strategy: rp.Strategy, app: App) -> rp.ReleaseView:
+    def release(self, strategy: rp.ResolvedStrategy, app: App) -> rp.ReleaseView:
         r = rp.ReleaseView(id=next(self._ids), version=next(self.versions), strategy=strategy)
         self.apps[r.id] = app
         return r
 
-    def deploy(self, strategy: rp.Strategy | None = None, app: App | None = None) -> rp.ReleaseView:
+    def deploy(
+        self, strategy: rp.ResolvedStrategy | None = None, app: App | None = None
+    ) -> rp.ReleaseView:
         """Start a rollout to a new release (a running one is superseded)."""
-        self.target = self.release(strategy or rp.Strategy(), app or App())
+        self.target = self.release(strategy or rp.ResolvedStrategy(), app or App())
         self.rollout_started_at = self.now
         return self.target
 
@@ -117,9 +119,9 @@ class Sim:
             recent_failures=tuple(t for t in self.failures if self.now - t <= 600),
         )
 
-    def _new_instance(self, release_id: uuid.UUID) -> rp.InstanceView:
+    def _new_instance(self, release_id: uuid.UUID) -> rp.ReplicaView:
         node = self._pick_node()
-        return rp.InstanceView(
+        return rp.ReplicaView(
             id=next(self._ids),
             release_id=release_id,
             node_id=node,
@@ -158,7 +160,7 @@ class Sim:
                     serving=False,
                     drain_started_at=self.now if a.drain else None,
                 )
-            elif isinstance(a, rp.Stop):
+            elif isinstance(a, rp.Terminate):
                 self._set(a.instance_id, desired_state="terminated")
             elif isinstance(a, rp.Promote):
                 assert self.target is not None and a.release_id == self.target.id
@@ -219,7 +221,7 @@ class Sim:
                 continue
             self._evolve(i, self.apps[i.release_id])
 
-    def _evolve(self, i: rp.InstanceView, app: App) -> None:
+    def _evolve(self, i: rp.ReplicaView, app: App) -> None:
         if i.node_id is None:  # the scheduler tries again
             node = self._pick_node()
             if node is None:
@@ -301,7 +303,7 @@ class Sim:
 
     # --- what is there ----------------------------------------------------------------------
 
-    def live(self, release: rp.ReleaseView | None = None) -> list[rp.InstanceView]:
+    def live(self, release: rp.ReleaseView | None = None) -> list[rp.ReplicaView]:
         return [
             i
             for i in self.instances.values()
@@ -310,11 +312,11 @@ class Sim:
             and (release is None or i.release_id == release.id)
         ]
 
-    def in_route(self, release: rp.ReleaseView | None = None) -> list[rp.InstanceView]:
+    def in_route(self, release: rp.ReleaseView | None = None) -> list[rp.ReplicaView]:
         return [i for i in self.live(release) if in_route(i)]
 
 
-def in_route(i: rp.InstanceView) -> bool:
+def in_route(i: rp.ReplicaView) -> bool:
     return (
         i.serving
         and i.drain_started_at is None
@@ -325,7 +327,7 @@ def in_route(i: rp.InstanceView) -> bool:
     )
 
 
-def live_not_draining(view: rp.EnvironmentView) -> list[rp.InstanceView]:
+def live_not_draining(view: rp.EnvironmentView) -> list[rp.ReplicaView]:
     return [
         i
         for i in view.instances
@@ -350,18 +352,20 @@ def check_pass(view: rp.EnvironmentView, actions: list[rp.Action]) -> None:
         assert actions[-1] is finals[0], "the release's state change comes last"
         assert view.target is not None and finals[0].release_id == view.target.id
     kinds = [type(a) for a in actions if not isinstance(a, rp.Wait | rp.Promote | rp.Fail)]
-    order = [rp.Serve, rp.Unserve, rp.Stop, rp.Place]
+    order = [rp.Serve, rp.Unserve, rp.Terminate, rp.Place]
     assert kinds == sorted(kinds, key=order.index), "serve, unserve, stop, place"
     seen: dict[uuid.UUID, list[rp.Action]] = {}
     for a in actions:
-        if isinstance(a, rp.Serve | rp.Unserve | rp.Stop):
+        if isinstance(a, rp.Serve | rp.Unserve | rp.Terminate):
             assert a.instance_id in by_id
             seen.setdefault(a.instance_id, []).append(a)
     for instance_id, acts in seen.items():
         inst = by_id[instance_id]
         if len(acts) == 2:
             unserve, stop = acts
-            assert unserve == rp.Unserve(instance_id, drain=False) and isinstance(stop, rp.Stop)
+            assert unserve == rp.Unserve(instance_id, drain=False) and isinstance(
+                stop, rp.Terminate
+            )
         else:
             assert len(acts) == 1, acts
         for a in acts:
@@ -372,7 +376,7 @@ def check_pass(view: rp.EnvironmentView, actions: list[rp.Action]) -> None:
                 assert not inst.serving or inst.drain_started_at is not None
             if isinstance(a, rp.Unserve):
                 assert inst.serving
-            if isinstance(a, rp.Stop):
+            if isinstance(a, rp.Terminate):
                 assert inst.desired_state == "running"
                 assert a.reason
     for a in actions:
@@ -389,7 +393,7 @@ def check_applied(
         strategy = before.target.strategy
         floor = before.replicas - strategy.max_unavailable
     else:
-        strategy = before.current.strategy if before.current else rp.Strategy()
+        strategy = before.current.strategy if before.current else rp.ResolvedStrategy()
         floor = before.replicas
     serves_a_release = before.current is not None or before.target is not None
     if serves_a_release and (strategy.type != "immediate" or before.target is None):
@@ -410,8 +414,8 @@ def check_applied(
 # --- whole rollouts ---------------------------------------------------------------------------
 
 
-def rolling(**kw: object) -> rp.Strategy:
-    return rp.Strategy(min_healthy_time=2.0, drain_timeout=5.0, **kw)  # type: ignore[arg-type]
+def rolling(**kw: object) -> rp.ResolvedStrategy:
+    return rp.ResolvedStrategy(min_healthy_time=2.0, drain_timeout=5.0, **kw)  # type: ignore[arg-type]
 
 
 def assert_promoted_and_clean(sim: Sim, release: rp.ReleaseView) -> None:
@@ -443,7 +447,7 @@ def test_rolling_three_replicas_surge_one() -> None:
 
 
 def test_rolling_surge_percentage_resolves_up() -> None:
-    strategy = rp.Strategy.from_wire(_wire(max_surge="25%", min_healthy_time=1), 4)
+    strategy = rp.ResolvedStrategy.from_wire(_wire(max_surge="25%", min_healthy_time=1), 4)
     assert strategy.max_surge == 1
     sim = Sim(replicas=4, strategy=strategy)
     v2 = sim.deploy(strategy)
@@ -495,7 +499,7 @@ def test_first_release_places_every_replica_at_once() -> None:
 
 
 def test_bluegreen_switches_in_one_pass() -> None:
-    strategy = rp.Strategy(type="bluegreen", min_healthy_time=2.0, drain_timeout=5.0)
+    strategy = rp.ResolvedStrategy(type="bluegreen", min_healthy_time=2.0, drain_timeout=5.0)
     sim = Sim(replicas=3, strategy=strategy)
     v2 = sim.deploy(strategy)
     assert sim.step() == [rp.Place(v2.id, 3)]
@@ -515,7 +519,7 @@ def test_bluegreen_switches_in_one_pass() -> None:
 
 
 def test_immediate_stops_old_first_then_serves_new() -> None:
-    strategy = rp.Strategy(type="immediate", min_healthy_time=0.0)
+    strategy = rp.ResolvedStrategy(type="immediate", min_healthy_time=0.0)
     sim = Sim(replicas=2, strategy=strategy)
     old = [i.id for i in sim.live()]
     v2 = sim.deploy(strategy)
@@ -523,8 +527,8 @@ def test_immediate_stops_old_first_then_serves_new() -> None:
     assert first == [
         rp.Unserve(old[0], drain=False),
         rp.Unserve(old[1], drain=False),
-        rp.Stop(old[0], "immediate rollout to v2"),
-        rp.Stop(old[1], "immediate rollout to v2"),
+        rp.Terminate(old[0], "immediate rollout to v2"),
+        rp.Terminate(old[1], "immediate rollout to v2"),
         rp.Place(v2.id, 2),
     ]
     sim.run_rollout()
@@ -548,10 +552,10 @@ def test_immediate_stops_old_first_then_serves_new() -> None:
 def test_a_bad_release_fails_and_the_current_one_heals_back(
     kind: AppKind, cause: str, strategy_type: rp.StrategyType
 ) -> None:
-    strategy = rp.Strategy(
+    strategy = rp.ResolvedStrategy(
         type=strategy_type, min_healthy_time=1.0, drain_timeout=5.0, healthy_deadline=30.0
     )
-    sim = Sim(replicas=3, strategy=rp.Strategy(min_healthy_time=1.0, drain_timeout=5.0))
+    sim = Sim(replicas=3, strategy=rp.ResolvedStrategy(min_healthy_time=1.0, drain_timeout=5.0))
     v1 = sim.current
     v2 = sim.deploy(strategy, App(kind=kind))
     sim.run_rollout()
@@ -574,7 +578,7 @@ def test_a_bad_release_fails_and_the_current_one_heals_back(
 
 
 def test_failure_while_old_instances_drain_lets_them_rejoin() -> None:
-    strategy = rp.Strategy(
+    strategy = rp.ResolvedStrategy(
         min_healthy_time=0.5, drain_timeout=30.0, max_surge=2, healthy_deadline=20.0
     )
     sim = Sim(replicas=3, strategy=strategy)
@@ -600,7 +604,9 @@ def test_failure_while_old_instances_drain_lets_them_rejoin() -> None:
 
 
 def test_progress_deadline_fails_a_rollout_that_cannot_finish() -> None:
-    strategy = rp.Strategy(min_healthy_time=1.0, progress_deadline=20.0, healthy_deadline=60.0)
+    strategy = rp.ResolvedStrategy(
+        min_healthy_time=1.0, progress_deadline=20.0, healthy_deadline=60.0
+    )
     sim = Sim(replicas=2, strategy=strategy, nodes=1)
     sim.drain_node(0)  # nowhere to place anything
     v2 = sim.deploy(strategy)
@@ -612,7 +618,7 @@ def test_progress_deadline_fails_a_rollout_that_cannot_finish() -> None:
 
 
 def test_healthy_deadline_fails_an_instance_stuck_pending() -> None:
-    strategy = rp.Strategy(healthy_deadline=10.0)
+    strategy = rp.ResolvedStrategy(healthy_deadline=10.0)
     sim = Sim(replicas=1, strategy=strategy)
     sim.deploy(strategy, App(start_after=1000.0))
     sim.run_rollout()
@@ -649,7 +655,7 @@ def test_scale_down_prefers_instances_not_in_the_route() -> None:
     sim.step()  # places one, still pending
     sim.replicas = 2
     pending = [i for i in sim.live(v1) if i.state == S.PENDING]
-    assert sim.step() == [rp.Stop(pending[0].id, "scaled down")]
+    assert sim.step() == [rp.Terminate(pending[0].id, "scaled down")]
 
 
 def test_scale_up_during_drain_rejoins_the_drainers() -> None:
@@ -674,7 +680,7 @@ def test_failed_instances_are_replaced_with_back_off() -> None:
         actions = sim.step()
         assert actions == [
             rp.Unserve(victim.id, drain=False),
-            rp.Stop(victim.id, "failed: exited with code 1"),
+            rp.Terminate(victim.id, "failed: exited with code 1"),
         ]
         while not any(isinstance(a, rp.Place) for a in actions):
             actions = sim.step()
@@ -775,7 +781,7 @@ def test_no_room_for_a_surge_proceeds_with_max_unavailable() -> None:
 
 
 def test_no_room_for_a_surge_without_max_unavailable_fails_and_v1_keeps_serving() -> None:
-    strategy = rp.Strategy(progress_deadline=30.0, healthy_deadline=60.0)
+    strategy = rp.ResolvedStrategy(progress_deadline=30.0, healthy_deadline=60.0)
     sim = Sim(replicas=3, strategy=rolling(), nodes=3, capacity=1)
     v1 = sim.current
     sim.deploy(strategy)

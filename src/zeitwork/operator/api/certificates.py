@@ -79,7 +79,7 @@ class CertificatePut(BaseModel):
     next_attempt_at: datetime | None = None
 
 
-class LeaseRequest(BaseModel):
+class CertificateLeaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     holder: str = Field(min_length=1, max_length=200)
@@ -204,7 +204,7 @@ def router(deps: Deps) -> APIRouter:
         return CertificateOut.of(await store.upsert(checked_write(_domain(domain), body)))
 
     @api.post("/certificates/{domain}/lease")
-    async def take_lease(domain: DomainPath, body: LeaseRequest) -> LeaseOut:
+    async def take_lease(domain: DomainPath, body: CertificateLeaseRequest) -> LeaseOut:
         lease = await store.take_lease(_domain(domain), body.holder, body.ttl_seconds)
         return LeaseOut(holder=lease.holder, expires_at=lease.expires_at)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
-from zeitwork.operator.db.instances import Instance, InstanceSpec
+from zeitwork.operator.db.instances import Instance, InstanceRequest
 from zeitwork.operator.db.pages import Page, PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
@@ -126,8 +126,8 @@ def spec_of(
     environment_variables: dict[str, str],
     restart_policy: str = "always",
     deployment_id: uuid.UUID | None = None,
-) -> InstanceSpec:
-    return InstanceSpec(
+) -> InstanceRequest:
+    return InstanceRequest(
         image_id=image_id,
         vcpu_millis=max(1, round(resources.vcpu * 1000)),
         memory_mib=resources.memory,

@@ -45,7 +45,7 @@ from zeitwork.operator.api.streaming import (
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.events import parse_version
-from zeitwork.operator.services.logs import LogLine, LogScope, Record, parse_since
+from zeitwork.operator.services.logs import LabelledLine, LogScope, Record, parse_since
 
 Format = Literal["ndjson", "sse"]
 RETRY_MILLISECONDS = 1000
@@ -58,7 +58,7 @@ class _Ids:
         self._last = 0
 
     def next(self, record: Record) -> str | None:
-        if not isinstance(record, LogLine):
+        if not isinstance(record, LabelledLine):
             return None
         self._last = max(self._last + 1, int(record.ts.timestamp() * 1_000_000))
         return str(self._last)

@@ -19,7 +19,7 @@ from zeitwork.operator.db.database import Conn
 
 
 @dataclass(frozen=True, slots=True)
-class Seen:
+class InstanceFacts:
     """What ``describe`` needs of an instance row."""
 
     state: InstanceState
@@ -44,7 +44,7 @@ def _check_detail(detail: dict[str, Any] | None) -> str:
     return str(detail.get("detail") or ("ok" if detail.get("ok") else "failed"))
 
 
-def describe(before: Seen, after: Seen) -> list[Note]:
+def describe(before: InstanceFacts, after: InstanceFacts) -> list[Note]:
     """The events of the change ``before -> after`` (none when nothing of note moved)."""
     notes: list[Note] = []
     moved = before.state is not after.state
@@ -92,8 +92,8 @@ def describe(before: Seen, after: Seen) -> list[Note]:
 
 async def record_change(
     conn: Conn,
-    before: Seen,
-    after: Seen,
+    before: InstanceFacts,
+    after: InstanceFacts,
     *,
     instance_id: uuid.UUID,
     node_id: uuid.UUID | None,

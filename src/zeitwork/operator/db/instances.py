@@ -32,7 +32,7 @@ from zeitwork.core.states import (
 from zeitwork.operator.db import changes, instance_events
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, PageRequest
-from zeitwork.operator.scheduler.placement import Candidate
+from zeitwork.operator.scheduler.placement import NodeCandidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +74,9 @@ class Instance:
     health_check: dict[str, Any] | None = None
     stop_timeout: float = 10.0
 
-    def spec(self) -> InstanceSpec:
+    def spec(self) -> InstanceRequest:
         """What a replacement of this instance needs."""
-        return InstanceSpec(
+        return InstanceRequest(
             image_id=self.image_id,
             vcpu_millis=self.vcpu_millis,
             memory_mib=self.memory_mib,
@@ -92,7 +92,7 @@ class Instance:
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceSpec:
+class InstanceRequest:
     """What a new instance needs (the node is chosen by the scheduler or the caller)."""
 
     image_id: uuid.UUID
@@ -182,8 +182,8 @@ def routable(instance: Instance) -> bool:
     )
 
 
-def _seen(instance: Instance) -> instance_events.Seen:
-    return instance_events.Seen(
+def _seen(instance: Instance) -> instance_events.InstanceFacts:
+    return instance_events.InstanceFacts(
         state=instance.state,
         health=instance.health,
         exit_code=instance.exit_code,
@@ -204,8 +204,8 @@ def instance_of(row: dict[str, Any]) -> Instance:
 _instance = instance_of
 
 
-def _candidate(row: dict[str, Any]) -> Candidate:
-    return Candidate(
+def _candidate(row: dict[str, Any]) -> NodeCandidate:
+    return NodeCandidate(
         node_id=row["id"],
         capacity=Resources(millicpu=row["vcpu_millis"], memory_mib=row["memory_mib"]),
         allocated=Resources(
@@ -352,7 +352,7 @@ class InstanceStore:
         feasible_only: bool = True,
         limit: int | None = 32,
         conn: Conn | None = None,
-    ) -> list[Candidate]:
+    ) -> list[NodeCandidate]:
         """Ready nodes (with enough free capacity when ``feasible_only``), tightest first;
         with ``release_id`` (else ``deployment_id``) each carries how many of its replicas
         it already runs (live ones)."""
@@ -394,7 +394,9 @@ class InstanceStore:
             rows = await cur.fetchall()
         return [_candidate(r) for r in rows]
 
-    async def node_candidate(self, node_id: uuid.UUID, *, conn: Conn | None = None) -> Candidate:
+    async def node_candidate(
+        self, node_id: uuid.UUID, *, conn: Conn | None = None
+    ) -> NodeCandidate:
         """One node's capacity (NotFound if it does not exist)."""
         async with self._db.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
             await cur.execute(
@@ -410,7 +412,7 @@ class InstanceStore:
     async def try_place(
         self,
         node_id: uuid.UUID,
-        spec: InstanceSpec,
+        spec: InstanceRequest,
         *,
         wait_for_lock: bool = False,
         conn: Conn | None = None,

@@ -48,7 +48,7 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
+class NodePeer:
     """Another serving node: its instance subnet and its address (the next hop)."""
 
     node_id: uuid.UUID
@@ -397,7 +397,7 @@ class NodeStore:
 
     async def peers(
         self, node_id: uuid.UUID, *, conn: Conn | None = None
-    ) -> tuple[int, list[Peer]]:
+    ) -> tuple[int, list[NodePeer]]:
         """Every other serving node with a subnet, and the ``peers`` version of that read."""
         async with self._db.connection(conn) as c, c.transaction():
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -408,7 +408,7 @@ class NodeStore:
                 (node_id,),
             )
             rows = await cur.fetchall()
-        return version, [Peer(node_id=r[0], subnet=r[1], ip_address=r[2]) for r in rows]
+        return version, [NodePeer(node_id=r[0], subnet=r[1], ip_address=r[2]) for r in rows]
 
     async def agent_endpoints(
         self, node_ids: Iterable[uuid.UUID], *, conn: Conn | None = None

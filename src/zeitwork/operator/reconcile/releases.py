@@ -30,7 +30,7 @@ from zeitwork.core.errors import (
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.operator.db import changes, events
 from zeitwork.operator.db.database import Conn, Database
-from zeitwork.operator.db.instances import InstanceSpec, InstanceStore
+from zeitwork.operator.db.instances import InstanceRequest, InstanceStore
 from zeitwork.operator.db.releases import Release, ReleaseStore, Rollout
 from zeitwork.operator.reconcile import rollout_plan as rp
 from zeitwork.operator.services.instances import InstanceService
@@ -47,10 +47,10 @@ TOPIC_ORDER = (changes.ROUTES, changes.RELEASES)
 FAILURE_KINDS = ("instance.failed", "instance.exited", "instance.oom_killed")
 
 
-def strategy_of(raw: dict[str, Any], replicas: int) -> rp.Strategy:
+def strategy_of(raw: dict[str, Any], replicas: int) -> rp.ResolvedStrategy:
     """A release's stored strategy, counts resolved against ``replicas``."""
     wire = RolloutStrategy.model_validate(raw)
-    return rp.Strategy(
+    return rp.ResolvedStrategy(
         type=wire.type,
         max_surge=rp.resolve_count(wire.max_surge, replicas, round_up=True),
         max_unavailable=rp.resolve_count(wire.max_unavailable, replicas, round_up=False),
@@ -72,10 +72,10 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def instance_spec(release: Release) -> InstanceSpec:
+def instance_spec(release: Release) -> InstanceRequest:
     """A new instance of ``release``: its spec travels in the instance's row."""
     stop_timeout = float(release.strategy.get("stop_timeout", 10.0))
-    return InstanceSpec(
+    return InstanceRequest(
         image_id=release.image_id,
         vcpu_millis=release.vcpu_millis,
         memory_mib=release.memory_mib,
@@ -217,7 +217,7 @@ class ReleaseReconciler:
             await c.execute(_INSTANCE_SQL, (environment_id,))
             rows = await c.fetchall()
         instances = tuple(
-            rp.InstanceView(
+            rp.ReplicaView(
                 id=r["id"],
                 release_id=r["release_id"],
                 node_id=r["node_id"],
@@ -281,7 +281,7 @@ class ReleaseReconciler:
                 await self._unserve(
                     tx, instance_id, drain=drain, releases=releases, rollout=rollout
                 )
-            case rp.Stop(instance_id=instance_id, reason=reason):
+            case rp.Terminate(instance_id=instance_id, reason=reason):
                 await self._stop(tx, instance_id, reason, releases, rollout)
             case rp.Promote(release_id=release_id):
                 await self._promote(tx, view, releases[release_id], rollout)

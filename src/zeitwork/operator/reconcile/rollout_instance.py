@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from zeitwork.core.states import HealthState, InstanceState
 
 if TYPE_CHECKING:
-    from zeitwork.operator.reconcile.rollout_view import InstanceView
+    from zeitwork.operator.reconcile.rollout_view import ReplicaView
 
 BACKOFF_CAP = 60.0  # s: the longest wait before placing again after failures
 FAILURE_WINDOW = 600.0  # s: failures older than this do not count for the back-off
@@ -33,7 +33,7 @@ def backoff_until(failures: tuple[float, ...], now: float) -> float | None:
     return until if until > now else None
 
 
-def failure_cause(instance: InstanceView, version: int, *, healthy_deadline: float) -> str:
+def failure_cause(instance: ReplicaView, version: int, *, healthy_deadline: float) -> str:
     """Why ``instance`` fails its release, readable, followed by up to the last 20 log lines."""
     head = f"instance {short_id(instance)} of v{version}"
     if has_ended(instance):
@@ -56,43 +56,43 @@ _ENDED = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
 _OUR_KILL_CODES = frozenset({137, 143})  # SIGKILL / SIGTERM after a failed liveness check
 
 
-def is_live(i: InstanceView) -> bool:
+def is_live(i: ReplicaView) -> bool:
     return i.desired_state == "running" and i.state not in _NOT_LIVE
 
 
-def has_ended(i: InstanceView) -> bool:
+def has_ended(i: ReplicaView) -> bool:
     """Wanted running but ended for good (the agent reports failed/stopped once its
     restart policy gave up)."""
     return i.desired_state == "running" and i.state in _ENDED
 
 
-def is_healthy(i: InstanceView) -> bool:
+def is_healthy(i: ReplicaView) -> bool:
     """Running and healthy as last reported (never on a node that is down)."""
     return i.state == InstanceState.RUNNING and i.health == HealthState.HEALTHY and not i.node_down
 
 
-def in_route(i: InstanceView) -> bool:
+def in_route(i: ReplicaView) -> bool:
     """Listed by the route table: serving, running, healthy, not draining."""
     return i.serving and i.drain_started_at is None and is_healthy(i)
 
 
-def is_leaving(i: InstanceView) -> bool:
+def is_leaving(i: ReplicaView) -> bool:
     """On a node that takes no new work (an instance not on a node yet is not)."""
     return i.node_id is not None and (i.node_down or not i.node_schedulable)
 
 
-def ready_at(i: InstanceView, min_healthy_time: float) -> float | None:
+def ready_at(i: ReplicaView, min_healthy_time: float) -> float | None:
     """When ``i`` has been healthy for ``min_healthy_time`` (None: not healthy)."""
     if not is_healthy(i) or i.healthy_since is None:
         return None
     return i.healthy_since + min_healthy_time
 
 
-def by_age(i: InstanceView) -> tuple[float, str]:
+def by_age(i: ReplicaView) -> tuple[float, str]:
     return (i.created_at, str(i.id))
 
 
-def last_check_text(i: InstanceView) -> str:
+def last_check_text(i: ReplicaView) -> str:
     if i.last_check:
         return f"last check: {i.last_check}"
     if i.reason:
@@ -100,7 +100,7 @@ def last_check_text(i: InstanceView) -> str:
     return f"{i.state.value}, no health check result yet"
 
 
-def ended_phrase(i: InstanceView) -> str:
+def ended_phrase(i: ReplicaView) -> str:
     failed_check = i.health == HealthState.UNHEALTHY and bool(i.last_check)
     if i.oom_killed:
         phrase = "was killed: out of memory"
@@ -132,7 +132,7 @@ def with_logs(text: str, log_tail: tuple[str, ...]) -> str:
     return text + "\nlast log lines:\n" + "\n".join(lines)
 
 
-def short_id(i: InstanceView) -> str:
+def short_id(i: ReplicaView) -> str:
     return str(i.id)[:8]
 
 

@@ -46,14 +46,14 @@ Rules (``plan`` returns the actions of one pass; applying them and planning agai
 - Node drain: an instance on a node that is not serving new work (``node_schedulable``
   False: draining or down) is replaced: a replacement of its release is placed first, and
   once the replacement serves, the instance leaves the route, drains and is stopped.
-- Drain end: an instance draining for ``drain_timeout`` s is stopped (``Stop``).
+- Drain end: an instance draining for ``drain_timeout`` s is stopped (``Terminate``).
 
 How the rules are applied, where the rules above leave a choice:
 
-- A pass lists ``Serve``, then ``Unserve``, then ``Stop``, then ``Place``, then the release's
+- A pass lists ``Serve``, then ``Unserve``, then ``Terminate``, then ``Place``, then the release's
   ``Promote`` or ``Fail``; or it is one ``Wait`` alone (``until`` the earliest timer that
   can change the plan, always in the future, or None). At most one action per instance,
-  except ``Unserve(drain=False)`` followed by ``Stop`` for a serving instance stopped at once
+  except ``Unserve(drain=False)`` followed by ``Terminate`` for a serving instance stopped at once
   (an instance no longer wanted running that still serves only gets the ``Unserve``).
 - ``Serve`` puts an instance in the route and ends its drain (``drain_started_at = None``):
   a draining instance that rejoins. ``Unserve`` clears ``serving``.
@@ -105,14 +105,14 @@ from zeitwork.operator.reconcile.rollout_view import (
     Action,
     EnvironmentView,
     Fail,
-    InstanceView,
     Place,
     Promote,
     ReleaseView,
+    ReplicaView,
+    ResolvedStrategy,
     Serve,
-    Stop,
-    Strategy,
     StrategyType,
+    Terminate,
     Unserve,
     Wait,
 )
@@ -122,14 +122,14 @@ __all__ = [
     "Action",
     "EnvironmentView",
     "Fail",
-    "InstanceView",
     "Place",
     "Promote",
     "ReleaseView",
+    "ReplicaView",
+    "ResolvedStrategy",
     "Serve",
-    "Stop",
-    "Strategy",
     "StrategyType",
+    "Terminate",
     "Unserve",
     "Wait",
     "plan",
@@ -161,7 +161,7 @@ class _Pass:
         self.instances = sorted(view.instances, key=by_age)
         self._serve: list[Serve] = []
         self._unserve: list[Unserve] = []
-        self._stop: list[Stop] = []
+        self._stop: list[Terminate] = []
         self._place: list[Place] = []
         self._final: list[Promote | Fail] = []
         self._touched: set[uuid.UUID] = set()
@@ -172,7 +172,7 @@ class _Pass:
     # the instances still to decide on
     def live(
         self, release_id: uuid.UUID | None = None, *, draining: bool = False
-    ) -> list[InstanceView]:
+    ) -> list[ReplicaView]:
         return [
             i
             for i in self.instances
@@ -182,29 +182,29 @@ class _Pass:
             and (release_id is None or i.release_id == release_id)
         ]
 
-    def others(self, *release_ids: uuid.UUID) -> list[InstanceView]:
+    def others(self, *release_ids: uuid.UUID) -> list[ReplicaView]:
         """Live, not draining, of none of ``release_ids``."""
         return [i for i in self.live() if i.release_id not in release_ids]
 
-    def serve(self, i: InstanceView) -> None:
+    def serve(self, i: ReplicaView) -> None:
         self._touched.add(i.id)
         self._serve.append(Serve(i.id))
 
-    def unserve(self, i: InstanceView, *, drain: bool = True) -> None:
+    def unserve(self, i: ReplicaView, *, drain: bool = True) -> None:
         self._touched.add(i.id)
         self._unserve.append(Unserve(i.id, drain=drain))
 
-    def stop(self, i: InstanceView, reason: str) -> None:
-        """Stop ``i``; a serving one leaves the route first, without a drain."""
+    def stop(self, i: ReplicaView, reason: str) -> None:
+        """Terminate ``i``; a serving one leaves the route first, without a drain."""
         if i.serving:
             self._unserve.append(Unserve(i.id, drain=False))
         self._touched.add(i.id)
-        self._stop.append(Stop(i.id, reason))
+        self._stop.append(Terminate(i.id, reason))
 
-    def untouched(self, i: InstanceView) -> bool:
+    def untouched(self, i: ReplicaView) -> bool:
         return i.id not in self._touched
 
-    def keep(self, i: InstanceView) -> None:
+    def keep(self, i: ReplicaView) -> None:
         """Decided: nothing to do with ``i`` this pass."""
         self._touched.add(i.id)
 
@@ -240,14 +240,14 @@ class _Pass:
             else:
                 self.timer(ends, "draining")
 
-    def _strategy_of(self, i: InstanceView) -> Strategy:
+    def _strategy_of(self, i: ReplicaView) -> ResolvedStrategy:
         for release in (self.view.target, self.view.current):
             if release is not None and release.id == i.release_id:
                 return release.strategy
         for release in (self.view.current, self.view.target):
             if release is not None:
                 return release.strategy
-        return Strategy()
+        return ResolvedStrategy()
 
     def actions(self) -> list[Action]:
         self._drain_ends()
@@ -262,12 +262,12 @@ class _Pass:
 
 
 def _leave_route(
-    p: _Pass, candidates: list[InstanceView], budget: int, reason: str
-) -> tuple[int, list[InstanceView]]:
+    p: _Pass, candidates: list[ReplicaView], budget: int, reason: str
+) -> tuple[int, list[ReplicaView]]:
     """Serving ``candidates`` leave the route (drain) while the number in the route may
     drop by ``budget`` (one not in the route costs nothing); non-serving ones stop. The
     budget left and the candidates kept."""
-    kept: list[InstanceView] = []
+    kept: list[ReplicaView] = []
     for i in candidates:
         if not i.serving:
             p.stop(i, reason)
@@ -282,16 +282,16 @@ def _leave_route(
     return budget, kept
 
 
-def _is_ready(i: InstanceView, min_healthy_time: float, now: float) -> bool:
+def _is_ready(i: ReplicaView, min_healthy_time: float, now: float) -> bool:
     at = ready_at(i, min_healthy_time)
     return at is not None and now >= at
 
 
 def _serve_ready(
-    p: _Pass, instances: list[InstanceView], strategy: Strategy, label: str
-) -> list[InstanceView]:
+    p: _Pass, instances: list[ReplicaView], strategy: ResolvedStrategy, label: str
+) -> list[ReplicaView]:
     """Serve the instances ready (healthy for ``min_healthy_time``); those now serving."""
-    serving: list[InstanceView] = []
+    serving: list[ReplicaView] = []
     for i in instances:
         if i.serving:
             serving.append(i)
@@ -343,7 +343,7 @@ def _rollout(p: _Pass, target: ReleaseView) -> None:
         _rolling(p, target, tgt, old)
 
 
-def _rollout_failure(p: _Pass, target: ReleaseView, tgt: list[InstanceView]) -> str | None:
+def _rollout_failure(p: _Pass, target: ReleaseView, tgt: list[ReplicaView]) -> str | None:
     s = target.strategy
     for i in p.instances:
         if i.release_id == target.id and has_ended(i):
@@ -386,11 +386,11 @@ def _fail(p: _Pass, target: ReleaseView, cause: str) -> None:
 
 def _old_first(
     current_id: uuid.UUID | None,
-) -> Callable[[InstanceView], tuple[bool, bool, float, str]]:
+) -> Callable[[ReplicaView], tuple[bool, bool, float, str]]:
     """Old instances in the order they leave the route: of neither release, on a node that
     takes no new work, oldest (those not in the route leave anyway, see ``_leave_route``)."""
 
-    def key(i: InstanceView) -> tuple[bool, bool, float, str]:
+    def key(i: ReplicaView) -> tuple[bool, bool, float, str]:
         return (
             i.release_id == current_id,
             not is_leaving(i),
@@ -401,9 +401,7 @@ def _old_first(
     return key
 
 
-def _rolling(
-    p: _Pass, target: ReleaseView, tgt: list[InstanceView], old: list[InstanceView]
-) -> None:
+def _rolling(p: _Pass, target: ReleaseView, tgt: list[ReplicaView], old: list[ReplicaView]) -> None:
     view, s = p.view, target.strategy
     replicas = view.replicas
     surge = s.max_surge if s.max_surge > 0 or s.max_unavailable > 0 else 1
@@ -418,7 +416,7 @@ def _rolling(
 
 
 def _bluegreen(
-    p: _Pass, target: ReleaseView, tgt: list[InstanceView], old: list[InstanceView]
+    p: _Pass, target: ReleaseView, tgt: list[ReplicaView], old: list[ReplicaView]
 ) -> None:
     s, replicas = target.strategy, p.view.replicas
     label = f"v{target.version}"
@@ -443,7 +441,7 @@ def _bluegreen(
 
 
 def _immediate(
-    p: _Pass, target: ReleaseView, tgt: list[InstanceView], old: list[InstanceView]
+    p: _Pass, target: ReleaseView, tgt: list[ReplicaView], old: list[ReplicaView]
 ) -> None:
     label = f"v{target.version}"
     draining = [i for i in p.live(draining=True) if i.release_id != target.id]
@@ -502,10 +500,10 @@ def _steady(p: _Pass) -> None:
     _leave_route(p, sorted(leaving, key=by_age), budget, "its node takes no new work")
 
 
-def _scale_down_first(i: InstanceView) -> tuple[bool, float, str]:
+def _scale_down_first(i: ReplicaView) -> tuple[bool, float, str]:
     """Not in the route first, then newest first."""
     return (in_route(i), -i.created_at, str(i.id))
 
 
-def _recently_drained(i: InstanceView) -> tuple[float, str]:
+def _recently_drained(i: ReplicaView) -> tuple[float, str]:
     return (-(i.drain_started_at or 0.0), str(i.id))

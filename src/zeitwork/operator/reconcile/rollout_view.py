@@ -18,7 +18,7 @@ StrategyType = Literal["rolling", "bluegreen", "immediate"]
 
 
 @dataclass(frozen=True, slots=True)
-class Strategy:
+class ResolvedStrategy:
     """``RolloutStrategy`` (wire) with counts already resolved against the replica count."""
 
     type: StrategyType = "rolling"
@@ -31,7 +31,7 @@ class Strategy:
     auto_revert: bool = True
 
     @classmethod
-    def from_wire(cls, strategy: RolloutStrategy, replicas: int) -> Strategy:
+    def from_wire(cls, strategy: RolloutStrategy, replicas: int) -> ResolvedStrategy:
         """The wire strategy with ``max_surge`` / ``max_unavailable`` resolved against
         ``replicas`` (see ``resolve_count``)."""
         return cls(
@@ -50,11 +50,11 @@ class Strategy:
 class ReleaseView:
     id: uuid.UUID
     version: int
-    strategy: Strategy
+    strategy: ResolvedStrategy
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceView:
+class ReplicaView:
     id: uuid.UUID
     release_id: uuid.UUID | None
     node_id: uuid.UUID | None
@@ -83,7 +83,7 @@ class EnvironmentView:
     target: ReleaseView | None = None
     rollout_id: uuid.UUID | None = None
     rollout_started_at: float | None = None
-    instances: tuple[InstanceView, ...] = ()
+    instances: tuple[ReplicaView, ...] = ()
     """every instance of the environment that is not terminated (any release)"""
     recent_failures: tuple[float, ...] = field(default=())
     """when instances of the current release failed, the last ten minutes"""
@@ -114,7 +114,7 @@ class Unserve:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class Terminate:
     """Desired ``terminated``: the agent stops it (SIGTERM, SIGKILL after the stop
     timeout) and its reservation is released."""
 
@@ -142,4 +142,4 @@ class Wait:
     until: float | None = None
 
 
-Action = Place | Serve | Unserve | Stop | Promote | Fail | Wait
+Action = Place | Serve | Unserve | Terminate | Promote | Fail | Wait

@@ -1,6 +1,6 @@
 """Where an instance should run: pure functions over a snapshot of node capacity.
 
-The decision is pure; the database applies it. A ``Plan`` lists the feasible nodes in order
+The decision is pure; the database applies it. A ``PlacementPlan`` lists the feasible nodes in order
 of preference; the store tries them in order with a conditional ``UPDATE`` that re-checks
 free capacity under the row lock, so a snapshot that is stale by the time it is applied can
 never over-commit a node (it only moves the instance to the next candidate).
@@ -33,7 +33,7 @@ class Strategy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
+class NodeCandidate:
     """One ready node as the scheduler sees it."""
 
     node_id: uuid.UUID
@@ -51,7 +51,7 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class PlacementPlan:
     """Feasible nodes, most preferred first (never empty)."""
 
     node_ids: tuple[uuid.UUID, ...]
@@ -89,11 +89,11 @@ def _describe(amount: Resources) -> str:
     return f"{amount.vcpu:g} vCPU and {amount.memory_mib} MiB memory"
 
 
-Decision = Plan | NoFit
+Decision = PlacementPlan | NoFit
 
 
 def _key(
-    c: Candidate, request: Resources, strategy: Strategy, salt: int
+    c: NodeCandidate, request: Resources, strategy: Strategy, salt: int
 ) -> tuple[int, int, int, int]:
     left = c.free - request
     tie = c.node_id.int ^ salt
@@ -102,11 +102,11 @@ def _key(
     return (c.replicas, left.millicpu, left.memory_mib, tie)
 
 
-def _closest(candidates: Sequence[Candidate], request: Resources) -> NoFit:
+def _closest(candidates: Sequence[NodeCandidate], request: Resources) -> NoFit:
     if not candidates:
         return NoFit(request=request, ready_nodes=0, best_free=None, shortfall={})
 
-    def badness(c: Candidate) -> tuple[float, float, str]:
+    def badness(c: NodeCandidate) -> tuple[float, float, str]:
         short = request.shortfall(c.free)
         # normalise: 1 vCPU missing weighs like 1 GiB missing
         return (short.get("vcpu", 0) + short.get("memory", 0) / 1024, 0.0, str(c.node_id))
@@ -121,7 +121,7 @@ def _closest(candidates: Sequence[Candidate], request: Resources) -> NoFit:
 
 
 def place(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[NodeCandidate],
     request: Resources,
     *,
     strategy: Strategy = Strategy.BINPACK,
@@ -133,11 +133,11 @@ def place(
     if not feasible:
         return _closest(pool, request)
     feasible.sort(key=lambda c: _key(c, request, strategy, salt))
-    return Plan(node_ids=tuple(c.node_id for c in feasible))
+    return PlacementPlan(node_ids=tuple(c.node_id for c in feasible))
 
 
 def place_replicas(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[NodeCandidate],
     request: Resources,
     count: int,
     *,

@@ -17,37 +17,37 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from zeitwork.core.resources import Resources
-from zeitwork.operator.scheduler.placement import Candidate
+from zeitwork.operator.scheduler.placement import NodeCandidate
 
 _MAX_SIZES = 64
 
 
 @dataclass
-class _Entry:
+class _CachedNodes:
     taken_at: float
-    candidates: dict[uuid.UUID, Candidate] = field(default_factory=dict)
+    candidates: dict[uuid.UUID, NodeCandidate] = field(default_factory=dict)
 
 
 class CandidateSnapshots:
     def __init__(self, *, ttl: float = 0.5) -> None:
         self.ttl = ttl
-        self._entries: dict[tuple[int, int], _Entry] = {}
+        self._entries: dict[tuple[int, int], _CachedNodes] = {}
 
     @staticmethod
     def _key(request: Resources) -> tuple[int, int]:
         return (request.millicpu, request.memory_mib)
 
-    def get(self, request: Resources, now: float) -> list[Candidate] | None:
+    def get(self, request: Resources, now: float) -> list[NodeCandidate] | None:
         """The snapshot for this request size, or None when there is none or it is old."""
         entry = self._entries.get(self._key(request))
         if entry is None or now - entry.taken_at > self.ttl or not entry.candidates:
             return None
         return list(entry.candidates.values())
 
-    def put(self, request: Resources, candidates: Iterable[Candidate], now: float) -> None:
+    def put(self, request: Resources, candidates: Iterable[NodeCandidate], now: float) -> None:
         if len(self._entries) >= _MAX_SIZES:
             self._entries.clear()
-        self._entries[self._key(request)] = _Entry(
+        self._entries[self._key(request)] = _CachedNodes(
             taken_at=now, candidates={c.node_id: c for c in candidates}
         )
 

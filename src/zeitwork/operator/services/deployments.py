@@ -8,7 +8,7 @@ import uuid
 import structlog
 
 from zeitwork.operator.db.database import Database
-from zeitwork.operator.db.instances import Instance, InstanceSpec
+from zeitwork.operator.db.instances import Instance, InstanceRequest
 from zeitwork.operator.db.projects import Deployment, ProjectStore
 from zeitwork.operator.services.instances import InstanceService
 
@@ -24,7 +24,7 @@ class DeploymentService:
         self._instances = instance_service
 
     async def create(
-        self, *, project_id: uuid.UUID, spec: InstanceSpec, replicas: int
+        self, *, project_id: uuid.UUID, spec: InstanceRequest, replicas: int
     ) -> tuple[Deployment, list[Instance]]:
         async with self._db.transaction() as tx:
             deployment = await self._projects.create_deployment(
@@ -38,7 +38,7 @@ class DeploymentService:
             )
             placed: list[Instance] = []
             if replicas:
-                bound = InstanceSpec(
+                bound = InstanceRequest(
                     image_id=spec.image_id,
                     vcpu_millis=spec.vcpu_millis,
                     memory_mib=spec.memory_mib,

@@ -92,7 +92,7 @@ class PlatformSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class PullGrant:
+class PullTicket:
     """What a node needs to pull an image from the platform registry itself; ``location``
     is None when it must download the archive from the operator (``reason`` says why)."""
 
@@ -419,7 +419,7 @@ class ImageService:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def pull_grant(self, image_id: uuid.UUID, *, ttl: int = 900) -> PullGrant:
+    async def pull_grant(self, image_id: uuid.UUID, *, ttl: int = 900) -> PullTicket:
         """How a node gets ``image_id``: from the platform registry (pushed now if it is
         not there yet) with a credential that can only pull, or from the operator."""
         image = await self._images.get(image_id)
@@ -427,19 +427,21 @@ class ImageService:
             raise NotFound(f"image {image_id} has no content (status {image.status.value})")
         digest = image.digest
         if self._publish_to is None or self._registry is None:
-            return PullGrant(image_id, digest, reason="this operator has no platform registry")
+            return PullTicket(image_id, digest, reason="this operator has no platform registry")
         try:
             image = await self.publish(image)
         except ZeitworkError as exc:  # the registry is down: the node takes the archive
             log.warning("image.publish_failed", image_id=str(image.id), error=exc.detail)
-            return PullGrant(image_id, digest, reason=f"the platform registry failed: {exc.detail}")
+            return PullTicket(
+                image_id, digest, reason=f"the platform registry failed: {exc.detail}"
+            )
         location = location_of(image)
         assert location is not None and image.digest is not None
         ref = parse_reference(location)
         plain = self._registry.is_plain_http(ref.endpoint)
         platform = self._publish_to
         if platform.pull is not None:  # a read-only account: bearer or basic, it can only pull
-            return PullGrant(
+            return PullTicket(
                 image.id,
                 image.digest,
                 location,
@@ -449,12 +451,12 @@ class ImageService:
             )
         kind, token = await self._registry.pull_access(ref, credentials=platform.push)
         if kind == "anonymous":
-            return PullGrant(image.id, image.digest, location, plain_http=plain)
+            return PullTicket(image.id, image.digest, location, plain_http=plain)
         if kind == "bearer":
-            return PullGrant(
+            return PullTicket(
                 image.id, image.digest, location, plain_http=plain, token=token, expires_in=ttl
             )
-        return PullGrant(
+        return PullTicket(
             image.id,
             image.digest,
             reason="the platform registry wants basic credentials and no read-only account "

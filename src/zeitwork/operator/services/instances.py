@@ -16,9 +16,9 @@ from zeitwork.core.errors import Conflict, InsufficientCapacity, InvalidInput
 from zeitwork.core.resources import Resources
 from zeitwork.core.states import InstanceState
 from zeitwork.operator.db.database import Conn, Database
-from zeitwork.operator.db.instances import Instance, InstanceSpec, InstanceStore, StatusUpdate
+from zeitwork.operator.db.instances import Instance, InstanceRequest, InstanceStore, StatusUpdate
 from zeitwork.operator.scheduler.placement import (
-    Candidate,
+    NodeCandidate,
     NoFit,
     Strategy,
     place,
@@ -95,7 +95,7 @@ class InstanceService:
         nodes first instead of queueing on (or skipping past) the same locked row."""
 
     async def create(
-        self, spec: InstanceSpec, *, node_id: uuid.UUID | None = None, conn: Conn | None = None
+        self, spec: InstanceRequest, *, node_id: uuid.UUID | None = None, conn: Conn | None = None
     ) -> Instance:
         """Place ``spec`` on ``node_id`` (capacity still checked) or where the scheduler
         says; InsufficientCapacity (409, naming the shortfall) when nothing fits."""
@@ -112,7 +112,7 @@ class InstanceService:
         return instance
 
     async def _place_on(
-        self, node_id: uuid.UUID, spec: InstanceSpec, *, conn: Conn | None
+        self, node_id: uuid.UUID, spec: InstanceRequest, *, conn: Conn | None
     ) -> Instance:
         instance = await self._instances.try_place(node_id, spec, wait_for_lock=True, conn=conn)
         if instance is not None:
@@ -127,7 +127,7 @@ class InstanceService:
             extra={"node_id": str(node_id)},
         )
 
-    async def _schedule(self, spec: InstanceSpec, *, conn: Conn | None) -> Instance:
+    async def _schedule(self, spec: InstanceRequest, *, conn: Conn | None) -> Instance:
         """Plan on a snapshot of candidates (fresh, or the process's recent one for a
         stand-alone instance), then apply: the first candidate whose conditional UPDATE
         succeeds wins. A refusing node leaves the snapshot; after a round without success
@@ -179,7 +179,7 @@ class InstanceService:
         )
 
     async def _raise_no_fit(self, request: Resources, *, conn: Conn | None) -> None:
-        everything: list[Candidate] = await self._instances.candidates(
+        everything: list[NodeCandidate] = await self._instances.candidates(
             request, feasible_only=False, limit=None, conn=conn
         )
         decision = place(everything, request, strategy=self._strategy)
@@ -187,7 +187,7 @@ class InstanceService:
             raise no_fit_error(decision)
 
     async def create_replicas(
-        self, spec: InstanceSpec, count: int, *, conn: Conn | None = None
+        self, spec: InstanceRequest, count: int, *, conn: Conn | None = None
     ) -> list[Instance]:
         """Place ``count`` replicas of a deployment, spread across nodes, in one
         transaction: all of them or none (InsufficientCapacity)."""

@@ -81,7 +81,7 @@ _LIVE = (InstanceState.PENDING, InstanceState.STARTING, InstanceState.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
-class LogLine:
+class LabelledLine:
     ts: datetime
     instance_id: uuid.UUID
     node_id: uuid.UUID
@@ -114,7 +114,7 @@ class Notice:
         return json.dumps({"notice": self.notice}, ensure_ascii=False, separators=(",", ":"))
 
 
-Record = LogLine | Notice
+Record = LabelledLine | Notice
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def parse_since(text: str, *, now: datetime, what: str = "since") -> datetime:
     return parsed
 
 
-def merge(batches: Sequence[Sequence[LogLine]]) -> list[LogLine]:
+def merge(batches: Sequence[Sequence[LabelledLine]]) -> list[LabelledLine]:
     """Lines of several instances in time order; lines of one instance keep their order
     and, at equal times, earlier batches come first (pure, stable)."""
     keyed = [
@@ -172,10 +172,10 @@ def labelled(
     source: LogSource,
     *,
     read_at: datetime,
-) -> LogLine:
+) -> LabelledLine:
     """An agent's line labelled with its instance, node and release; timed by when it was
     written, or ``read_at`` when the agent did not record that (pure)."""
-    return LogLine(
+    return LabelledLine(
         line.ts if line.ts is not None else read_at,
         source.instance_id,
         source.node_id,
@@ -186,7 +186,7 @@ def labelled(
     )
 
 
-def within(line: LogLine, *, since: datetime | None, until: datetime | None) -> bool:
+def within(line: LabelledLine, *, since: datetime | None, until: datetime | None) -> bool:
     """Whether a line was written in ``[since, until]`` (an open end: no bound) (pure)."""
     return (since is None or line.ts >= since) and (until is None or line.ts <= until)
 
@@ -308,7 +308,7 @@ class ReorderWindow:
 
     hold: float = REORDER_SECONDS
     limit: int = QUEUE_RECORDS
-    _heap: list[tuple[datetime, int, float, LogLine]] = field(default_factory=list)
+    _heap: list[tuple[datetime, int, float, LabelledLine]] = field(default_factory=list)
     _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
     _held: set[int] = field(default_factory=set)
     _last: dict[uuid.UUID, datetime] = field(default_factory=dict)
@@ -317,7 +317,7 @@ class ReorderWindow:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, line: LogLine, *, now: float) -> None:
+    def push(self, line: LabelledLine, *, now: float) -> None:
         key = max(line.ts, self._last.get(line.instance_id, line.ts))
         self._last[line.instance_id] = key
         self._count += 1
@@ -330,9 +330,9 @@ class ReorderWindow:
             self._arrivals.popleft()
         return self._arrivals[0][0] if self._arrivals else None
 
-    def ready(self, *, now: float) -> list[LogLine]:
+    def ready(self, *, now: float) -> list[LabelledLine]:
         """The lines that leave now, in order."""
-        out: list[LogLine] = []
+        out: list[LabelledLine] = []
         while self._heap:
             oldest = self._oldest()
             overdue = oldest is not None and oldest + 2 * self.hold <= now
@@ -407,7 +407,7 @@ class LogFanIn:
         sources, endpoints = await self._sources(scope)
         tail = history_tail(tail, len(sources))
 
-        async def read(source: LogSource) -> list[LogLine] | Notice:
+        async def read(source: LogSource) -> list[LabelledLine] | Notice:
             endpoint = endpoints.get(source.node_id)
             hostname = endpoint.hostname if endpoint else str(source.node_id)
             client = await self._client(endpoint) if endpoint else None

@@ -78,7 +78,7 @@ def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> floa
 
 
 @dataclass(frozen=True, slots=True)
-class Balancer:
+class BalancerIncrease:
     """One balancer's increases over the window, summed over the app's routes."""
 
     lb_id: str
@@ -88,7 +88,9 @@ class Balancer:
     added: Vector
 
 
-def balancer_increase(samples: Sequence[StatsSample], hosts: Collection[str]) -> Balancer | None:
+def balancer_increase(
+    samples: Sequence[StatsSample], hosts: Collection[str]
+) -> BalancerIncrease | None:
     """Increases between consecutive samples of one balancer (ordered by ``at``), over the
     routes in ``hosts``; None unless two samples span some time."""
     if len(samples) < 2:
@@ -111,7 +113,7 @@ def balancer_increase(samples: Sequence[StatsSample], hosts: Collection[str]) ->
             previous = None if old is None else route_vector(old, len(bounds) + 1)
             for i, x in enumerate(increase(previous, current, restarted=restarted)):
                 added[i] += x
-    return Balancer(lb_id=last.lb_id, span=span, bounds=bounds, added=added)
+    return BalancerIncrease(lb_id=last.lb_id, span=span, bounds=bounds, added=added)
 
 
 def app_metrics(
@@ -128,7 +130,7 @@ def app_metrics(
     for sample in samples:
         if sample.received >= now - window:
             by_lb.setdefault(sample.lb_id, []).append(sample)
-    balancers: list[Balancer] = []
+    balancers: list[BalancerIncrease] = []
     for listed in by_lb.values():
         listed.sort(key=lambda s: s.at)
         if listed[-1].received < now - stale:

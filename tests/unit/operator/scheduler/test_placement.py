@@ -10,17 +10,17 @@ from hypothesis import strategies as st
 
 from zeitwork.core.resources import Resources
 from zeitwork.operator.scheduler.placement import (
-    Candidate,
+    NodeCandidate,
     NoFit,
-    Plan,
+    PlacementPlan,
     Strategy,
     place,
     place_replicas,
 )
 
 
-def node(cap: tuple[int, int], used: tuple[int, int] = (0, 0), replicas: int = 0) -> Candidate:
-    return Candidate(
+def node(cap: tuple[int, int], used: tuple[int, int] = (0, 0), replicas: int = 0) -> NodeCandidate:
+    return NodeCandidate(
         node_id=uuid.uuid4(),
         capacity=Resources(millicpu=cap[0], memory_mib=cap[1]),
         allocated=Resources(millicpu=used[0], memory_mib=used[1]),
@@ -29,7 +29,7 @@ def node(cap: tuple[int, int], used: tuple[int, int] = (0, 0), replicas: int = 0
 
 
 @st.composite
-def candidates(draw: st.DrawFn) -> list[Candidate]:
+def candidates(draw: st.DrawFn) -> list[NodeCandidate]:
     count = draw(st.integers(min_value=0, max_value=12))
     out = []
     for _ in range(count):
@@ -51,12 +51,12 @@ requests = st.builds(
 
 @given(candidates(), requests, st.sampled_from(list(Strategy)))
 def test_plan_lists_exactly_the_feasible_nodes(
-    pool: list[Candidate], request: Resources, strategy: Strategy
+    pool: list[NodeCandidate], request: Resources, strategy: Strategy
 ) -> None:
     decision = place(pool, request, strategy=strategy)
     feasible = {c.node_id for c in pool if request.fits_in(c.free)}
     if feasible:
-        assert isinstance(decision, Plan)
+        assert isinstance(decision, PlacementPlan)
         assert set(decision.node_ids) == feasible
         assert len(decision.node_ids) == len(feasible)
     else:
@@ -70,7 +70,7 @@ def test_plan_lists_exactly_the_feasible_nodes(
 
 @given(candidates(), requests)
 def test_plan_prefers_fewer_replicas_then_tightest_fit(
-    pool: list[Candidate], request: Resources
+    pool: list[NodeCandidate], request: Resources
 ) -> None:
     decision = place(pool, request)
     if isinstance(decision, NoFit):
@@ -85,7 +85,7 @@ def test_plan_prefers_fewer_replicas_then_tightest_fit(
 
 @given(candidates(), requests, st.integers(min_value=1, max_value=10))
 def test_replicas_never_over_commit_and_spread(
-    pool: list[Candidate], request: Resources, count: int
+    pool: list[NodeCandidate], request: Resources, count: int
 ) -> None:
     chosen = place_replicas(pool, request, count)
     by_id = {c.node_id: c for c in pool}
@@ -120,12 +120,12 @@ def test_bin_packing_and_spread_strategies() -> None:
     small = node((2000, 2048))
     big = node((16_000, 32_768))
     req = Resources(millicpu=1000, memory_mib=1024)
-    assert place([big, small], req) == Plan(node_ids=(small.node_id, big.node_id))
-    assert place([big, small], req, strategy=Strategy.SPREAD) == Plan(
+    assert place([big, small], req) == PlacementPlan(node_ids=(small.node_id, big.node_id))
+    assert place([big, small], req, strategy=Strategy.SPREAD) == PlacementPlan(
         node_ids=(big.node_id, small.node_id)
     )
     crowded = node((2000, 2048), replicas=1)
-    assert isinstance(d := place([crowded, big], req), Plan) and d.best == big.node_id
+    assert isinstance(d := place([crowded, big], req), PlacementPlan) and d.best == big.node_id
 
 
 def test_no_fit_message_names_the_shortfall() -> None:
@@ -140,13 +140,13 @@ def test_no_fit_message_names_the_shortfall() -> None:
 
 @given(candidates(), requests, st.integers(min_value=0, max_value=2**128 - 1))
 def test_salt_only_reorders_equal_candidates(
-    pool: list[Candidate], request: Resources, salt: int
+    pool: list[NodeCandidate], request: Resources, salt: int
 ) -> None:
     plain, salted = place(pool, request), place(pool, request, salt=salt)
     if isinstance(plain, NoFit):
         assert isinstance(salted, NoFit)
         return
-    assert isinstance(salted, Plan)
+    assert isinstance(salted, PlacementPlan)
     by_id = {c.node_id: c for c in pool}
 
     def rank(n: uuid.UUID) -> tuple[int, int, int]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 
 from zeitwork.core.resources import Resources
-from zeitwork.operator.scheduler.placement import Candidate
+from zeitwork.operator.scheduler.placement import NodeCandidate
 from zeitwork.operator.scheduler.snapshot import CandidateSnapshots
 
 REQ = Resources(millicpu=1000, memory_mib=1024)
 
 
-def node(cpu: int, mem: int) -> Candidate:
-    return Candidate(
+def node(cpu: int, mem: int) -> NodeCandidate:
+    return NodeCandidate(
         node_id=uuid.uuid4(),
         capacity=Resources(millicpu=cpu, memory_mib=mem),
         allocated=Resources(millicpu=0, memory_mib=0),
