@@ -6,8 +6,9 @@ Layout under ``root``::
     <hex>/        the layer unpacked with overlayfs whiteouts (``unpack.unpack_layer``),
                   named by its diff id (sha256 of the uncompressed tar); never written after
     <hex>.json    {"diff_id", "size"}: written once the tree is on disk (a thread runs
-                  syncfs, then writes it); a directory without it is discarded on open;
-                  its mtime = last use
+                  syncfs, then writes it); a directory without it is discarded on open
+                  (unless a mounted overlay, a running instance's root, reads it: then it
+                  is flushed and kept); its mtime = last use
     tmp/          unpacks in progress and removed layers (emptied on open)
 
 ``ensure`` unpacks a missing layer once however many images want it at the same time
@@ -35,6 +36,7 @@ from pathlib import Path
 import structlog
 
 from zeitwork.images.digests import is_hex, parse_digest
+from zeitwork.images.tree import tree_size
 from zeitwork.images.unpack import unpack_layer
 
 log = structlog.get_logger(__name__)
@@ -99,6 +101,7 @@ class LayerStore:
         for leftover in tmp.iterdir():
             _remove(leftover)
         entries: dict[str, _Entry] = {}
+        in_use = overlay_lowers()
         for item in root.iterdir():
             if item.name == "tmp":
                 continue
@@ -122,6 +125,15 @@ class LayerStore:
                     last_used_ns=meta.stat().st_mtime_ns,
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
+                if str(item) in in_use and item.is_dir():
+                    # published (whole), not yet flushed when the agent stopped, and a
+                    # running instance's overlay reads it: flush it and keep it
+                    syncfs(root)
+                    entry = _Entry("sha256:" + hexdigest, tree_size(item), time.time_ns())
+                    meta.write_text(json.dumps({"diff_id": entry.diff_id, "size": entry.size}))
+                    entries[entry.diff_id] = entry
+                    log.warning("layer_store.kept_in_use", path=str(item), reason=str(exc))
+                    continue
                 log.warning("layer_store.discarded", path=str(item), reason=str(exc))
                 _remove(item)
                 with contextlib.suppress(FileNotFoundError):
@@ -333,6 +345,27 @@ class LayerStore:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self.wait_flushed)
+
+
+def overlay_lowers() -> set[str]:
+    """Blocking: every lower directory of the overlay mounts this process can see."""
+    found: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as info:
+            for line in info:
+                fields = line.split()
+                tail = fields[fields.index("-") + 1 :]
+                if len(tail) < 3 or tail[0] != "overlay":
+                    continue
+                for option in tail[2].split(","):
+                    key, _, value = option.partition("=")
+                    if key == "lowerdir":
+                        found.update(value.split(":"))
+                    elif key == "lowerdir+":
+                        found.add(value)
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 def _publish(work: Path, final: Path) -> None:

@@ -560,3 +560,35 @@ async def test_the_firecracker_ext4_image_is_built_from_the_merged_layers(tmp_pa
         assert sorted(p.name for p in (tmp_path / "ext4").iterdir()) == [ext4.name]  # no view
     finally:
         await cache.close()
+
+
+async def test_an_unflushed_layer_a_running_instance_uses_is_kept(tmp_path: Path) -> None:
+    from zeitwork.runtime.oci import mounts
+
+    (path, digest), *_ = versions(tmp_path, 1)
+    root = tmp_path / "cache"
+    first = await ImageCache.open(root=root, max_bytes=1 << 30, layered=True)
+    image = await first.ensure(digest, copy_from(path))
+    await first.close()
+    top = image.diff_ids[1]
+    (root / "layers" / f"{top[7:]}.json").unlink()  # the agent died before the flush...
+    instance = tmp_path / "instance"
+    for name in ("upper", "work", "rootfs"):
+        (instance / name).mkdir(parents=True)
+    mounts.mount_overlay(  # ... while an instance runs on the layer
+        lower=image.layers,
+        upper=instance / "upper",
+        work=instance / "work",
+        target=instance / "rootfs",
+    )
+    try:
+        second = await ImageCache.open(root=root, max_bytes=1 << 30, layered=True)
+        try:
+            kept = second.get(digest)
+            assert kept is not None and kept.layers == image.layers
+            assert (root / "layers" / f"{top[7:]}.json").is_file()  # flushed, marked
+            assert (instance / "rootfs" / "app/v").read_bytes().startswith(b"0\n")
+        finally:
+            await second.close()
+    finally:
+        mounts.unmount(instance / "rootfs")
