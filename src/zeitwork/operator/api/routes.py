@@ -9,8 +9,10 @@ check and per-route limits (response and tunnel idle timeouts, tunnel count: mig
 
 A domain with path rate limits has one more route per path
 prefix (same backends, that prefix's limit), after its ``/`` route. ``default_backends`` are
-all running instances. The version changes whenever a domain binding or a running instance
-(state, address) changes.
+all running instances but the draining ones: a draining instance is out of every pool, so a
+balancer drains it at once (its WebSockets get 1001 after ``LB_TUNNEL_DRAIN_TIMEOUT``)
+rather than when the instance is stopped. The version changes whenever a domain binding or
+a running instance (state, address) changes.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def route_table(rows: RouteRows) -> RouteTable:
         backend = _backend(instance)
         if backend is None:
             continue
-        backends.append(backend)
+        if not instance.draining:
+            backends.append(backend)
         if instance.deployment_id is not None:
             by_deployment.setdefault(instance.deployment_id, []).append(backend)
         if instance.project_environment_id is not None and instance.routable:

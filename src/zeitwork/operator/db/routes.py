@@ -49,6 +49,8 @@ class RunningInstance:
     """in its environment's route: serving, running and healthy"""
     backend_protocol: str = "http1"
     """its release's (``http1`` for an instance of no release)"""
+    draining: bool = False
+    """out of its route until its release's ``drain_timeout`` ends (``drain_started_at``)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,8 @@ class RouteStore:
                 "SELECT i.id, i.deployment_id, i.ip_address, coalesce(i.port, i.default_port), "
                 "r.project_environment_id, i.release_id, "
                 "(i.serving AND i.health = 'healthy') AS routable, "
-                "coalesce(r.backend_protocol, 'http1') "
+                "coalesce(r.backend_protocol, 'http1'), "
+                "(i.drain_started_at IS NOT NULL AND NOT i.serving) AS draining "
                 "FROM instances i JOIN nodes n ON n.id = i.node_id "
                 "LEFT JOIN releases r ON r.id = i.release_id "
                 "WHERE i.state = 'running' AND i.deleted_at IS NULL "
@@ -126,6 +129,7 @@ class RouteStore:
                     release_id=r[5],
                     routable=bool(r[6]),
                     backend_protocol=r[7],
+                    draining=bool(r[8]),
                 )
                 for r in await cur.fetchall()
             ]
