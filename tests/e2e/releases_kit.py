@@ -1,24 +1,30 @@
-"""What the release end-to-end test and ``benchmarks/deploy.py`` share: versioned test
-images, the data-plane services as subprocesses, a steady client through the edge, and the
-release API calls with their waits."""
+"""What the release end-to-end tests and ``benchmarks/deploy.py`` share: versioned test
+images, the data-plane services as subprocesses, the whole platform up (``data_plane``), a
+steady client through the edge, and the release API calls with their waits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.e2e.lan import Lan
 from tests.images import Entry, app_entries
+from tests.integration.agent.harness import AgentHost
+from tests.integration.agent.operator_process import OperatorProcess
 
 FAIL_CGI = (
     b"#!/bin/sh\n"
@@ -95,6 +101,120 @@ def service_env(tmp_path: Path, **env: str) -> dict[str, str]:
         if not k.startswith(("LB_", "EDGE_", "PORT", "OPERATOR_", "ZEITWORK_", "DATABASE_URL"))
     }
     return {**base, "ZEITWORK_DATA_DIR": str(tmp_path), "LOG_LEVEL": "info", **env}
+
+
+@dataclass
+class DataPlane:
+    """The platform of the release tests, up: a real operator, two node agents on network
+    namespace "hosts" running runc instances, one app with a domain bound, and a load
+    balancer and an edge proxy (one worker each) serving it."""
+
+    operator: OperatorProcess
+    agents: list[AgentHost]
+    app: str
+    domain: str
+    lb: Service
+    edge: Service
+
+
+@contextlib.asynccontextmanager
+async def data_plane(
+    lan: Lan,
+    hosts: Callable[..., AgentHost],
+    database_url: str,
+    tmp_path: Path,
+    *,
+    lb_env: Mapping[str, str] | None = None,
+    edge_env: Mapping[str, str] | None = None,
+) -> AsyncIterator[DataPlane]:
+    """Start the platform as ``test_releases`` does (``lb_env``/``edge_env``: settings
+    added to the services'); on exit stop the edge, the balancer and the operator (the
+    agents are the ``hosts`` factory's to clean up)."""
+    from tests.e2e.test_multi_node import _start_two_agents  # a test module: imported late
+
+    operator = OperatorProcess(
+        database_url=database_url,
+        root=tmp_path / "operator",
+        extra_env={
+            "ZEITWORK_INSTANCE_NETWORK": f"10.{random.randint(0, 200)}.0.0/16",
+            "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "5",
+        },
+    )
+    services: list[Service] = []
+    operator.start()
+    try:
+        await operator.wait_ready()
+        join = await operator.join_token()
+        _names, agents = await _start_two_agents(
+            lan, hosts, operator.url(lan.gateway), join, {"ZEITWORK_HEARTBEAT_INTERVAL": "1"}
+        )
+        async with operator.client() as api:
+            nodes = (await api.get("/api/v1/nodes")).json()
+            assert len(nodes) == 2, nodes
+            for node in nodes:  # the root namespace reaches each host's instances
+                lan.route_from_root(node["subnet"], node["ip_address"])
+            app = f"rel-{uuid.uuid4().hex[:6]}"
+            domain = f"{app}.test"
+            created = await api.post("/api/v1/projects", json={"name": app, "slug": app})
+            assert created.status_code == 201, created.text
+            bound = await api.post(
+                "/api/v1/domains",
+                json={
+                    "name": domain,
+                    "project_id": created.json()["id"],
+                    "environment": "production",
+                },
+            )
+            assert bound.status_code == 201, bound.text
+            token = await api.post("/api/v1/tokens", json={"scope": "proxy", "name": "e2e"})
+            proxy_token = token.json()["token"]
+        lb_port, edge_port = free_port(), free_port()
+        lb = Service(
+            "load-balancer",
+            service_env(
+                tmp_path / "lb",
+                PORT=str(lb_port),
+                HOST="127.0.0.1",
+                LB_ADMIN_PORT=str(free_port()),
+                LB_WORKERS="1",
+                OPERATOR_URL=operator.url(),
+                ZEITWORK_PROXY_TOKEN=proxy_token,
+                LB_TRUSTED_PROXIES="127.0.0.1/32",
+                **(lb_env or {}),
+            ),
+            tmp_path / "lb.log",
+            lb_port,
+        )
+        edge = Service(
+            "edge-proxy",
+            service_env(
+                tmp_path / "edge",
+                PORT=str(edge_port),
+                HOST="127.0.0.1",
+                EDGE_HTTPS_PORT=str(free_port()),
+                EDGE_ADMIN_PORT=str(free_port()),
+                EDGE_WORKERS="1",
+                EDGE_TLS_MODE="internal",
+                EDGE_HTTPS_REDIRECT="false",
+                LOAD_BALANCER_URL=f"http://127.0.0.1:{lb_port}",
+                OPERATOR_URL=operator.url(),
+                ZEITWORK_PROXY_TOKEN=proxy_token,
+                **(edge_env or {}),
+            ),
+            tmp_path / "edge.log",
+            edge_port,
+        )
+        for service, data in ((lb, "lb"), (edge, "edge")):
+            (tmp_path / data).mkdir(exist_ok=True)
+            services.append(service)
+            service.start()
+        for service in services:
+            await service.wait_listening()
+        yield DataPlane(operator, agents, app, domain, lb, edge)
+    finally:
+        for service in reversed(services):
+            service.stop()
+        operator.stop()
 
 
 @dataclass
