@@ -5,9 +5,11 @@ MemoryMax=... -p CPUQuota=...``; ``Runner._limited``). Elsewhere, on a host whos
 cpu controllers are cgroup v1 (also the hybrid layout of this project's machines), the
 builder makes ``zeitwork-build-<id>`` under its own cgroup in each controller, sets
 ``memory.limit_in_bytes`` (and the memory+swap limit, so a build does not swap instead) and
-``cpu.cfs_quota_us``, and moves the tool into it right after it starts (its children, RUN
-steps included, follow). A pure cgroup v2 host without systemd gets no limit (the builder
-logs it): the wall-clock timeout and the process-group kill still apply.
+``cpu.cfs_quota_us``, and starts the tool through a launcher that enters the cgroup and
+then execs it (``BuildCgroup.wrap``): the tool and all it forks, RUN steps included, are
+born inside. A pure cgroup v2 host
+without systemd gets no limit (the builder logs it): the wall-clock timeout and the
+process-group kill still apply.
 """
 
 from __future__ import annotations
@@ -15,11 +17,24 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from zeitwork.runtime.oci import cgroups
 
+# The launcher's program (constant; the directories and the argv come as its arguments):
+# write its own pid into each directory's cgroup.procs, then exec the tool.
+_ENTER = (
+    "import os, sys\n"
+    "end = sys.argv.index('--')\n"
+    "for d in sys.argv[1:end]:\n"
+    "    fd = os.open(os.path.join(d, 'cgroup.procs'), os.O_WRONLY)\n"
+    "    os.write(fd, str(os.getpid()).encode())\n"
+    "    os.close(fd)\n"
+    "os.execvp(sys.argv[end + 1], sys.argv[end + 1:])\n"
+)
 _SIZE = re.compile(r"^([0-9]+)([KMG]?)$")
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 PERIOD_US = 100_000
@@ -48,10 +63,12 @@ class BuildCgroup:
     """the memory cgroup's path relative to its hierarchy (for OOM counts)"""
     directories: list[Path]
 
-    def add(self, pid: int) -> None:
-        for directory in self.directories:
-            with contextlib.suppress(OSError):  # a process already gone
-                (directory / "cgroup.procs").write_text(str(pid))
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` started by a launcher that enters this cgroup first and then execs it,
+        so the tool and everything it forks are born inside (no window in which a wrapper
+        that forks at once, ``runner.sandbox``, has a child outside)."""
+        dirs = [str(d) for d in self.directories]
+        return [sys.executable, "-I", "-S", "-c", _ENTER, *dirs, "--", *argv]
 
     def oom_killed(self) -> bool:
         return cgroups.oom_kills(self.relative, root=cgroups.CGROUP_ROOT) > 0

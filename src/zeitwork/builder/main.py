@@ -4,6 +4,10 @@ The loop long-polls ``POST /builder/lease`` (``BUILDER_POLL_WAIT`` seconds), run
 gets (``runner.Runner``) and asks again. ``/health``, ``/health/ready`` (the operator
 answered the last lease call) and ``/metrics`` listen on ``HOST:PORT`` (127.0.0.1:9085).
 
+Between jobs (after each one, at start and every ``PRUNE_EVERY`` seconds while idle) the
+layer caches are trimmed and pruned (``cache``: ``BUILDER_CACHE_MAX_SIZE``,
+``BUILDER_CACHE_MAX_AGE``), never one a build holds.
+
 SIGTERM/SIGINT: no new job is leased; a running build gets ``BUILDER_DRAIN_TIMEOUT``
 seconds to finish, then it is stopped (its processes killed) and its job handed back to the
 queue, so another builder runs it at once.
@@ -20,6 +24,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from zeitwork import __version__
+from zeitwork.builder import limits
+from zeitwork.builder.cache import LayerCaches, Policy
 from zeitwork.builder.runner import Runner, builder_version
 from zeitwork.builder.settings import BuilderSettings
 from zeitwork.clients.builds import BuilderClient
@@ -32,6 +38,7 @@ from zeitwork.wire.builds import LeaseRequest
 log = get_logger("zeitwork.builder")
 
 RETRY_SECONDS = 2.0
+PRUNE_EVERY = 600.0
 
 
 class BuilderMetrics:
@@ -49,13 +56,34 @@ class BuilderMetrics:
             registry=registry,
         )
         self.running = Gauge("zeitwork_builder_running", "Builds running now", registry=registry)
+        self.cache_bytes = Gauge(
+            "zeitwork_builder_cache_bytes",
+            "Disk bytes of the projects' layer caches, at the last prune",
+            registry=registry,
+        )
+        self.cache_freed = Counter(
+            "zeitwork_builder_cache_freed_bytes_total",
+            "Bytes the pruning freed, by why (age, size, trimmed)",
+            ["reason"],
+            registry=registry,
+        )
 
 
 class Builder:
     def __init__(self, settings: BuilderSettings, client: BuilderClient) -> None:
         self.settings = settings
         self.client = client
-        self.runner = Runner(settings=settings, client=client)
+        self.caches = LayerCaches(
+            root=settings.root / "cache",
+            buildah=settings.buildah,
+            storage_driver=settings.storage_driver,
+            policy=Policy(
+                max_bytes=limits.parse_size(settings.cache_max_size),
+                max_age=settings.cache_max_age,
+            ),
+        )
+        self.runner = Runner(settings=settings, client=client, caches=self.caches)
+        self.last_prune = 0.0
         self.stopping = asyncio.Event()
         self.job_stop = asyncio.Event()
         self.last_error: str | None = "not connected yet"
@@ -65,6 +93,7 @@ class Builder:
 
     async def loop(self) -> None:
         request = LeaseRequest(owner=self.settings.builder_id, builder_version=builder_version())
+        await self.prune()
         while not self.stopping.is_set():
             lease = asyncio.ensure_future(self.client.lease(request, wait=self.settings.poll_wait))
             stop = asyncio.ensure_future(self.stopping.wait())
@@ -90,6 +119,8 @@ class Builder:
                 continue
             self.last_error = None
             if job is None:
+                if time.monotonic() - self.last_prune > PRUNE_EVERY:
+                    await self.prune()
                 continue
             self.current = str(job.build.id)
             self.metrics.running.set(1)
@@ -107,6 +138,21 @@ class Builder:
                 self.current = None
             self.metrics.finished.labels(outcome.state).inc()
             self.metrics.seconds.observe(time.monotonic() - started)
+            built = outcome.image_id is not None and not outcome.skipped
+            await self.prune(built=str(job.build.project_id) if built else None)
+
+    async def prune(self, *, built: str | None = None) -> None:
+        """Trim the project just built (its older images), then prune the caches."""
+        self.last_prune = time.monotonic()
+        try:
+            if built is not None:
+                await self.caches.trim(built)
+            for _project, reason, freed in await self.caches.prune():
+                self.metrics.cache_freed.labels(reason).inc(freed)
+        except OSError as exc:  # a full or failing disk: the next pass tries again
+            log.warning("builder.cache_prune_failed", error=str(exc))
+            return
+        self.metrics.cache_bytes.set(self.caches.total_bytes)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -7,11 +7,13 @@ the output goes to the operator in chunks (``LogShipper``). A step that fails fi
 job ``failed`` with the step's name and the last lines of its output; a lost lease stops the
 build and finishes nothing (another builder has the job); a builder stopping hands the job
 back (``give_up``). The work directory of a job is removed at its end; the per-project
-buildah storage (``cache/<project>``) stays, so unchanged layers are reused (``--layers``).
+buildah storage (``cache/<project>``) stays, so unchanged layers are reused (``--layers``);
+the builder trims and prunes it between jobs (``cache``), never while a build holds it.
 
 Nothing of the builder's own reaches the build: buildah runs with a clean environment (the
 PATH, locale and proxy variables), a HOME and TMPDIR of the job's own; its token is only in
-this process.
+this process. The RUN steps of a user's Dockerfile get ``BUILDER_NETWORK`` (``host``, or
+``none``: a loopback of their own); a detected stack's install steps always get ``host``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import structlog
 
 from zeitwork import __version__
 from zeitwork.builder import git, limits
+from zeitwork.builder.cache import LayerCaches
 from zeitwork.builder.process import StepFailed, Stopped, clean_env, run
 from zeitwork.builder.settings import BuilderSettings
 from zeitwork.clients.builds import BuilderClient
@@ -42,6 +45,21 @@ log = structlog.get_logger("zeitwork.builder")
 
 DOCKERFILES = ("Dockerfile", "Containerfile")
 _STEP = re.compile(r"^STEP \d+/\d+: .*$", re.MULTILINE)
+
+
+def sandbox(unshare: str, network: str) -> list[str]:
+    """The argv prefix ``buildah bud`` runs under (pure): a PID namespace with a /proc of its
+    own, so a RUN step (chroot isolation binds buildah's /proc into the step) sees buildah
+    and its steps, never the host's processes and their command lines; with ``network``
+    none, a network namespace with only a loopback too (chroot isolation makes no network
+    namespace for a step and refuses ``--network none``: the whole build runs offline).
+    When the namespace's first process ends, the kernel kills every process left in it."""
+    argv = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if network == "none":
+        argv.append("--net")
+    return [*argv, "--"]
+
+
 _TAIL_LINES = 20
 
 
@@ -126,10 +144,13 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, *, settings: BuilderSettings, client: BuilderClient) -> None:
+    def __init__(
+        self, *, settings: BuilderSettings, client: BuilderClient, caches: LayerCaches
+    ) -> None:
         self._settings = settings
         self._client = client
         self._root = settings.root
+        self._caches = caches
 
     async def run(self, job: BuildJob, stop: asyncio.Event) -> Outcome:
         """Run ``job``; ``stop`` set means the builder is stopping (hand the job back)."""
@@ -301,17 +322,43 @@ class Runner:
                     f"the path {build.git_path!r} is not a directory of the source",
                     step="fetch source",
                 )
-        dockerfile, build_args = await self._plan(job, context, work, logs)
+        # the project's storage is in use from the base image's copy to the export: the
+        # builder's pruning between jobs (``cache``) leaves it alone meanwhile
+        async with self._caches.in_use(str(build.project_id)):
+            exported = await self._bud(job, context, work, logs, halt, deadline, durations)
+        return await self._upload(job, exported, logs, durations)
+
+    async def _bud(  # noqa: PLR0917 - one private step of _build
+        self,
+        job: BuildJob,
+        context: Path,
+        work: Path,
+        logs: LogShipper,
+        halt: asyncio.Event,
+        deadline: float,
+        durations: dict[str, float],
+    ) -> Path:
+        """``buildah bud`` and the export: the image's OCI archive."""
+        build = job.build
+        settings = self._settings
+        home = work / "home"
+        tmp = work / "tmp"
+        dockerfile, build_args, generated = await self._plan(job, context, work, logs)
 
         t = time.monotonic()
         tag = f"localhost/{job.project_slug}:build-{build.id}"
-        storage = self._storage(build.project_id)
+        storage = self._caches.storage(str(build.project_id))
         tool_env = clean_env(os.environ, {"HOME": str(home), "TMPDIR": str(tmp)})
+        # a detected stack's steps install packages: they need the network
+        network = "host" if generated else settings.network
         argv = [
             *storage,
             "bud",
             "--isolation",
             settings.isolation,
+            "--network",
+            # chroot isolation refuses any but host: the sandbox's namespace is the build's
+            "none" if network == "none" and settings.isolation != "chroot" else "host",
             "--layers",
             "--pull=false",  # a base image already in the project's storage is not re-pulled
             "-f",
@@ -321,9 +368,13 @@ class Runner:
         ]
         for name, value in sorted(build_args.items()):
             argv += ["--build-arg", f"{name}={value}"]
-        argv.append(str(context))
-        await logs.say("buildah bud --layers (storage " + settings.storage_driver + ")")
+        argv = [*sandbox(settings.unshare, network), *argv, str(context)]
+        await logs.say(
+            f"buildah bud --layers (storage {settings.storage_driver}, network {network})"
+        )
         argv, cgroup = await self._limited(argv, build.id)
+        if cgroup is not None:
+            argv = cgroup.wrap(argv)
         try:
             status = await run(
                 argv,
@@ -332,7 +383,6 @@ class Runner:
                 sink=logs.write,
                 deadline=deadline,
                 stop=halt,
-                on_start=None if cgroup is None else cgroup.add,
             )
             out_of_memory = cgroup is not None and cgroup.oom_killed()
         finally:
@@ -363,7 +413,12 @@ class Runner:
         if status != 0:
             raise StepFailed(f"buildah push exited with status {status}", step="export image")
         durations["export"] = round(time.monotonic() - t, 3)
+        return exported
 
+    async def _upload(
+        self, job: BuildJob, exported: Path, logs: LogShipper, durations: dict[str, float]
+    ) -> Outcome:
+        build = job.build
         t = time.monotonic()
         size = (await asyncio.to_thread(exported.stat)).st_size
         await logs.say(f"uploading the image ({size / 1e6:.1f} MB) to the operator")
@@ -377,15 +432,15 @@ class Runner:
             ) from exc
         durations["upload"] = round(time.monotonic() - t, 3)
         await logs.say(f"image {image.digest} ({image.id})")
-        # the image stays in the project's storage: ``buildah rmi`` would take the cached
-        # layers of its steps with it, and the next build could not reuse them
+        # the image stays in the project's storage: its steps are the next build's cache
+        # (the trimming between jobs keeps the newest image of a project, ``cache``)
         return Outcome(state="succeeded", image_id=image.id, durations=durations)
 
     async def _plan(
         self, job: BuildJob, context: Path, work: Path, logs: LogShipper
-    ) -> tuple[Path, dict[str, str]]:
-        """(the Dockerfile to build, the build args): the build's own, a Dockerfile in the
-        context, else a detected stack's generated one."""
+    ) -> tuple[Path, dict[str, str], bool]:
+        """(the Dockerfile to build, the build args, whether it was generated): the build's
+        own, a Dockerfile in the context, else a detected stack's generated one."""
         settings = job.cache_key_settings
         raw = settings.get("build_args")
         args = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
@@ -394,10 +449,10 @@ class Runner:
             path = await asyncio.to_thread(_inside, context, named)
             if path is None:
                 raise StepFailed(f"there is no Dockerfile at {named!r}", step="plan")
-            return path, args
+            return path, args, False
         for name in DOCKERFILES:
             if (context / name).is_file():
-                return context / name, args
+                return context / name, args, False
         try:
             from zeitwork.builds.detect import detect
         except ImportError:
@@ -413,12 +468,12 @@ class Runner:
         for reason in getattr(plan, "reasons", ()):
             await logs.say(f"detect: {reason}")
         if plan.dockerfile is None:
-            return context / plan.dockerfile_name, args
+            return context / plan.dockerfile_name, args, False
         generated = work / "Dockerfile.zeitwork"
         await asyncio.to_thread(generated.write_text, plan.dockerfile)
         host_args = plan.build_args(os.environ)
         bases = await self._bases(job, dict(plan.base_images), logs)
-        return generated, {**host_args, **bases, **args}
+        return generated, {**host_args, **bases, **args}, True
 
     async def _bases(
         self, job: BuildJob, wanted: dict[str, str], logs: LogShipper
@@ -433,7 +488,7 @@ class Runner:
         except ZeitworkError as exc:
             raise StepFailed(exc.detail, step="base image") from exc
         shared = base_images.Storage.at(self._root / "bases" / "storage")
-        cache = self._root / "cache" / str(job.build.project_id)
+        cache = self._caches.directory(str(job.build.project_id))
         project = base_images.Storage(root=cache / "root", runroot=cache / "runroot")
         args: dict[str, str] = {}
         for arg, name in wanted.items():
@@ -451,23 +506,11 @@ class Runner:
             await logs.say(f"base image {args[arg]} ({time.monotonic() - started:.1f} s)")
         return args
 
-    def _storage(self, project_id: uuid.UUID) -> list[str]:
-        cache = self._root / "cache" / str(project_id)
-        return [
-            self._settings.buildah,
-            "--root",
-            str(cache / "root"),
-            "--runroot",
-            str(cache / "runroot"),
-            "--storage-driver",
-            self._settings.storage_driver,
-        ]
-
     async def _limited(
         self, argv: list[str], build_id: uuid.UUID
     ) -> tuple[list[str], limits.BuildCgroup | None]:
         """``argv`` with the memory/CPU limits: in a transient systemd scope where systemd
-        runs, else in a cgroup of the build's own (``limits``; its ``add`` moves the tool in);
+        runs, else in a cgroup of the build's own (``limits``; ``wrap`` starts the tool inside);
         as it is when neither can be had (the timeout and the process-group kill apply)."""
         settings = self._settings
         if not (settings.memory_max or settings.cpu_quota):

@@ -49,6 +49,12 @@ class BuilderSettings(ServiceSettings):
         description="wall-clock seconds a build may take before it is killed and failed",
     )
     buildah: str = Field(default="buildah", validation_alias="BUILDER_BUILDAH")
+    unshare: str = Field(
+        default="unshare",
+        validation_alias="BUILDER_UNSHARE",
+        description="util-linux unshare: buildah bud runs in PID (and for BUILDER_NETWORK=none "
+        "network) namespaces of its own",
+    )
     git: str = Field(default="git", validation_alias="BUILDER_GIT")
     storage_driver: str = Field(
         default="vfs",
@@ -74,6 +80,29 @@ class BuilderSettings(ServiceSettings):
         pattern=r"^([0-9]+%)?$",
         validation_alias="BUILDER_CPU_QUOTA",
         description="a build's CPU limit (e.g. 200% for two cores), like BUILDER_MEMORY_MAX",
+    )
+    network: str = Field(
+        default="host",
+        pattern=r"^(host|none)$",
+        validation_alias="BUILDER_NETWORK",
+        description="the network of a build from the user's Dockerfile: host (the builder "
+        "host's, what downloading packages needs) or none (the build runs in a network "
+        "namespace with only a loopback: FROM must name a local image); a detected stack's "
+        "build always gets host",
+    )
+    cache_max_size: str = Field(
+        default="20G",
+        pattern=r"^[0-9]+[KMG]?$",
+        validation_alias="BUILDER_CACHE_MAX_SIZE",
+        description="all projects' layer caches together (e.g. 20G): over it, between jobs, "
+        "the least recently used are trimmed to their newest image, then removed; 0: no cap",
+    )
+    cache_max_age: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        validation_alias="BUILDER_CACHE_MAX_AGE",
+        description="seconds: a project's layer cache not used by a build for this long is "
+        "removed between jobs; 0: never for its age",
     )
     poll_wait: float = Field(default=20.0, ge=0, le=30, validation_alias="BUILDER_POLL_WAIT")
     drain_timeout: float = Field(
