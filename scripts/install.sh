@@ -4,7 +4,7 @@
 #   - a virtualenv in /opt/zeitwork with the zeitwork package from this checkout
 #     (or from the wheel named by ZEITWORK_WHEEL), command /opt/zeitwork/bin/zeitwork, and
 #     /opt/zeitwork/bin/zeitwork-env to run admin commands with a service's env file
-#   - /etc/zeitwork/{operator,node-agent,load-balancer,edge-proxy}.env from deployments/config/
+#   - /etc/zeitwork/{operator,node-agent,load-balancer,edge-proxy,builder}.env from deployments/config/
 #   - /var/lib/zeitwork (one data directory per service below it) and /var/log/zeitwork
 #   - systemd units zeitwork-*.service from deployments/systemd/ in /etc/systemd/system
 # It enables and starts nothing: pick the services this host runs, edit their env files, then
@@ -49,7 +49,7 @@ PYTHON="${ZEITWORK_PYTHON:-}"
 WHEEL="${ZEITWORK_WHEEL:-}"
 PIP_ARGS="${ZEITWORK_PIP_ARGS:-}"
 
-SERVICES=(operator node-agent load-balancer edge-proxy)
+SERVICES=(operator node-agent load-balancer edge-proxy builder)
 MARKER=".zeitwork-install"
 
 say() { printf 'install: %s\n' "$*"; }
@@ -171,6 +171,9 @@ for svc in operator load-balancer edge-proxy; do
 done
 mkdir -p "$VAR/node-agent"
 own root:root 0700 "$VAR/node-agent"
+# The builder runs as root too (buildah); its layer caches are the projects' build inputs.
+mkdir -p "$VAR/builder"
+own root:root 0700 "$VAR/builder"
 
 # --- virtualenv and package -------------------------------------------------------------------
 mkdir -p "$PREFIX"

@@ -30,7 +30,7 @@ LOG="${ZEITWORK_LOG:-/var/log/zeitwork}"
 UNIT_DIR="${ZEITWORK_SYSTEMD_DIR:-/etc/systemd/system}"
 SVC_USER="${ZEITWORK_USER:-zeitwork}"
 
-SERVICES=(operator node-agent load-balancer edge-proxy)
+SERVICES=(operator node-agent load-balancer edge-proxy builder)
 MARKER=".zeitwork-install"
 
 say() { printf 'uninstall: %s\n' "$*"; }

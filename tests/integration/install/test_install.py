@@ -209,6 +209,7 @@ def test_install_creates_data_and_log_directories(installed: Root) -> None:
     for service in ("operator", "load-balancer", "edge-proxy"):
         assert mode(installed.var / service) == 0o750
     assert mode(installed.var / "node-agent") == 0o700
+    assert mode(installed.var / "builder") == 0o700  # root's, as the builder runs as root
     if IS_ROOT:
         account = pwd.getpwnam(installed.user)
         for path in (installed.var, installed.log, installed.var / "operator"):
@@ -232,7 +233,7 @@ def test_install_puts_units_with_the_chosen_paths(installed: Root) -> None:
         assert mode(unit.path) == 0o644
         assert unit.get("Service", "ExecStart") == f"{installed.prefix}/bin/zeitwork {command}"
         assert unit.get("Service", "EnvironmentFile") == f"{installed.etc}/{service}.env"
-        expected_user = "root" if service == "node-agent" else installed.user
+        expected_user = "root" if service in ("node-agent", "builder") else installed.user
         assert unit.get("Service", "User") == expected_user
         if service != "node-agent":
             assert unit.words("Service", "ReadWritePaths") == {

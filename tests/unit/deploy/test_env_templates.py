@@ -25,6 +25,7 @@ SETTINGS_MODULES = {
     "node-agent": "zeitwork.agent.settings",
     "load-balancer": "zeitwork.lb.settings",
     "edge-proxy": "zeitwork.edge.settings",
+    "builder": "zeitwork.builder.settings",
 }
 
 # "KEY=value" (active) or "#KEY=value" (optional, shown with its default). Prose comments

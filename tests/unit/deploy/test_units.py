@@ -275,8 +275,41 @@ def test_only_the_agent_uses_killmode_process(service: str) -> None:
     mode = load(service).get("Service", "KillMode")
     if service == "node-agent":
         assert mode == "process"
+    elif service == "builder":
+        assert mode == "mixed"  # SIGTERM to the builder alone: its build drains first
     else:
         assert mode in (None, "control-group")
+
+
+# --- the builder ------------------------------------------------------------------------------
+
+# Seccomp filters and restrictions inherited by every RUN step that would break builds.
+BUILDER_FORBIDDEN = (
+    "SystemCallFilter",
+    "MemoryDenyWriteExecute",
+    "LockPersonality",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictSUIDSGID",
+    "ProtectHostname",
+    "PrivateDevices",
+    "PrivateNetwork",
+    "CapabilityBoundingSet",
+    "DynamicUser",
+)
+
+
+def test_builder_runs_as_root_sandboxed_where_builds_allow() -> None:
+    unit = load("builder")
+    assert unit.get("Service", "User") == "root"
+    assert [key for key in BUILDER_FORBIDDEN if unit.has("Service", key)] == []
+    assert unit.get("Service", "ProtectSystem") == "strict"
+    assert unit.words("Service", "ReadWritePaths") == {"/var/lib/zeitwork", "/var/log/zeitwork"}
+    assert unit.get("Service", "PrivateTmp") == "yes"
+    assert unit.get("Service", "ProtectHome") == "yes"
+    # the stop waits out the drain (BUILDER_DRAIN_TIMEOUT, 30 s) and the kill's grace
+    timeout = unit.get("Service", "TimeoutStopSec")
+    assert timeout is not None and float(timeout) >= 40
 
 
 # --- the CLI has the commands the units run ---------------------------------------------------

@@ -21,6 +21,7 @@ SERVICES = {
     "node-agent": "node-agent",
     "load-balancer": "load-balancer",
     "edge-proxy": "edge-proxy",
+    "builder": "builder",
 }
 
 
