@@ -102,30 +102,32 @@ async def stalled_body(port: int, host: str, seconds: float) -> bytes:
         return body
 
 
+@pytest.mark.slow
 async def test_each_route_has_its_own_response_idle_timeout(
     make_origin: MakeOrigin, make_lb: MakeLB, stalling: Stalling
 ) -> None:
     o = await make_origin("o")
-    # the balancer's own: 1.5 s; "tight" cuts sooner, "patient" waits longer
+    # the balancer's own: 1.5 s; "tight" cuts sooner, "patient" waits longer (the deadline
+    # sweep runs every 0.25 s: a cut comes up to that late, later on a loaded machine)
     lb = await make_lb(first_byte_timeout=1.5, stream_idle_timeout=1.5, eject_failures=100)
     routes = [
         ("tight.test", {"response_idle_timeout": 0.5}),
-        ("patient.test", {"response_idle_timeout": 6.0}),
+        ("patient.test", {"response_idle_timeout": 10.0}),
         ("plain.test", {}),
     ]
     publish(lb, o.address, *routes)
 
     async def timed(host: str) -> tuple[int, float, bytes]:
         started = time.monotonic()
-        r = await http(lb.port, "GET", "/slow/2.5", host=host)
+        r = await http(lb.port, "GET", "/slow/3.5", host=host)
         return r.status, time.monotonic() - started, r.body
 
     with capture_logs() as logs:
         tight, patient, plain = await asyncio.gather(
             timed("tight.test"), timed("patient.test"), timed("plain.test")
         )
-    assert tight[0] == 504 and tight[1] < 1.5, tight  # before the head: a 504, at ~0.5 s
-    assert plain[0] == 504 and 1.4 < plain[1] < 2.4, plain  # the balancer's own 1.5 s
+    assert tight[0] == 504 and tight[1] < 1.4, tight  # before the head: a 504, at ~0.5 s
+    assert plain[0] == 504 and 1.4 < plain[1] < 3.4, plain  # the balancer's own 1.5 s
     assert patient[0] == 200 and patient[2] == b"o slow", patient  # not cut at 1.5 s
     stalls = [e for e in logs if e["event"] == "proxy.exchange_stalled"]
     assert sorted((e["host"], e["stage"], e["timeout"]) for e in stalls) == [
@@ -137,7 +139,7 @@ async def test_each_route_has_its_own_response_idle_timeout(
     # close), waited out on the patient one
     publish(lb, stalling.address, *routes)
     cut, whole = await asyncio.gather(
-        stalled_body(lb.port, "tight.test", 2.0), stalled_body(lb.port, "patient.test", 2.0)
+        stalled_body(lb.port, "tight.test", 2.5), stalled_body(lb.port, "patient.test", 2.5)
     )
     assert cut == b"first"
     assert whole == b"first-half"
@@ -219,9 +221,10 @@ async def test_a_routes_tunnel_count_is_answered_503_past_its_limit(
         await round_trip(twice, "e")
 
 
+@pytest.mark.slow
 async def test_an_idle_tunnel_is_closed_after_its_routes_time(make_lb: MakeLB, echo: Echo) -> None:
     lb = await make_lb(eject_failures=100)  # the balancer's own tunnel idle time: an hour
-    publish(lb, echo.address, ("brief.test", {"tunnel_idle_timeout": 1.0}), ("long.test", {}))
+    publish(lb, echo.address, ("brief.test", {"tunnel_idle_timeout": 1.5}), ("long.test", {}))
     async with (
         ws(lb, "brief.test") as idle,
         ws(lb, "brief.test") as busy,
@@ -231,14 +234,14 @@ async def test_an_idle_tunnel_is_closed_after_its_routes_time(make_lb: MakeLB, e
             await round_trip(client, "hello")
         started = time.monotonic()
         with capture_logs() as logs:
-            # the busy one talks every 0.3 s for 2.5 s: its idle time never runs out
-            while time.monotonic() - started < 2.5:
+            # the busy one talks every 0.3 s for 3 s: its idle time never runs out
+            while time.monotonic() - started < 3.0:
                 await round_trip(busy, "tick")
                 await asyncio.sleep(0.3)
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(idle.recv(), 1)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-        assert [e["timeout"] for e in logs if e["event"] == "proxy.tunnel_idle"] == [1.0]
+        assert [e["timeout"] for e in logs if e["event"] == "proxy.tunnel_idle"] == [1.5]
         await round_trip(busy, "still")
         await round_trip(other, "still")  # idle as long on a route without the limit: open
     await eventually(lambda: 1001 in echo.closes)  # the backend got its close frame too
