@@ -5,7 +5,7 @@
 engine's sweep see it: its state, its output queue and pausing, and the hooks they call.
 ``client.ClientProtocol`` (HTTP/1.1) implements the hooks without a body here, by calling
 those modules, which therefore depend on this class and not on the client's. The backend
-connection (``upstream``) sees less of it, as ``upstream.UpstreamOwner``, a Protocol.
+connection (``upstream``) sees less of it: ``upstream.UpstreamOwner``, its base.
 ``EngineState`` is what a connection uses of its engine (``engine.Proxy`` adds listening, the
 deadline sweep and draining): its configuration and hooks, the flusher, the open connections
 and their admission.
@@ -44,7 +44,7 @@ from zeitwork.proxy.types import (
     RequestPolicy,
     Router,
 )
-from zeitwork.proxy.upstream import UpstreamProtocol
+from zeitwork.proxy.upstream import UpstreamOwner, UpstreamProtocol
 
 if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend, Pool
@@ -124,15 +124,15 @@ class EngineState:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class Connection:
+class Connection(UpstreamOwner):
     """One client connection: its state and output, and the hooks the exchange, the tunnel,
     the core's answers and the backend side call (``client.ClientProtocol`` implements the
-    ones that raise ``NotImplementedError`` here)."""
+    ones that raise ``NotImplementedError`` here and in ``UpstreamOwner``)."""
 
     def __init__(self, proxy: EngineState, *, tls: bool) -> None:
+        super().__init__()  # transport, active
         self.proxy = proxy
         self.tls = tls
-        self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer_port = 0  # 0: unknown (a PROXY protocol or Unix socket peer)
         # the RFC 7239 for= node of the peer, made at the first request (see forwarded_node)
@@ -163,10 +163,6 @@ class Connection:
         self.paused = 0
         self.deadline = 0.0
         self.deadline_kind = DEADLINE_IDLE
-        # set whenever a byte moves on this connection or its upstream; the deadline sweep
-        # turns it into a later deadline for the kinds that are renewed by activity (one
-        # attribute store per read instead of a clock read)
-        self.active = False
         self.pending_error: tuple[int, str] | None = None
         self.admitted = False
         self.out: list[bytes] = []  # queued for the flusher (written at the iteration's end)
@@ -239,36 +235,6 @@ class Connection:
         else:
             self.deadline = now + config.stream_idle_timeout
             self.deadline_kind = DEADLINE_STREAM
-
-    # -- the backend side's events (``upstream``, ``h2c_stream``) ---------------------------
-    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool:
-        """Write the rebuilt response head; return True when no body follows (HEAD)."""
-        raise NotImplementedError
-
-    def upstream_body(self, ex: Exchange, body: bytes) -> None:
-        raise NotImplementedError
-
-    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
-        raise NotImplementedError
-
-    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None:
-        raise NotImplementedError
-
-    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None:
-        raise NotImplementedError
-
-    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None:
-        raise NotImplementedError
-
-    def tunnel_data(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def tunnel_closed(self) -> None:
-        raise NotImplementedError
-
-    def tunnel_backend_eof(self) -> None:
-        """The backend of this connection's tunnel shut its sending side."""
-        raise NotImplementedError
 
     def _attach(self, ex: Exchange, up: UpstreamProtocol) -> None:
         """Send ``ex``'s request on ``up`` (an upstream protocol already connected)."""

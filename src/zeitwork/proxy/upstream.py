@@ -1,15 +1,15 @@
 """One keep-alive connection to a backend: writes requests, parses responses (httptools).
 
 The protocol only moves bytes and reports parse events to the client connection that owns
-the current exchange, which it knows as an ``UpstreamOwner`` (``client.ClientProtocol`` is
-one; so is ``connection.Connection``, its base); it returns itself to its backend's idle
-list when a response ends cleanly.
+the current exchange, which it knows as an ``UpstreamOwner`` (the root base of
+``connection.Connection`` and so of ``client.ClientProtocol``); it returns itself to its
+backend's idle list when a response ends cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -22,39 +22,57 @@ if TYPE_CHECKING:
     from zeitwork.proxy.backends import Backend
 
 
-class UpstreamOwner(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class UpstreamOwner:
     """The client side of the exchange (or tunnel) an upstream connection carries: what the
-    backend's bytes and events are reported to."""
+    backend's bytes and events are reported to (the root of ``connection.Connection``, which
+    implements it). A native base rather than a Protocol: these calls are made for every read
+    of a response, and through a Protocol they would be Python calls in the compiled build."""
 
-    # set whenever a byte moves: the client connection's stream deadline is renewed
-    active: bool
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        # set whenever a byte moves on this connection or its upstream; the deadline sweep
+        # turns it into a later deadline for the kinds that are renewed by activity (one
+        # attribute store per read instead of a clock read)
+        self.active = False
 
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
+    def flush(self) -> None:
+        raise NotImplementedError
 
-    def flush(self) -> None: ...
+    def pause_reading_for(self, reason: int) -> None:
+        raise NotImplementedError
 
-    def pause_reading_for(self, reason: int) -> None: ...
+    def resume_reading_for(self, reason: int) -> None:
+        raise NotImplementedError
 
-    def resume_reading_for(self, reason: int) -> None: ...
+    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool:
+        """Write the rebuilt response head; return True when no body follows (HEAD)."""
+        raise NotImplementedError
 
-    def upstream_head(self, ex: Exchange, up: UpstreamProtocol, status: int) -> bool: ...
+    def upstream_body(self, ex: Exchange, body: bytes) -> None:
+        raise NotImplementedError
 
-    def upstream_body(self, ex: Exchange, body: bytes) -> None: ...
+    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
+        raise NotImplementedError
 
-    def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None: ...
+    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None:
+        raise NotImplementedError
 
-    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None: ...
+    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        raise NotImplementedError
 
-    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None: ...
+    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        raise NotImplementedError
 
-    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None: ...
+    def tunnel_data(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def tunnel_data(self, data: bytes) -> None: ...
+    def tunnel_closed(self) -> None:
+        raise NotImplementedError
 
-    def tunnel_closed(self) -> None: ...
-
-    def tunnel_backend_eof(self) -> None: ...
+    def tunnel_backend_eof(self) -> None:
+        """The backend of this connection's tunnel shut its sending side."""
+        raise NotImplementedError
 
 
 class _ResponseSink:
