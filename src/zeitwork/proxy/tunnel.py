@@ -230,7 +230,8 @@ def go_away(conn: Connection, *, logged: bool = False) -> None:
 
 def _close_client(conn: Connection, ws: WebSocketTunnel) -> None:
     ws.client_done = True
-    if not ws.to_client.close_seen:
+    # not after the backend's half-close: the client got our FIN then (a write would raise)
+    if not ws.to_client.close_seen and not conn.tunnel_eof & EOF_BACKEND:
         conn._write(close_frame(GOING_AWAY, masked=False))
     if ws.backend_done:
         _finish(conn)
@@ -239,7 +240,8 @@ def _close_client(conn: Connection, ws: WebSocketTunnel) -> None:
 def _close_backend(conn: Connection, ws: WebSocketTunnel) -> None:
     ws.backend_done = True
     up = conn.tunnel
-    if up is not None and not ws.to_backend.close_seen:
+    # nor towards a backend that got the client's half-close (our FIN) already
+    if up is not None and not ws.to_backend.close_seen and not conn.tunnel_eof & EOF_CLIENT:
         up.write(close_frame(GOING_AWAY, masked=True))
     if ws.client_done:
         _finish(conn)
