@@ -4,9 +4,11 @@ The loop long-polls ``POST /builder/lease`` (``BUILDER_POLL_WAIT`` seconds), run
 gets (``runner.Runner``) and asks again. ``/health``, ``/health/ready`` (the operator
 answered the last lease call) and ``/metrics`` listen on ``HOST:PORT`` (127.0.0.1:9085).
 
-Between jobs (after each one, at start and every ``PRUNE_EVERY`` seconds while idle) the
-layer caches are trimmed and pruned (``cache``: ``BUILDER_CACHE_MAX_SIZE``,
-``BUILDER_CACHE_MAX_AGE``), never one a build holds.
+When the queue has nothing for it (after a job the builder asks once without waiting), and
+at start, the layer caches are trimmed and pruned (``cache``: ``BUILDER_CACHE_MAX_SIZE``,
+``BUILDER_CACHE_MAX_AGE``), never one a build holds; so back-to-back builds do not wait for
+it. A builder that never runs out of jobs prunes between two of them every ``PRUNE_EVERY``
+seconds; an idle one every ``PRUNE_EVERY`` seconds too (caches past their age).
 
 SIGTERM/SIGINT: no new job is leased; a running build gets ``BUILDER_DRAIN_TIMEOUT``
 seconds to finish, then it is stopped (its processes killed) and its job handed back to the
@@ -84,6 +86,9 @@ class Builder:
         )
         self.runner = Runner(settings=settings, client=client, caches=self.caches)
         self.last_prune = 0.0
+        self.to_trim: set[str] = set()
+        """projects built since the last prune"""
+        self.prune_due = False
         self.stopping = asyncio.Event()
         self.job_stop = asyncio.Event()
         self.last_error: str | None = "not connected yet"
@@ -95,7 +100,8 @@ class Builder:
         request = LeaseRequest(owner=self.settings.builder_id, builder_version=builder_version())
         await self.prune()
         while not self.stopping.is_set():
-            lease = asyncio.ensure_future(self.client.lease(request, wait=self.settings.poll_wait))
+            wait = 0.0 if self.prune_due else self.settings.poll_wait
+            lease = asyncio.ensure_future(self.client.lease(request, wait=wait))
             stop = asyncio.ensure_future(self.stopping.wait())
             await asyncio.wait({lease, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -119,7 +125,7 @@ class Builder:
                 continue
             self.last_error = None
             if job is None:
-                if time.monotonic() - self.last_prune > PRUNE_EVERY:
+                if self.prune_due or time.monotonic() - self.last_prune > PRUNE_EVERY:
                     await self.prune()
                 continue
             self.current = str(job.build.id)
@@ -138,15 +144,21 @@ class Builder:
                 self.current = None
             self.metrics.finished.labels(outcome.state).inc()
             self.metrics.seconds.observe(time.monotonic() - started)
-            built = outcome.image_id is not None and not outcome.skipped
-            await self.prune(built=str(job.build.project_id) if built else None)
+            if outcome.image_id is not None and not outcome.skipped:
+                self.to_trim.add(str(job.build.project_id))
+            self.prune_due = True
+            if time.monotonic() - self.last_prune > PRUNE_EVERY:
+                await self.prune()  # the queue never ran dry: prune between two jobs
 
-    async def prune(self, *, built: str | None = None) -> None:
-        """Trim the project just built (its older images), then prune the caches."""
+    async def prune(self) -> None:
+        """Trim the projects built since the last time (their older images), then prune
+        the caches."""
         self.last_prune = time.monotonic()
+        self.prune_due = False
+        built, self.to_trim = self.to_trim, set()
         try:
-            if built is not None:
-                await self.caches.trim(built)
+            for project in sorted(built):
+                await self.caches.trim(project)
             for _project, reason, freed in await self.caches.prune():
                 self.metrics.cache_freed.labels(reason).inc(freed)
         except OSError as exc:  # a full or failing disk: the next pass tries again
