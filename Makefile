@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: bootstrap build build-local check lint format typecheck imports test test-unit \
         test-kvm migrate migration run-operator run-node-agent run-load-balancer \
         run-edge-proxy dev install uninstall bench-operator bench-agent bench-lb bench-edge \
-        bench-deploy bench-logs bench-long-stream bench-images clean
+        bench-deploy bench-logs bench-long-stream bench-images bench-build clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -105,6 +105,11 @@ bench-logs: bootstrap
 # cached), beside skopeo copy + umoci unpack of the same images in the same run.
 bench-images: bootstrap
 	$(PY) benchmarks/images.py
+
+# Builds from source under `zeitwork dev` (as root): first build, unchanged rebuild, one-line
+# change, git push -> webhook -> served, beside plain `buildah bud` of the same context.
+bench-build: bootstrap
+	$(PY) benchmarks/build.py
 
 # One SSE stream through the edge and the load balancer for 10 minutes: every event, in order.
 bench-long-stream: bootstrap
