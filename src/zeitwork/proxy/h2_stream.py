@@ -1,31 +1,39 @@
 """One HTTP/2 stream at the proxy: an exchange of the core's client protocol whose request
 comes from h2's decoded fields and whose answer goes back as HEADERS and DATA frames.
 
-``H2Stream`` is the core's HTTP/1.1 client protocol without its parser: the stream's request
-(``h2_rules.request_fields``) is made into an exchange by the same function that makes an
-HTTP/1.1 request's (``http1.forwardable_request``), so a stream is routed, rate-limited and
-policed (``RequestPolicy``), given its forwarding headers and sent over the backends'
-HTTP/1.1 keep-alive pools exactly as an HTTP/1.1 request is; DATA goes to the core's body
-path as it comes. Only the way back differs: response bytes wait in the stream until the
-connection (``StreamOwner``, ``http2.H2Connection``) sends them as the client's windows
-allow, once per event-loop iteration.
+``H2Stream`` is a client connection to the proxy core (``connection.Connection``, what the
+exchange, the core's answers and the backend side know of one) without HTTP/1.1 framing or
+a parser: the stream's request (``h2_rules.request_fields``) is made into an exchange by the
+function that makes an HTTP/1.1 request's (``http1.forwardable_request``), so a stream is
+routed, rate-limited and policed (``RequestPolicy``), given its forwarding headers and sent
+over the backends' HTTP/1.1 keep-alive pools exactly as an HTTP/1.1 request is; DATA goes to
+the backend as it comes, under the same body limit and buffering. Only the way back differs:
+response bytes wait in the stream until the connection (``StreamOwner``,
+``http2.H2Connection``) sends them as the client's windows allow, once per event-loop
+iteration.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 from h2.errors import ErrorCodes
 
 from zeitwork.proxy import exchange as exchanges
-from zeitwork.proxy.client import NO_PARSER, ClientProtocol
-from zeitwork.proxy.exchange import CONTINUE, Exchange
+from zeitwork.proxy import responses
+from zeitwork.proxy.config import BUFFER_LIMIT, PAUSE_BUFFER
+from zeitwork.proxy.connection import Connection
+from zeitwork.proxy.exchange import CONTINUE
 from zeitwork.proxy.h2_rules import H2Request, response_headers
 from zeitwork.proxy.http1 import RequestError, forwardable_request
+from zeitwork.proxy.state import Exchange
 from zeitwork.proxy.types import Headers, LocalResponse
 from zeitwork.proxy.upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from zeitwork.proxy.backends import Backend
 
 
 class StreamOwner(Protocol):
@@ -44,14 +52,13 @@ class StreamOwner(Protocol):
     def render_error(self, status: int, detail: str, headers: Headers) -> tuple[bytes, bytes]: ...
 
 
-class H2Stream(ClientProtocol):
-    """One stream: an exchange of the core's client protocol whose answer goes to ``conn``."""
+class H2Stream(Connection):
+    """One stream: an exchange of the proxy core whose answer goes to ``conn``."""
 
     def __init__(
-        self, conn: StreamOwner, base: ClientProtocol, stream_id: int, buffer_limit: int
+        self, conn: StreamOwner, base: Connection, stream_id: int, buffer_limit: int
     ) -> None:
         super().__init__(base.proxy, tls=base.tls)
-        self.parser = NO_PARSER  # the request never passes through an HTTP/1.1 parser
         self.conn = conn
         self.stream_id = stream_id
         self.buffer_limit = buffer_limit
@@ -113,11 +120,24 @@ class H2Stream(ClientProtocol):
         exchanges.start(self, ex)
 
     def feed_body(self, data: bytes, flow: int) -> None:
-        if data and self.parsing is not None:
-            try:
-                self.on_body(data)
-            except RequestError as exc:  # over the body limit
-                exchanges.refuse(self, exc.status, exc.detail)
+        ex = self.parsing
+        if data and ex is not None:
+            ex.received += len(data)
+            max_body = self.proxy.config.max_body
+            if max_body and ex.received > max_body:
+                exchanges.refuse(self, 413, f"request body over the {max_body} byte limit")
+            elif not ex.finished:
+                up = ex.upstream
+                if up is not None and ex.sent_head:
+                    if ex.chunked:
+                        up.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+                    else:
+                        up.write(data)
+                else:  # held until the backend connection is there (``exchange.attach``)
+                    ex.body_buf.append(data)
+                    ex.buffered += len(data)
+                    if ex.buffered > BUFFER_LIMIT:
+                        self.pause_reading_for(PAUSE_BUFFER)
         if self.paused:
             self.unacked += flow
         else:
@@ -125,8 +145,14 @@ class H2Stream(ClientProtocol):
 
     def end_request(self) -> None:
         self.request_ended = True
-        if self.parsing is not None:
-            self.on_message_complete()
+        ex = self.parsing
+        if ex is None:
+            return
+        self.parsing = None
+        ex.body_done = True
+        up = ex.upstream
+        if not ex.finished and up is not None and ex.sent_head and ex.chunked:
+            up.write(b"0\r\n\r\n")
 
     def pause_reading_for(self, reason: int) -> None:
         self.paused |= reason
@@ -174,7 +200,37 @@ class H2Stream(ClientProtocol):
     def upstream_complete(self, ex: Exchange, up: UpstreamProtocol, keep_alive: bool) -> None:
         if ex is self.ex and not ex.finished and len(up.headers) > self.head_fields:
             self.trailers = response_headers(up.headers[self.head_fields :])
-        super().upstream_complete(ex, up, keep_alive)
+        exchanges.complete(self, ex, up, keep_alive)
+
+    def upstream_garbage(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        exchanges.garbage(self, ex)
+
+    def upstream_lost(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        exchanges.lost(self, ex, up)
+
+    def upstream_upgraded(self, up: UpstreamProtocol, rest: bytes) -> None:
+        up.abort()  # never asked for (a 101 is refused at the head)
+        self.abort()
+
+    def tunnel_data(self, data: bytes) -> None:
+        return None  # no stream is ever a tunnel
+
+    def tunnel_closed(self) -> None:
+        return None
+
+    def tunnel_backend_eof(self) -> None:
+        return None
+
+    def _attach(self, ex: Exchange, up: UpstreamProtocol) -> None:
+        exchanges.attach(self, ex, up)
+
+    def _fail_upstream(
+        self, ex: Exchange, status: int, detail: str, *, retry: bool, same_backend: bool = False
+    ) -> None:
+        exchanges.fail_upstream(self, ex, status, detail, retry=retry, same_backend=same_backend)
+
+    def on_deadline(self) -> None:
+        return None  # the connection's deadline covers its streams (``H2Connection``)
 
     def window_opened(self) -> None:
         """Called by the connection after sending: the backend may be read again."""
@@ -187,7 +243,7 @@ class H2Stream(ClientProtocol):
 
     def _finish(self, ex: Exchange) -> None:
         ex.finished = True
-        self._release_backend(ex, status=ex.status)
+        exchanges.release_backend(self, ex, status=ex.status)
         self.ex = None
         ex.body_buf = []
         self.upstream_paused = False
@@ -203,6 +259,17 @@ class H2Stream(ClientProtocol):
         ex.status = local.status
         self._answer(local.status, headers, b"" if ex.head_only else local.body)
         self._finish(ex)
+
+    def _send_problem(
+        self,
+        ex: Exchange,
+        status: int,
+        detail: str,
+        *,
+        retry_after: bool = False,
+        backend: Backend | None = None,
+    ) -> None:
+        responses.send_problem(self, ex, status, detail, retry_after=retry_after, backend=backend)
 
     def _send_error(self, status: int, detail: str, *, close: bool) -> None:
         """The request broke a rule of the core (400, 413, 431...), outside an exchange."""
@@ -238,7 +305,7 @@ class H2Stream(ClientProtocol):
         """The exchange failed after its response began: the stream is reset."""
         ex = self.ex
         if ex is not None and not ex.finished:
-            self._abandon(ex)
+            exchanges.abandon(self, ex)
         self.ex = None
         self.parsing = None
         self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
@@ -258,4 +325,4 @@ class H2Stream(ClientProtocol):
         ex = self.ex
         self.ex = None
         if ex is not None and not ex.finished:
-            self._abandon(ex)
+            exchanges.abandon(self, ex)

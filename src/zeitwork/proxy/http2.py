@@ -235,7 +235,10 @@ class H2Connection(ClientProtocol):
             if self.h2 is None or self.closing:
                 return
             self._on_event(event)
-        self._kick()
+        # what h2 answered (SETTINGS and PING ACKs, WINDOW_UPDATE, RST_STREAM) is queued now,
+        # so that a flood of them makes the socket push back within this read; the streams'
+        # DATA waits for the flush
+        self._send()
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -260,12 +263,14 @@ class H2Connection(ClientProtocol):
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
                 self.window_moved = True
+                self._kick()
             else:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None and not stream.scheduled:
                     self.schedule(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.window_moved = True
+            self._kick()
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
