@@ -173,7 +173,9 @@ async def dev_platform(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def cli(env: dict[str, str], *args: str) -> str:
+async def cli(env: dict[str, str], *args: str, within: float = 60) -> str:
+    """``zeitwork ARGS`` with ``env``: its output, once it exited 0 within ``within`` s
+    (past that it is killed and the test fails with the output it had written)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -183,6 +185,26 @@ async def cli(env: dict[str, str], *args: str) -> str:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, (args, out, err)
-    return out.decode()
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    async def read(stream: asyncio.StreamReader | None, into: list[bytes]) -> None:
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            into.append(chunk)
+
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(read(process.stdout, out), read(process.stderr, err), process.wait()),
+            within,
+        )
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(
+            f"zeitwork {' '.join(args)} took over {within:g} s; its output:\n"
+            f"{b''.join(out).decode(errors='replace')[-6000:]}\n"
+            f"{b''.join(err).decode(errors='replace')[-2000:]}"
+        )
+    assert process.returncode == 0, (args, b"".join(out), b"".join(err))
+    return b"".join(out).decode()
