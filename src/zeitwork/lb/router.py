@@ -22,8 +22,7 @@ from zeitwork.proxy.backends import Backend, HealthListener, Pool, parse_address
 from zeitwork.proxy.balancing import AlgorithmName
 from zeitwork.proxy.health import CheckSpec, EjectionPolicy
 from zeitwork.proxy.routing import prefix_matches
-from zeitwork.wire.routes import Backend as WireBackend
-from zeitwork.wire.routes import Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 DEFAULT_POOL = "default"
 NO_POOL = "-"  # what the engine reports for requests refused before routing
@@ -44,10 +43,10 @@ def route_of_pool(name: str) -> str | None:
 log = structlog.get_logger("zeitwork.lb.router")
 
 
-def _usable(backends: Iterable[WireBackend]) -> list[WireBackend]:
+def _usable(backends: Iterable[RouteBackend]) -> list[RouteBackend]:
     """The backends whose address parses; one bad entry in the table is skipped and logged,
     never allowed to fail the whole update (and with it the worker)."""
-    usable: list[WireBackend] = []
+    usable: list[RouteBackend] = []
     for backend in backends:
         try:
             parse_address(backend.address)
@@ -148,7 +147,7 @@ class RouteTableRouter:
         self._static = [s for s in static_backends]
         self._static_check = static_check or registry.default_check
         self.default = Pool(DEFAULT_POOL, algorithm=algorithm)
-        self._default_wire: list[WireBackend] | None = None
+        self._default_wire: list[RouteBackend] | None = None
         if self._static:
             self.default.set_backends(
                 registry.get(a, check=self._static_check) for a in self._static

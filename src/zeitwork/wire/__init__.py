@@ -14,13 +14,12 @@ from zeitwork.wire.agent import (
 )
 from zeitwork.wire.common import CapacityModel, ResourcesModel
 from zeitwork.wire.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "AssignedInstance",
     "Assignments",
-    "Backend",
     "CapacityModel",
     "FieldError",
     "Heartbeat",
@@ -32,5 +31,6 @@ __all__ = [
     "Problem",
     "ResourcesModel",
     "Route",
+    "RouteBackend",
     "RouteTable",
 ]

@@ -79,7 +79,7 @@ class PathRateLimit(BaseModel):
     burst: int | None = Field(default=None, ge=1, le=1_000_000, description="default 2 x rps")
 
 
-class Backend(BaseModel):
+class RouteBackend(BaseModel):
     instance_id: uuid.UUID | None = None
     address: str = Field(description="host:port")
     weight: int = Field(default=1, ge=0, le=1000)
@@ -107,7 +107,7 @@ class Route(BaseModel):
         "(None: their own default)",
     )
     algorithm: Algorithm | None = None
-    backends: list[Backend]
+    backends: list[RouteBackend]
     rate_limit_rps: float | None = None
     rate_limit_burst: int | None = None
     policy: EdgePolicyOverride | None = Field(
@@ -146,6 +146,6 @@ class Route(BaseModel):
 class RouteTable(BaseModel):
     version: int = Field(ge=0)
     routes: list[Route]
-    default_backends: list[Backend] = Field(
+    default_backends: list[RouteBackend] = Field(
         default_factory=list, description="every running instance; for unknown hosts"
     )

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 TOKEN = "proxy-token-for-tests"
 MakeOperator = Callable[[], Awaitable["StubOperator"]]
@@ -42,7 +42,7 @@ class StubOperator:
         self.table = RouteTable(
             version=self.table.version + 1,
             routes=routes,
-            default_backends=[Backend(address=a) for a in default or []],
+            default_backends=[RouteBackend(address=a) for a in default or []],
         )
         self.changed.set()
         self.changed = asyncio.Event()
@@ -101,7 +101,7 @@ async def make_operator() -> AsyncIterator[Callable[[], Awaitable[StubOperator]]
 
 def route(host: str, *addresses: str) -> Route:
     return Route(
-        host=host, deployment_id=uuid.uuid4(), backends=[Backend(address=a) for a in addresses]
+        host=host, deployment_id=uuid.uuid4(), backends=[RouteBackend(address=a) for a in addresses]
     )
 
 

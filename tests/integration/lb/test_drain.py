@@ -15,7 +15,7 @@ from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http, 
 from tests.integration.lb.origin import Origin
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 # long interval: the balancer's own checks stay out of the way (one check at the start)
 QUIET = HealthCheck(type="tcp", interval=60, unhealthy_threshold=3)
@@ -27,7 +27,7 @@ def publish(lb: LoadBalancer, *origins: Origin, host: str = "app.test") -> None:
         host=host,
         release_id=uuid.uuid4(),
         health_check=QUIET,
-        backends=[Backend(address=o.address) for o in origins],
+        backends=[RouteBackend(address=o.address) for o in origins],
     )
     lb.router.apply(RouteTable(version=version, routes=[route]))
 

@@ -19,7 +19,7 @@ from tests.integration.edge.conftest import EdgeFactory, make_edge, upstream  # 
 from tests.integration.lb.conftest import MakeLB, eventually
 from tests.integration.lb.test_discovery import TOKEN, MakeOperator, make_operator  # noqa: F401
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route
+from zeitwork.wire.routes import Route, RouteBackend
 
 SERVICE = "zeitwork.test.Echo"
 MIB = 1024 * 1024
@@ -114,7 +114,7 @@ async def channel(
                 host="grpc.test",
                 deployment_id=uuid.uuid4(),
                 health_check=HealthCheck(type="tcp"),
-                backends=[Backend(address=f"127.0.0.1:{app_port}", protocol="h2c")],
+                backends=[RouteBackend(address=f"127.0.0.1:{app_port}", protocol="h2c")],
             )
         ]
     )

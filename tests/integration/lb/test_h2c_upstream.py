@@ -23,7 +23,7 @@ from h2.errors import ErrorCodes
 from tests.integration.lb.conftest import MakeLB, eventually, http, read_response
 from tests.integration.lb.test_discovery import TOKEN, MakeOperator, make_operator  # noqa: F401
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route
+from zeitwork.wire.routes import Route, RouteBackend
 
 MIB = 1024 * 1024
 BIG = 24 * MIB
@@ -207,7 +207,7 @@ async def lb_port(app: H2App, make_operator: MakeOperator, make_lb: MakeLB) -> i
                 host="h2c.test",
                 deployment_id=uuid.uuid4(),
                 health_check=HealthCheck(type="tcp"),
-                backends=[Backend(address=f"127.0.0.1:{app.port}", protocol="h2c")],
+                backends=[RouteBackend(address=f"127.0.0.1:{app.port}", protocol="h2c")],
             )
         ]
     )

@@ -9,7 +9,7 @@ from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
 from tests.integration.lb.origin import Origin
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 
 def publish(lb: LoadBalancer, *routes: Route) -> None:
@@ -22,7 +22,7 @@ def route(host: str, *origins: Origin, check: HealthCheck | None = None) -> Rout
         host=host,
         release_id=uuid.uuid4(),
         health_check=check,
-        backends=[Backend(address=o.address) for o in origins],
+        backends=[RouteBackend(address=o.address) for o in origins],
     )
 
 

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.integration.lb.conftest import MakeLB, MakeOrigin, connection, eventually, http
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 QUIET = HealthCheck(type="tcp", interval=60, unhealthy_threshold=3)
 
@@ -36,7 +36,7 @@ def publish(lb: LoadBalancer, address: str, *routes: tuple[str, dict[str, Any]])
                 host=host,
                 release_id=uuid.uuid4(),
                 health_check=QUIET,
-                backends=[Backend(address=address)],
+                backends=[RouteBackend(address=address)],
                 **limits,
             )
             for host, limits in routes

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.lb.conftest import LBProcess, MakeLB, MakeOrigin, eventually, http
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 StartLB = Callable[..., LBProcess]
 
@@ -27,8 +27,10 @@ async def stats(admin_port: int) -> dict[str, Any]:
 def table(version: int, app: str, fallback: str) -> RouteTable:
     return RouteTable(
         version=version,
-        routes=[Route(host="app.test", release_id=uuid.uuid4(), backends=[Backend(address=app)])],
-        default_backends=[Backend(address=fallback)],
+        routes=[
+            Route(host="app.test", release_id=uuid.uuid4(), backends=[RouteBackend(address=app)])
+        ],
+        default_backends=[RouteBackend(address=fallback)],
     )
 
 
@@ -70,7 +72,7 @@ async def test_requests_are_counted_per_route_by_class_with_bytes_and_latency(
 
     # a host that leaves the table: its later requests are "other", its totals stay
     lb.router.apply(
-        RouteTable(version=2, routes=[], default_backends=[Backend(address=fallback.address)])
+        RouteTable(version=2, routes=[], default_backends=[RouteBackend(address=fallback.address)])
     )
     await http(lb.port, path="/who", host="app.test")
     later = await stats(lb.admin_port)

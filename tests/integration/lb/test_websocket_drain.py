@@ -22,7 +22,7 @@ from tests.integration.lb.conftest import MakeLB, MakeOrigin, eventually, http
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.proxy.tunnel import CLOSE_WAIT
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 QUIET = HealthCheck(type="tcp", interval=60, unhealthy_threshold=3)
 TUNNEL_DRAIN = 2.0  # the balancer's tunnel_drain_timeout in these tests
@@ -84,7 +84,7 @@ def publish(lb: LoadBalancer, *addresses: str, host: str = "app.test") -> None:
         host=host,
         release_id=uuid.uuid4(),
         health_check=QUIET,
-        backends=[Backend(address=a) for a in addresses],
+        backends=[RouteBackend(address=a) for a in addresses],
     )
     lb.router.apply(RouteTable(version=version, routes=[route]))
 

@@ -10,7 +10,7 @@ from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch, policies_for
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
 from zeitwork.proxy.types import ClientInfo, RequestHead
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 DEFAULT = DomainPolicy(
     quota=Quota(rps=100, burst=200), cors=None, security=SecurityHeaders(SecurityHeadersConfig())
@@ -23,7 +23,7 @@ def _route(
     return Route(
         host=host,
         path_prefix=prefix,
-        backends=[Backend(address="10.0.0.1:80")],
+        backends=[RouteBackend(address="10.0.0.1:80")],
         rate_limit_rps=rps,
         rate_limit_burst=burst,
     )

@@ -5,7 +5,7 @@ import uuid
 from zeitwork.lb.checks import assign, default_check, from_wire, static_check
 from zeitwork.proxy.health import CheckSpec
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 
 def route(host: str, *addresses: str, check: HealthCheck | None = None) -> Route:
@@ -13,7 +13,7 @@ def route(host: str, *addresses: str, check: HealthCheck | None = None) -> Route
         host=host,
         release_id=uuid.uuid4(),
         health_check=check,
-        backends=[Backend(address=a) for a in addresses],
+        backends=[RouteBackend(address=a) for a in addresses],
     )
 
 
@@ -67,7 +67,7 @@ def test_each_backend_gets_the_check_of_the_first_route_that_carries_one() -> No
             route("web.test", "10.0.0.1:80", check=api),  # a later route does not win
             route("api.test", "10.0.0.3:80", check=api),
         ],
-        default_backends=[Backend(address="10.0.0.8:80")],
+        default_backends=[RouteBackend(address="10.0.0.8:80")],
     )
     checks = assign(table)
     assert checks == {

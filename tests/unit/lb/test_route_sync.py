@@ -10,7 +10,7 @@ import structlog
 from zeitwork.core.errors import ServiceUnavailable
 from zeitwork.lb.route_sync import RouteSync
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter
-from zeitwork.wire.routes import Backend, Route, RouteTable
+from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
 
 class FakeSource:
@@ -35,7 +35,9 @@ class FakeSource:
         self.table = RouteTable(
             version=self.table.version + 1,
             routes=[
-                Route(host=host, deployment_id=uuid.uuid4(), backends=[Backend(address=address)])
+                Route(
+                    host=host, deployment_id=uuid.uuid4(), backends=[RouteBackend(address=address)]
+                )
             ],
         )
         self.changed.set()
@@ -108,7 +110,7 @@ def test_cache_is_loaded_and_bad_cache_is_ignored(tmp_path: Path) -> None:
     assert not sync.load_cache()
     table = RouteTable(
         version=7,
-        routes=[Route(host="a.test", backends=[Backend(address="10.0.0.1:80")])],
+        routes=[Route(host="a.test", backends=[RouteBackend(address="10.0.0.1:80")])],
     )
     cache.write_text(table.model_dump_json())
     assert sync.load_cache()

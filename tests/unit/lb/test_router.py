@@ -6,8 +6,8 @@ from zeitwork.lb.checks import from_wire
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter, pool_name, route_of_pool
 from zeitwork.proxy.health import CheckSpec
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
+from zeitwork.wire.routes import RouteBackend as WireBackend
 
 
 def route(host: str, *addresses: str, prefix: str = "/", algorithm: str | None = None) -> Route:

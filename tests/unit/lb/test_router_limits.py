@@ -8,8 +8,8 @@ import uuid
 
 from zeitwork.lb.router import BackendRegistry, RouteTableRouter
 from zeitwork.proxy.backends import Pool
-from zeitwork.wire.routes import Backend as WireBackend
 from zeitwork.wire.routes import Route, RouteTable
+from zeitwork.wire.routes import RouteBackend as WireBackend
 
 
 def route(host: str, prefix: str = "/", **limits: float | int | None) -> Route:

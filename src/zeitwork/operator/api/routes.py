@@ -30,7 +30,7 @@ from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
 from zeitwork.operator.services.watch import MAX_WAIT_SECONDS
 from zeitwork.wire.health import HealthCheck
-from zeitwork.wire.routes import Backend, EdgePolicyOverride, PathRateLimit, Route, RouteTable
+from zeitwork.wire.routes import EdgePolicyOverride, PathRateLimit, Route, RouteBackend, RouteTable
 
 
 def _check(raw: dict[str, Any] | None) -> HealthCheck | None:
@@ -42,7 +42,7 @@ def _check(raw: dict[str, Any] | None) -> HealthCheck | None:
         return None
 
 
-def _backend(instance: RunningInstance) -> Backend | None:
+def _backend(instance: RunningInstance) -> RouteBackend | None:
     """The instance as a backend; None when its address is not an IP address (load
     balancers refuse a table with a bad backend; reports are checked, older rows may not)."""
     try:
@@ -50,7 +50,7 @@ def _backend(instance: RunningInstance) -> Backend | None:
     except ValueError:
         return None
     host = f"[{address}]" if address.version == 6 else str(address)
-    return Backend(
+    return RouteBackend(
         instance_id=instance.id,
         address=f"{host}:{instance.port}",
         release_id=instance.release_id,
@@ -60,9 +60,9 @@ def _backend(instance: RunningInstance) -> Backend | None:
 
 def route_table(rows: RouteRows) -> RouteTable:
     """Pure: rows of one snapshot -> the wire table."""
-    by_deployment: dict[object, list[Backend]] = {}
-    by_environment: dict[object, list[Backend]] = {}
-    backends: list[Backend] = []
+    by_deployment: dict[object, list[RouteBackend]] = {}
+    by_environment: dict[object, list[RouteBackend]] = {}
+    backends: list[RouteBackend] = []
     for instance in rows.instances:
         backend = _backend(instance)
         if backend is None:
