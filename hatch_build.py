@@ -52,6 +52,11 @@ COMPILED = (
     "zeitwork/proxy/health.py",
     "zeitwork/proxy/routing.py",
     "zeitwork/proxy/types.py",
+    # HTTP/2 at the client side: the connection, its streams, their rules, the HPACK encoder
+    "zeitwork/proxy/http2.py",
+    "zeitwork/proxy/h2_stream.py",
+    "zeitwork/proxy/h2_rules.py",
+    "zeitwork/proxy/h2_hpack.py",
     # the edge: its client protocols and engine (native subclasses of the core's), and its
     # per-request policy: rate limiter, security headers, CORS, redirects
     "zeitwork/edge/engine.py",

@@ -2,8 +2,8 @@
 accounting (ALPN ``h2`` on TLS), and the plain-HTTP protocol that turns into it when a client
 opens with the HTTP/2 preface (h2c with prior knowledge, ``EDGE_H2C``).
 
-Not in the compiled list (``hatch_build.py``), as ``proxy.http2`` is not: the classes here are
-interpreted subclasses of the core's client protocol, which allows them.
+Not in the compiled list (``hatch_build.py``), where ``proxy.http2`` is: the classes here are
+interpreted subclasses of the core's (compiled) protocols, which allow them.
 """
 
 from __future__ import annotations

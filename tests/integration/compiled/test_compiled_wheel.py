@@ -56,6 +56,10 @@ COMPILED_MODULES = {
         "health",
         "routing",
         "types",
+        "http2",
+        "h2_stream",
+        "h2_rules",
+        "h2_hpack",
     ),
     "edge": (
         "engine",
