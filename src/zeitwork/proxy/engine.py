@@ -9,6 +9,7 @@ import socket
 import ssl
 from typing import Any
 
+import structlog
 from mypy_extensions import mypyc_attr
 
 from zeitwork.proxy.client import ClientProtocol
@@ -19,12 +20,14 @@ from zeitwork.proxy.config import (
     DEADLINE_TUNNEL,
     ProxyConfig,
 )
-from zeitwork.proxy.connection import EngineState
+from zeitwork.proxy.connection import Connection, EngineState
 from zeitwork.proxy.headers import TrustedProxies
 from zeitwork.proxy.state import stall_timeout
 from zeitwork.proxy.tunnel import CLOSE_WAIT, go_away
 from zeitwork.proxy.tunnel import idle_timeout as tunnel_idle_timeout
 from zeitwork.proxy.types import ConnectionLimiter, Observer, RequestPolicy, Router
+
+_log = structlog.get_logger("zeitwork.proxy")
 
 
 def peer_address(transport: asyncio.BaseTransport) -> str:
@@ -100,36 +103,45 @@ class Proxy(EngineState):
         if loop is None:
             return
         now = loop.time()
+        try:
+            for conn in list(self.connections):
+                try:
+                    self._sweep_one(conn, now)
+                except Exception:  # one connection's fault never stops every deadline
+                    _log.exception("proxy.sweep_failed", client=conn.peer_ip)
+                    conn.abort()
+        finally:
+            self._sweeper = loop.call_later(0.25, self._sweep)
+
+    def _sweep_one(self, conn: Connection, now: float) -> None:
         config = self.config
-        for conn in list(self.connections):
-            if conn.active:
-                conn.active = False
-                kind = conn.deadline_kind
-                if kind == DEADLINE_STREAM:  # the route's response idle timeout, if any
-                    conn.deadline = now + stall_timeout(config, conn.ex, kind)
-                elif kind == DEADLINE_TUNNEL:  # the route's tunnel idle timeout, if any
-                    conn.deadline = now + tunnel_idle_timeout(conn)
-            if conn.deadline_kind == DEADLINE_TUNNEL:
-                up = conn.tunnel
-                if up is not None and up.backend.draining:
-                    # the backend left the route table: the tunnel runs on for a while
-                    conn.deadline = min(conn.deadline, now + config.tunnel_drain_timeout)
-                    conn.deadline_kind = DEADLINE_DRAIN
-            if (
-                conn.deadline
-                and now >= conn.deadline
-                and (not conn.closing or conn.deadline_kind == DEADLINE_LINGER)
-            ):
-                conn.on_deadline()
-            elif (
-                self.draining
-                and conn.ex is None
-                and conn.parsing is None
-                and conn.tunnel is None
-                and not conn.closing
-            ):
-                conn.close()
-        self._sweeper = loop.call_later(0.25, self._sweep)
+        if conn.active:
+            conn.active = False
+            kind = conn.deadline_kind
+            if kind == DEADLINE_STREAM:  # the route's response idle timeout, if any
+                conn.deadline = now + stall_timeout(config, conn.ex, kind)
+            elif kind == DEADLINE_TUNNEL:  # the route's tunnel idle timeout, if any
+                conn.deadline = now + tunnel_idle_timeout(conn)
+        if conn.deadline_kind == DEADLINE_TUNNEL:
+            up = conn.tunnel
+            if up is not None and up.backend.draining:
+                # the backend left the route table: the tunnel runs on for a while
+                conn.deadline = min(conn.deadline, now + config.tunnel_drain_timeout)
+                conn.deadline_kind = DEADLINE_DRAIN
+        if (
+            conn.deadline
+            and now >= conn.deadline
+            and (not conn.closing or conn.deadline_kind == DEADLINE_LINGER)
+        ):
+            conn.on_deadline()
+        elif (
+            self.draining
+            and conn.ex is None
+            and conn.parsing is None
+            and conn.tunnel is None
+            and not conn.closing
+        ):
+            conn.close()
 
     @property
     def in_flight(self) -> int:
