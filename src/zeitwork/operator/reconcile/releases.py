@@ -114,7 +114,7 @@ class EnvironmentPass:
 _INSTANCE_SQL = """
 SELECT i.id, i.release_id, i.node_id, i.state, i.desired_state, i.health, i.created_at,
        i.healthy_since, i.serving, i.drain_started_at, i.exit_code, i.oom_killed, i.reason,
-       i.health_detail, i.log_tail, n.state AS node_state
+       i.health_detail, i.log_tail, n.state AS node_state, r.strategy AS release_strategy
 FROM instances i JOIN releases r ON r.id = i.release_id
 LEFT JOIN nodes n ON n.id = i.node_id
 WHERE r.project_environment_id = %s AND i.state <> 'terminated'
@@ -216,6 +216,13 @@ class ReleaseReconciler:
         async with conn.cursor(row_factory=dict_row) as c:
             await c.execute(_INSTANCE_SQL, (environment_id,))
             rows = await c.fetchall()
+        known: dict[uuid.UUID, float] = {}
+
+        def drain_timeouts(release_id: uuid.UUID, raw: dict[str, Any] | None) -> float:
+            if release_id not in known:
+                known[release_id] = RolloutStrategy.model_validate(raw or {}).drain_timeout
+            return known[release_id]
+
         instances = tuple(
             rp.ReplicaView(
                 id=r["id"],
@@ -235,6 +242,7 @@ class ReleaseReconciler:
                 reason=r["reason"],
                 last_check=(r["health_detail"] or {}).get("detail") or None,
                 log_tail=tuple(str(x) for x in (r["log_tail"] or [])[-20:]),
+                drain_timeout=drain_timeouts(r["release_id"], r["release_strategy"]),
             )
             for r in rows
         )

@@ -234,7 +234,10 @@ class _Pass:
 
     def _drain_ends(self) -> None:
         for i in self.live(draining=True):
-            ends = (i.drain_started_at or 0.0) + self._strategy_of(i).drain_timeout
+            timeout = i.drain_timeout
+            if timeout is None:
+                timeout = self._strategy_of(i).drain_timeout
+            ends = (i.drain_started_at or 0.0) + timeout
             if self.now >= ends:
                 self.stop(i, "drained")
             else:

@@ -72,6 +72,9 @@ class ReplicaView:
     reason: str | None = None
     last_check: str | None = None  # the last health check's detail
     log_tail: tuple[str, ...] = ()
+    drain_timeout: float | None = None
+    """its own release's drain timeout (None: its release's strategy in the view): an old
+    instance keeps the time it started draining with after the new release is promoted"""
 
 
 @dataclass(frozen=True, slots=True)
