@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zeitwork.images import ImageCache, ImageStore, import_archive
+from zeitwork.images import ArchiveStore, ImageCache, import_archive
 
 
 def _sha256_file(path: Path) -> str:
@@ -142,7 +142,7 @@ async def main(mib: int) -> None:
         base = Path(tmp)
         archive, digest = build_archive(base, mib)
         size = archive.stat().st_size
-        store = ImageStore(root=base / "store")
+        store = ArchiveStore(root=base / "store")
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
         image = await import_archive(chunks(archive), store=store, max_bytes=1 << 40)

@@ -23,24 +23,24 @@ from zeitwork.images.digests import is_digest, parse_digest
 from zeitwork.images.layers import LayerStore
 from zeitwork.images.layout import ArchiveInfo, inspect_archive
 from zeitwork.images.process import DEFAULT_PATH, ProcessConfig, build_process
-from zeitwork.images.store import ImageStore, ImportedImage, import_archive
+from zeitwork.images.store import ArchiveStore, StoredImage, import_archive
 from zeitwork.images.users import ResolvedUser, resolve_user
 
 __all__ = [
     "DEFAULT_PATH",
     "ArchiveInfo",
+    "ArchiveStore",
     "CacheEntry",
     "Fetch",
     "ImageCache",
     "ImageConfig",
-    "ImageStore",
-    "ImportedImage",
     "LayerBlob",
     "LayerStore",
     "ProcessConfig",
     "Pull",
     "PulledImage",
     "ResolvedUser",
+    "StoredImage",
     "UnpackedImage",
     "build_process",
     "import_archive",

@@ -32,7 +32,7 @@ _WRITE_BATCH = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ImportedImage:
+class StoredImage:
     """A validated image in the store.
 
     ``digest``: ``sha256:<hex>`` of the image manifest (the image's identity).
@@ -56,7 +56,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class ImageStore:
+class ArchiveStore:
     """Validated OCI archives on local disk, one file per image digest.
 
     All methods are safe to call from several tasks; the blocking ones are cheap (a
@@ -99,11 +99,11 @@ class ImageStore:
         """Every stored image digest, sorted."""
         return sorted("sha256:" + p.name for p in self._blobs.iterdir() if is_hex(p.name))
 
-    async def inspect(self, digest: str) -> ImportedImage:
+    async def inspect(self, digest: str) -> StoredImage:
         """Re-validate a stored archive and return its details (e.g. after a restart)."""
         path = self.open_archive(digest)
         info = await asyncio.to_thread(inspect_archive, path, expected_digest=digest)
-        return ImportedImage(
+        return StoredImage(
             digest=info.digest,
             size=path.stat().st_size,
             config=info.config,
@@ -144,7 +144,7 @@ class ImageStore:
                 upload.unlink()
         return converted
 
-    def commit(self, temp: Path) -> ImportedImage:
+    def commit(self, temp: Path) -> StoredImage:
         """Blocking: validate the archive at ``temp`` and move it into place (or drop it if
         the image is already stored). ``temp`` is gone afterwards, whatever happens."""
         try:
@@ -164,7 +164,7 @@ class ImageStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-        return ImportedImage(
+        return StoredImage(
             digest=info.digest,
             size=size,
             config=info.config,
@@ -175,8 +175,8 @@ class ImageStore:
 
 
 async def import_archive(
-    chunks: AsyncIterable[bytes], *, store: ImageStore, max_bytes: int
-) -> ImportedImage:
+    chunks: AsyncIterable[bytes], *, store: ArchiveStore, max_bytes: int
+) -> StoredImage:
     """Stream an OCI image archive into the store, validate it, keep it by manifest digest.
 
     ``chunks`` is the request body (e.g. Starlette's ``request.stream()``). Memory stays

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from zeitwork.clients.agent import AgentClients
 from zeitwork.clients.registry import RegistryClient, registry_http_client
 from zeitwork.core.clock import Clock
-from zeitwork.images import ImageStore as ArchiveStore
+from zeitwork.images import ArchiveStore
 from zeitwork.images.manifests import ACCEPT as MANIFEST_ACCEPT
 from zeitwork.images.manifests import MAX_MANIFEST_BYTES
 from zeitwork.operator.auth import Authenticator

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import GROUP, INDEX_HTML, PASSWD, busybox_path
-from zeitwork.images import ImageCache, ImageStore, import_archive
+from zeitwork.images import ArchiveStore, ImageCache, import_archive
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -98,7 +98,7 @@ async def chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def test_buildah_archive_imports(buildah_archive: Path, tmp_path: Path):
-    store = ImageStore(root=tmp_path / "store")
+    store = ArchiveStore(root=tmp_path / "store")
     image = await import_archive(chunks(buildah_archive), store=store, max_bytes=1 << 30)
     assert image.digest.startswith("sha256:")
     assert image.size == buildah_archive.stat().st_size

@@ -12,7 +12,7 @@ import pytest
 
 from tests.images import BuiltImage
 from zeitwork.core.errors import RuntimeFailure, ServiceUnavailable
-from zeitwork.images import ImageCache, ImageStore, import_archive
+from zeitwork.images import ArchiveStore, ImageCache, import_archive
 
 pytestmark = pytest.mark.requires_root
 
@@ -51,7 +51,7 @@ def files_under(root: Path) -> list[Path]:
 
 async def test_store_full(small_disk: Callable[[str], Path], busybox_image: BuiltImage):
     disk = small_disk("768k")  # smaller than the 1 MB archive
-    store = ImageStore(root=disk / "store")
+    store = ArchiveStore(root=disk / "store")
     with pytest.raises(ServiceUnavailable, match="no space left"):
         await import_archive(chunks(busybox_image.path), store=store, max_bytes=1 << 30)
     assert files_under(disk) == []

@@ -16,7 +16,7 @@ import pytest
 
 from tests.images import BuiltImage
 from zeitwork.core.errors import InvalidInput
-from zeitwork.images import ImageCache, ImageStore, import_archive
+from zeitwork.images import ArchiveStore, ImageCache, import_archive
 
 pytestmark = pytest.mark.skipif(
     shutil.which("skopeo") is None or shutil.which("umoci") is None,
@@ -44,7 +44,7 @@ async def test_docker_archive_imports_and_unpacks(
     busybox_image: BuiltImage, tmp_path: Path
 ) -> None:
     archive = await asyncio.to_thread(docker_archive, busybox_image.path, tmp_path / "d.tar")
-    store = ImageStore(root=tmp_path / "store")
+    store = ArchiveStore(root=tmp_path / "store")
     image = await import_archive(chunks(archive), store=store, max_bytes=1 << 30)
     assert list(image.config.entrypoint) == busybox_image.config["config"]["Entrypoint"]
     assert image.config.user == "app"
@@ -89,7 +89,7 @@ async def test_bad_docker_archives_are_refused(busybox_image: BuiltImage, tmp_pa
         assert handle is not None
         entries = json.loads(handle.read())
     layer = entries[0]["Layers"][0]
-    store = ImageStore(root=tmp_path / "store")
+    store = ArchiveStore(root=tmp_path / "store")
     cases: dict[str, tuple[dict[str, bytes | None], str]] = {
         "two images": ({"manifest.json": json.dumps(entries * 2).encode()}, "exactly one"),
         "layer missing": ({layer: None}, "is missing"),

@@ -17,7 +17,7 @@ from tests.images import BuiltImage, build_image
 from tests.registry import BasicAuth, Registry, TokenServer, registry_available, start_registry
 from zeitwork.clients.registry import RegistryClient, RegistryCredentials, registry_http_client
 from zeitwork.core.errors import AuthenticationRequired
-from zeitwork.images import ImageStore as ArchiveStore
+from zeitwork.images import ArchiveStore
 from zeitwork.images import manifests as m
 from zeitwork.images.platform_registry import parse_registry_url
 from zeitwork.images.reference import parse_reference

@@ -18,8 +18,7 @@ from tests.registry import Registry, registry_available, start_registry
 from zeitwork.clients.registry import RegistryClient, registry_http_client
 from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from zeitwork.core.states import ImageState
-from zeitwork.images import ImageCache, inspect_archive
-from zeitwork.images import ImageStore as ArchiveStore
+from zeitwork.images import ArchiveStore, ImageCache, inspect_archive
 from zeitwork.images import manifests as m
 from zeitwork.images.reference import parse_reference
 from zeitwork.operator.db.database import Database

@@ -24,7 +24,7 @@ from tests.images import (
     write_archive,
 )
 from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge
-from zeitwork.images import ImageStore, import_archive, inspect_archive
+from zeitwork.images import ArchiveStore, import_archive, inspect_archive
 
 
 async def file_chunks(path: Path, size: int = 65536) -> AsyncIterator[bytes]:
@@ -38,16 +38,16 @@ async def bytes_chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-def leftovers(store: ImageStore) -> list[Path]:
+def leftovers(store: ArchiveStore) -> list[Path]:
     return sorted(p for p in store.root.rglob("*") if p.is_file())
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ImageStore:
-    return ImageStore(root=tmp_path / "store")
+def store(tmp_path: Path) -> ArchiveStore:
+    return ArchiveStore(root=tmp_path / "store")
 
 
-async def test_import_stores_by_manifest_digest(store: ImageStore, busybox_image: BuiltImage):
+async def test_import_stores_by_manifest_digest(store: ArchiveStore, busybox_image: BuiltImage):
     image = await import_archive(file_chunks(busybox_image.path), store=store, max_bytes=1 << 30)
     assert image.digest == busybox_image.digest
     assert image.size == busybox_image.size
@@ -70,7 +70,7 @@ async def test_import_stores_by_manifest_digest(store: ImageStore, busybox_image
     assert leftovers(store) == [image.path]
 
 
-async def test_import_twice_is_idempotent(store: ImageStore, busybox_image: BuiltImage):
+async def test_import_twice_is_idempotent(store: ArchiveStore, busybox_image: BuiltImage):
     first = await import_archive(file_chunks(busybox_image.path), store=store, max_bytes=1 << 30)
     second = await import_archive(
         file_chunks(busybox_image.path, 4096), store=store, max_bytes=1 << 30
@@ -79,7 +79,7 @@ async def test_import_twice_is_idempotent(store: ImageStore, busybox_image: Buil
     assert leftovers(store) == [first.path]
 
 
-async def test_inspect_and_delete(store: ImageStore, busybox_image: BuiltImage):
+async def test_inspect_and_delete(store: ArchiveStore, busybox_image: BuiltImage):
     image = await import_archive(file_chunks(busybox_image.path), store=store, max_bytes=1 << 30)
     again = await store.inspect(image.digest)
     assert again == image
@@ -90,7 +90,7 @@ async def test_inspect_and_delete(store: ImageStore, busybox_image: BuiltImage):
     assert leftovers(store) == []
 
 
-async def test_size_cap(store: ImageStore, busybox_image: BuiltImage):
+async def test_size_cap(store: ArchiveStore, busybox_image: BuiltImage):
     with pytest.raises(PayloadTooLarge) as info:
         await import_archive(
             file_chunks(busybox_image.path), store=store, max_bytes=busybox_image.size - 1
@@ -99,7 +99,7 @@ async def test_size_cap(store: ImageStore, busybox_image: BuiltImage):
     assert leftovers(store) == []
 
 
-async def test_cancelled_upload_leaves_nothing(store: ImageStore, busybox_image: BuiltImage):
+async def test_cancelled_upload_leaves_nothing(store: ArchiveStore, busybox_image: BuiltImage):
     started = asyncio.Event()
 
     async def slow() -> AsyncIterator[bytes]:
@@ -116,14 +116,14 @@ async def test_cancelled_upload_leaves_nothing(store: ImageStore, busybox_image:
     assert leftovers(store) == []
 
 
-def test_unknown_digest(store: ImageStore):
+def test_unknown_digest(store: ArchiveStore):
     with pytest.raises(NotFound):
         store.open_archive("sha256:" + "0" * 64)
     with pytest.raises(InvalidInput):
         store.open_archive("sha256:../../etc/passwd")
 
 
-def test_clean_temp(store: ImageStore):
+def test_clean_temp(store: ArchiveStore):
     stale = store.new_temp()
     stale.write_bytes(b"half an upload")
     assert store.clean_temp(older_than=3600) == 0
@@ -360,7 +360,7 @@ def small_layout_files() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-async def test_corrupt_archive_is_refused(store: ImageStore, tmp_path: Path, case: str):
+async def test_corrupt_archive_is_refused(store: ArchiveStore, tmp_path: Path, case: str):
     corrupt, message = CORRUPTIONS[case]
     layout = image_layout()
     corrupt(layout)
@@ -385,7 +385,7 @@ def _tar_with(tmp_path: Path, info: tarfile.TarInfo) -> Path:
     ],
 )
 async def test_links_and_devices_in_archive_are_refused(
-    store: ImageStore, tmp_path: Path, kind: bytes, message: str
+    store: ArchiveStore, tmp_path: Path, kind: bytes, message: str
 ):
     info = tarfile.TarInfo("blobs/sha256/" + "a" * 64)
     info.type = kind
@@ -397,7 +397,7 @@ async def test_links_and_devices_in_archive_are_refused(
     assert leftovers(store) == []
 
 
-async def test_symlinked_oci_layout_is_refused(store: ImageStore, tmp_path: Path):
+async def test_symlinked_oci_layout_is_refused(store: ArchiveStore, tmp_path: Path):
     files = image_layout().files
     del files["index.json"]
     info = tarfile.TarInfo("index.json")
@@ -416,14 +416,14 @@ async def test_symlinked_oci_layout_is_refused(store: ImageStore, tmp_path: Path
         (gzip.compress(b"x" * 1000), "gzip-compressed"),
     ],
 )
-async def test_not_an_archive(store: ImageStore, body: bytes, message: str):
+async def test_not_an_archive(store: ArchiveStore, body: bytes, message: str):
     with pytest.raises(InvalidInput, match=message):
         await import_archive(bytes_chunks(body), store=store, max_bytes=1 << 30)
     assert leftovers(store) == []
 
 
 @pytest.mark.parametrize("cut", [0.1, 0.5, 0.97])
-async def test_truncated_archive(store: ImageStore, busybox_image: BuiltImage, cut: float):
+async def test_truncated_archive(store: ArchiveStore, busybox_image: BuiltImage, cut: float):
     data = busybox_image.path.read_bytes()
     truncated = data[: int(len(data) * cut)]
     with pytest.raises(InvalidInput):
@@ -431,7 +431,7 @@ async def test_truncated_archive(store: ImageStore, busybox_image: BuiltImage, c
     assert leftovers(store) == []
 
 
-async def test_multi_platform_index_picks_linux_amd64(store: ImageStore, tmp_path: Path):
+async def test_multi_platform_index_picks_linux_amd64(store: ArchiveStore, tmp_path: Path):
     amd = image_layout()
     arm = image_layout(architecture="arm64", env=("ARCH=arm",))
     files = {**arm.files, **amd.files}
@@ -453,7 +453,7 @@ async def test_multi_platform_index_picks_linux_amd64(store: ImageStore, tmp_pat
     assert image.config.architecture == "amd64"
 
 
-async def test_nested_index_is_followed(store: ImageStore, tmp_path: Path):
+async def test_nested_index_is_followed(store: ArchiveStore, tmp_path: Path):
     layout = image_layout()
     inner = json.loads(layout.files["index.json"])
     inner["manifests"][0]["platform"] = {"os": "linux", "architecture": "amd64"}
@@ -476,7 +476,7 @@ async def test_nested_index_is_followed(store: ImageStore, tmp_path: Path):
     assert image.digest == layout.manifest_digest
 
 
-async def test_uncompressed_layers_and_several_layers(store: ImageStore, tmp_path: Path):
+async def test_uncompressed_layers_and_several_layers(store: ArchiveStore, tmp_path: Path):
     layers = [
         [Entry("a", mode=0o755), Entry("a/one", b"1")],
         [Entry("a", mode=0o755), Entry("a/two", b"22"), Entry("a/.wh.one", b"")],
@@ -490,7 +490,7 @@ async def test_uncompressed_layers_and_several_layers(store: ImageStore, tmp_pat
     assert image.config.entrypoint == ()
 
 
-async def test_unreferenced_corrupt_blob_is_refused(store: ImageStore, tmp_path: Path):
+async def test_unreferenced_corrupt_blob_is_refused(store: ArchiveStore, tmp_path: Path):
     layout = image_layout()
     layout.files["blobs/sha256/" + "f" * 64] = b"not what the name says"
     archive = write_archive(tmp_path / "extra.tar", layout.files)
@@ -500,7 +500,7 @@ async def test_unreferenced_corrupt_blob_is_refused(store: ImageStore, tmp_path:
 
 
 async def test_client_disconnect_midway_leaves_nothing(
-    store: ImageStore, busybox_image: BuiltImage
+    store: ArchiveStore, busybox_image: BuiltImage
 ):
     class ClientDisconnect(Exception):
         pass
@@ -516,7 +516,7 @@ async def test_client_disconnect_midway_leaves_nothing(
 
 
 async def test_oci_layout_with_docker_save_extras_is_accepted(
-    store: ImageStore, tmp_path: Path
+    store: ArchiveStore, tmp_path: Path
 ) -> None:
     """docker save (Docker 25+) writes an OCI layout plus manifest.json and repositories."""
     layout = image_layout()

@@ -32,8 +32,7 @@ import structlog
 
 from zeitwork.clients.registry import RegistryClient, RegistryCredentials
 from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ZeitworkError
-from zeitwork.images import ImageStore as ArchiveStore
-from zeitwork.images import import_archive
+from zeitwork.images import ArchiveStore, import_archive
 from zeitwork.images.layout import extract_image_blobs, write_oci_archive
 from zeitwork.images.manifests import (
     LINUX_AMD64,
