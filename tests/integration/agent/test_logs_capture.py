@@ -104,7 +104,8 @@ async def test_lines_carry_their_write_time_and_stream(
             (16384, True),
             (40000 - 2 * 16384, False),
         ]
-        assert len({r["ts"] for r in pieces}) == 1  # one line, one write time
+        # one line: its pieces are read together (a pipe read can split it: within 0.5 s)
+        assert _ts(pieces[-1]) - _ts(pieces[0]) < 0.5
         assert by_text["unfinished"]["partial"] is True  # held 0.5 s, then written as is
         assert early["partial"] is False
         assert [r["line"] for r in records].index("late") < [r["line"] for r in records].index(

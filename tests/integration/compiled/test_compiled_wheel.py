@@ -147,6 +147,7 @@ async def test_compiled_load_balancer_proxies_real_traffic(
     assert bad.status in (400, 501)
 
 
+@pytest.mark.timeout(900)  # a whole suite in one test: more than the 300 s default
 def test_proxy_edge_and_lb_suites_pass_on_the_compiled_build(compiled_site: Path) -> None:
     """The same behaviour tests, with every compiled module imported from the wheel."""
     suites = [
@@ -172,7 +173,7 @@ def test_proxy_edge_and_lb_suites_pass_on_the_compiled_build(compiled_site: Path
         env={**os.environ, "PYTHONPATH": str(compiled_site)},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=840,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
