@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from tests.e2e.dev_platform import Platform, cli, dev_platform
+from tests.gitserver import git_daemon
 from tests.images import build_image
-from tests.integration.builds.conftest import GIT_ENV, GitServer
 
 from zeitwork.builds.context import pack
 from zeitwork.builds.webhook import sign
@@ -178,38 +177,6 @@ async def served(p: Platform, domain: str, text: str, within: float = 120) -> fl
     raise TimeoutError(f"{domain} never answered {text!r}")
 
 
-def start_git_daemon(base: Path) -> tuple[subprocess.Popen[bytes], GitServer]:
-    base.mkdir(parents=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            f"--base-path={base}",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            str(base),
-        ],
-        env={**os.environ, **GIT_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, GitServer(base=base, port=port)
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise
-            time.sleep(0.05)
-
-
 async def wait_started(p: Platform, within: float = 300) -> None:
     deadline = time.monotonic() + within
     while "Zeitwork is running" not in p.output():
@@ -238,7 +205,7 @@ async def run(runs: int) -> dict[str, Any]:
     source = root / "app"
     peer = PlainBuildah(root / "peer")
     figures: dict[str, Any] = {"zeitwork": {}, "bud": {}, "push": {}, "steps": {}}
-    git_proc: subprocess.Popen[bytes] | None = None
+    git_servers = contextlib.ExitStack()  # the git daemon of (d), once started
     (root / "platform").mkdir()
     try:
         async with dev_platform(root / "platform") as p:
@@ -284,7 +251,8 @@ async def run(runs: int) -> dict[str, Any]:
                     await case("one-line", f"<h1>v{n + 1}</h1>\n")
 
                 # (d) git push -> webhook -> build -> release -> through the edge
-                git_proc, git = start_git_daemon(root / "repos")
+                (root / "repos").mkdir()
+                git = git_servers.enter_context(git_daemon(root / "repos", start_within=20))
                 async with AdminClient(base_url=p.url("operator"), token=p.token) as admin:
                     webhook_secret = (await admin.project_webhook(app)).secret
                 for n in range(runs):
@@ -335,9 +303,7 @@ async def run(runs: int) -> dict[str, Any]:
             finally:
                 await builds.aclose()
     finally:
-        if git_proc is not None:
-            git_proc.terminate()
-            git_proc.wait(10)
+        git_servers.close()
         shutil.rmtree(root, ignore_errors=True)
     return figures
 

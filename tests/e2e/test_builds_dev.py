@@ -22,8 +22,6 @@ import hmac
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,8 +34,8 @@ import pytest_asyncio
 
 from tests.e2e.dev_platform import Platform, cli, dev_platform, until
 from tests.e2e.releases_kit import Load, answers_only, deploy, only_version_running, settled
+from tests.gitserver import GitServer, git_daemon
 from tests.images import INDEX_HTML, BuiltImage
-from tests.integration.builds.conftest import GIT_ENV, GitServer, free_port
 
 pytestmark = [
     pytest.mark.requires_root,
@@ -68,36 +66,8 @@ async def dev(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Platfor
 @pytest.fixture(scope="module")
 def git_repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     """``git daemon`` on a free 127.0.0.1 port serving bare repositories (the module's)."""
-    base = tmp_path_factory.mktemp("repos")
-    port = free_port()
-    daemon = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            f"--base-path={base}",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            str(base),
-        ],
-        env={**os.environ, **GIT_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "git daemon did not start"
-                time.sleep(0.05)
-        yield GitServer(base=base, port=port)
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with git_daemon(tmp_path_factory.mktemp("repos")) as server:
+        yield server
 
 
 def _cli_env(p: Platform) -> dict[str, str]:

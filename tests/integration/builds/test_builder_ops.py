@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.gitserver import GitServer
 from tests.images import BuiltImage
-from tests.integration.builds.conftest import Builders, GitServer, with_group
+from tests.integration.builds.conftest import Builders, with_group
 from tests.integration.builds.test_builds_git import log_text, queue, wait_build
 from tests.integration.operator.conftest import OperatorFactory
 from tests.integration.operator.live_server import live_operator

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.gitserver import GitServer
 from tests.images import BuiltImage
-from tests.integration.builds.conftest import Builders, GitServer
+from tests.integration.builds.conftest import Builders
 from tests.integration.builds.test_builds_git import dockerfile
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.live_server import live_operator

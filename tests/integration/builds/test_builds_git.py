@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.gitserver import GitServer
 from tests.images import BuiltImage
-from tests.integration.builds.conftest import Builders, GitServer, with_group
+from tests.integration.builds.conftest import Builders, with_group
 from tests.integration.operator.conftest import OperatorFactory
 from tests.integration.operator.live_server import live_operator
 from tests.integration.operator.releases_kit import Platform, platform
