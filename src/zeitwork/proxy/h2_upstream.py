@@ -20,7 +20,9 @@ acknowledged (WINDOW_UPDATE) only as the client takes it: while the core has pau
 stream's "transport" (a slow client), DATA waits unacknowledged, so the backend's window
 closes. A stream the backend refuses (REFUSED_STREAM, or above its GOAWAY's last stream) is
 retried as a stale keep-alive connection is; a reset after the response began is a truncated
-response (the client's stream is reset, or its HTTP/1.1 connection closed).
+response (the client's stream is reset, or its HTTP/1.1 connection closed). A GOAWAY from the
+backend (``_ClientH2Connection``) takes no new stream; the streams it still serves run to
+their end, and the connection closes after the last.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import h2.exceptions
 import h2.settings
 import structlog
 from h2.errors import ErrorCodes
+from hyperframe.frame import Frame, GoAwayFrame
 
 from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.h2c_stream import H2UpstreamStream
@@ -55,6 +58,33 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 IDLE_CLOSE = 60.0  # a connection with no stream for this long is closed
 
 
+class _ClientH2Connection(h2.connection.H2Connection):
+    """``h2``'s connection, except for a GOAWAY from the backend.
+
+    h2 4.x moves its state machine to CLOSED on a received GOAWAY, after which every frame is
+    a protocol error (the DATA and trailers of streams the backend still serves, the PING a
+    gRPC server sends with its graceful GOAWAY), and it drops what was queued to send (window
+    updates, request DATA of those streams). RFC 9113 6.8: streams up to the GOAWAY's last
+    stream id may still complete. Here the GOAWAY is reported (``ConnectionTerminated``) and
+    the state is left as it was: the connection refuses new streams itself
+    (``H2UpstreamConnection.goaway``) and closes once its last stream ends.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        if self.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            return super()._receive_goaway_frame(frame)  # we are closing already
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class H2UpstreamConnection:
     """One h2c connection to a backend (an asyncio protocol by duck typing)."""
 
@@ -62,7 +92,7 @@ class H2UpstreamConnection:
         self.backend = backend
         self.upstreams = upstreams
         self.transport: asyncio.Transport | None = None
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = _ClientH2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.streams: dict[int, H2UpstreamStream] = {}
@@ -135,20 +165,9 @@ class H2UpstreamConnection:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            if self.h2.state_machine.state == h2.connection.ConnectionState.CLOSED:
-                # h2 takes nothing after a GOAWAY (not even the PING a gRPC server sends with
-                # its graceful one): streams still open are lost (docs/http2.md)
-                _log.info(
-                    "proxy.h2c_backend_goaway",
-                    backend=self.backend.address,
-                    streams=len(self.streams),
-                )
-            else:
-                _log.warning(
-                    "proxy.h2c_backend_protocol_error",
-                    backend=self.backend.address,
-                    error=str(exc),
-                )
+            _log.warning(
+                "proxy.h2c_backend_protocol_error", backend=self.backend.address, error=str(exc)
+            )
             self._fatal(ErrorCodes.PROTOCOL_ERROR)
             return
         for event in events:
@@ -187,11 +206,22 @@ class H2UpstreamConnection:
             for stream in list(streams.values()):
                 self.pump(stream)
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # the backend's GOAWAY: no new stream here (``capacity`` is 0, the next exchange
+            # gets a new connection); the streams it processes (ids up to ``last``) run to
+            # their end, and the connection closes after the last (``forget``). A server may
+            # send two (gRPC: the first with the highest id and a PING, then the real one).
             self.goaway = True
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for sid, stream in list(streams.items()):
                 if sid > last:  # never processed: safe to retry
                     stream.on_reset(refused=True)
+            _log.info(
+                "proxy.h2c_backend_goaway",
+                backend=self.backend.address,
+                error_code=int(event.error_code or 0),
+                last_stream_id=last,
+                streams=len(self.streams),
+            )
             if not self.streams:
                 self.close()
 

@@ -33,6 +33,7 @@ class EchoService:
     def __init__(self) -> None:
         self.proceed: asyncio.Queue[None] = asyncio.Queue()
         self.calls = 0
+        self.server: aio.Server | None = None  # the grpcio server it runs in
 
     async def echo(self, request: bytes, context: aio.ServicerContext) -> bytes:
         self.calls += 1
@@ -92,6 +93,7 @@ async def grpc_app() -> AsyncIterator[tuple[EchoService, int]]:
     service = EchoService()
     server = aio.server(options=SIZES)
     server.add_generic_rpc_handlers((service.handler(),))
+    service.server = server
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield service, port
@@ -214,3 +216,24 @@ async def test_bidirectional_streaming_ping_pong(channel: aio.Channel) -> None:
     await call.done_writing()
     assert await call.read() == aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_call_open_when_the_server_stops_gracefully_runs_to_its_end(
+    channel: aio.Channel, grpc_app: tuple[EchoService, int]
+) -> None:
+    """``server.stop(grace)`` mid-call: the server sends GOAWAY and a PING, and its second
+    GOAWAY only once the PING is answered; the open call goes on both ways, then ends OK."""
+    service, _ = grpc_app
+    assert service.server is not None
+    call = channel.stream_stream(f"/{SERVICE}/Chat")(timeout=60)
+    await call.write(b"before")
+    assert await asyncio.wait_for(call.read(), 20) == b"BEFORE"
+    stopping = asyncio.create_task(service.server.stop(grace=60))
+    await asyncio.sleep(1.0)  # the GOAWAY, the PING and its ACK, the second GOAWAY
+    for word in (b"during", b"the", b"grace"):
+        await call.write(word)
+        assert await asyncio.wait_for(call.read(), 20) == word.upper()
+    await call.done_writing()
+    assert await asyncio.wait_for(call.read(), 20) == aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+    await asyncio.wait_for(stopping, 30)  # it ended with the call, well before its grace

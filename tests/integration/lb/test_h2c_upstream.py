@@ -2,7 +2,8 @@
 connection on a real socket, written here so that it can misbehave on purpose): streams share a
 connection, trailers reach an HTTP/1.1 client in the last chunk, a slow reader shuts the
 backend's window instead of filling the balancer's memory, a refused stream is retried, a reset
-after the response began truncates it, and a client that goes away resets its stream."""
+after the response began truncates it, a client that goes away resets its stream, and streams
+open when the server sends a graceful GOAWAY run to their end."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import h2.events
 import h2.settings
 import pytest
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame, PingFrame
 
 from tests.integration.lb.conftest import MakeLB, eventually, http, read_response
 from tests.integration.lb.test_discovery import TOKEN, MakeOperator, make_operator  # noqa: F401
@@ -31,8 +33,9 @@ BIG = 24 * MIB
 
 class H2App:
     """An h2c server. Paths: ``/echo`` (the request body back, with its sha256 as a trailer),
-    ``/trailers``, ``/big`` (BIG bytes, sent as the window allows), ``/refuse-once``,
-    ``/reset-mid``, ``/forever`` (data until reset)."""
+        ``/trailers``, ``/big`` (BIG bytes, sent as the window allows), ``/refuse-once``,
+        ``/reset-mid``, ``/forever`` (data until reset), ``/hold`` (a head and a first part, then
+    the rest only after a graceful GOAWAY: see ``shut_down``)."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -44,6 +47,10 @@ class H2App:
         self.big_sent = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.held = 0  # /hold streams waiting
+        self.shut_down = asyncio.Event()  # set by a test: GOAWAY on the connection of /hold
+        self.ping_acked = asyncio.Event()  # the balancer answered the GOAWAY's PING
+        self.peer_closed = asyncio.Event()  # the balancer closed the connection of /hold
 
     async def start(self) -> H2App:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -71,6 +78,26 @@ class H2App:
         pending: dict[int, memoryview] = {}  # bytes not sent yet (as the window allows)
         ending: dict[int, list[tuple[bytes, bytes]]] = {}  # trailers once they are sent
         tasks: set[asyncio.Task[None]] = set()
+        held: list[int] = []
+        finished_held = False
+
+        async def graceful_goaway() -> None:
+            # as a gRPC server's graceful stop: GOAWAY (last stream: the highest one opened,
+            # no error) and a PING; the held streams finish only after the PING's ACK. Written
+            # as raw frames: h2 itself would refuse to send DATA after its own GOAWAY
+            await self.shut_down.wait()
+            goaway = GoAwayFrame(0, last_stream_id=conn.highest_inbound_stream_id, error_code=0)
+            writer.write(goaway.serialize() + PingFrame(0, opaque_data=b"zw-drain").serialize())
+
+        def finish_held() -> None:
+            nonlocal finished_held
+            finished_held = True
+            for sid in held:
+                conn.send_data(sid, b"the second part")
+                conn.send_headers(sid, [(b"x-done", b"yes")], end_stream=True)
+                paths.pop(sid, None)
+            held.clear()
+            flush()
 
         def flush() -> None:
             data = conn.data_to_send()
@@ -137,6 +164,16 @@ class H2App:
                 loop.call_later(
                     0.2, lambda: (conn.reset_stream(sid, ErrorCodes.INTERNAL_ERROR), flush())
                 )
+            elif path == b"/hold":
+                conn.send_headers(sid, [(b":status", b"200")])
+                conn.send_data(sid, b"the first part, ")
+                flush()
+                if not held:
+                    task = asyncio.get_running_loop().create_task(graceful_goaway())
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                held.append(sid)
+                self.held += 1
             elif path == b"/forever":
                 conn.send_headers(sid, [(b":status", b"200")])
                 task = asyncio.get_running_loop().create_task(forever(sid))
@@ -181,10 +218,20 @@ class H2App:
                         pending.pop(event.stream_id, None)
                     elif isinstance(event, h2.events.WindowUpdated):
                         pump()
+                    elif isinstance(event, h2.events.PingAckReceived):
+                        if event.ping_data == b"zw-drain":
+                            self.ping_acked.set()
+                            asyncio.get_running_loop().call_later(0.3, finish_held)
+                    elif (
+                        isinstance(event, h2.events.ConnectionTerminated)
+                        and self.ping_acked.is_set()
+                    ):
+                        self.peer_closed.set()
                 flush()
                 await writer.drain()
         except (ConnectionError, h2.exceptions.ProtocolError) as exc:
-            self.errors.append(repr(exc))
+            if counted:  # not the balancer's tcp checks (which may close with a reset)
+                self.errors.append(repr(exc) + (" (after GOAWAY)" if finished_held else ""))
         finally:
             for task in tasks:
                 task.cancel()
@@ -307,3 +354,37 @@ async def test_a_client_gone_mid_response_resets_its_stream(app: H2App, lb_port:
     await eventually(lambda: ErrorCodes.CANCEL in app.resets, timeout=10)
     r = await http(lb_port, path="/still", host="h2c.test")
     assert r.status == 200 and app.connections == 1
+
+
+async def test_streams_open_at_a_graceful_goaway_finish_whole(app: H2App, lb_port: int) -> None:
+    async def hold() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lb_port)
+        try:
+            writer.write(b"GET /hold HTTP/1.1\r\nHost: h2c.test\r\n\r\n")
+            raw = b""
+            while not raw.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in raw:
+                chunk = await asyncio.wait_for(reader.read(65536), 20)
+                assert chunk, raw
+                raw += chunk
+        finally:
+            writer.close()
+        return app.connections, raw
+
+    holds = [asyncio.create_task(hold()) for _ in range(2)]
+    await eventually(lambda: app.held == 2, timeout=20)
+    assert app.connections == 1
+    app.shut_down.set()  # GOAWAY + PING, with both streams open
+    await asyncio.wait_for(app.ping_acked.wait(), 20)  # before the fix: a protocol error
+    # a new exchange is not sent on the connection that is going away
+    r = await http(lb_port, path="/fresh", host="h2c.test")
+    assert r.status == 200 and r.body == b"/fresh"
+    assert app.connections == 2
+    for _, raw in await asyncio.gather(*holds):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), raw
+        assert b"the first part, " in body and b"the second part" in body, raw
+        assert body.endswith(b"0\r\nx-done: yes\r\n\r\n"), raw  # trailers: the stream ended
+    assert app.streams == 3  # the old connection got no new stream
+    # once its last stream ended, the balancer closes the old connection (its own GOAWAY)
+    await asyncio.wait_for(app.peer_closed.wait(), 20)
+    assert app.errors == []
