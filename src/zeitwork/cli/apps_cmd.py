@@ -34,16 +34,17 @@ from zeitwork.cli.releases_cmd import (
     JsonOption,
     release_or_exit,
 )
-from zeitwork.clients.admin import AdminClient, ProjectInfo
+from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import NotFound
 from zeitwork.settings import load_settings
+from zeitwork.wire.admin import ProjectOut
 from zeitwork.wire.releases import AppStatus, EnvChange
 
 AppArgument = Annotated[str, typer.Argument(metavar="APP", help="the app (name or id)")]
 
 
 async def _status_or_none(
-    client: AdminClient, project: ProjectInfo, environment: str
+    client: AdminClient, project: ProjectOut, environment: str
 ) -> AppStatus | None:
     try:
         return await client.status(str(project.id), environment=environment)
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
 
-        async def action(client: AdminClient) -> list[tuple[ProjectInfo, AppStatus | None]]:
+        async def action(client: AdminClient) -> list[tuple[ProjectOut, AppStatus | None]]:
             projects = await client.projects()
             found = await asyncio.gather(
                 *(_status_or_none(client, p, environment) for p in projects)

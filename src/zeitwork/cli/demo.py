@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zeitwork.cli.demo_image import DEMO_PORT, DemoImageError, write_demo_archive
-from zeitwork.clients.admin import AdminClient, DeploymentInfo, ImageInfo, probe
+from zeitwork.clients.admin import AdminClient, probe
+from zeitwork.core.states import InstanceState
+from zeitwork.wire.admin import DeploymentOut, ImageOut
 
 DEMO_DOMAIN = "demo.localhost"
 DEMO_PROJECT = "demo"
@@ -22,8 +24,8 @@ class DemoFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    image: ImageInfo
-    deployment: DeploymentInfo
+    image: ImageOut
+    deployment: DeploymentOut
     instance_address: str
 
 
@@ -66,15 +68,15 @@ async def run_demo(
     return DemoResult(image=image, deployment=deployment, instance_address=address)
 
 
-async def _wait_running(client: AdminClient, deployment: DeploymentInfo, *, within: float) -> str:
+async def _wait_running(client: AdminClient, deployment: DeploymentOut, *, within: float) -> str:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
         instances = await client.instances(deployment_id=deployment.id)
         for instance in instances:
-            if instance.state == "running" and instance.ip_address:
+            if instance.state is InstanceState.RUNNING and instance.ip_address:
                 return f"{instance.ip_address}:{instance.port or DEMO_PORT}"
-            if instance.state == "failed":
+            if instance.state is InstanceState.FAILED:
                 raise DemoFailed(f"the demo instance failed: {instance.reason or 'no reason'}")
         if loop.time() > deadline:
             states = ", ".join(i.state for i in instances) or "no instance"

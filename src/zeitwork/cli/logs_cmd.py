@@ -17,7 +17,8 @@ import typer
 from zeitwork.cli.console import echo_json, echo_json_line, parsed, run_with_client
 from zeitwork.cli.release_view import event_line, log_text, parse_since, parse_version, rfc3339
 from zeitwork.cli.releases_cmd import EnvironmentOption, JsonOption
-from zeitwork.clients.admin import AdminClient, LogRecord
+from zeitwork.clients.admin import AdminClient
+from zeitwork.wire.admin import LogRecord
 from zeitwork.wire.releases import EventOut
 
 FollowOption = Annotated[bool, typer.Option("--follow", "-f", help="keep printing new ones")]

@@ -14,12 +14,13 @@ import typer
 
 from zeitwork.cli.console import echo_json, fail, run_with_client, table
 from zeitwork.cli.releases_cmd import JsonOption
-from zeitwork.clients.admin import AdminClient, NodeInfo
+from zeitwork.clients.admin import AdminClient
+from zeitwork.wire.admin import NodeOut
 
 NodeArgument = Annotated[str, typer.Argument(metavar="NODE", help="node id or hostname")]
 
 
-def pick_node(nodes: list[NodeInfo], name: str) -> NodeInfo:
+def pick_node(nodes: list[NodeOut], name: str) -> NodeOut:
     """The one node ``name`` designates: its id, a unique id prefix, or its hostname."""
     text = name.strip().lower()
     exact = [n for n in nodes if str(n.id) == text or n.hostname.lower() == text]
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
             ],
         )
 
-    async def _drain(client: AdminClient, name: str, drain: bool) -> NodeInfo:
+    async def _drain(client: AdminClient, name: str, drain: bool) -> NodeOut:
         node = pick_node(await client.nodes(), name)
         if drain:
             return await client.drain_node(node.id)

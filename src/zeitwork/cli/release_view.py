@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from zeitwork.clients.admin import LogNotice, LogRecord
 from zeitwork.core.errors import InvalidInput
+from zeitwork.wire.admin import LogNotice, LogRecord
 from zeitwork.wire.health import HealthResult
 from zeitwork.wire.releases import AppStatus, EnvOut, EventOut, InstanceBrief, ReleaseOut
 

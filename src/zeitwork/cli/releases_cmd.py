@@ -29,8 +29,9 @@ from zeitwork.cli.release_view import (
     version_text,
 )
 from zeitwork.cli.rollout_follow import follow_rollout
-from zeitwork.clients.admin import AdminClient, DomainInfo
+from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import NotFound, ZeitworkError
+from zeitwork.wire.admin import DomainOut
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck
 from zeitwork.wire.releases import ReleaseCreate, ReleaseOut, RolloutStrategy
@@ -280,7 +281,7 @@ def register(app: typer.Typer) -> None:
             raise fail(_first_error(exc), 2) from None
         slug = app_name.strip().lower()
 
-        async def action(client: AdminClient) -> tuple[ReleaseOut, DomainInfo | None]:
+        async def action(client: AdminClient) -> tuple[ReleaseOut, DomainOut | None]:
             owner = {p.slug: p for p in await client.projects()}.get(slug)
             if owner is None:
                 owner = await client.create_project(slug)

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 
+from zeitwork.wire.admin import Scope
 
-class Scope(StrEnum):
-    """What a token may do. ``admin`` may do everything."""
-
-    ADMIN = "admin"
-    JOIN = "join"  # register a node (and receive that node's own token)
-    NODE = "node"  # one node's heartbeats, assignments, instance reports, image downloads
-    PROXY = "proxy"  # load balancers and edges: routes, certificates, ACME account, leases
-    BUILDER = "builder"  # builders: lease, run and finish build jobs, fetch their contexts
+__all__ = ["Principal", "Scope"]
 
 
 @dataclass(frozen=True, slots=True)

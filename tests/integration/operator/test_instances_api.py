@@ -341,7 +341,7 @@ async def test_a_stale_candidate_snapshot_never_places_wrongly(
 
 async def test_list_elements_equal_the_single_answers(operator: Operator) -> None:
     # the list's JSON is built by PostgreSQL, the single answer by Python: same content
-    from zeitwork.operator.api.instances import InstanceOut
+    from zeitwork.wire.admin import InstanceOut
 
     node, token = await ready_node(operator, vcpu=8, memory=8192)
     image = await ready_image(operator)

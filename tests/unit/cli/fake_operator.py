@@ -19,7 +19,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tests.unit.cli.wire_factories import NODE_A, PROJECT_ID, T0
+from tests.unit.cli.wire_factories import domain, project
+from zeitwork.core.states import NodeState
+from zeitwork.wire.admin import DomainOut, NodeOut, ProjectOut
 from zeitwork.wire.releases import AppStatus, EnvOut, EventOut, ReleaseOut
 
 Answer = Response | bytes
@@ -44,7 +46,7 @@ def sse(*items: tuple[str | None, str]) -> bytes:
 @dataclass
 class FakeOperator:
     url: str = ""
-    projects: list[dict[str, Any]] = field(default_factory=list)
+    projects: list[ProjectOut] = field(default_factory=list)
     created: ReleaseOut | Response | None = None
     releases: list[ReleaseOut] = field(default_factory=list)
     release_after_polls: list[ReleaseOut] = field(default_factory=list)
@@ -54,8 +56,8 @@ class FakeOperator:
     events_route_missing: bool = False
     log_attempts: list[Answer] = field(default_factory=list)
     env: EnvOut | None = None
-    nodes: list[dict[str, Any]] = field(default_factory=list)
-    domains: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[NodeOut] = field(default_factory=list)
+    domains: list[DomainOut] = field(default_factory=list)
     seen: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
     last_event_ids: list[str | None] = field(default_factory=list)
     release_polls: int = 0
@@ -77,15 +79,14 @@ class FakeOperator:
             return answer
 
         @api.get("/api/v1/projects")
-        async def list_projects() -> list[dict[str, Any]]:
-            return self.projects
+        async def list_projects() -> Response:
+            return _models(self.projects)
 
         @api.post("/api/v1/projects", status_code=201)
-        async def create_project(request: Request) -> dict[str, Any]:
-            name = (await request.json())["name"]
-            made = {"id": str(PROJECT_ID), "name": name, "slug": name}
+        async def create_project(request: Request) -> Response:
+            made = project((await request.json())["name"])
             self.projects.append(made)
-            return made
+            return self._answer(made, 201)
 
         @api.post("/api/v1/projects/{project}/releases", status_code=201)
         async def deploy(project: str) -> Response:
@@ -155,13 +156,14 @@ class FakeOperator:
             return self._stream(self.log_attempts.pop(0))
 
         @api.get("/api/v1/nodes")
-        async def nodes() -> list[dict[str, Any]]:
-            return self.nodes
+        async def nodes() -> Response:
+            return _models(self.nodes)
 
         @api.post("/api/v1/nodes/{node_id}/{verb}")
-        async def drain(node_id: uuid.UUID, verb: str) -> dict[str, Any]:
-            node = next(n for n in self.nodes if n["id"] == str(node_id))
-            return {**node, "state": "draining" if verb == "drain" else "ready"}
+        async def drain(node_id: uuid.UUID, verb: str) -> Response:
+            found = next(n for n in self.nodes if n.id == node_id)
+            state = NodeState.DRAINING if verb == "drain" else NodeState.READY
+            return self._answer(found.model_copy(update={"state": state}))
 
         @api.get("/api/v1/images")
         async def images() -> list[dict[str, Any]]:
@@ -172,13 +174,13 @@ class FakeOperator:
             return []
 
         @api.get("/api/v1/domains")
-        async def domains() -> list[dict[str, Any]]:
-            return self.domains
+        async def domains() -> Response:
+            return _models(self.domains)
 
         @api.post("/api/v1/domains", status_code=201)
-        async def create_domain(request: Request) -> dict[str, Any]:
+        async def create_domain(request: Request) -> Response:
             body = await request.json()
-            return {"id": str(uuid.uuid4()), "name": body["name"], "verified": False}
+            return self._answer(domain(body["name"], project_id=body["project_id"]), 201)
 
         return api
 
@@ -212,15 +214,8 @@ def _json(value: Any) -> Response:
     return Response(json.dumps(value), media_type="application/json")
 
 
-def node(hostname: str, node_id: uuid.UUID = NODE_A) -> dict[str, Any]:
-    return {
-        "id": str(node_id),
-        "hostname": hostname,
-        "ip_address": "10.1.0.1",
-        "state": "ready",
-        "resources": {"vcpu": 2, "memory": 2048},
-        "last_heartbeat_at": T0.isoformat(),
-    }
+def _models(items: list[Any]) -> Response:
+    return _json([item.model_dump(mode="json") for item in items])
 
 
 @contextmanager

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.unit.cli.fake_operator import FakeOperator, node, problem, serving, sse
+from tests.unit.cli.fake_operator import FakeOperator, problem, serving, sse
 from tests.unit.cli.wire_factories import (
     NODE_B,
     PROJECT_ID,
     T0,
     event,
     instance,
+    node,
+    project,
     release,
     rid,
     status,
@@ -148,7 +150,7 @@ def test_deploy_creates_the_app_binds_the_domain_and_follows_until_current(
 
 
 def test_old_deploy_flags_still_work_on_the_default_app(fake: FakeOperator) -> None:
-    fake.projects = [{"id": str(PROJECT_ID), "name": "default", "slug": "default"}]
+    fake.projects = [project("default")]
     fake.created = release(1, ReleaseState.PENDING)
     code, out, _ = _run("deploy", "--image", IMAGE, "--replicas", "2", "--vcpu", "0.5", "--detach")
     assert code == 0
@@ -290,7 +292,7 @@ def test_status_of_an_unknown_app(fake: FakeOperator) -> None:
 
 
 def test_apps_lists_each_with_its_release(fake: FakeOperator) -> None:
-    fake.projects = [{"id": str(PROJECT_ID), "name": "web", "slug": "web"}]
+    fake.projects = [project("web")]
     fake.statuses = [status([instance(1, 3, serving=True)], release(3, ReleaseState.ACTIVE))]
     code, out, _ = _run("apps")
     assert code == 0

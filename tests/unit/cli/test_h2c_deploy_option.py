@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit.cli.fake_operator import FakeOperator, serving
-from tests.unit.cli.wire_factories import PROJECT_ID, release
+from tests.unit.cli.wire_factories import project, release
 from zeitwork.cli.main import app
 from zeitwork.core.states import ReleaseState
 
@@ -27,7 +27,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeOperat
 
 
 def test_backend_protocol_goes_in_the_release_body(fake: FakeOperator) -> None:
-    fake.projects = [{"id": str(PROJECT_ID), "name": "default", "slug": "default"}]
+    fake.projects = [project("default")]
     fake.created = release(1, ReleaseState.PENDING)
     args = ["deploy", "--image", IMAGE, "--backend-protocol", "h2c", "--detach"]
     result = CliRunner().invoke(app, args)

@@ -8,9 +8,9 @@ import pytest
 
 from tests.unit.cli.wire_factories import NODE_B, T0, event, instance, release, rollout, status
 from zeitwork.cli import release_view as view
-from zeitwork.clients.admin import LogLine, LogNotice
 from zeitwork.core.errors import InvalidInput
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState
+from zeitwork.wire.admin import LogLine, LogNotice
 from zeitwork.wire.health import HealthResult
 from zeitwork.wire.releases import EnvOut
 

@@ -1,5 +1,5 @@
-"""Wire models of releases, status and events as an operator would send them, for the CLI's
-unit tests: each factory takes only what a test cares about."""
+"""Wire models of projects, nodes, domains, releases, status and events as an operator would
+send them, for the CLI's unit tests: each factory takes only what a test cares about."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
+from zeitwork.core.states import HealthState, InstanceState, NodeState, ReleaseState, RolloutState
+from zeitwork.wire.admin import DomainOut, NodeOut, ProjectOut
 from zeitwork.wire.common import ResourcesModel
 from zeitwork.wire.health import HealthCheck, HealthResult
 from zeitwork.wire.releases import (
@@ -27,6 +28,50 @@ T0 = datetime(2026, 12, 7, 3, 0, 0, tzinfo=UTC)
 
 def rid(n: int) -> uuid.UUID:
     return uuid.UUID(f"{n:08x}-0000-4000-8000-{n:012x}")
+
+
+def project(name: str, project_id: uuid.UUID = PROJECT_ID) -> ProjectOut:
+    return ProjectOut(
+        id=project_id,
+        name=name,
+        slug=name,
+        github_repo=None,
+        default_branch="main",
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def node(hostname: str, node_id: uuid.UUID = NODE_A) -> NodeOut:
+    return NodeOut(
+        id=node_id,
+        hostname=hostname,
+        ip_address="10.1.0.1",
+        region_id=None,
+        state=NodeState.READY,
+        state_changed_at=T0,
+        runtime="oci",
+        resources=ResourcesModel(vcpu=2, memory=2048),
+        disk=0,
+        last_heartbeat_at=T0,
+        heartbeat=None,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def domain(name: str, **fields: Any) -> DomainOut:
+    values: dict[str, Any] = {
+        "id": uuid.uuid5(uuid.NAMESPACE_DNS, name),
+        "name": name,
+        "project_id": PROJECT_ID,
+        "deployment_id": None,
+        "verified": False,
+        "verified_at": None,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return DomainOut.model_validate(values | fields)
 
 
 def rollout(

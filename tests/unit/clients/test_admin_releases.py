@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from tests.unit.cli.wire_factories import release
-from zeitwork.clients.admin import AdminClient, LogLine, LogNotice
+from zeitwork.clients.admin import AdminClient
 from zeitwork.clients.sse import Backoff
 from zeitwork.core.errors import NotFound
+from zeitwork.wire.admin import LogLine, LogNotice
 from zeitwork.wire.releases import EnvChange, ReleaseCreate
 
 PROJECT = uuid.UUID("00000000-0000-4000-8000-000000000001")

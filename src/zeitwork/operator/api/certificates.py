@@ -26,11 +26,11 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from zeitwork.core.errors import InvalidInput
-from zeitwork.operator.api.projects import check_hostname
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db.certificates import AcmeAccountRow, Certificate, CertificateWrite
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
+from zeitwork.wire.admin import check_hostname
 
 Status = Literal["pending", "issued", "failed"]
 Source = Literal["acme", "internal", "static"]

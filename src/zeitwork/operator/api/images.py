@@ -17,82 +17,28 @@ issue: until then it answers 422 pointing at the import route.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from zeitwork.core.errors import InvalidInput, PermissionDenied
 from zeitwork.core.states import ImageState
+from zeitwork.operator.api.convert import image_out, registry_credential_out
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
-from zeitwork.operator.db.images import Image, RegistryCredential
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
-from zeitwork.operator.services.images import location_of
+from zeitwork.wire.admin import (
+    ImageBuild,
+    ImageOut,
+    PullGrantOut,
+    RegistryCredentialIn,
+    RegistryCredentialOut,
+)
 
 ARCHIVE_TYPES = {"application/x-tar", "application/octet-stream", "application/tar"}
-
-
-class ImageConfigOut(BaseModel):
-    entrypoint: list[str] = Field(default_factory=list)
-    cmd: list[str] = Field(default_factory=list)
-    env: list[str] = Field(default_factory=list)
-    working_dir: str | None = None
-    user: str | None = None
-    exposed_ports: list[str] = Field(default_factory=list)
-
-
-class ImageOut(BaseModel):
-    id: uuid.UUID
-    name: str
-    status: ImageState
-    digest: str | None
-    size: int | None
-    config: ImageConfigOut
-    error: str | None
-    location: str | None = Field(
-        default=None, description="where the platform registry keeps it (host/repo@digest)"
-    )
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, image: Image) -> ImageOut:
-        fields = set(ImageConfigOut.model_fields)
-        config: dict[str, Any] = {k: v for k, v in image.config.items() if k in fields}
-        return cls(
-            id=image.id,
-            name=image.name,
-            status=image.status,
-            digest=image.digest,
-            size=image.size,
-            config=ImageConfigOut.model_validate(config),
-            error=image.error,
-            location=location_of(image),
-            created_at=image.created_at,
-            updated_at=image.updated_at,
-        )
-
-
-class PullGrantOut(BaseModel):
-    """How a node pulls an image: from ``location`` in the platform registry (over plain
-    HTTP when ``plain_http``) with ``token`` (bearer, good for ``expires_in`` seconds) or
-    ``username``/``password`` (a read-only account) or nothing (anonymous); or, when
-    ``location`` is null, by downloading ``/images/{id}/archive`` (``reason`` says why)."""
-
-    image_id: uuid.UUID
-    digest: str
-    location: str | None
-    plain_http: bool = False
-    token: str | None = None
-    username: str | None = None
-    password: str | None = None
-    expires_in: int | None = None
-    reason: str | None = None
 
 
 ProjectPath = Annotated[
@@ -101,39 +47,6 @@ ProjectPath = Annotated[
 RegistryPath = Annotated[
     str, Path(min_length=1, max_length=260, description="the registry host[:port]")
 ]
-
-
-class RegistryCredentialIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=255)
-    password: SecretStr = Field(min_length=1, max_length=4096)
-
-
-class RegistryCredentialOut(BaseModel):
-    """A stored credential as shown: never its password."""
-
-    registry: str
-    username: str
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, row: RegistryCredential) -> RegistryCredentialOut:
-        return cls(
-            registry=row.registry,
-            username=row.username,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-
-class ImageBuild(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    github_repo: str = Field(min_length=1, max_length=200)
-    commit_sha: str | None = Field(default=None, max_length=64)
-    name: str | None = Field(default=None, max_length=255)
 
 
 def router(deps: Deps) -> APIRouter:
@@ -153,7 +66,7 @@ def router(deps: Deps) -> APIRouter:
     ) -> list[ImageOut]:
         result = await deps.images.list_page(page, status=status, name=name)
         set_next_link(request, response, result)
-        return [ImageOut.of(i) for i in result.items]
+        return [image_out(i) for i in result.items]
 
     @api.post(
         "/images/import",
@@ -184,7 +97,7 @@ def router(deps: Deps) -> APIRouter:
         image, created = await deps.image_service.import_archive(name, request.stream())
         if not created:
             response.status_code = 200
-        return ImageOut.of(image)
+        return image_out(image)
 
     @api.post("/images", status_code=201, dependencies=[Depends(admin)])
     async def build_image(body: ImageBuild) -> ImageOut:
@@ -199,7 +112,7 @@ def router(deps: Deps) -> APIRouter:
 
     @api.get("/images/{image_id}", dependencies=[Depends(admin)])
     async def get_image(image_id: uuid.UUID) -> ImageOut:
-        return ImageOut.of(await deps.images.get(image_id))
+        return image_out(await deps.images.get(image_id))
 
     @api.delete("/images/{image_id}", status_code=204, dependencies=[Depends(admin)])
     async def delete_image(image_id: uuid.UUID) -> Response:
@@ -259,7 +172,7 @@ def router(deps: Deps) -> APIRouter:
     async def list_registry_credentials(project: ProjectPath) -> list[RegistryCredentialOut]:
         found = await deps.projects.project_by_ref(project)
         rows = await deps.image_service.list_credentials(found.id)
-        return [RegistryCredentialOut.of(row) for row in rows]
+        return [registry_credential_out(row) for row in rows]
 
     @api.put(
         "/projects/{project}/registry-credentials/{registry}",
@@ -275,7 +188,7 @@ def router(deps: Deps) -> APIRouter:
         )
         if created:
             response.status_code = 201
-        return RegistryCredentialOut.of(saved)
+        return registry_credential_out(saved)
 
     @api.delete(
         "/projects/{project}/registry-credentials/{registry}",

@@ -10,13 +10,14 @@ from pydantic import TypeAdapter
 
 from zeitwork.core.errors import PermissionDenied
 from zeitwork.core.states import NodeState
-from zeitwork.operator.api.models import NodeOut, NodeRegisteredOut, NodeStateChange
+from zeitwork.operator.api.convert import node_out
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db.nodes import NodeSpec
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Principal, Scope
+from zeitwork.wire.admin import NodeOut, NodeRegisteredOut, NodeStateChange
 from zeitwork.wire.agent import NodeRegistration
 
 _NODE_LIST = TypeAdapter(list[NodeOut])
@@ -38,7 +39,7 @@ def router(deps: Deps) -> APIRouter:
     ) -> Response:
         result = await deps.nodes.list_page(page, state=state)
         # serialised in one pass (the rows are ours and valid; no per-item re-validation)
-        body = _NODE_LIST.dump_json([NodeOut.of(n) for n in result.items])
+        body = _NODE_LIST.dump_json([node_out(n) for n in result.items])
         answer = Response(content=body, media_type="application/json")
         set_next_link(request, answer, result)
         return answer
@@ -71,7 +72,7 @@ def router(deps: Deps) -> APIRouter:
         done = await deps.node_service.register(spec, issue_token=principal.scope is Scope.JOIN)
         if not done.created:
             response.status_code = 200
-        out = NodeOut.of(done.node)
+        out = node_out(done.node)
         return NodeRegisteredOut(
             **out.model_dump(),
             node_id=done.node.id,
@@ -85,7 +86,7 @@ def router(deps: Deps) -> APIRouter:
     ) -> NodeOut:
         if not principal.may_act_for_node(node_id):
             raise PermissionDenied("a node token may only read its own node")
-        return NodeOut.of(await deps.nodes.get(node_id))
+        return node_out(await deps.nodes.get(node_id))
 
     @api.delete("/{node_id}", status_code=204, dependencies=[Depends(admin)])
     async def delete_node(node_id: uuid.UUID) -> Response:
@@ -95,18 +96,18 @@ def router(deps: Deps) -> APIRouter:
     @api.put("/{node_id}/state", dependencies=[Depends(admin)])
     async def set_node_state(node_id: uuid.UUID, body: NodeStateChange) -> NodeOut:
         node = await deps.node_service.set_state(node_id, body.state, expected=body.expected_state)
-        return NodeOut.of(node)
+        return node_out(node)
 
     @api.post("/{node_id}/drain", dependencies=[Depends(admin)])
     async def drain_node(node_id: uuid.UUID) -> NodeOut:
         """No new instances here; each release instance on it is replaced elsewhere (the
         replacement serves first), then drained and stopped."""
-        return NodeOut.of(await deps.node_service.drain(node_id))
+        return node_out(await deps.node_service.drain(node_id))
 
     @api.post("/{node_id}/undrain", dependencies=[Depends(admin)])
     async def undrain_node(node_id: uuid.UUID) -> NodeOut:
         """A draining node takes instances again (409 when it is neither draining nor
         ready)."""
-        return NodeOut.of(await deps.node_service.drain(node_id, draining=False))
+        return node_out(await deps.node_service.drain(node_id, draining=False))
 
     return api

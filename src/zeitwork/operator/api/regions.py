@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from zeitwork.operator.api.models import RegionCreate, RegionOut, RegionUpdate
+from zeitwork.operator.api.convert import region_out
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
+from zeitwork.wire.admin import RegionCreate, RegionOut, RegionUpdate
 
 
 def router(deps: Deps) -> APIRouter:
@@ -20,7 +21,7 @@ def router(deps: Deps) -> APIRouter:
     @api.post("", status_code=201)
     async def create_region(body: RegionCreate) -> RegionOut:
         region = await deps.regions.create(name=body.name, code=body.code, country=body.country)
-        return RegionOut.of(region)
+        return region_out(region)
 
     @api.get("")
     async def list_regions(
@@ -28,16 +29,16 @@ def router(deps: Deps) -> APIRouter:
     ) -> list[RegionOut]:
         result = await deps.regions.list_page(page)
         set_next_link(request, response, result)
-        return [RegionOut.of(r) for r in result.items]
+        return [region_out(r) for r in result.items]
 
     @api.get("/{region_id}")
     async def get_region(region_id: uuid.UUID) -> RegionOut:
-        return RegionOut.of(await deps.regions.get(region_id))
+        return region_out(await deps.regions.get(region_id))
 
     @api.patch("/{region_id}")
     async def update_region(region_id: uuid.UUID, body: RegionUpdate) -> RegionOut:
         region = await deps.regions.update(region_id, name=body.name, country=body.country)
-        return RegionOut.of(region)
+        return region_out(region)
 
     @api.delete("/{region_id}", status_code=204)
     async def delete_region(region_id: uuid.UUID) -> Response:

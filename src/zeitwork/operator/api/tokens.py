@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from zeitwork.core.errors import InvalidInput
-from zeitwork.operator.api.models import TokenCreate, TokenCreated, TokenOut
+from zeitwork.operator.api.convert import token_out
 from zeitwork.operator.api.pagination import page_params, set_next_link
 from zeitwork.operator.api.security import require
 from zeitwork.operator.db.pages import PageRequest
 from zeitwork.operator.deps import Deps
 from zeitwork.operator.principal import Scope
+from zeitwork.wire.admin import TokenCreate, TokenCreated, TokenOut
 
 
 def router(deps: Deps) -> APIRouter:
@@ -28,7 +29,7 @@ def router(deps: Deps) -> APIRouter:
         token, secret = await deps.token_service.issue(
             body.scope, name=body.name, node_id=body.node_id, expires_in=body.expires_in
         )
-        return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)
+        return TokenCreated(**token_out(token).model_dump(), token=secret)
 
     @api.get("")
     async def list_tokens(
@@ -40,11 +41,11 @@ def router(deps: Deps) -> APIRouter:
     ) -> list[TokenOut]:
         result = await deps.tokens.list_page(page, scope=scope, include_revoked=include_revoked)
         set_next_link(request, response, result)
-        return [TokenOut.of(t) for t in result.items]
+        return [token_out(t) for t in result.items]
 
     @api.get("/{token_id}")
     async def get_token(token_id: uuid.UUID) -> TokenOut:
-        return TokenOut.of(await deps.tokens.get(token_id))
+        return token_out(await deps.tokens.get(token_id))
 
     @api.delete("/{token_id}", status_code=204)
     async def revoke_token(token_id: uuid.UUID) -> Response:
