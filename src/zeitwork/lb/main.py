@@ -27,6 +27,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -148,29 +149,12 @@ class LoadBalancer:
         self.log = get_logger("zeitwork.lb").bind(worker=index)
         self.prom = new_registry()
         self.peers = _Peers(stats_dir, index)
-        own_check = default_check(
-            interval=settings.health_interval,
-            timeout=settings.health_timeout,
-            rise=settings.health_rise,
-            fall=settings.health_fall,
-        )
-        self.backends = BackendRegistry(
-            rise=settings.health_rise,
-            fall=settings.health_fall,
-            check=own_check,
-            ejection=EjectionPolicy(
-                consecutive_failures=settings.eject_failures,
-                base_seconds=settings.eject_seconds,
-                max_seconds=settings.eject_max_seconds,
-            ),
-            listener=self._on_health,
-        )
-        self.backends.on_drain = self._on_drain
+        self.backends = self._backend_registry()
         self.router = RouteTableRouter(
             registry=self.backends,
             algorithm=settings.algorithm,
             static_backends=settings.backend_list,
-            static_check=static_check(own_check, path=settings.health_path),
+            static_check=static_check(self.backends.default_check, path=settings.health_path),
         )
         self.metrics = LBMetrics(
             registry=self.prom,
@@ -182,34 +166,8 @@ class LoadBalancer:
             observer=self.metrics,
             trusted=TrustedProxies(parse_networks(settings.trusted_proxies)),
         )
-        self.client: RoutesClient | None = None
-        self.sync: RouteSync | None = None
-        if settings.operator_url and settings.token:
-            self.client = RoutesClient(
-                base_url=settings.operator_url, token=settings.token.get_secret_value()
-            )
-            self.sync = RouteSync(
-                source=self.client,
-                router=self.router,
-                cache=settings.route_cache,
-                log=self.log,
-                wait=settings.watch_wait,
-                full_refresh=settings.full_refresh,
-            )
-        self.stats_client: ProxyStatsClient | None = None
-        self.pusher: StatsPusher | None = None
-        if settings.operator_url and settings.token and index == 0 and settings.stats_push_interval:
-            self.stats_client = ProxyStatsClient(
-                base_url=settings.operator_url, token=settings.token.get_secret_value()
-            )
-            self.pusher = StatsPusher(
-                sink=self.stats_client,
-                snapshot=self.stats_routes,
-                interval=settings.stats_push_interval,
-                log=self.log,
-                lb_id=settings.lb_id,
-                id_file=settings.id_file,
-            )
+        self.client, self.sync = self._route_sync()
+        self.stats_client, self.pusher = self._stats_pusher()
         self.checker = HealthChecker(backends=self.backends.all)
         self.admin: Proxy | None = None
         self._listening: list[socket.socket] = []
@@ -219,6 +177,70 @@ class LoadBalancer:
         self.port = 0
         self.admin_port = 0
         self.started = time.time()
+
+    # -- parts (no I/O) -------------------------------------------------------------------
+
+    def _backend_registry(self) -> BackendRegistry:
+        """Every backend's health (active checks with rise/fall, passive ejection)."""
+        settings = self.settings
+        registry = BackendRegistry(
+            rise=settings.health_rise,
+            fall=settings.health_fall,
+            check=default_check(
+                interval=settings.health_interval,
+                timeout=settings.health_timeout,
+                rise=settings.health_rise,
+                fall=settings.health_fall,
+            ),
+            ejection=EjectionPolicy(
+                consecutive_failures=settings.eject_failures,
+                base_seconds=settings.eject_seconds,
+                max_seconds=settings.eject_max_seconds,
+            ),
+            listener=self._on_health,
+        )
+        registry.on_drain = self._on_drain
+        return registry
+
+    def _route_sync(self) -> tuple[RoutesClient | None, RouteSync | None]:
+        """The operator's route table, watched and cached on disk (when an operator is set)."""
+        settings = self.settings
+        if not (settings.operator_url and settings.token):
+            return None, None
+        client = RoutesClient(
+            base_url=settings.operator_url, token=settings.token.get_secret_value()
+        )
+        sync = RouteSync(
+            source=client,
+            router=self.router,
+            cache=settings.route_cache,
+            log=self.log,
+            wait=settings.watch_wait,
+            full_refresh=settings.full_refresh,
+        )
+        return client, sync
+
+    def _stats_pusher(self) -> tuple[ProxyStatsClient | None, StatsPusher | None]:
+        """Worker 0's per-route totals pushed to the operator (when an operator is set)."""
+        settings = self.settings
+        if not (settings.operator_url and settings.token and self.index == 0):
+            return None, None
+        if not settings.stats_push_interval:
+            return None, None
+        client = ProxyStatsClient(
+            base_url=settings.operator_url, token=settings.token.get_secret_value()
+        )
+        pusher = StatsPusher(
+            sink=client,
+            snapshot=self.stats_routes,
+            interval=settings.stats_push_interval,
+            log=self.log,
+            lb_id=settings.lb_id,
+            id_file=settings.id_file,
+        )
+        return client, pusher
+
+    # -- views ----------------------------------------------------------------------------
 
     def stats_routes(self) -> dict[str, Any]:
         """``GET /stats/routes``: per route (domain host), totals since start, all workers."""
@@ -289,32 +311,37 @@ class LoadBalancer:
         if self.index == 0 and not self.activated:
             self._steering = asyncio.create_task(self._restore_spreading(), name="steering")
         if self.index == 0:
-            self.admin = Proxy(
-                router=NoRoutes(),
-                policy=AdminPolicy(
-                    state=self.state,
-                    backends=self.backend_rows,
-                    routes=self.stats_routes,
-                    registry=self.prom,
-                ),
-                config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
-            )
-            admin_sock = self.admin_sock or reuse_port_socket(
-                settings.admin_host, settings.admin_port if admin_port is None else admin_port
-            )
-            await self.admin.serve(admin_sock)
-            self.admin_port = admin_sock.getsockname()[1]
-            self.log.info("proxy.core", compiled=core_compiled())
-            self.log.info(
-                "lb.listening",
-                port=self.port,
-                admin_port=self.admin_port,
-                workers=settings.workers,
-                algorithm=settings.algorithm,
-                static_backends=len(settings.backend_list),
-                operator=settings.operator_url,
-                activated=self.activated,
-            )
+            await self._serve_admin(admin_port)
+
+    async def _serve_admin(self, admin_port: int | None) -> None:
+        """Worker 0's admin listener (``lb/admin.py``) on the same proxy core."""
+        settings = self.settings
+        self.admin = Proxy(
+            router=NoRoutes(),
+            policy=AdminPolicy(
+                state=self.state,
+                backends=self.backend_rows,
+                routes=self.stats_routes,
+                registry=self.prom,
+            ),
+            config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
+        )
+        admin_sock = self.admin_sock or reuse_port_socket(
+            settings.admin_host, settings.admin_port if admin_port is None else admin_port
+        )
+        await self.admin.serve(admin_sock)
+        self.admin_port = admin_sock.getsockname()[1]
+        self.log.info("proxy.core", compiled=core_compiled())
+        self.log.info(
+            "lb.listening",
+            port=self.port,
+            admin_port=self.admin_port,
+            workers=settings.workers,
+            algorithm=settings.algorithm,
+            static_backends=len(settings.backend_list),
+            operator=settings.operator_url,
+            activated=self.activated,
+        )
 
     async def _first_table(self, wait: float) -> None:
         """Until the operator's first answer (a table, or an error), at most ``wait`` s: a
@@ -391,54 +418,65 @@ class LoadBalancer:
         self.log.info("lb.reloaded", routes="fetched", routes_version=self.router.version)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the background loops until ``stop`` is set, then hand off, drain and close."""
-        settings = self.settings
+        """Run the background loops in one TaskGroup until ``stop`` is set, then hand off,
+        drain and close."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                loops = [tasks.create_task(self.checker.run(), name="health-checker")]
-                if self._sync_task is not None:
-                    loops.append(tasks.create_task(_follow(self._sync_task), name="route-sync"))
-                if self.pusher is not None:
-                    loops.append(tasks.create_task(self.pusher.run(), name="stats-push"))
-                if self.stats_dir is not None and self.index > 0:
-                    loops.append(
-                        tasks.create_task(
-                            _publish(self.stats_dir, self.index, self.metrics, self.backends),
-                            name="stats",
-                        )
-                    )
+                loops = [tasks.create_task(part, name=name) for name, part in self._loops()]
                 await stop.wait()
-                self.log.info("lb.stopping")
-                if self._steering is not None:
-                    self._steering.cancel()
-                await self.hand_off()
-                await settle(self.proxy)
-                self.log.info(
-                    "lb.draining", in_flight=self.proxy.in_flight, grace=settings.drain_timeout
-                )
-                cut = await self.proxy.drain(settings.drain_timeout)
-                if self.admin is not None:
-                    await self.admin.drain(0.5)
+                await self._drain()
                 for task in loops:
                     task.cancel()
-                self.log.info("lb.stopped", cut=cut)
         finally:
-            leftover: list[asyncio.Task[None] | None] = [
-                self._steering,
-                self._sync_task,
-                *self._reloads,
-            ]
-            for pending in leftover:
-                if pending is not None and not pending.done():
-                    pending.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pending
-            for backend in self.backends.all():
-                backend.close_idle()
-            if self.client is not None:
-                await self.client.aclose()
-            if self.stats_client is not None:
-                await self.stats_client.aclose()
+            await self._close()
+
+    def _loops(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The named loops: health checks, the route watch (started by ``start``), the stats
+        push (worker 0) and the snapshot the other workers publish for worker 0."""
+        loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("health-checker", self.checker.run())
+        ]
+        if self._sync_task is not None:
+            loops.append(("route-sync", _follow(self._sync_task)))
+        if self.pusher is not None:
+            loops.append(("stats-push", self.pusher.run()))
+        if self.stats_dir is not None and self.index > 0:
+            loops.append(
+                ("stats", _publish(self.stats_dir, self.index, self.metrics, self.backends))
+            )
+        return loops
+
+    async def _drain(self) -> None:
+        """SIGTERM's path: hand the port to a successor, settle, drain in-flight requests."""
+        self.log.info("lb.stopping")
+        if self._steering is not None:
+            self._steering.cancel()
+        await self.hand_off()
+        await settle(self.proxy)
+        grace = self.settings.drain_timeout
+        self.log.info("lb.draining", in_flight=self.proxy.in_flight, grace=grace)
+        cut = await self.proxy.drain(grace)
+        if self.admin is not None:
+            await self.admin.drain(0.5)
+        self.log.info("lb.stopped", cut=cut)
+
+    async def _close(self) -> None:
+        leftover: list[asyncio.Task[None] | None] = [
+            self._steering,
+            self._sync_task,
+            *self._reloads,
+        ]
+        for pending in leftover:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+        for backend in self.backends.all():
+            backend.close_idle()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.stats_client is not None:
+            await self.stats_client.aclose()
 
 
 async def serve(
