@@ -34,7 +34,10 @@ _COMMAND_MODULES = (
     "zeitwork.cli.apps_cmd",
     "zeitwork.cli.logs_cmd",
     "zeitwork.cli.nodes_cmd",
-    "zeitwork.cli.user_cmd",
+    "zeitwork.cli.images_cmd",
+    "zeitwork.cli.instances_cmd",
+    "zeitwork.cli.domains_cmd",
+    "zeitwork.cli.demo_cmd",
 )
 
 
