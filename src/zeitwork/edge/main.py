@@ -16,10 +16,11 @@ import signal
 import socket
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -34,7 +35,7 @@ from zeitwork.edge.certificates.static import StaticFiles
 from zeitwork.edge.certificates.store import EdgeCertificateStore, LocalStore
 from zeitwork.edge.certificates.x509 import inspect
 from zeitwork.edge.cors import CorsConfig, CorsPolicy, parse_list
-from zeitwork.edge.engine import ConnectionCaps, EdgeProxy, SinglePool
+from zeitwork.edge.engine import ConnectionCaps, EdgeProxy
 from zeitwork.edge.metrics import EdgeMetrics, publish, snapshot
 from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.proxied_tls import ProxiedTlsListener
@@ -174,7 +175,7 @@ class Edge:
         self.limiter = RateLimiter(capacity=s.rate_limit_capacity)
         self.metrics = EdgeMetrics(registry=self.registry)
         self.ports: dict[str, int] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._serving: asyncio.Task[None] | None = None
         self._admin: asyncio.Server | None = None
         self._operator: CertificateClient | None = None
         self._static: StaticFiles | None = None
@@ -187,7 +188,6 @@ class Edge:
         self.route_watch: RouteWatch | None = None
         self._routes_client: RoutesClient | None = None
         self._listening: tuple[socket.socket, ...] = ()
-        self._steering: asyncio.Task[None] | None = None
 
     def domains(self) -> list[str]:
         """Hosts to hold certificates for: ``EDGE_DOMAINS`` and the routed hosts; with ACME,
@@ -220,9 +220,83 @@ class Edge:
             return self._operator
         return LocalStore(directory=s.data_dir / "edge" / "certificates")
 
-    async def start(self) -> None:
+    async def build(self) -> None:
+        """Wire the parts and listen: sockets -> policy -> proxy -> certificate manager ->
+        metrics -> listeners (plain, TLS, worker 0's admin port) -> route watch."""
         s = self.settings
+        plain_sock, tls_sock = self._listeners()
+        self.policy = build_policy(
+            s,
+            limiter=self.limiter,
+            has_certificate=self.tls.has_certificate if s.https_redirect else _never,
+            challenge_answer=self.challenges.answer,
+            https_port=s.public_https_port or tls_sock.getsockname()[1],
+        )
+        self.proxy = self._edge_proxy(self.policy)
+        self.manager = manager = self._certificate_manager()
+        self.metrics.watch(
+            policy=self.policy,
+            limiter=self.limiter,
+            handshakes=self.handshakes,
+            caps=self.caps,
+            expiries=self.tls.expiries,
+            stats_dir=self.stats_dir,
+            index=self.index,
+            failing=lambda: manager.failing,
+        )
+        if s.effective_tls_mode == "internal" and self.index == 0:
+            await manager.sync_once()  # serve the platform's domains from the first request
+        await self._listen(self.proxy, plain_sock, tls_sock)
+        self.route_watch = self._route_watch(self.policy)
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then hand off, settle and drain; SIGHUP reloads."""
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # before the build, whose loops log edge.started: a signal sent on that line is handled
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.build()
+            await self.serve(stop)
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """The loops in one TaskGroup until ``stop`` is set, then hand over to a successor (a
+        crashed loop ends the group, and the edge, without a handoff)."""
+        async with asyncio.TaskGroup() as tasks:
+            loops = [
+                tasks.create_task(_logged(name, part), name=name) for name, part in self._loops()
+            ]
+            if self.index == 0:
+                log.info("proxy.core", compiled=core_compiled())
+            log.info("edge.started", tls_mode=self.settings.effective_tls_mode, **self.ports)
+            await stop.wait()
+            log.info("edge.stopping")
+            await self.hand_off()
+            if self.proxy is not None:
+                for conn in list(self.proxy.connections):
+                    if isinstance(conn, H2Connection):
+                        conn.close()  # GOAWAY now: its open streams finish, no new ones start
+                await settle(self.proxy)  # busy keep-alive connections end after their response
+            for task in loops:
+                task.cancel()
+
+    async def start(self) -> None:
+        """Build and run the loops in the background (an edge embedded in a test or another
+        program); ``stop`` ends them and drains, without a handoff."""
+        await self.build()
+        self._serving = asyncio.create_task(self.serve(asyncio.Event()), name="edge.serve")
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def _listeners(self) -> tuple[socket.socket, socket.socket]:
+        """This worker's (http, https) sockets: the supervisor's, else made here."""
+        s = self.settings
         if self.listen_socks is not None:
             plain_sock, tls_sock = self.listen_socks
         else:
@@ -232,21 +306,16 @@ class Edge:
             tls_sock = reuse_port_socket(s.host, s.https_port)
         self._listening = (plain_sock, tls_sock)
         self.generation = self.generation | {socket_inode(plain_sock), socket_inode(tls_sock)}
-        https_port = s.public_https_port or tls_sock.getsockname()[1]
-        self.policy = build_policy(
-            s,
-            limiter=self.limiter,
-            has_certificate=self.tls.has_certificate if s.https_redirect else _never,
-            challenge_answer=self.challenges.answer,
-            https_port=https_port,
-        )
-        backend = Backend(_lb_address(s.load_balancer_url))
-        pool = Pool("load-balancer", backends=[backend])
+        return plain_sock, tls_sock
+
+    def _edge_proxy(self, policy: EdgePolicy) -> EdgeProxy:
+        """The proxy core towards the load balancer, with the edge's policy and caps."""
+        s = self.settings
+        pool = Pool("load-balancer", backends=[Backend(_lb_address(s.load_balancer_url))])
         trusted = TrustedProxies(parse_networks(s.trusted_proxies))
-        caps = ConnectionCaps(
+        self.caps = ConnectionCaps(
             per_ip=s.max_connections_per_ip, total=s.max_connections, exempt=trusted
         )
-        self.caps = caps
         config = ProxyConfig(
             connect_timeout=s.connect_timeout,
             header_timeout=s.header_timeout,
@@ -256,13 +325,13 @@ class Edge:
             tunnel_idle_timeout=s.tunnel_idle_timeout,
             max_body=s.max_body,
         )
-        self.proxy = EdgeProxy(
+        return EdgeProxy(
             handshakes=self.handshakes,
             proxy_protocol=s.proxy_protocol,
-            router=SinglePool(pool),
+            router=self.policy.route_to(pool),  # routes' limits: edge/routes.py
             config=config,
-            policy=self.policy,
-            limiter=caps,
+            policy=policy,
+            limiter=self.caps,
             trusted=trusted,
             http2=s.http2,
             h2c=s.h2c,
@@ -274,6 +343,10 @@ class Edge:
                 max_resets=s.h2_max_resets,
             ),
         )
+
+    def _certificate_manager(self) -> CertificateManager:
+        """The manager for the TLS mode: static files, the internal CA or ACME."""
+        s = self.settings
         store = self._store()
         mode = s.effective_tls_mode
         issuer: AcmeIssuer | None = None
@@ -295,19 +368,8 @@ class Edge:
                 async def share_ca() -> InternalCA:
                     return await InternalCA.shared(directory, store)
         else:
-            load, save = account_bridge(store, loop)
-            issuer = AcmeIssuer(
-                options=AcmeOptions(
-                    directory=s.acme_directory,
-                    ca_bundle=str(s.acme_ca_bundle) if s.acme_ca_bundle else None,
-                    email=s.acme_email,
-                    challenge=s.acme_challenge,
-                ),
-                board=self.challenges,
-                load_account=load,
-                save_account=save,
-            )
-        self.manager = CertificateManager(
+            issuer = self._acme_issuer(store)
+        return CertificateManager(
             store=store,
             tls=self.tls,
             mode=mode,
@@ -322,34 +384,42 @@ class Edge:
             retry_base=s.acme_retry_base,
             orders=self.index == 0,
         )
-        manager = self.manager
-        self.metrics.watch(
-            policy=self.policy,
-            limiter=self.limiter,
-            handshakes=self.handshakes,
-            caps=self.caps,
-            expiries=self.tls.expiries,
-            stats_dir=self.stats_dir,
-            index=self.index,
-            failing=lambda: manager.failing,
-        )
-        if mode == "internal" and self.index == 0:
-            await self.manager.sync_once()  # serve the platform's domains from the first request
 
-        await self.proxy.serve(plain_sock)
+    def _acme_issuer(self, store: EdgeCertificateStore) -> AcmeIssuer:
+        s = self.settings
+        load, save = account_bridge(store, asyncio.get_running_loop())
+        return AcmeIssuer(
+            options=AcmeOptions(
+                directory=s.acme_directory,
+                ca_bundle=str(s.acme_ca_bundle) if s.acme_ca_bundle else None,
+                email=s.acme_email,
+                challenge=s.acme_challenge,
+            ),
+            board=self.challenges,
+            load_account=load,
+            save_account=save,
+        )
+
+    async def _listen(
+        self, proxy: EdgeProxy, plain_sock: socket.socket, tls_sock: socket.socket
+    ) -> None:
+        """Accept: plain HTTP, TLS (behind the PROXY protocol or not), worker 0's admin port."""
+        s = self.settings
+        await proxy.serve(plain_sock)
         if s.proxy_protocol:
             proxied = ProxiedTlsListener(
-                proxy=self.proxy,
+                proxy=proxy,
                 ssl_context=self.tls.server_context,
                 handshake_timeout=s.handshake_timeout,
                 header_timeout=s.header_timeout,
                 server_names=self.tls.server_names,
             )
-            self.proxy.listening(
-                await loop.create_server(proxied.protocol_factory(), sock=tls_sock, backlog=1024)
+            server = await asyncio.get_running_loop().create_server(
+                proxied.protocol_factory(), sock=tls_sock, backlog=1024
             )
+            proxy.listening(server)
         else:
-            await self.proxy.serve(
+            await proxy.serve(
                 tls_sock,
                 ssl_context=self.tls.server_context,
                 ssl_handshake_timeout=s.handshake_timeout,
@@ -361,36 +431,44 @@ class Edge:
                 self._admin_client, s.admin_host, s.admin_port, reuse_port=True
             )
             self.ports["admin"] = self._admin.sockets[0].getsockname()[1]
+
+    def _route_watch(self, policy: EdgePolicy) -> RouteWatch | None:
+        """The operator's route table (per-domain policies, routed hosts), when configured."""
+        s = self.settings
+        if not s.operator_url or s.operator_token is None:
+            return None
+        self._routes_client = RoutesClient(
+            base_url=s.operator_url, token=s.operator_token.get_secret_value()
+        )
+        return RouteWatch(
+            source=self._routes_client,
+            policy=policy,
+            static=dict(policy.domains),
+            on_hosts=self._hosts_changed,
+            on_verified=self._verified_changed,
+        )
+
+    def _loops(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The named loops: certificates, static files, stats, steering, TLS-ALPN challenge
+        sync (other workers) and the route watch."""
+        s = self.settings
+        assert self.manager is not None
         # workers other than 0 only pick up what worker 0 (or another edge) stored: poll often
         interval = s.cert_check_interval if self.index == 0 else min(s.cert_check_interval, 2.0)
-        self._tasks.append(
-            asyncio.create_task(self.manager.run(interval), name="edge.certificates")
-        )
+        loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("edge.certificates", self.manager.run(interval))
+        ]
         if self._static is not None:
-            self._tasks.append(asyncio.create_task(self._watch_static(), name="edge.static-cert"))
+            loops.append(("edge.static-cert", self._watch_static()))
         if self.stats_dir is not None and self.index != 0:
-            self._tasks.append(asyncio.create_task(self._publish_stats(), name="edge.stats"))
+            loops.append(("edge.stats", self._publish_stats()))
         if s.worker_count > 1 and self.index == 0:
-            self._steering = asyncio.create_task(self._restore_steering(), name="edge.steering")
+            loops.append(("edge.steering", self._restore_steering()))
         if s.worker_count > 1 and self.index != 0:
-            self._tasks.append(
-                asyncio.create_task(self._sync_challenges(), name="edge.tls-alpn-sync")
-            )
-        if s.operator_url and s.operator_token is not None:
-            self._routes_client = RoutesClient(
-                base_url=s.operator_url, token=s.operator_token.get_secret_value()
-            )
-            self.route_watch = RouteWatch(
-                source=self._routes_client,
-                policy=self.policy,
-                static=dict(self.policy.domains),
-                on_hosts=self._hosts_changed,
-                on_verified=self._verified_changed,
-            )
-            self._tasks.append(asyncio.create_task(self.route_watch.run(), name="edge.routes"))
-        if self.index == 0:
-            log.info("proxy.core", compiled=core_compiled())
-        log.info("edge.started", tls_mode=mode, **self.ports)
+            loops.append(("edge.tls-alpn-sync", self._sync_challenges()))
+        if self.route_watch is not None:
+            loops.append(("edge.routes", self.route_watch.run()))
+        return loops
 
     def _reload_static(self) -> None:
         assert self._static is not None
@@ -544,23 +622,21 @@ class Edge:
         log.info("edge.steering_restored", workers=self.settings.worker_count)
 
     async def stop(self) -> None:
-        if self._steering is not None:
-            self._steering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._steering
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._admin is not None:
-            self._admin.close()
-        if self.proxy is not None:
-            await self.proxy.drain(self.settings.drain_timeout)
-        if self._operator is not None:
-            await self._operator.aclose()
-        if self._routes_client is not None:
-            await self._routes_client.aclose()
+        """End the loops of a background ``start`` (if any), then drain and close."""
+        try:
+            if self._serving is not None and not self._serving.done():
+                self._serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._serving
+        finally:
+            if self._admin is not None:
+                self._admin.close()
+            if self.proxy is not None:
+                await self.proxy.drain(self.settings.drain_timeout)
+            if self._operator is not None:
+                await self._operator.aclose()
+            if self._routes_client is not None:
+                await self._routes_client.aclose()
 
     def certificate_expiries(self) -> dict[str, datetime]:
         return self.tls.expiries()
@@ -569,6 +645,15 @@ class Edge:
 def _never(host: str) -> bool:
     """``has_certificate`` when redirects are off (EDGE_HTTPS_REDIRECT=false)."""
     return False
+
+
+async def _logged(name: str, loop: Coroutine[Any, Any, None]) -> None:
+    """A loop of the edge's TaskGroup: its crash is logged with its name, then ends the edge."""
+    try:
+        await loop
+    except Exception as exc:
+        log.error("edge.loop_crashed", task=name, error=str(exc))
+        raise
 
 
 async def run(
@@ -587,29 +672,7 @@ async def run(
         stats_dir=stats_dir,
         generation=generation,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # before the start, which logs edge.started: a signal sent on that line is handled
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, edge.reload)
-    await edge.start()
-    stopper: asyncio.Task[bool] = asyncio.create_task(stop.wait(), name="edge.signal")
-    waiters: list[asyncio.Task[None] | asyncio.Task[bool]] = [*edge._tasks, stopper]
-    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not stopper and not task.cancelled() and task.exception() is not None:
-            log.error("edge.loop_crashed", task=task.get_name(), error=str(task.exception()))
-    log.info("edge.stopping")
-    stopper.cancel()
-    if stop.is_set():
-        await edge.hand_off()
-        if edge.proxy is not None:
-            for conn in list(edge.proxy.connections):
-                if isinstance(conn, H2Connection):
-                    conn.close()  # GOAWAY now: its open streams finish, no new ones start
-            await settle(edge.proxy)  # busy keep-alive connections end after their response
-    await edge.stop()
+    await edge.run()
 
 
 def _worker_sockets(settings: EdgeSettings) -> list[tuple[socket.socket, socket.socket]]:
@@ -657,7 +720,10 @@ def serve_workers(settings: EdgeSettings) -> int:
         inspect(settings.ssl_cert_path.read_text(), settings.ssl_key_path.read_text())
     count = settings.worker_count
     if count <= 1:
-        uvloop.run(run(settings))
+        try:
+            uvloop.run(run(settings))
+        except ExceptionGroup:  # a crashed loop (logged as edge.loop_crashed) ended the edge
+            return 1
         return 0
     socks = _worker_sockets(settings)
     generation = frozenset(socket_inode(sock) for pair in socks for sock in pair)
