@@ -55,11 +55,6 @@ from zeitwork.wire.webhooks import WebhookSecretOut, WebhookSecretRequest
 _CHUNK = 1024 * 1024
 _PAGE = 1000
 
-# the names cli/user_cmd.py imports (until it uses the wire names); a path limit the CLI
-# builds is not validated here: the operator's 422 names what is wrong with it
-DomainInfo = DomainOut
-PathLimitInfo = PathRateLimit.model_construct
-
 
 _LOG_RECORD: TypeAdapter[LogRecord] = TypeAdapter(LogRecord)
 
