@@ -1,6 +1,8 @@
 """One build job, start to finish: fetch the source, skip it when that commit and these
-settings built before, build with ``buildah bud``, export an OCI archive, upload it to the
-operator, finish the job under its lease.
+settings built before, build with ``buildah bud``, push the image to the platform registry
+(``buildah push docker://``, when the job names ``push_to``: only the layers the registry
+lacks are sent) and tell the operator its digest, or else export an OCI archive and upload
+it to the operator; finish the job under its lease.
 
 While it runs, a renewer keeps the lease (every third of its length) and hears of a cancel;
 the output goes to the operator in chunks (``LogShipper``). A step that fails finishes the
@@ -325,8 +327,8 @@ class Runner:
         # the project's storage is in use from the base image's copy to the export: the
         # builder's pruning between jobs (``cache``) leaves it alone meanwhile
         async with self._caches.in_use(str(build.project_id)):
-            exported = await self._bud(job, context, work, logs, halt, deadline, durations)
-        return await self._upload(job, exported, logs, durations)
+            tag = await self._bud(job, context, work, logs, halt, deadline, durations)
+            return await self._deliver(job, tag, work, logs, halt, deadline, durations)
 
     async def _bud(  # noqa: PLR0917 - one private step of _build
         self,
@@ -337,18 +339,16 @@ class Runner:
         halt: asyncio.Event,
         deadline: float,
         durations: dict[str, float],
-    ) -> Path:
-        """``buildah bud`` and the export: the image's OCI archive."""
+    ) -> str:
+        """``buildah bud``: the built image's tag in the project's storage."""
         build = job.build
         settings = self._settings
-        home = work / "home"
-        tmp = work / "tmp"
         dockerfile, build_args, generated = await self._plan(job, context, work, logs)
 
         t = time.monotonic()
         tag = f"localhost/{job.project_slug}:build-{build.id}"
         storage = self._caches.storage(str(build.project_id))
-        tool_env = clean_env(os.environ, {"HOME": str(home), "TMPDIR": str(tmp)})
+        tool_env = _tool_env(work)
         # a detected stack's steps install packages: they need the network
         network = "host" if generated else settings.network
         argv = [
@@ -398,14 +398,99 @@ class Runner:
                 )
             raise StepFailed(reason, step=step)
         durations["build"] = round(time.monotonic() - t, 3)
+        return tag
 
+    async def _deliver(  # noqa: PLR0917 - one private step of _build
+        self,
+        job: BuildJob,
+        tag: str,
+        work: Path,
+        logs: LogShipper,
+        halt: asyncio.Event,
+        deadline: float,
+        durations: dict[str, float],
+    ) -> Outcome:
+        """The image leaves the build host: pushed to the platform registry when the job
+        says where (only the layers it lacks are sent), else, or when that push fails, as
+        an OCI archive uploaded to the operator."""
+        if job.push_to is not None:
+            try:
+                return await self._push(job, tag, work, logs, halt, deadline, durations)
+            except StepFailed as exc:
+                await logs.say(f"{exc.detail}; uploading the archive to the operator instead")
+        exported = await self._export(job, tag, work, logs, halt, deadline, durations)
+        return await self._upload(job, exported, logs, durations)
+
+    async def _push(  # noqa: PLR0917 - one private step of _deliver
+        self,
+        job: BuildJob,
+        tag: str,
+        work: Path,
+        logs: LogShipper,
+        halt: asyncio.Event,
+        deadline: float,
+        durations: dict[str, float],
+    ) -> Outcome:
+        """``buildah push`` to ``push_to`` (no credentials: the operator offers it only for
+        a registry that needs none), then the operator catalogues it by its digest. The
+        project's storage keeps the blob info cache (``<root>/cache``): a layer pushed by an
+        earlier build is known to be there and is not compressed or sent again."""
+        build = job.build
+        target = job.push_to
+        assert target is not None
+        t = time.monotonic()
+        destination = f"{target.repository}:{target.tag}"
+        digestfile = work / "digest"
+        await logs.say(f"pushing the image to {destination}")
+        argv = [*self._caches.storage(str(build.project_id)), "push", "--digestfile"]
+        argv += [str(digestfile), "--retry", "0"]
+        if target.plain_http:
+            argv.append("--tls-verify=false")
+        status = await run(
+            [*argv, tag, f"docker://{destination}"],
+            step="push image",
+            env=_tool_env(work),
+            sink=logs.write,
+            deadline=deadline,
+            stop=halt,
+        )
+        if status != 0:
+            raise StepFailed(f"buildah push exited with status {status}", step="push image")
+        digest = (await asyncio.to_thread(_read_digest, digestfile)) or ""
+        if not digest.startswith("sha256:"):
+            raise StepFailed(f"buildah push wrote no digest ({digest[:80]!r})", step="push image")
+        durations["push"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        try:
+            image = await self._client.pushed(build.id, job.lease_token, f"{destination}@{digest}")
+        except Conflict:
+            raise
+        except ZeitworkError as exc:
+            raise StepFailed(
+                f"the operator did not take the pushed image: {exc.detail}", step="push image"
+            ) from exc
+        durations["record"] = round(time.monotonic() - t, 3)
+        await logs.say(f"image {image.digest} ({image.id})")
+        return Outcome(state="succeeded", image_id=image.id, durations=durations)
+
+    async def _export(  # noqa: PLR0917 - one private step of _deliver
+        self,
+        job: BuildJob,
+        tag: str,
+        work: Path,
+        logs: LogShipper,
+        halt: asyncio.Event,
+        deadline: float,
+        durations: dict[str, float],
+    ) -> Path:
         t = time.monotonic()
         exported = work / "image.tar"
         await logs.say("exporting the image (oci-archive)")
+        storage = self._caches.storage(str(job.build.project_id))
         status = await run(
             [*storage, "push", "--quiet", tag, f"oci-archive:{exported}"],
             step="export image",
-            env=tool_env,
+            env=_tool_env(work),
             sink=logs.write,
             deadline=deadline,
             stop=halt,
@@ -531,6 +616,18 @@ class Runner:
         if cgroup is None:
             log.warning("build.no_limits", reason="no systemd and no cgroup v1 controllers")
         return argv, cgroup
+
+
+def _tool_env(work: Path) -> dict[str, str]:
+    """A tool's environment: clean (``clean_env``), the job's own HOME and TMPDIR."""
+    return clean_env(os.environ, {"HOME": str(work / "home"), "TMPDIR": str(work / "tmp")})
+
+
+def _read_digest(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _systemd_runs() -> bool:

@@ -1,7 +1,7 @@
 """Clients of the operator's build routes: ``BuildsClient`` for users (the CLI: queue, list,
 follow, cancel builds, upload contexts) and ``BuilderClient`` for builders (lease, renew,
-log, resolve, finish, download the context, upload the image). One pooled HTTP client each;
-errors are the ``ZeitworkError`` tree (``raise_for_status``)."""
+log, resolve, finish, download the context, upload the image or say where it was pushed).
+One pooled HTTP client each; errors are the ``ZeitworkError`` tree (``raise_for_status``)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from zeitwork.wire.builds import (
     LeaseRenewed,
     LeaseRequest,
     LogAppend,
+    PushedImage,
     ResolveOut,
     ResolveRequest,
 )
@@ -274,6 +275,18 @@ class BuilderClient(_Base):
             params={"lease_token": str(token)},
             content=_file_chunks(archive),
             headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+            timeout=httpx.Timeout(600.0, connect=self._connect_timeout),
+        )
+        return _parse(ImportedImage, response)
+
+    async def pushed(self, build_id: uuid.UUID, token: uuid.UUID, reference: str) -> ImportedImage:
+        """Tell the operator the image is in the platform registry at ``reference``
+        (``repo:tag@digest``); it reads the manifest there and catalogues the image."""
+        response = await self._request(
+            "POST",
+            f"/api/v1/builder/builds/{build_id}/pushed",
+            content=PushedImage(lease_token=token, reference=reference).model_dump_json(),
+            headers={"Content-Type": "application/json"},
             timeout=httpx.Timeout(600.0, connect=self._connect_timeout),
         )
         return _parse(ImportedImage, response)

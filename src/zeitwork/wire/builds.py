@@ -15,7 +15,9 @@ Routes (``{project}`` is the project's id or slug):
   (``LeaseRef``) -> ``LeaseRenewed`` (409 when the lease is gone); ``POST
   /builder/builds/{id}/logs`` (``LogAppend``); ``POST /builder/builds/{id}/finish``
   (``BuildFinish``) -> ``BuildOut``; ``GET /builder/builds/{id}/context`` -> the tarball;
-  ``POST /builder/builds/{id}/image`` (the image archive) -> ``ImportedImage``; ``POST
+  ``POST /builder/builds/{id}/image`` (the image archive) -> ``ImportedImage``, or, when the
+  job names ``push_to``, ``POST /builder/builds/{id}/pushed`` (``PushedImage``: the image
+  the builder pushed to the platform registry) -> ``ImportedImage``; ``POST
   /builder/builds/{id}/release`` hands the job back.
 - admin: ``PUT /projects/{project}/git-token`` (``GitTokenSet``) -> 204, ``DELETE`` -> 204:
   the token a builder uses for the project's private repositories.
@@ -208,6 +210,17 @@ class LeaseRef(BaseModel):
     lease_token: uuid.UUID
 
 
+class RegistryPush(BaseModel):
+    """Where a builder pushes the built image itself: ``repository`` (``host[:port]/repo``
+    in the platform registry, the project's own) with the tag ``tag``; over plain HTTP when
+    ``plain_http``. Only offered when the registry takes pushes without credentials: the
+    operator's own never go to a builder."""
+
+    repository: str
+    tag: str
+    plain_http: bool = False
+
+
 class BuildJob(BaseModel):
     """A leased job, what the builder needs to run it. ``git_token`` is the project's
     private-repository token (plaintext, only in this answer to the builder)."""
@@ -220,6 +233,8 @@ class BuildJob(BaseModel):
     git_token: str | None = None
     project_slug: str
     reuse_image_id: uuid.UUID | None = None
+    push_to: RegistryPush | None = None
+    """push the image there and tell the operator (``pushed``); None: upload the archive"""
 
 
 class LeaseRenewed(BaseModel):
@@ -267,6 +282,16 @@ class ResolveOut(BaseModel):
     cache_key: str
     reuse_image_id: uuid.UUID | None = None
     """an earlier successful build's image with the same commit and settings: reuse it"""
+
+
+class PushedImage(BaseModel):
+    """The image a builder pushed to ``push_to``: ``reference`` is
+    ``host[:port]/repo:tag@sha256:<hex>`` (the digest ``buildah push --digestfile`` wrote)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_token: uuid.UUID
+    reference: str = Field(min_length=1, max_length=512)
 
 
 class ImportedImage(BaseModel):

@@ -14,6 +14,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import FileResponse
 from pydantic import TypeAdapter
 
+from zeitwork.core.errors import InvalidInput
+from zeitwork.images.reference import parse_reference
 from zeitwork.operator.api.security import require
 from zeitwork.operator.api.streaming import (
     KEEPALIVE_SECONDS,
@@ -41,6 +43,8 @@ from zeitwork.wire.builds import (
     LeaseRenewed,
     LeaseRequest,
     LogAppend,
+    PushedImage,
+    RegistryPush,
     ResolveOut,
     ResolveRequest,
 )
@@ -110,6 +114,23 @@ def _archive_body(request: Request) -> None:
 def _declared(request: Request) -> int | None:
     text = request.headers.get("content-length")
     return int(text) if text is not None and text.isdigit() else None
+
+
+def push_target(deps: Deps, build: Build) -> RegistryPush | None:
+    """Where the builder pushes ``build``'s image itself: the project's repository in the
+    platform registry, tagged ``build-<id>``; None (the builder uploads the archive) without
+    a platform registry, or when it wants credentials: the operator's push account is its
+    own, and buildah (1.28) takes no scoped bearer token, so nothing a builder could be
+    handed would be limited to the project's repository."""
+    platform = deps.image_service.platform_registry
+    if platform is None or deps.settings.registry_username:
+        return None
+    repository = platform.repository_for(build.project_slug)
+    return RegistryPush(
+        repository=f"{platform.host}/{repository}",
+        tag=f"build-{build.id}",
+        plain_http=platform.plain_http,
+    )
 
 
 def router(deps: Deps) -> APIRouter:
@@ -268,6 +289,7 @@ def router(deps: Deps) -> APIRouter:
                     git_token=leased.git_token,
                     project_slug=build.project_slug,
                     reuse_image_id=leased.reuse_image_id,
+                    push_to=push_target(deps, build),
                 )
                 return Response(content=job.model_dump_json(), media_type="application/json")
             remaining = deadline - loop.time()
@@ -366,6 +388,26 @@ def router(deps: Deps) -> APIRouter:
         if not created:
             response.status_code = 200
         return ImportedImage(id=image.id, digest=image.digest, created=created)
+
+    @api.post("/builder/builds/{build_id}/pushed", dependencies=[Depends(builder)], status_code=201)
+    async def pushed_image(build_id: uuid.UUID, body: PushedImage) -> ImportedImage:
+        """The image this builder pushed to the job's ``push_to``, by digest: the operator
+        reads its manifest from the platform registry (404 when it is not there) and
+        catalogues it as an image by reference, for a build this builder holds."""
+        build = await deps.builds.get(build_id)
+        if build.lease_token != body.lease_token or build.state is not BuildState.RUNNING:
+            await service.renew(build_id, body.lease_token)  # raises the lease's 409
+        target = push_target(deps, build)
+        if target is None:
+            raise InvalidInput("this operator takes the build's image as an archive upload")
+        ref = parse_reference(body.reference)
+        if ref.name != target.repository or ref.tag != target.tag or ref.digest is None:
+            raise InvalidInput(
+                f"the image must be {target.repository}:{target.tag}@sha256:<digest>",
+                extra={"reference": body.reference[:200]},
+            )
+        image = await deps.image_service.resolve_reference(str(ref))
+        return ImportedImage(id=image.id, digest=image.digest, created=True)
 
     return api
 
