@@ -53,6 +53,7 @@ from zeitwork.cli.dev_plan import (
 from zeitwork.cli.supervisor import Child, ChildFailed, ChildSupervisor
 from zeitwork.clients.admin import AdminClient
 from zeitwork.core.errors import AuthenticationRequired, ZeitworkError
+from zeitwork.core.states import NodeState
 from zeitwork.settings import default_data_dir
 
 _T = TypeVar("_T")
@@ -222,7 +223,9 @@ async def _wait_node_ready(
     deadline = loop.time() + within
     while True:
         nodes = await client.nodes()
-        if any(n.state == "ready" and (n.last_heartbeat_at or since) > since for n in nodes):
+        if any(
+            n.state is NodeState.READY and (n.last_heartbeat_at or since) > since for n in nodes
+        ):
             return
         if not agent.running:
             raise ChildFailed(f"node-agent exited with status {agent.process.returncode}")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from zeitwork.core.errors import InvalidInput
+from zeitwork.core.states import RolloutState
 from zeitwork.wire.admin import LogNotice, LogRecord
 from zeitwork.wire.health import HealthResult
 from zeitwork.wire.releases import AppStatus, EnvOut, EventOut, InstanceBrief, ReleaseOut
@@ -222,7 +223,7 @@ def app_row(slug: str, status: AppStatus | None) -> Row:
     current = status.current_release
     serving = sum(1 for i in status.instances if i.serving and not i.draining)
     state = current.state.value if current else "-"
-    if status.rollout is not None and status.rollout.state.value == "running":
+    if status.rollout is not None and status.rollout.state is RolloutState.RUNNING:
         state += ", rolling out"
     return (
         slug,
