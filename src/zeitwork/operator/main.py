@@ -14,14 +14,16 @@ import asyncio
 import contextlib
 import multiprocessing
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import structlog
 import uvicorn
 import uvloop
+from fastapi import FastAPI
 
 from zeitwork.core.clock import SystemClock
 from zeitwork.core.errors import ZeitworkError
@@ -115,42 +117,91 @@ async def serve(
     background loops and, with ``ZEITWORK_WORKERS`` > 1, the extra HTTP worker processes,
     which serve the same port (SO_REUSEPORT) with their own pool.
     """
-    stopping = asyncio.Event()
-    primary = worker is None
-    async with AsyncExitStack() as stack:
-        if worker is None:
-            url = await stack.enter_async_context(database(settings))
-            await prepare_schema(settings, url)
+    await Operator(settings, worker=worker).run(started)
+
+
+class Operator:
+    """One operator process: ``build()`` wires its parts (one method each: database, pool,
+    dependencies, listener, HTTP server), ``run()`` serves the API and, in the primary, the
+    background loops in one TaskGroup until a stop signal."""
+
+    def __init__(self, settings: OperatorSettings, *, worker: WorkerSpec | None = None) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.primary = worker is None
+        self.stopping = asyncio.Event()
+
+    async def build(self, stack: AsyncExitStack) -> None:
+        """database (embedded or DATABASE_URL; schema checked or migrated) -> pool -> secrets
+        -> dependencies -> admin token -> app -> listener -> HTTP server -> stop signals;
+        clean-ups go on ``stack``."""
+        settings = self.settings
+        if self.worker is None:
+            self.url = await stack.enter_async_context(database(settings))
+            await prepare_schema(settings, self.url)
         else:
-            url = worker.url
+            self.url = self.worker.url
+        self.deps = await self._deps(stack, await self._pool(stack))
+        if self.primary:
+            await _bootstrap_admin(self.deps)
+            await self.deps.image_service.clean_temp()  # uploads a crash left behind
+        self.sock = _listen(
+            settings.host,
+            settings.port if self.worker is None else self.worker.port,
+            reuseport=settings.workers > 1,
+        )
+        stack.callback(self.sock.close)
+        self.server = self._http_server(create_app(deps=self.deps, registry=new_registry()))
+        on_stop_signals(stack, self._request_stop)
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        settings = self.settings
+        async with AsyncExitStack() as stack:
+            await self.build(stack)
+            address = self.sock.getsockname()
+            log.info(
+                "operator.started" if self.primary else "operator.worker_started",
+                host=address[0],
+                port=address[1],
+                embedded_db=settings.database_url is None,
+                workers=settings.workers,
+            )
+            if started is not None:
+                started.set()
+            async with asyncio.TaskGroup() as tasks:
+                for name, part in self._tasks(port=int(address[1])):
+                    tasks.create_task(part, name=name)
+        log.info("operator.stopped" if self.primary else "operator.worker_stopped")
+
+    # -- parts ----------------------------------------------------------------------------
+
+    async def _pool(self, stack: AsyncExitStack) -> Database:
+        settings = self.settings
         db = Database(
-            url=url,
+            url=self.url,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             timeout=settings.db_timeout,
         )
         await db.open(wait=True, wait_seconds=max(10.0, settings.db_timeout))
         stack.push_async_callback(db.close)
+        return db
+
+    async def _deps(self, stack: AsyncExitStack, db: Database) -> Deps:
+        settings = self.settings
         box, made = await asyncio.to_thread(load_secret_box, settings)
         if made is not None:
             log.warning("operator.secrets_key_created", path=str(made))
         deps = build_deps(
-            settings=settings, db=db, clock=SystemClock(), stopping=stopping, secret_box=box
+            settings=settings, db=db, clock=SystemClock(), stopping=self.stopping, secret_box=box
         )
         stack.push_async_callback(deps.listener.close)
         stack.push_async_callback(deps.agent_clients.aclose)
         stack.push_async_callback(deps.image_service.aclose)
-        if primary:
-            await _bootstrap_admin(deps)
-            await deps.image_service.clean_temp()  # uploads a crash left behind
-        app = create_app(deps=deps, registry=new_registry())
-        sock = _listen(
-            settings.host,
-            settings.port if worker is None else worker.port,
-            reuseport=settings.workers > 1,
-        )
-        stack.callback(sock.close)
-        server = QuietServer(
+        return deps
+
+    def _http_server(self, app: FastAPI) -> QuietServer:
+        return QuietServer(
             uvicorn.Config(
                 app,
                 loop="none",
@@ -164,47 +215,38 @@ async def serve(
             )
         )
 
-        def request_stop(signame: str) -> None:
-            if stopping.is_set():  # a second signal: stop without waiting for requests
-                log.warning("operator.stopping_now", signal=signame)
-                server.force_exit = True
-            log.info("operator.stopping", signal=signame)
-            stopping.set()
-            server.should_exit = True
-
-        on_stop_signals(stack, request_stop)
-
-        async def http() -> None:
-            try:
-                await server.serve(sockets=[sock])
-            finally:
-                stopping.set()
-
-        loop = build_reconcile_loop(deps)
-        address = sock.getsockname()
-        log.info(
-            "operator.started" if primary else "operator.worker_started",
-            host=address[0],
-            port=address[1],
-            embedded_db=settings.database_url is None,
-            workers=settings.workers,
+    def _tasks(self, *, port: int) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The named tasks: the HTTP server; in the primary the reconcile loop, the events
+        pruner and (``ZEITWORK_WORKERS`` > 1) the extra HTTP workers."""
+        settings = self.settings
+        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [("http", self._http())]
+        if not self.primary:
+            return tasks
+        pruner = EventPruner(
+            store=self.deps.events,
+            max_age=settings.events_max_age,
+            max_count=settings.events_max_count,
         )
-        if started is not None:
-            started.set()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(http(), name="http")
-            if primary:
-                tasks.create_task(loop.run(stopping), name="reconcile")
-                pruner = EventPruner(
-                    store=deps.events,
-                    max_age=settings.events_max_age,
-                    max_count=settings.events_max_count,
-                )
-                tasks.create_task(pruner.run(stopping), name="events-prune")
-            if primary and settings.workers > 1:
-                spec = WorkerSpec(url=url, port=int(address[1]))
-                tasks.create_task(_supervise_workers(settings, spec, stopping), name="http-workers")
-    log.info("operator.stopped" if primary else "operator.worker_stopped")
+        tasks.append(("reconcile", build_reconcile_loop(self.deps).run(self.stopping)))
+        tasks.append(("events-prune", pruner.run(self.stopping)))
+        if settings.workers > 1:
+            spec = WorkerSpec(url=self.url, port=port)
+            tasks.append(("http-workers", _supervise_workers(settings, spec, self.stopping)))
+        return tasks
+
+    def _request_stop(self, signame: str) -> None:
+        if self.stopping.is_set():  # a second signal: stop without waiting for requests
+            log.warning("operator.stopping_now", signal=signame)
+            self.server.force_exit = True
+        log.info("operator.stopping", signal=signame)
+        self.stopping.set()
+        self.server.should_exit = True
+
+    async def _http(self) -> None:
+        try:
+            await self.server.serve(sockets=[self.sock])
+        finally:
+            self.stopping.set()
 
 
 def build_reconcile_loop(deps: Deps) -> ReconcileLoop:
