@@ -328,7 +328,7 @@ class Edge:
         return EdgeProxy(
             handshakes=self.handshakes,
             proxy_protocol=s.proxy_protocol,
-            router=self.policy.route_to(pool),  # routes' limits: edge/routes.py
+            router=policy.route_to(pool),  # routes' limits: edge/routes.py
             config=config,
             policy=policy,
             limiter=self.caps,

@@ -2,7 +2,9 @@
 
 Order on a request: ACME HTTP-01 answers (plain HTTP), per-client rate limit, HTTP->HTTPS
 redirect, CORS preflight; everything else is forwarded. On every response: security headers
-(HSTS on HTTPS only), CORS headers, and the request count by host and status.
+(HSTS on HTTPS only), CORS headers, and the request count by host and status. It is the
+edge's router too (``route_to``): every request goes to the load balancer, through the pool
+that carries its route's limits when the route has some (``DomainPolicy.pool``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from zeitwork.edge.cors import CorsPolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.redirect import ACME_CHALLENGE_PREFIX, https_location
 from zeitwork.edge.security_headers import SecurityHeaders
+from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import problem_body
 from zeitwork.proxy.routing import prefix_matches
 from zeitwork.proxy.types import ClientInfo, Headers, LocalResponse, RequestHead
@@ -30,6 +33,9 @@ class DomainPolicy:
     cors: CorsPolicy | None
     security: SecurityHeaders
     limit_key: str = ""  # "" = the global per-client bucket; else a bucket per client and host
+    # the route's limits (response and tunnel idle timeouts) on a pool to the load balancer
+    # (``routes.RouteLimitPools``); None: the edge's default pool and its global settings
+    pool: Pool | None = None
 
 
 def _header(headers: Headers, name: bytes) -> bytes | None:
@@ -96,6 +102,16 @@ class EdgePolicy:
         self.prefixes: dict[str, tuple[tuple[str, DomainPolicy], ...]] = {}
         self.requests: dict[tuple[str, int], int] = {}
         self.known_hosts: set[str] = set()
+        self.pool: Pool | None = None  # the load balancer (``route_to``)
+
+    def route_to(self, pool: Pool) -> EdgePolicy:
+        """This policy as the edge's router (``proxy.types.Router``) to ``pool``."""
+        self.pool = pool
+        return self
+
+    def resolve(self, host: str, path: str) -> Pool | None:
+        """The pool of the route's limits when it has some, else the load balancer's."""
+        return self._for(host, path).pool or self.pool
 
     def _for(self, host: str, path: str) -> DomainPolicy:
         by_prefix = self.prefixes.get(host)

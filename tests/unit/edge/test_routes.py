@@ -9,6 +9,7 @@ from zeitwork.edge.policy import DomainPolicy, EdgePolicy
 from zeitwork.edge.rate_limit import Quota, RateLimiter
 from zeitwork.edge.routes import RouteWatch, policies_for
 from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfig
+from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.types import ClientInfo, RequestHead
 from zeitwork.wire.routes import Route, RouteBackend, RouteTable
 
@@ -268,3 +269,54 @@ async def test_route_watch_refreshes_the_whole_table_periodically() -> None:
         task.cancel()
     assert (1, 1.0) in source.calls  # long-polls in between, on the version it applied
     assert len(seen) >= 3 and set(seen) == {frozenset({"a.test"})}
+
+
+def test_routes_limits_become_pools_to_the_load_balancer() -> None:
+    lb = Backend("127.0.0.1:8080")
+    upstream = Pool("load-balancer", backends=[lb])
+    policy = _edge_policy().route_to(upstream)
+    watch = RouteWatch(source=Source([]), policy=policy, static={}, on_hosts=lambda h: None)
+
+    def limited(host: str, prefix: str = "/", **limits: float) -> Route:
+        return Route(
+            host=host,
+            path_prefix=prefix,
+            backends=[RouteBackend(address="10.0.0.1:80")],
+            **limits,
+        )
+
+    watch.apply(
+        RouteTable(
+            version=1,
+            routes=[
+                limited("a.test", response_idle_timeout=600, tunnel_idle_timeout=86400),
+                limited("b.test", response_idle_timeout=600, tunnel_idle_timeout=86400),
+                limited("c.test", tunnel_idle_timeout=30),
+                limited("c.test", "/api", rps=5),  # no limits of its own: not c.test's
+                limited("d.test"),
+                limited("d.test", "/ws", tunnel_idle_timeout=7200),
+            ],
+        )
+    )
+    a, b, c = (policy.resolve(h, "/") for h in ("a.test", "b.test", "c.test"))
+    assert a is not None and a is b and a is not upstream  # one pool per pair of values
+    assert (a.response_idle_timeout, a.tunnel_idle_timeout) == (601.0, 86401.0)  # the margin
+    assert c is not None and (c.response_idle_timeout, c.tunnel_idle_timeout) == (0.0, 31.0)
+    assert a.backends == [lb] and c.backends == [lb]
+    assert policy.resolve("c.test", "/api/x") is upstream
+    assert policy.resolve("c.test", "/apix") is c
+    assert policy.resolve("d.test", "/") is upstream
+    ws = policy.resolve("d.test", "/ws/chat")
+    assert ws is not None and ws.tunnel_idle_timeout == 7201.0
+    assert policy.resolve("unknown.test", "/") is upstream
+    assert len(watch.limit_pools) == 3
+    # the next table: a's pool kept, the ones no route uses let go (off the backend)
+    watch.apply(
+        RouteTable(
+            version=2,
+            routes=[limited("a.test", response_idle_timeout=600, tunnel_idle_timeout=86400)],
+        )
+    )
+    assert policy.resolve("a.test", "/") is a
+    assert policy.resolve("c.test", "/") is upstream
+    assert len(watch.limit_pools) == 1 and c.backends == [] and ws.backends == []
