@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from zeitwork.core.files import atomic_write_text
 from zeitwork.edge.policy import EdgePolicy
 from zeitwork.edge.rate_limit import RateLimiter
 from zeitwork.edge.tls_transport import HANDSHAKE_FAILURES, HandshakeCounter
@@ -107,9 +108,9 @@ def snapshot(
 
 def publish(directory: Path, index: int, snap: Snapshot) -> None:
     """Write one worker's snapshot atomically for worker 0 to merge."""
-    tmp = directory / f".worker-{index}.tmp"
-    tmp.write_text(snap.to_json())
-    tmp.replace(directory / f"worker-{index}.json")
+    # rewritten every second: a loss in a power cut costs nothing (the temp file,
+    # .worker-N.json.*.tmp, is not matched by merged()'s glob)
+    atomic_write_text(directory / f"worker-{index}.json", snap.to_json(), durable=False)
 
 
 def merged(own: Snapshot, directory: Path | None, index: int) -> Snapshot:

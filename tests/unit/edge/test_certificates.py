@@ -82,6 +82,17 @@ def test_internal_ca_persists_and_issues(tmp_path: Path) -> None:
     )
 
 
+def test_internal_ca_is_made_anew_over_a_lone_key(tmp_path: Path) -> None:
+    directory = tmp_path / "ca"
+    directory.mkdir()
+    (directory / "ca.key").write_text("written before a crash, no certificate beside it")
+    ca = InternalCA.load_or_create(directory)
+    assert (directory / "ca.key").read_text() != "written before a crash, no certificate beside it"
+    assert stat.S_IMODE((directory / "ca.key").stat().st_mode) == 0o600
+    assert InternalCA.load_or_create(directory).cert_pem == ca.cert_pem
+    assert sorted(p.name for p in directory.iterdir()) == ["ca.crt", "ca.key"]
+
+
 def test_inspect_rejects_mismatch_and_garbage() -> None:
     ca, key = self_signed_ca("t")
     chain1, key1 = issue_leaf(["a.test"], ca_cert_pem=ca, ca_key_pem=key)
@@ -162,6 +173,8 @@ async def test_directory_store_survives_restart(tmp_path: Path) -> None:
     second = LocalStore(directory=tmp_path / "s")
     assert await second.get("a.test") == _issued(10)
     assert await second.get_account("d") is not None
+    names = sorted(path.name for path in (tmp_path / "s").iterdir())
+    assert names == ["acme-accounts.json", "cert-a.test.json"]  # no temp file left
     for path in (tmp_path / "s").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 from typing import Protocol
+
+from zeitwork.core.files import atomic_write_text
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # base64url, as RFC 8555 requires
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
@@ -59,7 +60,9 @@ class Challenges:
     def publish_http(self, token: str, key_authorization: str) -> None:
         self._http[token] = key_authorization
         if self._dir is not None and _TOKEN.match(token):
-            (self._dir / token).write_text(key_authorization)
+            # read by whichever worker the CA reaches: whole or not at all; lost in a power
+            # cut, the validation fails and is retried
+            atomic_write_text(self._dir / token, key_authorization, durable=False)
 
     def withdraw_http(self, token: str) -> None:
         self._http.pop(token, None)
@@ -71,11 +74,8 @@ class Challenges:
         path = self._alpn_path(domain)
         if path is None:
             return
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"cert": cert_pem, "key": key_pem}, handle)
-        tmp.replace(path)
+        body = json.dumps({"cert": cert_pem, "key": key_pem})
+        atomic_write_text(path, body, mode=0o600, durable=False)  # as the HTTP-01 token
         time.sleep(self._propagation)  # runs in the issuing thread, not on the event loop
 
     def withdraw_tls_alpn(self, domain: str) -> None:

@@ -9,14 +9,14 @@ every other edge issues with it, so one ``ca.crt`` is trusted for all of them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from zeitwork.clients.certificates import CertificateRecord
-from zeitwork.edge.certificates.store import EdgeCertificateStore, write_private
+from zeitwork.core.files import atomic_write_text
+from zeitwork.edge.certificates.store import EdgeCertificateStore
 from zeitwork.edge.certificates.x509 import inspect, issue_leaf, self_signed_ca
 
 
@@ -53,10 +53,10 @@ class InternalCA:
                 cert_pem=cert_path.read_text(), key_pem=key_path.read_text(), leaf_days=leaf_days
             )
         cert, key = self_signed_ca("Zeitwork internal CA")
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key)
-        cert_path.write_text(cert)
+        # the key first: a crash before the certificate is written leaves no pair, and the
+        # next start makes a new one (over the lone key)
+        atomic_write_text(key_path, key, mode=0o600)
+        atomic_write_text(cert_path, cert)
         return cls(cert_pem=cert, key_pem=key, leaf_days=leaf_days)
 
     @classmethod
@@ -69,8 +69,8 @@ class InternalCA:
         cert, key = await store.offer_internal_ca(own.cert_pem, own._key_pem)
         if cert == own.cert_pem:
             return own
-        write_private(directory / "ca.key", key)
-        (directory / "ca.crt").write_text(cert)
+        atomic_write_text(directory / "ca.key", key, mode=0o600)
+        atomic_write_text(directory / "ca.crt", cert)
         return cls(cert_pem=cert, key_pem=key, leaf_days=leaf_days)
 
     def issue(self, domain: str) -> CertificateRecord:

@@ -9,7 +9,6 @@ and files 0600); it serves tests and a single edge running without an operator.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from zeitwork.clients.certificates import (
     record_from_json,
     record_to_json,
 )
+from zeitwork.core.files import atomic_write_text
 
 
 class EdgeCertificateStore(Protocol):
@@ -43,15 +43,6 @@ class EdgeCertificateStore(Protocol):
         keeps the first CA offered and returns it to every edge; the local store (one
         edge's own) returns the offer."""
         ...
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (mode 0600) atomically: a temporary file, then rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
 
 
 class LocalStore:
@@ -91,8 +82,10 @@ class LocalStore:
     async def put(self, record: CertificateRecord) -> None:
         self._records[record.domain] = record
         if self._dir is not None:
-            write_private(
-                self._dir / f"cert-{record.domain}.json", json.dumps(record_to_json(record))
+            atomic_write_text(
+                self._dir / f"cert-{record.domain}.json",
+                json.dumps(record_to_json(record)),
+                mode=0o600,
             )
 
     async def acquire_lease(self, domain: str, holder: str, ttl_seconds: int) -> bool:
@@ -117,7 +110,8 @@ class LocalStore:
     async def put_account(self, account: AcmeAccountRecord) -> None:
         self._accounts[account.directory] = account
         if self._dir is not None:
-            write_private(
+            atomic_write_text(
                 self._dir / "acme-accounts.json",
                 json.dumps([asdict(a) for a in self._accounts.values()]),
+                mode=0o600,
             )
