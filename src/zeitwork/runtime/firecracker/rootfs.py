@@ -37,6 +37,7 @@ from typing import Any, Literal
 import structlog
 
 from zeitwork.core.errors import InvalidInput, RuntimeFailure
+from zeitwork.core.files import PendingFile
 from zeitwork.runtime.oci import mounts
 
 log = structlog.get_logger(__name__)
@@ -277,8 +278,10 @@ class RootfsStore:
         size = image_size_mib(
             used_bytes=used, inodes=inode_count(entries), headroom_mib=self._headroom
         )
-        tmp = self._dir / f".{target.name}.{secrets.token_hex(4)}.tmp"
-        try:
+        # made by mkfs and debugfs in a temp file; read-only once in place (each instance
+        # gets its own copy); the commit's fsyncs run in a thread
+        async with PendingFile(target, mode=0o444) as pending:
+            tmp = pending.temp
             _sparse_file(tmp, size * MIB)
             await _run(
                 self._mkfs,
@@ -297,12 +300,6 @@ class RootfsStore:
                 str(tmp),
             )
             await self._add_init(tmp)
-            await asyncio.to_thread(_fsync_path, tmp)
-            tmp.chmod(0o444)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         log.info(
             "rootfs.built",
             digest=digest,
@@ -391,14 +388,6 @@ class RootfsStore:
             with contextlib.suppress(RuntimeFailure):
                 await _run("losetup", "-d", loop_dev)
         await asyncio.to_thread(_unlink_view, view.path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_dir(path: Path) -> bool:
