@@ -7,7 +7,7 @@ version differs from V, otherwise when it changes or after S seconds (long-poll)
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,10 @@ MAX_IDLE_SECONDS = 86400.0
 """The longest per-route idle timeout (a day)."""
 MAX_TUNNELS = 1_000_000
 """The largest per-route tunnel count."""
+IdleSeconds = Annotated[float, Field(gt=0, le=MAX_IDLE_SECONDS, allow_inf_nan=False)]
+"""A per-route idle timeout: a finite number of seconds, over 0, at most a day."""
+TunnelCount = Annotated[int, Field(ge=1, le=MAX_TUNNELS)]
+"""A per-route tunnel count."""
 BackendProtocol = Literal["http1", "h2c"]
 """How proxies speak to an app: HTTP/1.1 keep-alive, or h2c (HTTP/2 cleartext with prior
 knowledge: gRPC and other HTTP/2-only servers; ``docs/http2.md``)."""
@@ -118,26 +122,19 @@ class Route(BaseModel):
         description="the domain's owner proved control (DNS); only then may edges order ACME "
         "certificates for it",
     )
-    response_idle_timeout: float | None = Field(
+    # the release's per-route limits (migration 0017); None: unset (the proxies' own)
+    response_idle_timeout: IdleSeconds | None = Field(
         default=None,
-        gt=0,
-        le=MAX_IDLE_SECONDS,
-        allow_inf_nan=False,
         description="the current release's: seconds a response may stall (before its head and "
         "between its reads) before load balancers cut it (None: their own timeouts)",
     )
-    tunnel_idle_timeout: float | None = Field(
+    tunnel_idle_timeout: IdleSeconds | None = Field(
         default=None,
-        gt=0,
-        le=MAX_IDLE_SECONDS,
-        allow_inf_nan=False,
         description="the current release's: seconds an upgraded connection (WebSocket) may be "
         "idle before load balancers close it (None: their own)",
     )
-    max_tunnels: int | None = Field(
+    max_tunnels: TunnelCount | None = Field(
         default=None,
-        ge=1,
-        le=MAX_TUNNELS,
         description="the current release's: upgraded connections each load balancer worker "
         "holds open on this route at most; more are answered 503 (None: no limit)",
     )
