@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
-from h2.errors import ErrorCodes
+from ngh2 import ErrorCode as ErrorCodes
 
 from zeitwork.proxy import exchange as exchanges
 from zeitwork.proxy import responses
