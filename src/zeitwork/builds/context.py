@@ -342,7 +342,9 @@ def unpack(archive: Path, dest: Path, *, limit: int) -> None:
     try:
         _extract(archive, scratch, limit=limit)
         os.chmod(scratch, 0o755)  # noqa: S103 - a build context is readable, as a checkout is
-        scratch.rename(dest)  # rename(2) replaces an empty directory; a refusal leaves it
+        # a tree, not a file (core/files.py writes files): one rename(2) of the directory,
+        # which replaces an empty one; a refusal leaves it
+        scratch.rename(dest)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -538,6 +538,8 @@ class ImageCache:
             # the tree must be on disk before it is published: after a power loss a
             # published image must not have empty files
             await asyncio.to_thread(os.sync)
+            # the image directory appears whole by one rename(2) (a tree, not a file:
+            # core/files.py does not apply)
             await asyncio.to_thread(work.rename, final)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(_remove_tree, work))
@@ -638,7 +640,7 @@ class ImageCache:
             user, user_error = await asyncio.to_thread(self._layered_user, probe)
             image = _with_user(probe, user, user_error)
             await asyncio.to_thread(_write_image_dir, work, image)
-            await asyncio.to_thread(work.rename, final)
+            await asyncio.to_thread(work.rename, final)  # a directory, as above
         except BaseException:
             for diff_id in held:
                 store.release(diff_id)
@@ -700,7 +702,7 @@ class ImageCache:
                 self._layers.release(diff_id)
         source = self._images / parse_digest(digest)
         target = self._tmp / f"evicted-{source.name}-{secrets.token_hex(4)}"
-        source.rename(target)
+        source.rename(target)  # a directory moved aside in one rename(2), removed later
         return target
 
     async def remove(self, digest: str) -> bool:

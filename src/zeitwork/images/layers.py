@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from zeitwork.core.files import atomic_write
 from zeitwork.images.digests import is_hex, parse_digest
 from zeitwork.images.tree import tree_size
 from zeitwork.images.unpack import unpack_layer
@@ -130,7 +131,7 @@ class LayerStore:
                     # running instance's overlay reads it: flush it and keep it
                     syncfs(root)
                     entry = _Entry("sha256:" + hexdigest, tree_size(item), time.time_ns())
-                    meta.write_text(json.dumps({"diff_id": entry.diff_id, "size": entry.size}))
+                    _write_marker_file(meta, entry, tmp)
                     entries[entry.diff_id] = entry
                     log.warning("layer_store.kept_in_use", path=str(item), reason=str(exc))
                     continue
@@ -296,9 +297,7 @@ class LayerStore:
         if entry.durable or self._entries.get(entry.diff_id) is not entry:
             return  # removed meanwhile
         meta = self.root / f"{parse_digest(entry.diff_id)}.json"
-        partial = self._tmp / f"{meta.name}-{secrets.token_hex(4)}"
-        partial.write_text(json.dumps({"diff_id": entry.diff_id, "size": entry.size}))
-        partial.rename(meta)
+        _write_marker_file(meta, entry, self._tmp)
         entry.durable = True
 
     def wait_flushed(self, timeout: float | None = None) -> None:
@@ -329,6 +328,8 @@ class LayerStore:
         with contextlib.suppress(FileNotFoundError):
             (self.root / f"{hexdigest}.json").unlink()
         target = self._tmp / f"removed-{hexdigest}-{secrets.token_hex(4)}"
+        # a directory moved out of the store in one rename(2), not a file written: not
+        # core/files.py's (the tree is removed later, out of the index's way)
         (self.root / hexdigest).rename(target)
         log.info("layer_store.removed", diff_id=diff_id)
         return target
@@ -368,9 +369,19 @@ def overlay_lowers() -> set[str]:
     return found
 
 
+def _write_marker_file(meta: Path, entry: _Entry, tmp: Path) -> None:
+    """The completion marker, after the tree's syncfs. Not fsynced itself: a marker lost
+    or torn by a power cut discards the layer on open, to be unpacked again. The temp goes
+    in the store's tmp/, which open empties."""
+    data = json.dumps({"diff_id": entry.diff_id, "size": entry.size}).encode()
+    atomic_write(meta, data, durable=False, temp_dir=tmp)
+
+
 def _publish(work: Path, final: Path) -> None:
     if final.exists():  # left by a crash before its marker: this one replaces it
         _remove(final)
+    # an unpacked tree moved into place whole by one rename(2) of its directory (core/files
+    # writes files); its marker, written after a syncfs, is what makes it durable
     work.rename(final)
 
 

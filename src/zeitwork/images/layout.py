@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from zeitwork.core.errors import InvalidInput
+from zeitwork.core.files import PendingFile
 from zeitwork.images.config import ImageConfig, parse_image_config
 from zeitwork.images.digests import is_digest, is_hex
 from zeitwork.images.manifests import (
@@ -640,15 +641,17 @@ def convert_docker_archive(src: Path, dest: Path, work: Path) -> None:
             if handle is None:  # pragma: no cover - regular files always have one
                 raise InvalidInput(f"cannot read archive entry {member.name[:200]!r}")
             hasher = hashlib.sha256()
-            temp = blobs / "partial"
             head = b""
-            with temp.open("wb") as out:
-                while chunk := handle.read(_CHUNK):
-                    head = head or chunk[:2]
-                    hasher.update(chunk)
-                    out.write(chunk)
-            digest = hasher.hexdigest()
-            temp.replace(blobs / digest)
+            # named by its digest once copied; not durable: ``work`` is scratch, and the
+            # archive made from it is committed durably by the store
+            with PendingFile(blobs / "partial", durable=False) as pending:
+                with pending.open() as out:
+                    while chunk := handle.read(_CHUNK):
+                        head = head or chunk[:2]
+                        hasher.update(chunk)
+                        out.write(chunk)
+                digest = hasher.hexdigest()
+                pending.path = blobs / digest
             return "sha256:" + digest, member.size, head
 
         meta = members.get("manifest.json")

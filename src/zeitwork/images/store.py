@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import secrets
 import shutil
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zeitwork.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from zeitwork.core.files import commit_file
 from zeitwork.images.config import ImageConfig
 from zeitwork.images.digests import is_hex, parse_digest
 from zeitwork.images.layout import convert_docker_archive, inspect_archive, is_docker_archive
@@ -46,14 +46,6 @@ class StoredImage:
     layers: int
     unpacked_size: int
     path: Path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArchiveStore:
@@ -155,12 +147,8 @@ class ArchiveStore:
             size = temp.stat().st_size
             if target.exists():
                 temp.unlink()
-            else:
-                with temp.open("rb") as handle:
-                    os.fsync(handle.fileno())
-                temp.chmod(0o600)
-                temp.replace(target)
-                _fsync_dir(self._blobs)
+            else:  # the upload stays in tmp/ (swept by clean_temp) until it is valid
+                commit_file(temp, target, mode=0o600)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
