@@ -368,6 +368,11 @@ class Runner:
         ]
         for name, value in sorted(build_args.items()):
             argv += ["--build-arg", f"{name}={value}"]
+        if settings.ca_bundle is not None:
+            from zeitwork.builds.detect import CA_PATH
+
+            # a bind mount of RUN steps only: the bundle is in no layer of the image
+            argv += ["--volume", f"{settings.ca_bundle}:{CA_PATH}:ro"]
         argv = [*sandbox(settings.unshare, network), *argv, str(context)]
         await logs.say(
             f"buildah bud --layers (storage {settings.storage_driver}, network {network})"
@@ -534,12 +539,13 @@ class Runner:
             path = await asyncio.to_thread(_inside, context, named)
             if path is None:
                 raise StepFailed(f"there is no Dockerfile at {named!r}", step="plan")
-            return path, args, False
+            return path, {**await self._ca_args(path), **args}, False
         for name in DOCKERFILES:
             if (context / name).is_file():
-                return context / name, args, False
+                path = context / name
+                return path, {**await self._ca_args(path), **args}, False
         try:
-            from zeitwork.builds.detect import detect
+            from zeitwork.builds.detect import declared_only, detect
         except ImportError:
             raise StepFailed(
                 "no Dockerfile or Containerfile in the source (stack detection is not "
@@ -554,11 +560,31 @@ class Runner:
             await logs.say(f"detect: {reason}")
         if plan.dockerfile is None:
             return context / plan.dockerfile_name, args, False
-        generated = work / "Dockerfile.zeitwork"
-        await asyncio.to_thread(generated.write_text, plan.dockerfile)
         host_args = plan.build_args(os.environ)
         bases = await self._bases(job, dict(plan.base_images), logs)
-        return generated, {**host_args, **bases, **args}, True
+        given = {**host_args, **self._ca_values(), **bases, **args}
+        generated = work / "Dockerfile.zeitwork"
+        await asyncio.to_thread(generated.write_text, declared_only(plan.dockerfile, given))
+        return generated, given, True
+
+    def _ca_values(self) -> dict[str, str]:
+        """With ``BUILDER_CA_BUNDLE``: the build arguments pointing OpenSSL, requests, pip
+        and Node at the bundle's mount point (``_bud`` mounts it for RUN steps)."""
+        from zeitwork.builds.detect import CA_ARGS, CA_PATH
+
+        return dict.fromkeys(CA_ARGS, CA_PATH) if self._settings.ca_bundle else {}
+
+    async def _ca_args(self, dockerfile: Path) -> dict[str, str]:
+        """The CA build arguments a user's Dockerfile declares (``ARG PIP_CERT``...): only
+        those, so buildah warns of no argument it did not use."""
+        values = self._ca_values()
+        if not values:
+            return {}
+        from zeitwork.builds.detect import declared_args
+
+        text = await asyncio.to_thread(_read_head, dockerfile, 1 << 20)
+        declared = declared_args(text)
+        return {name: value for name, value in values.items() if name in declared}
 
     async def _bases(
         self, job: BuildJob, wanted: dict[str, str], logs: LogShipper
@@ -621,6 +647,11 @@ class Runner:
 def _tool_env(work: Path) -> dict[str, str]:
     """A tool's environment: clean (``clean_env``), the job's own HOME and TMPDIR."""
     return clean_env(os.environ, {"HOME": str(work / "home"), "TMPDIR": str(work / "tmp")})
+
+
+def _read_head(path: Path, limit: int) -> str:
+    with path.open("rb") as handle:
+        return handle.read(limit).decode("utf-8", "replace")
 
 
 def _read_digest(path: Path) -> str | None:

@@ -120,6 +120,30 @@ class BuilderSettings(ServiceSettings):
         "the others are made once here with mmdebstrap",
     )
     log_flush_seconds: float = Field(default=0.5, gt=0, le=10, validation_alias="BUILDER_LOG_FLUSH")
+    ca_bundle: Path | None = Field(
+        default=None,
+        validation_alias="BUILDER_CA_BUNDLE",
+        description="a PEM bundle of the certificate authorities RUN steps should trust (e.g. "
+        "the host's /etc/ssl/certs/ca-certificates.crt behind a TLS-intercepting proxy): "
+        "mounted read-only at /etc/ssl/certs/zeitwork-ca.pem during RUN steps, never stored "
+        "in the image; empty: none",
+    )
+
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _no_bundle(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_absolute() or any(c in str(value) for c in ":,"):
+            raise ValueError("BUILDER_CA_BUNDLE must be an absolute path without ':' or ','")
+        if not value.is_file():
+            raise ValueError(f"BUILDER_CA_BUNDLE {value} is not a file")
+        return value
 
     @field_validator("operator_url")
     @classmethod
