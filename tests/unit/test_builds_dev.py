@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from zeitwork.cli.dev_plan import BUILDER, DevConfig, builder_spec, summary
 
 CONFIG = DevConfig(data_dir=Path("/var/tmp/zw"), host="127.0.0.1", python="/venv/bin/python")
@@ -19,3 +21,17 @@ def test_builder_spec_runs_zeitwork_builder_with_its_own_token() -> None:
     assert spec.env["HOST"] == "127.0.0.1" and spec.env["PORT"] == "9085"
     assert spec.ready_url == "http://127.0.0.1:9085/health"
     assert "127.0.0.1:9085" in summary(CONFIG, admin_token_source="x")
+
+
+def test_builder_spec_hands_the_host_ca_bundle_to_run_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zeitwork.cli.dev_plan as plan
+
+    bundle = tmp_path / "ca.crt"
+    monkeypatch.setattr(plan, "HOST_CA_BUNDLE", bundle)
+    assert "BUILDER_CA_BUNDLE" not in builder_spec(CONFIG, {}, builder_token="t").env
+    bundle.write_text("pem")
+    assert builder_spec(CONFIG, {}, builder_token="t").env["BUILDER_CA_BUNDLE"] == str(bundle)
+    mine = builder_spec(CONFIG, {"BUILDER_CA_BUNDLE": "/x.pem"}, builder_token="t")
+    assert mine.env["BUILDER_CA_BUNDLE"] == "/x.pem"  # the user's own wins

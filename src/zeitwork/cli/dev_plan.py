@@ -270,6 +270,9 @@ def edge_spec(config: DevConfig, base: Mapping[str, str], *, proxy_token: str) -
     )
 
 
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 def builder_spec(
     config: DevConfig, base: Mapping[str, str], *, builder_token: str, port: int | None = None
 ) -> ChildSpec:
@@ -282,6 +285,8 @@ def builder_spec(
         "ZEITWORK_BUILDER_TOKEN": builder_token,
     }
     env.setdefault("BUILDER_WORK_DIR", str(config.data_dir / "builder"))
+    if HOST_CA_BUNDLE.is_file():  # RUN steps trust what this host trusts (a TLS proxy's CA)
+        env.setdefault("BUILDER_CA_BUNDLE", str(HOST_CA_BUNDLE))
     return ChildSpec(
         name=BUILDER,
         argv=(config.python, "-m", "zeitwork", "builder"),
