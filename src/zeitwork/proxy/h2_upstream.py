@@ -38,13 +38,14 @@ import h2.exceptions
 import h2.settings
 import structlog
 from h2.errors import ErrorCodes
-from hyperframe.frame import Frame, GoAwayFrame
 
 from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.h2c_stream import H2UpstreamStream
 from zeitwork.proxy.state import Exchange
 
 if TYPE_CHECKING:
+    from hyperframe.frame import Frame, GoAwayFrame  # h2's framing library
+
     from zeitwork.proxy.backends import Backend
 
 _log = structlog.get_logger("zeitwork.proxy")
