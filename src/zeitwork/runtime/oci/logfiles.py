@@ -145,6 +145,8 @@ def rotate(path: Path, *, max_bytes: int, keep: int) -> bool:
         return False
     if size <= max_bytes:
         return False
+    # rotation renames finished files down the line; nothing is written in place by these
+    # renames, so core/files.py does not apply
     for index in range(keep - 1, 0, -1):
         older = path.with_name(f"{path.name}.{index}")
         if older.exists():

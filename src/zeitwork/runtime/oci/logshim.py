@@ -124,6 +124,8 @@ class RotatingFile:
         self.size += len(data)
 
     def rotate(self) -> None:
+        # rotation renames finished files down the line; nothing is written in place by these
+        # renames, so core/files.py does not apply
         for index in range(self.keep - 1, 0, -1):
             older = f"{self.path}.{index}"
             if os.path.exists(older):
