@@ -9,7 +9,7 @@ import ipaddress
 import random
 import subprocess
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +22,6 @@ from tests.integration.agent.harness import AgentHost, instance_body, preload
 from zeitwork.agent.network import netns
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    made = Lan()
-    made.up()
-    try:
-        yield made
-    finally:
-        made.down()
-
-
-@pytest.fixture
-async def hosts(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
-    made: list[AgentHost] = []
-
-    def make(**kwargs: object) -> AgentHost:
-        host = AgentHost(root=tmp_path / f"node{len(made)}", **kwargs)  # type: ignore[arg-type]
-        made.append(host)
-        return host
-
-    try:
-        yield make
-    finally:
-        for host in made:
-            await host.cleanup()
 
 
 def _get_from(namespace: str, url: str) -> int:

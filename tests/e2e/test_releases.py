@@ -20,7 +20,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,32 +45,6 @@ from tests.integration.agent.harness import AgentHost
 from tests.integration.agent.operator_process import OperatorProcess, import_image
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    made = Lan()
-    made.up()
-    try:
-        yield made
-    finally:
-        made.down()
-
-
-@pytest.fixture
-async def hosts(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
-    made: list[AgentHost] = []
-
-    def make(**kwargs: object) -> AgentHost:
-        host = AgentHost(root=tmp_path / f"node{len(made)}", **kwargs)  # type: ignore[arg-type]
-        made.append(host)
-        return host
-
-    try:
-        yield make
-    finally:
-        for host in made:
-            await host.cleanup()
 
 
 async def test_releases_under_load_fail_no_request(

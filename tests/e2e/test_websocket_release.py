@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,32 +49,6 @@ TUNNEL_DRAIN = 3.0  # LB_TUNNEL_DRAIN_TIMEOUT: a tunnel runs on this long after 
 DRAIN = 7.0  # the release's drain_timeout: the instance is stopped this long after it left
 LATE = 2.0  # s the route change may take to reach the balancer and its sweep (loaded machine)
 ECHO_EVERY = 0.1
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    made = Lan()
-    made.up()
-    try:
-        yield made
-    finally:
-        made.down()
-
-
-@pytest.fixture
-async def hosts(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
-    made: list[AgentHost] = []
-
-    def make(**kwargs: object) -> AgentHost:
-        host = AgentHost(root=tmp_path / f"node{len(made)}", **kwargs)  # type: ignore[arg-type]
-        made.append(host)
-        return host
-
-    try:
-        yield make
-    finally:
-        for host in made:
-            await host.cleanup()
 
 
 def ws_connect(plane: DataPlane) -> connect:

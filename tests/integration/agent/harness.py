@@ -5,6 +5,7 @@ removes everything it could have left on the host."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,24 @@ class AgentHost:
             )
             await network.cleanup(keep=set())
             await network.teardown()
+
+
+@contextlib.asynccontextmanager
+async def agent_hosts(root: Path, prefix: str) -> AsyncIterator[Callable[..., AgentHost]]:
+    """A factory of agent worlds (``AgentHost(**kwargs)``, each in ``root/<prefix><n>``); on
+    exit every one it made is cleaned up."""
+    made: list[AgentHost] = []
+
+    def make(**kwargs: object) -> AgentHost:
+        host = AgentHost(root=root / f"{prefix}{len(made)}", **kwargs)  # type: ignore[arg-type]
+        made.append(host)
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in made:
+            await host.cleanup()
 
 
 def instance_body(image: BuiltImage, **overrides: Any) -> dict[str, Any]:
