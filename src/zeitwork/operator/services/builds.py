@@ -20,11 +20,9 @@ Rules (the SQL is in ``db.builds``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import uuid
@@ -37,6 +35,7 @@ import structlog
 
 from zeitwork.builds.context import unpack
 from zeitwork.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ZeitworkError
+from zeitwork.core.files import PendingFile
 from zeitwork.operator.db import events
 from zeitwork.operator.db.builds import BUILDS, Build, BuildContext, BuildStore, LogChunk, NewBuild
 from zeitwork.operator.db.database import Database
@@ -328,14 +327,12 @@ class BuildService:
         if declared is not None and declared > limit:
             raise _too_large(declared, limit)
         await asyncio.to_thread(self._contexts.mkdir, parents=True, exist_ok=True)
-        fd, tmp_name = await asyncio.to_thread(
-            tempfile.mkstemp, prefix=".upload-", dir=self._contexts
-        )
-        tmp = Path(tmp_name)
+        final = self._contexts / f"{sha256}.tar"
         digest = hashlib.sha256()
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
+        # 0600 and fsynced once in place (in a thread): the row added below points at it
+        async with PendingFile(final, mode=0o600) as pending:
+            with pending.open() as out:
                 async for chunk in body:
                     size += len(chunk)
                     if size > limit:
@@ -347,13 +344,7 @@ class BuildService:
                     f"the uploaded context's sha256 is {digest.hexdigest()}, not {sha256}",
                     extra={"errors": [{"field": "sha256", "message": "does not match"}]},
                 )
-            await asyncio.to_thread(_check_archive, tmp, limit)
-            final = self._contexts / f"{sha256}.tar"
-            await asyncio.to_thread(tmp.replace, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(tmp.unlink)
-            raise
+            await asyncio.to_thread(_check_archive, pending.temp, limit)
         found, created = await self._store.add_context(sha256, size=size, path=str(final))
         log.info("build.context_stored", sha256=sha256, size=size, created=created)
         return found, created
