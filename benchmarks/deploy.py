@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
@@ -34,11 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.releases_kit import (
     Load,
-    Service,
     deploy,
-    free_port,
     only_version_running,
-    service_env,
+    proxies,
     settled,
     version_entries,
 )
@@ -81,7 +80,7 @@ async def run(replica_counts: list[int]) -> list[dict[str, Any]]:
     await asyncio.to_thread(migrate.upgrade, database.url)
     operator = OperatorProcess(database_url=database.url, root=root / "operator")
     agent = AgentHost(root=root / "node", extra_env={"ZEITWORK_HEARTBEAT_INTERVAL": "1"})
-    services: list[Service] = []
+    proxies_up = contextlib.AsyncExitStack()  # the balancer and the edge, once started
     load: Load | None = None
     rows: list[dict[str, Any]] = []
     images = {
@@ -106,46 +105,8 @@ async def run(replica_counts: list[int]) -> list[dict[str, Any]]:
         async with operator.client() as api:
             ids = {n: await import_image(operator, i.path, n) for n, i in images.items()}
             token = (await api.post("/api/v1/tokens", json={"scope": "proxy"})).json()["token"]
-            lb_port, edge_port = free_port(), free_port()
-            common = {"OPERATOR_URL": operator.url(), "ZEITWORK_PROXY_TOKEN": token}
-            (root / "lb").mkdir()
-            (root / "edge").mkdir()
-            services = [
-                Service(
-                    "load-balancer",
-                    service_env(
-                        root / "lb",
-                        PORT=str(lb_port),
-                        HOST="127.0.0.1",
-                        LB_ADMIN_PORT=str(free_port()),
-                        LB_WORKERS="1",
-                        **common,
-                    ),
-                    root / "lb.log",
-                    lb_port,
-                ),
-                Service(
-                    "edge-proxy",
-                    service_env(
-                        root / "edge",
-                        PORT=str(edge_port),
-                        HOST="127.0.0.1",
-                        EDGE_HTTPS_PORT=str(free_port()),
-                        EDGE_ADMIN_PORT=str(free_port()),
-                        EDGE_WORKERS="1",
-                        EDGE_TLS_MODE="internal",
-                        EDGE_HTTPS_REDIRECT="false",
-                        LOAD_BALANCER_URL=f"http://127.0.0.1:{lb_port}",
-                        **common,
-                    ),
-                    root / "edge.log",
-                    edge_port,
-                ),
-            ]
-            for service in services:
-                service.start()
-            for service in services:
-                await service.wait_listening()
+            _lb, edge = await proxies_up.enter_async_context(proxies(root, operator.url(), token))
+            edge_port = edge.port
 
             for replicas in replica_counts:
                 app = f"bench-{replicas}-{uuid.uuid4().hex[:4]}"
@@ -202,8 +163,7 @@ async def run(replica_counts: list[int]) -> list[dict[str, Any]]:
     finally:
         if load is not None:
             await load.stop()
-        for service in reversed(services):
-            service.stop()
+        await proxies_up.aclose()
         operator.stop()
         await agent.cleanup()
         await asyncio.to_thread(database.stop)

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 
 from tests.e2e.lan import Lan
-from tests.images import Entry, app_entries
-from tests.integration.agent.harness import AgentHost
+from tests.images import BuiltImage, Entry, app_entries
+from tests.integration.agent.harness import AgentHost, preload
 from tests.integration.agent.operator_process import OperatorProcess
 
 FAIL_CGI = (
@@ -103,6 +103,99 @@ def service_env(tmp_path: Path, **env: str) -> dict[str, str]:
     return {**base, "ZEITWORK_DATA_DIR": str(tmp_path), "LOG_LEVEL": "info", **env}
 
 
+@contextlib.asynccontextmanager
+async def proxies(
+    root: Path,
+    operator_url: str,
+    proxy_token: str,
+    *,
+    lb_env: Mapping[str, str] | None = None,
+    edge_env: Mapping[str, str] | None = None,
+) -> AsyncIterator[tuple[Service, Service]]:
+    """A load balancer and an edge proxy in front of it (one worker each, plain HTTP on
+    127.0.0.1, data dirs and logs under ``root``), started and listening; stopped on exit
+    (``lb_env``/``edge_env``: settings added to the services')."""
+    lb_port, edge_port = free_port(), free_port()
+    common = {"OPERATOR_URL": operator_url, "ZEITWORK_PROXY_TOKEN": proxy_token}
+    lb = Service(
+        "load-balancer",
+        service_env(
+            root / "lb",
+            PORT=str(lb_port),
+            HOST="127.0.0.1",
+            LB_ADMIN_PORT=str(free_port()),
+            LB_WORKERS="1",
+            **common,
+            **(lb_env or {}),
+        ),
+        root / "lb.log",
+        lb_port,
+    )
+    edge = Service(
+        "edge-proxy",
+        service_env(
+            root / "edge",
+            PORT=str(edge_port),
+            HOST="127.0.0.1",
+            EDGE_HTTPS_PORT=str(free_port()),
+            EDGE_ADMIN_PORT=str(free_port()),
+            EDGE_WORKERS="1",
+            EDGE_TLS_MODE="internal",
+            EDGE_HTTPS_REDIRECT="false",
+            LOAD_BALANCER_URL=f"http://127.0.0.1:{lb_port}",
+            **common,
+            **(edge_env or {}),
+        ),
+        root / "edge.log",
+        edge_port,
+    )
+    started: list[Service] = []
+    try:
+        for service, data in ((lb, "lb"), (edge, "edge")):
+            (root / data).mkdir(exist_ok=True)
+            started.append(service)
+            service.start()
+        for service in started:
+            await service.wait_listening()
+        yield lb, edge
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+async def start_two_agents(
+    lan: Lan,
+    hosts: Callable[..., AgentHost],
+    operator_url: str,
+    join: str,
+    env: dict[str, str],
+    *,
+    preload_image: BuiltImage | None = None,
+) -> tuple[list[str], list[AgentHost]]:
+    """Two agent "hosts" on the LAN joining the operator with ``join``; started and ready."""
+    names = [lan.add_host(), lan.add_host()]
+    agents = []
+    for index, name in enumerate(names):
+        host = hosts(
+            netns=name,
+            subnet=None,
+            extra_env={
+                "OPERATOR_URL": operator_url,
+                "ZEITWORK_JOIN_TOKEN": join,
+                "NODE_IP": lan.address(index),
+                "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
+                **env,
+            },
+        )
+        if preload_image is not None:
+            await preload(host.data_dir, preload_image)
+        host.start()
+        agents.append(host)
+    for host in agents:
+        await host.wait_ready()
+    return names, agents
+
+
 @dataclass
 class DataPlane:
     """The platform of the release tests, up: a real operator, two node agents on network
@@ -130,8 +223,6 @@ async def data_plane(
     """Start the platform as ``test_releases`` does (``lb_env``/``edge_env``: settings
     added to the services'); on exit stop the edge, the balancer and the operator (the
     agents are the ``hosts`` factory's to clean up)."""
-    from tests.e2e.test_multi_node import _start_two_agents  # a test module: imported late
-
     operator = OperatorProcess(
         database_url=database_url,
         root=tmp_path / "operator",
@@ -140,12 +231,11 @@ async def data_plane(
             "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "5",
         },
     )
-    services: list[Service] = []
     operator.start()
     try:
         await operator.wait_ready()
         join = await operator.join_token()
-        _names, agents = await _start_two_agents(
+        _names, agents = await start_two_agents(
             lan, hosts, operator.url(lan.gateway), join, {"ZEITWORK_HEARTBEAT_INTERVAL": "1"}
         )
         async with operator.client() as api:
@@ -168,52 +258,15 @@ async def data_plane(
             assert bound.status_code == 201, bound.text
             token = await api.post("/api/v1/tokens", json={"scope": "proxy", "name": "e2e"})
             proxy_token = token.json()["token"]
-        lb_port, edge_port = free_port(), free_port()
-        lb = Service(
-            "load-balancer",
-            service_env(
-                tmp_path / "lb",
-                PORT=str(lb_port),
-                HOST="127.0.0.1",
-                LB_ADMIN_PORT=str(free_port()),
-                LB_WORKERS="1",
-                OPERATOR_URL=operator.url(),
-                ZEITWORK_PROXY_TOKEN=proxy_token,
-                LB_TRUSTED_PROXIES="127.0.0.1/32",
-                **(lb_env or {}),
-            ),
-            tmp_path / "lb.log",
-            lb_port,
-        )
-        edge = Service(
-            "edge-proxy",
-            service_env(
-                tmp_path / "edge",
-                PORT=str(edge_port),
-                HOST="127.0.0.1",
-                EDGE_HTTPS_PORT=str(free_port()),
-                EDGE_ADMIN_PORT=str(free_port()),
-                EDGE_WORKERS="1",
-                EDGE_TLS_MODE="internal",
-                EDGE_HTTPS_REDIRECT="false",
-                LOAD_BALANCER_URL=f"http://127.0.0.1:{lb_port}",
-                OPERATOR_URL=operator.url(),
-                ZEITWORK_PROXY_TOKEN=proxy_token,
-                **(edge_env or {}),
-            ),
-            tmp_path / "edge.log",
-            edge_port,
-        )
-        for service, data in ((lb, "lb"), (edge, "edge")):
-            (tmp_path / data).mkdir(exist_ok=True)
-            services.append(service)
-            service.start()
-        for service in services:
-            await service.wait_listening()
-        yield DataPlane(operator, agents, app, domain, lb, edge)
+        async with proxies(
+            tmp_path,
+            operator.url(),
+            proxy_token,
+            lb_env={"LB_TRUSTED_PROXIES": "127.0.0.1/32", **(lb_env or {})},
+            edge_env=edge_env,
+        ) as (lb, edge):
+            yield DataPlane(operator, agents, app, domain, lb, edge)
     finally:
-        for service in reversed(services):
-            service.stop()
         operator.stop()
 
 

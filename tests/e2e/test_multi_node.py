@@ -17,6 +17,7 @@ import pytest
 
 from tests.contract.runtime.harness import wait_http
 from tests.e2e.lan import Lan
+from tests.e2e.releases_kit import start_two_agents
 from tests.images import BuiltImage
 from tests.integration.agent.harness import AgentHost, instance_body, preload
 from zeitwork.agent.network import netns
@@ -127,7 +128,7 @@ async def test_operator_places_on_two_hosts_and_agents_survive_restart(
         # no ZEITWORK_NODE_SUBNET, no ZEITWORK_PEER_ROUTES: the operator allocates the
         # subnets and sends each agent the other's (peer routes); each agent downloads the
         # image from the operator over the LAN
-        names, agents = await _start_two_agents(
+        names, agents = await start_two_agents(
             lan, hosts, operator.url(lan.gateway), join, {"ZEITWORK_HEARTBEAT_INTERVAL": "1"}
         )
 
@@ -232,7 +233,7 @@ async def test_a_dead_hosts_deployment_comes_back_on_the_other_host(
         await operator.wait_ready()
         join = await operator.join_token()
         image_id = await import_image(operator, busybox_image.path)
-        names, agents = await _start_two_agents(
+        names, agents = await start_two_agents(
             lan,
             hosts,
             operator.url(lan.gateway),
@@ -318,39 +319,6 @@ async def test_a_dead_hosts_deployment_comes_back_on_the_other_host(
             assert first["id"] not in [i["id"] for i in listed_here]
     finally:
         operator.stop()
-
-
-async def _start_two_agents(
-    lan: Lan,
-    hosts: Callable[..., AgentHost],
-    operator_url: str,
-    join: str,
-    env: dict[str, str],
-    *,
-    preload_image: BuiltImage | None = None,
-) -> tuple[list[str], list[AgentHost]]:
-    """Two agent "hosts" on the LAN joining the operator with ``join``; started and ready."""
-    names = [lan.add_host(), lan.add_host()]
-    agents = []
-    for index, name in enumerate(names):
-        host = hosts(
-            netns=name,
-            subnet=None,
-            extra_env={
-                "OPERATOR_URL": operator_url,
-                "ZEITWORK_JOIN_TOKEN": join,
-                "NODE_IP": lan.address(index),
-                "NODE_HOSTNAME": f"host-{index}-{lan.suffix}",
-                **env,
-            },
-        )
-        if preload_image is not None:
-            await preload(host.data_dir, preload_image)
-        host.start()
-        agents.append(host)
-    for host in agents:
-        await host.wait_ready()
-    return names, agents
 
 
 async def _both_ready(op: Any, wait_json: Callable[..., Any]) -> Any:

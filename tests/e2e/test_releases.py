@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,19 +28,16 @@ from tests.e2e.releases_kit import (
     HEALTH,
     STRATEGY,
     Load,
-    Service,
     answers_only,
+    data_plane,
     deploy,
-    free_port,
     only_version_running,
-    service_env,
     settled,
     version_entries,
 )
-from tests.e2e.test_multi_node import _start_two_agents
 from tests.images import build_image
 from tests.integration.agent.harness import AgentHost
-from tests.integration.agent.operator_process import OperatorProcess, import_image
+from tests.integration.agent.operator_process import import_image
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
 
@@ -53,15 +48,6 @@ async def test_releases_under_load_fail_no_request(
     migrated_database: str,
     tmp_path: Path,
 ) -> None:
-    second = random.randint(0, 200)
-    operator = OperatorProcess(
-        database_url=migrated_database,
-        root=tmp_path / "operator",
-        extra_env={
-            "ZEITWORK_INSTANCE_NETWORK": f"10.{second}.0.0/16",
-            "ZEITWORK_NODE_HEARTBEAT_TIMEOUT": "5",
-        },
-    )
     images = {
         name: build_image(tmp_path / f"{name}.tar", layers=[version_entries(name)], **options)
         for name, options in {
@@ -73,213 +59,142 @@ async def test_releases_under_load_fail_no_request(
             "v500": {},
         }.items()
     }
-    services: list[Service] = []
     load: Load | None = None
-    operator.start()
-    try:
-        await operator.wait_ready()
-        join = await operator.join_token()
-        _names, agents = await _start_two_agents(
-            lan,
-            hosts,
-            operator.url(lan.gateway),
-            join,
-            {"ZEITWORK_HEARTBEAT_INTERVAL": "1"},
-        )
-        async with operator.client() as api:
-            nodes = (await api.get("/api/v1/nodes")).json()
-            assert len(nodes) == 2
-            for node in nodes:  # the root namespace reaches each host's instances
-                lan.route_from_root(node["subnet"], node["ip_address"])
-            ids = {
-                name: await import_image(operator, image.path, name)
-                for name, image in images.items()
-            }
-            app = f"rel-{uuid.uuid4().hex[:6]}"
-            domain = f"{app}.test"
-            created = await api.post("/api/v1/projects", json={"name": app, "slug": app})
-            assert created.status_code == 201, created.text
-            bound = await api.post(
-                "/api/v1/domains",
-                json={
-                    "name": domain,
-                    "project_id": created.json()["id"],
-                    "environment": "production",
-                },
-            )
-            assert bound.status_code == 201, bound.text
-            proxy_token = (
-                await api.post("/api/v1/tokens", json={"scope": "proxy", "name": "e2e"})
-            ).json()["token"]
+    async with data_plane(lan, hosts, migrated_database, tmp_path) as plane:
+        operator, agents, app, domain = plane.operator, plane.agents, plane.app, plane.domain
+        try:
+            async with operator.client() as api:
+                ids = {
+                    name: await import_image(operator, image.path, name)
+                    for name, image in images.items()
+                }
 
-            lb_port, edge_port = free_port(), free_port()
-            lb = Service(
-                "load-balancer",
-                service_env(
-                    tmp_path / "lb",
-                    PORT=str(lb_port),
-                    HOST="127.0.0.1",
-                    LB_ADMIN_PORT=str(free_port()),
-                    LB_WORKERS="1",
-                    OPERATOR_URL=operator.url(),
-                    ZEITWORK_PROXY_TOKEN=proxy_token,
-                    LB_TRUSTED_PROXIES="127.0.0.1/32",
-                ),
-                tmp_path / "lb.log",
-                lb_port,
-            )
-            edge = Service(
-                "edge-proxy",
-                service_env(
-                    tmp_path / "edge",
-                    PORT=str(edge_port),
-                    HOST="127.0.0.1",
-                    EDGE_HTTPS_PORT=str(free_port()),
-                    EDGE_ADMIN_PORT=str(free_port()),
-                    EDGE_WORKERS="1",
-                    EDGE_TLS_MODE="internal",
-                    EDGE_HTTPS_REDIRECT="false",
-                    LOAD_BALANCER_URL=f"http://127.0.0.1:{lb_port}",
-                    OPERATOR_URL=operator.url(),
-                    ZEITWORK_PROXY_TOKEN=proxy_token,
-                ),
-                tmp_path / "edge.log",
-                edge_port,
-            )
-            services += [lb, edge]
-            for service in services:
-                (tmp_path / ("lb" if service is lb else "edge")).mkdir(exist_ok=True)
-                service.start()
-            for service in services:
-                await service.wait_listening()
+                # v1, before the load starts
+                await deploy(api, app, ids["v1"], replicas=2)
+                v1 = await settled(api, app, 1)
+                assert v1["state"] == "active", v1
+                await only_version_running(api, app, 1, 2)
+                load = Load(plane.edge.port, domain)
 
-            # v1, before the load starts
-            await deploy(api, app, ids["v1"], replicas=2)
-            v1 = await settled(api, app, 1)
-            assert v1["state"] == "active", v1
-            await only_version_running(api, app, 1, 2)
-            load = Load(edge_port, domain)
+                async def serves(version: str) -> None:
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline:
+                        with contextlib.suppress(OSError, ValueError, IndexError, TimeoutError):
+                            status, body = await load.one_request()
+                            if status == 200 and body.strip() == version:
+                                return
+                        await asyncio.sleep(0.2)
+                    raise AssertionError(f"{version} not served through the edge")
 
-            async def serves(version: str) -> None:
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    with contextlib.suppress(OSError, ValueError, IndexError, TimeoutError):
-                        status, body = await load.one_request()
-                        if status == 200 and body.strip() == version:
-                            return
-                    await asyncio.sleep(0.2)
-                raise AssertionError(f"{version} not served through the edge")
+                await serves("v1")
+                load.start()
 
-            await serves("v1")
-            load.start()
+                # (a) rolling v1 -> v2
+                await deploy(api, app, ids["v2"])
+                assert (await settled(api, app, 2))["state"] == "active"
+                await only_version_running(api, app, 2, 2)
+                await answers_only(load, "v2")
 
-            # (a) rolling v1 -> v2
-            await deploy(api, app, ids["v2"])
-            assert (await settled(api, app, 2))["state"] == "active"
-            await only_version_running(api, app, 2, 2)
-            await answers_only(load, "v2")
-
-            # (b) blue-green v2 -> v3
-            await deploy(api, app, ids["v3"], strategy={**STRATEGY, "type": "bluegreen"})
-            assert (await settled(api, app, 3))["state"] == "active"
-            await only_version_running(api, app, 3, 2)
-            await answers_only(load, "v3")
-
-            # (c) three bad releases, each reverted by itself while v3 keeps serving
-            bad = [
-                (ids["exits"], {}, "exit"),
-                (ids["silent"], {}, "8080"),
-                (ids["v500"], {"health_check": {**HEALTH, "path": "/cgi-bin/fail"}}, "500"),
-            ]
-            version = 3
-            for image_id, extra, cause in bad:
-                version += 1
-                await deploy(api, app, image_id, **extra)
-                failed = await settled(api, app, version)
-                assert failed["state"] == "failed", failed
-                assert cause in (failed["error"] or ""), failed
-                current = (await api.get(f"/api/v1/projects/{app}/status")).json()
-                assert current["current_release"]["version"] == 3
+                # (b) blue-green v2 -> v3
+                await deploy(api, app, ids["v3"], strategy={**STRATEGY, "type": "bluegreen"})
+                assert (await settled(api, app, 3))["state"] == "active"
                 await only_version_running(api, app, 3, 2)
                 await answers_only(load, "v3")
 
-            # (d) rollback to v2: a new release made from v2
-            rolled = await api.post(f"/api/v1/projects/{app}/rollback", json={"version": 2})
-            assert rolled.status_code == 201, rolled.text
-            back = rolled.json()
-            assert back["reason"] == "rollback" and back["image_id"] == ids["v2"]
-            assert (await settled(api, app, back["version"]))["state"] == "active"
-            await only_version_running(api, app, back["version"], 2)
+                # (c) three bad releases, each reverted by itself while v3 keeps serving
+                bad = [
+                    (ids["exits"], {}, "exit"),
+                    (ids["silent"], {}, "8080"),
+                    (ids["v500"], {"health_check": {**HEALTH, "path": "/cgi-bin/fail"}}, "500"),
+                ]
+                version = 3
+                for image_id, extra, cause in bad:
+                    version += 1
+                    await deploy(api, app, image_id, **extra)
+                    failed = await settled(api, app, version)
+                    assert failed["state"] == "failed", failed
+                    assert cause in (failed["error"] or ""), failed
+                    current = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                    assert current["current_release"]["version"] == 3
+                    await only_version_running(api, app, 3, 2)
+                    await answers_only(load, "v3")
+
+                # (d) rollback to v2: a new release made from v2
+                rolled = await api.post(f"/api/v1/projects/{app}/rollback", json={"version": 2})
+                assert rolled.status_code == 201, rolled.text
+                back = rolled.json()
+                assert back["reason"] == "rollback" and back["image_id"] == ids["v2"]
+                assert (await settled(api, app, back["version"]))["state"] == "active"
+                await only_version_running(api, app, back["version"], 2)
+                await answers_only(load, "v2")
+
+                # (e) scale 3 -> 1 -> 3
+                for replicas in (3, 1, 3):
+                    scaled = await api.put(
+                        f"/api/v1/projects/{app}/scale", json={"replicas": replicas}
+                    )
+                    assert scaled.status_code == 200, scaled.text
+                    await only_version_running(api, app, back["version"], replicas)
+                    await answers_only(load, "v2", seconds=1.0)
+
+                # (f) drain one host: its instances are replaced on the other, health-gated
+                status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                busy_node = status["instances"][0]["node_id"]
+                drained = await api.post(f"/api/v1/nodes/{busy_node}/drain")
+                assert drained.status_code in (200, 202), drained.text
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                    live = [i for i in status["instances"] if i["state"] == "running"]
+                    if len(live) == 3 and all(i["node_id"] != busy_node for i in live):
+                        break
+                    await asyncio.sleep(0.3)
+                else:
+                    raise AssertionError(f"drain did not move the instances: {status}")
+                await answers_only(load, "v2", seconds=1.0)
+                undrained = await api.post(f"/api/v1/nodes/{busy_node}/undrain")
+                assert undrained.status_code in (200, 202), undrained.text
+
+            # (g) the operator SIGKILLed in the middle of a rollout, then restarted
+            async with operator.client() as api:
+                release = await deploy(api, app, ids["v1"])
+            assert operator.process is not None
+            deadline = time.monotonic() + 30
+            async with operator.client() as api:
+                while time.monotonic() < deadline:  # kill once the first surge instance exists
+                    status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                    if any(i["version"] == release["version"] for i in status["instances"]):
+                        break
+                    await asyncio.sleep(0.1)
+            operator.process.send_signal(signal.SIGKILL)
+            operator.process.wait(10)
+            operator.start(same_port=True)
+            await operator.wait_ready()
+            async with operator.client() as api:
+                assert (await settled(api, app, release["version"]))["state"] == "active"
+                await only_version_running(api, app, release["version"], 3)
+            await answers_only(load, "v1")
+
+            # (h) a node agent SIGKILLed in the middle of a rollout, then restarted: it re-adopts
+            # its instances, the rollout goes on, nothing is placed twice
+            async with operator.client() as api:
+                release = await deploy(api, app, ids["v2"])
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    status = (await api.get(f"/api/v1/projects/{app}/status")).json()
+                    if any(i["version"] == release["version"] for i in status["instances"]):
+                        break
+                    await asyncio.sleep(0.1)
+                agents[0].kill()
+                agents[0].start()
+                await agents[0].wait_ready()
+                assert (await settled(api, app, release["version"]))["state"] == "active"
+                await only_version_running(api, app, release["version"], 3)
             await answers_only(load, "v2")
 
-            # (e) scale 3 -> 1 -> 3
-            for replicas in (3, 1, 3):
-                scaled = await api.put(f"/api/v1/projects/{app}/scale", json={"replicas": replicas})
-                assert scaled.status_code == 200, scaled.text
-                await only_version_running(api, app, back["version"], replicas)
-                await answers_only(load, "v2", seconds=1.0)
-
-            # (f) drain one host: its instances are replaced on the other, health-gated
-            status = (await api.get(f"/api/v1/projects/{app}/status")).json()
-            busy_node = status["instances"][0]["node_id"]
-            drained = await api.post(f"/api/v1/nodes/{busy_node}/drain")
-            assert drained.status_code in (200, 202), drained.text
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                status = (await api.get(f"/api/v1/projects/{app}/status")).json()
-                live = [i for i in status["instances"] if i["state"] == "running"]
-                if len(live) == 3 and all(i["node_id"] != busy_node for i in live):
-                    break
-                await asyncio.sleep(0.3)
-            else:
-                raise AssertionError(f"drain did not move the instances: {status}")
-            await answers_only(load, "v2", seconds=1.0)
-            undrained = await api.post(f"/api/v1/nodes/{busy_node}/undrain")
-            assert undrained.status_code in (200, 202), undrained.text
-
-        # (g) the operator SIGKILLed in the middle of a rollout, then restarted
-        async with operator.client() as api:
-            release = await deploy(api, app, ids["v1"])
-        assert operator.process is not None
-        deadline = time.monotonic() + 30
-        async with operator.client() as api:
-            while time.monotonic() < deadline:  # kill once the first surge instance exists
-                status = (await api.get(f"/api/v1/projects/{app}/status")).json()
-                if any(i["version"] == release["version"] for i in status["instances"]):
-                    break
-                await asyncio.sleep(0.1)
-        operator.process.send_signal(signal.SIGKILL)
-        operator.process.wait(10)
-        operator.start(same_port=True)
-        await operator.wait_ready()
-        async with operator.client() as api:
-            assert (await settled(api, app, release["version"]))["state"] == "active"
-            await only_version_running(api, app, release["version"], 3)
-        await answers_only(load, "v1")
-
-        # (h) a node agent SIGKILLed in the middle of a rollout, then restarted: it re-adopts
-        # its instances, the rollout goes on, nothing is placed twice
-        async with operator.client() as api:
-            release = await deploy(api, app, ids["v2"])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                status = (await api.get(f"/api/v1/projects/{app}/status")).json()
-                if any(i["version"] == release["version"] for i in status["instances"]):
-                    break
-                await asyncio.sleep(0.1)
-            agents[0].kill()
-            agents[0].start()
-            await agents[0].wait_ready()
-            assert (await settled(api, app, release["version"]))["state"] == "active"
-            await only_version_running(api, app, release["version"], 3)
-        await answers_only(load, "v2")
-
-        await load.stop()
-        assert load.failures == [], load.failures[:20]
-        assert len(load.answers) > 500
-    finally:
-        if load is not None and not load._stop.is_set():
             await load.stop()
-        for service in reversed(services):
-            service.stop()
-        operator.stop()
+            assert load.failures == [], load.failures[:20]
+            assert len(load.answers) > 500
+        finally:
+            if load is not None and not load._stop.is_set():
+                await load.stop()
