@@ -84,7 +84,7 @@ def router(deps: Deps) -> APIRouter:
             instances=[
                 AssignedInstance(
                     id=r.instance.id,
-                    desired_state=r.instance.desired_state,  # type: ignore[arg-type]
+                    desired_state=r.instance.desired_state,
                     image=ImageRef(
                         id=r.instance.image_id,
                         name=r.image_name,
@@ -96,7 +96,7 @@ def router(deps: Deps) -> APIRouter:
                     ),
                     default_port=r.instance.default_port,
                     environment_variables=_environment(r, deps.secret_box),
-                    restart_policy=r.instance.restart_policy,  # type: ignore[arg-type]
+                    restart_policy=r.instance.restart_policy,
                     deployment_id=r.instance.deployment_id,
                     release_id=r.instance.release_id,
                     command=r.instance.command,

@@ -33,6 +33,8 @@ from zeitwork.operator.db import changes, instance_events
 from zeitwork.operator.db.database import Conn, Database
 from zeitwork.operator.db.pages import PAGE_SQL, PageRequest
 from zeitwork.operator.scheduler.placement import NodeCandidate
+from zeitwork.wire.admin import DesiredState
+from zeitwork.wire.agent import RestartPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +44,14 @@ class Instance:
     image_id: uuid.UUID
     deployment_id: uuid.UUID | None
     state: InstanceState
-    desired_state: str
+    desired_state: DesiredState
     state_changed_at: datetime
     vcpu_millis: int
     memory_mib: int
     disk_mib: int
     default_port: int
     environment_variables: dict[str, str]
-    restart_policy: str
+    restart_policy: RestartPolicy
     ip_address: str | None
     port: int | None
     exit_code: int | None
