@@ -1,7 +1,7 @@
 """The operator's rows as the admin API's answers (``zeitwork.wire.admin``).
 
-Rows from our own database are valid already: the models that lists build in bulk (nodes,
-instances) are constructed without re-validating them; the others validate as usual.
+Rows from our own database are valid already: nodes and instances, which list answers hold
+by the hundred, are constructed without re-validating them; the others validate as usual.
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ class InstanceStore:
         include_deleted: bool = False,
         conn: Conn | None = None,
     ) -> tuple[bytes, uuid.UUID | None]:
-        """The page as the API's JSON array (``api.instances.InstanceOut`` without
+        """The page as the API's JSON array (``wire.admin.InstanceOut`` without
         secret values), built by PostgreSQL, and the cursor of the next page (if any).
 
         A 100-row page is the hot path of instance listing; building its JSON in the
