@@ -28,7 +28,7 @@ from tests.integration.lb.conftest import (
 )
 from tests.integration.operator.conftest import Operator, operator, operator_factory
 from tests.integration.operator.fleet import assert_problem
-from tests.integration.operator.releases_kit import FAST, FakeAgent, bind, platform
+from tests.integration.operator.releases_kit import FAST, FakeAgent, Platform, bind, platform
 from zeitwork.clients.proxy_stats import ProxyStatsClient
 from zeitwork.lb.main import LoadBalancer
 from zeitwork.lb.stats_push import StatsPusher, load_or_make_id
@@ -67,14 +67,13 @@ class LocalAgent(FakeAgent):
         await super().report(instance_id, body)
 
 
-async def test_status_shows_request_figures_from_real_traffic(
-    operator: Operator, operator_url: str, make_origin: MakeOrigin, make_lb: MakeLB
-) -> None:
-    origin = await make_origin("shop")
+async def served_by(operator: Operator, port: int) -> Platform:
+    """An app on one node, bound to ``HOST``, whose one instance is the origin on
+    127.0.0.1:``port``; deployed and serving."""
     p = await platform(operator, nodes=1)
     agent = p.agents[0]
     p.agents[0] = LocalAgent(
-        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
+        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=port
     )
     await p.deploy(replicas=1, strategy=FAST)
     await bind(p, HOST)
@@ -83,6 +82,14 @@ async def test_status_shows_request_figures_from_real_traffic(
         return [i["serving"] for i in (await p.status())["instances"]] == [True]
 
     await p.converge(serving)
+    return p
+
+
+async def test_status_shows_request_figures_from_real_traffic(
+    operator: Operator, operator_url: str, make_origin: MakeOrigin, make_lb: MakeLB
+) -> None:
+    origin = await make_origin("shop")
+    p = await served_by(operator, origin.port)
     assert (await p.status())["metrics"] is None  # no balancer has pushed yet
 
     token = await operator.token(Scope.PROXY)
@@ -194,18 +201,7 @@ async def test_a_restarted_balancer_keeps_its_id_and_its_totals_count_again(
     operator: Operator, operator_url: str, make_origin: MakeOrigin, tmp_path: Path
 ) -> None:
     origin = await make_origin("shop")
-    p = await platform(operator, nodes=1)
-    agent = p.agents[0]
-    p.agents[0] = LocalAgent(
-        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
-    )
-    await p.deploy(replicas=1, strategy=FAST)
-    await bind(p, HOST)
-
-    async def serving() -> bool:
-        return [i["serving"] for i in (await p.status())["instances"]] == [True]
-
-    await p.converge(serving)
+    p = await served_by(operator, origin.port)
     settings = lb_settings(
         tmp_path,
         operator_url=operator_url,
@@ -322,18 +318,7 @@ async def test_a_multi_worker_balancer_pushes_once_with_every_workers_requests(
     tmp_path: Path,
 ) -> None:
     origin = await make_origin("shop")
-    p = await platform(operator, nodes=1)
-    agent = p.agents[0]
-    p.agents[0] = LocalAgent(
-        op=operator, node_id=agent.node_id, token=agent.token, number=0, port=origin.port
-    )
-    await p.deploy(replicas=1, strategy=FAST)
-    await bind(p, HOST)
-
-    async def serving() -> bool:
-        return [i["serving"] for i in (await p.status())["instances"]] == [True]
-
-    await p.converge(serving)
+    p = await served_by(operator, origin.port)
     lb = await asyncio.to_thread(
         lb_process,
         LB_WORKERS="2",
