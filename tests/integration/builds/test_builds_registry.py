@@ -94,6 +94,8 @@ async def test_a_build_is_pushed_to_the_registry_and_a_rebuild_sends_only_its_ch
         assert name == f"{repository}:build-{first['id']}@{digest}"
         assert registry.blob_path(digest).is_file()  # the manifest, by digest, in the registry
         await released_and_running(p, first["release_id"])
+        version = await op.sql("SELECT version FROM releases WHERE id = %s", (first["release_id"],))
+        assert first["release_version"] == version[0][0]  # BuildOut names the release's version
         first_layers = await layers_of(op, first["image_id"])
         assert len(first_layers) >= 3  # the base's, the RUN's and the COPY's
         before = link_times(registry, f"library/{slug}", first_layers)

@@ -77,6 +77,7 @@ def build_out(build: Build) -> BuildOut:
         stack=build.stack,
         image_id=build.image_id,
         release_id=build.release_id,
+        release_version=build.release_version,
         reused_build_id=build.reused_build_id,
         error=build.error,
         failed_step=build.failed_step,

@@ -3,10 +3,12 @@
 The queue's rules, all in SQL here:
 
 - ``lease``: in one transaction, the oldest runnable job (``queued``, or ``running`` with an
-  expired lease) is locked with ``FOR UPDATE SKIP LOCKED`` (two builders never wait on, or
-  take, the same job); its project's row is then locked and the project's running jobs
-  with a live lease counted, so the per-project limit (``projects.build_concurrency``)
-  holds even when two builders lease at once. A taken job gets a new ``lease_token``.
+  expired lease) is locked with ``FOR NO KEY UPDATE SKIP LOCKED`` (two builders never wait
+  on, or take, the same job; a foreign key check's ``KEY SHARE`` on it, a webhook delivery
+  or a log chunk naming it, does not make it skipped); its project's row is then locked
+  and the project's running jobs with a live lease counted, so the per-project limit
+  (``projects.build_concurrency``) holds even when two builders lease at once. A taken job
+  gets a new ``lease_token``.
 - Every builder call that changes a job (renew, log, resolve, finish) compares the
   ``lease_token`` and the ``running`` state: a builder whose lease expired and was taken
   again by another gets nothing (``None``), so a job is finished exactly once. A lease
@@ -42,7 +44,8 @@ COLUMNS = (
     "b.release_id, b.error, b.failed_step, b.lease_owner, b.lease_token, b.lease_expires_at, "
     "b.attempts, b.builder_version, b.cancel_requested_at, b.log_size, b.log_truncated, "
     "b.queued_at, b.started_at, b.finished_at, b.durations, b.created_at, b.updated_at, "
-    "p.slug AS project_slug, e.name AS environment"
+    "p.slug AS project_slug, e.name AS environment, "
+    "(SELECT r.version FROM releases r WHERE r.id = b.release_id) AS release_version"
 )
 _FROM = (
     "builds b JOIN projects p ON p.id = b.project_id "
@@ -90,6 +93,7 @@ class Build:
     updated_at: datetime
     project_slug: str
     environment: str
+    release_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +296,9 @@ class BuildStore:
                     "SELECT id, project_id FROM builds WHERE deleted_at IS NULL AND "
                     "(state = 'queued' OR (state = 'running' AND lease_expires_at < now())) "
                     "AND project_id <> ALL(%s) ORDER BY queued_at, id LIMIT 1 "
-                    "FOR UPDATE SKIP LOCKED",
+                    # NO KEY UPDATE: a foreign key check's KEY SHARE (a webhook delivery
+                    # or a log chunk naming the build) must not make the lease skip it
+                    "FOR NO KEY UPDATE SKIP LOCKED",
                     (skipped,),
                 )
                 candidate = await cur.fetchone()
