@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from zeitwork.clients.certificates import CertificateClient
 from zeitwork.clients.routes import RoutesClient
+from zeitwork.edge.admin import EdgeAdmin, accepts_connections
 from zeitwork.edge.certificates.acme import AcmeIssuer, AcmeOptions
 from zeitwork.edge.certificates.challenges import SYNC_INTERVAL, Challenges
 from zeitwork.edge.certificates.internal_ca import InternalCA
@@ -45,14 +46,14 @@ from zeitwork.edge.security_headers import SecurityHeaders, SecurityHeadersConfi
 from zeitwork.edge.settings import EdgeSettings
 from zeitwork.edge.tls import TlsTerminator
 from zeitwork.edge.tls_transport import HandshakeCounter
-from zeitwork.observability import get_logger, new_registry, render_metrics
-from zeitwork.observability.metrics import CONTENT_TYPE
+from zeitwork.observability import get_logger, new_registry
 from zeitwork.proxy import core_compiled
 from zeitwork.proxy.backends import Backend, Pool
 from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.http2 import H2Connection
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
+from zeitwork.proxy.types import NullRouter
 from zeitwork.serving.handoff import (
     close_generation,
     hand_off,
@@ -176,7 +177,7 @@ class Edge:
         self.metrics = EdgeMetrics(registry=self.registry)
         self.ports: dict[str, int] = {}
         self._serving: asyncio.Task[None] | None = None
-        self._admin: asyncio.Server | None = None
+        self._admin: Proxy | None = None
         self._operator: CertificateClient | None = None
         self._static: StaticFiles | None = None
         self._static_names: list[str] = []
@@ -427,10 +428,14 @@ class Edge:
             )
         self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
         if self.index == 0:
-            self._admin = await asyncio.start_server(
-                self._admin_client, s.admin_host, s.admin_port, reuse_port=True
+            self._admin = Proxy(
+                router=NullRouter(),
+                policy=EdgeAdmin(registry=self.registry, lb_reachable=self.lb_reachable),
+                config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
             )
-            self.ports["admin"] = self._admin.sockets[0].getsockname()[1]
+            admin_sock = reuse_port_socket(s.admin_host, s.admin_port)
+            await self._admin.serve(admin_sock)
+            self.ports["admin"] = admin_sock.getsockname()[1]
 
     def _route_watch(self, policy: EdgePolicy) -> RouteWatch | None:
         """The operator's route table (per-domain policies, routed hosts), when configured."""
@@ -513,54 +518,7 @@ class Edge:
 
     async def lb_reachable(self) -> bool:
         host, _, port = _lb_address(self.settings.load_balancer_url).rpartition(":")
-        try:
-            async with asyncio.timeout(1.0):
-                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    async def _admin_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            async with asyncio.timeout(5.0):
-                line = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-            parts = line.split()
-            path = parts[1].decode("latin-1") if len(parts) >= 2 else ""
-            if path == "/health":
-                ok = await self.lb_reachable()
-                body = (
-                    b'{"status":"ok"}'
-                    if ok
-                    else b'{"status":"degraded","detail":"load balancer unreachable"}'
-                )
-                status = b"200 OK" if ok else b"503 Service Unavailable"
-                ctype = b"application/json"
-            elif path == "/metrics":
-                body, status, ctype = (
-                    render_metrics(self.registry),
-                    b"200 OK",
-                    CONTENT_TYPE.encode(),
-                )
-            else:
-                body, status, ctype = b'{"status":404}', b"404 Not Found", b"application/json"
-            head = b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-                status,
-                ctype,
-                len(body),
-            )
-            writer.write(head + b"connection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError):
-            pass  # a broken or oversized admin request: just close
-        finally:
-            writer.close()
+        return await accepts_connections(host.strip("[]"), int(port))
 
     def reload(self) -> None:
         """SIGHUP: re-read the certificate files and the certificate store now. Open
@@ -630,7 +588,7 @@ class Edge:
                     await self._serving
         finally:
             if self._admin is not None:
-                self._admin.close()
+                await self._admin.drain(0.5)
             if self.proxy is not None:
                 await self.proxy.drain(self.settings.drain_timeout)
             if self._operator is not None:

@@ -23,9 +23,11 @@ The extension seam (stable names; keep old names working if it ever changes)
     Maps the request to a ``Pool`` of ``Backend`` objects (``None`` -> 503 problem). The LB
     resolves from the operator's route table; the edge returns its single pool.
 
-``RequestPolicy.on_request(head: RequestHead, client: ClientInfo) -> LocalResponse | None``
+``RequestPolicy.on_request(head, client) -> LocalResponse | PendingResponse | None``
     Called once per request before routing. Return a ``LocalResponse`` to answer locally
-    (429, 308 redirect, CORS preflight, ACME challenge); ``None`` forwards.
+    (429, 308 redirect, CORS preflight, ACME challenge); ``None`` forwards. A
+    ``PendingResponse(answer)`` answers with what ``await answer()`` returns, for a local
+    answer that needs I/O first (the edge admin's ``/health``; not the data path).
 ``RequestPolicy.on_response(head, client, status, headers) -> None``
     Called with the rebuilt response header list (lower-case names, hop-by-hop removed,
     before Connection/framing headers are added) for forwarded and local answers; edit the

@@ -33,6 +33,7 @@ from zeitwork.proxy.config import (
 from zeitwork.proxy.connection import Connection
 from zeitwork.proxy.state import Exchange as Exchange  # noqa: PLC0414 - its first home
 from zeitwork.proxy.state import stall_timeout
+from zeitwork.proxy.types import PendingResponse
 from zeitwork.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -144,7 +145,12 @@ def start(conn: Connection, ex: Exchange) -> None:
     if proxy.has_policy:
         local = proxy.policy.on_request(head, ex.client)
         if local is not None:
-            conn._send_local(ex, local)
+            if isinstance(local, PendingResponse):
+                ex.connect_task = asyncio.get_running_loop().create_task(
+                    _answer_pending(conn, ex, local)
+                )
+            else:
+                conn._send_local(ex, local)
             return
     pool = proxy.router.resolve(head.host, head.path)
     if pool is None:
@@ -169,6 +175,23 @@ def start(conn: Connection, ex: Exchange) -> None:
         conn._send_problem(ex, 503, "no healthy backend", retry_after=True)
         return
     assign(conn, ex, backend)
+
+
+async def _answer_pending(conn: Connection, ex: Exchange, pending: PendingResponse) -> None:
+    """Send a policy's ``PendingResponse`` once it is ready. Held as ``ex.connect_task``, so
+    the exchange's end (the client gone, a deadline) cancels it as it cancels a connect."""
+    try:
+        local = await pending.answer()
+    except Exception as exc:  # a policy's bug: the request gets a 500, the proxy goes on
+        _log.error("proxy.local_answer_failed", error=f"{type(exc).__name__}: {exc}")
+        local = None
+    ex.connect_task = None
+    if ex.finished or conn.transport is None:
+        return
+    if local is None:
+        conn._send_problem(ex, 500, "the local answer failed")
+    else:
+        conn._send_local(ex, local)
 
 
 def assign(conn: Connection, ex: Exchange, backend: Backend) -> None:

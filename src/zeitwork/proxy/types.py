@@ -6,6 +6,7 @@ path, so implementations should answer in microseconds and never block.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -131,12 +132,28 @@ class LocalResponse(_Record):
         self.close = close
 
 
+class PendingResponse(_Record):
+    """A local answer that needs I/O first (an admin ``/health`` that probes a dependency):
+    the engine awaits ``answer()`` and sends its ``LocalResponse``, unless the exchange ended
+    meanwhile (the client went, a deadline); it is cancelled with the exchange. Not for the
+    data path: each one is a task."""
+
+    __slots__ = ("answer",)
+    _fields = ("answer",)
+
+    def __init__(self, answer: Callable[[], Awaitable[LocalResponse]]) -> None:
+        self.answer = answer
+
+
 class RequestPolicy(Protocol):
     """Per-request hooks. ``on_request`` returning a response answers locally (nothing is
-    forwarded); ``None`` forwards. ``on_response`` may edit ``headers`` of the upstream
-    response (and of local error answers) in place before they are sent to the client."""
+    forwarded; a ``PendingResponse`` once its answer is ready); ``None`` forwards.
+    ``on_response`` may edit ``headers`` of the upstream response (and of local error
+    answers) in place before they are sent to the client."""
 
-    def on_request(self, head: RequestHead, client: ClientInfo) -> LocalResponse | None: ...
+    def on_request(
+        self, head: RequestHead, client: ClientInfo
+    ) -> LocalResponse | PendingResponse | None: ...
 
     def on_response(
         self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
@@ -189,6 +206,13 @@ class NullPolicy:
     def on_response(
         self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
     ) -> None:
+        return None
+
+
+class NullRouter:
+    """Routes nothing (a listener whose policy answers every request, such as an admin one)."""
+
+    def resolve(self, host: str, path: str) -> Pool | None:
         return None
 
 
