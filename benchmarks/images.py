@@ -74,61 +74,11 @@ def build_archive(base: Path, mib: int) -> tuple[Path, str]:
     with plain.open("rb") as src, gzip.GzipFile(layer, "wb", compresslevel=1, mtime=0) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     plain.unlink()
-    layer_hex = _sha256_file(layer)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/data/file00000"]},
-            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff_id]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": "sha256:" + layer_hex,
-                    "size": layer.stat().st_size,
-                }
-            ],
-        }
-    ).encode()
-    manifest_hex = hashlib.sha256(manifest).hexdigest()
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": "sha256:" + manifest_hex,
-                    "size": len(manifest),
-                }
-            ],
-        }
-    ).encode()
-    archive = base / "image.tar"
-    with tarfile.open(archive, "w") as tar:
-
-        def add_bytes(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-        add_bytes("index.json", index)
-        add_bytes(f"blobs/sha256/{manifest_hex}", manifest)
-        add_bytes("blobs/sha256/" + hashlib.sha256(config).hexdigest(), config)
-        tar.add(layer, arcname=f"blobs/sha256/{layer_hex}")
+    layer_digest = "sha256:" + _sha256_file(layer)
+    layers = [(layer, layer_digest, "sha256:" + diff_id)]
+    archive, digest = _oci_archive(base, "image", layers, {"Cmd": ["/data/file00000"]})
     layer.unlink()
-    return archive, "sha256:" + manifest_hex
+    return archive, digest
 
 
 async def chunks(path: Path) -> AsyncIterator[bytes]:
@@ -206,12 +156,16 @@ def _filler(mib: int, prefix: str, seed: int) -> list[tuple[str, bytes]]:
     return files
 
 
-def _oci_archive(base: Path, name: str, layers: list[tuple[Path, str, str]]) -> tuple[Path, str]:
+def _oci_archive(
+    base: Path, name: str, layers: list[tuple[Path, str, str]], run: dict[str, list[str]]
+) -> tuple[Path, str]:
+    """``base/<name>.tar``, an OCI archive of ``layers`` ((gzip blob, digest, diff_id) each)
+    whose image config runs ``run`` (its ``config`` object); returns it and its digest."""
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": ["/app/run"], "Env": ["PATH=/bin"]},
+            "config": run,
             "rootfs": {"type": "layers", "diff_ids": [d for _p, _g, d in layers]},
         }
     ).encode()
@@ -338,7 +292,10 @@ async def pull_bench(base_mib: int, mid_mib: int) -> None:
             _layer(work, f"top{v}", [("app/run", f"#!/bin/sh\necho v{v}\n".encode() * 200)])
             for v in (1, 2)
         ]
-        images = [_oci_archive(work, f"v{v}", [base_layer, mid_layer, tops[v - 1]]) for v in (1, 2)]
+        run = {"Cmd": ["/app/run"], "Env": ["PATH=/bin"]}
+        images = [
+            _oci_archive(work, f"v{v}", [base_layer, mid_layer, tops[v - 1]], run) for v in (1, 2)
+        ]
         blob_bytes = sum(p.stat().st_size for p, _d, _i in (base_layer, mid_layer, tops[0]))
         print(
             f"image: 3 layers, {blob_bytes / 1e6:.1f} MB compressed "
