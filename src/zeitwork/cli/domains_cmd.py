@@ -180,7 +180,8 @@ def set_edge_policy(
         return await client.set_domain_edge_policy(match.id, policy)
 
     done = run_with_client(action)
-    typer.echo(f"domain {done.name}: edge policy {json.dumps(done.edge_policy or {})}")
+    shown = done.edge_policy.model_dump(mode="json") if done.edge_policy else {}
+    typer.echo(f"domain {done.name}: edge policy {json.dumps(shown)}")
 
 
 def register(app: typer.Typer) -> None:
