@@ -23,6 +23,7 @@ from tests.unit.cli.wire_factories import domain, project
 from zeitwork.core.states import NodeState
 from zeitwork.wire.admin import DomainOut, NodeOut, ProjectOut
 from zeitwork.wire.releases import AppStatus, EnvOut, EventOut, ReleaseOut
+from zeitwork.wire.routes import EdgePolicyOverride
 
 Answer = Response | bytes
 
@@ -176,6 +177,12 @@ class FakeOperator:
         @api.get("/api/v1/domains")
         async def domains() -> Response:
             return _models(self.domains)
+
+        @api.put("/api/v1/domains/{domain_id}/edge-policy")
+        async def set_edge_policy(domain_id: uuid.UUID, request: Request) -> Response:
+            found = next(d for d in self.domains if d.id == domain_id)
+            policy = EdgePolicyOverride.model_validate(await request.json())
+            return self._answer(found.model_copy(update={"edge_policy": policy}))
 
         @api.post("/api/v1/domains", status_code=201)
         async def create_domain(request: Request) -> Response:

@@ -16,6 +16,7 @@ from tests.unit.cli.wire_factories import (
     NODE_B,
     PROJECT_ID,
     T0,
+    domain,
     event,
     instance,
     node,
@@ -28,6 +29,7 @@ from zeitwork.cli.logs_cmd import since_param
 from zeitwork.cli.main import app
 from zeitwork.core.states import HealthState, InstanceState, ReleaseState, RolloutState
 from zeitwork.wire.releases import EnvOut, RolloutStrategy
+from zeitwork.wire.routes import CorsOverride, EdgePolicyOverride, HeadersOverride
 
 EARLIER = T0 - timedelta(hours=1)
 H = HealthState
@@ -417,3 +419,16 @@ def test_every_list_verb_prints_json(fake: FakeOperator, verb: str, route: str) 
     assert code == 0, err
     assert json.loads(out) == []
     assert fake.calls("GET", f"/api/v1/{route}")
+
+
+def test_domains_policy_prints_the_policy_the_operator_answers(fake: FakeOperator) -> None:
+    fake.domains = [domain("web.test")]
+    code, out, err = _run(
+        "domains", "policy", "web.test", "--cors-origin", "https://a.test", "--hsts-max-age", "0"
+    )
+    assert code == 0, err
+    name, _, shown = out.partition(": edge policy ")
+    assert name == "domain web.test"
+    assert json.loads(shown) == EdgePolicyOverride(
+        cors=CorsOverride(origins=["https://a.test"]), headers=HeadersOverride(hsts_max_age=0)
+    ).model_dump(mode="json")
