@@ -17,6 +17,7 @@ import io
 import json
 import shutil
 import tarfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,3 +252,23 @@ def build_image(dest: Path, **options: Any) -> BuiltImage:
     return BuiltImage(
         path=dest, digest=layout.manifest_digest, size=dest.stat().st_size, config=layout.config
     )
+
+
+class ArchiveFiles:
+    """Stands in for the operator's image download on a node (``download_image`` of
+    ``OperatorClient``): serves the archives it was offered from their files."""
+
+    def __init__(self) -> None:
+        self.files: dict[uuid.UUID, Path] = {}
+
+    def offer(self, image: BuiltImage) -> dict[str, Any]:
+        """Serve ``image`` under a new id; returns the ``image`` of an assignment naming it."""
+        image_id = uuid.uuid4()
+        self.files[image_id] = image.path
+        return {"id": image_id, "name": "app", "digest": image.digest, "size": image.size}
+
+    async def download_image(
+        self, image_id: uuid.UUID, dest: Path, *, expected_digest: str | None = None
+    ) -> str:
+        shutil.copyfile(self.files[image_id], dest)
+        return expected_digest or ""

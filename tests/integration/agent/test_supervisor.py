@@ -6,7 +6,6 @@ listens, one whose network is removed)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from tests.contract.runtime.harness import make_network, wait_http
-from tests.images import BuiltImage, Entry, app_entries, build_image
+from tests.images import ArchiveFiles, BuiltImage, Entry, app_entries, build_image
 from zeitwork.agent.images import NodeImages
 from zeitwork.agent.network import NodeNetwork, links
 from zeitwork.agent.network.node import veth_name
@@ -35,19 +34,6 @@ pytestmark = [pytest.mark.requires_root]
 S = InstanceState
 
 
-class ArchiveFiles:
-    """Stands in for the operator's image download: serves archives from local files."""
-
-    def __init__(self) -> None:
-        self.files: dict[uuid.UUID, Path] = {}
-
-    async def download_image(
-        self, image_id: uuid.UUID, dest: Path, *, expected_digest: str | None = None
-    ) -> str:
-        shutil.copyfile(self.files[image_id], dest)
-        return expected_digest or ""
-
-
 @dataclass
 class Node:
     supervisor: Supervisor
@@ -56,12 +42,10 @@ class Node:
     reports: list[tuple[uuid.UUID, InstanceStatusReport]] = field(default_factory=list)
 
     def assign(self, image: BuiltImage, **overrides: Any) -> AssignedInstance:
-        image_id = uuid.uuid4()
-        self.archives.files[image_id] = image.path
         values: dict[str, Any] = {
             "id": uuid.uuid4(),
             "desired_state": "running",
-            "image": {"id": image_id, "name": "app", "digest": image.digest, "size": image.size},
+            "image": self.archives.offer(image),
             "resources": {"vcpu": 0.25, "memory": 64},
             "default_port": 8080,
         }

@@ -6,7 +6,6 @@ timeout. The image cache is the real one, fed with a real OCI archive."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.images import BuiltImage
+from tests.images import ArchiveFiles, BuiltImage
 from zeitwork.agent.images import NodeImages
 from zeitwork.agent.plan import Tuning
 from zeitwork.agent.state_store import StateStore
@@ -33,19 +32,6 @@ H = HealthState
 FAST = {"interval": 0.1, "timeout": 0.5, "grace_period": 0}
 
 
-class ArchiveFiles:
-    """Stands in for the operator's image download: serves archives from local files."""
-
-    def __init__(self) -> None:
-        self.files: dict[uuid.UUID, Path] = {}
-
-    async def download_image(
-        self, image_id: uuid.UUID, dest: Path, *, expected_digest: str | None = None
-    ) -> str:
-        shutil.copyfile(self.files[image_id], dest)
-        return expected_digest or ""
-
-
 @dataclass
 class Node:
     supervisor: Supervisor
@@ -56,17 +42,10 @@ class Node:
     reports: list[tuple[uuid.UUID, InstanceStatusReport]] = field(default_factory=list)
 
     def assign(self, command: list[str], **overrides: Any) -> AssignedInstance:
-        image_id = uuid.uuid4()
-        self.archives.files[image_id] = self.image.path
         values: dict[str, Any] = {
             "id": uuid.uuid4(),
             "desired_state": "running",
-            "image": {
-                "id": image_id,
-                "name": "app",
-                "digest": self.image.digest,
-                "size": self.image.size,
-            },
+            "image": self.archives.offer(self.image),
             "resources": {"vcpu": 0.25, "memory": 64},
             "default_port": 8080,
             "command": command,
