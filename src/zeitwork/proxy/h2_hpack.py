@@ -1,4 +1,9 @@
-"""The HPACK encoder of the proxy's HTTP/2 connections (RFC 7541), in place of h2's own.
+"""An HPACK encoder (RFC 7541) for the ``h2`` library, in place of h2's own.
+
+The edge's HTTP/2 connections used it while they were on ``h2``; they are on libnghttp2 now
+(``proxy.http2``), whose encoder runs there with a dynamic table of size 0, to the same
+effect. It stays for the ``h2`` baseline of ``benchmarks/h2_server.py`` (what the edge did
+before) and any ``h2`` connection that sends responses.
 
 It writes each field either as an entry of the static table (``:status: 200``) or as a
 literal that is never added to a dynamic table: a name from the static table where there is
