@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bridges import linux_bridge
 from tests.kvm import support
 from zeitwork.runtime.base import InstanceSpec, NetworkAttachment, Phase, ProcessSpec
 from zeitwork.runtime.firecracker import FirecrackerDriver
@@ -42,21 +43,9 @@ def _tree(root: Path) -> Path:
 
 @pytest.fixture
 def bridge() -> Iterator[tuple[str, str]]:
-    from pyroute2 import IPRoute
-
-    name = "zwkb" + secrets.token_hex(3)
     subnet = f"10.{random.randint(150, 250)}.{random.randint(0, 255)}"
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="bridge")
-        index = ipr.link_lookup(ifname=name)[0]
-        ipr.addr("add", index=index, address=f"{subnet}.1", prefixlen=24)
-        ipr.link("set", index=index, state="up")
-    try:
+    with linux_bridge("zwkb" + secrets.token_hex(3), gateway=f"{subnet}.1") as name:
         yield name, subnet
-    finally:
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=name):
-                ipr.link("del", ifname=name)
 
 
 def _get(url: str) -> int:

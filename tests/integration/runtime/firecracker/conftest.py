@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.bridges import linux_bridge
 from tests.integration.runtime.firecracker import fakefc
 from zeitwork.runtime.firecracker import FirecrackerConfig
 
@@ -69,18 +70,8 @@ def reflink_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def bridge() -> Iterator[str]:
-    from pyroute2 import IPRoute
-
-    name = "zwfb" + secrets.token_hex(4)
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="bridge")
-        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
-    try:
+    with linux_bridge("zwfb" + secrets.token_hex(4)) as name:
         yield name
-    finally:
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=name):
-                ipr.link("del", ifname=name)
 
 
 def make_tree(root: Path) -> Path:
@@ -198,21 +189,9 @@ def _kill_leftovers(record: Path) -> None:
 @pytest.fixture
 def gw_bridge() -> Iterator[tuple[str, str]]:
     """A bridge with a gateway address on a random /24: (name, "10.x.y")."""
-    from pyroute2 import IPRoute
-
-    name = "zwfg" + secrets.token_hex(4)
     prefix = f"10.{random.randint(150, 250)}.{random.randint(0, 255)}"
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="bridge")
-        index = ipr.link_lookup(ifname=name)[0]
-        ipr.addr("add", index=index, address=f"{prefix}.1", prefixlen=24)
-        ipr.link("set", index=index, state="up")
-    try:
+    with linux_bridge("zwfg" + secrets.token_hex(4), gateway=f"{prefix}.1") as name:
         yield name, prefix
-    finally:
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=name):
-                ipr.link("del", ifname=name)
 
 
 @pytest.fixture
