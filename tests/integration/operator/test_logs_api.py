@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.images import BuiltImage, build_image
-from tests.integration.agent.harness import TOKEN, AgentHost, instance_body, preload
+from tests.integration.agent.harness import TOKEN, AgentHost, agent_hosts, instance_body, preload
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.fleet import PROBLEM
 from tests.integration.operator.live_server import live_operator
@@ -180,18 +180,8 @@ async def test_an_app_made_before_environments_shows_its_deployments_instances(
 
 @pytest.fixture
 async def agent(tmp_path: Path) -> AsyncIterator[Callable[..., AgentHost]]:
-    made: list[AgentHost] = []
-
-    def make(**kwargs: Any) -> AgentHost:
-        host = AgentHost(root=tmp_path / f"host{len(made)}", **kwargs)
-        made.append(host)
-        return host
-
-    try:
+    async with agent_hosts(tmp_path, "host") as make:
         yield make
-    finally:
-        for host in made:
-            await host.cleanup()
 
 
 @pytest.fixture
