@@ -3,7 +3,8 @@
 
 It runs on the proxy core, like the load balancer's admin, with a policy that answers every
 request itself: ``/health`` as a ``PendingResponse``, since it connects to the load balancer
-first. The paths, statuses and bodies are those of the hand-parsed server it replaces.
+first. The paths, statuses and bodies are those of the hand-parsed server it replaces, and
+so is ``Connection: close`` after each answer (a client may read an answer to the end).
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ class EdgeAdmin:
             return self._health
         if head.target == b"/metrics":
             return LocalResponse(
-                200, [(b"content-type", CONTENT_TYPE.encode())], render_metrics(self._registry)
+                200,
+                [(b"content-type", CONTENT_TYPE.encode())],
+                render_metrics(self._registry),
+                close=True,
             )
-        return LocalResponse(404, [_JSON], _NOT_FOUND)
+        return LocalResponse(404, [_JSON], _NOT_FOUND, close=True)
 
     async def _health_answer(self) -> LocalResponse:
         if await self._lb_reachable():
-            return LocalResponse(200, [_JSON], _OK)
-        return LocalResponse(503, [_JSON], _DEGRADED)
+            return LocalResponse(200, [_JSON], _OK, close=True)
+        return LocalResponse(503, [_JSON], _DEGRADED, close=True)
 
     def on_response(
         self, head: RequestHead, client: ClientInfo, status: int, headers: Headers

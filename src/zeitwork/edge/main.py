@@ -53,7 +53,7 @@ from zeitwork.proxy.h2_rules import H2Limits
 from zeitwork.proxy.headers import TrustedProxies, parse_networks
 from zeitwork.proxy.http2 import H2Connection
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
-from zeitwork.proxy.types import NullRouter
+from zeitwork.serving.admin import serve_admin
 from zeitwork.serving.handoff import (
     close_generation,
     hand_off,
@@ -428,13 +428,10 @@ class Edge:
             )
         self.ports = {"http": plain_sock.getsockname()[1], "https": tls_sock.getsockname()[1]}
         if self.index == 0:
-            self._admin = Proxy(
-                router=NullRouter(),
-                policy=EdgeAdmin(registry=self.registry, lb_reachable=self.lb_reachable),
-                config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
-            )
             admin_sock = reuse_port_socket(s.admin_host, s.admin_port)
-            await self._admin.serve(admin_sock)
+            self._admin = await serve_admin(
+                EdgeAdmin(registry=self.registry, lb_reachable=self.lb_reachable), admin_sock
+            )
             self.ports["admin"] = admin_sock.getsockname()[1]
 
     def _route_watch(self, policy: EdgePolicy) -> RouteWatch | None:

@@ -1,8 +1,9 @@
 """The admin listener (``LB_ADMIN_HOST:LB_ADMIN_PORT``): ``/health``, ``/backends``,
 ``/stats/routes`` (per-route request totals as JSON) and ``/metrics`` (Prometheus).
 
-It runs on the same proxy engine with a policy that answers every request locally, so the
-data port keeps every path for the apps and the admin port inherits the engine's hardening.
+It runs on the same proxy engine (``serving/admin.py``) with a policy that answers every
+request locally, so the data port keeps every path for the apps and the admin port inherits
+the engine's hardening.
 """
 
 from __future__ import annotations
@@ -14,17 +15,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from zeitwork.observability.metrics import CONTENT_TYPE, render_metrics
-from zeitwork.proxy.backends import Pool
 from zeitwork.proxy.headers import problem_body
 from zeitwork.proxy.types import ClientInfo, Headers, LocalResponse, RequestHead
 
 _JSON = (b"content-type", b"application/json")
 _PROBLEM = (b"content-type", b"application/problem+json")
-
-
-class NoRoutes:
-    def resolve(self, host: str, path: str) -> Pool | None:
-        return None
 
 
 class AdminPolicy:

@@ -38,7 +38,7 @@ from zeitwork.clients.routes import RoutesClient
 from zeitwork.core.errors import ZeitworkError
 from zeitwork.core.files import atomic_write
 from zeitwork.lb import route_stats
-from zeitwork.lb.admin import AdminPolicy, NoRoutes
+from zeitwork.lb.admin import AdminPolicy
 from zeitwork.lb.checks import default_check, static_check
 from zeitwork.lb.metrics import LBMetrics, Snapshot
 from zeitwork.lb.route_sync import RouteSync
@@ -58,6 +58,7 @@ from zeitwork.proxy import (
 )
 from zeitwork.proxy.checker import HealthChecker
 from zeitwork.serving.activation import listen_sockets
+from zeitwork.serving.admin import serve_admin
 from zeitwork.serving.handoff import close_generation, hand_off, settle, socket_inode
 from zeitwork.serving.handoff import wait_predecessor_gone as predecessor_gone
 from zeitwork.serving.prefork import WorkerPool
@@ -314,22 +315,20 @@ class LoadBalancer:
             await self._serve_admin(admin_port)
 
     async def _serve_admin(self, admin_port: int | None) -> None:
-        """Worker 0's admin listener (``lb/admin.py``) on the same proxy core."""
+        """Worker 0's admin listener (``lb/admin.py``) on the proxy core (``serving/admin.py``)."""
         settings = self.settings
-        self.admin = Proxy(
-            router=NoRoutes(),
-            policy=AdminPolicy(
+        admin_sock = self.admin_sock or reuse_port_socket(
+            settings.admin_host, settings.admin_port if admin_port is None else admin_port
+        )
+        self.admin = await serve_admin(
+            AdminPolicy(
                 state=self.state,
                 backends=self.backend_rows,
                 routes=self.stats_routes,
                 registry=self.prom,
             ),
-            config=ProxyConfig(idle_timeout=10.0, header_timeout=5.0),
+            admin_sock,
         )
-        admin_sock = self.admin_sock or reuse_port_socket(
-            settings.admin_host, settings.admin_port if admin_port is None else admin_port
-        )
-        await self.admin.serve(admin_sock)
         self.admin_port = admin_sock.getsockname()[1]
         self.log.info("proxy.core", compiled=core_compiled())
         self.log.info(

@@ -18,7 +18,14 @@ from zeitwork.edge.admin import EdgeAdmin, accepts_connections
 from zeitwork.observability import new_registry
 from zeitwork.observability.metrics import CONTENT_TYPE
 from zeitwork.proxy.server import Proxy, ProxyConfig, reuse_port_socket
-from zeitwork.proxy.types import NullRouter
+from zeitwork.proxy.types import (
+    ClientInfo,
+    Headers,
+    LocalResponse,
+    NullRouter,
+    PendingResponse,
+    RequestHead,
+)
 
 
 @dataclass
@@ -117,16 +124,58 @@ async def test_metrics_and_unknown_paths(admin: Admin) -> None:
     assert status == 200 and body == b""
 
 
-async def test_a_pending_answer_keeps_pipelined_requests_in_order(admin: Admin) -> None:
-    admin.balancer.gate.clear()
-    reading = asyncio.create_task(
-        _exchange(admin.port, _get("/health") + _get("/nope") + _get("/health"), answers=3)
-    )
-    await asyncio.sleep(0.2)
-    assert not reading.done()  # the first answer waits for the probe, and the rest behind it
-    admin.balancer.gate.set()
-    answers = await reading
-    assert [a[0] for a in answers] == [200, 404, 200]
+async def test_each_answer_closes_the_connection_as_before(admin: Admin) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+    writer.write(_get("/health"))
+    answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the admin closes
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in answer.lower()
+    assert answer.endswith(b'{"status":"ok"}')
+
+
+class Pipelined:
+    """A policy keeping connections open: ``/slow`` waits for ``gate``, the rest at once."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    def on_request(
+        self, head: RequestHead, client: ClientInfo
+    ) -> LocalResponse | PendingResponse | None:
+        if head.path == "/slow":
+            return PendingResponse(self._slow)
+        return LocalResponse(200, [], head.path.encode())
+
+    async def _slow(self) -> LocalResponse:
+        await self.gate.wait()
+        return LocalResponse(200, [], b"/slow")
+
+    def on_response(
+        self, head: RequestHead, client: ClientInfo, status: int, headers: Headers
+    ) -> None:
+        return None
+
+
+async def test_a_pending_answer_keeps_pipelined_requests_in_order() -> None:
+    gate = asyncio.Event()
+    proxy = Proxy(router=NullRouter(), policy=Pipelined(gate))
+    sock = reuse_port_socket("127.0.0.1", 0)
+    await proxy.serve(sock)
+    try:
+        reading = asyncio.create_task(
+            _exchange(
+                sock.getsockname()[1], _get("/slow") + _get("/next") + _get("/slow"), answers=3
+            )
+        )
+        await asyncio.sleep(0.2)
+        assert not reading.done()  # the first answer waits, and the others behind it
+        gate.set()
+        answers = await reading
+        assert [a[2] for a in answers] == [b"/slow", b"/next", b"/slow"]
+    finally:
+        await proxy.drain(0.5)
 
 
 async def test_a_client_that_resets_cancels_its_pending_answer(admin: Admin) -> None:
