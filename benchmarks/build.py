@@ -8,8 +8,10 @@ that "installs" each requirement (2 MiB of random data, gzipped, per line: real 
 and a 16 MiB layer), then the app's file. Its base is the suite's busybox image (an
 oci-archive: nothing is downloaded). Side by side in the same run, plain ``buildah bud``
 (vfs, ``--isolation chroot``, ``--layers``, its own storage kept between the builds) of the
-same context, with and without the ``buildah push oci-archive:`` that a platform build also
-does (the image leaves the build host).
+same context, with and without a ``buildah push oci-archive:`` (the image leaves the build
+host; a platform build under ``zeitwork dev`` pushes to the platform registry instead, only
+the layers it lacks, and the operator records it by reference: the builder's ``push`` and
+``record`` durations; without a registry it exports and uploads: ``export``, ``upload``).
 
 Cases, from the client's call to the build ``succeeded`` (the image in the operator):
 
