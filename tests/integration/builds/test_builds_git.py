@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,24 @@ async def wait_build(
 async def log_text(p: Platform, build_id: str) -> str:
     r = await p.op.client.get(f"/api/v1/builds/{build_id}/logs", headers=p.op.headers())
     return "".join(c["data"] for c in r.json())
+
+
+def push_sleeper(git_server: GitServer, base: BuiltImage, name: str, seconds: int) -> None:
+    """Repository ``name``: the app with a ``RUN sleep`` step (a build to catch running)."""
+    sleep = f'RUN ["/bin/busybox", "sleep", "{seconds}"]\n'
+    git_server.push(
+        name,
+        {"Dockerfile": dockerfile(base, extra=sleep), "index.html": f"<h1>{name}</h1>\n"},
+    )
+
+
+async def sleeping(p: Platform, build_id: str, times: int, output: Callable[[], str]) -> None:
+    """Until the build's log has shown its ``sleep`` step ``times`` times (once per attempt
+    that reached it); ``output``: what to show if it never does."""
+    deadline = time.monotonic() + BUILD_WAIT
+    while (await log_text(p, build_id)).count("sleep") < times:
+        assert time.monotonic() < deadline, output()
+        await asyncio.sleep(0.2)
 
 
 async def released_and_running(p: Platform, release_id: str) -> None:
@@ -160,21 +179,12 @@ async def test_a_builder_killed_mid_build_loses_the_job_and_it_completes_once(
 ) -> None:
     op = await operator_factory(build_lease_seconds=3.0)
     p = await platform(op, nodes=1)
-    git_server.push(
-        "slow",
-        {
-            "Dockerfile": dockerfile(busybox_image, extra='RUN ["/bin/busybox", "sleep", "6"]\n'),
-            "index.html": "<h1>slow</h1>\n",
-        },
-    )
+    push_sleeper(git_server, busybox_image, "slow", 6)
     async with live_operator(op) as url:
         token = await op.token(Scope.BUILDER)
         first = builders.start(url, token, "doomed")
         build = await queue(p, git_server.url("slow"), ref="main")
-        deadline = time.monotonic() + BUILD_WAIT
-        while "sleep" not in await log_text(p, build["id"]):
-            assert time.monotonic() < deadline, builders.output("doomed")
-            await asyncio.sleep(0.2)
+        await sleeping(p, build["id"], 1, lambda: builders.output("doomed"))
         with_group(first, 9)  # SIGKILL the builder mid-build (its buildah is killed with it)
         first.wait(10)
         rows = await op.sql("SELECT state, lease_owner FROM builds WHERE id = %s", (build["id"],))
@@ -247,25 +257,12 @@ async def test_sigterm_hands_the_job_back_and_cancel_stops_a_running_build(
 ) -> None:
     op = await operator_factory(build_lease_seconds=3.0)
     p = await platform(op, nodes=1)
-    git_server.push(
-        "long",
-        {
-            "Dockerfile": dockerfile(busybox_image, extra='RUN ["/bin/busybox", "sleep", "60"]\n'),
-            "index.html": "<h1>long</h1>\n",
-        },
-    )
+    push_sleeper(git_server, busybox_image, "long", 60)
     async with live_operator(op) as url:
         token = await op.token(Scope.BUILDER)
         first = builders.start(url, token, "leaving", BUILDER_DRAIN_TIMEOUT="0")
         build = await queue(p, git_server.url("long"), ref="main")
-
-        async def sleeping(since: int) -> None:
-            deadline = time.monotonic() + BUILD_WAIT
-            while (await log_text(p, build["id"])).count("sleep") < since:
-                assert time.monotonic() < deadline, builders.output("leaving")
-                await asyncio.sleep(0.2)
-
-        await sleeping(1)
+        await sleeping(p, build["id"], 1, lambda: builders.output("leaving"))
         with_group(first, 15)  # SIGTERM: no drain time, so the job is handed back at once
         assert await asyncio.to_thread(first.wait, 30) == 0, builders.output("leaving")
         rows = await op.sql(
@@ -275,7 +272,7 @@ async def test_sigterm_hands_the_job_back_and_cancel_stops_a_running_build(
         assert _processes_using(build["project_id"]) == []  # its buildah was killed too
 
         builders.start(url, token, "staying")
-        await sleeping(2)
+        await sleeping(p, build["id"], 2, lambda: builders.output("staying"))
         r = await op.client.post(f"/api/v1/builds/{build['id']}/cancel", headers=op.headers())
         assert r.json()["cancel_requested"] is True
         done = await wait_build(p, build["id"])
