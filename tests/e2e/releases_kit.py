@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import httpx
 from tests.e2e.lan import Lan
 from tests.images import BuiltImage, Entry, app_entries
 from tests.integration.agent.harness import AgentHost, preload
-from tests.integration.agent.operator_process import OperatorProcess
+from tests.integration.agent.operator_process import OperatorProcess, stop_process
 
 FAIL_CGI = (
     b"#!/bin/sh\n"
@@ -85,13 +84,7 @@ class Service:
         raise AssertionError(f"{self.name} not listening:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def service_env(tmp_path: Path, **env: str) -> dict[str, str]:
