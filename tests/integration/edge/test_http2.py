@@ -368,6 +368,36 @@ async def test_streams_past_the_limit_are_refused(make_edge: EdgeFactory, tmp_pa
     await client.close()
 
 
+async def test_streams_past_the_limit_after_settings_end_the_connection(
+    make_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge = await make_edge(EDGE_DOMAINS="app.test", EDGE_H2_MAX_STREAMS=2)
+    client = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+
+    def settled() -> bool:
+        return any(isinstance(e, h2.events.RemoteSettingsChanged) for e in client.events)
+
+    await client.read_until(settled)  # the edge's SETTINGS are in and acknowledged
+    assert client.conn.remote_settings.max_concurrent_streams == 2
+    client.conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+    client.conn.remote_settings.acknowledge()  # this client ignores the limit it was given
+    sids = [client.request(f"/s{i}") for i in range(3)]
+    await client.send()
+    with contextlib.suppress(ConnectionError):
+        await client.read_until(lambda: client.goaway() is not None)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert not any(client.status(s) for s in sids[2:])
+    await client.close()
+    # the listener goes on
+    other = await H2Client.open(edge.ports["https"], _ca(tmp_path))
+    sid = other.request("/fine")
+    await other.send()
+    await other.read_until(lambda: other.ended(sid))
+    assert other.status(sid) == 200
+    await other.close()
+
+
 async def test_rapid_reset_gets_goaway_and_others_are_served(
     make_edge: EdgeFactory, tmp_path: Path
 ) -> None:
