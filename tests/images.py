@@ -254,6 +254,11 @@ def build_image(dest: Path, **options: Any) -> BuiltImage:
     )
 
 
+def script_image(dest: Path, script: str) -> BuiltImage:
+    """The default image running ``/bin/sh -c script`` (no ``cmd``) instead of its httpd."""
+    return build_image(dest, entrypoint=["/bin/sh", "-c", script], cmd=None)
+
+
 class ArchiveFiles:
     """Stands in for the operator's image download on a node (``download_image`` of
     ``OperatorClient``): serves the archives it was offered from their files."""

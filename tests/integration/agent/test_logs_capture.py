@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.images import BuiltImage, build_image
+from tests.images import BuiltImage, script_image
 from tests.integration.agent.harness import AgentHost, instance_body, preload
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.slow]
@@ -33,11 +33,7 @@ CHATTY = (
 
 
 def _image(tmp_path_factory: pytest.TempPathFactory, name: str, script: str) -> BuiltImage:
-    return build_image(
-        tmp_path_factory.mktemp(name) / f"{name}.tar",
-        entrypoint=["/bin/sh", "-c", script],
-        cmd=None,
-    )
+    return script_image(tmp_path_factory.mktemp(name) / f"{name}.tar", script)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.images import BuiltImage, build_image
+from tests.images import BuiltImage, script_image
 from tests.integration.agent.harness import AgentHost
 from tests.integration.agent.operator_process import OperatorProcess, import_image, wait_json
 
@@ -40,11 +40,7 @@ CRASH = "echo starting up; echo 'fatal: bad config key \"port\"' >&2; sleep 0.5;
 
 
 def _image(tmp_path_factory: pytest.TempPathFactory, name: str, script: str) -> BuiltImage:
-    return build_image(
-        tmp_path_factory.mktemp(name) / f"{name}.tar",
-        entrypoint=["/bin/sh", "-c", script],
-        cmd=None,
-    )
+    return script_image(tmp_path_factory.mktemp(name) / f"{name}.tar", script)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from tests.contract.runtime.harness import make_network, wait_http
-from tests.images import ArchiveFiles, BuiltImage, Entry, app_entries, build_image
+from tests.images import ArchiveFiles, BuiltImage, Entry, app_entries, build_image, script_image
 from zeitwork.agent.images import NodeImages
 from zeitwork.agent.network import NodeNetwork, links
 from zeitwork.agent.network.node import veth_name
@@ -143,9 +143,7 @@ async def test_start_reports_starting_then_running_with_address_and_serves(
 async def test_crash_loop_restarts_with_back_off_then_fails_with_reason(
     node: Node, busybox_image: BuiltImage, tmp_path: Path
 ) -> None:
-    crashing = build_image(
-        tmp_path / "crash.tar", entrypoint=["/bin/sh", "-c", "echo boom; exit 3"], cmd=None
-    )
+    crashing = script_image(tmp_path / "crash.tar", "echo boom; exit 3")
     assignment = node.assign(crashing)
     await node.wait_for(assignment.id, lambda s: "failed" in s, timeout=30)
     states = node.states(assignment.id)
@@ -170,7 +168,7 @@ async def test_crash_loop_restarts_with_back_off_then_fails_with_reason(
 async def test_restart_policy_never_fails_at_once_and_on_failure_stops_on_zero(
     node: Node, tmp_path: Path
 ) -> None:
-    failing = build_image(tmp_path / "f.tar", entrypoint=["/bin/sh", "-c", "exit 4"], cmd=None)
+    failing = script_image(tmp_path / "f.tar", "exit 4")
     clean = build_image(tmp_path / "c.tar", entrypoint=["/bin/true"], cmd=None)
     never = node.assign(failing, restart_policy="never")
     on_failure = node.assign(clean, restart_policy="on-failure")

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.images import BuiltImage, build_image
+from tests.images import BuiltImage, script_image
 from tests.integration.agent.harness import TOKEN, AgentHost, agent_hosts, instance_body, preload
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.fleet import PROBLEM
@@ -202,11 +202,7 @@ CHATTY = (
 def chatty_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     """Serves :8080 (busybox httpd in the background) and writes ``NAME RUN N`` 20 times a
     second (RUN: random per start, N: 0, 1, 2, ...)."""
-    return build_image(
-        tmp_path_factory.mktemp("chatty") / "chatty.tar",
-        entrypoint=["/bin/sh", "-c", CHATTY],
-        cmd=None,
-    )
+    return script_image(tmp_path_factory.mktemp("chatty") / "chatty.tar", CHATTY)
 
 
 async def _start(client: httpx.AsyncClient, image: BuiltImage, name: str) -> uuid.UUID:
@@ -410,11 +406,7 @@ TWO_STREAMS = (
 def two_streams_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     """``NAME begin``, 2 s of silence, then ``NAME out N`` on stdout and ``NAME err N`` on
     stderr ten times a second."""
-    return build_image(
-        tmp_path_factory.mktemp("two-streams") / "two.tar",
-        entrypoint=["/bin/sh", "-c", TWO_STREAMS],
-        cmd=None,
-    )
+    return script_image(tmp_path_factory.mktemp("two-streams") / "two.tar", TWO_STREAMS)
 
 
 def _words(record: dict[str, Any]) -> list[str]:
