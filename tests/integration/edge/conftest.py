@@ -25,6 +25,8 @@ class Upstream:
     port: int = 0
     seen: list[dict[bytes, bytes]] = field(default_factory=list)
     server: asyncio.Server | None = None
+    # /gated/N sends the first half of /big/N, then waits for this before the rest
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
@@ -52,11 +54,14 @@ class Upstream:
                 uploaded = await reader.readexactly(length) if length else b""
                 self.seen.append(headers)
                 target = line.split()[1]
-                if target.startswith(b"/big/"):  # a download of N bytes, in 64 KiB writes
-                    size = int(target[5:])
+                if target.startswith((b"/big/", b"/gated/")):  # N bytes, in 64 KiB writes
+                    gated = target.startswith(b"/gated/")
+                    size = int(target.rsplit(b"/", 1)[1])
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
                     block = bytes(range(256)) * 256
                     for start in range(0, size, len(block)):
+                        if gated and start >= size // 2:
+                            await self.gate.wait()
                         writer.write(block[: min(len(block), size - start)])
                         await writer.drain()
                     continue

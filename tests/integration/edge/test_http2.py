@@ -627,7 +627,7 @@ async def test_sigterm_sends_goaway_and_the_stream_in_flight_ends_whole(
         size = 64 * 1024 * 1024
         client = await asyncio.create_subprocess_exec(
             *("nghttp", "-nv", "-w", "16", "-W", "16"),
-            f"https://127.0.0.1:{started.group(1)}/big/{size}",
+            f"https://127.0.0.1:{started.group(1)}/gated/{size}",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -637,6 +637,12 @@ async def test_sigterm_sends_goaway_and_the_stream_in_flight_ends_whole(
 
         await wait_for(requested)
         proc.send_signal(signal.SIGTERM)
+        # the second half of the body waits until the edge is stopping (and a while after, for
+        # its GOAWAY to go out), so the stream is in flight when the GOAWAY is sent: a whole
+        # 64 MiB took 0.34 s on the compiled core, less than the signal took to be handled
+        await asyncio.to_thread(_wait_line, proc, r"edge.stopping", log)
+        await asyncio.sleep(1.5)
+        upstream.gate.set()
         async with asyncio.timeout(30):
             out, err = await client.communicate()
         assert client.returncode == 0, err
